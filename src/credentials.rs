@@ -1,0 +1,226 @@
+//! Finding the presented API key in a request (SPEC §1 `key_sources`).
+
+use crate::model::Source;
+
+/// Keys longer than this are not looked up (no configured key is anywhere near it).
+pub const MAX_KEY_LEN: usize = 1024;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Presented<'r> {
+    /// No source held a key.
+    Missing,
+    /// Sources held different keys, or a key too long to be one of ours.
+    Conflict,
+    /// One key (possibly in several sources); `sources` has bit i set if source i held it.
+    Key { key: &'r [u8], sources: u32 },
+}
+
+/// The value of `raw` after `<scheme> ` (case-insensitive), trimmed.
+fn after_scheme<'v>(raw: &'v [u8], scheme: &str) -> Option<&'v [u8]> {
+    let s = scheme.as_bytes();
+    let head = raw.get(..s.len())?;
+    if !head.eq_ignore_ascii_case(s) || raw.get(s.len()) != Some(&b' ') {
+        return None;
+    }
+    Some(raw.get(s.len() + 1..)?.trim_ascii())
+}
+
+fn query_param<'p, 'n>(
+    path: &'p str,
+    name: &'n str,
+) -> impl Iterator<Item = &'p [u8]> + use<'p, 'n> {
+    let query = path
+        .split_once('?')
+        .map(|(_, q)| q.split('#').next().unwrap_or(""))
+        .unwrap_or("");
+    query.split('&').filter_map(move |pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name).then_some(v.as_bytes())
+    })
+}
+
+/// Looks through every configured source, in order.
+///
+/// `headers` are the request headers as Envoy gives them (lower-case names).
+pub fn find_key<'r>(
+    sources: &[Source],
+    headers: &'r [(String, Vec<u8>)],
+    path: &'r str,
+) -> Presented<'r> {
+    let mut found: Option<&'r [u8]> = None;
+    let mut mask = 0u32;
+    let mut conflict = false;
+    let mut note = |v: &'r [u8], i: usize, found: &mut Option<&'r [u8]>| {
+        if v.is_empty() {
+            return;
+        }
+        match found {
+            Some(k) if *k != v => conflict = true,
+            _ => *found = Some(v),
+        }
+        mask |= 1u32.checked_shl(i as u32).unwrap_or(0);
+    };
+    for (i, source) in sources.iter().enumerate() {
+        match source {
+            Source::Header { name, scheme } => {
+                for (h, v) in headers.iter().filter(|(h, _)| h == name) {
+                    let _ = h;
+                    match scheme {
+                        None => note(v.trim_ascii(), i, &mut found),
+                        Some(s) => {
+                            if let Some(k) = after_scheme(v, s) {
+                                note(k, i, &mut found)
+                            }
+                        }
+                    }
+                }
+            }
+            Source::Query { name } => {
+                for v in query_param(path, name) {
+                    note(v, i, &mut found);
+                }
+            }
+        }
+    }
+    match found {
+        None => Presented::Missing,
+        Some(k) if conflict || k.len() > MAX_KEY_LEN => Presented::Conflict,
+        Some(key) => Presented::Key { key, sources: mask },
+    }
+}
+
+/// `path` without every `name=` parameter (for `hide_credentials` with query sources).
+pub fn strip_query_param(path: &str, name: &str) -> String {
+    let Some((base, query)) = path.split_once('?') else {
+        return path.to_string();
+    };
+    let (query, fragment) = match query.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (query, None),
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| pair.split_once('=').map(|(k, _)| k) != Some(name) && *pair != name)
+        .collect();
+    let mut out = base.to_string();
+    if !kept.is_empty() && kept.iter().any(|p| !p.is_empty()) {
+        out.push('?');
+        out.push_str(&kept.join("&"));
+    }
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    fn sources() -> Vec<Source> {
+        vec![
+            Source::Header {
+                name: "x-api-key".into(),
+                scheme: None,
+            },
+            Source::Header {
+                name: "authorization".into(),
+                scheme: Some("Bearer".into()),
+            },
+            Source::Query {
+                name: "api_key".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn finds_keys_in_sources() {
+        let s = sources();
+        assert_eq!(find_key(&s, &h(&[]), "/"), Presented::Missing);
+        assert_eq!(
+            find_key(&s, &h(&[("x-api-key", "k1")]), "/"),
+            Presented::Key {
+                key: b"k1",
+                sources: 0b001
+            }
+        );
+        assert_eq!(
+            find_key(&s, &h(&[("authorization", "bearer k1")]), "/"),
+            Presented::Key {
+                key: b"k1",
+                sources: 0b010
+            }
+        );
+        // Wrong scheme: not a key from that source.
+        assert_eq!(
+            find_key(&s, &h(&[("authorization", "Basic abc")]), "/"),
+            Presented::Missing
+        );
+        assert_eq!(
+            find_key(&s, &h(&[("authorization", "Bearerk1")]), "/"),
+            Presented::Missing
+        );
+        // Same key twice counts once; different keys conflict.
+        assert_eq!(
+            find_key(
+                &s,
+                &h(&[("x-api-key", "k1"), ("authorization", "Bearer k1")]),
+                "/?api_key=k1"
+            ),
+            Presented::Key {
+                key: b"k1",
+                sources: 0b111
+            }
+        );
+        assert_eq!(
+            find_key(
+                &s,
+                &h(&[("x-api-key", "k1"), ("authorization", "Bearer k2")]),
+                "/"
+            ),
+            Presented::Conflict
+        );
+        assert_eq!(
+            find_key(&s, &h(&[("x-api-key", "k1"), ("x-api-key", "k2")]), "/"),
+            Presented::Conflict
+        );
+        assert_eq!(
+            find_key(&s, &h(&[]), "/x?a=1&api_key=k3"),
+            Presented::Key {
+                key: b"k3",
+                sources: 0b100
+            }
+        );
+        let long = "k".repeat(MAX_KEY_LEN + 1);
+        assert_eq!(
+            find_key(&s, &h(&[("x-api-key", &long)]), "/"),
+            Presented::Conflict
+        );
+        assert_eq!(
+            find_key(&s, &h(&[("x-api-key", "")]), "/"),
+            Presented::Missing
+        );
+    }
+
+    #[test]
+    fn strips_query_params() {
+        assert_eq!(strip_query_param("/a?api_key=x", "api_key"), "/a");
+        assert_eq!(
+            strip_query_param("/a?b=1&api_key=x&c=2", "api_key"),
+            "/a?b=1&c=2"
+        );
+        assert_eq!(strip_query_param("/a", "api_key"), "/a");
+        assert_eq!(
+            strip_query_param("/a?api_keyz=1", "api_key"),
+            "/a?api_keyz=1"
+        );
+    }
+}

@@ -1,0 +1,184 @@
+//! One HTTP stream: read the request once, let the core decide, carry out the verdict.
+
+use super::host::EnvoyHost;
+use super::stats::Stats;
+use crate::credentials::strip_query_param;
+use crate::decide::{decide, Decision, Lookup, Request, Verdict};
+use crate::model::{Gate, Source};
+use crate::reply::{self, Reply};
+use log::{debug, error};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, MapType};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+pub struct KeygateHttp {
+    gate: Option<Rc<Gate>>,
+    stats: Rc<RefCell<Stats>>,
+    /// Headers to add to the upstream's response (environment, rate limits).
+    response_headers: Vec<(String, String)>,
+    /// The filter answered locally: leave the response alone.
+    replied: bool,
+}
+
+impl KeygateHttp {
+    pub fn new(gate: Option<Rc<Gate>>, stats: Rc<RefCell<Stats>>) -> Self {
+        KeygateHttp {
+            gate,
+            stats,
+            response_headers: Vec::new(),
+            replied: false,
+        }
+    }
+
+    fn send(&mut self, r: &Reply) -> Action {
+        let headers: Vec<(&str, &str)> = r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        if hostcalls::send_http_response(r.status, headers, Some(r.body.as_bytes())).is_err() {
+            error!("could not send the local reply");
+        }
+        self.replied = true;
+        Action::Pause
+    }
+
+    fn fail_closed(&mut self, why: &str) -> Action {
+        error!("{why}; rejecting the request");
+        let r = Reply {
+            status: 500,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: r#"{"error":"Internal error","code":"INTERNAL"}"#.into(),
+        };
+        self.send(&r)
+    }
+}
+
+fn set_state(name: &str, value: Option<&str>) {
+    if let Some(v) = value {
+        let _ = hostcalls::set_property(vec![name], Some(v.as_bytes()));
+    }
+}
+
+fn set_request_header(name: Option<&str>, value: Option<&str>) {
+    if let (Some(n), Some(v)) = (name, value) {
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, n, Some(v));
+    }
+}
+
+impl Context for KeygateHttp {}
+
+impl HttpContext for KeygateHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(gate) = self.gate.clone() else {
+            return self.fail_closed("no configuration");
+        };
+        // One host call for every header: the key sources, :method, :path and referer.
+        let Ok(headers) = hostcalls::get_map_bytes(MapType::HttpRequestHeaders) else {
+            return self.fail_closed("request headers unavailable");
+        };
+        // Headers the filter owns are never taken from the client, on any request.
+        for owned in gate.owned_request_headers() {
+            if headers.iter().any(|(h, _)| h == owned) {
+                let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, owned);
+            }
+        }
+        let text = |name: &str| {
+            headers
+                .iter()
+                .find(|(h, _)| h == name)
+                .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        };
+        let (Some(method), Some(path)) = (text(":method"), text(":path")) else {
+            return self.fail_closed("request without :method or :path");
+        };
+        let req = Request {
+            method,
+            path,
+            headers: &headers,
+        };
+        let mut host = EnvoyHost::default();
+        let Some(v) = decide(&gate, &req, &mut host, |_| Lookup::NotFound) else {
+            return Action::Continue; // public path
+        };
+        self.record(&v, &mut host);
+        if v.decision != Decision::Allowed {
+            return self.send(&reply::reject(&gate, &v));
+        }
+        if v.verify {
+            return self.send(&reply::verify(&gate, &v));
+        }
+        self.forward(&gate, &v, path);
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if !self.replied {
+            for (k, v) in &self.response_headers {
+                let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, k, Some(v));
+            }
+        }
+        Action::Continue
+    }
+}
+
+impl KeygateHttp {
+    /// The audit trail (filter state, stats, debug log): never the key itself.
+    fn record(&mut self, v: &Verdict, host: &mut EnvoyHost) {
+        let key = v.key.as_deref();
+        set_state("keygate.key_id", key.map(|k| k.id.as_str()));
+        set_state("keygate.tenant", key.and_then(|k| k.tenant.as_deref()));
+        set_state("keygate.environment", v.environment());
+        set_state("keygate.decision", Some(v.decision.as_str()));
+        let mut stats = self.stats.borrow_mut();
+        match key {
+            Some(k) => stats.key_request(&k.id, v.decision, host.clock()),
+            None => stats.keyless_rejection(v.decision),
+        }
+        if let Some(fault) = v.fault {
+            error!("rate-limit counter fault, request rejected: {fault}");
+            stats.event("ratelimit_faults");
+        }
+        if v.counter_created {
+            stats.event("ratelimit_counter_created_on_request");
+        }
+        debug!(
+            "decision={} key_id={}",
+            v.decision.as_str(),
+            key.map_or("-", |k| k.id.as_str())
+        );
+    }
+
+    /// An allowed request: identity headers in, credentials out.
+    fn forward(&mut self, gate: &Gate, v: &Verdict, path: &str) {
+        let key = v.key.as_deref();
+        let up = &gate.upstream_headers;
+        set_request_header(gate.environment_header.as_deref(), v.environment());
+        set_request_header(up.key_id.as_deref(), key.map(|k| k.id.as_str()));
+        set_request_header(up.tenant.as_deref(), key.and_then(|k| k.tenant.as_deref()));
+        set_request_header(up.role.as_deref(), v.role.map(|r| r.name.as_str()));
+        if gate.hide_credentials {
+            let mut new_path: Option<String> = None;
+            for (i, source) in gate.sources.iter().enumerate() {
+                if v.sources & (1u32 << (i as u32 % 32)) == 0 {
+                    continue;
+                }
+                match source {
+                    Source::Header { name, .. } => {
+                        let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+                    }
+                    Source::Query { name } => {
+                        let base = new_path.as_deref().unwrap_or(path);
+                        new_path = Some(strip_query_param(base, name));
+                    }
+                }
+            }
+            if let Some(p) = new_path {
+                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, ":path", Some(&p));
+            }
+        }
+        self.response_headers = reply::identity_headers(gate, v);
+    }
+}

@@ -1,0 +1,103 @@
+//! Usage stats (SPEC §3) as Envoy metrics, defined lazily and cached per VM.
+//!
+//! Names carry their tags as `.<tag>.<value>` segments so that Envoy's tag extraction (see the
+//! shipped `stats_config`) turns them into Prometheus labels:
+//! `keygate.requests.key_id.<id>`, `keygate.allowed.key_id.<id>`,
+//! `keygate.rejected.reason.<reason>.key_id.<id>`, `keygate.last_used.key_id.<id>` (gauge),
+//! and for requests without a known key `keygate.rejected.reason.<reason>`.
+
+use crate::decide::Decision;
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MetricType;
+use std::collections::HashMap;
+
+const REASONS: usize = Decision::ALL.len();
+
+#[derive(Default)]
+struct KeyMetrics {
+    requests: Option<u32>,
+    allowed: Option<u32>,
+    last_used: Option<u32>,
+    rejected: [Option<u32>; REASONS],
+}
+
+#[derive(Default)]
+pub struct Stats {
+    per_key: HashMap<String, KeyMetrics>,
+    keyless: [Option<u32>; REASONS],
+    events: HashMap<&'static str, u32>,
+}
+
+fn define(slot: &mut Option<u32>, kind: MetricType, name: impl FnOnce() -> String) -> Option<u32> {
+    if slot.is_none() {
+        *slot = hostcalls::define_metric(kind, &name()).ok();
+    }
+    *slot
+}
+
+fn bump(id: Option<u32>) {
+    if let Some(id) = id {
+        let _ = hostcalls::increment_metric(id, 1);
+    }
+}
+
+fn reason_index(d: Decision) -> usize {
+    Decision::ALL.iter().position(|x| *x == d).unwrap_or(0)
+}
+
+impl Stats {
+    /// Counts one judged request for a known key.
+    pub fn key_request(&mut self, key_id: &str, decision: Decision, now: u64) {
+        if !self.per_key.contains_key(key_id) {
+            self.per_key
+                .insert(key_id.to_string(), KeyMetrics::default());
+        }
+        let Some(m) = self.per_key.get_mut(key_id) else {
+            return;
+        };
+        bump(define(&mut m.requests, MetricType::Counter, || {
+            format!("keygate.requests.key_id.{key_id}")
+        }));
+        if decision == Decision::Allowed {
+            bump(define(&mut m.allowed, MetricType::Counter, || {
+                format!("keygate.allowed.key_id.{key_id}")
+            }));
+        } else if let Some(slot) = m.rejected.get_mut(reason_index(decision)) {
+            let reason = decision.as_str();
+            bump(define(slot, MetricType::Counter, || {
+                format!("keygate.rejected.reason.{reason}.key_id.{key_id}")
+            }));
+        }
+        if let Some(g) = define(&mut m.last_used, MetricType::Gauge, || {
+            format!("keygate.last_used.key_id.{key_id}")
+        }) {
+            let _ = hostcalls::record_metric(g, now);
+        }
+    }
+
+    /// Counts a rejection with no known key (missing, invalid, …).
+    pub fn keyless_rejection(&mut self, decision: Decision) {
+        if let Some(slot) = self.keyless.get_mut(reason_index(decision)) {
+            let reason = decision.as_str();
+            bump(define(slot, MetricType::Counter, || {
+                format!("keygate.rejected.reason.{reason}")
+            }));
+        }
+    }
+
+    /// Counts an operational event (`keygate.<name>`), e.g. rate-limit store faults.
+    pub fn event(&mut self, name: &'static str) {
+        let id = match self.events.get(name) {
+            Some(id) => Some(*id),
+            None => {
+                let id =
+                    hostcalls::define_metric(MetricType::Counter, &format!("keygate.{name}")).ok();
+                if let Some(id) = id {
+                    self.events.insert(name, id);
+                }
+                id
+            }
+        };
+        bump(id);
+    }
+}

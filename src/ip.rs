@@ -1,0 +1,110 @@
+//! Client addresses and the CIDR blocks a key may be used from.
+
+use std::net::{IpAddr, SocketAddr};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: IpAddr,
+    bits: u8,
+}
+
+impl Cidr {
+    /// `203.0.113.0/24`, `2001:db8::/32`, or a single address.
+    pub fn parse(raw: &str) -> Result<Cidr, String> {
+        let (addr, bits) = match raw.split_once('/') {
+            Some((a, b)) => (a, Some(b)),
+            None => (raw, None),
+        };
+        let net: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{raw:?} is not an IP address or CIDR block"))?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let bits = match bits {
+            None => max,
+            Some(b) => match b.parse::<u8>() {
+                Ok(n) if n <= max && !b.starts_with('+') => n,
+                _ => return Err(format!("{raw:?} has an invalid prefix length")),
+            },
+        };
+        if mask(net, bits) != net {
+            return Err(format!("{raw:?} has host bits set beyond /{bits}"));
+        }
+        Ok(Cidr { net, bits })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        ip.is_ipv4() == self.net.is_ipv4() && mask(ip, self.bits) == self.net
+    }
+}
+
+fn mask(ip: IpAddr, bits: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(a) => {
+            let m = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+            IpAddr::V4((u32::from(a) & m).into())
+        }
+        IpAddr::V6(a) => {
+            let m = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+            IpAddr::V6((u128::from(a) & m).into())
+        }
+    }
+}
+
+/// Envoy's `source.address` property: `1.2.3.4:5678` or `[::1]:5678` (or a bare address).
+pub fn parse_source_address(raw: &[u8]) -> Option<IpAddr> {
+    let s = std::str::from_utf8(raw).ok()?;
+    s.parse::<SocketAddr>()
+        .map(|a| a.ip())
+        .or_else(|_| s.parse::<IpAddr>())
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn cidrs() {
+        let c = Cidr::parse("203.0.113.0/24").unwrap();
+        assert!(c.contains(ip("203.0.113.7")));
+        assert!(c.contains(ip("::ffff:203.0.113.7")));
+        assert!(!c.contains(ip("203.0.114.7")));
+        let one = Cidr::parse("127.0.0.1").unwrap();
+        assert!(one.contains(ip("127.0.0.1")) && !one.contains(ip("127.0.0.2")));
+        let v6 = Cidr::parse("2001:db8::/32").unwrap();
+        assert!(v6.contains(ip("2001:db8:1::5")) && !v6.contains(ip("2001:db9::1")));
+        assert!(!v6.contains(ip("1.2.3.4")));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("9.9.9.9")));
+        for bad in [
+            "1.2.3.4/33",
+            "1.2.3.0/+24",
+            "1.2.3.4/24",
+            "x",
+            "1.2.3/24",
+            "::/129",
+            "",
+        ] {
+            assert!(Cidr::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn source_addresses() {
+        assert_eq!(
+            parse_source_address(b"127.0.0.1:5555"),
+            Some(ip("127.0.0.1"))
+        );
+        assert_eq!(parse_source_address(b"[::1]:5555"), Some(ip("::1")));
+        assert_eq!(parse_source_address(b"10.0.0.1"), Some(ip("10.0.0.1")));
+        assert_eq!(parse_source_address(b"garbage"), None);
+        assert_eq!(parse_source_address(b"\xff"), None);
+    }
+}

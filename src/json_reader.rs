@@ -1,0 +1,204 @@
+//! A small typed reader over `serde_json::Value` that records every problem with its JSON path.
+//!
+//! The configuration is read field by field so that *all* errors are reported at once (for
+//! `keygate check`) and each one names the exact place (`$.keys[3].allowed_ips[0]`).
+
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// One configuration problem: where it is and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Collects errors while reading.
+#[derive(Debug, Default)]
+pub struct Errors(pub Vec<ConfigError>);
+
+impl Errors {
+    pub fn push(&mut self, path: &str, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.to_string(),
+            message: message.into(),
+        });
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A JSON object being read; `finish` reports the fields nobody asked for.
+pub struct Obj<'a> {
+    path: String,
+    map: &'a Map<String, Value>,
+    seen: Vec<&'static str>,
+}
+
+pub fn child(path: &str, field: &str) -> String {
+    format!("{path}.{field}")
+}
+
+pub fn index(path: &str, i: usize) -> String {
+    format!("{path}[{i}]")
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+impl<'a> Obj<'a> {
+    /// Starts reading `value` as an object; reports and returns `None` if it is not one.
+    pub fn new(path: &str, value: &'a Value, errors: &mut Errors) -> Option<Self> {
+        match value {
+            Value::Object(map) => Some(Obj {
+                path: path.to_string(),
+                map,
+                seen: Vec::new(),
+            }),
+            other => {
+                errors.push(
+                    path,
+                    format!("expected an object, found {}", type_name(other)),
+                );
+                None
+            }
+        }
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    pub fn field_path(&self, field: &str) -> String {
+        child(&self.path, field)
+    }
+
+    /// The raw value of an optional field (JSON `null` counts as absent).
+    pub fn get(&mut self, field: &'static str) -> Option<&'a Value> {
+        self.seen.push(field);
+        match self.map.get(field) {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v),
+        }
+    }
+
+    pub fn has(&self, field: &str) -> bool {
+        matches!(self.map.get(field), Some(v) if !v.is_null())
+    }
+
+    pub fn opt_str(&mut self, field: &'static str, errors: &mut Errors) -> Option<&'a str> {
+        let path = self.field_path(field);
+        match self.get(field) {
+            None => None,
+            Some(Value::String(s)) => Some(s.as_str()),
+            Some(other) => {
+                errors.push(
+                    &path,
+                    format!("expected a string, found {}", type_name(other)),
+                );
+                None
+            }
+        }
+    }
+
+    pub fn req_str(&mut self, field: &'static str, errors: &mut Errors) -> Option<&'a str> {
+        if !self.has(field) {
+            self.seen.push(field);
+            errors.push(&self.field_path(field), "is required");
+            return None;
+        }
+        self.opt_str(field, errors)
+    }
+
+    pub fn opt_bool(&mut self, field: &'static str, errors: &mut Errors) -> Option<bool> {
+        let path = self.field_path(field);
+        match self.get(field) {
+            None => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(other) => {
+                errors.push(
+                    &path,
+                    format!("expected a boolean, found {}", type_name(other)),
+                );
+                None
+            }
+        }
+    }
+
+    pub fn opt_u64(&mut self, field: &'static str, errors: &mut Errors) -> Option<u64> {
+        let path = self.field_path(field);
+        match self.get(field) {
+            None => None,
+            Some(v) => match v.as_u64() {
+                Some(n) => Some(n),
+                None => {
+                    errors.push(&path, format!("expected a whole number ≥ 0, found {v}"));
+                    None
+                }
+            },
+        }
+    }
+
+    pub fn opt_array(&mut self, field: &'static str, errors: &mut Errors) -> Option<&'a [Value]> {
+        let path = self.field_path(field);
+        match self.get(field) {
+            None => None,
+            Some(Value::Array(a)) => Some(a.as_slice()),
+            Some(other) => {
+                errors.push(
+                    &path,
+                    format!("expected an array, found {}", type_name(other)),
+                );
+                None
+            }
+        }
+    }
+
+    /// An optional array of strings, each passed to `parse` with its own path.
+    pub fn opt_str_list<T>(
+        &mut self,
+        field: &'static str,
+        errors: &mut Errors,
+        mut parse: impl FnMut(&str, &str, &mut Errors) -> Option<T>,
+    ) -> Option<Vec<T>> {
+        let path = self.field_path(field);
+        let items = self.opt_array(field, errors)?;
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let p = index(&path, i);
+            match item {
+                Value::String(s) => {
+                    if let Some(v) = parse(&p, s, errors) {
+                        out.push(v);
+                    }
+                }
+                other => errors.push(&p, format!("expected a string, found {}", type_name(other))),
+            }
+        }
+        Some(out)
+    }
+
+    /// Reports every field that was not read: unknown fields are errors, never ignored.
+    pub fn finish(self, errors: &mut Errors) {
+        for key in self.map.keys() {
+            if !self.seen.iter().any(|s| s == key) {
+                errors.push(&child(&self.path, key), "unknown field");
+            }
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! Key digests and the table they are looked up in.
+
+use crate::model::KeyRecord;
+use sha2::{Digest as _, Sha256};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+pub type Digest = [u8; 32];
+
+/// SHA-256 of the whole presented key string.
+pub fn digest(key: &[u8]) -> Digest {
+    Sha256::digest(key).into()
+}
+
+pub fn digest_hex(key: &[u8]) -> String {
+    hex::encode(digest(key))
+}
+
+/// Parses 64 lower-case hex characters.
+pub fn parse_digest_hex(s: &str) -> Option<Digest> {
+    if s.len() != 64 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s, &mut out).ok()?;
+    Some(out)
+}
+
+/// SHA-256 outputs are already uniformly distributed and cannot be chosen by a client, so the
+/// table hashes a digest by its first eight bytes instead of running SipHash over all 32.
+#[derive(Default)]
+pub struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut buf = [0u8; 8];
+        for (b, x) in buf.iter_mut().zip(bytes.iter()) {
+            *b = *x;
+        }
+        self.0 ^= u64::from_le_bytes(buf);
+    }
+    fn write_usize(&mut self, _: usize) {}
+}
+
+/// Keys by digest.
+#[derive(Debug, Default)]
+pub struct KeyTable {
+    by_digest: HashMap<Digest, KeyRecord, BuildHasherDefault<DigestHasher>>,
+}
+
+impl KeyTable {
+    pub fn with_capacity(n: usize) -> Self {
+        KeyTable {
+            by_digest: HashMap::with_capacity_and_hasher(n, Default::default()),
+        }
+    }
+
+    /// Inserts; returns false (and changes nothing) if the digest is already present.
+    pub fn insert(&mut self, digest: Digest, record: KeyRecord) -> bool {
+        if self.by_digest.contains_key(&digest) {
+            return false;
+        }
+        self.by_digest.insert(digest, record);
+        true
+    }
+
+    pub fn get(&self, digest: &Digest) -> Option<&KeyRecord> {
+        self.by_digest.get(digest)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_digest.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_digest.is_empty()
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = &KeyRecord> {
+        self.by_digest.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests() {
+        assert_eq!(
+            digest_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let d = parse_digest_hex(&digest_hex(b"abc")).unwrap();
+        assert_eq!(d, digest(b"abc"));
+        assert!(parse_digest_hex(&digest_hex(b"abc").to_uppercase()).is_none());
+        assert!(parse_digest_hex("abc").is_none());
+        assert!(parse_digest_hex(&"g".repeat(64)).is_none());
+    }
+
+    #[test]
+    fn table_rejects_duplicate_digest() {
+        let mut t = KeyTable::default();
+        let rec = KeyRecord {
+            id: "a".into(),
+            ..Default::default()
+        };
+        assert!(t.insert(digest(b"k"), rec.clone()));
+        assert!(!t.insert(digest(b"k"), rec));
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.get(&digest(b"k")).map(|r| r.id.as_str()), Some("a"));
+        assert!(t.get(&digest(b"other")).is_none());
+    }
+}

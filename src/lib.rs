@@ -1,0 +1,26 @@
+//! keygate: an API-key gate for Envoy, as a proxy-wasm HTTP filter.
+//!
+//! The flow, one module per step:
+//! [`config`] (JSON → validated [`model::Gate`]) → [`credentials`] (find the presented key) →
+//! [`keys`] (SHA-256 digest, lookup) → [`decide`] (the ordered checks, using [`path`], [`ip`],
+//! [`ratelimit`]) → [`reply`] (status, headers, JSON body). Only [`filter`] talks to Envoy.
+
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod config;
+pub mod credentials;
+pub mod decide;
+pub mod ip;
+pub mod json_reader;
+pub mod keys;
+pub mod model;
+pub mod path;
+pub mod ratelimit;
+pub mod reply;
+pub mod timestamp;
+
+#[cfg(target_arch = "wasm32")]
+mod filter;

@@ -1,0 +1,174 @@
+//! The validated, ready-to-serve form of a plugin configuration: built once per `on_configure`.
+
+use crate::ip::Cidr;
+use crate::keys::KeyTable;
+use crate::path::Pattern;
+
+/// Where a key may be presented.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// A request header (lower-case name), optionally with a required scheme (`Bearer`).
+    Header {
+        name: String,
+        scheme: Option<String>,
+    },
+    /// A query-string parameter (opt-in only).
+    Query { name: String },
+}
+
+/// The length of a fixed rate-limit window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Per {
+    Second,
+    Minute,
+    Hour,
+    Day,
+}
+
+impl Per {
+    pub const ALL: [Per; 4] = [Per::Second, Per::Minute, Per::Hour, Per::Day];
+
+    pub fn seconds(self) -> u64 {
+        match self {
+            Per::Second => 1,
+            Per::Minute => 60,
+            Per::Hour => 3600,
+            Per::Day => 86_400,
+        }
+    }
+
+    /// Position of this window's counter in a key's shared counter record.
+    pub fn slot(self) -> usize {
+        self as usize
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Per::Second => "second",
+            Per::Minute => "minute",
+            Per::Hour => "hour",
+            Per::Day => "day",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Per> {
+        Per::ALL.into_iter().find(|p| p.name() == s)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub requests: u64,
+    pub per: Per,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Role {
+    pub name: String,
+    /// `None` = every method (`["*"]`).
+    pub methods: Option<Vec<String>>,
+    /// `None` = every path.
+    pub paths: Option<Vec<Pattern>>,
+    pub forbidden_message: Option<String>,
+}
+
+impl Role {
+    pub fn allows_method(&self, method: &str) -> bool {
+        match &self.methods {
+            None => true,
+            Some(m) => m.iter().any(|x| x == method),
+        }
+    }
+}
+
+pub type RoleId = usize;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prefix {
+    pub prefix: String,
+    pub environment: Option<String>,
+    pub role: Option<RoleId>,
+    pub rate_limits: Option<Vec<Limit>>,
+}
+
+/// One API key, as stored: never its plaintext.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KeyRecord {
+    pub id: String,
+    pub name: Option<String>,
+    pub tenant: Option<String>,
+    pub role: Option<RoleId>,
+    pub environment: Option<String>,
+    pub revoked: bool,
+    pub expires_at: Option<i64>,
+    pub rate_limits: Option<Vec<Limit>>,
+    pub allowed_ips: Option<Vec<Cidr>>,
+    pub allowed_referers: Option<Vec<Pattern>>,
+    pub allowed_paths: Option<Vec<Pattern>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySync {
+    pub cluster: String,
+    pub path: String,
+    pub authority: String,
+    pub interval_seconds: u64,
+    pub timeout_ms: u64,
+}
+
+/// Names of the headers the filter sets on the upstream request (`None` = off).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamHeaders {
+    pub key_id: Option<String>,
+    pub tenant: Option<String>,
+    pub role: Option<String>,
+}
+
+/// Everything one plugin configuration says, validated.
+#[derive(Debug)]
+pub struct Gate {
+    pub sources: Vec<Source>,
+    /// Longest prefix first, so the first match is the longest.
+    pub prefixes: Vec<Prefix>,
+    pub roles: Vec<Role>,
+    pub keys: KeyTable,
+    pub default_limits: Vec<Limit>,
+    pub public_paths: Vec<Pattern>,
+    pub verify_path: Option<String>,
+    pub hide_credentials: bool,
+    pub environment_header: Option<String>,
+    pub upstream_headers: UpstreamHeaders,
+    pub key_sync: Option<KeySync>,
+    /// A Bearer source is configured: 401s carry `WWW-Authenticate`.
+    pub bearer: bool,
+}
+
+impl Gate {
+    /// The longest configured prefix of `key`. With no prefixes configured every key is in the
+    /// single unnamed class (`Some(None)`); a key outside all configured prefixes is `None`.
+    pub fn classify(&self, key: &[u8]) -> Option<Option<&Prefix>> {
+        if self.prefixes.is_empty() {
+            return Some(None);
+        }
+        self.prefixes
+            .iter()
+            .find(|p| key.starts_with(p.prefix.as_bytes()))
+            .map(Some)
+    }
+
+    pub fn role(&self, id: Option<RoleId>) -> Option<&Role> {
+        id.and_then(|i| self.roles.get(i))
+    }
+
+    /// Every header the filter owns on the upstream request: removed from every client request.
+    pub fn owned_request_headers(&self) -> impl Iterator<Item = &str> {
+        [
+            self.environment_header.as_deref(),
+            self.upstream_headers.key_id.as_deref(),
+            self.upstream_headers.tenant.as_deref(),
+            self.upstream_headers.role.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+    }
+}

@@ -1,0 +1,475 @@
+//! Exact fixed-window rate limits counted in a compare-and-swap store shared by all workers.
+//!
+//! Each key has one record in the store, `keygate.rl.<key id>`, with one slot per window length
+//! (second, minute, hour, day). A slot is `(window start, count)`; it is reset in place when its
+//! window rolls over, so memory is bounded by the number of keys, never by elapsed time. All of a
+//! key's limits are checked and counted in one compare-and-swap, so a request that one limit
+//! blocks consumes none of the others.
+
+use crate::model::{Limit, Per};
+use std::fmt;
+
+/// A compare-and-swap store (Envoy shared data, or an in-memory fake in tests).
+pub trait CasStore {
+    /// The value and its CAS token, or `None` if the entry does not exist.
+    fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError>;
+    /// Writes if the entry's CAS token still equals `cas` (0 = unconditional).
+    /// `Ok(false)` is a CAS mismatch.
+    fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<bool, StoreError>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreError {
+    /// The host refused the call.
+    Host,
+    /// The stored record is not one of ours.
+    Corrupt,
+    /// Every compare-and-swap attempt lost to another worker.
+    Contention,
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StoreError::Host => "shared data call failed",
+            StoreError::Corrupt => "rate-limit record has an unexpected size",
+            StoreError::Contention => "compare-and-swap retries exhausted",
+        })
+    }
+}
+
+/// How many compare-and-swap attempts a request gets before it is rejected (fail closed).
+pub const MAX_CAS_ATTEMPTS: u32 = 32;
+
+const SLOTS: usize = 4;
+const RECORD_LEN: usize = SLOTS * 16;
+
+/// The store key of a key id's counter record.
+pub fn counter_key(key_id: &str) -> String {
+    format!("keygate.rl.{key_id}")
+}
+
+/// Start of the fixed window (aligned to the Unix epoch) that contains `now`.
+pub fn window_start(now: u64, per: Per) -> u64 {
+    now - now % per.seconds()
+}
+
+/// Unix second at which the window containing `now` ends.
+pub fn window_reset(now: u64, per: Per) -> u64 {
+    window_start(now, per).saturating_add(per.seconds())
+}
+
+/// Whole seconds until `reset`, at least 1.
+pub fn seconds_until(reset: u64, now: u64) -> u64 {
+    reset.saturating_sub(now).max(1)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Slot {
+    start: u64,
+    count: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Record([Slot; SLOTS]);
+
+impl Record {
+    fn decode(bytes: &[u8]) -> Result<Record, StoreError> {
+        if bytes.len() != RECORD_LEN {
+            return Err(StoreError::Corrupt);
+        }
+        let mut r = Record::default();
+        for (slot, chunk) in r.0.iter_mut().zip(bytes.chunks_exact(16)) {
+            let (a, b) = chunk.split_at(8);
+            slot.start = u64::from_le_bytes(a.try_into().map_err(|_| StoreError::Corrupt)?);
+            slot.count = u64::from_le_bytes(b.try_into().map_err(|_| StoreError::Corrupt)?);
+        }
+        Ok(r)
+    }
+
+    fn encode(&self) -> [u8; RECORD_LEN] {
+        let mut out = [0u8; RECORD_LEN];
+        for (slot, chunk) in self.0.iter().zip(out.chunks_exact_mut(16)) {
+            let (a, b) = chunk.split_at_mut(8);
+            a.copy_from_slice(&slot.start.to_le_bytes());
+            b.copy_from_slice(&slot.count.to_le_bytes());
+        }
+        out
+    }
+
+    /// Requests already counted in the current window of `per`.
+    fn used(&self, per: Per, now: u64) -> u64 {
+        match self.0.get(per.slot()) {
+            Some(s) if s.start == window_start(now, per) => s.count,
+            _ => 0,
+        }
+    }
+}
+
+/// The `X-RateLimit-*` values of one limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateHeaders {
+    pub limit: u64,
+    pub remaining: u64,
+    /// Unix seconds when the window resets.
+    pub reset: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateOutcome {
+    /// Counted; the headers of the limit closest to exhaustion.
+    Admitted(RateHeaders),
+    /// Not counted: a limit is used up. `retry_after` whole seconds until it resets (≥ 1).
+    Blocked {
+        headers: RateHeaders,
+        retry_after: u64,
+    },
+}
+
+/// The limit closest to exhaustion (fewest remaining; on a tie, the later reset).
+fn closest(limits: &[Limit], rec: &Record, now: u64, extra: u64) -> Option<RateHeaders> {
+    limits
+        .iter()
+        .map(|l| RateHeaders {
+            limit: l.requests,
+            remaining: l
+                .requests
+                .saturating_sub(rec.used(l.per, now).saturating_add(extra)),
+            reset: window_reset(now, l.per),
+        })
+        .min_by(|a, b| a.remaining.cmp(&b.remaining).then(b.reset.cmp(&a.reset)))
+}
+
+fn read(store: &mut impl CasStore, key: &str) -> Result<Option<(Record, u32)>, StoreError> {
+    match store.get(key)? {
+        None => Ok(None),
+        Some((bytes, cas)) => Ok(Some((Record::decode(&bytes)?, cas))),
+    }
+}
+
+/// Makes sure a key's counter record exists. Called where only one writer can be creating it
+/// (configuration, key-set publication): the host accepts any CAS on a missing entry, so a
+/// creation racing with counting could erase counts.
+pub fn ensure_counter(store: &mut impl CasStore, key_id: &str) -> Result<bool, StoreError> {
+    let key = counter_key(key_id);
+    if store.get(&key)?.is_some() {
+        return Ok(false);
+    }
+    store.set(&key, &Record::default().encode(), 0)?;
+    Ok(true)
+}
+
+/// Counts one request against every limit of `key_id`, or blocks it without counting.
+///
+/// A missing record is created first (see [`ensure_counter`]); `created` reports that so the
+/// caller can count the event.
+pub fn admit(
+    store: &mut impl CasStore,
+    key_id: &str,
+    limits: &[Limit],
+    now: u64,
+    created: &mut bool,
+) -> Result<Option<RateOutcome>, StoreError> {
+    if limits.is_empty() {
+        return Ok(None);
+    }
+    let key = counter_key(key_id);
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let (rec, cas) = match read(store, &key)? {
+            Some(x) => x,
+            None => {
+                *created = true;
+                store.set(&key, &Record::default().encode(), 0)?;
+                continue;
+            }
+        };
+        let blocking = limits
+            .iter()
+            .filter(|l| rec.used(l.per, now) >= l.requests)
+            .max_by_key(|l| window_reset(now, l.per));
+        if let Some(l) = blocking {
+            let reset = window_reset(now, l.per);
+            let headers = RateHeaders {
+                limit: l.requests,
+                remaining: 0,
+                reset,
+            };
+            return Ok(Some(RateOutcome::Blocked {
+                headers,
+                retry_after: seconds_until(reset, now),
+            }));
+        }
+        let mut next = rec;
+        for l in limits {
+            let used = rec.used(l.per, now);
+            if let Some(slot) = next.0.get_mut(l.per.slot()) {
+                *slot = Slot {
+                    start: window_start(now, l.per),
+                    count: used + 1,
+                };
+            }
+        }
+        if store.set(&key, &next.encode(), cas)? {
+            let headers = closest(limits, &rec, now, 1).ok_or(StoreError::Corrupt)?;
+            return Ok(Some(RateOutcome::Admitted(headers)));
+        }
+    }
+    Err(StoreError::Contention)
+}
+
+/// The headers a key's limits would show now, without counting (for answers that are not
+/// counted, like 403s).
+pub fn peek(
+    store: &mut impl CasStore,
+    key_id: &str,
+    limits: &[Limit],
+    now: u64,
+) -> Result<Option<RateHeaders>, StoreError> {
+    if limits.is_empty() {
+        return Ok(None);
+    }
+    let rec = read(store, &counter_key(key_id))?
+        .map(|(r, _)| r)
+        .unwrap_or_default();
+    Ok(closest(limits, &rec, now, 0))
+}
+
+/// An in-memory [`CasStore`] with the host's semantics, for tests: CAS tokens increase
+/// globally, a missing entry accepts any CAS, and conflicts can be injected.
+#[cfg(test)]
+pub mod mem {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[derive(Default)]
+    pub struct MemStore {
+        pub entries: HashMap<String, (Vec<u8>, u32)>,
+        next_cas: u32,
+        /// The next this-many `set` calls with a CAS fail as if another worker wrote first.
+        pub inject_conflicts: u32,
+        pub sets: u32,
+    }
+
+    impl CasStore for MemStore {
+        fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+            Ok(self.entries.get(key).cloned())
+        }
+        fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<bool, StoreError> {
+            self.sets += 1;
+            if let Some((_, cur)) = self.entries.get(key) {
+                if cas != 0 && self.inject_conflicts > 0 {
+                    self.inject_conflicts -= 1;
+                    // Another worker's write: the token moves on.
+                    self.next_cas += 1;
+                    let v = self
+                        .entries
+                        .get(key)
+                        .map(|e| e.0.clone())
+                        .unwrap_or_default();
+                    self.entries.insert(key.to_string(), (v, self.next_cas));
+                    return Ok(false);
+                }
+                if cas != 0 && cas != *cur {
+                    return Ok(false);
+                }
+            }
+            self.next_cas += 1;
+            self.entries
+                .insert(key.to_string(), (value.to_vec(), self.next_cas));
+            Ok(true)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mem::MemStore;
+    use super::*;
+
+    fn lim(requests: u64, per: Per) -> Limit {
+        Limit { requests, per }
+    }
+
+    fn admit_now(s: &mut MemStore, limits: &[Limit], now: u64) -> RateOutcome {
+        let mut created = false;
+        admit(s, "k", limits, now, &mut created).unwrap().unwrap()
+    }
+
+    #[test]
+    fn window_math() {
+        assert_eq!(window_start(125, Per::Minute), 120);
+        assert_eq!(window_reset(125, Per::Minute), 180);
+        assert_eq!(window_reset(86_399, Per::Day), 86_400);
+        assert_eq!(window_reset(86_400, Per::Day), 172_800);
+        assert_eq!(window_reset(7, Per::Second), 8);
+        assert_eq!(seconds_until(180, 125), 55);
+        assert_eq!(seconds_until(180, 180), 1);
+    }
+
+    #[test]
+    fn counts_down_then_blocks_then_resets() {
+        let mut s = MemStore::default();
+        ensure_counter(&mut s, "k").unwrap();
+        let limits = [lim(3, Per::Minute)];
+        for remaining in [2, 1, 0] {
+            assert_eq!(
+                admit_now(&mut s, &limits, 125),
+                RateOutcome::Admitted(RateHeaders {
+                    limit: 3,
+                    remaining,
+                    reset: 180
+                })
+            );
+        }
+        assert_eq!(
+            admit_now(&mut s, &limits, 130),
+            RateOutcome::Blocked {
+                headers: RateHeaders {
+                    limit: 3,
+                    remaining: 0,
+                    reset: 180
+                },
+                retry_after: 50
+            }
+        );
+        // Next minute: reset in place, same entry.
+        assert_eq!(
+            admit_now(&mut s, &limits, 180),
+            RateOutcome::Admitted(RateHeaders {
+                limit: 3,
+                remaining: 2,
+                reset: 240
+            })
+        );
+        assert_eq!(s.entries.len(), 1);
+    }
+
+    #[test]
+    fn a_blocked_request_consumes_no_other_limit() {
+        let mut s = MemStore::default();
+        let limits = [lim(2, Per::Second), lim(10, Per::Day)];
+        admit_now(&mut s, &limits, 1000);
+        admit_now(&mut s, &limits, 1000);
+        for _ in 0..5 {
+            assert!(matches!(
+                admit_now(&mut s, &limits, 1000),
+                RateOutcome::Blocked { retry_after: 1, .. }
+            ));
+        }
+        // The day limit saw only the two admitted requests.
+        assert_eq!(
+            peek(&mut s, "k", &[lim(10, Per::Day)], 1001).unwrap(),
+            Some(RateHeaders {
+                limit: 10,
+                remaining: 8,
+                reset: 86_400
+            })
+        );
+        // Headers show the limit closest to exhaustion.
+        assert_eq!(
+            admit_now(&mut s, &limits, 1001),
+            RateOutcome::Admitted(RateHeaders {
+                limit: 2,
+                remaining: 1,
+                reset: 1002
+            })
+        );
+    }
+
+    #[test]
+    fn blocked_by_the_longest_window_reports_its_reset() {
+        let mut s = MemStore::default();
+        let limits = [lim(1, Per::Second), lim(1, Per::Hour)];
+        admit_now(&mut s, &limits, 3600);
+        assert_eq!(
+            admit_now(&mut s, &limits, 3600),
+            RateOutcome::Blocked {
+                headers: RateHeaders {
+                    limit: 1,
+                    remaining: 0,
+                    reset: 7200
+                },
+                retry_after: 3600
+            }
+        );
+    }
+
+    #[test]
+    fn cas_conflicts_are_retried_then_fail_closed() {
+        let mut s = MemStore::default();
+        ensure_counter(&mut s, "k").unwrap();
+        s.inject_conflicts = 5;
+        assert!(matches!(
+            admit_now(&mut s, &[lim(10, Per::Minute)], 60),
+            RateOutcome::Admitted(_)
+        ));
+        assert_eq!(
+            peek(&mut s, "k", &[lim(10, Per::Minute)], 60)
+                .unwrap()
+                .map(|h| h.remaining),
+            Some(9)
+        );
+        s.inject_conflicts = MAX_CAS_ATTEMPTS;
+        let mut created = false;
+        assert_eq!(
+            admit(&mut s, "k", &[lim(10, Per::Minute)], 60, &mut created),
+            Err(StoreError::Contention)
+        );
+        // Nothing was counted by the failed request.
+        assert_eq!(
+            peek(&mut s, "k", &[lim(10, Per::Minute)], 60)
+                .unwrap()
+                .map(|h| h.remaining),
+            Some(9)
+        );
+    }
+
+    #[test]
+    fn limit_change_applies_to_existing_counts() {
+        let mut s = MemStore::default();
+        for _ in 0..5 {
+            admit_now(&mut s, &[lim(10, Per::Minute)], 60);
+        }
+        assert!(matches!(
+            admit_now(&mut s, &[lim(5, Per::Minute)], 61),
+            RateOutcome::Blocked { .. }
+        ));
+        assert!(matches!(
+            admit_now(&mut s, &[lim(7, Per::Minute)], 61),
+            RateOutcome::Admitted(RateHeaders { remaining: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn missing_record_is_created_and_corrupt_fails_closed() {
+        let mut s = MemStore::default();
+        let mut created = false;
+        assert!(admit(&mut s, "k", &[lim(1, Per::Day)], 5, &mut created)
+            .unwrap()
+            .is_some());
+        assert!(created);
+        assert!(!ensure_counter(&mut s, "k").unwrap());
+        s.entries.insert(counter_key("k"), (vec![1, 2, 3], 99));
+        assert_eq!(
+            admit(&mut s, "k", &[lim(1, Per::Day)], 5, &mut created),
+            Err(StoreError::Corrupt)
+        );
+    }
+
+    /// Two "workers" interleave read and write on one store: exactly the limit is admitted.
+    #[test]
+    fn interleaved_workers_admit_exactly_the_limit() {
+        let mut s = MemStore::default();
+        ensure_counter(&mut s, "k").unwrap();
+        let limits = [lim(50, Per::Minute)];
+        let mut admitted = 0;
+        for i in 0..200 {
+            // Every other request loses its first CAS to the "other worker".
+            s.inject_conflicts = i % 2;
+            if let RateOutcome::Admitted(_) = admit_now(&mut s, &limits, 600) {
+                admitted += 1;
+            }
+        }
+        assert_eq!(admitted, 50);
+    }
+}

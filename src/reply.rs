@@ -1,0 +1,112 @@
+//! What the client gets (SPEC §2): statuses, JSON bodies and headers, built from a verdict.
+
+use crate::decide::{Decision, Verdict};
+use crate::model::Gate;
+use crate::ratelimit::RateHeaders;
+
+pub const WWW_AUTHENTICATE: &str = "Bearer realm=\"api\"";
+
+/// A local answer from the filter.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u32,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+/// A JSON string literal (quoted and escaped), or `null`.
+fn json_str(s: Option<&str>) -> String {
+    match s {
+        Some(s) => serde_json::Value::from(s).to_string(),
+        None => "null".to_string(),
+    }
+}
+
+/// `{"error":…,"code":…}`, fields in the documented order.
+fn error_body(message: &str, code: &str) -> String {
+    format!(
+        r#"{{"error":{},"code":{}}}"#,
+        json_str(Some(message)),
+        json_str(Some(code))
+    )
+}
+
+/// Status, message and code of a rejection.
+pub fn rejection(v: &Verdict) -> (u32, String, &'static str) {
+    match v.decision {
+        Decision::Missing => (401, "Missing API key".into(), "UNAUTHORIZED"),
+        Decision::Invalid => (401, "Invalid API key".into(), "UNAUTHORIZED"),
+        Decision::Revoked => (401, "API key has been revoked".into(), "UNAUTHORIZED"),
+        Decision::Expired => (401, "API key has expired".into(), "UNAUTHORIZED"),
+        Decision::Forbidden => (403, v.forbidden_message().to_string(), "FORBIDDEN"),
+        Decision::RateLimited => (
+            429,
+            format!(
+                "Rate limit exceeded. Try again in {} seconds.",
+                v.retry_after.unwrap_or(1)
+            ),
+            "RATE_LIMITED",
+        ),
+        Decision::Unavailable => (503, "API key service unavailable".into(), "UNAVAILABLE"),
+        Decision::BadRequest => (400, "Invalid request path".into(), "BAD_REQUEST"),
+        // Not a rejection; answered as a fault if ever asked.
+        Decision::Allowed => (500, "Internal error".into(), "INTERNAL"),
+    }
+}
+
+fn push_rate(headers: &mut Vec<(String, String)>, rate: Option<&RateHeaders>) {
+    if let Some(r) = rate {
+        headers.push(("x-ratelimit-limit".into(), r.limit.to_string()));
+        headers.push(("x-ratelimit-remaining".into(), r.remaining.to_string()));
+        headers.push(("x-ratelimit-reset".into(), r.reset.to_string()));
+    }
+}
+
+/// Headers every answer about a known key or prefix carries: environment and rate limits.
+pub fn identity_headers(gate: &Gate, v: &Verdict) -> Vec<(String, String)> {
+    let mut headers = Vec::with_capacity(4);
+    if let (Some(h), Some(env)) = (&gate.environment_header, v.environment()) {
+        headers.push((h.clone(), env.to_string()));
+    }
+    push_rate(&mut headers, v.rate.as_ref());
+    headers
+}
+
+/// The local answer for a rejected request.
+pub fn reject(gate: &Gate, v: &Verdict) -> Reply {
+    let (status, message, code) = rejection(v);
+    let mut headers = identity_headers(gate, v);
+    headers.push(("content-type".into(), "application/json".into()));
+    if status == 401 && gate.bearer {
+        headers.push(("www-authenticate".into(), WWW_AUTHENTICATE.into()));
+    }
+    if let Some(n) = v.retry_after.filter(|_| status == 429) {
+        headers.push(("retry-after".into(), n.to_string()));
+    }
+    Reply {
+        status,
+        headers,
+        body: error_body(&message, code),
+    }
+}
+
+/// The answer to a GET on `verify_path` with a good key.
+pub fn verify(gate: &Gate, v: &Verdict) -> Reply {
+    let key = v.key.as_deref();
+    let body = format!(
+        r#"{{"key":{{"id":{},"name":{},"environment":{},"role":{}}},"organization":{{"id":{}}}}}"#,
+        json_str(key.map(|k| k.id.as_str())),
+        json_str(key.and_then(|k| k.name.as_deref())),
+        json_str(v.environment()),
+        json_str(v.role.map(|r| r.name.as_str())),
+        json_str(key.and_then(|k| k.tenant.as_deref())),
+    );
+    let mut headers = identity_headers(gate, v);
+    headers.push(("content-type".into(), "application/json".into()));
+    headers.push(("cache-control".into(), "no-store".into()));
+    Reply {
+        status: 200,
+        headers,
+        body,
+    }
+}

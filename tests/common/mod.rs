@@ -1,0 +1,495 @@
+//! Integration harness: a real Envoy (from the repo's venv) loading the built keygate.wasm,
+//! a real upstream that reports what it received, and a raw HTTP/1.1 client.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn wasm_path() -> PathBuf {
+    let p = repo().join("target/wasm32-wasip1/release/keygate.wasm");
+    assert!(
+        p.exists(),
+        "{} is missing: run `make build` first",
+        p.display()
+    );
+    p
+}
+
+pub fn envoy_bin() -> PathBuf {
+    let p = repo().join(".venv/bin/envoy");
+    assert!(
+        p.exists(),
+        "{} is missing: run `make envoy` first",
+        p.display()
+    );
+    p
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let d = repo()
+        .join("target/itest")
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("scratch dir");
+    d
+}
+
+/// An HTTP response as the client saw it.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+    }
+    /// For upstream answers: the headers the upstream received (name → values).
+    pub fn upstream_header(&self, name: &str) -> Option<String> {
+        let j = self.json();
+        let vals = j["headers"]
+            .get(name.to_ascii_lowercase())?
+            .as_array()?
+            .clone();
+        Some(
+            vals.iter()
+                .filter_map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        )
+    }
+    pub fn upstream_path(&self) -> String {
+        self.json()["path"].as_str().unwrap_or_default().to_string()
+    }
+    pub fn reached_upstream(&self) -> bool {
+        self.header("x-echo-upstream").is_some()
+    }
+}
+
+/// Sends one request on a fresh connection (`Connection: close`).
+pub fn send(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to envoy");
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: api.test\r\nconnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).expect("write request");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).expect("read response");
+    parse_response(&buf)
+}
+
+pub fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Response {
+    send(port, "GET", path, headers)
+}
+
+fn parse_response(buf: &[u8]) -> Response {
+    let text = String::from_utf8_lossy(buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {text:?}"));
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+/// A real HTTP/1.1 upstream that answers 200 with a JSON report of what it received:
+/// `{"method":…,"path":…,"headers":{name:[values…]}}` and `x-echo-upstream: <name>`.
+pub struct Upstream {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl Upstream {
+    pub fn start(name: &str) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+        let port = listener.local_addr().expect("addr").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let name = name.to_string();
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let name = name.clone();
+                thread::spawn(move || serve_echo(conn, &name));
+            }
+        });
+        Upstream { port, stop }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn serve_echo(conn: TcpStream, name: &str) {
+    conn.set_read_timeout(Some(Duration::from_secs(60))).ok();
+    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+    let mut out = conn;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.trim_end().splitn(3, ' ');
+        let method = parts.next().unwrap_or_default().to_string();
+        let path = parts.next().unwrap_or_default().to_string();
+        let mut headers = serde_json::Map::new();
+        let mut content_length = 0usize;
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                let k = k.trim().to_ascii_lowercase();
+                let v = v.trim().to_string();
+                if k == "content-length" {
+                    content_length = v.parse().unwrap_or(0);
+                }
+                if let Some(a) = headers
+                    .entry(k)
+                    .or_insert_with(|| Value::Array(vec![]))
+                    .as_array_mut()
+                {
+                    a.push(Value::String(v));
+                }
+            }
+        }
+        let mut body = vec![0u8; content_length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let report =
+            serde_json::json!({"method": method, "path": path, "headers": headers}).to_string();
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-echo-upstream: {name}\r\ncontent-length: {}\r\n\r\n{report}",
+            report.len()
+        );
+        if out.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// Options for one Envoy.
+pub struct EnvoyOpts<'a> {
+    pub name: &'a str,
+    /// The keygate plugin configuration (JSON).
+    pub plugin_config: &'a str,
+    pub upstream: u16,
+    /// A second upstream, routed to when `x-environment: SANDBOX`.
+    pub sandbox_upstream: Option<u16>,
+    pub concurrency: u32,
+}
+
+pub struct Envoy {
+    pub port: u16,
+    pub admin: u16,
+    pub dir: PathBuf,
+    child: Child,
+}
+
+fn yaml_quote(s: &str) -> String {
+    serde_json::to_string(s).expect("quote")
+}
+
+impl Envoy {
+    pub fn start(o: &EnvoyOpts) -> Envoy {
+        Self::try_start(o).unwrap_or_else(|log| panic!("envoy did not become ready; log:\n{log}"))
+    }
+
+    /// Starts Envoy; `Err(log)` if it exits or never becomes ready.
+    pub fn try_start(o: &EnvoyOpts) -> Result<Envoy, String> {
+        let dir = scratch_dir(o.name);
+        let port = free_port();
+        let admin = free_port();
+        let sandbox_route = match o.sandbox_upstream {
+            Some(_) => r#"
+              - match: { prefix: "/", headers: [{ name: x-environment, string_match: { exact: SANDBOX } }] }
+                route: { cluster: sandbox }"#
+                .to_string(),
+            None => String::new(),
+        };
+        let sandbox_cluster = match o.sandbox_upstream {
+            Some(p) => format!(
+                r#"
+  - name: sandbox
+    type: STATIC
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: sandbox
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {p} }} }} }} }}] }}]"#
+            ),
+            None => String::new(),
+        };
+        let yaml = format!(
+            r#"admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
+static_resources:
+  listeners:
+  - name: main
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: {access}
+              log_format:
+                json_format:
+                  key_id: "%FILTER_STATE(wasm.keygate.key_id:PLAIN)%"
+                  tenant: "%FILTER_STATE(wasm.keygate.tenant:PLAIN)%"
+                  environment: "%FILTER_STATE(wasm.keygate.environment:PLAIN)%"
+                  decision: "%FILTER_STATE(wasm.keygate.decision:PLAIN)%"
+                  method: "%REQ(:METHOD)%"
+                  path: "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"
+                  status: "%RESPONSE_CODE%"
+                  client: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"
+                  time: "%START_TIME%"
+                  request_id: "%REQ(X-TEST-ID)%"
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:{sandbox_route}
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: upstream }}
+          http_filters:
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: keygate
+                root_id: keygate
+                failure_policy: FAIL_CLOSED
+                vm_config:
+                  vm_id: keygate
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{ local: {{ filename: {wasm} }} }}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: {config}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: upstream
+    type: STATIC
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: upstream
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {up} }} }} }} }}] }}]{sandbox_cluster}
+stats_config:
+  stats_tags:
+  - tag_name: reason
+    regex: '^wasmcustom\.keygate\.rejected(\.reason\.([a-z_]+))'
+  - tag_name: key_id
+    regex: '^wasmcustom\.keygate\.\w+(?:\.reason\.[a-z_]+)?(\.key_id\.(.+))$'
+"#,
+            access = yaml_quote(&dir.join("access.log").display().to_string()),
+            wasm = yaml_quote(&wasm_path().display().to_string()),
+            config = yaml_quote(o.plugin_config),
+            up = o.upstream,
+        );
+        let cfg = dir.join("envoy.yaml");
+        std::fs::write(&cfg, yaml).expect("write envoy.yaml");
+        Self::launch(&cfg, &dir, port, admin, o.concurrency)
+    }
+
+    pub fn launch(
+        cfg: &Path,
+        dir: &Path,
+        port: u16,
+        admin: u16,
+        concurrency: u32,
+    ) -> Result<Envoy, String> {
+        let log = dir.join("envoy.log");
+        let child = Command::new(envoy_bin())
+            .args(["-c", &cfg.display().to_string()])
+            .args(["--concurrency", &concurrency.to_string()])
+            .args([
+                "--disable-hot-restart",
+                "--log-level",
+                "info",
+                "--file-flush-interval-msec",
+                "100",
+            ])
+            .args(["--log-path", &log.display().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn envoy");
+        let mut envoy = Envoy {
+            port,
+            admin,
+            dir: dir.to_path_buf(),
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = envoy.child.try_wait() {
+                return Err(envoy.log());
+            }
+            if admin_get(admin, "/ready").is_some_and(|r| r.status == 200) {
+                return Ok(envoy);
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        Err(envoy.log())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
+    }
+
+    pub fn access_log(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits (bounded) for the access-log line of the request tagged `x-test-id: id`.
+    pub fn access_entry(&self, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(e) = self
+                .access_log()
+                .into_iter()
+                .find(|e| e["request_id"] == id)
+            {
+                return e;
+            }
+            assert!(Instant::now() < deadline, "no access-log entry for {id}");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stats_prometheus(&self) -> String {
+        admin_get(self.admin, "/stats/prometheus")
+            .map(|r| r.body)
+            .unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn admin_get(admin: u16, path: &str) -> Option<Response> {
+    let mut s = TcpStream::connect(("127.0.0.1", admin)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let _ = s.shutdown(Shutdown::Both);
+    std::panic::catch_unwind(|| parse_response(&buf)).ok()
+}
+
+/// SHA-256 hex of a key, as configs store it.
+pub fn sha(key: &str) -> String {
+    keygate::keys::digest_hex(key.as_bytes())
+}
+
+pub fn assert_json(r: &Response, status: u16, body: &str) {
+    assert_eq!(r.status, status, "status; body {}", r.body);
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/json"),
+        "content-type"
+    );
+    let want: Value = serde_json::from_str(body).expect("expected body is JSON");
+    assert_eq!(r.json(), want, "body");
+    assert_eq!(r.body, body, "body bytes");
+}
