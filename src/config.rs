@@ -465,24 +465,23 @@ pub fn read_key_entry(
 /// Reads a list of key entries into a table, rejecting duplicate ids and digests.
 pub fn read_keys(path: &str, items: &[Value], ctx: &KeyContext, errors: &mut Errors) -> KeyTable {
     let mut table = KeyTable::with_capacity(items.len());
-    let mut ids: HashMap<String, usize> = HashMap::with_capacity(items.len());
+    let mut ids: HashMap<&str, usize> = HashMap::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let p = index(path, i);
+        // Ids are checked for duplicates even on entries with other errors.
+        if let Some(id) = item.get("id").and_then(Value::as_str) {
+            if let Some(first) = ids.get(id) {
+                errors.push(
+                    &format!("{p}.id"),
+                    format!("duplicate id {id:?} (first at {})", index(path, *first)),
+                );
+            } else {
+                ids.insert(id, i);
+            }
+        }
         let Some((digest, record)) = read_key_entry(&p, item, ctx, errors) else {
             continue;
         };
-        if let Some(first) = ids.get(&record.id) {
-            errors.push(
-                &format!("{p}.id"),
-                format!(
-                    "duplicate id {:?} (first at {})",
-                    record.id,
-                    index(path, *first)
-                ),
-            );
-            continue;
-        }
-        ids.insert(record.id.clone(), i);
         if !table.insert(digest, record) {
             errors.push(&p, "duplicate key: the same key (hash) appears earlier");
         }
@@ -621,5 +620,218 @@ fn check_header_clashes(gate: &Gate, errors: &mut Errors) {
             );
         }
         seen.push(h);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn errors_of(v: Value) -> Vec<String> {
+        match gate_from_value(&v) {
+            Ok(_) => vec![],
+            Err(e) => e.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    fn hash() -> String {
+        keys::digest_hex(b"mlm_live_x")
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let g = gate_from_value(&json!({
+            "key_sources": [{"header": "X-Tenant-Api-Key"}, {"header": "authorization", "scheme": "Bearer"}, {"query": "api_key"}],
+            "prefixes": [
+                {"prefix": "mlm_", "environment": "OTHER"},
+                {"prefix": "mlm_live_", "environment": "LIVE", "role": "admin", "rate_limits": [{"requests": 50000, "per": "day"}]}
+            ],
+            "roles": {"admin": {"methods": ["*"]}, "reader": {"methods": ["get", "HEAD"], "paths": ["/v1/*"], "forbidden_message": "no"}},
+            "keys": [
+                {"id": "key_123", "sha256": hash(), "name": "Production Key", "tenant": "org_42", "role": "reader",
+                 "environment": "LIVE", "revoked": false, "expires_at": "2027-01-01T00:00:00Z",
+                 "rate_limits": [{"requests": 100, "per": "minute"}, {"requests": 5, "per": "second"}],
+                 "allowed_ips": ["203.0.113.0/24", "2001:db8::/32"], "allowed_referers": ["https://app.example.com/*"],
+                 "allowed_paths": ["/v1/users/*"]},
+                {"id": "key_456", "key": "mlm_live_plain", "expires_at": 1798761600}
+            ],
+            "key_sync": {"cluster": "keyservice", "path": "/keys", "authority": "keys.internal", "interval_seconds": 10, "timeout_ms": 2000},
+            "rate_limits": [{"requests": 1000, "per": "minute"}],
+            "public_paths": ["/healthz"],
+            "verify_path": "/v1/verify",
+            "hide_credentials": true,
+            "environment_header": "x-environment",
+            "upstream_headers": {"key_id": "x-api-key-id", "tenant": "x-tenant-id", "role": "x-api-key-role"}
+        }))
+        .unwrap();
+        assert_eq!(g.prefixes[0].prefix, "mlm_live_", "longest prefix first");
+        assert_eq!(
+            g.classify(b"mlm_live_abc")
+                .map(|p| p.map(|p| p.prefix.as_str())),
+            Some(Some("mlm_live_"))
+        );
+        assert_eq!(
+            g.classify(b"mlm_x").map(|p| p.map(|p| p.prefix.as_str())),
+            Some(Some("mlm_"))
+        );
+        assert!(g.classify(b"sk_x").is_none());
+        assert_eq!(
+            g.sources[0],
+            Source::Header {
+                name: "x-tenant-api-key".into(),
+                scheme: None
+            }
+        );
+        let rec = g.keys.get(&keys::digest(b"mlm_live_x")).unwrap();
+        assert_eq!(rec.id, "key_123");
+        assert_eq!(rec.expires_at, Some(1_798_761_600));
+        assert_eq!(
+            g.roles[g.role(rec.role).map(|_| rec.role.unwrap()).unwrap()].methods,
+            Some(vec!["GET".to_string(), "HEAD".to_string()])
+        );
+        assert!(
+            g.keys.get(&keys::digest(b"mlm_live_plain")).is_some(),
+            "plaintext keys are stored by digest"
+        );
+        assert!(g.bearer);
+        assert_eq!(g.key_sync.as_ref().map(|k| k.interval_seconds), Some(10));
+    }
+
+    #[test]
+    fn defaults() {
+        let g = gate_from_value(&json!({"keys": [{"id": "a", "sha256": hash()}]})).unwrap();
+        assert_eq!(
+            g.sources.len(),
+            2,
+            "x-api-key and Authorization: Bearer by default"
+        );
+        assert!(
+            !g.sources.iter().any(|s| matches!(s, Source::Query { .. })),
+            "never the query by default"
+        );
+        assert!(g.hide_credentials);
+        assert_eq!(g.environment_header.as_deref(), Some("x-environment"));
+        assert_eq!(g.upstream_headers.key_id.as_deref(), Some("x-api-key-id"));
+        assert!(
+            g.classify(b"anything").is_some(),
+            "no prefixes: every key is looked up"
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let errs = errors_of(json!({
+            "key_sources": [{"header": "bad header"}, {"query": "q", "scheme": "Bearer"}, {}],
+            "prefixes": [{"prefix": "a_", "role": "nope"}, {"prefix": "a_"}],
+            "roles": {"r": {"methods": ["GET", "*"]}, "s": {"methods": ["GET"], "paths": ["v1"]}},
+            "keys": [
+                {"id": "k1", "sha256": "ABC"},
+                {"id": "k1", "sha256": keys::digest_hex(b"a_1")},
+                {"id": "k2", "sha256": keys::digest_hex(b"a_1")},
+                {"id": "k3", "key": "zz_plain"},
+                {"id": "k4", "sha256": hash(), "key": "a_x"},
+                {"id": "k 5", "sha256": keys::digest_hex(b"a_5"), "allowed_ips": ["10.0.0.0/33"], "allowed_paths": ["/a/*/b"],
+                 "allowed_referers": ["example.com"], "expires_at": "soon", "rate_limits": [{"requests": 0, "per": "week"}],
+                 "role": "ghost", "colour": "red"}
+            ],
+            "rate_limits": [{"requests": 1, "per": "day"}, {"requests": 2, "per": "day"}],
+            "verify_path": "/v1/../verify",
+            "upstream_headers": {"key_id": "x-environment"},
+            "extra": 1
+        }));
+        let expect = [
+            "$.key_sources[0].header: \"bad header\" is not a valid HTTP header name",
+            "$.key_sources[1].scheme: applies only to header sources",
+            "$.key_sources[2]: needs \"header\" or \"query\"",
+            "$.prefixes[0].role: role \"nope\" is not defined in $.roles",
+            "$.prefixes[1].prefix: duplicate prefix \"a_\"",
+            "$.roles.r.methods: \"*\" must stand alone",
+            "$.roles.s.paths[0]: pattern \"v1\" does not start with '/'",
+            "$.keys[0].sha256: must be 64 lowercase hex characters (SHA-256 of the whole key)",
+            "$.keys[1].id: duplicate id \"k1\" (first at $.keys[0])",
+            "$.keys[2]: duplicate key: the same key (hash) appears earlier",
+            "$.keys[3].key: does not start with any configured prefix, so it could never be used",
+            "$.keys[4]: has both \"sha256\" and \"key\"; give exactly one",
+            "$.keys[5].id: \"k 5\" must be 1-128 characters of A-Z a-z 0-9 _ - . :",
+            "$.keys[5].role: role \"ghost\" is not defined in $.roles",
+            "$.keys[5].expires_at: \"soon\" is not an RFC 3339 timestamp (2027-01-01T00:00:00Z)",
+            "$.keys[5].rate_limits[0].per: \"week\" is not one of second, minute, hour, day",
+            "$.keys[5].rate_limits[0].requests: must be at least 1",
+            "$.keys[5].allowed_ips[0]: \"10.0.0.0/33\" has an invalid prefix length",
+            "$.keys[5].allowed_referers[0]: pattern \"example.com\" is not an absolute URL (scheme://host/path)",
+            "$.keys[5].allowed_paths[0]: pattern \"/a/*/b\": '*' is allowed only alone or as a final '/*'",
+            "$.keys[5].colour: unknown field",
+            "$.rate_limits[1].per: a second limit per day (one limit per window length)",
+            "$.verify_path: \"/v1/../verify\" must be a canonical absolute path (like /v1/verify)",
+            "$.extra: unknown field",
+            "$.upstream_headers: header \"x-environment\" is used twice",
+        ];
+        for e in expect {
+            assert!(
+                errs.iter().any(|x| x == e),
+                "missing error {e:?}\nall errors:\n{}",
+                errs.join("\n")
+            );
+        }
+        assert_eq!(
+            errs.len(),
+            expect.len(),
+            "unexpected extra errors:\n{}",
+            errs.join("\n")
+        );
+    }
+
+    #[test]
+    fn the_plaintext_key_is_never_in_an_error() {
+        let errs = errors_of(
+            json!({"prefixes": [{"prefix": "a_"}], "keys": [{"id": "k", "key": "secret_value_123"}]}),
+        );
+        assert_eq!(errs.len(), 1);
+        assert!(!errs[0].contains("secret_value_123"));
+    }
+
+    #[test]
+    fn malformed_inputs_are_rejected() {
+        assert_eq!(parse_config(b"{not json").unwrap_err()[0].path, "$");
+        assert_eq!(
+            errors_of(json!([1, 2])),
+            vec!["$: expected an object, found an array"]
+        );
+        assert_eq!(
+            errors_of(json!({"keys": {}})),
+            vec!["$.keys: expected an array, found an object"]
+        );
+        assert_eq!(
+            errors_of(json!({"key_sources": []})),
+            vec!["$.key_sources: needs at least one key source"]
+        );
+        assert_eq!(
+            errors_of(json!({"keys": [{"sha256": hash()}]})),
+            vec!["$.keys[0].id: is required"]
+        );
+        assert_eq!(
+            errors_of(
+                json!({"key_sync": {"cluster": "ks", "path": "keys", "interval_seconds": 0}})
+            ),
+            vec![
+                "$.key_sync.path: must be an absolute path starting with '/'",
+                "$.key_sync.interval_seconds: must be between 1 and 86400"
+            ]
+        );
+        assert_eq!(
+            errors_of(json!({"keys": [{"id": "a", "sha256": hash(), "tenant": "bad\nvalue"}]})),
+            vec!["$.keys[0].tenant: \"bad\\nvalue\" must be non-empty printable ASCII without surrounding spaces (it is sent in a header)"]
+        );
+        assert_eq!(
+            errors_of(json!({"roles": {"r": {}}})),
+            vec!["$.roles.r.methods: is required (a list of methods, or [\"*\"])"]
+        );
+        assert_eq!(
+            errors_of(
+                json!({"key_sources": [{"header": "x-api-key"}], "upstream_headers": {"key_id": "X-Api-Key"}})
+            ),
+            vec!["$.upstream_headers: header \"x-api-key\" is also a key source"]
+        );
     }
 }

@@ -324,3 +324,401 @@ fn check_restrictions(
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::gate_from_value;
+    use crate::ratelimit::mem::MemStore;
+    use crate::reply;
+    use serde_json::json;
+
+    struct MockHost {
+        now: u64,
+        ip: Option<IpAddr>,
+        store: MemStore,
+        now_calls: u32,
+        ip_calls: u32,
+        fail_store: bool,
+    }
+
+    impl MockHost {
+        fn new() -> Self {
+            MockHost {
+                now: 1_800_000_000,
+                ip: "127.0.0.1".parse().ok(),
+                store: MemStore::default(),
+                now_calls: 0,
+                ip_calls: 0,
+                fail_store: false,
+            }
+        }
+    }
+
+    impl CasStore for MockHost {
+        fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+            if self.fail_store {
+                return Err(StoreError::Host);
+            }
+            self.store.get(key)
+        }
+        fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<bool, StoreError> {
+            self.store.set(key, value, cas)
+        }
+    }
+
+    impl Host for MockHost {
+        fn now(&mut self) -> u64 {
+            self.now_calls += 1;
+            self.now
+        }
+        fn source_ip(&mut self) -> Option<IpAddr> {
+            self.ip_calls += 1;
+            self.ip
+        }
+    }
+
+    fn sha(k: &str) -> String {
+        keys::digest_hex(k.as_bytes())
+    }
+
+    fn gate() -> Gate {
+        gate_from_value(&json!({
+            "key_sources": [{"header": "x-api-key"}],
+            "prefixes": [
+                {"prefix": "live_", "environment": "LIVE", "role": "reader"},
+                {"prefix": "test_", "environment": "TEST"}
+            ],
+            "roles": {
+                "reader": {"methods": ["GET"], "forbidden_message": "Readers only read."},
+                "admin": {"methods": ["*"]}
+            },
+            "keys": [
+                {"id": "plain", "sha256": sha("live_plain"), "tenant": "org"},
+                {"id": "admin", "sha256": sha("live_admin"), "role": "admin", "environment": "STAGING"},
+                {"id": "revoked_and_expired", "sha256": sha("live_re"), "revoked": true, "expires_at": 1},
+                {"id": "expired", "sha256": sha("live_exp"), "expires_at": 1_800_000_000},
+                {"id": "ip", "sha256": sha("live_ip"), "allowed_ips": ["10.0.0.0/8"], "allowed_paths": ["/x"]},
+                {"id": "limited", "sha256": sha("test_lim"), "rate_limits": [{"requests": 2, "per": "minute"}]},
+                {"id": "unlimited", "sha256": sha("test_unl"), "rate_limits": []}
+            ],
+            "rate_limits": [{"requests": 100, "per": "hour"}],
+            "public_paths": ["/healthz", "/public/*"],
+            "verify_path": "/v1/verify"
+        }))
+        .unwrap()
+    }
+
+    fn headers(key: Option<&str>) -> Vec<(String, Vec<u8>)> {
+        key.map(|k| vec![("x-api-key".to_string(), k.as_bytes().to_vec())])
+            .unwrap_or_default()
+    }
+
+    fn run<'g>(
+        g: &'g Gate,
+        host: &mut MockHost,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+    ) -> Option<Verdict<'g>> {
+        let h = headers(key);
+        let req = Request {
+            method,
+            path,
+            headers: &h,
+        };
+        decide(g, &req, host, |_| Lookup::NotFound)
+    }
+
+    fn decision(g: &Gate, method: &str, path: &str, key: Option<&str>) -> Decision {
+        run(g, &mut MockHost::new(), method, path, key)
+            .map(|v| v.decision)
+            .unwrap_or(Decision::Allowed)
+    }
+
+    #[test]
+    fn checks_run_in_the_documented_order() {
+        let g = gate();
+        assert!(
+            run(&g, &mut MockHost::new(), "GET", "/healthz", None).is_none(),
+            "public"
+        );
+        assert!(
+            run(
+                &g,
+                &mut MockHost::new(),
+                "POST",
+                "/public/a/b",
+                Some("garbage")
+            )
+            .is_none(),
+            "public wins over everything"
+        );
+        assert_eq!(decision(&g, "GET", "/a", None), Decision::Missing);
+        assert_eq!(decision(&g, "GET", "/a", Some("nope_x")), Decision::Invalid);
+        assert_eq!(
+            decision(&g, "GET", "/a", Some("live_unknown")),
+            Decision::Invalid
+        );
+        assert_eq!(
+            decision(&g, "GET", "/a", Some("live_re")),
+            Decision::Revoked,
+            "revoked before expired"
+        );
+        assert_eq!(
+            decision(&g, "GET", "/a", Some("live_exp")),
+            Decision::Expired,
+            "expires_at is exclusive"
+        );
+        assert_eq!(
+            decision(&g, "POST", "/x", Some("live_ip")),
+            Decision::Forbidden
+        );
+        assert_eq!(
+            decision(&g, "POST", "/a", Some("live_plain")),
+            Decision::Forbidden
+        );
+        assert_eq!(
+            decision(&g, "GET", "/a", Some("live_plain")),
+            Decision::Allowed
+        );
+        assert_eq!(
+            decision(&g, "GET", "/a/../..", Some("live_plain")),
+            Decision::BadRequest
+        );
+    }
+
+    #[test]
+    fn restrictions_and_their_messages() {
+        let g = gate();
+        let mut host = MockHost::new();
+        let v = run(&g, &mut host, "GET", "/x", Some("live_ip")).unwrap();
+        assert_eq!(
+            (v.decision, v.denial),
+            (Decision::Forbidden, Some(Denial::Ip))
+        );
+        assert_eq!(
+            v.forbidden_message(),
+            "API key is not allowed from this IP address"
+        );
+        host.ip = "10.1.2.3".parse().ok();
+        assert_eq!(
+            run(&g, &mut host, "GET", "/x", Some("live_ip"))
+                .unwrap()
+                .decision,
+            Decision::Allowed
+        );
+        let v = run(&g, &mut host, "GET", "/y", Some("live_ip")).unwrap();
+        assert_eq!(v.denial, Some(Denial::Path));
+        assert_eq!(
+            v.forbidden_message(),
+            "Readers only read.",
+            "the role's message for path denials"
+        );
+        let v = run(&g, &mut host, "DELETE", "/x", Some("live_ip")).unwrap();
+        assert_eq!(
+            (v.denial, v.forbidden_message()),
+            (Some(Denial::Method), "Readers only read.")
+        );
+        host.ip = None;
+        assert_eq!(
+            run(&g, &mut host, "GET", "/x", Some("live_ip"))
+                .unwrap()
+                .denial,
+            Some(Denial::Ip),
+            "unknown client IP fails closed"
+        );
+    }
+
+    #[test]
+    fn identity_comes_from_the_key_then_its_prefix() {
+        let g = gate();
+        let v = run(&g, &mut MockHost::new(), "DELETE", "/a", Some("live_admin")).unwrap();
+        assert_eq!(v.decision, Decision::Allowed);
+        assert_eq!(v.environment(), Some("STAGING"));
+        assert_eq!(v.role.map(|r| r.name.as_str()), Some("admin"));
+        let v = run(&g, &mut MockHost::new(), "GET", "/a", Some("live_unknown")).unwrap();
+        assert_eq!(
+            (v.decision, v.environment()),
+            (Decision::Invalid, Some("LIVE"))
+        );
+        let v = run(&g, &mut MockHost::new(), "GET", "/a", Some("nope")).unwrap();
+        assert_eq!(v.environment(), None);
+    }
+
+    #[test]
+    fn only_needed_host_calls_are_made() {
+        let g = gate();
+        let mut host = MockHost::new();
+        // No limit, no expiry, no IP rule: no clock, no address.
+        let v = run(&g, &mut host, "GET", "/a", Some("test_unl")).unwrap();
+        assert_eq!(v.decision, Decision::Allowed);
+        assert_eq!((host.now_calls, host.ip_calls, host.store.sets), (0, 0, 0));
+        assert_eq!(v.rate, None);
+    }
+
+    #[test]
+    fn limits_inherit_key_then_prefix_then_default() {
+        let g = gate();
+        let mut host = MockHost::new();
+        let v = run(&g, &mut host, "GET", "/a", Some("live_plain")).unwrap();
+        assert_eq!(
+            v.rate.map(|r| (r.limit, r.remaining)),
+            Some((100, 99)),
+            "global default"
+        );
+        for remaining in [1, 0] {
+            let v = run(&g, &mut host, "GET", "/a", Some("test_lim")).unwrap();
+            assert_eq!(v.rate.map(|r| r.remaining), Some(remaining));
+        }
+        let v = run(&g, &mut host, "GET", "/a", Some("test_lim")).unwrap();
+        assert_eq!(v.decision, Decision::RateLimited);
+        let now = host.now;
+        let reset = now - now % 60 + 60;
+        assert_eq!(v.retry_after, Some(reset - now));
+        let r = reply::reject(&g, &v);
+        assert_eq!(r.status, 429);
+        assert_eq!(
+            r.body,
+            format!(
+                r#"{{"error":"Rate limit exceeded. Try again in {} seconds.","code":"RATE_LIMITED"}}"#,
+                reset - now
+            )
+        );
+        assert!(r
+            .headers
+            .contains(&("retry-after".into(), (reset - now).to_string())));
+        assert!(r
+            .headers
+            .contains(&("x-ratelimit-remaining".into(), "0".into())));
+        assert!(r
+            .headers
+            .contains(&("x-ratelimit-reset".into(), reset.to_string())));
+        assert!(r.headers.contains(&("x-environment".into(), "TEST".into())));
+    }
+
+    #[test]
+    fn store_faults_fail_closed() {
+        let g = gate();
+        let mut host = MockHost::new();
+        host.fail_store = true;
+        let v = run(&g, &mut host, "GET", "/a", Some("live_plain")).unwrap();
+        assert_eq!(v.decision, Decision::RateLimited);
+        assert_eq!(v.fault, Some(StoreError::Host));
+        assert_eq!(v.retry_after, Some(1));
+    }
+
+    #[test]
+    fn verify_path_answers_only_get_with_a_good_key() {
+        let g = gate();
+        let v = run(
+            &g,
+            &mut MockHost::new(),
+            "GET",
+            "/v1/verify",
+            Some("live_plain"),
+        )
+        .unwrap();
+        assert!(v.verify);
+        let r = reply::verify(&g, &v);
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.body,
+            r#"{"key":{"id":"plain","name":null,"environment":"LIVE","role":"reader"},"organization":{"id":"org"}}"#
+        );
+        assert!(
+            !run(
+                &g,
+                &mut MockHost::new(),
+                "GET",
+                "/v1/verify/x",
+                Some("live_plain")
+            )
+            .unwrap()
+            .verify
+        );
+        let v = run(
+            &g,
+            &mut MockHost::new(),
+            "GET",
+            "/v1/verify",
+            Some("live_unknown"),
+        )
+        .unwrap();
+        assert_eq!(v.decision, Decision::Invalid);
+    }
+
+    #[test]
+    fn synced_lookup_is_consulted_after_the_inline_table() {
+        let g = gate();
+        let h = headers(Some("test_synced"));
+        let req = Request {
+            method: "GET",
+            path: "/a",
+            headers: &h,
+        };
+        let mut host = MockHost::new();
+        let v = decide(&g, &req, &mut host, |d| {
+            assert_eq!(*d, keys::digest(b"test_synced"));
+            Lookup::Found(Cow::Owned(KeyRecord {
+                id: "synced".into(),
+                environment: Some("SYNC".into()),
+                ..Default::default()
+            }))
+        })
+        .unwrap();
+        assert_eq!(
+            (v.decision, v.environment()),
+            (Decision::Allowed, Some("SYNC"))
+        );
+        let v = decide(&g, &req, &mut host, |_| Lookup::Unavailable).unwrap();
+        assert_eq!(v.decision, Decision::Unavailable);
+        let r = reply::reject(&g, &v);
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (
+                503,
+                r#"{"error":"API key service unavailable","code":"UNAVAILABLE"}"#
+            )
+        );
+    }
+
+    #[test]
+    fn rejection_bodies_are_exact() {
+        let g = gate();
+        let cases = [
+            (
+                None,
+                401,
+                r#"{"error":"Missing API key","code":"UNAUTHORIZED"}"#,
+            ),
+            (
+                Some("x"),
+                401,
+                r#"{"error":"Invalid API key","code":"UNAUTHORIZED"}"#,
+            ),
+            (
+                Some("live_re"),
+                401,
+                r#"{"error":"API key has been revoked","code":"UNAUTHORIZED"}"#,
+            ),
+            (
+                Some("live_exp"),
+                401,
+                r#"{"error":"API key has expired","code":"UNAUTHORIZED"}"#,
+            ),
+        ];
+        for (key, status, body) in cases {
+            let v = run(&g, &mut MockHost::new(), "GET", "/a", key).unwrap();
+            let r = reply::reject(&g, &v);
+            assert_eq!((r.status, r.body.as_str()), (status, body));
+            assert!(r
+                .headers
+                .contains(&("content-type".into(), "application/json".into())));
+            assert!(
+                !r.headers.iter().any(|(k, _)| k == "www-authenticate"),
+                "no Bearer source here"
+            );
+        }
+    }
+}

@@ -2,9 +2,9 @@
 //! a real upstream that reports what it received, and a raw HTTP/1.1 client.
 #![allow(dead_code)]
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -103,9 +103,43 @@ pub fn send(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Re
     }
     req.push_str("\r\n");
     s.write_all(req.as_bytes()).expect("write request");
+    read_response(&mut s)
+}
+
+/// Reads one response: up to `content-length` (or the end of a chunked body, or EOF), so that
+/// a client never waits on Envoy's delayed close.
+fn read_response(s: &mut TcpStream) -> Response {
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf).expect("read response");
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let body_len = buf.len() - end - 4;
+            let done =
+                if let Some(cl) = head.lines().find_map(|l| l.strip_prefix("content-length:")) {
+                    body_len >= cl.trim().parse::<usize>().unwrap_or(0)
+                } else if head.contains("transfer-encoding: chunked") {
+                    buf.ends_with(b"0\r\n\r\n")
+                } else {
+                    false
+                };
+            if done {
+                break;
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => panic!("reading the response: {e}"),
+        }
+    }
     parse_response(&buf)
+}
+
+fn write_atomic(path: &Path, content: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
 }
 
 pub fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Response {
@@ -256,15 +290,104 @@ pub struct EnvoyOpts<'a> {
     pub concurrency: u32,
 }
 
+impl<'a> EnvoyOpts<'a> {
+    pub fn new(name: &'a str, plugin_config: &'a str, upstream: u16) -> Self {
+        EnvoyOpts {
+            name,
+            plugin_config,
+            upstream,
+            sandbox_upstream: None,
+            concurrency: 2,
+        }
+    }
+}
+
 pub struct Envoy {
     pub port: u16,
     pub admin: u16,
     pub dir: PathBuf,
     child: Child,
+    lds_version: u32,
 }
 
-fn yaml_quote(s: &str) -> String {
-    serde_json::to_string(s).expect("quote")
+fn cluster(name: &str, port: u16) -> Value {
+    json!({
+        "name": name, "type": "STATIC", "connect_timeout": "2s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+            "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}
+    })
+}
+
+/// The keygate HTTP filter entry for a plugin configuration.
+pub fn keygate_filter(plugin_config: &str) -> Value {
+    json!({
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "keygate", "root_id": "keygate", "failure_policy": "FAIL_CLOSED",
+                "vm_config": {"vm_id": "keygate", "runtime": "envoy.wasm.runtime.v8",
+                              "code": {"local": {"filename": wasm_path().display().to_string()}}},
+                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": plugin_config}
+            }
+        }
+    })
+}
+
+fn listener(o: &EnvoyOpts, dir: &Path, port: u16, plugin_config: &str) -> Value {
+    let mut routes = vec![];
+    if o.sandbox_upstream.is_some() {
+        routes.push(json!({"match": {"prefix": "/", "headers": [{"name": "x-environment", "string_match": {"exact": "SANDBOX"}}]},
+                           "route": {"cluster": "sandbox"}}));
+    }
+    routes.push(json!({"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}));
+    json!({
+        "name": "main",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "ingress",
+                "access_log": [{"name": "envoy.access_loggers.file", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                    "path": dir.join("access.log").display().to_string(),
+                    "log_format": {"json_format": {
+                        "key_id": "%FILTER_STATE(wasm.keygate.key_id:PLAIN)%",
+                        "tenant": "%FILTER_STATE(wasm.keygate.tenant:PLAIN)%",
+                        "environment": "%FILTER_STATE(wasm.keygate.environment:PLAIN)%",
+                        "decision": "%FILTER_STATE(wasm.keygate.decision:PLAIN)%",
+                        "method": "%REQ(:METHOD)%",
+                        "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+                        "status": "%RESPONSE_CODE%",
+                        "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+                        "time": "%START_TIME%",
+                        "request_id": "%REQ(X-TEST-ID)%"
+                    }}
+                }}],
+                "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
+                "http_filters": [
+                    keygate_filter(plugin_config),
+                    {"name": "envoy.filters.http.router", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+                ]
+            }
+        }]}]
+    })
+}
+
+fn lds(listener: &Value, version: u32) -> String {
+    let mut l = listener.clone();
+    l["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
+    json!({"version_info": version.to_string(), "resources": [l]}).to_string()
+}
+
+/// Tag extraction that turns keygate's metric names into Prometheus labels.
+pub fn stats_config() -> Value {
+    json!({"stats_tags": [
+        {"tag_name": "reason", "regex": "^wasmcustom\\.keygate\\.rejected(\\.reason\\.([a-z_]+))"},
+        {"tag_name": "key_id", "regex": "^wasmcustom\\.keygate\\.\\w+(?:\\.reason\\.[a-z_]+)?(\\.key_id\\.(.+))$"}
+    ]})
 }
 
 impl Envoy {
@@ -272,107 +395,96 @@ impl Envoy {
         Self::try_start(o).unwrap_or_else(|log| panic!("envoy did not become ready; log:\n{log}"))
     }
 
-    /// Starts Envoy; `Err(log)` if it exits or never becomes ready.
+    /// Starts Envoy with a static listener; `Err(log)` if it exits or never becomes ready.
     pub fn try_start(o: &EnvoyOpts) -> Result<Envoy, String> {
+        Self::start_with(o, false)
+    }
+
+    /// Starts Envoy with the listener served from a file (LDS), so that the plugin
+    /// configuration can be replaced at run time with [`Envoy::update_plugin_config`].
+    pub fn start_dynamic(o: &EnvoyOpts) -> Envoy {
+        Self::start_with(o, true)
+            .unwrap_or_else(|log| panic!("envoy did not become ready; log:\n{log}"))
+    }
+
+    fn start_with(o: &EnvoyOpts, dynamic: bool) -> Result<Envoy, String> {
         let dir = scratch_dir(o.name);
         let port = free_port();
         let admin = free_port();
-        let sandbox_route = match o.sandbox_upstream {
-            Some(_) => r#"
-              - match: { prefix: "/", headers: [{ name: x-environment, string_match: { exact: SANDBOX } }] }
-                route: { cluster: sandbox }"#
-                .to_string(),
-            None => String::new(),
-        };
-        let sandbox_cluster = match o.sandbox_upstream {
-            Some(p) => format!(
-                r#"
-  - name: sandbox
-    type: STATIC
-    connect_timeout: 2s
-    load_assignment:
-      cluster_name: sandbox
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {p} }} }} }} }}] }}]"#
-            ),
-            None => String::new(),
-        };
-        let yaml = format!(
-            r#"admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
-static_resources:
-  listeners:
-  - name: main
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress
-          access_log:
-          - name: envoy.access_loggers.file
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-              path: {access}
-              log_format:
-                json_format:
-                  key_id: "%FILTER_STATE(wasm.keygate.key_id:PLAIN)%"
-                  tenant: "%FILTER_STATE(wasm.keygate.tenant:PLAIN)%"
-                  environment: "%FILTER_STATE(wasm.keygate.environment:PLAIN)%"
-                  decision: "%FILTER_STATE(wasm.keygate.decision:PLAIN)%"
-                  method: "%REQ(:METHOD)%"
-                  path: "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"
-                  status: "%RESPONSE_CODE%"
-                  client: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"
-                  time: "%START_TIME%"
-                  request_id: "%REQ(X-TEST-ID)%"
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:{sandbox_route}
-              - match: {{ prefix: "/" }}
-                route: {{ cluster: upstream }}
-          http_filters:
-          - name: envoy.filters.http.wasm
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: keygate
-                root_id: keygate
-                failure_policy: FAIL_CLOSED
-                vm_config:
-                  vm_id: keygate
-                  runtime: envoy.wasm.runtime.v8
-                  code: {{ local: {{ filename: {wasm} }} }}
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: {config}
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: upstream
-    type: STATIC
-    connect_timeout: 2s
-    load_assignment:
-      cluster_name: upstream
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {up} }} }} }} }}] }}]{sandbox_cluster}
-stats_config:
-  stats_tags:
-  - tag_name: reason
-    regex: '^wasmcustom\.keygate\.rejected(\.reason\.([a-z_]+))'
-  - tag_name: key_id
-    regex: '^wasmcustom\.keygate\.\w+(?:\.reason\.[a-z_]+)?(\.key_id\.(.+))$'
-"#,
-            access = yaml_quote(&dir.join("access.log").display().to_string()),
-            wasm = yaml_quote(&wasm_path().display().to_string()),
-            config = yaml_quote(o.plugin_config),
-            up = o.upstream,
+        let mut clusters = vec![cluster("upstream", o.upstream)];
+        if let Some(p) = o.sandbox_upstream {
+            clusters.push(cluster("sandbox", p));
+        }
+        let l = listener(o, &dir, port, o.plugin_config);
+        let mut bootstrap = json!({
+            "node": {"id": "keygate-test", "cluster": "keygate-test"},
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+            "static_resources": {"clusters": clusters},
+            "stats_config": stats_config()
+        });
+        if dynamic {
+            write_atomic(&dir.join("lds.json"), &lds(&l, 1));
+            bootstrap["dynamic_resources"] = json!({"lds_config": {"path_config_source": {"path": dir.join("lds.json").display().to_string()}}});
+        } else {
+            bootstrap["static_resources"]["listeners"] = json!([l]);
+        }
+        let cfg = dir.join("envoy.json");
+        std::fs::write(&cfg, bootstrap.to_string()).expect("write envoy.json");
+        let mut e = Self::launch(&cfg, &dir, port, admin, o.concurrency)?;
+        e.lds_version = 1;
+        Ok(e)
+    }
+
+    /// Replaces the listener (and so the plugin configuration) through LDS and waits, bounded,
+    /// until Envoy has accepted or rejected the update. Returns whether it was accepted.
+    pub fn update_plugin_config(&mut self, o: &EnvoyOpts) -> bool {
+        let before = (
+            self.counter("listener_manager.lds.update_success"),
+            self.counter("listener_manager.lds.update_rejected"),
         );
-        let cfg = dir.join("envoy.yaml");
-        std::fs::write(&cfg, yaml).expect("write envoy.yaml");
-        Self::launch(&cfg, &dir, port, admin, o.concurrency)
+        self.lds_version += 1;
+        let l = listener(o, &self.dir, self.port, o.plugin_config);
+        write_atomic(&self.dir.join("lds.json"), &lds(&l, self.lds_version));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let now = (
+                self.counter("listener_manager.lds.update_success"),
+                self.counter("listener_manager.lds.update_rejected"),
+            );
+            if now.0 > before.0 {
+                // Wait until the new listener is serving (the old one drains).
+                let t = Instant::now() + Duration::from_secs(30);
+                while self.gauge("listener_manager.total_listeners_warming") > 0
+                    && Instant::now() < t
+                {
+                    thread::sleep(Duration::from_millis(20));
+                }
+                return true;
+            }
+            if now.1 > before.1 {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        panic!("LDS update was neither accepted nor rejected");
+    }
+
+    pub fn stat(&self, name: &str) -> Option<u64> {
+        let body = admin_get(
+            self.admin,
+            &format!("/stats?filter=^{}$", name.replace('.', "\\.")),
+        )?
+        .body;
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: "))?.trim().parse().ok())
+    }
+
+    pub fn counter(&self, name: &str) -> u64 {
+        self.stat(name).unwrap_or(0)
+    }
+
+    pub fn gauge(&self, name: &str) -> u64 {
+        self.stat(name).unwrap_or(0)
     }
 
     pub fn launch(
@@ -403,6 +515,7 @@ stats_config:
             admin,
             dir: dir.to_path_buf(),
             child,
+            lds_version: 0,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
@@ -471,10 +584,7 @@ pub fn admin_get(admin: u16, path: &str) -> Option<Response> {
         "GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n"
     )
     .ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let _ = s.shutdown(Shutdown::Both);
-    std::panic::catch_unwind(|| parse_response(&buf)).ok()
+    std::panic::catch_unwind(move || read_response(&mut s)).ok()
 }
 
 /// SHA-256 hex of a key, as configs store it.
