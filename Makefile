@@ -53,8 +53,9 @@ integration: build envoy ## Integration tests: real Envoy + built .wasm + real u
 
 test: lint unit integration ## Everything CI runs: lint, unit and integration tests
 
-run: build envoy ## Start the demo (Envoy + keygate + echo upstream) on localhost
-	./envoy/demo.sh
+CONFIG ?= envoy/demo.yaml
+run: build envoy ## Start the demo on localhost (CONFIG=envoy/examples/<style>.yaml for a provider example)
+	CONFIG=$(CONFIG) ./envoy/demo.sh
 
 bench: build envoy ## Benchmarks: Envoy CPU per request with and without keygate features
 	./bench/run.sh

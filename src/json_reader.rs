@@ -144,7 +144,12 @@ impl<'a> Obj<'a> {
         let path = self.field_path(field);
         match self.get(field) {
             None => None,
-            Some(v) => match v.as_u64() {
+            // Whole floats too (`5000.0`): YAML and protobuf Struct tooling (Istio) emit them.
+            Some(v) => match v.as_u64().or_else(|| {
+                v.as_f64()
+                    .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 9.0e15)
+                    .map(|f| f as u64)
+            }) {
                 Some(n) => Some(n),
                 None => {
                     errors.push(&path, format!("expected a whole number ≥ 0, found {v}"));

@@ -2,7 +2,6 @@
 mod common;
 use common::*;
 use serde_json::json;
-use std::collections::BTreeMap;
 use std::thread;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -92,7 +91,7 @@ fn exactly_the_limit_is_admitted_across_workers() {
             Some(day_end.to_string().as_str())
         );
         assert_eq!(r.header("x-environment"), Some("LIVE"));
-        assert!(retry >= 1 && retry <= 86_400);
+        assert!((1..=86_400).contains(&retry));
     }
 
     // Both workers served requests: the count was shared, not per thread.

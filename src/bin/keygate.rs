@@ -1,1 +1,301 @@
-fn main() {}
+//! `keygate`: mint, hash and check API keys and keygate configurations.
+//!
+//! Exit codes: 0 success; 1 the input is invalid (each error on stderr with its JSON path);
+//! 2 usage error or unreadable input.
+
+use clap::{Parser, Subcommand};
+use keygate::config::{gate_from_value, read_key_entry, KeyContext};
+use keygate::json_reader::Errors;
+use keygate::keys::digest_hex;
+use keygate::model::{Prefix, Role};
+use serde_json::{json, Value};
+use std::io::Read;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "keygate",
+    version,
+    about = "Mint, hash and check API keys and keygate configurations"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Mint a new key: prints the key (line 1, shown once) and its config entry (line 2, JSON)
+    New {
+        /// Key prefix, e.g. mlm_live_ (it selects the environment and role classes)
+        #[arg(long)]
+        prefix: String,
+        /// Non-secret key id, used in headers, logs and metrics
+        #[arg(long)]
+        id: String,
+        /// Organisation/account the key belongs to
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Human-readable name
+        #[arg(long)]
+        name: Option<String>,
+        /// Role (must exist in the configuration's "roles")
+        #[arg(long)]
+        role: Option<String>,
+        /// Expiry, RFC 3339 (2027-01-01T00:00:00Z)
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// Read one key on stdin (never from arguments) and print its SHA-256 hex
+    Hash,
+    /// Validate keygate configurations: plugin JSON, Envoy YAML/JSON, or Istio WasmPlugin
+    Check {
+        /// Files to check
+        #[arg(required = true)]
+        files: Vec<String>,
+    },
+}
+
+/// 24 bytes from the OS CSPRNG, URL-safe base64 without padding: 192 bits in 32 characters.
+fn random_secret() -> Result<String, String> {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).map_err(|e| format!("the OS random generator failed: {e}"))?;
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(32);
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
+        for shift in [18, 12, 6, 0] {
+            out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
+        }
+    }
+    Ok(out)
+}
+
+fn new_key(
+    prefix: &str,
+    id: &str,
+    tenant: Option<String>,
+    name: Option<String>,
+    role: Option<String>,
+    expires: Option<String>,
+) -> Result<(), String> {
+    let key = format!("{prefix}{}", random_secret()?);
+    let mut entry = serde_json::Map::new();
+    entry.insert("id".into(), json!(id));
+    entry.insert("sha256".into(), json!(digest_hex(key.as_bytes())));
+    for (field, value) in [
+        ("name", name),
+        ("tenant", tenant),
+        ("role", role.clone()),
+        ("expires_at", expires),
+    ] {
+        if let Some(v) = value {
+            entry.insert(field.into(), json!(v));
+        }
+    }
+    let entry = Value::Object(entry);
+    // The same validation the filter applies to a key entry.
+    let roles: Vec<Role> = role
+        .iter()
+        .map(|r| Role {
+            name: r.clone(),
+            methods: None,
+            paths: None,
+            forbidden_message: None,
+        })
+        .collect();
+    let prefixes = vec![Prefix {
+        prefix: prefix.to_string(),
+        environment: None,
+        role: None,
+        rate_limits: None,
+    }];
+    let mut errors = Errors::default();
+    read_key_entry(
+        "$",
+        &entry,
+        &KeyContext {
+            roles: &roles,
+            prefixes: &prefixes,
+        },
+        &mut errors,
+    );
+    if !errors.is_empty() {
+        return Err(errors
+            .0
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n"));
+    }
+    eprintln!("keygate: this key is shown once; store it now. Only its SHA-256 goes into the configuration.");
+    println!("{key}");
+    println!("{entry}");
+    Ok(())
+}
+
+fn hash_stdin() -> Result<(), String> {
+    let mut input = String::new();
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .map_err(|e| format!("reading stdin: {e}"))?;
+    let key = input.strip_suffix('\n').unwrap_or(&input);
+    let key = key.strip_suffix('\r').unwrap_or(key);
+    if key.is_empty() {
+        return Err("no key on stdin".into());
+    }
+    if key.contains('\n') {
+        return Err("stdin holds more than one line; give exactly one key".into());
+    }
+    println!("{}", digest_hex(key.as_bytes()));
+    Ok(())
+}
+
+/// A plugin configuration found in a file: where it is, and its JSON.
+struct Found {
+    location: String,
+    config: Result<Value, String>,
+}
+
+const WASM_FILTER: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+
+fn is_keygate(plugin: &Value) -> bool {
+    let named = |v: &Value| v.as_str().is_some_and(|s| s.contains("keygate"));
+    named(&plugin["name"])
+        || named(&plugin["root_id"])
+        || named(&plugin["vm_config"]["vm_id"])
+        || named(&plugin["vm_config"]["code"]["local"]["filename"])
+        || named(&plugin["vm_config"]["code"]["remote"]["http_uri"]["uri"])
+}
+
+/// Walks a YAML/JSON document for keygate Wasm filters (Envoy) and WasmPlugins (Istio).
+fn find_configs(v: &Value, path: &str, out: &mut Vec<Found>) {
+    match v {
+        Value::Object(map) => {
+            if map.get("@type").and_then(Value::as_str) == Some(WASM_FILTER)
+                && is_keygate(&v["config"])
+            {
+                let conf = &v["config"]["configuration"];
+                let config = match conf.get("value") {
+                    Some(Value::String(s)) => {
+                        serde_json::from_str(s).map_err(|e| format!("$: not valid JSON: {e}"))
+                    }
+                    _ => Err("$: no google.protobuf.StringValue configuration".into()),
+                };
+                out.push(Found {
+                    location: format!("{path}.config.configuration.value"),
+                    config,
+                });
+                return;
+            }
+            if map.get("kind").and_then(Value::as_str) == Some("WasmPlugin") {
+                let location = format!("{path}.spec.pluginConfig");
+                let config = v["spec"]
+                    .get("pluginConfig")
+                    .cloned()
+                    .ok_or_else(|| "$: no spec.pluginConfig".to_string());
+                out.push(Found { location, config });
+                return;
+            }
+            for (k, child) in map {
+                find_configs(child, &format!("{path}.{k}"), out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                find_configs(child, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The plugin configurations in a file: itself if it is one, else every one found inside.
+fn configs_in(file: &str, text: &str) -> Result<Vec<Found>, String> {
+    if let Ok(v) = serde_json::from_str::<Value>(text) {
+        let mut found = Vec::new();
+        find_configs(&v, "", &mut found);
+        if found.is_empty() && v.get("static_resources").is_none() && v.get("kind").is_none() {
+            found.push(Found {
+                location: String::new(),
+                config: Ok(v),
+            });
+        }
+        return Ok(found);
+    }
+    let mut found = Vec::new();
+    for (n, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let v: Value = serde::Deserialize::deserialize(doc)
+            .map_err(|e| format!("{file}: not valid JSON or YAML: {e}"))?;
+        let prefix = if n == 0 {
+            String::new()
+        } else {
+            format!("(document {}) ", n + 1)
+        };
+        let mut inner = Vec::new();
+        find_configs(&v, "", &mut inner);
+        for mut f in inner {
+            f.location = format!("{prefix}{}", f.location.trim_start_matches('.'));
+            found.push(f);
+        }
+    }
+    Ok(found)
+}
+
+fn check(files: &[String]) -> Result<bool, String> {
+    let mut ok = true;
+    for file in files {
+        let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;
+        let found = configs_in(file, &text)?;
+        if found.is_empty() {
+            eprintln!("{file}: no keygate configuration found");
+            ok = false;
+        }
+        for f in found {
+            let at = if f.location.is_empty() {
+                file.to_string()
+            } else {
+                format!("{file}: {}", f.location.trim_start_matches('.'))
+            };
+            let errors: Vec<String> = match f.config.map(|v| gate_from_value(&v)) {
+                Ok(Ok(_)) => vec![],
+                Ok(Err(errs)) => errs.iter().map(|e| e.to_string()).collect(),
+                Err(e) => vec![e],
+            };
+            if errors.is_empty() {
+                println!("{at}: ok");
+            }
+            for e in errors {
+                ok = false;
+                eprintln!("{at}: {e}");
+            }
+        }
+    }
+    Ok(ok)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::New {
+            prefix,
+            id,
+            tenant,
+            name,
+            role,
+            expires,
+        } => new_key(&prefix, &id, tenant, name, role, expires)
+            .map(|()| true)
+            .map_err(|e| (1, e)),
+        Command::Hash => hash_stdin().map(|()| true).map_err(|e| (2, e)),
+        Command::Check { files } => check(&files).map_err(|e| (2, e)),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err((code, e)) => {
+            eprintln!("keygate: {e}");
+            ExitCode::from(code)
+        }
+    }
+}

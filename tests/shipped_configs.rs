@@ -1,0 +1,509 @@
+//! Everything shipped in `envoy/` works: each Envoy YAML passes Envoy's own validation and
+//! serves (on free ports) as its comments and the README say; each plugin configuration passes
+//! `keygate check`. The CLI's commands behave as documented.
+mod common;
+use common::*;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+const EXAMPLES: [&str; 5] = [
+    "envoy/demo.yaml",
+    "envoy/examples/mlm.yaml",
+    "envoy/examples/bearer.yaml",
+    "envoy/examples/marginfront.yaml",
+    "envoy/examples/moodmnky.yaml",
+];
+
+fn cli() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_keygate"))
+}
+
+/// A shipped Envoy YAML with its fixed addresses replaced by free loopback ports and files.
+fn localize(file: &str, port: u16, admin: u16, live: u16, sandbox: u16) -> String {
+    std::fs::read_to_string(repo().join(file))
+        .unwrap()
+        .replace("port_value: 10000", &format!("port_value: {port}"))
+        .replace("port_value: 9901", &format!("port_value: {admin}"))
+        .replace("port_value: 18080", &format!("port_value: {live}"))
+        .replace("port_value: 18081", &format!("port_value: {sandbox}"))
+        .replace(
+            "target/wasm32-wasip1/release/keygate.wasm",
+            &wasm_path().display().to_string(),
+        )
+        .replace(
+            "/etc/envoy/keygate.wasm",
+            &wasm_path().display().to_string(),
+        )
+}
+
+fn validate(name: &str, yaml: &str) -> (bool, String) {
+    let dir = repo()
+        .join("target/itest")
+        .join(format!("validate-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("envoy.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = Command::new(envoy_bin())
+        .args(["--mode", "validate", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn every_shipped_envoy_yaml_passes_envoy_validation() {
+    let mut files: Vec<&str> = EXAMPLES.to_vec();
+    files.push("envoy/compose-envoy.yaml");
+    for f in files {
+        let (ok, out) = validate(
+            &f.replace('/', "_"),
+            &localize(f, 10000, 9901, 18080, 18081),
+        );
+        assert!(ok, "{f} failed envoy --mode validate:\n{out}");
+    }
+    // Validation runs keygate's on_configure: a broken plugin config fails it.
+    let broken =
+        localize("envoy/demo.yaml", 1, 2, 3, 4).replace("\"verify_path\"", "\"verify_pth\"");
+    let (ok, out) = validate("broken", &broken);
+    assert!(!ok, "a broken plugin configuration passed validation");
+    assert!(
+        out.contains("Unable to create Wasm plugin keygate"),
+        "{out}"
+    );
+}
+
+#[test]
+fn every_shipped_config_passes_keygate_check() {
+    let mut files: Vec<&str> = EXAMPLES.to_vec();
+    files.extend(["envoy/compose-envoy.yaml", "envoy/istio/wasmplugin.yaml"]);
+    for f in files {
+        let out = cli().arg("check").arg(repo().join(f)).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{f}: {}{}",
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.trim_end().ends_with(": ok"), "{f}: {stdout}");
+    }
+}
+
+#[test]
+fn check_names_the_json_path_of_each_error() {
+    let dir = repo()
+        .join("target/itest")
+        .join(format!("check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("plugin.json");
+    std::fs::write(
+        &json,
+        r#"{"keys":[{"id":"a","sha256":"abc"}],"rate_limits":[{"requests":0,"per":"day"}],"x":1}"#,
+    )
+    .unwrap();
+    let out = cli().arg("check").arg(&json).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let f = json.display();
+    for line in [
+        format!(
+            "{f}: $.keys[0].sha256: must be 64 lowercase hex characters (SHA-256 of the whole key)"
+        ),
+        format!("{f}: $.rate_limits[0].requests: must be at least 1"),
+        format!("{f}: $.x: unknown field"),
+    ] {
+        assert!(
+            err.lines().any(|l| l == line),
+            "missing {line:?} in:\n{err}"
+        );
+    }
+    // Inside an Envoy YAML the location of the filter comes first.
+    let yaml = dir.join("envoy.yaml");
+    std::fs::write(
+        &yaml,
+        localize("envoy/demo.yaml", 1, 2, 3, 4).replace("\"verify_path\"", "\"verify_pth\""),
+    )
+    .unwrap();
+    let out = cli().arg("check").arg(&yaml).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let want = format!("{}: static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.config.configuration.value: $.verify_pth: unknown field", yaml.display());
+    assert!(
+        err.lines().any(|l| l == want),
+        "missing {want:?} in:\n{err}"
+    );
+    // A file without keygate in it is an error too; a missing file is a usage error (2).
+    let out = cli()
+        .arg("check")
+        .arg(repo().join("Cargo.toml"))
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let out = cli()
+        .arg("check")
+        .arg(dir.join("nope.json"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn cli_mints_and_hashes_keys() {
+    let out = cli()
+        .args([
+            "new",
+            "--prefix",
+            "mlm_live_",
+            "--id",
+            "key_9",
+            "--tenant",
+            "org_1",
+            "--name",
+            "CI key",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    let key = lines[0];
+    let secret = key.strip_prefix("mlm_live_").expect("prefix");
+    assert!(
+        secret.len() >= 22
+            && secret
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        "{key}"
+    );
+    let entry: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+    assert_eq!(entry["id"], "key_9");
+    assert_eq!(entry["tenant"], "org_1");
+    assert_eq!(entry["name"], "CI key");
+    assert_eq!(entry["sha256"], sha(key));
+    assert!(
+        !lines[1].contains(secret),
+        "the entry must not hold the plaintext"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shown once"));
+    // Two keys are never the same.
+    let again = cli()
+        .args(["new", "--prefix", "mlm_live_", "--id", "key_9"])
+        .output()
+        .unwrap();
+    assert_ne!(
+        String::from_utf8_lossy(&again.stdout).lines().next(),
+        Some(key)
+    );
+
+    let mut child = cli()
+        .arg("hash")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{key}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), sha(key));
+
+    let out = cli()
+        .args(["new", "--prefix", "p_", "--id", "bad id"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stdout.is_empty(),
+        "no key is printed for an invalid entry"
+    );
+}
+
+struct Running {
+    envoy: Envoy,
+    _live: Upstream,
+    _sandbox: Upstream,
+}
+
+fn run_shipped(file: &str) -> Running {
+    let live = Upstream::start("live");
+    let sandbox = Upstream::start("sandbox");
+    let (port, admin) = (free_port(), free_port());
+    let dir = repo().join("target/itest").join(format!(
+        "{}-{}",
+        file.replace('/', "_"),
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("envoy.yaml");
+    std::fs::write(&cfg, localize(file, port, admin, live.port, sandbox.port)).unwrap();
+    let envoy = Envoy::launch(&cfg, &dir, port, admin, 2)
+        .unwrap_or_else(|log| panic!("{file} did not start:\n{log}"));
+    Running {
+        envoy,
+        _live: live,
+        _sandbox: sandbox,
+    }
+}
+
+#[test]
+fn the_demo_serves_what_make_run_prints() {
+    let r = run_shipped("envoy/demo.yaml");
+    let p = r.envoy.port;
+    assert_json(
+        &get(p, "/v1/orders", &[]),
+        401,
+        r#"{"error":"Missing API key","code":"UNAUTHORIZED"}"#,
+    );
+    let ok = get(
+        p,
+        "/v1/orders",
+        &[("x-tenant-api-key", "mlm_live_demo_4cTq9ZrW2yXb7Ke1")],
+    );
+    assert_eq!(
+        (ok.status, ok.header("x-echo-upstream")),
+        (200, Some("live"))
+    );
+    assert_eq!(
+        ok.upstream_header("x-api-key-id").as_deref(),
+        Some("demo_live")
+    );
+    let sb = get(
+        p,
+        "/v1/orders",
+        &[("authorization", "Bearer mlm_sandbox_demo_8Hn3Lp5Vx0Qa6Ms2")],
+    );
+    assert_eq!(
+        (
+            sb.status,
+            sb.header("x-echo-upstream"),
+            sb.header("x-ratelimit-limit")
+        ),
+        (200, Some("sandbox"), Some("5"))
+    );
+    let v = get(
+        p,
+        "/v1/verify",
+        &[("x-tenant-api-key", "mlm_live_demo_4cTq9ZrW2yXb7Ke1")],
+    );
+    assert_json(
+        &v,
+        200,
+        r#"{"key":{"id":"demo_live","name":"Demo live key","environment":"LIVE","role":null},"organization":{"id":"org_demo"}}"#,
+    );
+    let stats = r.envoy.stats_prometheus();
+    assert!(
+        stats.contains("keygate_allowed{key_id=\"demo_live\"} 2"),
+        "{stats}"
+    );
+}
+
+#[test]
+fn the_provider_examples_answer_as_their_walkthroughs_say() {
+    let r = run_shipped("envoy/examples/mlm.yaml");
+    let p = r.envoy.port;
+    let live = get(
+        p,
+        "/v1/orders",
+        &[("x-tenant-api-key", "mlm_live_example_Kx7pQ2wZ")],
+    );
+    assert_eq!(
+        (
+            live.status,
+            live.header("x-environment"),
+            live.header("x-ratelimit-limit")
+        ),
+        (200, Some("LIVE"), Some("100"))
+    );
+    let sb = get(
+        p,
+        "/v1/orders",
+        &[("x-tenant-api-key", "mlm_sandbox_example_Vb9nR4tY")],
+    );
+    assert_eq!(
+        (sb.status, sb.header("x-echo-upstream")),
+        (200, Some("sandbox"))
+    );
+    drop(r);
+
+    let r = run_shipped("envoy/examples/bearer.yaml");
+    let p = r.envoy.port;
+    assert_eq!(
+        get(
+            p,
+            "/v1/charges",
+            &[("authorization", "Bearer sk_live_example_full9Qm")]
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        get(
+            p,
+            "/v1/charges",
+            &[("authorization", "Bearer sk_live_example_ip3Lw")]
+        )
+        .status,
+        200
+    );
+    assert_json(
+        &get(
+            p,
+            "/v1/charges",
+            &[
+                ("authorization", "Bearer sk_live_example_web7Zt"),
+                ("referer", "https://evil.example/"),
+            ],
+        ),
+        403,
+        r#"{"error":"API key is not allowed from this referer","code":"FORBIDDEN"}"#,
+    );
+    assert_eq!(
+        get(
+            p,
+            "/v1/charges",
+            &[
+                ("authorization", "Bearer sk_live_example_web7Zt"),
+                ("referer", "https://app.example.com/pay")
+            ]
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        get(
+            p,
+            "/v1/users/7",
+            &[("authorization", "Bearer sk_test_example_users2Hv")]
+        )
+        .status,
+        200
+    );
+    assert_json(
+        &get(
+            p,
+            "/v1/charges",
+            &[("authorization", "Bearer sk_test_example_users2Hv")],
+        ),
+        403,
+        r#"{"error":"API key is not allowed to access this path","code":"FORBIDDEN"}"#,
+    );
+    drop(r);
+
+    let r = run_shipped("envoy/examples/marginfront.yaml");
+    let p = r.envoy.port;
+    assert_json(
+        &get(p, "/v1/verify", &[("x-api-key", "mf_pk_test_example_6Yu1")]),
+        200,
+        r#"{"key":{"id":"mf_key_publishable","name":"Browser key","environment":"TEST","role":"publishable"},"organization":{"id":"org_mf"}}"#,
+    );
+    assert_json(
+        &send(
+            p,
+            "POST",
+            "/v1/customers",
+            &[
+                ("x-api-key", "mf_pk_test_example_6Yu1"),
+                ("content-length", "0"),
+            ],
+        ),
+        403,
+        r#"{"error":"Publishable keys are read-only. Use a secret key for this request.","code":"FORBIDDEN"}"#,
+    );
+    assert_eq!(
+        send(
+            p,
+            "POST",
+            "/v1/customers",
+            &[
+                ("x-api-key", "mf_sk_test_example_4Rt8"),
+                ("content-length", "0")
+            ]
+        )
+        .status,
+        200
+    );
+    drop(r);
+
+    let r = run_shipped("envoy/examples/moodmnky.yaml");
+    let p = r.envoy.port;
+    let reader = get(
+        p,
+        "/v1/moods",
+        &[("x-api-key", "DEV_API_example_reader5Gh")],
+    );
+    assert_eq!(
+        (
+            reader.status,
+            reader.header("x-ratelimit-limit"),
+            reader.header("x-environment")
+        ),
+        (200, Some("5000"), Some("DEV"))
+    );
+    assert_json(
+        &send(
+            p,
+            "POST",
+            "/v1/moods",
+            &[
+                ("x-api-key", "DEV_API_example_reader5Gh"),
+                ("content-length", "0"),
+            ],
+        ),
+        403,
+        r#"{"error":"API key is not allowed to use this method","code":"FORBIDDEN"}"#,
+    );
+    assert_eq!(
+        send(
+            p,
+            "POST",
+            "/v1/moods",
+            &[
+                ("x-api-key", "DEV_API_example_writer8Jk"),
+                ("content-length", "0")
+            ]
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        send(
+            p,
+            "DELETE",
+            "/v1/moods/1",
+            &[("authorization", "Bearer PROD_API_example_admin1Np")]
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        send(
+            p,
+            "POST",
+            "/webhooks/n8n",
+            &[
+                ("x-n8n-api-key", "PROD_API_example_n8n3Qs"),
+                ("content-length", "0")
+            ]
+        )
+        .status,
+        200
+    );
+    assert_json(
+        &get(
+            p,
+            "/v1/moods",
+            &[("x-n8n-api-key", "PROD_API_example_n8n3Qs")],
+        ),
+        403,
+        r#"{"error":"Automation keys may only call /webhooks.","code":"FORBIDDEN"}"#,
+    );
+}
