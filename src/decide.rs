@@ -344,10 +344,14 @@ mod tests {
 
     impl MockHost {
         fn new() -> Self {
+            // As configuration leaves shared data: the counter creation lock exists.
+            let mut store = MemStore::default();
+            crate::ratelimit::ensure_creation_lock(&mut store).unwrap();
+            store.sets = 0;
             MockHost {
                 now: 1_800_000_000,
                 ip: "127.0.0.1".parse().ok(),
-                store: MemStore::default(),
+                store,
                 now_calls: 0,
                 ip_calls: 0,
                 fail_store: false,

@@ -147,22 +147,77 @@ fn read(store: &mut impl CasStore, key: &str) -> Result<Option<(Record, u32)>, S
     }
 }
 
-/// Makes sure a key's counter record exists. Called where only one writer can be creating it
-/// (configuration, key-set publication): the host accepts any CAS on a missing entry, so a
-/// creation racing with counting could erase counts.
-pub fn ensure_counter(store: &mut impl CasStore, key_id: &str) -> Result<bool, StoreError> {
-    let key = counter_key(key_id);
-    if store.get(&key)?.is_some() {
+/// The entry that serialises counter creation (see [`create_counter`]).
+pub const CREATION_LOCK: &str = "keygate.rl.lock";
+/// A creation lock older than this (seconds) belongs to a VM that went away: it may be taken.
+const LOCK_TTL: u64 = 2;
+/// How many times a request tries to take the creation lock before failing closed.
+const LOCK_ATTEMPTS: u32 = 256;
+
+/// Creates an entry if it is missing, at a moment when nothing else can be creating it
+/// (Envoy's first `on_configure` runs on the main thread before any worker starts).
+/// The host accepts any CAS on a missing entry, so creation must never race with counting.
+pub fn ensure_entry(
+    store: &mut impl CasStore,
+    key: &str,
+    initial: &[u8],
+) -> Result<bool, StoreError> {
+    if store.get(key)?.is_some() {
         return Ok(false);
     }
-    store.set(&key, &Record::default().encode(), 0)?;
+    store.set(key, initial, 0)?;
     Ok(true)
+}
+
+/// Makes sure the creation lock exists; call where [`ensure_entry`] is safe.
+pub fn ensure_creation_lock(store: &mut impl CasStore) -> Result<bool, StoreError> {
+    ensure_entry(store, CREATION_LOCK, &0u64.to_le_bytes())
+}
+
+/// Makes sure a key's counter record exists (configuration time, see [`ensure_entry`]).
+pub fn ensure_counter(store: &mut impl CasStore, key_id: &str) -> Result<bool, StoreError> {
+    ensure_entry(store, &counter_key(key_id), &Record::default().encode())
+}
+
+/// Creates a missing counter record on the request path without racing other workers:
+/// only the holder of the (pre-created) creation lock may insert, and it inserts only after
+/// seeing the record missing while holding the lock. Counting never inserts, so no count can
+/// be overwritten by a late creation.
+pub fn create_counter(store: &mut impl CasStore, key: &str, now: u64) -> Result<(), StoreError> {
+    for _ in 0..LOCK_ATTEMPTS {
+        let Some((lock, cas)) = store.get(CREATION_LOCK)? else {
+            // Never created: configuration did not run as expected. Fail closed.
+            return Err(StoreError::Host);
+        };
+        let held_until = lock
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+            .ok_or(StoreError::Corrupt)?;
+        if held_until > now {
+            continue; // another worker is creating; it holds the lock for a few host calls
+        }
+        if !store.set(CREATION_LOCK, &(now + LOCK_TTL).to_le_bytes(), cas)? {
+            continue;
+        }
+        let created = match store.get(key) {
+            Ok(None) => store.set(key, &Record::default().encode(), 0).map(|_| ()),
+            Ok(Some(_)) => Ok(()),
+            Err(e) => Err(e),
+        };
+        // Release: only if still ours (a stolen stale lock has a different token).
+        if let Some((_, cas)) = store.get(CREATION_LOCK)? {
+            let _ = store.set(CREATION_LOCK, &0u64.to_le_bytes(), cas);
+        }
+        return created;
+    }
+    Err(StoreError::Contention)
 }
 
 /// Counts one request against every limit of `key_id`, or blocks it without counting.
 ///
-/// A missing record is created first (see [`ensure_counter`]); `created` reports that so the
-/// caller can count the event.
+/// A missing record is created first under the creation lock (see [`create_counter`]);
+/// `created` reports that so the caller can count the event.
 pub fn admit(
     store: &mut impl CasStore,
     key_id: &str,
@@ -179,7 +234,7 @@ pub fn admit(
             Some(x) => x,
             None => {
                 *created = true;
-                store.set(&key, &Record::default().encode(), 0)?;
+                create_counter(store, &key, now)?;
                 continue;
             }
         };
@@ -286,6 +341,13 @@ mod tests {
     use super::mem::MemStore;
     use super::*;
 
+    /// A store as configuration leaves it: the creation lock exists.
+    fn store() -> MemStore {
+        let mut s = MemStore::default();
+        ensure_creation_lock(&mut s).unwrap();
+        s
+    }
+
     fn lim(requests: u64, per: Per) -> Limit {
         Limit { requests, per }
     }
@@ -308,7 +370,7 @@ mod tests {
 
     #[test]
     fn counts_down_then_blocks_then_resets() {
-        let mut s = MemStore::default();
+        let mut s = store();
         ensure_counter(&mut s, "k").unwrap();
         let limits = [lim(3, Per::Minute)];
         for remaining in [2, 1, 0] {
@@ -341,12 +403,16 @@ mod tests {
                 reset: 240
             })
         );
-        assert_eq!(s.entries.len(), 1);
+        assert_eq!(
+            s.entries.len(),
+            2,
+            "one record for the key (plus the creation lock)"
+        );
     }
 
     #[test]
     fn a_blocked_request_consumes_no_other_limit() {
-        let mut s = MemStore::default();
+        let mut s = store();
         let limits = [lim(2, Per::Second), lim(10, Per::Day)];
         admit_now(&mut s, &limits, 1000);
         admit_now(&mut s, &limits, 1000);
@@ -378,7 +444,7 @@ mod tests {
 
     #[test]
     fn blocked_by_the_longest_window_reports_its_reset() {
-        let mut s = MemStore::default();
+        let mut s = store();
         let limits = [lim(1, Per::Second), lim(1, Per::Hour)];
         admit_now(&mut s, &limits, 3600);
         assert_eq!(
@@ -396,7 +462,7 @@ mod tests {
 
     #[test]
     fn cas_conflicts_are_retried_then_fail_closed() {
-        let mut s = MemStore::default();
+        let mut s = store();
         ensure_counter(&mut s, "k").unwrap();
         s.inject_conflicts = 5;
         assert!(matches!(
@@ -426,7 +492,7 @@ mod tests {
 
     #[test]
     fn limit_change_applies_to_existing_counts() {
-        let mut s = MemStore::default();
+        let mut s = store();
         for _ in 0..5 {
             admit_now(&mut s, &[lim(10, Per::Minute)], 60);
         }
@@ -441,9 +507,15 @@ mod tests {
     }
 
     #[test]
-    fn missing_record_is_created_and_corrupt_fails_closed() {
+    fn missing_record_is_created_under_the_lock_and_corrupt_fails_closed() {
         let mut s = MemStore::default();
         let mut created = false;
+        // Without the creation lock (configuration never ran) nothing is created: fail closed.
+        assert_eq!(
+            admit(&mut s, "k", &[lim(1, Per::Day)], 5, &mut created),
+            Err(StoreError::Host)
+        );
+        ensure_creation_lock(&mut s).unwrap();
         assert!(admit(&mut s, "k", &[lim(1, Per::Day)], 5, &mut created)
             .unwrap()
             .is_some());
@@ -456,10 +528,32 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_held_creation_lock_waits_then_a_stale_one_is_taken() {
+        let mut s = store();
+        // Another worker holds the lock until t=100.
+        s.entries
+            .insert(CREATION_LOCK.into(), (100u64.to_le_bytes().to_vec(), 7));
+        assert_eq!(
+            create_counter(&mut s, "keygate.rl.k", 50),
+            Err(StoreError::Contention)
+        );
+        assert!(!s.entries.contains_key("keygate.rl.k"));
+        // At t=100 the holder is gone: the lock is taken, the record created, the lock freed.
+        create_counter(&mut s, "keygate.rl.k", 100).unwrap();
+        assert!(s.entries.contains_key("keygate.rl.k"));
+        assert_eq!(s.entries[CREATION_LOCK].0, 0u64.to_le_bytes().to_vec());
+        // An existing record is never overwritten by creation.
+        s.entries
+            .insert("keygate.rl.k".into(), (vec![9; RECORD_LEN], 50));
+        create_counter(&mut s, "keygate.rl.k", 101).unwrap();
+        assert_eq!(s.entries["keygate.rl.k"].0, vec![9; RECORD_LEN]);
+    }
+
     /// Two "workers" interleave read and write on one store: exactly the limit is admitted.
     #[test]
     fn interleaved_workers_admit_exactly_the_limit() {
-        let mut s = MemStore::default();
+        let mut s = store();
         ensure_counter(&mut s, "k").unwrap();
         let limits = [lim(50, Per::Minute)];
         let mut admitted = 0;

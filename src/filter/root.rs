@@ -5,7 +5,7 @@ use super::http::KeygateHttp;
 use super::stats::Stats;
 use crate::config::parse_config;
 use crate::model::Gate;
-use crate::ratelimit::ensure_counter;
+use crate::ratelimit::{ensure_counter, ensure_creation_lock};
 use log::{error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -56,6 +56,12 @@ impl RootContext for KeygateRoot {
                 .keys
                 .records()
                 .any(|k| k.rate_limits.as_ref().is_some_and(|l| !l.is_empty()));
+        // Created here, on the main thread before any worker runs (and kept across reloads):
+        // the lock that lets workers create missing counter records without racing.
+        if ensure_creation_lock(&mut SharedData).is_err() {
+            error!("configuration rejected: $: shared data is not available");
+            return false;
+        }
         if limited {
             // Counter records are created here, before any request of this configuration can
             // count: the host accepts any CAS on a missing entry.
