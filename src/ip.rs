@@ -32,6 +32,17 @@ impl Cidr {
         Ok(Cidr { net, bits })
     }
 
+    /// The network address and prefix length.
+    pub fn parts(&self) -> (IpAddr, u8) {
+        (self.net, self.bits)
+    }
+
+    /// Rebuilds a block from [`Cidr::parts`]; `None` if they do not form a valid block.
+    pub fn from_parts(net: IpAddr, bits: u8) -> Option<Cidr> {
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        (bits <= max && mask(net, bits) == net).then_some(Cidr { net, bits })
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),

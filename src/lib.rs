@@ -16,6 +16,7 @@ pub mod decide;
 pub mod ip;
 pub mod json_reader;
 pub mod keys;
+pub mod keyset;
 pub mod model;
 pub mod path;
 pub mod ratelimit;

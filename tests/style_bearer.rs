@@ -54,6 +54,7 @@ fn bearer_keys_and_401_challenge() {
         upstream: up.port,
         sandbox_upstream: None,
         concurrency: 2,
+        key_service: None,
     });
     let p = e.port;
 
@@ -120,6 +121,7 @@ fn ip_referer_and_endpoint_restrictions_answer_403() {
         upstream: up.port,
         sandbox_upstream: None,
         concurrency: 2,
+        key_service: None,
     });
     let p = e.port;
 
@@ -199,6 +201,7 @@ fn credentials_in_the_query_are_opt_in_and_hidden() {
         upstream: up.port,
         sandbox_upstream: None,
         concurrency: 2,
+        key_service: None,
     });
     let r = get(e.port, &format!("/v1/charges?limit=3&api_key={PLAIN}"), &[]);
     assert_eq!(r.status, 200, "{}", r.body);
@@ -223,6 +226,7 @@ fn credentials_in_the_query_are_opt_in_and_hidden() {
         upstream: up.port,
         sandbox_upstream: None,
         concurrency: 2,
+        key_service: None,
     });
     let r = get(e.port, &format!("/v1/charges?api_key={PLAIN}"), &[]);
     assert_json(
@@ -246,6 +250,7 @@ fn hide_credentials_false_passes_the_key_and_headers_can_be_renamed_or_off() {
         upstream: up.port,
         sandbox_upstream: None,
         concurrency: 2,
+        key_service: None,
     });
     let auth = bearer(PLAIN);
     let r = get(

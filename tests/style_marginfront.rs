@@ -47,6 +47,7 @@ fn setup(name: &str) -> (Envoy, Upstream) {
         upstream: up.port,
         sandbox_upstream: None,
         concurrency: 2,
+        key_service: None,
     });
     (e, up)
 }

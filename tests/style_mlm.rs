@@ -42,6 +42,7 @@ fn setup(name: &str) -> Setup {
         upstream: live.port,
         sandbox_upstream: Some(sandbox.port),
         concurrency: 2,
+        key_service: None,
     });
     Setup {
         envoy,

@@ -55,6 +55,7 @@ fn roles_limit_methods_and_daily_limits_follow_the_environment() {
         upstream: up.port,
         sandbox_upstream: None,
         concurrency: 2,
+        key_service: None,
     });
     let p = e.port;
 

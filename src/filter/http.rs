@@ -2,8 +2,9 @@
 
 use super::host::EnvoyHost;
 use super::stats::Stats;
+use super::sync::{self, View};
 use crate::credentials::strip_query_param;
-use crate::decide::{decide, Decision, Lookup, Request, Verdict};
+use crate::decide::{decide, Decision, Request, Verdict};
 use crate::model::{Gate, Source};
 use crate::reply::{self, Reply};
 use log::{debug, error};
@@ -16,6 +17,7 @@ use std::rc::Rc;
 pub struct KeygateHttp {
     gate: Option<Rc<Gate>>,
     stats: Rc<RefCell<Stats>>,
+    view: Rc<RefCell<View>>,
     /// Headers to add to the upstream's response (environment, rate limits).
     response_headers: Vec<(String, String)>,
     /// The filter answered locally: leave the response alone.
@@ -23,10 +25,11 @@ pub struct KeygateHttp {
 }
 
 impl KeygateHttp {
-    pub fn new(gate: Option<Rc<Gate>>, stats: Rc<RefCell<Stats>>) -> Self {
+    pub fn new(gate: Option<Rc<Gate>>, stats: Rc<RefCell<Stats>>, view: Rc<RefCell<View>>) -> Self {
         KeygateHttp {
             gate,
             stats,
+            view,
             response_headers: Vec::new(),
             replied: false,
         }
@@ -100,7 +103,8 @@ impl HttpContext for KeygateHttp {
             headers: &headers,
         };
         let mut host = EnvoyHost::default();
-        let Some(v) = decide(&gate, &req, &mut host, |_| Lookup::NotFound) else {
+        let view = self.view.clone();
+        let Some(v) = decide(&gate, &req, &mut host, |d| sync::lookup(&gate, &view, d)) else {
             return Action::Continue; // public path
         };
         self.record(&v, &mut host);

@@ -4,6 +4,7 @@ mod host;
 mod http;
 mod root;
 mod stats;
+mod sync;
 
 use proxy_wasm::traits::RootContext;
 use proxy_wasm::types::LogLevel;

@@ -3,6 +3,7 @@
 use super::host::SharedData;
 use super::http::KeygateHttp;
 use super::stats::Stats;
+use super::sync::{refresh_view, Syncer, View, TICK};
 use crate::config::parse_config;
 use crate::model::Gate;
 use crate::ratelimit::{ensure_counter, ensure_creation_lock};
@@ -17,9 +18,24 @@ use std::rc::Rc;
 pub struct KeygateRoot {
     gate: Option<Rc<Gate>>,
     stats: Rc<RefCell<Stats>>,
+    /// The published synced key set as this VM sees it (shared with its HTTP contexts).
+    view: Rc<RefCell<View>>,
+    syncer: Option<Syncer>,
 }
 
-impl Context for KeygateRoot {}
+impl Context for KeygateRoot {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        if let (Some(s), Some(g)) = (self.syncer.as_mut(), self.gate.as_ref()) {
+            s.on_response(token, body_size, g, &self.view, &self.stats);
+        }
+    }
+}
 
 impl RootContext for KeygateRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -43,10 +59,6 @@ impl RootContext for KeygateRoot {
                 return false;
             }
         };
-        if gate.key_sync.is_some() {
-            error!("configuration rejected: $.key_sync: not supported by this build");
-            return false;
-        }
         let limited = !gate.default_limits.is_empty()
             || gate
                 .prefixes
@@ -71,6 +83,20 @@ impl RootContext for KeygateRoot {
                 }
             }
         }
+        self.syncer = match &gate.key_sync {
+            Some(cfg) => match Syncer::new(cfg.clone(), self.syncer.as_ref().map(Syncer::id)) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    error!("configuration rejected: $.key_sync: {e}");
+                    return false;
+                }
+            },
+            None => None,
+        };
+        if self.syncer.is_some() {
+            refresh_view(&self.view);
+            let _ = hostcalls::set_tick_period(TICK);
+        }
         info!(
             "configuration loaded: {} keys, {} prefixes, {} roles",
             gate.keys.len(),
@@ -81,11 +107,19 @@ impl RootContext for KeygateRoot {
         true
     }
 
+    fn on_tick(&mut self) {
+        refresh_view(&self.view);
+        if let Some(s) = self.syncer.as_mut() {
+            s.tick(&self.stats);
+        }
+    }
+
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Envoy creates no stream before a successful on_configure; fail closed all the same.
         Some(Box::new(KeygateHttp::new(
             self.gate.clone(),
             self.stats.clone(),
+            self.view.clone(),
         )))
     }
 

@@ -26,6 +26,7 @@ pub struct Stats {
     per_key: HashMap<String, KeyMetrics>,
     keyless: [Option<u32>; REASONS],
     events: HashMap<&'static str, u32>,
+    gauges: HashMap<&'static str, u32>,
 }
 
 fn define(slot: &mut Option<u32>, kind: MetricType, name: impl FnOnce() -> String) -> Option<u32> {
@@ -82,6 +83,24 @@ impl Stats {
             bump(define(slot, MetricType::Counter, || {
                 format!("keygate.rejected.reason.{reason}")
             }));
+        }
+    }
+
+    /// Sets an operational gauge (`keygate.<name>`).
+    pub fn gauge(&mut self, name: &'static str, value: u64) {
+        let id = match self.gauges.get(name) {
+            Some(id) => Some(*id),
+            None => {
+                let id =
+                    hostcalls::define_metric(MetricType::Gauge, &format!("keygate.{name}")).ok();
+                if let Some(id) = id {
+                    self.gauges.insert(name, id);
+                }
+                id
+            }
+        };
+        if let Some(id) = id {
+            let _ = hostcalls::record_metric(id, value);
         }
     }
 

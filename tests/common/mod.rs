@@ -288,6 +288,8 @@ pub struct EnvoyOpts<'a> {
     /// A second upstream, routed to when `x-environment: SANDBOX`.
     pub sandbox_upstream: Option<u16>,
     pub concurrency: u32,
+    /// A key service, reachable as the Envoy cluster `keyservice`.
+    pub key_service: Option<u16>,
 }
 
 impl<'a> EnvoyOpts<'a> {
@@ -298,6 +300,7 @@ impl<'a> EnvoyOpts<'a> {
             upstream,
             sandbox_upstream: None,
             concurrency: 2,
+            key_service: None,
         }
     }
 }
@@ -414,6 +417,9 @@ impl Envoy {
         let mut clusters = vec![cluster("upstream", o.upstream)];
         if let Some(p) = o.sandbox_upstream {
             clusters.push(cluster("sandbox", p));
+        }
+        if let Some(p) = o.key_service {
+            clusters.push(cluster("keyservice", p));
         }
         let l = listener(o, &dir, port, o.plugin_config);
         let mut bootstrap = json!({
@@ -585,6 +591,20 @@ pub fn admin_get(admin: u16, path: &str) -> Option<Response> {
     )
     .ok()?;
     std::panic::catch_unwind(move || read_response(&mut s)).ok()
+}
+
+/// Polls `cond` every 50 ms until it holds or `secs` pass; returns whether it held.
+pub fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// SHA-256 hex of a key, as configs store it.

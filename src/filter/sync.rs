@@ -1,0 +1,349 @@
+//! `key_sync` (SPEC §4): one VM per Envoy process fetches the key set; every VM reads it from
+//! shared data. The logic (parsing, layout, lease) is in [`crate::keyset`]; this moves bytes.
+
+use super::host::{unix_now, SharedData};
+use super::stats::Stats;
+use crate::decide::Lookup;
+use crate::keys::Digest;
+use crate::keyset::{
+    decode_record, find_in_shard, parse_key_set, shard_key, shard_of, DecodeError, Fetched, Lease,
+    Meta, LEASE_KEY, META_KEY, VM_SEQ_KEY,
+};
+use crate::model::{Gate, KeySync};
+use crate::ratelimit::{ensure_entry, CasStore};
+use log::{error, info, warn};
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, MapType};
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::io::Read;
+use std::time::Duration;
+
+/// How often every VM re-reads the published meta (new sets are seen within this) and the
+/// fetching VM checks whether an interval has passed.
+pub const TICK: Duration = Duration::from_millis(500);
+/// Extra lease time taken right before writing a set, so no other VM can start publishing.
+const WRITE_BUDGET_S: u64 = 30;
+
+/// The published set as this VM last read it.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct View {
+    pub gen: u64,
+    pub slot: u8,
+    pub bits: u8,
+}
+
+fn read_meta() -> Option<(Meta, u32)> {
+    match SharedData.get(META_KEY) {
+        Ok(Some((b, cas))) => Meta::decode(&b).ok().map(|m| (m, cas)),
+        _ => None,
+    }
+}
+
+pub fn refresh_view(view: &RefCell<View>) -> View {
+    if let Some((m, _)) = read_meta() {
+        *view.borrow_mut() = View {
+            gen: m.gen,
+            slot: m.slot,
+            bits: m.bits,
+        };
+    }
+    *view.borrow()
+}
+
+/// The synced record for `digest`, as of the published set (or `Unavailable`).
+pub fn lookup<'g>(gate: &Gate, view: &RefCell<View>, digest: &Digest) -> Lookup<'g> {
+    if gate.key_sync.is_none() {
+        return Lookup::NotFound;
+    }
+    let mut v = *view.borrow();
+    for attempt in 0..3 {
+        if v.gen == 0 || attempt > 0 {
+            v = refresh_view(view);
+            if v.gen == 0 {
+                return Lookup::Unavailable;
+            }
+        }
+        let blob = match SharedData.get(&shard_key(v.slot, shard_of(digest, v.bits))) {
+            Ok(Some((b, _))) => b,
+            Ok(None) => continue,
+            Err(_) => return Lookup::Unavailable,
+        };
+        match find_in_shard(&blob, v.gen, digest) {
+            Ok(None) => return Lookup::NotFound,
+            Ok(Some(rec)) => {
+                return match decode_record(rec, &gate.roles) {
+                    Ok(r) => Lookup::Found(Cow::Owned(r)),
+                    Err(e) => {
+                        error!("synced key record unusable, request rejected: {e}");
+                        Lookup::Unavailable
+                    }
+                }
+            }
+            // Another generation (or a cleared blob): this VM's view is stale; re-read.
+            Err(DecodeError::BadValue | DecodeError::Truncated) => continue,
+            Err(DecodeError::UnknownRole) => return Lookup::Unavailable,
+        }
+    }
+    Lookup::Unavailable
+}
+
+/// The fetching side, one per VM; only the lease holder fetches.
+pub struct Syncer {
+    cfg: KeySync,
+    me: u64,
+    pending: Option<u32>,
+}
+
+/// The response body of the key service, read from Envoy in chunks (never copied whole).
+struct CallBody {
+    pos: usize,
+    size: usize,
+}
+
+impl Read for CallBody {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = buf
+            .len()
+            .min(self.size.saturating_sub(self.pos))
+            .min(256 * 1024);
+        if want == 0 {
+            return Ok(0);
+        }
+        let chunk = hostcalls::get_buffer(BufferType::HttpCallResponseBody, self.pos, want)
+            .map_err(|_| std::io::Error::other("response body unavailable"))?
+            .unwrap_or_default();
+        let n = chunk.len().min(want);
+        buf.get_mut(..n)
+            .unwrap_or_default()
+            .copy_from_slice(chunk.get(..n).unwrap_or_default());
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl Syncer {
+    /// Prepares shared data (configuration time, main thread first: see
+    /// [`crate::ratelimit::ensure_entry`]) and gives this VM its fetcher id.
+    pub fn new(cfg: KeySync, previous_id: Option<u64>) -> Result<Syncer, String> {
+        let mut sd = SharedData;
+        for (key, initial) in [
+            (META_KEY, Meta::default().encode()),
+            (LEASE_KEY, Lease::default().encode().to_vec()),
+            (VM_SEQ_KEY, 0u64.to_le_bytes().to_vec()),
+        ] {
+            ensure_entry(&mut sd, key, &initial).map_err(|e| e.to_string())?;
+        }
+        let me = match previous_id {
+            Some(id) => id,
+            None => next_vm_id().ok_or("could not allocate a fetcher id")?,
+        };
+        Ok(Syncer {
+            cfg,
+            me,
+            pending: None,
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.me
+    }
+
+    /// Every tick: fetch if this VM holds (or may take) the lease and an interval has passed.
+    pub fn tick(&mut self, stats: &RefCell<Stats>) {
+        if self.pending.is_some() {
+            return;
+        }
+        let now = unix_now();
+        let Ok(Some((raw, cas))) = SharedData.get(LEASE_KEY) else {
+            return;
+        };
+        let Ok(lease) = Lease::decode(&raw) else {
+            return;
+        };
+        let timeout_s = self.cfg.timeout_ms.div_ceil(1000);
+        let Some(next) = lease.claim(self.me, now, self.cfg.interval_seconds, timeout_s) else {
+            return;
+        };
+        if !matches!(SharedData.set(LEASE_KEY, &next.encode(), cas), Ok(true)) {
+            return; // another VM claimed it first
+        }
+        let headers = vec![
+            (":method", "GET"),
+            (":path", self.cfg.path.as_str()),
+            (":authority", self.cfg.authority.as_str()),
+            ("accept", "application/json"),
+        ];
+        stats.borrow_mut().event("sync_fetches");
+        match hostcalls::dispatch_http_call(
+            &self.cfg.cluster,
+            headers,
+            None,
+            vec![],
+            Duration::from_millis(self.cfg.timeout_ms),
+        ) {
+            Ok(token) => self.pending = Some(token),
+            Err(e) => {
+                stats.borrow_mut().event("sync_failures");
+                error!(
+                    "key sync: cannot call cluster {:?}: {e:?}; keeping the last good key set",
+                    self.cfg.cluster
+                );
+            }
+        }
+    }
+
+    /// The key service answered (or the call failed: no headers).
+    pub fn on_response(
+        &mut self,
+        token: u32,
+        body_size: usize,
+        gate: &Gate,
+        view: &RefCell<View>,
+        stats: &RefCell<Stats>,
+    ) {
+        if self.pending != Some(token) {
+            return;
+        }
+        self.pending = None;
+        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten();
+        if status.as_deref() != Some(b"200") {
+            stats.borrow_mut().event("sync_failures");
+            let status = status
+                .map(|s| String::from_utf8_lossy(&s).into_owned())
+                .unwrap_or_else(|| "no answer (timeout or connection failure)".into());
+            warn!("key sync: key service answered {status}; keeping the last good key set");
+            return;
+        }
+        let Some((meta, _)) = read_meta() else {
+            stats.borrow_mut().event("sync_failures");
+            return error!("key sync: shared data unavailable; keeping the last good key set");
+        };
+        let current = (meta.gen != 0).then_some(meta.version.as_str());
+        match parse_key_set(
+            CallBody {
+                pos: 0,
+                size: body_size,
+            },
+            gate,
+            current,
+        ) {
+            Ok(Fetched::Unchanged) => stats.borrow_mut().event("sync_unchanged"),
+            Ok(Fetched::Set(set)) => match self.publish(&set) {
+                Ok(m) => {
+                    *view.borrow_mut() = View {
+                        gen: m.gen,
+                        slot: m.slot,
+                        bits: m.bits,
+                    };
+                    let mut s = stats.borrow_mut();
+                    s.event("sync_updates");
+                    s.gauge("sync_keys", u64::from(m.count));
+                    info!(
+                        "key sync: published version {:?}: {} keys, {} bytes in {} shards",
+                        m.version,
+                        m.count,
+                        set.encoded_bytes(),
+                        1u32 << m.bits
+                    );
+                }
+                Err(e) => {
+                    stats.borrow_mut().event("sync_failures");
+                    error!("key sync: could not publish: {e}; keeping the last good key set");
+                }
+            },
+            Err(errors) => {
+                stats.borrow_mut().event("sync_failures");
+                for e in &errors {
+                    error!("key sync: answer rejected: {e}");
+                }
+                error!("key sync: keeping the last good key set");
+            }
+        }
+    }
+
+    /// Writes `set` into the unpublished slot, flips the meta, then clears the old slot.
+    fn publish(&self, set: &crate::keyset::ParsedSet) -> Result<Meta, String> {
+        let mut sd = SharedData;
+        // Renew the lease for the write, so no other VM can be publishing at the same time.
+        let (raw, cas) = sd.get(LEASE_KEY).ok().flatten().ok_or("lease missing")?;
+        let lease = Lease::decode(&raw).map_err(|e| e.to_string())?;
+        let now = unix_now();
+        if lease.owner != self.me || lease.expires <= now {
+            return Err("the fetch lease expired before the set could be written".into());
+        }
+        let renewed = Lease {
+            expires: now + WRITE_BUDGET_S,
+            ..lease
+        };
+        if !matches!(sd.set(LEASE_KEY, &renewed.encode(), cas), Ok(true)) {
+            return Err("lost the fetch lease".into());
+        }
+        let (meta, meta_cas) = read_meta().ok_or("meta missing")?;
+        let probe = meta.next(set, 0, now);
+        let bits = set.for_each_shard(probe.gen, |shard, blob| {
+            match sd.set(&shard_key(probe.slot, shard), blob, 0) {
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            }
+        })?;
+        let next = meta.next(set, bits, now);
+        if !matches!(sd.set(META_KEY, &next.encode(), meta_cas), Ok(true)) {
+            return Err("the published meta changed during the write".into());
+        }
+        // Readers still on the old generation see a cleared blob as stale and re-read the meta.
+        if next.stale_shards > 0 {
+            let old = 1 - next.slot;
+            for shard in 0..next.stale_shards {
+                let _ = sd.set(&shard_key(old, shard), &[], 0);
+            }
+            if let Some((m, c)) = read_meta() {
+                if m.gen == next.gen {
+                    let _ = sd.set(
+                        META_KEY,
+                        &Meta {
+                            stale_shards: 0,
+                            ..m
+                        }
+                        .encode(),
+                        c,
+                    );
+                }
+            }
+        }
+        // Hand the lease back with its normal expiry.
+        if let Ok(Some((raw, cas))) = sd.get(LEASE_KEY) {
+            if let Ok(l) = Lease::decode(&raw) {
+                if l.owner == self.me {
+                    let timeout_s = self.cfg.timeout_ms.div_ceil(1000);
+                    let expires = l.last_fetch + self.cfg.interval_seconds + timeout_s + 2;
+                    let _ = sd.set(
+                        LEASE_KEY,
+                        &Lease {
+                            expires: expires.max(unix_now() + 1),
+                            ..l
+                        }
+                        .encode(),
+                        cas,
+                    );
+                }
+            }
+        }
+        Ok(next)
+    }
+}
+
+/// A process-wide unique id for this VM's fetcher (a CAS counter in shared data).
+fn next_vm_id() -> Option<u64> {
+    let mut sd = SharedData;
+    for _ in 0..64 {
+        let (raw, cas) = sd.get(VM_SEQ_KEY).ok().flatten()?;
+        let n = u64::from_le_bytes(raw.get(..8)?.try_into().ok()?) + 1;
+        if matches!(sd.set(VM_SEQ_KEY, &n.to_le_bytes(), cas), Ok(true)) {
+            return Some(n);
+        }
+    }
+    None
+}

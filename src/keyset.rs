@@ -1,0 +1,1004 @@
+//! Key sets pulled from a key service (SPEC §4): parsing, validation, and the binary layout
+//! they take in Envoy shared data. Pure: no proxy-wasm calls.
+//!
+//! Layout, once per Envoy process (shared data is per `vm_id`, shared by all workers):
+//! - `keygate.ks.<slot>.<shard>`: one blob per shard, for slot 0 or 1 (double buffering). A
+//!   key's shard is the top `bits` bits of its digest; a blob holds the generation it belongs
+//!   to, a sorted offset table and the binary records (digest first). A request reads exactly
+//!   one blob and binary-searches it.
+//! - `keygate.ks.meta`: the published generation, its slot, `bits`, the version string.
+//! - `keygate.ks.lease`: which VM fetches, until when, and when it last fetched.
+//!
+//! A new set is written into the other slot, then published by one compare-and-swap of the
+//! meta entry. A reader whose cached meta is older than a blob it reads sees a generation
+//! mismatch and re-reads the meta, so a request sees the old set or the new one, never a mix.
+
+use crate::config::{read_key_entry, KeyContext};
+use crate::ip::Cidr;
+use crate::json_reader::{ConfigError, Errors};
+use crate::keys::Digest;
+use crate::model::{Gate, KeyRecord, Limit, Per, Role};
+use crate::path::Pattern;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::io::Read;
+use std::net::IpAddr;
+
+pub const META_KEY: &str = "keygate.ks.meta";
+pub const LEASE_KEY: &str = "keygate.ks.lease";
+pub const VM_SEQ_KEY: &str = "keygate.ks.vmseq";
+
+pub fn shard_key(slot: u8, shard: u32) -> String {
+    format!("keygate.ks.{slot}.{shard}")
+}
+
+/// At most this many errors of one fetch are kept (a broken million-key answer stays readable).
+const MAX_ERRORS: usize = 20;
+/// Aim for about this many keys per shard: a request copies one shard.
+const KEYS_PER_SHARD: usize = 16;
+const MAX_SHARD_BITS: u8 = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeError {
+    Truncated,
+    BadValue,
+    /// The record names a role the current configuration does not define.
+    UnknownRole,
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DecodeError::Truncated => "record is truncated",
+            DecodeError::BadValue => "record has an invalid value",
+            DecodeError::UnknownRole => "record names a role this configuration does not define",
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Binary records
+
+const F_REVOKED: u8 = 1;
+const F_EXPIRES: u8 = 2;
+const F_LIMITS: u8 = 4;
+const F_IPS: u8 = 8;
+const F_REFERERS: u8 = 16;
+const F_PATHS: u8 = 32;
+const F_ROLE: u8 = 64;
+const F_ENV: u8 = 128;
+const NONE16: u16 = u16::MAX;
+
+fn put_str16(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => {
+            let b = s.as_bytes();
+            let n = b.len().min(usize::from(NONE16 - 1));
+            out.extend_from_slice(&(n as u16).to_le_bytes());
+            out.extend_from_slice(b.get(..n).unwrap_or_default());
+        }
+        None => out.extend_from_slice(&NONE16.to_le_bytes()),
+    }
+}
+
+fn put_patterns(out: &mut Vec<u8>, patterns: &[Pattern]) {
+    out.extend_from_slice(&(patterns.len().min(usize::from(u16::MAX)) as u16).to_le_bytes());
+    for p in patterns.iter().take(usize::from(u16::MAX)) {
+        match p {
+            Pattern::Any => out.push(0),
+            Pattern::Exact(s) => {
+                out.push(1);
+                put_str16(out, Some(s));
+            }
+            Pattern::Below(s) => {
+                out.push(2);
+                put_str16(out, Some(s));
+            }
+        }
+    }
+}
+
+/// Appends the binary form of a validated record (digest first) to `out`.
+pub fn encode_record(out: &mut Vec<u8>, digest: &Digest, rec: &KeyRecord, roles: &[Role]) {
+    let role = rec.role.and_then(|r| roles.get(r)).map(|r| r.name.as_str());
+    let mut flags = 0;
+    for (on, bit) in [
+        (rec.revoked, F_REVOKED),
+        (rec.expires_at.is_some(), F_EXPIRES),
+        (rec.rate_limits.is_some(), F_LIMITS),
+        (rec.allowed_ips.is_some(), F_IPS),
+        (rec.allowed_referers.is_some(), F_REFERERS),
+        (rec.allowed_paths.is_some(), F_PATHS),
+        (role.is_some(), F_ROLE),
+        (rec.environment.is_some(), F_ENV),
+    ] {
+        if on {
+            flags |= bit;
+        }
+    }
+    out.extend_from_slice(digest);
+    out.push(flags);
+    put_str16(out, Some(&rec.id));
+    put_str16(out, rec.name.as_deref());
+    put_str16(out, rec.tenant.as_deref());
+    if let Some(t) = rec.expires_at {
+        out.extend_from_slice(&t.to_le_bytes());
+    }
+    if role.is_some() {
+        put_str16(out, role);
+    }
+    if rec.environment.is_some() {
+        put_str16(out, rec.environment.as_deref());
+    }
+    if let Some(limits) = &rec.rate_limits {
+        out.push(limits.len().min(4) as u8);
+        for l in limits.iter().take(4) {
+            out.extend_from_slice(&l.requests.to_le_bytes());
+            out.push(l.per as u8);
+        }
+    }
+    if let Some(ips) = &rec.allowed_ips {
+        out.extend_from_slice(&(ips.len().min(usize::from(u16::MAX)) as u16).to_le_bytes());
+        for c in ips.iter().take(usize::from(u16::MAX)) {
+            let (net, bits) = c.parts();
+            match net {
+                IpAddr::V4(a) => {
+                    out.push(4);
+                    out.extend_from_slice(&a.octets());
+                }
+                IpAddr::V6(a) => {
+                    out.push(6);
+                    out.extend_from_slice(&a.octets());
+                }
+            }
+            out.push(bits);
+        }
+    }
+    if let Some(p) = &rec.allowed_referers {
+        put_patterns(out, p);
+    }
+    if let Some(p) = &rec.allowed_paths {
+        put_patterns(out, p);
+    }
+}
+
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.0.len() < n {
+            return Err(DecodeError::Truncated);
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?.first().copied().unwrap_or(0))
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes(
+            b.try_into().map_err(|_| DecodeError::Truncated)?,
+        ))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        let b = self.take(8)?;
+        Ok(u64::from_le_bytes(
+            b.try_into().map_err(|_| DecodeError::Truncated)?,
+        ))
+    }
+    fn str16(&mut self) -> Result<Option<String>, DecodeError> {
+        let n = self.u16()?;
+        if n == NONE16 {
+            return Ok(None);
+        }
+        let b = self.take(usize::from(n))?;
+        String::from_utf8(b.to_vec())
+            .map(Some)
+            .map_err(|_| DecodeError::BadValue)
+    }
+    fn patterns(&mut self) -> Result<Vec<Pattern>, DecodeError> {
+        let n = self.u16()?;
+        let mut out = Vec::with_capacity(usize::from(n));
+        for _ in 0..n {
+            out.push(match self.u8()? {
+                0 => Pattern::Any,
+                1 => Pattern::Exact(self.str16()?.ok_or(DecodeError::BadValue)?),
+                2 => Pattern::Below(self.str16()?.ok_or(DecodeError::BadValue)?),
+                _ => return Err(DecodeError::BadValue),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Decodes a record written by [`encode_record`]; its role is resolved against `roles`.
+pub fn decode_record(bytes: &[u8], roles: &[Role]) -> Result<KeyRecord, DecodeError> {
+    let mut c = Cursor(bytes);
+    c.take(32)?;
+    let flags = c.u8()?;
+    let id = c.str16()?.ok_or(DecodeError::BadValue)?;
+    let name = c.str16()?;
+    let tenant = c.str16()?;
+    let expires_at = if flags & F_EXPIRES != 0 {
+        Some(c.u64()? as i64)
+    } else {
+        None
+    };
+    let role = if flags & F_ROLE != 0 {
+        let name = c.str16()?.ok_or(DecodeError::BadValue)?;
+        Some(
+            roles
+                .iter()
+                .position(|r| r.name == name)
+                .ok_or(DecodeError::UnknownRole)?,
+        )
+    } else {
+        None
+    };
+    let environment = if flags & F_ENV != 0 { c.str16()? } else { None };
+    let rate_limits = if flags & F_LIMITS != 0 {
+        let n = c.u8()?;
+        let mut v = Vec::with_capacity(usize::from(n));
+        for _ in 0..n {
+            let requests = c.u64()?;
+            let per = *Per::ALL
+                .get(usize::from(c.u8()?))
+                .ok_or(DecodeError::BadValue)?;
+            v.push(Limit { requests, per });
+        }
+        Some(v)
+    } else {
+        None
+    };
+    let allowed_ips = if flags & F_IPS != 0 {
+        let n = c.u16()?;
+        let mut v = Vec::with_capacity(usize::from(n));
+        for _ in 0..n {
+            let net: IpAddr = match c.u8()? {
+                4 => {
+                    let b: [u8; 4] = c.take(4)?.try_into().map_err(|_| DecodeError::Truncated)?;
+                    IpAddr::from(b)
+                }
+                6 => {
+                    let b: [u8; 16] = c.take(16)?.try_into().map_err(|_| DecodeError::Truncated)?;
+                    IpAddr::from(b)
+                }
+                _ => return Err(DecodeError::BadValue),
+            };
+            v.push(Cidr::from_parts(net, c.u8()?).ok_or(DecodeError::BadValue)?);
+        }
+        Some(v)
+    } else {
+        None
+    };
+    let allowed_referers = if flags & F_REFERERS != 0 {
+        Some(c.patterns()?)
+    } else {
+        None
+    };
+    let allowed_paths = if flags & F_PATHS != 0 {
+        Some(c.patterns()?)
+    } else {
+        None
+    };
+    Ok(KeyRecord {
+        id,
+        name,
+        tenant,
+        role,
+        environment,
+        revoked: flags & F_REVOKED != 0,
+        expires_at,
+        rate_limits,
+        allowed_ips,
+        allowed_referers,
+        allowed_paths,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shards
+
+/// How many digest bits select a shard for a set of `n` keys (about 16 keys per shard).
+pub fn shard_bits(n: usize) -> u8 {
+    let mut bits = 0u8;
+    while bits < MAX_SHARD_BITS && (n >> bits) > KEYS_PER_SHARD {
+        bits += 1;
+    }
+    bits
+}
+
+pub fn shard_of(digest: &Digest, bits: u8) -> u32 {
+    if bits == 0 {
+        return 0;
+    }
+    let top = u32::from(u16::from_be_bytes([digest[0], digest[1]]));
+    top >> (16 - u32::from(bits.min(MAX_SHARD_BITS)))
+}
+
+const BLOB_HEADER: usize = 12;
+
+/// Finds `digest` in a shard blob of generation `gen`.
+/// `Err` if the blob is not of that generation (the reader's view is stale) or is malformed.
+pub fn find_in_shard<'b>(
+    blob: &'b [u8],
+    gen: u64,
+    digest: &Digest,
+) -> Result<Option<&'b [u8]>, DecodeError> {
+    let mut c = Cursor(blob);
+    if c.u64()? != gen {
+        return Err(DecodeError::BadValue);
+    }
+    let count = c.take(4)?;
+    let count = u32::from_le_bytes(count.try_into().map_err(|_| DecodeError::Truncated)?) as usize;
+    let table = blob
+        .get(BLOB_HEADER..BLOB_HEADER + count * 4)
+        .ok_or(DecodeError::Truncated)?;
+    let offset = |i: usize| -> Result<usize, DecodeError> {
+        let b = table.get(i * 4..i * 4 + 4).ok_or(DecodeError::Truncated)?;
+        Ok(u32::from_le_bytes(b.try_into().map_err(|_| DecodeError::Truncated)?) as usize)
+    };
+    let (mut lo, mut hi) = (0usize, count);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let start = offset(mid)?;
+        let rec_digest = blob.get(start..start + 32).ok_or(DecodeError::Truncated)?;
+        match rec_digest.cmp(digest.as_slice()) {
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+            std::cmp::Ordering::Equal => {
+                let end = if mid + 1 < count {
+                    offset(mid + 1)?
+                } else {
+                    blob.len()
+                };
+                return blob.get(start..end).map(Some).ok_or(DecodeError::Truncated);
+            }
+        }
+    }
+    Ok(None)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing a key-service answer
+
+/// One validated record in the arena.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    digest: Digest,
+    offset: u32,
+    len: u32,
+}
+
+/// A validated key set, compactly encoded, ready to be sharded.
+#[derive(Debug, Default)]
+pub struct ParsedSet {
+    pub version: String,
+    arena: Vec<u8>,
+    entries: Vec<Entry>,
+}
+
+impl ParsedSet {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Bytes of encoded records.
+    pub fn encoded_bytes(&self) -> usize {
+        self.arena.len()
+    }
+
+    /// The shards of generation `gen`, in order: `emit(shard, blob)`; returns the shard bits.
+    pub fn for_each_shard<E>(
+        &self,
+        gen: u64,
+        mut emit: impl FnMut(u32, &[u8]) -> Result<(), E>,
+    ) -> Result<u8, E> {
+        let bits = shard_bits(self.entries.len());
+        let mut blob = Vec::new();
+        let mut i = 0;
+        for shard in 0..(1u32 << bits) {
+            let start = i;
+            while self
+                .entries
+                .get(i)
+                .is_some_and(|e| shard_of(&e.digest, bits) == shard)
+            {
+                i += 1;
+            }
+            let group = self.entries.get(start..i).unwrap_or_default();
+            blob.clear();
+            blob.extend_from_slice(&gen.to_le_bytes());
+            blob.extend_from_slice(&(group.len() as u32).to_le_bytes());
+            let mut off = BLOB_HEADER + group.len() * 4;
+            for e in group {
+                blob.extend_from_slice(&(off as u32).to_le_bytes());
+                off += e.len as usize;
+            }
+            for e in group {
+                let (a, b) = (e.offset as usize, e.offset as usize + e.len as usize);
+                blob.extend_from_slice(self.arena.get(a..b).unwrap_or_default());
+            }
+            emit(shard, &blob)?;
+        }
+        Ok(bits)
+    }
+}
+
+#[derive(Debug)]
+pub enum Fetched {
+    /// Same version as the one already published: nothing to do.
+    Unchanged,
+    Set(ParsedSet),
+}
+
+struct Parse<'g> {
+    gate: &'g Gate,
+    ctx: KeyContext<'g>,
+    inline_ids: HashSet<&'g str>,
+    current: Option<&'g str>,
+    version: Option<String>,
+    unchanged: bool,
+    saw_keys: bool,
+    set: ParsedSet,
+    ids: HashMap<u64, u32>,
+    errors: Errors,
+}
+
+fn id_hash(id: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut h);
+    h.finish()
+}
+
+impl Parse<'_> {
+    fn error(&mut self, path: &str, msg: impl Into<String>) {
+        if self.errors.0.len() < MAX_ERRORS {
+            self.errors.push(path, msg);
+        }
+    }
+
+    fn entry(&mut self, i: usize, value: &serde_json::Value) {
+        let path = format!("$.keys[{i}]");
+        let mut errors = Errors::default();
+        let parsed = read_key_entry(&path, value, &self.ctx, &mut errors);
+        for e in errors.0 {
+            self.error(&e.path, e.message);
+        }
+        let Some((digest, rec)) = parsed else { return };
+        if self.inline_ids.contains(rec.id.as_str()) {
+            return self.error(
+                &format!("{path}.id"),
+                format!("id {:?} is also configured inline", rec.id),
+            );
+        }
+        if self.gate.keys.get(&digest).is_some() {
+            return self.error(&path, "this key is also configured inline");
+        }
+        let h = id_hash(&rec.id);
+        if let Some(&first) = self.ids.get(&h) {
+            let same = self
+                .set
+                .entries
+                .get(first as usize)
+                .and_then(|e| {
+                    self.set
+                        .arena
+                        .get(e.offset as usize..(e.offset + e.len) as usize)
+                })
+                .and_then(|b| decode_record(b, &self.gate.roles).ok())
+                .is_some_and(|r| r.id == rec.id);
+            if same {
+                return self.error(&format!("{path}.id"), format!("duplicate id {:?}", rec.id));
+            }
+        }
+        let offset = self.set.arena.len();
+        encode_record(&mut self.set.arena, &digest, &rec, &self.gate.roles);
+        let len = self.set.arena.len() - offset;
+        self.ids.insert(h, self.set.entries.len() as u32);
+        self.set.entries.push(Entry {
+            digest,
+            offset: offset as u32,
+            len: len as u32,
+        });
+    }
+}
+
+struct Top<'p, 'g>(&'p mut Parse<'g>);
+struct Keys<'p, 'g>(&'p mut Parse<'g>);
+
+impl<'de> DeserializeSeed<'de> for Top<'_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Top<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object {\"version\": …, \"keys\": […]}")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let p = self.0;
+        while let Some(k) = map.next_key::<String>()? {
+            match k.as_str() {
+                "version" => {
+                    let v: String = map.next_value()?;
+                    if !p.saw_keys && p.current == Some(v.as_str()) {
+                        p.unchanged = true;
+                    }
+                    p.version = Some(v);
+                }
+                "keys" if p.unchanged => {
+                    map.next_value::<IgnoredAny>()?;
+                    p.saw_keys = true;
+                }
+                "keys" => {
+                    map.next_value_seed(Keys(&mut *p))?;
+                    p.saw_keys = true;
+                }
+                other => {
+                    p.error(&format!("$.{other}"), "unknown field");
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Keys<'_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Keys<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of key entries")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0;
+        // One entry at a time: a million-key answer is never held as a JSON tree.
+        while let Some(v) = seq.next_element::<serde_json::Value>()? {
+            self.0.entry(i, &v);
+            i += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and validates a key-service answer `{"version":"…","keys":[…]}` from `reader`,
+/// entries exactly as inline `keys`. `current` is the published version: if the answer has the
+/// same version (and says so before its keys), the keys are skipped, not parsed.
+/// Any error rejects the whole answer.
+pub fn parse_key_set(
+    reader: impl Read,
+    gate: &Gate,
+    current: Option<&str>,
+) -> Result<Fetched, Vec<ConfigError>> {
+    let mut p = Parse {
+        gate,
+        ctx: KeyContext {
+            roles: &gate.roles,
+            prefixes: &gate.prefixes,
+        },
+        inline_ids: gate.keys.records().map(|r| r.id.as_str()).collect(),
+        current,
+        version: None,
+        unchanged: false,
+        saw_keys: false,
+        set: ParsedSet::default(),
+        ids: HashMap::new(),
+        errors: Errors::default(),
+    };
+    let mut de =
+        serde_json::Deserializer::from_reader(std::io::BufReader::with_capacity(64 * 1024, reader));
+    let parsed = Top(&mut p).deserialize(&mut de).and_then(|()| de.end());
+    if let Err(e) = parsed {
+        let mut errors = vec![ConfigError {
+            path: "$".into(),
+            message: format!("not a valid key-set answer: {e}"),
+        }];
+        errors.extend(p.errors.0);
+        return Err(errors);
+    }
+    if p.version.is_none() {
+        p.errors.push("$.version", "is required");
+    }
+    if !p.saw_keys {
+        p.errors.push("$.keys", "is required");
+    }
+    if !p.errors.is_empty() {
+        return Err(p.errors.0);
+    }
+    let version = p.version.unwrap_or_default();
+    if current == Some(version.as_str()) {
+        return Ok(Fetched::Unchanged);
+    }
+    let mut set = p.set;
+    set.version = version;
+    set.entries.sort_unstable_by_key(|e| e.digest);
+    if set
+        .entries
+        .windows(2)
+        .any(|w| w.first().map(|e| e.digest) == w.get(1).map(|e| e.digest))
+    {
+        return Err(vec![ConfigError {
+            path: "$.keys".into(),
+            message: "duplicate key: the same key (hash) appears twice".into(),
+        }]);
+    }
+    Ok(Fetched::Set(set))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Meta and lease records
+
+/// What is published: generation 0 means nothing yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Meta {
+    pub gen: u64,
+    pub slot: u8,
+    pub bits: u8,
+    pub count: u32,
+    pub published_at: u64,
+    /// Shards of the other slot that still hold an older set (to be cleared).
+    pub stale_shards: u32,
+    pub version: String,
+}
+
+impl Meta {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32 + self.version.len());
+        out.extend_from_slice(&self.gen.to_le_bytes());
+        out.push(self.slot);
+        out.push(self.bits);
+        out.extend_from_slice(&self.count.to_le_bytes());
+        out.extend_from_slice(&self.published_at.to_le_bytes());
+        out.extend_from_slice(&self.stale_shards.to_le_bytes());
+        put_str16(&mut out, Some(&self.version));
+        out
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Meta, DecodeError> {
+        let mut c = Cursor(b);
+        let gen = c.u64()?;
+        let slot = c.u8()?;
+        let bits = c.u8()?;
+        let count = u32::from_le_bytes(c.take(4)?.try_into().map_err(|_| DecodeError::Truncated)?);
+        let published_at = c.u64()?;
+        let stale_shards =
+            u32::from_le_bytes(c.take(4)?.try_into().map_err(|_| DecodeError::Truncated)?);
+        let version = c.str16()?.unwrap_or_default();
+        if slot > 1 || bits > MAX_SHARD_BITS {
+            return Err(DecodeError::BadValue);
+        }
+        Ok(Meta {
+            gen,
+            slot,
+            bits,
+            count,
+            published_at,
+            stale_shards,
+            version,
+        })
+    }
+
+    /// The meta after publishing `set` (written into the other slot) at `now`.
+    pub fn next(&self, set: &ParsedSet, bits: u8, now: u64) -> Meta {
+        Meta {
+            gen: self.gen + 1,
+            slot: if self.gen == 0 { 0 } else { 1 - self.slot },
+            bits,
+            count: set.len() as u32,
+            published_at: now,
+            stale_shards: if self.gen == 0 { 0 } else { 1u32 << self.bits },
+            version: set.version.clone(),
+        }
+    }
+}
+
+/// Who fetches: one VM per Envoy process at a time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lease {
+    pub owner: u64,
+    pub expires: u64,
+    pub last_fetch: u64,
+}
+
+impl Lease {
+    pub fn encode(&self) -> [u8; 24] {
+        let mut out = [0u8; 24];
+        for (chunk, v) in out
+            .chunks_exact_mut(8)
+            .zip([self.owner, self.expires, self.last_fetch])
+        {
+            chunk.copy_from_slice(&v.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Lease, DecodeError> {
+        let mut c = Cursor(b);
+        Ok(Lease {
+            owner: c.u64()?,
+            expires: c.u64()?,
+            last_fetch: c.u64()?,
+        })
+    }
+
+    /// The lease `me` should write to fetch now, or `None` if it is not `me`'s turn: another
+    /// VM holds an unexpired lease, or the last fetch is less than an interval ago.
+    pub fn claim(&self, me: u64, now: u64, interval: u64, timeout_s: u64) -> Option<Lease> {
+        if self.owner != me && self.expires > now {
+            return None;
+        }
+        if now < self.last_fetch.saturating_add(interval) {
+            return None;
+        }
+        Some(Lease {
+            owner: me,
+            expires: now + interval + timeout_s + 2,
+            last_fetch: now,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::gate_from_value;
+    use crate::keys::{digest, digest_hex};
+    use serde_json::json;
+
+    fn gate() -> Gate {
+        gate_from_value(&json!({
+            "prefixes": [{"prefix": "sk_", "environment": "LIVE"}],
+            "roles": {"reader": {"methods": ["GET"]}, "admin": {"methods": ["*"]}},
+            "keys": [{"id": "inline_1", "sha256": digest_hex(b"sk_inline")}],
+            "key_sync": {"cluster": "ks", "path": "/keys"}
+        }))
+        .unwrap()
+    }
+
+    fn answer(version: &str, keys: serde_json::Value) -> String {
+        json!({"version": version, "keys": keys}).to_string()
+    }
+
+    fn set_of(g: &Gate, body: &str) -> ParsedSet {
+        match parse_key_set(body.as_bytes(), g, None).unwrap() {
+            Fetched::Set(s) => s,
+            Fetched::Unchanged => panic!("unchanged"),
+        }
+    }
+
+    /// All shards of a set as a map, as they would sit in shared data.
+    fn shards(set: &ParsedSet, gen: u64) -> (u8, HashMap<u32, Vec<u8>>) {
+        let mut m = HashMap::new();
+        let bits = set
+            .for_each_shard::<()>(gen, |i, b| {
+                m.insert(i, b.to_vec());
+                Ok(())
+            })
+            .unwrap();
+        (bits, m)
+    }
+
+    fn lookup(
+        g: &Gate,
+        shards: &(u8, HashMap<u32, Vec<u8>>),
+        gen: u64,
+        key: &str,
+    ) -> Option<KeyRecord> {
+        let d = digest(key.as_bytes());
+        let blob = &shards.1[&shard_of(&d, shards.0)];
+        find_in_shard(blob, gen, &d)
+            .unwrap()
+            .map(|b| decode_record(b, &g.roles).unwrap())
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let g = gate();
+        let full = answer(
+            "v1",
+            json!([{
+            "id": "k1", "key": "sk_full", "name": "Full", "tenant": "org", "role": "admin", "environment": "STAGING",
+            "revoked": true, "expires_at": "2027-01-01T00:00:00Z",
+            "rate_limits": [{"requests": 5, "per": "second"}, {"requests": 100, "per": "day"}],
+            "allowed_ips": ["10.0.0.0/8", "2001:db8::/32"], "allowed_referers": ["https://a.example/*"],
+            "allowed_paths": ["/v1/x", "/v1/y/*", "*"]
+        }, {"id": "k2", "sha256": digest_hex(b"sk_min")}]),
+        );
+        let set = set_of(&g, &full);
+        let sh = shards(&set, 7);
+        let r = lookup(&g, &sh, 7, "sk_full").unwrap();
+        let direct = read_key_entry(
+            "$",
+            &serde_json::from_str::<serde_json::Value>(&full).unwrap()["keys"][0],
+            &KeyContext {
+                roles: &g.roles,
+                prefixes: &g.prefixes,
+            },
+            &mut Errors::default(),
+        )
+        .unwrap()
+        .1;
+        assert_eq!(
+            r, direct,
+            "a record decodes to exactly what inline parsing gives"
+        );
+        let m = lookup(&g, &sh, 7, "sk_min").unwrap();
+        assert_eq!(
+            (m.id.as_str(), m.name, m.role, m.rate_limits),
+            ("k2", None, None, None)
+        );
+        assert!(lookup(&g, &sh, 7, "sk_other").is_none());
+        // A role the configuration no longer defines fails closed.
+        let other_roles = vec![];
+        let d = digest(b"sk_full");
+        let blob = &sh.1[&shard_of(&d, sh.0)];
+        let rec = find_in_shard(blob, 7, &d).unwrap().unwrap();
+        assert_eq!(
+            decode_record(rec, &other_roles),
+            Err(DecodeError::UnknownRole)
+        );
+        // A stale reader (another generation) is told so.
+        assert_eq!(find_in_shard(blob, 8, &d), Err(DecodeError::BadValue));
+        assert_eq!(
+            find_in_shard(&blob[..5], 7, &d),
+            Err(DecodeError::Truncated)
+        );
+    }
+
+    #[test]
+    fn large_sets_shard_and_every_key_is_found() {
+        let g = gate();
+        let keys: Vec<serde_json::Value> = (0..5000).map(|i| json!({"id": format!("k{i}"), "sha256": digest_hex(format!("sk_{i}").as_bytes())})).collect();
+        let set = set_of(&g, &answer("big", json!(keys)));
+        let sh = shards(&set, 1);
+        assert_eq!(sh.0, shard_bits(5000));
+        assert_eq!(
+            sh.1.len(),
+            1 << sh.0,
+            "every shard is written, empty ones too"
+        );
+        for i in (0..5000).step_by(7) {
+            assert_eq!(
+                lookup(&g, &sh, 1, &format!("sk_{i}")).unwrap().id,
+                format!("k{i}")
+            );
+        }
+        assert!(lookup(&g, &sh, 1, "sk_nope").is_none());
+        assert_eq!(shard_bits(10), 0);
+        assert_eq!(shard_bits(1_000_000), 16);
+    }
+
+    #[test]
+    fn bad_answers_are_rejected_whole() {
+        let g = gate();
+        let cases: Vec<(String, &str)> = vec![
+            ("{not json".into(), "$"),
+            (json!({"keys": []}).to_string(), "$.version"),
+            (json!({"version": "1"}).to_string(), "$.keys"),
+            (
+                json!({"version": "1", "keys": [], "extra": 1}).to_string(),
+                "$.extra",
+            ),
+            (
+                answer("1", json!([{"id": "a", "sha256": "zz"}])),
+                "$.keys[0].sha256",
+            ),
+            (
+                answer(
+                    "1",
+                    json!([{"id": "a", "sha256": digest_hex(b"sk_a"), "role": "ghost"}]),
+                ),
+                "$.keys[0].role",
+            ),
+            (
+                answer(
+                    "1",
+                    json!([{"id": "a", "sha256": digest_hex(b"sk_a")}, {"id": "a", "sha256": digest_hex(b"sk_b")}]),
+                ),
+                "$.keys[1].id",
+            ),
+            (
+                answer(
+                    "1",
+                    json!([{"id": "a", "sha256": digest_hex(b"sk_a")}, {"id": "b", "sha256": digest_hex(b"sk_a")}]),
+                ),
+                "$.keys",
+            ),
+            (
+                answer(
+                    "1",
+                    json!([{"id": "inline_1", "sha256": digest_hex(b"sk_z")}]),
+                ),
+                "$.keys[0].id",
+            ),
+            (
+                answer(
+                    "1",
+                    json!([{"id": "z", "sha256": digest_hex(b"sk_inline")}]),
+                ),
+                "$.keys[0]",
+            ),
+        ];
+        for (body, path) in cases {
+            let errs = parse_key_set(body.as_bytes(), &g, None).unwrap_err();
+            assert!(
+                errs.iter().any(|e| e.path == path),
+                "{body}: expected an error at {path}, got {errs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unchanged_version_is_not_parsed() {
+        let g = gate();
+        // Version first: the (invalid!) keys are skipped, not parsed.
+        let body = r#"{"version":"v7","keys":[{"bogus":true}]}"#;
+        assert!(matches!(
+            parse_key_set(body.as_bytes(), &g, Some("v7")),
+            Ok(Fetched::Unchanged)
+        ));
+        assert!(parse_key_set(body.as_bytes(), &g, Some("v6")).is_err());
+        let body = answer("v7", json!([]));
+        assert!(matches!(
+            parse_key_set(body.as_bytes(), &g, Some("v7")),
+            Ok(Fetched::Unchanged)
+        ));
+    }
+
+    #[test]
+    fn meta_and_lease() {
+        let m0 = Meta::default();
+        let set = ParsedSet {
+            version: "v1".into(),
+            ..Default::default()
+        };
+        let m1 = m0.next(&set, 0, 100);
+        assert_eq!((m1.gen, m1.slot, m1.stale_shards), (1, 0, 0));
+        let m2 = m1.next(&set, 3, 110);
+        assert_eq!((m2.gen, m2.slot, m2.bits, m2.stale_shards), (2, 1, 3, 1));
+        assert_eq!(Meta::decode(&m2.encode()), Ok(m2.clone()));
+        assert_eq!(m2.next(&set, 0, 120).slot, 0);
+
+        let free = Lease::default();
+        let mine = free.claim(1, 1000, 10, 2).unwrap();
+        assert_eq!(
+            mine,
+            Lease {
+                owner: 1,
+                expires: 1014,
+                last_fetch: 1000
+            }
+        );
+        assert_eq!(mine.claim(2, 1005, 10, 2), None, "held by another VM");
+        assert_eq!(mine.claim(1, 1005, 10, 2), None, "not yet an interval");
+        assert_eq!(
+            mine.claim(1, 1010, 10, 2).map(|l| l.last_fetch),
+            Some(1010),
+            "the holder renews"
+        );
+        assert_eq!(
+            mine.claim(2, 1014, 10, 2).map(|l| l.owner),
+            Some(2),
+            "an expired lease is taken over"
+        );
+        assert_eq!(Lease::decode(&mine.encode()), Ok(mine));
+    }
+}
