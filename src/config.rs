@@ -1,24 +1,27 @@
 //! Plugin configuration (SPEC §1): JSON in, a validated [`Gate`] or every problem with its path.
 
 use crate::ip::Cidr;
-use crate::json_reader::{index, ConfigError, Errors, Obj};
-use crate::keys::{self, Digest, KeyTable};
+use crate::json_reader::{index, json_deserializer, q, ConfigError, Errors, Obj};
+use crate::keys::{self, Digest, FastMap, FastSet, KeyTable};
 use crate::model::*;
 use crate::path::{canonical_path, Pattern};
 use crate::timestamp::parse_rfc3339;
 use serde_json::Value;
-use std::collections::{HashMap, HashSet};
 
 const MAX_ID_LEN: usize = 128;
 
 /// Parses and validates a plugin configuration.
 pub fn parse_config(bytes: &[u8]) -> Result<Gate, Vec<ConfigError>> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-        vec![ConfigError {
-            path: "$".into(),
-            message: format!("not valid JSON: {e}"),
-        }]
-    })?;
+    let mut input = bytes;
+    let mut de = json_deserializer(&mut input);
+    let value = serde::Deserialize::deserialize(&mut de)
+        .and_then(|v: Value| de.end().map(|()| v))
+        .map_err(|e| {
+            vec![ConfigError {
+                path: "$".into(),
+                message: format!("not valid JSON: {e}"),
+            }]
+        })?;
     gate_from_value(&value)
 }
 
@@ -38,7 +41,7 @@ fn header_name(path: &str, raw: &str, errors: &mut Errors) -> Option<String> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     if !ok {
-        errors.push(path, format!("{raw:?} is not a valid HTTP header name"));
+        errors.push(path, format!("{} is not a valid HTTP header name", q(raw)));
         return None;
     }
     Some(raw.to_ascii_lowercase())
@@ -63,7 +66,7 @@ fn optional_header(
 fn header_safe(path: &str, s: &str, errors: &mut Errors) -> bool {
     let ok = !s.is_empty() && s.bytes().all(|b| (0x20..0x7f).contains(&b)) && s.trim() == s;
     if !ok {
-        errors.push(path, format!("{s:?} must be non-empty printable ASCII without surrounding spaces (it is sent in a header)"));
+        errors.push(path, format!("{} must be non-empty printable ASCII without surrounding spaces (it is sent in a header)", q(s)));
     }
     ok
 }
@@ -109,7 +112,7 @@ fn read_sources(root: &mut Obj, errors: &mut Errors) -> Vec<Source> {
                     {
                         errors.push(
                             &o.field_path("scheme"),
-                            format!("{s:?} is not a valid authentication scheme"),
+                            format!("{} is not a valid authentication scheme", q(s)),
                         );
                         None
                     }
@@ -130,7 +133,10 @@ fn read_sources(root: &mut Obj, errors: &mut Errors) -> Vec<Source> {
                 {
                     errors.push(
                         &o.field_path("query"),
-                        format!("{q:?} is not a valid query parameter name"),
+                        format!(
+                            "{} is not a valid query parameter name",
+                            crate::json_reader::q(q)
+                        ),
                     );
                 } else {
                     out.push(Source::Query {
@@ -143,7 +149,7 @@ fn read_sources(root: &mut Obj, errors: &mut Errors) -> Vec<Source> {
         }
         o.finish(errors);
     }
-    let mut seen = HashSet::new();
+    let mut seen = FastSet::default();
     for (i, s) in out.iter().enumerate() {
         if !seen.insert(s.clone()) {
             errors.push(&index(&path, i), "duplicate key source");
@@ -172,7 +178,7 @@ fn read_limits(obj: &mut Obj, errors: &mut Errors) -> Option<Vec<Limit>> {
             if p.is_none() {
                 errors.push(
                     &per_path,
-                    format!("{s:?} is not one of second, minute, hour, day"),
+                    format!("{} is not one of second, minute, hour, day", q(s)),
                 );
             }
             p
@@ -232,7 +238,7 @@ fn read_roles(root: &mut Obj, errors: &mut Errors) -> Vec<Role> {
             {
                 Some(m.to_ascii_uppercase())
             } else {
-                errors.push(mp, format!("{m:?} is not an HTTP method or \"*\""));
+                errors.push(mp, format!("{} is not an HTTP method or \"*\"", q(m)));
                 None
             }
         });
@@ -275,7 +281,7 @@ fn role_ref(obj: &mut Obj, roles: &[Role], errors: &mut Errors) -> Option<RoleId
     let name = obj.opt_str("role", errors)?;
     let id = roles.iter().position(|r| r.name == name);
     if id.is_none() {
-        errors.push(&path, format!("role {name:?} is not defined in $.roles"));
+        errors.push(&path, format!("role {} is not defined in $.roles", q(name)));
     }
     id
 }
@@ -312,7 +318,7 @@ fn read_prefixes(root: &mut Obj, roles: &[Role], errors: &mut Errors) -> Vec<Pre
             continue;
         }
         if out.iter().any(|x| x.prefix == prefix) {
-            errors.push(&prefix_path, format!("duplicate prefix {prefix:?}"));
+            errors.push(&prefix_path, format!("duplicate prefix {}", q(prefix)));
             continue;
         }
         out.push(Prefix {
@@ -322,7 +328,7 @@ fn read_prefixes(root: &mut Obj, roles: &[Role], errors: &mut Errors) -> Vec<Pre
             rate_limits,
         });
     }
-    out.sort_by_key(|p| std::cmp::Reverse(p.prefix.len()));
+    out.sort_unstable_by_key(|p| std::cmp::Reverse(p.prefix.len()));
     out
 }
 
@@ -352,7 +358,10 @@ pub fn read_key_entry(
         if !ok {
             errors.push(
                 &id_path,
-                format!("{id:?} must be 1-{MAX_ID_LEN} characters of A-Z a-z 0-9 _ - . :"),
+                format!(
+                    "{} must be 1-{MAX_ID_LEN} characters of A-Z a-z 0-9 _ - . :",
+                    q(id)
+                ),
             );
         }
     }
@@ -417,7 +426,10 @@ pub fn read_key_entry(
             if t.is_none() {
                 errors.push(
                     &exp_path,
-                    format!("{s:?} is not an RFC 3339 timestamp (2027-01-01T00:00:00Z)"),
+                    format!(
+                        "{} is not an RFC 3339 timestamp (2027-01-01T00:00:00Z)",
+                        q(s)
+                    ),
                 );
             }
             t
@@ -465,7 +477,7 @@ pub fn read_key_entry(
 /// Reads a list of key entries into a table, rejecting duplicate ids and digests.
 pub fn read_keys(path: &str, items: &[Value], ctx: &KeyContext, errors: &mut Errors) -> KeyTable {
     let mut table = KeyTable::with_capacity(items.len());
-    let mut ids: HashMap<&str, usize> = HashMap::with_capacity(items.len());
+    let mut ids: FastMap<&str, usize> = FastMap::default();
     for (i, item) in items.iter().enumerate() {
         let p = index(path, i);
         // Ids are checked for duplicates even on entries with other errors.
@@ -473,7 +485,7 @@ pub fn read_keys(path: &str, items: &[Value], ctx: &KeyContext, errors: &mut Err
             if let Some(first) = ids.get(id) {
                 errors.push(
                     &format!("{p}.id"),
-                    format!("duplicate id {id:?} (first at {})", index(path, *first)),
+                    format!("duplicate id {} (first at {})", q(id), index(path, *first)),
                 );
             } else {
                 ids.insert(id, i);
@@ -554,7 +566,10 @@ fn read_gate(value: &Value, errors: &mut Errors) -> Option<Gate> {
             _ => {
                 errors.push(
                     &vp_path,
-                    format!("{v:?} must be a canonical absolute path (like /v1/verify)"),
+                    format!(
+                        "{} must be a canonical absolute path (like /v1/verify)",
+                        q(v)
+                    ),
                 );
                 None
             }
@@ -607,7 +622,10 @@ fn check_header_clashes(gate: &Gate, errors: &mut Errors) {
     let mut seen: Vec<&str> = Vec::new();
     for h in gate.owned_request_headers() {
         if seen.contains(&h) {
-            errors.push("$.upstream_headers", format!("header {h:?} is used twice"));
+            errors.push(
+                "$.upstream_headers",
+                format!("header {} is used twice", q(h)),
+            );
         }
         if gate
             .sources
@@ -616,7 +634,7 @@ fn check_header_clashes(gate: &Gate, errors: &mut Errors) {
         {
             errors.push(
                 "$.upstream_headers",
-                format!("header {h:?} is also a key source"),
+                format!("header {} is also a key source", q(h)),
             );
         }
         seen.push(h);

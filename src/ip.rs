@@ -1,5 +1,6 @@
 //! Client addresses and the CIDR blocks a key may be used from.
 
+use crate::json_reader::q;
 use std::net::{IpAddr, SocketAddr};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,17 +18,17 @@ impl Cidr {
         };
         let net: IpAddr = addr
             .parse()
-            .map_err(|_| format!("{raw:?} is not an IP address or CIDR block"))?;
+            .map_err(|_| format!("{} is not an IP address or CIDR block", q(raw)))?;
         let max = if net.is_ipv4() { 32 } else { 128 };
         let bits = match bits {
             None => max,
             Some(b) => match b.parse::<u8>() {
                 Ok(n) if n <= max && !b.starts_with('+') => n,
-                _ => return Err(format!("{raw:?} has an invalid prefix length")),
+                _ => return Err(format!("{} has an invalid prefix length", q(raw))),
             },
         };
         if mask(net, bits) != net {
-            return Err(format!("{raw:?} has host bits set beyond /{bits}"));
+            return Err(format!("{} has host bits set beyond /{bits}", q(raw)));
         }
         Ok(Cidr { net, bits })
     }

@@ -3,8 +3,42 @@
 //! The configuration is read field by field so that *all* errors are reported at once (for
 //! `keygate check`) and each one names the exact place (`$.keys[3].allowed_ips[0]`).
 
-use serde_json::{Map, Value};
+use serde_json::de::IoRead;
+use serde_json::{Deserializer, Map, Value};
 use std::fmt;
+use std::io::{BufReader, Read};
+
+/// The JSON parser over any input. Configurations and key-service answers share this one
+/// reader type: every distinct reader type is another copy of serde_json's parser in the .wasm.
+pub fn json_deserializer(reader: &mut dyn Read) -> Deserializer<IoRead<BufReader<&mut dyn Read>>> {
+    Deserializer::from_reader(BufReader::with_capacity(64 * 1024, reader))
+}
+
+/// A string in double quotes with `"`, `\\` and control characters escaped, for messages.
+/// (`{:?}` would do the same but pulls the Unicode-aware `Debug` machinery into the .wasm.)
+pub struct Quoted<'a>(pub &'a str);
+
+pub fn q(s: &str) -> Quoted<'_> {
+    Quoted(s)
+}
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"")?;
+        for c in self.0.chars() {
+            match c {
+                '"' => f.write_str("\\\"")?,
+                '\\' => f.write_str("\\\\")?,
+                '\n' => f.write_str("\\n")?,
+                '\r' => f.write_str("\\r")?,
+                '\t' => f.write_str("\\t")?,
+                c if c.is_control() => write!(f, "\\u{{{:x}}}", u32::from(c))?,
+                c => write!(f, "{c}")?,
+            }
+        }
+        f.write_str("\"")
+    }
+}
 
 /// One configuration problem: where it is and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,7 +186,10 @@ impl<'a> Obj<'a> {
             }) {
                 Some(n) => Some(n),
                 None => {
-                    errors.push(&path, format!("expected a whole number ≥ 0, found {v}"));
+                    errors.push(
+                        &path,
+                        format!("expected a whole number ≥ 0, found {}", type_name(v)),
+                    );
                     None
                 }
             },

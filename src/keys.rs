@@ -45,6 +45,31 @@ impl Hasher for DigestHasher {
     fn write_usize(&mut self, _: usize) {}
 }
 
+/// FNV-1a, for maps keyed by configuration data (ids, names, metric names): the input is the
+/// operator's, not the client's, so there is no flooding concern, and the .wasm does without
+/// std's randomly seeded hasher.
+pub struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
+pub type FastSet<K> = std::collections::HashSet<K, BuildHasherDefault<Fnv>>;
+
 /// Keys by digest.
 #[derive(Debug, Default)]
 pub struct KeyTable {

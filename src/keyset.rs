@@ -15,12 +15,11 @@
 
 use crate::config::{read_key_entry, KeyContext};
 use crate::ip::Cidr;
-use crate::json_reader::{ConfigError, Errors};
-use crate::keys::Digest;
+use crate::json_reader::{json_deserializer, q, ConfigError, Errors};
+use crate::keys::{Digest, FastMap, FastSet};
 use crate::model::{Gate, KeyRecord, Limit, Per, Role};
 use crate::path::Pattern;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::io::Read;
@@ -443,13 +442,13 @@ pub enum Fetched {
 struct Parse<'g> {
     gate: &'g Gate,
     ctx: KeyContext<'g>,
-    inline_ids: HashSet<&'g str>,
+    inline_ids: FastSet<&'g str>,
     current: Option<&'g str>,
     version: Option<String>,
     unchanged: bool,
     saw_keys: bool,
     set: ParsedSet,
-    ids: HashMap<u64, u32>,
+    ids: FastMap<u64, u32>,
     errors: Errors,
 }
 
@@ -477,7 +476,7 @@ impl Parse<'_> {
         if self.inline_ids.contains(rec.id.as_str()) {
             return self.error(
                 &format!("{path}.id"),
-                format!("id {:?} is also configured inline", rec.id),
+                format!("id {} is also configured inline", q(&rec.id)),
             );
         }
         if self.gate.keys.get(&digest).is_some() {
@@ -497,7 +496,10 @@ impl Parse<'_> {
                 .and_then(|b| decode_record(b, &self.gate.roles).ok())
                 .is_some_and(|r| r.id == rec.id);
             if same {
-                return self.error(&format!("{path}.id"), format!("duplicate id {:?}", rec.id));
+                return self.error(
+                    &format!("{path}.id"),
+                    format!("duplicate id {}", q(&rec.id)),
+                );
             }
         }
         let offset = self.set.arena.len();
@@ -512,13 +514,38 @@ impl Parse<'_> {
     }
 }
 
+/// Visitor methods for the JSON types a visitor does not accept. serde's defaults would build
+/// an `Unexpected` error whose formatting pulls float printing (~20 KB) into the .wasm.
+macro_rules! wrong_types {
+    ($msg:expr) => {
+        fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+            Err(E::custom($msg))
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+            Err(E::custom($msg))
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+            Err(E::custom($msg))
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+            Err(E::custom($msg))
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+            Err(E::custom($msg))
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+            Err(E::custom($msg))
+        }
+    };
+}
+
 struct Top<'p, 'g>(&'p mut Parse<'g>);
 struct Keys<'p, 'g>(&'p mut Parse<'g>);
 
 impl<'de> DeserializeSeed<'de> for Top<'_, '_> {
     type Value = ();
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_map(self)
+        d.deserialize_any(self)
     }
 }
 
@@ -527,17 +554,27 @@ impl<'de> Visitor<'de> for Top<'_, '_> {
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("an object {\"version\": …, \"keys\": […]}")
     }
+    wrong_types!("expected an object {\"version\": …, \"keys\": […]}");
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        Err(de::Error::custom(
+            "expected an object {\"version\": …, \"keys\": […]}",
+        ))
+    }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let p = self.0;
-        while let Some(k) = map.next_key::<String>()? {
-            match k.as_str() {
-                "version" => {
-                    let v: String = map.next_value()?;
-                    if !p.saw_keys && p.current == Some(v.as_str()) {
-                        p.unchanged = true;
+        // Keys and the version are read as `Value`s: typed reads would pull serde's
+        // float-formatting error paths into the .wasm.
+        while let Some(k) = map.next_key::<serde_json::Value>()? {
+            match k.as_str().unwrap_or_default() {
+                "version" => match map.next_value::<serde_json::Value>()? {
+                    serde_json::Value::String(v) => {
+                        if !p.saw_keys && p.current == Some(v.as_str()) {
+                            p.unchanged = true;
+                        }
+                        p.version = Some(v);
                     }
-                    p.version = Some(v);
-                }
+                    _ => p.error("$.version", "expected a string"),
+                },
                 "keys" if p.unchanged => {
                     map.next_value::<IgnoredAny>()?;
                     p.saw_keys = true;
@@ -559,7 +596,7 @@ impl<'de> Visitor<'de> for Top<'_, '_> {
 impl<'de> DeserializeSeed<'de> for Keys<'_, '_> {
     type Value = ();
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_seq(self)
+        d.deserialize_any(self)
     }
 }
 
@@ -567,6 +604,12 @@ impl<'de> Visitor<'de> for Keys<'_, '_> {
     type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("an array of key entries")
+    }
+    wrong_types!("$.keys: expected an array of key entries");
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        Err(de::Error::custom(
+            "$.keys: expected an array of key entries",
+        ))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let mut i = 0;
@@ -584,7 +627,7 @@ impl<'de> Visitor<'de> for Keys<'_, '_> {
 /// same version (and says so before its keys), the keys are skipped, not parsed.
 /// Any error rejects the whole answer.
 pub fn parse_key_set(
-    reader: impl Read,
+    reader: &mut dyn Read,
     gate: &Gate,
     current: Option<&str>,
 ) -> Result<Fetched, Vec<ConfigError>> {
@@ -600,11 +643,10 @@ pub fn parse_key_set(
         unchanged: false,
         saw_keys: false,
         set: ParsedSet::default(),
-        ids: HashMap::new(),
+        ids: FastMap::default(),
         errors: Errors::default(),
     };
-    let mut de =
-        serde_json::Deserializer::from_reader(std::io::BufReader::with_capacity(64 * 1024, reader));
+    let mut de = json_deserializer(reader);
     let parsed = Top(&mut p).deserialize(&mut de).and_then(|()| de.end());
     if let Err(e) = parsed {
         let mut errors = vec![ConfigError {
@@ -762,6 +804,7 @@ mod tests {
     use crate::config::gate_from_value;
     use crate::keys::{digest, digest_hex};
     use serde_json::json;
+    use std::collections::HashMap;
 
     fn gate() -> Gate {
         gate_from_value(&json!({
@@ -778,7 +821,7 @@ mod tests {
     }
 
     fn set_of(g: &Gate, body: &str) -> ParsedSet {
-        match parse_key_set(body.as_bytes(), g, None).unwrap() {
+        match parse_key_set(&mut body.as_bytes(), g, None).unwrap() {
             Fetched::Set(s) => s,
             Fetched::Unchanged => panic!("unchanged"),
         }
@@ -938,7 +981,7 @@ mod tests {
             ),
         ];
         for (body, path) in cases {
-            let errs = parse_key_set(body.as_bytes(), &g, None).unwrap_err();
+            let errs = parse_key_set(&mut body.as_bytes(), &g, None).unwrap_err();
             assert!(
                 errs.iter().any(|e| e.path == path),
                 "{body}: expected an error at {path}, got {errs:?}"
@@ -952,13 +995,13 @@ mod tests {
         // Version first: the (invalid!) keys are skipped, not parsed.
         let body = r#"{"version":"v7","keys":[{"bogus":true}]}"#;
         assert!(matches!(
-            parse_key_set(body.as_bytes(), &g, Some("v7")),
+            parse_key_set(&mut body.as_bytes(), &g, Some("v7")),
             Ok(Fetched::Unchanged)
         ));
-        assert!(parse_key_set(body.as_bytes(), &g, Some("v6")).is_err());
+        assert!(parse_key_set(&mut body.as_bytes(), &g, Some("v6")).is_err());
         let body = answer("v7", json!([]));
         assert!(matches!(
-            parse_key_set(body.as_bytes(), &g, Some("v7")),
+            parse_key_set(&mut body.as_bytes(), &g, Some("v7")),
             Ok(Fetched::Unchanged)
         ));
     }

@@ -5,6 +5,7 @@
 //! removed and `..` resolved. A path that cannot be made canonical safely (bad percent-encoding,
 //! control characters, backslashes, `..` above the root) is refused, never matched raw.
 
+use crate::json_reader::q;
 use std::fmt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,13 +184,14 @@ impl Pattern {
         };
         if base.contains('*') {
             return Err(format!(
-                "pattern {raw:?}: '*' is allowed only alone or as a final '/*'"
+                "pattern {}: '*' is allowed only alone or as a final '/*'",
+                q(raw)
             ));
         }
         if base.contains(['?', '#']) {
-            return Err(format!("pattern {raw:?} must not contain '?' or '#'"));
+            return Err(format!("pattern {} must not contain '?' or '#'", q(raw)));
         }
-        let canonical = canon(base).map_err(|e| format!("pattern {raw:?} {e}"))?;
+        let canonical = canon(base).map_err(|e| format!("pattern {} {e}", q(raw)))?;
         if below {
             Ok(Pattern::Below(canonical.trim_end_matches('/').to_string()))
         } else {

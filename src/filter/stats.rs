@@ -7,9 +7,9 @@
 //! and for requests without a known key `keygate.rejected.reason.<reason>`.
 
 use crate::decide::Decision;
+use crate::keys::FastMap;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
-use std::collections::HashMap;
 
 const REASONS: usize = Decision::ALL.len();
 
@@ -23,10 +23,10 @@ struct KeyMetrics {
 
 #[derive(Default)]
 pub struct Stats {
-    per_key: HashMap<String, KeyMetrics>,
+    per_key: FastMap<String, KeyMetrics>,
     keyless: [Option<u32>; REASONS],
-    events: HashMap<&'static str, u32>,
-    gauges: HashMap<&'static str, u32>,
+    events: FastMap<&'static str, u32>,
+    gauges: FastMap<&'static str, u32>,
 }
 
 fn define(slot: &mut Option<u32>, kind: MetricType, name: impl FnOnce() -> String) -> Option<u32> {

@@ -4,6 +4,7 @@
 use super::host::{unix_now, SharedData};
 use super::stats::Stats;
 use crate::decide::Lookup;
+use crate::json_reader::q;
 use crate::keys::Digest;
 use crate::keyset::{
     decode_record, find_in_shard, parse_key_set, shard_key, shard_of, DecodeError, Fetched, Lease,
@@ -186,8 +187,9 @@ impl Syncer {
             Err(e) => {
                 stats.borrow_mut().event("sync_failures");
                 error!(
-                    "key sync: cannot call cluster {:?}: {e:?}; keeping the last good key set",
-                    self.cfg.cluster
+                    "key sync: cannot call cluster {}: status {}; keeping the last good key set",
+                    q(&self.cfg.cluster),
+                    e as u32
                 );
             }
         }
@@ -223,7 +225,7 @@ impl Syncer {
         };
         let current = (meta.gen != 0).then_some(meta.version.as_str());
         match parse_key_set(
-            CallBody {
+            &mut CallBody {
                 pos: 0,
                 size: body_size,
             },
@@ -242,8 +244,8 @@ impl Syncer {
                     s.event("sync_updates");
                     s.gauge("sync_keys", u64::from(m.count));
                     info!(
-                        "key sync: published version {:?}: {} keys, {} bytes in {} shards",
-                        m.version,
+                        "key sync: published version {}: {} keys, {} bytes in {} shards",
+                        q(&m.version),
                         m.count,
                         set.encoded_bytes(),
                         1u32 << m.bits
