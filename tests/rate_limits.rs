@@ -120,9 +120,22 @@ fn exactly_the_limit_is_admitted_across_workers() {
         stats.contains("keygate_rejected{reason=\"rate_limited\",key_id=\"key_exact\"} 160"),
         "{stats}"
     );
+    // The last-used gauge is written on the filter's next tick (every 0.5 s), in Unix seconds.
+    let last_used = || {
+        e.stats_prometheus().lines().find_map(|l| {
+            l.strip_prefix("keygate_last_used{key_id=\"key_exact\"} ")
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+    };
     assert!(
-        stats.contains("keygate_last_used{key_id=\"key_exact\"} "),
-        "{stats}"
+        wait_until(5, || last_used().is_some()),
+        "no last-used gauge"
+    );
+    let used = last_used().unwrap_or(0);
+    assert!(
+        used + 5 >= now() && used <= now(),
+        "last used {used}, now {}",
+        now()
     );
     assert!(
         !stats.contains("keygate_ratelimit_faults"),

@@ -22,16 +22,9 @@ pub fn unix_now() -> u64 {
         .map_or(u64::MAX, |d| d.as_secs())
 }
 
-impl EnvoyHost {
-    /// The time if a check already read it, else a fresh read.
-    pub fn clock(&mut self) -> u64 {
-        *self.now.get_or_insert_with(unix_now)
-    }
-}
-
 impl Host for EnvoyHost {
     fn now(&mut self) -> u64 {
-        self.clock()
+        *self.now.get_or_insert_with(unix_now)
     }
 
     fn source_ip(&mut self) -> Option<IpAddr> {

@@ -107,7 +107,7 @@ impl HttpContext for KeygateHttp {
         let Some(v) = decide(&gate, &req, &mut host, |d| sync::lookup(&gate, &view, d)) else {
             return Action::Continue; // public path
         };
-        self.record(&v, &mut host);
+        self.record(&v);
         if v.decision != Decision::Allowed {
             return self.send(&reply::reject(&gate, &v));
         }
@@ -130,7 +130,7 @@ impl HttpContext for KeygateHttp {
 
 impl KeygateHttp {
     /// The audit trail (filter state, stats, debug log): never the key itself.
-    fn record(&mut self, v: &Verdict, host: &mut EnvoyHost) {
+    fn record(&mut self, v: &Verdict) {
         let key = v.key.as_deref();
         set_state("keygate.key_id", key.map(|k| k.id.as_str()));
         set_state("keygate.tenant", key.and_then(|k| k.tenant.as_deref()));
@@ -138,7 +138,7 @@ impl KeygateHttp {
         set_state("keygate.decision", Some(v.decision.as_str()));
         let mut stats = self.stats.borrow_mut();
         match key {
-            Some(k) => stats.key_request(&k.id, v.decision, host.clock()),
+            Some(k) => stats.key_request(&k.id, v.decision),
             None => stats.keyless_rejection(v.decision),
         }
         if let Some(fault) = v.fault {

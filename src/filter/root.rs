@@ -1,6 +1,6 @@
 //! The root context: parses the configuration once per `on_configure` and hands it to requests.
 
-use super::host::SharedData;
+use super::host::{unix_now, SharedData};
 use super::http::KeygateHttp;
 use super::stats::Stats;
 use super::sync::{refresh_view, Syncer, View, TICK};
@@ -95,8 +95,9 @@ impl RootContext for KeygateRoot {
         };
         if self.syncer.is_some() {
             refresh_view(&self.view);
-            let _ = hostcalls::set_tick_period(TICK);
         }
+        // The tick flushes last-used gauges and, with key_sync, refreshes the key-set view.
+        let _ = hostcalls::set_tick_period(TICK);
         info!(
             "configuration loaded: {} keys, {} prefixes, {} roles",
             gate.keys.len(),
@@ -108,8 +109,9 @@ impl RootContext for KeygateRoot {
     }
 
     fn on_tick(&mut self) {
-        refresh_view(&self.view);
+        self.stats.borrow_mut().flush_last_used(unix_now());
         if let Some(s) = self.syncer.as_mut() {
+            refresh_view(&self.view);
             s.tick(&self.stats);
         }
     }

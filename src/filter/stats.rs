@@ -3,7 +3,7 @@
 //! Names carry their tags as `.<tag>.<value>` segments so that Envoy's tag extraction (see the
 //! shipped `stats_config`) turns them into Prometheus labels:
 //! `keygate.requests.key_id.<id>`, `keygate.allowed.key_id.<id>`,
-//! `keygate.rejected.reason.<reason>.key_id.<id>`, `keygate.last_used.key_id.<id>` (gauge),
+//! `keygate.rejected.reason.<reason>.key_id.<id>`, `keygate.last_used.key_id.<id>` (gauge, Unix seconds, written once per tick),
 //! and for requests without a known key `keygate.rejected.reason.<reason>`.
 
 use crate::decide::Decision;
@@ -18,6 +18,8 @@ struct KeyMetrics {
     requests: Option<u32>,
     allowed: Option<u32>,
     last_used: Option<u32>,
+    /// Used since the last flush of the last-used gauges.
+    used: bool,
     rejected: [Option<u32>; REASONS],
 }
 
@@ -27,6 +29,8 @@ pub struct Stats {
     keyless: [Option<u32>; REASONS],
     events: FastMap<&'static str, u32>,
     gauges: FastMap<&'static str, u32>,
+    /// Keys used since the last flush.
+    used: Vec<String>,
 }
 
 fn define(slot: &mut Option<u32>, kind: MetricType, name: impl FnOnce() -> String) -> Option<u32> {
@@ -48,7 +52,7 @@ fn reason_index(d: Decision) -> usize {
 
 impl Stats {
     /// Counts one judged request for a known key.
-    pub fn key_request(&mut self, key_id: &str, decision: Decision, now: u64) {
+    pub fn key_request(&mut self, key_id: &str, decision: Decision) {
         if !self.per_key.contains_key(key_id) {
             self.per_key
                 .insert(key_id.to_string(), KeyMetrics::default());
@@ -69,10 +73,27 @@ impl Stats {
                 format!("keygate.rejected.reason.{reason}.key_id.{key_id}")
             }));
         }
-        if let Some(g) = define(&mut m.last_used, MetricType::Gauge, || {
-            format!("keygate.last_used.key_id.{key_id}")
-        }) {
-            let _ = hostcalls::record_metric(g, now);
+        // The last-used gauge is written on the next tick, not per request: at most one
+        // host call per used key per tick instead of a clock read and a write per request.
+        if !m.used {
+            m.used = true;
+            self.used.push(key_id.to_string());
+        }
+    }
+
+    /// Writes the last-used time of every key used since the previous flush (root tick).
+    pub fn flush_last_used(&mut self, now: u64) {
+        for key_id in self.used.drain(..) {
+            let Some(m) = self.per_key.get_mut(&key_id) else {
+                continue;
+            };
+            m.used = false;
+            let gauge = define(&mut m.last_used, MetricType::Gauge, || {
+                format!("keygate.last_used.key_id.{key_id}")
+            });
+            if let Some(g) = gauge {
+                let _ = hostcalls::record_metric(g, now);
+            }
         }
     }
 

@@ -1,0 +1,467 @@
+//! `make bench`: what keygate costs inside a real Envoy, measured side by side in one run.
+//!
+//! Envoy CPU time per request (utime+stime of the Envoy process over a fixed number of
+//! keep-alive requests) is steadier than requests/s on a small, noisy machine. Every variant
+//! runs at once; rounds interleave the variants and the median is reported.
+//! The key_sync part loads a 1,000,000-key set from a real key service.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const ROUNDS: usize = 5;
+const REQUESTS: usize = 8000;
+const CONNECTIONS: usize = 4;
+
+fn ticks_per_sec() -> f64 {
+    let out = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok();
+    out.and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f.get(11).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `n` GETs over one keep-alive connection; returns how many got `want`.
+fn keep_alive_burst(port: u16, n: usize, headers: &[(String, String)], want: u16) -> usize {
+    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_nodelay(true).ok();
+    let mut reader = BufReader::new(s.try_clone().expect("clone"));
+    let mut w = s;
+    let mut req = String::from("GET /v1/items HTTP/1.1\r\nhost: bench\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut ok = 0;
+    for _ in 0..n {
+        w.write_all(req.as_bytes()).expect("write");
+        let mut status = 0;
+        let mut len = 0usize;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return ok;
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if l.starts_with("HTTP/1.1 ") {
+                status = l[9..12].parse().unwrap_or(0);
+            } else if let Some(v) = l.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body).expect("body");
+        if status == want {
+            ok += 1;
+        }
+    }
+    ok
+}
+
+struct Variant {
+    name: &'static str,
+    envoy: Envoy,
+    headers: Vec<(String, String)>,
+    want: u16,
+    samples: Vec<f64>,
+}
+
+impl Variant {
+    fn measure(&mut self, tck: f64) {
+        let pid = self.envoy.pid();
+        keep_alive_burst(self.envoy.port, 50, &self.headers, self.want); // warm
+        let before = cpu_ticks(pid);
+        let per = REQUESTS / CONNECTIONS;
+        let handles: Vec<_> = (0..CONNECTIONS)
+            .map(|_| {
+                let (port, h, want) = (self.envoy.port, self.headers.clone(), self.want);
+                thread::spawn(move || keep_alive_burst(port, per, &h, want))
+            })
+            .collect();
+        let ok: usize = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
+        assert_eq!(ok, per * CONNECTIONS, "{}: unexpected statuses", self.name);
+        let ticks = cpu_ticks(pid) - before;
+        self.samples
+            .push(ticks as f64 / tck * 1e6 / (per * CONNECTIONS) as f64);
+    }
+
+    fn median(&self) -> f64 {
+        let mut s = self.samples.clone();
+        s.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        s.get(s.len() / 2).copied().unwrap_or(f64::NAN)
+    }
+}
+
+fn start_raw_envoy(name: &str, http_filters: serde_json::Value, upstream: u16) -> Envoy {
+    // A listener with the given filters in front of the router (no keygate involved).
+    let dir = repo().join("target/bench").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let mut filters = http_filters.as_array().cloned().unwrap_or_default();
+    filters.push(json!({"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
+    let bootstrap = json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {
+            "listeners": [{"name": "main", "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "ingress",
+                    "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]}]},
+                    "http_filters": filters}}]}]}],
+            "clusters": [{"name": "upstream", "type": "STATIC", "connect_timeout": "2s",
+                "load_assignment": {"cluster_name": "upstream", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": upstream}}}}]}]}}]
+        }
+    });
+    let cfg = dir.join("envoy.json");
+    std::fs::write(&cfg, bootstrap.to_string()).unwrap();
+    Envoy::launch(&cfg, &dir, port, admin, 2).unwrap_or_else(|l| panic!("{name}: {l}"))
+}
+
+fn hdr(k: &str, v: &str) -> Vec<(String, String)> {
+    vec![(k.to_string(), v.to_string())]
+}
+
+fn request_cost(up: &Upstream) {
+    let ten_keys: Vec<serde_json::Value> = (0..10)
+        .map(|i| json!({"id": format!("k{i}"), "sha256": sha(&format!("bk_live_{i}"))}))
+        .collect();
+    let plain = json!({"key_sources": [{"header": "x-api-key"}], "prefixes": [{"prefix": "bk_live_", "environment": "LIVE"}], "keys": ten_keys}).to_string();
+    let mut limited_keys = ten_keys.clone();
+    limited_keys[3]["rate_limits"] = json!([{"requests": 1_000_000_000u64, "per": "day"}]);
+    let limited = json!({"key_sources": [{"header": "x-api-key"}], "prefixes": [{"prefix": "bk_live_", "environment": "LIVE"}], "keys": limited_keys}).to_string();
+    let public =
+        json!({"key_sources": [{"header": "x-api-key"}], "keys": [], "public_paths": ["*"]})
+            .to_string();
+    let native = json!([{"name": "envoy.filters.http.api_key_auth", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth",
+        "credentials": [{"key": "bk_live_3", "client": "k3"}],
+        "key_sources": [{"header": "x-api-key"}]}}]);
+
+    let mut variants = vec![
+        Variant {
+            name: "Envoy alone (router only)",
+            envoy: start_raw_envoy("bench-none", json!([]), up.port),
+            headers: hdr("x-api-key", "bk_live_3"),
+            want: 200,
+            samples: vec![],
+        },
+        Variant {
+            name: "Envoy native api_key_auth",
+            envoy: start_raw_envoy("bench-native", native, up.port),
+            headers: hdr("x-api-key", "bk_live_3"),
+            want: 200,
+            samples: vec![],
+        },
+        Variant {
+            name: "keygate, public path (the wasm floor)",
+            envoy: Envoy::start(&EnvoyOpts::new("bench-public", &public, up.port)),
+            headers: hdr("x-api-key", "bk_live_3"),
+            want: 200,
+            samples: vec![],
+        },
+        Variant {
+            name: "keygate, allowed, no limit",
+            envoy: Envoy::start(&EnvoyOpts::new("bench-plain", &plain, up.port)),
+            headers: hdr("x-api-key", "bk_live_3"),
+            want: 200,
+            samples: vec![],
+        },
+        Variant {
+            name: "keygate, allowed, 1 rate limit",
+            envoy: Envoy::start(&EnvoyOpts::new("bench-limited", &limited, up.port)),
+            headers: hdr("x-api-key", "bk_live_3"),
+            want: 200,
+            samples: vec![],
+        },
+        Variant {
+            name: "keygate, rejected 401 (unknown key)",
+            envoy: Envoy::start(&EnvoyOpts::new("bench-401", &plain, up.port)),
+            headers: hdr("x-api-key", "bk_live_nope"),
+            want: 401,
+            samples: vec![],
+        },
+    ];
+    let tck = ticks_per_sec();
+    for _ in 0..ROUNDS {
+        for v in variants.iter_mut() {
+            v.measure(tck);
+        }
+    }
+    let base = variants[0].median();
+    println!("\n## Envoy CPU per request ({REQUESTS} keep-alive requests × {ROUNDS} interleaved rounds, --concurrency 2, median)\n");
+    println!("| variant | CPU µs/request | vs Envoy alone |");
+    println!("|---|---:|---:|");
+    for v in &variants {
+        println!(
+            "| {} | {:.1} | {:+.1} µs ({:.2}×) |",
+            v.name,
+            v.median(),
+            v.median() - base,
+            v.median() / base
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct KeyService {
+    port: u16,
+    body: Arc<Mutex<Arc<Vec<u8>>>>,
+    fetched: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl KeyService {
+    fn start(body: Vec<u8>) -> KeyService {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let body = Arc::new(Mutex::new(Arc::new(body)));
+        let fetched = Arc::new(Mutex::new(vec![]));
+        let (b, f) = (body.clone(), fetched.clone());
+        thread::spawn(move || {
+            for conn in l.incoming().flatten() {
+                let (b, f) = (b.clone(), f.clone());
+                thread::spawn(move || {
+                    let mut r = BufReader::new(conn.try_clone().unwrap());
+                    let mut w = conn;
+                    loop {
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line.trim().is_empty() {
+                                break;
+                            }
+                        }
+                        f.lock().unwrap().push(Instant::now());
+                        let body = b.lock().unwrap().clone();
+                        let head = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
+                        if w.write_all(head.as_bytes())
+                            .and_then(|_| w.write_all(&body))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        KeyService {
+            port,
+            body,
+            fetched,
+        }
+    }
+    fn set(&self, body: Vec<u8>) {
+        *self.body.lock().unwrap() = Arc::new(body);
+    }
+    fn last_fetch(&self) -> Option<Instant> {
+        self.fetched.lock().unwrap().last().copied()
+    }
+}
+
+fn key_set(version: &str, n: usize, revoked: Option<usize>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n * 110 + 64);
+    out.extend_from_slice(format!("{{\"version\":\"{version}\",\"keys\":[").as_bytes());
+    for i in 0..n {
+        if i > 0 {
+            out.push(b',');
+        }
+        let rev = if revoked == Some(i) {
+            ",\"revoked\":true"
+        } else {
+            ""
+        };
+        out.extend_from_slice(
+            format!(
+                "{{\"id\":\"key_{i}\",\"sha256\":\"{}\",\"tenant\":\"org_{}\"{rev}}}",
+                sha(&format!("ks_live_{i}")),
+                i % 1000
+            )
+            .as_bytes(),
+        );
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+fn sync_config(interval: u64) -> String {
+    json!({
+        "key_sources": [{"header": "x-api-key"}],
+        "prefixes": [{"prefix": "ks_live_", "environment": "LIVE"}],
+        "key_sync": {"cluster": "keyservice", "path": "/keys", "interval_seconds": interval, "timeout_ms": 20000}
+    })
+    .to_string()
+}
+
+fn key_sync_scale(up: &Upstream) {
+    const N: usize = 1_000_000;
+    println!("\n## key_sync with {N} keys\n");
+    let small = key_set("small", 10, None);
+    let t = Instant::now();
+    let big = key_set("big-1", N, None);
+    let raw_per_key = big.len() as f64 / N as f64;
+    println!("- key-service answer: {:.1} MB ({raw_per_key:.0} bytes per key as served; built in {:.1} s)", big.len() as f64 / 1e6, t.elapsed().as_secs_f64());
+
+    let mut rows = vec![];
+    let mut cost_envoys = vec![];
+    for concurrency in [2u32, 4] {
+        let ks = KeyService::start(small.clone());
+        let cfg = sync_config(2);
+        let mut o = EnvoyOpts::new(
+            if concurrency == 2 {
+                "bench-sync-c2"
+            } else {
+                "bench-sync-c4"
+            },
+            &cfg,
+            up.port,
+        );
+        o.key_service = Some(ks.port);
+        o.concurrency = concurrency;
+        let e = Envoy::start(&o);
+        assert!(
+            wait_until(20, || get(e.port, "/", &[("x-api-key", "ks_live_3")])
+                .status
+                == 200),
+            "small set never loaded"
+        );
+        let rss_before = rss_kb(e.pid());
+        ks.set(big.clone());
+        let changed = Instant::now();
+        let probe = format!("ks_live_{}", N - 7);
+        assert!(
+            wait_until(120, || get(e.port, "/", &[("x-api-key", &probe)]).status
+                == 200),
+            "1M set never loaded:\n{}",
+            e.log()
+        );
+        let ready = Instant::now();
+        let fetch_at = ks
+            .fetched
+            .lock()
+            .unwrap()
+            .iter()
+            .copied()
+            .filter(|t| *t >= changed)
+            .next()
+            .unwrap_or(changed);
+        thread::sleep(Duration::from_secs(3));
+        let rss_after = rss_kb(e.pid());
+        let growth_mb = (rss_after.saturating_sub(rss_before)) as f64 / 1024.0;
+        rows.push(format!(
+            "| {concurrency} | {:.0} MB | {:.0} MB | {growth_mb:.0} MB | {:.2}× | {:.1} s |",
+            rss_before as f64 / 1024.0,
+            rss_after as f64 / 1024.0,
+            growth_mb * 1024.0 * 1024.0 / big.len() as f64,
+            ready.duration_since(fetch_at).as_secs_f64()
+        ));
+        if concurrency == 2 {
+            // Revocation: time from the key service's change to the first 401 at Envoy.
+            ks.set(key_set("big-2", N, Some(N - 7)));
+            let t = Instant::now();
+            wait_until(60, || {
+                get(e.port, "/", &[("x-api-key", &probe)]).status == 401
+            });
+            println!("- revocation of one key in the 1M set, interval_seconds 2: enforced {:.1} s after the key service changed", t.elapsed().as_secs_f64());
+            cost_envoys.push((e, ks));
+        }
+    }
+    println!("\n| --concurrency | RSS with 10 keys | RSS with 1M keys | growth | growth ÷ answer size | fetch → first admitted request |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        println!("{r}");
+    }
+
+    // Per-request cost at 1M keys vs 10 keys, side by side.
+    let ks10 = KeyService::start(small.clone());
+    let cfg = sync_config(3600);
+    let mut o = EnvoyOpts::new("bench-sync-10", &cfg, up.port);
+    o.key_service = Some(ks10.port);
+    let e10 = Envoy::start(&o);
+    assert!(wait_until(20, || get(
+        e10.port,
+        "/",
+        &[("x-api-key", "ks_live_3")]
+    )
+    .status
+        == 200));
+    let (e1m, _ks1m) = cost_envoys.pop().expect("1M envoy");
+    let mut variants = vec![
+        Variant {
+            name: "synced set of 10 keys",
+            envoy: e10,
+            headers: hdr("x-api-key", "ks_live_3"),
+            want: 200,
+            samples: vec![],
+        },
+        Variant {
+            name: "synced set of 1,000,000 keys",
+            envoy: e1m,
+            headers: hdr("x-api-key", "ks_live_3"),
+            want: 200,
+            samples: vec![],
+        },
+    ];
+    let tck = ticks_per_sec();
+    for _ in 0..ROUNDS {
+        for v in variants.iter_mut() {
+            v.measure(tck);
+        }
+    }
+    println!("\n| key set | CPU µs/request (median) |");
+    println!("|---|---:|");
+    for v in &variants {
+        println!("| {} | {:.1} |", v.name, v.median());
+    }
+    println!(
+        "\n1M vs 10 keys: {:+.1}%",
+        (variants[1].median() / variants[0].median() - 1.0) * 100.0
+    );
+    let _ = ks10.last_fetch();
+}
+
+fn main() {
+    // `cargo bench` passes --bench; run everything unless a section is named.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let up = Upstream::start("bench");
+    if args.is_empty() || args.iter().any(|a| a == "cost") {
+        request_cost(&up);
+    }
+    if args.is_empty() || args.iter().any(|a| a == "sync") {
+        key_sync_scale(&up);
+    }
+}
