@@ -373,8 +373,7 @@ fn key_sync_scale(up: &Upstream) {
             .unwrap()
             .iter()
             .copied()
-            .filter(|t| *t >= changed)
-            .next()
+            .find(|t| *t >= changed)
             .unwrap_or(changed);
         thread::sleep(Duration::from_secs(3));
         let rss_after = rss_kb(e.pid());
