@@ -1,7 +1,7 @@
 //! `key_sync` (SPEC §4): one VM per Envoy process fetches the key set; every VM reads it from
 //! shared data. The logic (parsing, layout, lease) is in [`crate::keyset`]; this moves bytes.
 
-use super::host::{unix_now, SharedData};
+use super::host::{call_response_body, call_response_status, unix_now, SharedData};
 use super::stats::Stats;
 use crate::decide::Lookup;
 use crate::json_reader::q;
@@ -14,7 +14,6 @@ use crate::model::{Gate, KeySync};
 use crate::ratelimit::{ensure_entry, CasStore};
 use log::{error, info, warn};
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MapType};
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::io::Read;
@@ -111,9 +110,8 @@ impl Read for CallBody {
         if want == 0 {
             return Ok(0);
         }
-        let chunk = hostcalls::get_buffer(BufferType::HttpCallResponseBody, self.pos, want)
-            .map_err(|_| std::io::Error::other("response body unavailable"))?
-            .unwrap_or_default();
+        let chunk = call_response_body(self.pos, want)
+            .ok_or_else(|| std::io::Error::other("response body unavailable"))?;
         let n = chunk.len().min(want);
         buf.get_mut(..n)
             .unwrap_or_default()
@@ -208,14 +206,16 @@ impl Syncer {
             return;
         }
         self.pending = None;
-        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
-            .ok()
-            .flatten();
+        let status = call_response_status();
         if status.as_deref() != Some(b"200") {
             stats.borrow_mut().event("sync_failures");
             let status = status
                 .map(|s| String::from_utf8_lossy(&s).into_owned())
-                .unwrap_or_else(|| "no answer (timeout or connection failure)".into());
+                .unwrap_or_else(|| {
+                    "no answer (timeout, connection failure, or a body over Envoy's runtime \
+                     http.async_response_buffer_limit, 32 MiB by default)"
+                        .into()
+                });
             warn!("key sync: key service answered {status}; keeping the last good key set");
             return;
         }

@@ -426,7 +426,12 @@ impl Envoy {
             "node": {"id": "keygate-test", "cluster": "keygate-test"},
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
             "static_resources": {"clusters": clusters},
-            "stats_config": stats_config()
+            "stats_config": stats_config(),
+            // Key-service answers are buffered by Envoy's async HTTP client, capped at 32 MiB
+            // by default: a million-key set needs more.
+            "layered_runtime": {"layers": [{"name": "static", "static_layer": {
+                "http.async_response_buffer_limit": 512u64 * 1024 * 1024
+            }}]}
         });
         if dynamic {
             write_atomic(&dir.join("lds.json"), &lds(&l, 1));
