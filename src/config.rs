@@ -852,4 +852,39 @@ mod tests {
             vec!["$.upstream_headers: header \"x-api-key\" is also a key source"]
         );
     }
+
+    #[test]
+    fn the_readme_documents_every_field() {
+        crate::json_reader::fields_read::take();
+        // One of each kind of object: the parser asks for every field it knows on each.
+        gate_from_value(&json!({
+            "key_sources": [{"header": "x-api-key"}],
+            "prefixes": [{"prefix": "a_"}],
+            "roles": {"r": {"methods": ["*"]}},
+            "keys": [{"id": "k", "sha256": hash(), "rate_limits": [{"requests": 1, "per": "day"}]}],
+            "key_sync": {"cluster": "ks", "path": "/keys"},
+            "upstream_headers": {}
+        }))
+        .unwrap();
+        // A limit is documented once, under the top-level `rate_limits`.
+        let mut fields: Vec<String> = crate::json_reader::fields_read::take()
+            .into_iter()
+            .map(|f| match f.rsplit_once("rate_limits[].") {
+                Some((_, x)) => format!("rate_limits[].{x}"),
+                None => f,
+            })
+            .collect();
+        fields.sort();
+        fields.dedup();
+        assert!(fields.len() > 40, "{fields:?}");
+        let readme = include_str!("../README.md");
+        let missing: Vec<&String> = fields
+            .iter()
+            .filter(|f| !readme.contains(&format!("| `{f}` |")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "README.md's configuration reference lacks {missing:?}"
+        );
+    }
 }

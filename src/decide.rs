@@ -133,7 +133,7 @@ pub struct Verdict<'g> {
 }
 
 impl<'g> Verdict<'g> {
-    fn new(decision: Decision) -> Self {
+    pub(crate) fn new(decision: Decision) -> Self {
         Verdict {
             decision,
             key: None,

@@ -53,6 +53,50 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// Test support: every field the parser asks for, as a generic path (`keys[].id`), so a test
+/// can check that the README documents each of them.
+#[cfg(test)]
+pub mod fields_read {
+    use std::cell::RefCell;
+
+    thread_local! {
+        static READ: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// `$.keys[3].rate_limits[0]` + `per` → `keys[].rate_limits[].per`; role names → `<name>`.
+    pub fn record(path: &str, field: &str) {
+        let mut generic = String::new();
+        let mut in_index = false;
+        for c in path.trim_start_matches('$').trim_start_matches('.').chars() {
+            match c {
+                '[' => {
+                    in_index = true;
+                    generic.push_str("[]");
+                }
+                ']' => in_index = false,
+                c if !in_index => generic.push(c),
+                _ => {}
+            }
+        }
+        if let Some(rest) = generic.strip_prefix("roles.") {
+            generic = format!(
+                "roles.<name>{}",
+                rest.find('.').map(|i| &rest[i..]).unwrap_or("")
+            );
+        }
+        let full = if generic.is_empty() {
+            field.to_string()
+        } else {
+            format!("{generic}.{field}")
+        };
+        READ.with(|r| r.borrow_mut().push(full));
+    }
+
+    pub fn take() -> Vec<String> {
+        READ.with(|r| std::mem::take(&mut *r.borrow_mut()))
+    }
+}
+
 /// Collects errors while reading.
 #[derive(Debug, Default)]
 pub struct Errors(pub Vec<ConfigError>);
@@ -125,6 +169,8 @@ impl<'a> Obj<'a> {
     /// The raw value of an optional field (JSON `null` counts as absent).
     pub fn get(&mut self, field: &'static str) -> Option<&'a Value> {
         self.seen.push(field);
+        #[cfg(test)]
+        fields_read::record(&self.path, field);
         match self.map.get(field) {
             None | Some(Value::Null) => None,
             Some(v) => Some(v),

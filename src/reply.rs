@@ -50,7 +50,7 @@ pub fn rejection(v: &Verdict) -> (u32, String, &'static str) {
         Decision::Unavailable => (503, "API key service unavailable".into(), "UNAVAILABLE"),
         Decision::BadRequest => (400, "Invalid request path".into(), "BAD_REQUEST"),
         // Not a rejection; answered as a fault if ever asked.
-        Decision::Allowed => (500, "Internal error".into(), "INTERNAL"),
+        Decision::Allowed => (500, INTERNAL.into(), "INTERNAL"),
     }
 }
 
@@ -90,6 +90,17 @@ pub fn reject(gate: &Gate, v: &Verdict) -> Reply {
     }
 }
 
+const INTERNAL: &str = "Internal error";
+
+/// The answer when the filter cannot judge a request at all (fail closed).
+pub fn internal_error() -> Reply {
+    Reply {
+        status: 500,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: error_body(INTERNAL, "INTERNAL"),
+    }
+}
+
 /// The answer to a GET on `verify_path` with a good key.
 pub fn verify(gate: &Gate, v: &Verdict) -> Reply {
     let key = v.key.as_deref();
@@ -108,5 +119,39 @@ pub fn verify(gate: &Gate, v: &Verdict) -> Reply {
         status: 200,
         headers,
         body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::Denial;
+
+    #[test]
+    fn the_readme_lists_every_error_body() {
+        let readme = include_str!("../README.md");
+        for d in Decision::ALL
+            .into_iter()
+            .filter(|d| *d != Decision::Allowed)
+        {
+            let mut v = Verdict::new(d);
+            let denials: Vec<Option<Denial>> = if d == Decision::Forbidden {
+                [Denial::Ip, Denial::Referer, Denial::Method, Denial::Path]
+                    .map(Some)
+                    .to_vec()
+            } else {
+                vec![None]
+            };
+            for denial in denials {
+                v.denial = denial;
+                let (status, message, code) = rejection(&v);
+                let body = error_body(&message, code).replace("in 1 seconds", "in N seconds");
+                assert!(
+                    readme.contains(&format!("| {status} | `{body}` |")),
+                    "README.md lacks {status} {body}"
+                );
+            }
+        }
+        assert!(readme.contains(&format!("| 500 | `{}` |", internal_error().body)));
     }
 }

@@ -50,12 +50,7 @@ impl KeygateHttp {
 
     fn fail_closed(&mut self, why: &str) -> Action {
         error!("{why}; rejecting the request");
-        let r = Reply {
-            status: 500,
-            headers: vec![("content-type".into(), "application/json".into())],
-            body: r#"{"error":"Internal error","code":"INTERNAL"}"#.into(),
-        };
-        self.send(&r)
+        self.send(&reply::internal_error())
     }
 }
 
