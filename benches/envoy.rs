@@ -233,17 +233,18 @@ fn request_cost(up: &Upstream) {
 
 // ---------------------------------------------------------------------------------------------
 
+/// A key service that answers its current set, or 304 to an If-None-Match of its version.
 struct KeyService {
     port: u16,
-    body: Arc<Mutex<Arc<Vec<u8>>>>,
+    body: Arc<Mutex<(String, Arc<Vec<u8>>)>>,
     fetched: Arc<Mutex<Vec<Instant>>>,
 }
 
 impl KeyService {
-    fn start(body: Vec<u8>) -> KeyService {
+    fn start(version: &str, body: Vec<u8>) -> KeyService {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
-        let body = Arc::new(Mutex::new(Arc::new(body)));
+        let body = Arc::new(Mutex::new((format!("\"{version}\""), Arc::new(body))));
         let fetched = Arc::new(Mutex::new(vec![]));
         let (b, f) = (body.clone(), fetched.clone());
         thread::spawn(move || {
@@ -254,6 +255,7 @@ impl KeyService {
                     let mut w = conn;
                     loop {
                         let mut line = String::new();
+                        let mut inm = String::new();
                         loop {
                             line.clear();
                             if r.read_line(&mut line).unwrap_or(0) == 0 {
@@ -262,10 +264,18 @@ impl KeyService {
                             if line.trim().is_empty() {
                                 break;
                             }
+                            if let Some((k, v)) = line.split_once(':') {
+                                if k.eq_ignore_ascii_case("if-none-match") {
+                                    inm = v.trim().to_string();
+                                }
+                            }
                         }
                         f.lock().unwrap().push(Instant::now());
-                        let body = b.lock().unwrap().clone();
-                        let head = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
+                        let (etag, body) = b.lock().unwrap().clone();
+                        let fresh = inm != etag;
+                        let body = if fresh { body } else { Arc::new(Vec::new()) };
+                        let status = if fresh { "200 OK" } else { "304 Not Modified" };
+                        let head = format!("HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
                         if w.write_all(head.as_bytes())
                             .and_then(|_| w.write_all(&body))
                             .is_err()
@@ -282,8 +292,8 @@ impl KeyService {
             fetched,
         }
     }
-    fn set(&self, body: Vec<u8>) {
-        *self.body.lock().unwrap() = Arc::new(body);
+    fn set(&self, version: &str, body: Vec<u8>) {
+        *self.body.lock().unwrap() = (format!("\"{version}\""), Arc::new(body));
     }
     fn last_fetch(&self) -> Option<Instant> {
         self.fetched.lock().unwrap().last().copied()
@@ -336,7 +346,7 @@ fn key_sync_scale(up: &Upstream) {
     let mut rows = vec![];
     let mut cost_envoys = vec![];
     for concurrency in [2u32, 4] {
-        let ks = KeyService::start(small.clone());
+        let ks = KeyService::start("small", small.clone());
         let cfg = sync_config(2);
         let mut o = EnvoyOpts::new(
             if concurrency == 2 {
@@ -357,7 +367,8 @@ fn key_sync_scale(up: &Upstream) {
             "small set never loaded"
         );
         let rss_before = rss_kb(e.pid());
-        ks.set(big.clone());
+        let alloc_before = e.allocated_bytes();
+        ks.set("big-1", big.clone());
         let changed = Instant::now();
         let probe = format!("ks_live_{}", N - 7);
         assert!(
@@ -377,9 +388,11 @@ fn key_sync_scale(up: &Upstream) {
             .unwrap_or(changed);
         thread::sleep(Duration::from_secs(3));
         let rss_after = rss_kb(e.pid());
+        let alloc_growth_mb =
+            e.allocated_bytes().saturating_sub(alloc_before) as f64 / 1e6 * 1e6 / 1048576.0;
         let growth_mb = (rss_after.saturating_sub(rss_before)) as f64 / 1024.0;
         rows.push(format!(
-            "| {concurrency} | {:.0} MB | {:.0} MB | {growth_mb:.0} MB | {:.2}× | {:.1} s |",
+            "| {concurrency} | {:.0} MB | {:.0} MB | {growth_mb:.0} MB | {alloc_growth_mb:.0} MB | {:.2}× | {:.1} s |",
             rss_before as f64 / 1024.0,
             rss_after as f64 / 1024.0,
             growth_mb * 1024.0 * 1024.0 / big.len() as f64,
@@ -387,7 +400,7 @@ fn key_sync_scale(up: &Upstream) {
         ));
         if concurrency == 2 {
             // Revocation: time from the key service's change to the first 401 at Envoy.
-            ks.set(key_set("big-2", N, Some(N - 7)));
+            ks.set("big-2", key_set("big-2", N, Some(N - 7)));
             let t = Instant::now();
             wait_until(60, || {
                 get(e.port, "/", &[("x-api-key", &probe)]).status == 401
@@ -396,14 +409,14 @@ fn key_sync_scale(up: &Upstream) {
             cost_envoys.push((e, ks));
         }
     }
-    println!("\n| --concurrency | RSS with 10 keys | RSS with 1M keys | growth | growth ÷ answer size | fetch → first admitted request |");
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("\n| --concurrency | RSS with 10 keys | RSS with 1M keys | RSS growth | Envoy heap growth | RSS growth ÷ answer size | fetch → first admitted request |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!("{r}");
     }
 
     // Per-request cost at 1M keys vs 10 keys, side by side.
-    let ks10 = KeyService::start(small.clone());
+    let ks10 = KeyService::start("small", small.clone());
     let cfg = sync_config(3600);
     let mut o = EnvoyOpts::new("bench-sync-10", &cfg, up.port);
     o.key_service = Some(ks10.port);

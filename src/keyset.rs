@@ -16,7 +16,7 @@
 use crate::config::{read_key_entry, KeyContext};
 use crate::ip::Cidr;
 use crate::json_reader::{json_deserializer, q, ConfigError, Errors};
-use crate::keys::{Digest, FastMap, FastSet};
+use crate::keys::{Digest, FastSet};
 use crate::model::{Gate, KeyRecord, Limit, Per, Role};
 use crate::path::Pattern;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -365,70 +365,108 @@ pub fn find_in_shard<'b>(
 // ---------------------------------------------------------------------------------------------
 // Parsing a key-service answer
 
-/// One validated record in the arena.
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    digest: Digest,
-    offset: u32,
-    len: u32,
-}
-
-/// A validated key set, compactly encoded, ready to be sharded.
+/// A validated key set, encoded and already split into shards as it is parsed (so a million
+/// keys are held once, compactly, never as a JSON tree or a second copy).
 #[derive(Debug, Default)]
 pub struct ParsedSet {
     pub version: String,
-    arena: Vec<u8>,
-    entries: Vec<Entry>,
+    bits: u8,
+    /// Per shard: its records in arrival order, each prefixed by its length (u32 LE).
+    shards: Vec<Vec<u8>>,
+    count: usize,
+    bytes: usize,
 }
 
+/// Answers are at least this many bytes per key (`{"id":"a","sha256":"…64…"}`), so the body
+/// size bounds the key count from above and fixes the shard count before parsing.
+const MIN_ENTRY_BYTES: usize = 80;
+
 impl ParsedSet {
+    fn for_body_size(size: usize) -> Self {
+        let bits = shard_bits(size / MIN_ENTRY_BYTES);
+        ParsedSet {
+            bits,
+            shards: vec![Vec::new(); 1usize << bits],
+            ..Default::default()
+        }
+    }
+
+    fn push(&mut self, digest: &Digest, rec: &KeyRecord, roles: &[Role]) {
+        let Some(buf) = self.shards.get_mut(shard_of(digest, self.bits) as usize) else {
+            return;
+        };
+        let start = buf.len();
+        buf.extend_from_slice(&[0; 4]);
+        encode_record(buf, digest, rec, roles);
+        let len = buf.len() - start - 4;
+        if let Some(prefix) = buf.get_mut(start..start + 4) {
+            prefix.copy_from_slice(&(len as u32).to_le_bytes());
+        }
+        self.count += 1;
+        self.bytes += len;
+    }
+
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.count
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.count == 0
     }
 
     /// Bytes of encoded records.
     pub fn encoded_bytes(&self) -> usize {
-        self.arena.len()
+        self.bytes
     }
 
-    /// The shards of generation `gen`, in order: `emit(shard, blob)`; returns the shard bits.
+    pub fn bits(&self) -> u8 {
+        self.bits
+    }
+
+    /// One shard's records, sorted by digest; `None` if two have the same digest.
+    fn sorted(buf: &[u8]) -> Option<Vec<&[u8]>> {
+        let mut recs = Vec::new();
+        let mut rest = buf;
+        while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+            let len = u32::from_le_bytes(*len) as usize;
+            let (rec, tail) = tail.split_at_checked(len)?;
+            recs.push(rec);
+            rest = tail;
+        }
+        recs.sort_unstable_by(|a, b| a.get(..32).cmp(&b.get(..32)));
+        let dup = recs
+            .windows(2)
+            .any(|w| w.first().and_then(|a| a.get(..32)) == w.get(1).and_then(|b| b.get(..32)));
+        (!dup).then_some(recs)
+    }
+
+    fn has_duplicate_digest(&self) -> bool {
+        self.shards.iter().any(|b| Self::sorted(b).is_none())
+    }
+
+    /// The shards of generation `gen`, in order: `emit(shard, blob)`.
     pub fn for_each_shard<E>(
         &self,
         gen: u64,
         mut emit: impl FnMut(u32, &[u8]) -> Result<(), E>,
-    ) -> Result<u8, E> {
-        let bits = shard_bits(self.entries.len());
+    ) -> Result<(), E> {
         let mut blob = Vec::new();
-        let mut i = 0;
-        for shard in 0..(1u32 << bits) {
-            let start = i;
-            while self
-                .entries
-                .get(i)
-                .is_some_and(|e| shard_of(&e.digest, bits) == shard)
-            {
-                i += 1;
-            }
-            let group = self.entries.get(start..i).unwrap_or_default();
+        for (shard, buf) in self.shards.iter().enumerate() {
+            let recs = Self::sorted(buf).unwrap_or_default();
             blob.clear();
             blob.extend_from_slice(&gen.to_le_bytes());
-            blob.extend_from_slice(&(group.len() as u32).to_le_bytes());
-            let mut off = BLOB_HEADER + group.len() * 4;
-            for e in group {
+            blob.extend_from_slice(&(recs.len() as u32).to_le_bytes());
+            let mut off = BLOB_HEADER + recs.len() * 4;
+            for r in &recs {
                 blob.extend_from_slice(&(off as u32).to_le_bytes());
-                off += e.len as usize;
+                off += r.len();
             }
-            for e in group {
-                let (a, b) = (e.offset as usize, e.offset as usize + e.len as usize);
-                blob.extend_from_slice(self.arena.get(a..b).unwrap_or_default());
+            for r in &recs {
+                blob.extend_from_slice(r);
             }
-            emit(shard, &blob)?;
+            emit(shard as u32, &blob)?;
         }
-        Ok(bits)
+        Ok(())
     }
 }
 
@@ -448,7 +486,8 @@ struct Parse<'g> {
     unchanged: bool,
     saw_keys: bool,
     set: ParsedSet,
-    ids: FastMap<u64, u32>,
+    /// (hash of the id, entry index): sorted afterwards to find duplicate ids.
+    ids: Vec<(u64, u32)>,
     errors: Errors,
 }
 
@@ -482,35 +521,8 @@ impl Parse<'_> {
         if self.gate.keys.get(&digest).is_some() {
             return self.error(&path, "this key is also configured inline");
         }
-        let h = id_hash(&rec.id);
-        if let Some(&first) = self.ids.get(&h) {
-            let same = self
-                .set
-                .entries
-                .get(first as usize)
-                .and_then(|e| {
-                    self.set
-                        .arena
-                        .get(e.offset as usize..(e.offset + e.len) as usize)
-                })
-                .and_then(|b| decode_record(b, &self.gate.roles).ok())
-                .is_some_and(|r| r.id == rec.id);
-            if same {
-                return self.error(
-                    &format!("{path}.id"),
-                    format!("duplicate id {}", q(&rec.id)),
-                );
-            }
-        }
-        let offset = self.set.arena.len();
-        encode_record(&mut self.set.arena, &digest, &rec, &self.gate.roles);
-        let len = self.set.arena.len() - offset;
-        self.ids.insert(h, self.set.entries.len() as u32);
-        self.set.entries.push(Entry {
-            digest,
-            offset: offset as u32,
-            len: len as u32,
-        });
+        self.ids.push((id_hash(&rec.id), i as u32));
+        self.set.push(&digest, &rec, &self.gate.roles);
     }
 }
 
@@ -628,6 +640,7 @@ impl<'de> Visitor<'de> for Keys<'_, '_> {
 /// Any error rejects the whole answer.
 pub fn parse_key_set(
     reader: &mut dyn Read,
+    size: usize,
     gate: &Gate,
     current: Option<&str>,
 ) -> Result<Fetched, Vec<ConfigError>> {
@@ -642,8 +655,8 @@ pub fn parse_key_set(
         version: None,
         unchanged: false,
         saw_keys: false,
-        set: ParsedSet::default(),
-        ids: FastMap::default(),
+        set: ParsedSet::for_body_size(size),
+        ids: Vec::new(),
         errors: Errors::default(),
     };
     let mut de = json_deserializer(reader);
@@ -669,19 +682,28 @@ pub fn parse_key_set(
     if current == Some(version.as_str()) {
         return Ok(Fetched::Unchanged);
     }
-    let mut set = p.set;
-    set.version = version;
-    set.entries.sort_unstable_by_key(|e| e.digest);
-    if set
-        .entries
+    // Ids are compared by a 64-bit hash: two different ids colliding (odds ~3e-8 for a
+    // million ids) would be reported as a duplicate and the answer refused, never merged.
+    p.ids.sort_unstable();
+    if let Some(w) = p
+        .ids
         .windows(2)
-        .any(|w| w.first().map(|e| e.digest) == w.get(1).map(|e| e.digest))
+        .find(|w| w.first().map(|x| x.0) == w.get(1).map(|x| x.0))
     {
+        let (first, second) = (w.first().map_or(0, |x| x.1), w.get(1).map_or(0, |x| x.1));
+        return Err(vec![ConfigError {
+            path: format!("$.keys[{second}].id"),
+            message: format!("duplicate id (the same as $.keys[{first}].id)"),
+        }]);
+    }
+    if p.set.has_duplicate_digest() {
         return Err(vec![ConfigError {
             path: "$.keys".into(),
             message: "duplicate key: the same key (hash) appears twice".into(),
         }]);
     }
+    let mut set = p.set;
+    set.version = version;
     Ok(Fetched::Set(set))
 }
 
@@ -739,11 +761,11 @@ impl Meta {
     }
 
     /// The meta after publishing `set` (written into the other slot) at `now`.
-    pub fn next(&self, set: &ParsedSet, bits: u8, now: u64) -> Meta {
+    pub fn next(&self, set: &ParsedSet, now: u64) -> Meta {
         Meta {
             gen: self.gen + 1,
             slot: if self.gen == 0 { 0 } else { 1 - self.slot },
-            bits,
+            bits: set.bits,
             count: set.len() as u32,
             published_at: now,
             stale_shards: if self.gen == 0 { 0 } else { 1u32 << self.bits },
@@ -821,7 +843,7 @@ mod tests {
     }
 
     fn set_of(g: &Gate, body: &str) -> ParsedSet {
-        match parse_key_set(&mut body.as_bytes(), g, None).unwrap() {
+        match parse_key_set(&mut body.as_bytes(), body.len(), g, None).unwrap() {
             Fetched::Set(s) => s,
             Fetched::Unchanged => panic!("unchanged"),
         }
@@ -830,13 +852,12 @@ mod tests {
     /// All shards of a set as a map, as they would sit in shared data.
     fn shards(set: &ParsedSet, gen: u64) -> (u8, HashMap<u32, Vec<u8>>) {
         let mut m = HashMap::new();
-        let bits = set
-            .for_each_shard::<()>(gen, |i, b| {
-                m.insert(i, b.to_vec());
-                Ok(())
-            })
-            .unwrap();
-        (bits, m)
+        set.for_each_shard::<()>(gen, |i, b| {
+            m.insert(i, b.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        (set.bits(), m)
     }
 
     fn lookup(
@@ -910,9 +931,11 @@ mod tests {
     fn large_sets_shard_and_every_key_is_found() {
         let g = gate();
         let keys: Vec<serde_json::Value> = (0..5000).map(|i| json!({"id": format!("k{i}"), "sha256": digest_hex(format!("sk_{i}").as_bytes())})).collect();
-        let set = set_of(&g, &answer("big", json!(keys)));
+        let body = answer("big", json!(keys));
+        let set = set_of(&g, &body);
         let sh = shards(&set, 1);
-        assert_eq!(sh.0, shard_bits(5000));
+        assert_eq!(sh.0, shard_bits(body.len() / MIN_ENTRY_BYTES));
+        assert!(sh.0 >= 8, "5000 keys spread over many shards");
         assert_eq!(
             sh.1.len(),
             1 << sh.0,
@@ -981,7 +1004,7 @@ mod tests {
             ),
         ];
         for (body, path) in cases {
-            let errs = parse_key_set(&mut body.as_bytes(), &g, None).unwrap_err();
+            let errs = parse_key_set(&mut body.as_bytes(), body.len(), &g, None).unwrap_err();
             assert!(
                 errs.iter().any(|e| e.path == path),
                 "{body}: expected an error at {path}, got {errs:?}"
@@ -995,13 +1018,13 @@ mod tests {
         // Version first: the (invalid!) keys are skipped, not parsed.
         let body = r#"{"version":"v7","keys":[{"bogus":true}]}"#;
         assert!(matches!(
-            parse_key_set(&mut body.as_bytes(), &g, Some("v7")),
+            parse_key_set(&mut body.as_bytes(), body.len(), &g, Some("v7")),
             Ok(Fetched::Unchanged)
         ));
-        assert!(parse_key_set(&mut body.as_bytes(), &g, Some("v6")).is_err());
+        assert!(parse_key_set(&mut body.as_bytes(), body.len(), &g, Some("v6")).is_err());
         let body = answer("v7", json!([]));
         assert!(matches!(
-            parse_key_set(&mut body.as_bytes(), &g, Some("v7")),
+            parse_key_set(&mut body.as_bytes(), body.len(), &g, Some("v7")),
             Ok(Fetched::Unchanged)
         ));
     }
@@ -1013,12 +1036,16 @@ mod tests {
             version: "v1".into(),
             ..Default::default()
         };
-        let m1 = m0.next(&set, 0, 100);
+        let m1 = m0.next(&set, 100);
         assert_eq!((m1.gen, m1.slot, m1.stale_shards), (1, 0, 0));
-        let m2 = m1.next(&set, 3, 110);
+        let set3 = ParsedSet {
+            bits: 3,
+            ..Default::default()
+        };
+        let m2 = m1.next(&set3, 110);
         assert_eq!((m2.gen, m2.slot, m2.bits, m2.stale_shards), (2, 1, 3, 1));
         assert_eq!(Meta::decode(&m2.encode()), Ok(m2.clone()));
-        assert_eq!(m2.next(&set, 0, 120).slot, 0);
+        assert_eq!(m2.next(&set, 120).slot, 0);
 
         let free = Lease::default();
         let mine = free.claim(1, 1000, 10, 2).unwrap();

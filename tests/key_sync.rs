@@ -13,6 +13,9 @@ struct KsState {
     status: u16,
     body: String,
     fetches: Vec<Instant>,
+    /// Answers 304 to a matching If-None-Match.
+    etags: bool,
+    not_modified: usize,
 }
 
 /// A real HTTP/1.1 key service on loopback whose answer the test changes.
@@ -29,6 +32,8 @@ impl KeyService {
             status,
             body: body.to_string(),
             fetches: vec![],
+            etags: true,
+            not_modified: 0,
         }));
         let st = state.clone();
         thread::spawn(move || {
@@ -70,6 +75,7 @@ fn serve(conn: TcpStream, st: &Mutex<KsState>) {
             return;
         }
         let mut len = 0;
+        let mut if_none_match: Option<String> = None;
         loop {
             let mut h = String::new();
             if reader.read_line(&mut h).unwrap_or(0) == 0 {
@@ -78,8 +84,15 @@ fn serve(conn: TcpStream, st: &Mutex<KsState>) {
             if h.trim().is_empty() {
                 break;
             }
-            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+            let lower = h.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
                 len = v.trim().parse().unwrap_or(0);
+            }
+            if let Some(v) = h
+                .split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("if-none-match"))
+            {
+                if_none_match = Some(v.1.trim().to_string());
             }
         }
         let mut body = vec![0; len];
@@ -89,7 +102,15 @@ fn serve(conn: TcpStream, st: &Mutex<KsState>) {
         let (status, body) = {
             let mut s = st.lock().unwrap();
             s.fetches.push(Instant::now());
-            (s.status, s.body.clone())
+            let version = serde_json::from_str::<Value>(&s.body)
+                .ok()
+                .and_then(|v| v["version"].as_str().map(|v| format!("\"{v}\"")));
+            if s.etags && s.status == 200 && if_none_match.is_some() && if_none_match == version {
+                s.not_modified += 1;
+                (304, String::new())
+            } else {
+                (s.status, s.body.clone())
+            }
         };
         let resp = format!("HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len());
         if out.write_all(resp.as_bytes()).is_err() {
@@ -306,6 +327,17 @@ fn one_fetch_per_interval_per_process_and_unchanged_versions_are_not_reparsed() 
         "an unchanged version is not republished"
     );
     assert!(e.counter("wasmcustom.keygate.sync_unchanged") >= 3);
+    assert!(
+        ks.state.lock().unwrap().not_modified >= 3,
+        "keygate asks with If-None-Match and takes 304"
+    );
+    // A key service without conditional requests: the same version is recognised anyway.
+    ks.state.lock().unwrap().etags = false;
+    let n = e.counter("wasmcustom.keygate.sync_unchanged");
+    assert!(wait_until(10, || e
+        .counter("wasmcustom.keygate.sync_unchanged")
+        >= n + 2));
+    assert_eq!(e.counter("wasmcustom.keygate.sync_updates"), 1);
     assert_eq!(e.gauge("wasmcustom.keygate.sync_keys"), 1);
 }
 

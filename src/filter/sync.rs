@@ -167,12 +167,21 @@ impl Syncer {
         if !matches!(SharedData.set(LEASE_KEY, &next.encode(), cas), Ok(true)) {
             return; // another VM claimed it first
         }
-        let headers = vec![
+        // With a set published, ask for it only if it changed: a key service that supports
+        // If-None-Match answers 304 and sends no body (others send the set; same version is
+        // then recognised without parsing the keys).
+        let etag = read_meta()
+            .filter(|(m, _)| m.gen != 0)
+            .map(|(m, _)| format!("\"{}\"", m.version));
+        let mut headers = vec![
             (":method", "GET"),
             (":path", self.cfg.path.as_str()),
             (":authority", self.cfg.authority.as_str()),
             ("accept", "application/json"),
         ];
+        if let Some(tag) = etag.as_deref() {
+            headers.push(("if-none-match", tag));
+        }
         stats.borrow_mut().event("sync_fetches");
         match hostcalls::dispatch_http_call(
             &self.cfg.cluster,
@@ -207,6 +216,10 @@ impl Syncer {
         }
         self.pending = None;
         let status = call_response_status();
+        if status.as_deref() == Some(b"304") {
+            // Answer to our If-None-Match: the published version is current.
+            return stats.borrow_mut().event("sync_unchanged");
+        }
         if status.as_deref() != Some(b"200") {
             stats.borrow_mut().event("sync_failures");
             let status = status
@@ -229,6 +242,7 @@ impl Syncer {
                 pos: 0,
                 size: body_size,
             },
+            body_size,
             gate,
             current,
         ) {
@@ -284,14 +298,13 @@ impl Syncer {
             return Err("lost the fetch lease".into());
         }
         let (meta, meta_cas) = read_meta().ok_or("meta missing")?;
-        let probe = meta.next(set, 0, now);
-        let bits = set.for_each_shard(probe.gen, |shard, blob| {
-            match sd.set(&shard_key(probe.slot, shard), blob, 0) {
+        let next = meta.next(set, now);
+        set.for_each_shard(next.gen, |shard, blob| {
+            match sd.set(&shard_key(next.slot, shard), blob, 0) {
                 Ok(_) => Ok(()),
                 Err(e) => Err(e.to_string()),
             }
         })?;
-        let next = meta.next(set, bits, now);
         if !matches!(sd.set(META_KEY, &next.encode(), meta_cas), Ok(true)) {
             return Err("the published meta changed during the write".into());
         }

@@ -431,7 +431,9 @@ impl Envoy {
             // by default: a million-key set needs more.
             "layered_runtime": {"layers": [{"name": "static", "static_layer": {
                 "http.async_response_buffer_limit": 512u64 * 1024 * 1024
-            }}]}
+            }}]},
+            // Hand freed heap back to the OS, so resident memory reflects what is in use.
+            "memory_allocator_manager": {"bytes_to_release": 256u64 * 1024 * 1024, "memory_release_interval": "1s"}
         });
         if dynamic {
             write_atomic(&dir.join("lds.json"), &lds(&l, 1));
@@ -573,6 +575,14 @@ impl Envoy {
         admin_get(self.admin, "/stats/prometheus")
             .map(|r| r.body)
             .unwrap_or_default()
+    }
+
+    /// Bytes Envoy's allocator has handed out (admin `/memory`).
+    pub fn allocated_bytes(&self) -> u64 {
+        admin_get(self.admin, "/memory")
+            .and_then(|r| serde_json::from_str::<Value>(&r.body).ok())
+            .and_then(|v| v["allocated"].as_str().and_then(|s| s.parse().ok()))
+            .unwrap_or(0)
     }
 
     pub fn pid(&self) -> u32 {
