@@ -206,6 +206,18 @@ fn credentials_in_the_query_are_opt_in_and_hidden() {
     let r = get(e.port, &format!("/v1/charges?limit=3&api_key={PLAIN}"), &[]);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.upstream_path(), "/v1/charges?limit=3");
+    // Rejected requests lose the query key too: the access log never shows it.
+    let r = get(
+        e.port,
+        &format!("/v1/charges?limit=3&api_key={IP_OTHER}"),
+        &[("x-test-id", "q403")],
+    );
+    assert_json(&r, 403, FORBIDDEN_IP);
+    let entry = e.access_entry("q403");
+    assert_eq!(entry["path"], "/v1/charges?limit=3");
+    assert!(!std::fs::read_to_string(e.dir.join("access.log"))
+        .unwrap()
+        .contains(PLAIN));
     // Header and query with different keys: invalid.
     let r = get(
         e.port,

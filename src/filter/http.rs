@@ -60,6 +60,22 @@ fn set_state(name: &str, value: Option<&str>) {
     }
 }
 
+/// Removes every query-source parameter from `:path` (one host call, only if there is one).
+fn strip_query_keys(gate: &Gate, path: &str) {
+    if !path.contains('?') {
+        return;
+    }
+    let mut stripped = path.to_string();
+    for source in &gate.sources {
+        if let Source::Query { name } = source {
+            stripped = strip_query_param(&stripped, name);
+        }
+    }
+    if stripped != path {
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, ":path", Some(&stripped));
+    }
+}
+
 fn set_request_header(name: Option<&str>, value: Option<&str>) {
     if let (Some(n), Some(v)) = (name, value) {
         let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, n, Some(v));
@@ -103,13 +119,18 @@ impl HttpContext for KeygateHttp {
             return Action::Continue; // public path
         };
         self.record(&v);
+        // A key in the query string leaves `:path` on every judged request (so no access log
+        // shows it), unless it is forwarded on purpose (`hide_credentials: false`).
+        if v.decision != Decision::Allowed || v.verify || gate.hide_credentials {
+            strip_query_keys(&gate, path);
+        }
         if v.decision != Decision::Allowed {
             return self.send(&reply::reject(&gate, &v));
         }
         if v.verify {
             return self.send(&reply::verify(&gate, &v));
         }
-        self.forward(&gate, &v, path);
+        self.forward(&gate, &v);
         Action::Continue
     }
 
@@ -151,7 +172,7 @@ impl KeygateHttp {
     }
 
     /// An allowed request: identity headers in, credentials out.
-    fn forward(&mut self, gate: &Gate, v: &Verdict, path: &str) {
+    fn forward(&mut self, gate: &Gate, v: &Verdict) {
         let key = v.key.as_deref();
         let up = &gate.upstream_headers;
         set_request_header(gate.environment_header.as_deref(), v.environment());
@@ -159,23 +180,11 @@ impl KeygateHttp {
         set_request_header(up.tenant.as_deref(), key.and_then(|k| k.tenant.as_deref()));
         set_request_header(up.role.as_deref(), v.role.map(|r| r.name.as_str()));
         if gate.hide_credentials {
-            let mut new_path: Option<String> = None;
             for (i, source) in gate.sources.iter().enumerate() {
-                if v.sources & (1u32 << (i as u32 % 32)) == 0 {
-                    continue;
+                let held = v.sources & 1u32.checked_shl(i as u32).unwrap_or(0) != 0;
+                if let (true, Source::Header { name, .. }) = (held, source) {
+                    let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
                 }
-                match source {
-                    Source::Header { name, .. } => {
-                        let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
-                    }
-                    Source::Query { name } => {
-                        let base = new_path.as_deref().unwrap_or(path);
-                        new_path = Some(strip_query_param(base, name));
-                    }
-                }
-            }
-            if let Some(p) = new_path {
-                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, ":path", Some(&p));
             }
         }
         self.response_headers = reply::identity_headers(gate, v);
