@@ -48,14 +48,7 @@ const FORBIDDEN_PATH: &str =
 fn bearer_keys_and_401_challenge() {
     let up = Upstream::start("api");
     let cfg = config(json!({}));
-    let e = Envoy::start(&EnvoyOpts {
-        name: "bearer-basic",
-        plugin_config: &cfg,
-        upstream: up.port,
-        sandbox_upstream: None,
-        concurrency: 2,
-        key_service: None,
-    });
+    let e = Envoy::start(&EnvoyOpts::new("bearer-basic", &cfg, up.port));
     let p = e.port;
 
     let auth = bearer(PLAIN);
@@ -115,14 +108,7 @@ fn bearer_keys_and_401_challenge() {
 fn ip_referer_and_endpoint_restrictions_answer_403() {
     let up = Upstream::start("api");
     let cfg = config(json!({}));
-    let e = Envoy::start(&EnvoyOpts {
-        name: "bearer-restrict",
-        plugin_config: &cfg,
-        upstream: up.port,
-        sandbox_upstream: None,
-        concurrency: 2,
-        key_service: None,
-    });
+    let e = Envoy::start(&EnvoyOpts::new("bearer-restrict", &cfg, up.port));
     let p = e.port;
 
     // IP: the test client is 127.0.0.1.
@@ -195,14 +181,7 @@ fn credentials_in_the_query_are_opt_in_and_hidden() {
     let cfg = config(json!({
         "key_sources": [{"header": "authorization", "scheme": "Bearer"}, {"query": "api_key"}]
     }));
-    let e = Envoy::start(&EnvoyOpts {
-        name: "bearer-query",
-        plugin_config: &cfg,
-        upstream: up.port,
-        sandbox_upstream: None,
-        concurrency: 2,
-        key_service: None,
-    });
+    let e = Envoy::start(&EnvoyOpts::new("bearer-query", &cfg, up.port));
     let r = get(e.port, &format!("/v1/charges?limit=3&api_key={PLAIN}"), &[]);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.upstream_path(), "/v1/charges?limit=3");
@@ -232,14 +211,7 @@ fn credentials_in_the_query_are_opt_in_and_hidden() {
     // Without the query source configured the parameter is not a key.
     drop(e);
     let cfg = config(json!({}));
-    let e = Envoy::start(&EnvoyOpts {
-        name: "bearer-noquery",
-        plugin_config: &cfg,
-        upstream: up.port,
-        sandbox_upstream: None,
-        concurrency: 2,
-        key_service: None,
-    });
+    let e = Envoy::start(&EnvoyOpts::new("bearer-noquery", &cfg, up.port));
     let r = get(e.port, &format!("/v1/charges?api_key={PLAIN}"), &[]);
     assert_json(
         &r,
@@ -256,14 +228,7 @@ fn hide_credentials_false_passes_the_key_and_headers_can_be_renamed_or_off() {
         "environment_header": "",
         "upstream_headers": {"key_id": "x-caller", "tenant": ""}
     }));
-    let e = Envoy::start(&EnvoyOpts {
-        name: "bearer-nohide",
-        plugin_config: &cfg,
-        upstream: up.port,
-        sandbox_upstream: None,
-        concurrency: 2,
-        key_service: None,
-    });
+    let e = Envoy::start(&EnvoyOpts::new("bearer-nohide", &cfg, up.port));
     let auth = bearer(PLAIN);
     let r = get(
         e.port,

@@ -41,14 +41,7 @@ fn config() -> String {
 fn setup(name: &str) -> (Envoy, Upstream) {
     let up = Upstream::start("api");
     let cfg = config();
-    let e = Envoy::start(&EnvoyOpts {
-        name,
-        plugin_config: &cfg,
-        upstream: up.port,
-        sandbox_upstream: None,
-        concurrency: 2,
-        key_service: None,
-    });
+    let e = Envoy::start(&EnvoyOpts::new(name, &cfg, up.port));
     (e, up)
 }
 

@@ -37,12 +37,8 @@ fn setup(name: &str) -> Setup {
     let sandbox = Upstream::start("sandbox");
     let cfg = config();
     let envoy = Envoy::start(&EnvoyOpts {
-        name,
-        plugin_config: &cfg,
-        upstream: live.port,
         sandbox_upstream: Some(sandbox.port),
-        concurrency: 2,
-        key_service: None,
+        ..EnvoyOpts::new(name, &cfg, live.port)
     });
     Setup {
         envoy,

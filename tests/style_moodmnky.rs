@@ -49,14 +49,7 @@ fn next_midnight() -> u64 {
 fn roles_limit_methods_and_daily_limits_follow_the_environment() {
     let up = Upstream::start("api");
     let cfg = config();
-    let e = Envoy::start(&EnvoyOpts {
-        name: "mood",
-        plugin_config: &cfg,
-        upstream: up.port,
-        sandbox_upstream: None,
-        concurrency: 2,
-        key_service: None,
-    });
+    let e = Envoy::start(&EnvoyOpts::new("mood", &cfg, up.port));
     let p = e.port;
 
     let r = get(p, "/workflows", &[("x-api-key", READER)]);

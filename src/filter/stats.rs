@@ -109,35 +109,27 @@ impl Stats {
 
     /// Sets an operational gauge (`keygate.<name>`).
     pub fn gauge(&mut self, name: &'static str, value: u64) {
-        let id = match self.gauges.get(name) {
-            Some(id) => Some(*id),
-            None => {
-                let id =
-                    hostcalls::define_metric(MetricType::Gauge, &format!("keygate.{name}")).ok();
-                if let Some(id) = id {
-                    self.gauges.insert(name, id);
-                }
-                id
-            }
-        };
-        if let Some(id) = id {
+        if let Some(id) = cached(&mut self.gauges, name, MetricType::Gauge) {
             let _ = hostcalls::record_metric(id, value);
         }
     }
 
     /// Counts an operational event (`keygate.<name>`), e.g. rate-limit store faults.
     pub fn event(&mut self, name: &'static str) {
-        let id = match self.events.get(name) {
-            Some(id) => Some(*id),
-            None => {
-                let id =
-                    hostcalls::define_metric(MetricType::Counter, &format!("keygate.{name}")).ok();
-                if let Some(id) = id {
-                    self.events.insert(name, id);
-                }
-                id
-            }
-        };
-        bump(id);
+        bump(cached(&mut self.events, name, MetricType::Counter));
     }
+}
+
+/// The id of metric `keygate.<name>`, defined on first use.
+fn cached(
+    ids: &mut FastMap<&'static str, u32>,
+    name: &'static str,
+    kind: MetricType,
+) -> Option<u32> {
+    if let Some(id) = ids.get(name) {
+        return Some(*id);
+    }
+    let id = hostcalls::define_metric(kind, &format!("keygate.{name}")).ok()?;
+    ids.insert(name, id);
+    Some(id)
 }
