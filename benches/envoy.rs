@@ -463,6 +463,28 @@ fn key_sync_scale(up: &Upstream) {
     let _ = ks10.last_fetch();
 }
 
+/// Native throughput of the key-set parser (the same code the fetching VM runs, natively).
+fn parse_throughput() {
+    const N: usize = 200_000;
+    let body = key_set("v", N, None);
+    let cfg = br#"{"key_sources":[{"header":"x-api-key"}],"key_sync":{"cluster":"k","path":"/k"}}"#;
+    let gate = keygate::config::parse_config(cfg).expect("config");
+    let mut times = vec![];
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        let parsed = keygate::keyset::parse_key_set(&mut body.as_slice(), body.len(), &gate, None);
+        times.push(t.elapsed().as_secs_f64());
+        assert!(matches!(parsed, Ok(keygate::keyset::Fetched::Set(ref s)) if s.len() == N));
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let median = times[times.len() / 2];
+    println!(
+        "\n## Key-set parsing (native, {N} keys, median of {ROUNDS}): {:.0} ms, {:.1} MB/s",
+        median * 1e3,
+        body.len() as f64 / 1e6 / median
+    );
+}
+
 fn main() {
     // `cargo bench` passes --bench; run everything unless a section is named.
     let args: Vec<String> = std::env::args()
@@ -472,6 +494,9 @@ fn main() {
     let up = Upstream::start("bench");
     if args.is_empty() || args.iter().any(|a| a == "cost") {
         request_cost(&up);
+    }
+    if args.is_empty() || args.iter().any(|a| a == "parse") {
+        parse_throughput();
     }
     if args.is_empty() || args.iter().any(|a| a == "sync") {
         key_sync_scale(&up);

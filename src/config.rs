@@ -347,7 +347,6 @@ pub fn read_key_entry(
 ) -> Option<(Digest, KeyRecord)> {
     let before = errors.0.len();
     let mut o = Obj::new(path, item, errors)?;
-    let id_path = o.field_path("id");
     let id = o.req_str("id", errors);
     if let Some(id) = id {
         let ok = !id.is_empty()
@@ -357,7 +356,7 @@ pub fn read_key_entry(
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
         if !ok {
             errors.push(
-                &id_path,
+                &o.field_path("id"),
                 format!(
                     "{} must be 1-{MAX_ID_LEN} characters of A-Z a-z 0-9 _ - . :",
                     q(id)
@@ -365,8 +364,6 @@ pub fn read_key_entry(
             );
         }
     }
-    let sha_path = o.field_path("sha256");
-    let key_path = o.field_path("key");
     let sha = o.opt_str("sha256", errors);
     let plain = o.opt_str("key", errors);
     let digest = match (sha, plain) {
@@ -374,7 +371,7 @@ pub fn read_key_entry(
             let d = keys::parse_digest_hex(h);
             if d.is_none() {
                 errors.push(
-                    &sha_path,
+                    &o.field_path("sha256"),
                     "must be 64 lowercase hex characters (SHA-256 of the whole key)",
                 );
             }
@@ -382,7 +379,7 @@ pub fn read_key_entry(
         }
         (None, Some(k)) => {
             if k.is_empty() {
-                errors.push(&key_path, "must not be empty");
+                errors.push(&o.field_path("key"), "must not be empty");
                 None
             } else if !ctx.prefixes.is_empty()
                 && !ctx
@@ -392,7 +389,7 @@ pub fn read_key_entry(
             {
                 // Never echo the plaintext in an error.
                 errors.push(
-                    &key_path,
+                    &o.field_path("key"),
                     "does not start with any configured prefix, so it could never be used",
                 );
                 None
@@ -410,22 +407,20 @@ pub fn read_key_entry(
         }
     };
     let name = o.opt_str("name", errors).map(str::to_string);
-    let tenant_path = o.field_path("tenant");
     let tenant = o
         .opt_str("tenant", errors)
-        .filter(|t| header_safe(&tenant_path, t, errors))
+        .filter(|t| header_safe(&o.field_path("tenant"), t, errors))
         .map(str::to_string);
     let role = role_ref(&mut o, ctx.roles, errors);
     let environment = environment(&mut o, errors);
     let revoked = o.opt_bool("revoked", errors).unwrap_or(false);
-    let exp_path = o.field_path("expires_at");
     let expires_at = match o.get("expires_at") {
         None => None,
         Some(Value::String(s)) => {
             let t = parse_rfc3339(s);
             if t.is_none() {
                 errors.push(
-                    &exp_path,
+                    &o.field_path("expires_at"),
                     format!(
                         "{} is not an RFC 3339 timestamp (2027-01-01T00:00:00Z)",
                         q(s)
@@ -437,12 +432,18 @@ pub fn read_key_entry(
         Some(Value::Number(n)) => {
             let t = n.as_i64();
             if t.is_none() {
-                errors.push(&exp_path, "unix seconds must be a whole number");
+                errors.push(
+                    &o.field_path("expires_at"),
+                    "unix seconds must be a whole number",
+                );
             }
             t
         }
         Some(_) => {
-            errors.push(&exp_path, "expected an RFC 3339 string or unix seconds");
+            errors.push(
+                &o.field_path("expires_at"),
+                "expected an RFC 3339 string or unix seconds",
+            );
             None
         }
     };

@@ -114,11 +114,15 @@ impl Errors {
 }
 
 /// A JSON object being read; `finish` reports the fields nobody asked for.
-pub struct Obj<'a> {
-    path: String,
+pub struct Obj<'a, 'p> {
+    path: &'p str,
     map: &'a Map<String, Value>,
-    seen: Vec<&'static str>,
+    /// The fields asked for (no object of the schema has more than a few dozen).
+    seen: [&'static str; MAX_FIELDS],
+    n_seen: usize,
 }
+
+const MAX_FIELDS: usize = 32;
 
 pub fn child(path: &str, field: &str) -> String {
     format!("{path}.{field}")
@@ -139,14 +143,15 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-impl<'a> Obj<'a> {
+impl<'a, 'p> Obj<'a, 'p> {
     /// Starts reading `value` as an object; reports and returns `None` if it is not one.
-    pub fn new(path: &str, value: &'a Value, errors: &mut Errors) -> Option<Self> {
+    pub fn new(path: &'p str, value: &'a Value, errors: &mut Errors) -> Option<Self> {
         match value {
             Value::Object(map) => Some(Obj {
-                path: path.to_string(),
+                path,
                 map,
-                seen: Vec::new(),
+                seen: [""; MAX_FIELDS],
+                n_seen: 0,
             }),
             other => {
                 errors.push(
@@ -159,18 +164,25 @@ impl<'a> Obj<'a> {
     }
 
     pub fn path(&self) -> &str {
-        &self.path
+        self.path
+    }
+
+    fn mark_seen(&mut self, field: &'static str) {
+        if let Some(slot) = self.seen.get_mut(self.n_seen) {
+            *slot = field;
+            self.n_seen += 1;
+        }
     }
 
     pub fn field_path(&self, field: &str) -> String {
-        child(&self.path, field)
+        child(self.path, field)
     }
 
     /// The raw value of an optional field (JSON `null` counts as absent).
     pub fn get(&mut self, field: &'static str) -> Option<&'a Value> {
-        self.seen.push(field);
+        self.mark_seen(field);
         #[cfg(test)]
-        fields_read::record(&self.path, field);
+        fields_read::record(self.path, field);
         match self.map.get(field) {
             None | Some(Value::Null) => None,
             Some(v) => Some(v),
@@ -182,13 +194,12 @@ impl<'a> Obj<'a> {
     }
 
     pub fn opt_str(&mut self, field: &'static str, errors: &mut Errors) -> Option<&'a str> {
-        let path = self.field_path(field);
         match self.get(field) {
             None => None,
             Some(Value::String(s)) => Some(s.as_str()),
             Some(other) => {
                 errors.push(
-                    &path,
+                    &self.field_path(field),
                     format!("expected a string, found {}", type_name(other)),
                 );
                 None
@@ -198,7 +209,7 @@ impl<'a> Obj<'a> {
 
     pub fn req_str(&mut self, field: &'static str, errors: &mut Errors) -> Option<&'a str> {
         if !self.has(field) {
-            self.seen.push(field);
+            self.mark_seen(field);
             errors.push(&self.field_path(field), "is required");
             return None;
         }
@@ -206,13 +217,12 @@ impl<'a> Obj<'a> {
     }
 
     pub fn opt_bool(&mut self, field: &'static str, errors: &mut Errors) -> Option<bool> {
-        let path = self.field_path(field);
         match self.get(field) {
             None => None,
             Some(Value::Bool(b)) => Some(*b),
             Some(other) => {
                 errors.push(
-                    &path,
+                    &self.field_path(field),
                     format!("expected a boolean, found {}", type_name(other)),
                 );
                 None
@@ -221,7 +231,6 @@ impl<'a> Obj<'a> {
     }
 
     pub fn opt_u64(&mut self, field: &'static str, errors: &mut Errors) -> Option<u64> {
-        let path = self.field_path(field);
         match self.get(field) {
             None => None,
             // Whole floats too (`5000.0`): YAML and protobuf Struct tooling (Istio) emit them.
@@ -233,7 +242,7 @@ impl<'a> Obj<'a> {
                 Some(n) => Some(n),
                 None => {
                     errors.push(
-                        &path,
+                        &self.field_path(field),
                         format!("expected a whole number ≥ 0, found {}", type_name(v)),
                     );
                     None
@@ -243,13 +252,12 @@ impl<'a> Obj<'a> {
     }
 
     pub fn opt_array(&mut self, field: &'static str, errors: &mut Errors) -> Option<&'a [Value]> {
-        let path = self.field_path(field);
         match self.get(field) {
             None => None,
             Some(Value::Array(a)) => Some(a.as_slice()),
             Some(other) => {
                 errors.push(
-                    &path,
+                    &self.field_path(field),
                     format!("expected an array, found {}", type_name(other)),
                 );
                 None
@@ -283,9 +291,10 @@ impl<'a> Obj<'a> {
 
     /// Reports every field that was not read: unknown fields are errors, never ignored.
     pub fn finish(self, errors: &mut Errors) {
+        let seen = self.seen.get(..self.n_seen).unwrap_or_default();
         for key in self.map.keys() {
-            if !self.seen.iter().any(|s| s == key) {
-                errors.push(&child(&self.path, key), "unknown field");
+            if !seen.iter().any(|s| s == key) {
+                errors.push(&child(self.path, key), "unknown field");
             }
         }
     }
