@@ -6,7 +6,7 @@
 use crate::credentials::{find_key, Presented};
 use crate::keys::{self, Digest};
 use crate::model::{Gate, KeyRecord, Limit, Role};
-use crate::path::{any_match, canonical_path, canonical_url};
+use crate::path::{any_match, canonical_path_cow, canonical_url};
 use crate::ratelimit::{self, CasStore, RateHeaders, RateOutcome, StoreError};
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -189,7 +189,7 @@ pub fn decide<'g>(
     host: &mut impl Host,
     synced: impl FnOnce(&Digest) -> Lookup<'g>,
 ) -> Option<Verdict<'g>> {
-    let Ok(path) = canonical_path(req.path) else {
+    let Ok(path) = canonical_path_cow(req.path) else {
         return Some(Verdict::new(Decision::BadRequest));
     };
     if any_match(&gate.public_paths, &path) {
