@@ -132,8 +132,9 @@ pub fn encode_record(out: &mut Vec<u8>, digest: &Digest, rec: &KeyRecord, roles:
         put_str16(out, rec.environment.as_deref());
     }
     if let Some(limits) = &rec.rate_limits {
-        out.push(limits.len().min(4) as u8);
-        for l in limits.iter().take(4) {
+        // At most MAX_LIMITS (16) by validation, so the count fits a byte and nothing is cut.
+        out.push(limits.len().min(usize::from(u8::MAX)) as u8);
+        for l in limits.iter().take(usize::from(u8::MAX)) {
             out.extend_from_slice(&l.requests.to_le_bytes());
             out.push(l.per as u8);
         }

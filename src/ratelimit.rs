@@ -443,6 +443,35 @@ mod tests {
     }
 
     #[test]
+    fn limits_sharing_a_window_share_its_count_and_the_smallest_binds() {
+        let mut s = store();
+        let limits = [lim(5, Per::Minute), lim(2, Per::Minute)];
+        for remaining in [1, 0] {
+            assert_eq!(
+                admit_now(&mut s, &limits, 60),
+                RateOutcome::Admitted(RateHeaders {
+                    limit: 2,
+                    remaining,
+                    reset: 120
+                })
+            );
+        }
+        assert!(matches!(
+            admit_now(&mut s, &limits, 61),
+            RateOutcome::Blocked {
+                retry_after: 59,
+                ..
+            }
+        ));
+        assert_eq!(
+            peek(&mut s, "k", &[lim(5, Per::Minute)], 61)
+                .unwrap()
+                .map(|h| h.remaining),
+            Some(3)
+        );
+    }
+
+    #[test]
     fn blocked_by_the_longest_window_reports_its_reset() {
         let mut s = store();
         let limits = [lim(1, Per::Second), lim(1, Per::Hour)];
