@@ -580,6 +580,17 @@ impl<'de> Visitor<'de> for Top<'_, '_> {
         while let Some(k) = map.next_key::<serde_json::Value>()? {
             match k.as_str().unwrap_or_default() {
                 "version" => match map.next_value::<serde_json::Value>()? {
+                    // It is sent back in If-None-Match, so it must be a valid header token.
+                    serde_json::Value::String(v)
+                        if v.is_empty()
+                            || v.len() > 256
+                            || !v.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b'"') =>
+                    {
+                        p.error(
+                            "$.version",
+                            "must be 1-256 printable ASCII characters without spaces or '\"'",
+                        )
+                    }
                     serde_json::Value::String(v) => {
                         if !p.saw_keys && p.current == Some(v.as_str()) {
                             p.unchanged = true;

@@ -92,7 +92,8 @@ pub fn lookup<'g>(gate: &Gate, view: &RefCell<View>, digest: &Digest) -> Lookup<
 pub struct Syncer {
     cfg: KeySync,
     me: u64,
-    pending: Option<u32>,
+    /// The call in flight: its token and when it was made.
+    pending: Option<(u32, u64)>,
 }
 
 /// The response body of the key service, read from Envoy in chunks (never copied whole).
@@ -150,10 +151,15 @@ impl Syncer {
 
     /// Every tick: fetch if this VM holds (or may take) the lease and an interval has passed.
     pub fn tick(&mut self, stats: &RefCell<Stats>) {
-        if self.pending.is_some() {
-            return;
-        }
         let now = unix_now();
+        // Envoy answers every call (with nothing on timeout); a call it never answered is
+        // dropped after its timeout plus a margin, so fetching can never stop for good.
+        let give_up = self.cfg.timeout_ms.div_ceil(1000) + 5;
+        match self.pending {
+            Some((_, started)) if now < started.saturating_add(give_up) => return,
+            Some(_) => self.pending = None,
+            None => {}
+        }
         let Ok(Some((raw, cas))) = SharedData.get(LEASE_KEY) else {
             return;
         };
@@ -190,7 +196,7 @@ impl Syncer {
             vec![],
             Duration::from_millis(self.cfg.timeout_ms),
         ) {
-            Ok(token) => self.pending = Some(token),
+            Ok(token) => self.pending = Some((token, now)),
             Err(e) => {
                 stats.borrow_mut().event("sync_failures");
                 error!(
@@ -211,7 +217,7 @@ impl Syncer {
         view: &RefCell<View>,
         stats: &RefCell<Stats>,
     ) {
-        if self.pending != Some(token) {
+        if self.pending.map(|(t, _)| t) != Some(token) {
             return;
         }
         self.pending = None;
