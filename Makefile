@@ -49,7 +49,7 @@ unit: ## Unit tests of the pure core (native cargo test)
 	cargo test --lib --bins
 
 integration: build envoy ## Integration tests: real Envoy + built .wasm + real upstreams
-	cargo test --tests -- --test-threads 2
+	cargo test --test '*' -- --test-threads 2
 
 test: lint unit integration ## Everything CI runs: lint, unit and integration tests
 
