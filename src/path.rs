@@ -36,6 +36,11 @@ fn hex_val(b: u8) -> Option<u8> {
     }
 }
 
+/// Upper-case hex digit of a nibble (0-15).
+fn hex_digit(n: u8) -> char {
+    char::from_digit(u32::from(n), 16).map_or('0', |c| c.to_ascii_uppercase())
+}
+
 fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
@@ -60,8 +65,8 @@ fn decode(raw: &str, out: &mut String) -> Result<(), PathError> {
                 out.push(d as char);
             } else {
                 out.push('%');
-                out.push(char::from(b"0123456789ABCDEF"[usize::from(hi)]));
-                out.push(char::from(b"0123456789ABCDEF"[usize::from(lo)]));
+                out.push(hex_digit(hi));
+                out.push(hex_digit(lo));
             }
             i += 3;
         } else {
