@@ -7,6 +7,7 @@ use serde_json::json;
 const PLAIN: &str = "sk_live_51HqLyjWDarjtT1zdp7dc";
 const IP_OK: &str = "sk_live_iponly9f8e7d";
 const IP_OTHER: &str = "sk_live_ipother1a2b3c";
+const IP_V6: &str = "sk_live_ipv6only7e8f9a";
 const REFERER: &str = "sk_live_referer4d5e6f";
 const PATHS: &str = "sk_test_paths7a8b9c";
 
@@ -21,6 +22,7 @@ fn config(extra: serde_json::Value) -> String {
             {"id": "key_plain", "sha256": sha(PLAIN), "tenant": "acct_1"},
             {"id": "key_ip", "sha256": sha(IP_OK), "allowed_ips": ["127.0.0.1", "2001:db8::/32"]},
             {"id": "key_ip_other", "sha256": sha(IP_OTHER), "allowed_ips": ["203.0.113.0/24"]},
+            {"id": "key_ip_v6", "sha256": sha(IP_V6), "allowed_ips": ["::1/128"]},
             {"id": "key_referer", "sha256": sha(REFERER), "allowed_referers": ["https://app.example.com/*"]},
             {"id": "key_paths", "sha256": sha(PATHS), "allowed_paths": ["/v1/users/*", "/v1/health"]}
         ]
@@ -118,6 +120,28 @@ fn ip_referer_and_endpoint_restrictions_answer_403() {
     assert_json(&r, 403, FORBIDDEN_IP);
     assert_eq!(r.header("x-environment"), Some("LIVE"));
     assert!(!r.reached_upstream());
+
+    // IPv6 clients: the same listener port on [::1].
+    let auth6 = bearer(IP_V6);
+    let r = send_to(
+        "::1",
+        p,
+        "GET",
+        "/v1/charges",
+        &[("authorization", &auth6), ("x-test-id", "v6")],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(e.access_entry("v6")["client"], "::1");
+    let r = get(p, "/v1/charges", &[("authorization", &auth6)]);
+    assert_json(&r, 403, FORBIDDEN_IP);
+    let r = send_to(
+        "::1",
+        p,
+        "GET",
+        "/v1/charges",
+        &[("authorization", &bearer(IP_OK))],
+    );
+    assert_json(&r, 403, FORBIDDEN_IP);
 
     // Referer.
     let auth = bearer(REFERER);

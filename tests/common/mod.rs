@@ -95,7 +95,18 @@ impl Response {
 
 /// Sends one request on a fresh connection (`Connection: close`).
 pub fn send(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to envoy");
+    send_to("127.0.0.1", port, method, path, headers)
+}
+
+/// [`send`] to a given loopback address (`"::1"` for IPv6).
+pub fn send_to(
+    host: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Response {
+    let mut s = TcpStream::connect((host, port)).expect("connect to envoy");
     s.set_read_timeout(Some(Duration::from_secs(20))).ok();
     let mut req = format!("{method} {path} HTTP/1.1\r\nhost: api.test\r\nconnection: close\r\n");
     for (k, v) in headers {
@@ -347,6 +358,8 @@ fn listener(o: &EnvoyOpts, dir: &Path, port: u16, plugin_config: &str) -> Value 
     json!({
         "name": "main",
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        // The same port on IPv6 loopback, for tests of IPv6 clients.
+        "additional_addresses": [{"address": {"socket_address": {"address": "::1", "port_value": port}}}],
         "filter_chains": [{"filters": [{
             "name": "envoy.filters.network.http_connection_manager",
             "typed_config": {
