@@ -28,6 +28,8 @@ use std::net::IpAddr;
 pub const META_KEY: &str = "keygate.ks.meta";
 pub const LEASE_KEY: &str = "keygate.ks.lease";
 pub const VM_SEQ_KEY: &str = "keygate.ks.vmseq";
+/// The fingerprint of the configuration the process runs now (see [`Lease::claim`]).
+pub const CONFIG_KEY: &str = "keygate.ks.config";
 
 pub fn shard_key(slot: u8, shard: u32) -> String {
     format!("keygate.ks.{slot}.{shard}")
@@ -786,20 +788,22 @@ impl Meta {
     }
 }
 
-/// Who fetches: one VM per Envoy process at a time.
+/// Who fetches: one VM per Envoy process at a time, running the newest configuration.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Lease {
     pub owner: u64,
     pub expires: u64,
     pub last_fetch: u64,
+    /// Fingerprint of the holder's plugin configuration.
+    pub config: u64,
 }
 
 impl Lease {
-    pub fn encode(&self) -> [u8; 24] {
-        let mut out = [0u8; 24];
-        for (chunk, v) in out
-            .chunks_exact_mut(8)
-            .zip([self.owner, self.expires, self.last_fetch])
+    pub fn encode(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (chunk, v) in
+            out.chunks_exact_mut(8)
+                .zip([self.owner, self.expires, self.last_fetch, self.config])
         {
             chunk.copy_from_slice(&v.to_le_bytes());
         }
@@ -812,24 +816,49 @@ impl Lease {
             owner: c.u64()?,
             expires: c.u64()?,
             last_fetch: c.u64()?,
+            config: c.u64()?,
         })
     }
 
-    /// The lease `me` should write to fetch now, or `None` if it is not `me`'s turn: another
-    /// VM holds an unexpired lease, or the last fetch is less than an interval ago.
-    pub fn claim(&self, me: u64, now: u64, interval: u64, timeout_s: u64) -> Option<Lease> {
-        if self.owner != me && self.expires > now {
+    /// The lease VM `me` (running configuration `config`) should write to fetch now, or `None`
+    /// if it is not its turn. `current` is the configuration the process runs now: a VM of a
+    /// superseded configuration (a listener still draining after a reload) never fetches, and
+    /// a lease held under a superseded configuration is taken over at once. Otherwise another
+    /// VM's unexpired lease, or a fetch less than an interval ago, means wait.
+    pub fn claim(
+        &self,
+        me: u64,
+        config: u64,
+        current: u64,
+        now: u64,
+        interval: u64,
+        timeout_s: u64,
+    ) -> Option<Lease> {
+        if config != current {
             return None;
         }
-        if now < self.last_fetch.saturating_add(interval) {
-            return None;
+        if self.config == current {
+            if self.owner != me && self.expires > now {
+                return None;
+            }
+            if now < self.last_fetch.saturating_add(interval) {
+                return None;
+            }
         }
         Some(Lease {
             owner: me,
             expires: now + interval + timeout_s + 2,
             last_fetch: now,
+            config,
         })
     }
+}
+
+/// A fingerprint of a plugin configuration (the same bytes give the same value in every VM).
+pub fn config_fingerprint(bytes: &[u8]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
 }
 
 #[cfg(test)]
@@ -1060,26 +1089,40 @@ mod tests {
         assert_eq!(m2.next(&set, 120).slot, 0);
 
         let free = Lease::default();
-        let mine = free.claim(1, 1000, 10, 2).unwrap();
+        let (a, b) = (11, 22); // two configurations
+        let mine = free.claim(1, a, a, 1000, 10, 2).unwrap();
         assert_eq!(
             mine,
             Lease {
                 owner: 1,
                 expires: 1014,
-                last_fetch: 1000
+                last_fetch: 1000,
+                config: a
             }
         );
-        assert_eq!(mine.claim(2, 1005, 10, 2), None, "held by another VM");
-        assert_eq!(mine.claim(1, 1005, 10, 2), None, "not yet an interval");
+        assert_eq!(mine.claim(2, a, a, 1005, 10, 2), None, "held by another VM");
         assert_eq!(
-            mine.claim(1, 1010, 10, 2).map(|l| l.last_fetch),
+            mine.claim(1, a, a, 1005, 10, 2),
+            None,
+            "not yet an interval"
+        );
+        assert_eq!(
+            mine.claim(1, a, a, 1010, 10, 2).map(|l| l.last_fetch),
             Some(1010),
             "the holder renews"
         );
         assert_eq!(
-            mine.claim(2, 1014, 10, 2).map(|l| l.owner),
+            mine.claim(2, a, a, 1014, 10, 2).map(|l| l.owner),
             Some(2),
             "an expired lease is taken over"
+        );
+        // After a reload to configuration b: the old configuration's VMs stop fetching, and a
+        // VM of the new one takes over at once.
+        assert_eq!(mine.claim(1, a, b, 1010, 10, 2), None);
+        assert_eq!(
+            mine.claim(3, b, b, 1001, 10, 2)
+                .map(|l| (l.owner, l.config)),
+            Some((3, b))
         );
         assert_eq!(Lease::decode(&mine.encode()), Ok(mine));
     }

@@ -16,6 +16,9 @@ struct KsState {
     /// Answers 304 to a matching If-None-Match.
     etags: bool,
     not_modified: usize,
+    /// Bodies for specific paths (else `body`), and the paths asked for.
+    by_path: Vec<(String, String)>,
+    paths: Vec<(Instant, String)>,
 }
 
 /// A real HTTP/1.1 key service on loopback whose answer the test changes.
@@ -34,6 +37,8 @@ impl KeyService {
             fetches: vec![],
             etags: true,
             not_modified: 0,
+            by_path: vec![],
+            paths: vec![],
         }));
         let st = state.clone();
         thread::spawn(move || {
@@ -99,9 +104,14 @@ fn serve(conn: TcpStream, st: &Mutex<KsState>) {
         if reader.read_exact(&mut body).is_err() {
             return;
         }
+        let path = line.split(' ').nth(1).unwrap_or_default().to_string();
         let (status, body) = {
             let mut s = st.lock().unwrap();
             s.fetches.push(Instant::now());
+            s.paths.push((Instant::now(), path.clone()));
+            if let Some((_, b)) = s.by_path.iter().find(|(p, _)| *p == path) {
+                s.body = b.clone();
+            }
             let version = serde_json::from_str::<Value>(&s.body)
                 .ok()
                 .and_then(|v| v["version"].as_str().map(|v| format!("\"{v}\"")));
@@ -121,6 +131,12 @@ fn serve(conn: TcpStream, st: &Mutex<KsState>) {
 
 fn key_set(version: &str, keys: Value) -> String {
     json!({"version": version, "keys": keys}).to_string()
+}
+
+fn config_with_path(interval: u64, path: &str) -> String {
+    let mut c: Value = serde_json::from_str(&config(interval)).unwrap();
+    c["key_sync"]["path"] = json!(path);
+    c.to_string()
 }
 
 fn config(interval: u64) -> String {
@@ -378,4 +394,54 @@ fn synced_keys_are_rate_limited_exactly_across_workers() {
         "{statuses:?}"
     );
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 36 - 7);
+}
+
+#[test]
+fn after_a_reload_only_the_new_configuration_fetches() {
+    let ks = KeyService::start(200, "{}");
+    ks.state.lock().unwrap().by_path = vec![
+        (
+            "/keys-a".into(),
+            key_set("a1", json!([{"id": "ka", "sha256": sha("ks_live_a")}])),
+        ),
+        (
+            "/keys-b".into(),
+            key_set("b1", json!([{"id": "kb", "sha256": sha("ks_live_b")}])),
+        ),
+    ];
+    let up = Upstream::start("api");
+    let a = config_with_path(1, "/keys-a");
+    let mut o = EnvoyOpts::new("ks-reload", &a, up.port);
+    o.key_service = Some(ks.port);
+    let mut e = Envoy::start_dynamic(&o);
+    assert!(wait_until(10, || status_of(&e, "ks_live_a") == 200));
+
+    // The new listener's configuration fetches from /keys-b; the old one, still draining its
+    // connections, stops fetching (its VM would otherwise keep the lease for the drain time).
+    let b = config_with_path(1, "/keys-b");
+    let mut o = EnvoyOpts::new("ks-reload", &b, up.port);
+    o.key_service = Some(ks.port);
+    assert!(e.update_plugin_config(&o), "reload refused");
+    assert!(
+        wait_until(10, || status_of(&e, "ks_live_b") == 200),
+        "the new configuration never fetched"
+    );
+    assert_eq!(status_of(&e, "ks_live_a"), 401);
+    thread::sleep(Duration::from_secs(1)); // let a fetch already under way finish
+    let t = Instant::now();
+    thread::sleep(Duration::from_secs(3)); // an observation window
+    let paths: Vec<String> = ks
+        .state
+        .lock()
+        .unwrap()
+        .paths
+        .iter()
+        .filter(|(at, _)| *at >= t)
+        .map(|(_, p)| p.clone())
+        .collect();
+    assert!(
+        paths.iter().all(|p| p == "/keys-b"),
+        "old configuration still fetching: {paths:?}"
+    );
+    assert!(!paths.is_empty());
 }

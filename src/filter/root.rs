@@ -84,13 +84,15 @@ impl RootContext for KeygateRoot {
             }
         }
         self.syncer = match &gate.key_sync {
-            Some(cfg) => match Syncer::new(cfg.clone(), self.syncer.as_ref().map(Syncer::id)) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    error!("configuration rejected: $.key_sync: {e}");
-                    return false;
+            Some(cfg) => {
+                match Syncer::new(cfg.clone(), &bytes, self.syncer.as_ref().map(Syncer::id)) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        error!("configuration rejected: $.key_sync: {e}");
+                        return false;
+                    }
                 }
-            },
+            }
             None => None,
         };
         if self.syncer.is_some() {

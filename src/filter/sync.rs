@@ -7,8 +7,8 @@ use crate::decide::Lookup;
 use crate::json_reader::q;
 use crate::keys::Digest;
 use crate::keyset::{
-    decode_record, find_in_shard, parse_key_set, shard_key, shard_of, DecodeError, Fetched, Lease,
-    Meta, LEASE_KEY, META_KEY, VM_SEQ_KEY,
+    config_fingerprint, decode_record, find_in_shard, parse_key_set, shard_key, shard_of,
+    DecodeError, Fetched, Lease, Meta, CONFIG_KEY, LEASE_KEY, META_KEY, VM_SEQ_KEY,
 };
 use crate::model::{Gate, KeySync};
 use crate::ratelimit::{ensure_entry, CasStore};
@@ -33,9 +33,11 @@ pub struct View {
     pub bits: u8,
 }
 
+/// The published meta and its CAS token. One this build cannot read counts as "nothing
+/// published": readers answer 503 until this build's fetcher publishes over it.
 fn read_meta() -> Option<(Meta, u32)> {
     match SharedData.get(META_KEY) {
-        Ok(Some((b, cas))) => Meta::decode(&b).ok().map(|m| (m, cas)),
+        Ok(Some((b, cas))) => Some((Meta::decode(&b).unwrap_or_default(), cas)),
         _ => None,
     }
 }
@@ -92,6 +94,10 @@ pub fn lookup<'g>(gate: &Gate, view: &RefCell<View>, digest: &Digest) -> Lookup<
 pub struct Syncer {
     cfg: KeySync,
     me: u64,
+    /// Fingerprint of this VM's plugin configuration.
+    config: u64,
+    /// Whether this VM has announced its configuration as the one the process runs.
+    announced: bool,
     /// The call in flight: its token and when it was made.
     pending: Option<(u32, u64)>,
 }
@@ -125,7 +131,11 @@ impl Read for CallBody {
 impl Syncer {
     /// Prepares shared data (configuration time, main thread first: see
     /// [`crate::ratelimit::ensure_entry`]) and gives this VM its fetcher id.
-    pub fn new(cfg: KeySync, previous_id: Option<u64>) -> Result<Syncer, String> {
+    pub fn new(
+        cfg: KeySync,
+        config_bytes: &[u8],
+        previous_id: Option<u64>,
+    ) -> Result<Syncer, String> {
         let mut sd = SharedData;
         for (key, initial) in [
             (META_KEY, Meta::default().encode()),
@@ -141,6 +151,8 @@ impl Syncer {
         Ok(Syncer {
             cfg,
             me,
+            config: config_fingerprint(config_bytes),
+            announced: false,
             pending: None,
         })
     }
@@ -160,14 +172,30 @@ impl Syncer {
             Some(_) => self.pending = None,
             None => {}
         }
+        // A VM that runs (ticks) announces its configuration as the process's current one, so
+        // that VMs of a replaced configuration, still draining, stop fetching.
+        if !self.announced {
+            self.announced = SharedData
+                .set(CONFIG_KEY, &self.config.to_le_bytes(), 0)
+                .is_ok();
+        }
+        let Some(current) = current_config() else {
+            return;
+        };
         let Ok(Some((raw, cas))) = SharedData.get(LEASE_KEY) else {
             return;
         };
-        let Ok(lease) = Lease::decode(&raw) else {
-            return;
-        };
+        // An unreadable lease (another build's layout) counts as free.
+        let lease = Lease::decode(&raw).unwrap_or_default();
         let timeout_s = self.cfg.timeout_ms.div_ceil(1000);
-        let Some(next) = lease.claim(self.me, now, self.cfg.interval_seconds, timeout_s) else {
+        let Some(next) = lease.claim(
+            self.me,
+            self.config,
+            current,
+            now,
+            self.cfg.interval_seconds,
+            timeout_s,
+        ) else {
             return;
         };
         if !matches!(SharedData.set(LEASE_KEY, &next.encode(), cas), Ok(true)) {
@@ -296,6 +324,9 @@ impl Syncer {
         if lease.owner != self.me || lease.expires <= now {
             return Err("the fetch lease expired before the set could be written".into());
         }
+        if current_config() != Some(self.config) {
+            return Err("the configuration was replaced while the set was fetched".into());
+        }
         let renewed = Lease {
             expires: now + WRITE_BUDGET_S,
             ..lease
@@ -354,6 +385,12 @@ impl Syncer {
         }
         Ok(next)
     }
+}
+
+/// The fingerprint of the configuration the process runs now.
+fn current_config() -> Option<u64> {
+    let (raw, _) = SharedData.get(CONFIG_KEY).ok().flatten()?;
+    Some(u64::from_le_bytes(raw.get(..8)?.try_into().ok()?))
 }
 
 /// A process-wide unique id for this VM's fetcher (a CAS counter in shared data).
