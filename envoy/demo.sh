@@ -17,11 +17,12 @@ python3 envoy/echo_upstream.py live:18080 sandbox:18081 & pids+=($!)
 "$ENVOY" -c "$CONFIG" --concurrency 2 --disable-hot-restart --log-level warn \
   --file-flush-interval-msec 100 & pids+=($!)
 
+ready() { python3 -c 'import urllib.request as u; u.urlopen("http://127.0.0.1:9901/ready", timeout=1)' 2>/dev/null; }
 for _ in $(seq 1 200); do
-  curl -fs -o /dev/null http://127.0.0.1:9901/ready && break
+  ready && break
   sleep 0.1
 done
-curl -fs -o /dev/null http://127.0.0.1:9901/ready || { echo "Envoy did not become ready"; exit 1; }
+ready || { echo "Envoy did not become ready"; exit 1; }
 
 if [ "$CONFIG" != envoy/demo.yaml ]; then
   echo
