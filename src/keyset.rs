@@ -554,6 +554,9 @@ macro_rules! wrong_types {
     };
 }
 
+const TOP_EXPECTED: &str = "expected an object {\"version\": …, \"keys\": […]}";
+const KEYS_EXPECTED: &str = "$.keys: expected an array of key entries";
+
 struct Top<'p, 'g>(&'p mut Parse<'g>);
 struct Keys<'p, 'g>(&'p mut Parse<'g>);
 
@@ -567,13 +570,11 @@ impl<'de> DeserializeSeed<'de> for Top<'_, '_> {
 impl<'de> Visitor<'de> for Top<'_, '_> {
     type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an object {\"version\": …, \"keys\": […]}")
+        f.write_str(TOP_EXPECTED)
     }
-    wrong_types!("expected an object {\"version\": …, \"keys\": […]}");
+    wrong_types!(TOP_EXPECTED);
     fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<(), A::Error> {
-        Err(de::Error::custom(
-            "expected an object {\"version\": …, \"keys\": […]}",
-        ))
+        Err(de::Error::custom(TOP_EXPECTED))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let p = self.0;
@@ -629,13 +630,11 @@ impl<'de> DeserializeSeed<'de> for Keys<'_, '_> {
 impl<'de> Visitor<'de> for Keys<'_, '_> {
     type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an array of key entries")
+        f.write_str(KEYS_EXPECTED)
     }
-    wrong_types!("$.keys: expected an array of key entries");
+    wrong_types!(KEYS_EXPECTED);
     fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
-        Err(de::Error::custom(
-            "$.keys: expected an array of key entries",
-        ))
+        Err(de::Error::custom(KEYS_EXPECTED))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let mut i = 0;
