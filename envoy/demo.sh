@@ -10,7 +10,7 @@ LIVE=mlm_live_demo_4cTq9ZrW2yXb7Ke1
 SANDBOX=mlm_sandbox_demo_8Hn3Lp5Vx0Qa6Ms2
 
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
 python3 envoy/echo_upstream.py live:18080 sandbox:18081 & pids+=($!)
