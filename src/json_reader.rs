@@ -163,10 +163,6 @@ impl<'a, 'p> Obj<'a, 'p> {
         }
     }
 
-    pub fn path(&self) -> &str {
-        self.path
-    }
-
     fn mark_seen(&mut self, field: &'static str) {
         if let Some(slot) = self.seen.get_mut(self.n_seen) {
             *slot = field;

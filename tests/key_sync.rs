@@ -176,17 +176,9 @@ fn unavailable_until_the_first_good_set_then_synced_keys_work() {
     // Inline keys answer on their own; public paths and missing keys are unaffected.
     assert_eq!(status_of(&e, "ks_live_inline"), 200);
     assert_eq!(get(e.port, "/healthz", &[]).status, 200);
-    assert_json(
-        &get(e.port, "/v1/x", &[]),
-        401,
-        r#"{"error":"Missing API key","code":"UNAUTHORIZED"}"#,
-    );
+    assert_json(&get(e.port, "/v1/x", &[]), 401, MISSING);
     let s = get(e.port, "/v1/x", &[("x-api-key", "nope_unknown_prefix")]);
-    assert_json(
-        &s,
-        401,
-        r#"{"error":"Invalid API key","code":"UNAUTHORIZED"}"#,
-    );
+    assert_json(&s, 401, INVALID);
 
     ks.answer(200, &key_set("v1", json!([
         {"id": "synced_1", "sha256": sha("ks_live_synced"), "tenant": "org_s", "role": "reader", "environment": "EU-LIVE"}
@@ -223,7 +215,7 @@ fn unavailable_until_the_first_good_set_then_synced_keys_work() {
     assert_json(
         &get(e.port, "/v1/x", &[("x-api-key", "ks_live_other")]),
         401,
-        r#"{"error":"Invalid API key","code":"UNAUTHORIZED"}"#,
+        INVALID,
     );
 }
 

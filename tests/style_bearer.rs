@@ -76,20 +76,12 @@ fn bearer_keys_and_401_challenge() {
     );
 
     let r = get(p, "/v1/charges", &[]);
-    assert_json(
-        &r,
-        401,
-        r#"{"error":"Missing API key","code":"UNAUTHORIZED"}"#,
-    );
+    assert_json(&r, 401, MISSING);
     assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"api\""));
 
     // Another scheme is not a key from this source.
     let r = get(p, "/v1/charges", &[("authorization", "Basic dXNlcjpwYXNz")]);
-    assert_json(
-        &r,
-        401,
-        r#"{"error":"Missing API key","code":"UNAUTHORIZED"}"#,
-    );
+    assert_json(&r, 401, MISSING);
     assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"api\""));
 
     let r = get(
@@ -97,11 +89,7 @@ fn bearer_keys_and_401_challenge() {
         "/v1/charges",
         &[("authorization", "Bearer sk_test_nosuchkey")],
     );
-    assert_json(
-        &r,
-        401,
-        r#"{"error":"Invalid API key","code":"UNAUTHORIZED"}"#,
-    );
+    assert_json(&r, 401, INVALID);
     assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"api\""));
     assert_eq!(r.header("x-environment"), Some("TEST"));
 }
@@ -227,21 +215,13 @@ fn credentials_in_the_query_are_opt_in_and_hidden() {
         &format!("/v1/charges?api_key={PLAIN}"),
         &[("authorization", &bearer(IP_OK))],
     );
-    assert_json(
-        &r,
-        401,
-        r#"{"error":"Invalid API key","code":"UNAUTHORIZED"}"#,
-    );
+    assert_json(&r, 401, INVALID);
     // Without the query source configured the parameter is not a key.
     drop(e);
     let cfg = config(json!({}));
     let e = Envoy::start(&EnvoyOpts::new("bearer-noquery", &cfg, up.port));
     let r = get(e.port, &format!("/v1/charges?api_key={PLAIN}"), &[]);
-    assert_json(
-        &r,
-        401,
-        r#"{"error":"Missing API key","code":"UNAUTHORIZED"}"#,
-    );
+    assert_json(&r, 401, MISSING);
 }
 
 #[test]

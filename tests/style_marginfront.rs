@@ -71,18 +71,10 @@ fn verify_answers_with_the_key_and_organization() {
     );
 
     let r = get(e.port, "/v1/verify", &[("x-api-key", "mf_sk_live_wrong")]);
-    assert_json(
-        &r,
-        401,
-        r#"{"error":"Invalid API key","code":"UNAUTHORIZED"}"#,
-    );
+    assert_json(&r, 401, INVALID);
     assert_eq!(r.header("x-environment"), Some("LIVE"));
     let r = get(e.port, "/v1/verify", &[]);
-    assert_json(
-        &r,
-        401,
-        r#"{"error":"Missing API key","code":"UNAUTHORIZED"}"#,
-    );
+    assert_json(&r, 401, MISSING);
 }
 
 #[test]

@@ -117,11 +117,7 @@ fn rejections_have_exact_bodies_and_environment_when_the_prefix_is_known() {
     let p = s.envoy.port;
 
     let r = get(p, "/v1/orders", &[]);
-    assert_json(
-        &r,
-        401,
-        r#"{"error":"Missing API key","code":"UNAUTHORIZED"}"#,
-    );
+    assert_json(&r, 401, MISSING);
     assert_eq!(r.header("x-environment"), None);
     assert_eq!(
         r.header("www-authenticate"),
@@ -135,20 +131,12 @@ fn rejections_have_exact_bodies_and_environment_when_the_prefix_is_known() {
         "/v1/orders",
         &[("x-tenant-api-key", "sk_live_4f9a2c7e1b3d")],
     );
-    assert_json(
-        &r,
-        401,
-        r#"{"error":"Invalid API key","code":"UNAUTHORIZED"}"#,
-    );
+    assert_json(&r, 401, INVALID);
     assert_eq!(r.header("x-environment"), None);
 
     // Known prefix, unknown key: invalid with the prefix's environment.
     let r = get(p, "/v1/orders", &[("x-tenant-api-key", "mlm_live_unknown")]);
-    assert_json(
-        &r,
-        401,
-        r#"{"error":"Invalid API key","code":"UNAUTHORIZED"}"#,
-    );
+    assert_json(&r, 401, INVALID);
     assert_eq!(r.header("x-environment"), Some("LIVE"));
 
     let r = get(
@@ -189,11 +177,7 @@ fn rejections_have_exact_bodies_and_environment_when_the_prefix_is_known() {
         "/",
         &[("x-tenant-api-key", LIVE), ("x-tenant-api-key", SANDBOX)],
     );
-    assert_json(
-        &r,
-        401,
-        r#"{"error":"Invalid API key","code":"UNAUTHORIZED"}"#,
-    );
+    assert_json(&r, 401, INVALID);
     // The same key twice counts once.
     let r = send(
         p,
@@ -226,11 +210,7 @@ fn public_paths_need_no_key_and_get_nothing_added() {
     assert_eq!(r.status, 401);
     // Dot segments cannot borrow a public path's exemption.
     let r = get(s.envoy.port, "/healthz/../v1/orders", &[]);
-    assert_json(
-        &r,
-        401,
-        r#"{"error":"Missing API key","code":"UNAUTHORIZED"}"#,
-    );
+    assert_json(&r, 401, MISSING);
 }
 
 #[test]

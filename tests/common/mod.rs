@@ -644,6 +644,10 @@ pub fn sha(key: &str) -> String {
     keygate::keys::digest_hex(key.as_bytes())
 }
 
+/// The two 401 bodies most tests check.
+pub const MISSING: &str = r#"{"error":"Missing API key","code":"UNAUTHORIZED"}"#;
+pub const INVALID: &str = r#"{"error":"Invalid API key","code":"UNAUTHORIZED"}"#;
+
 pub fn assert_json(r: &Response, status: u16, body: &str) {
     assert_eq!(r.status, status, "status; body {}", r.body);
     assert_eq!(
