@@ -572,6 +572,9 @@ fn read_gate(value: &Value, errors: &mut Errors) -> Option<Gate> {
             }
         });
     let hide_credentials = root.opt_bool("hide_credentials", errors).unwrap_or(true);
+    let trust_forwarded_address = root
+        .opt_bool("trust_forwarded_address", errors)
+        .unwrap_or(false);
     let environment_header =
         optional_header(&mut root, "environment_header", "x-environment", errors);
     let upstream_headers = match root.get("upstream_headers") {
@@ -609,6 +612,7 @@ fn read_gate(value: &Value, errors: &mut Errors) -> Option<Gate> {
         upstream_headers,
         key_sync,
         bearer,
+        trust_forwarded_address,
     };
     check_header_clashes(&gate, errors);
     Some(gate)

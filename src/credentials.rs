@@ -1,18 +1,30 @@
 //! Finding the presented API key in a request (SPEC §1 `key_sources`).
 
 use crate::model::Source;
+use std::borrow::Cow;
 
 /// Keys longer than this are not looked up (no configured key is anywhere near it).
 pub const MAX_KEY_LEN: usize = 1024;
 
+/// What the sources held. `sources` has bit i set if source i held a key.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Presented<'r> {
     /// No source held a key.
     Missing,
-    /// Sources held different keys, or a key too long to be one of ours.
-    Conflict,
-    /// One key (possibly in several sources); `sources` has bit i set if source i held it.
+    /// Sources held different keys.
+    Conflict { sources: u32 },
+    /// One key (possibly in several sources). It may be longer than [`MAX_KEY_LEN`]: the
+    /// caller classifies it by prefix, then refuses it without hashing.
     Key { key: &'r [u8], sources: u32 },
+}
+
+impl Presented<'_> {
+    pub fn sources(&self) -> u32 {
+        match self {
+            Presented::Missing => 0,
+            Presented::Conflict { sources } | Presented::Key { sources, .. } => *sources,
+        }
+    }
 }
 
 /// The value of `raw` after `<scheme> ` (case-insensitive), trimmed.
@@ -25,7 +37,8 @@ fn after_scheme<'v>(raw: &'v [u8], scheme: &str) -> Option<&'v [u8]> {
     Some(raw.get(s.len() + 1..)?.trim_ascii())
 }
 
-fn query_param<'p, 'n>(
+/// Every value of the query parameter `name` in `path` (raw, not decoded).
+pub fn query_param<'p, 'n>(
     path: &'p str,
     name: &'n str,
 ) -> impl Iterator<Item = &'p [u8]> + use<'p, 'n> {
@@ -84,34 +97,25 @@ pub fn find_key<'r>(
     }
     match found {
         None => Presented::Missing,
-        Some(k) if conflict || k.len() > MAX_KEY_LEN => Presented::Conflict,
+        Some(_) if conflict => Presented::Conflict { sources: mask },
         Some(key) => Presented::Key { key, sources: mask },
     }
 }
 
-/// `path` without every `name=` parameter (for `hide_credentials` with query sources).
-pub fn strip_query_param(path: &str, name: &str) -> String {
-    let Some((base, query)) = path.split_once('?') else {
-        return path.to_string();
+/// `query` without the parameters named in `names` (`name=…` or a bare `name`).
+pub fn strip_query_params<'q>(query: &'q str, names: &[&str]) -> Cow<'q, str> {
+    let named = |pair: &str| {
+        let k = pair.split_once('=').map_or(pair, |(k, _)| k);
+        names.contains(&k)
     };
-    let (query, fragment) = match query.split_once('#') {
-        Some((q, f)) => (q, Some(f)),
-        None => (query, None),
-    };
+    if !query.split('&').any(named) {
+        return Cow::Borrowed(query);
+    }
     let kept: Vec<&str> = query
         .split('&')
-        .filter(|pair| pair.split_once('=').map(|(k, _)| k) != Some(name) && *pair != name)
+        .filter(|pair| !pair.is_empty() && !named(pair))
         .collect();
-    let mut out = base.to_string();
-    if !kept.is_empty() && kept.iter().any(|p| !p.is_empty()) {
-        out.push('?');
-        out.push_str(&kept.join("&"));
-    }
-    if let Some(f) = fragment {
-        out.push('#');
-        out.push_str(f);
-    }
-    out
+    Cow::Owned(kept.join("&"))
 }
 
 #[cfg(test)]
@@ -186,11 +190,11 @@ mod tests {
                 &h(&[("x-api-key", "k1"), ("authorization", "Bearer k2")]),
                 "/"
             ),
-            Presented::Conflict
+            Presented::Conflict { sources: 0b011 }
         );
         assert_eq!(
             find_key(&s, &h(&[("x-api-key", "k1"), ("x-api-key", "k2")]), "/"),
-            Presented::Conflict
+            Presented::Conflict { sources: 0b001 }
         );
         assert_eq!(
             find_key(&s, &h(&[]), "/x?a=1&api_key=k3"),
@@ -202,7 +206,10 @@ mod tests {
         let long = "k".repeat(MAX_KEY_LEN + 1);
         assert_eq!(
             find_key(&s, &h(&[("x-api-key", &long)]), "/"),
-            Presented::Conflict
+            Presented::Key {
+                key: long.as_bytes(),
+                sources: 0b001
+            }
         );
         assert_eq!(
             find_key(&s, &h(&[("x-api-key", "")]), "/"),
@@ -212,15 +219,15 @@ mod tests {
 
     #[test]
     fn strips_query_params() {
-        assert_eq!(strip_query_param("/a?api_key=x", "api_key"), "/a");
+        let names = ["api_key", "key"];
+        assert_eq!(strip_query_params("api_key=x", &names), "");
         assert_eq!(
-            strip_query_param("/a?b=1&api_key=x&c=2", "api_key"),
-            "/a?b=1&c=2"
+            strip_query_params("b=1&api_key=x&c=2&key", &names),
+            "b=1&c=2"
         );
-        assert_eq!(strip_query_param("/a", "api_key"), "/a");
-        assert_eq!(
-            strip_query_param("/a?api_keyz=1", "api_key"),
-            "/a?api_keyz=1"
-        );
+        assert!(matches!(
+            strip_query_params("b=1&api_keyz=1", &names),
+            Cow::Borrowed("b=1&api_keyz=1")
+        ));
     }
 }

@@ -3,13 +3,14 @@
 //! Order: public path → key present → prefix known → key known → revoked → expired → IP →
 //! referer → role method/path and allowed_paths → rate limits. The first failure answers.
 
-use crate::credentials::{find_key, Presented};
+use crate::credentials::{find_key, query_param, Presented, MAX_KEY_LEN};
+use crate::header_names::{METHOD_OVERRIDES, METHOD_OVERRIDE_PARAM};
+use crate::ip::SourceAddress;
 use crate::keys::{self, Digest};
 use crate::model::{Gate, KeyRecord, Limit, Role};
-use crate::path::{any_match, canonical_path_cow, canonical_url};
+use crate::path::{any_match, canonical_path_cow, canonical_url, PathError};
 use crate::ratelimit::{self, CasStore, RateHeaders, RateOutcome, StoreError};
 use std::borrow::Cow;
-use std::net::IpAddr;
 
 /// What the filter decided; its name is the `decision` in the audit trail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,11 +59,28 @@ pub struct Request<'r> {
     pub method: &'r str,
     /// The raw `:path`, query included.
     pub path: &'r str,
+    /// The path as judged, and as forwarded: canonical, without the query ([`crate::path`]).
+    pub canonical: Cow<'r, str>,
     /// Every request header (lower-case names), as one host call returns them.
     pub headers: &'r [(String, Vec<u8>)],
 }
 
-impl Request<'_> {
+impl<'r> Request<'r> {
+    /// A request whose path can be judged; a path that cannot be made canonical safely is
+    /// refused (400), never judged raw.
+    pub fn new(
+        method: &'r str,
+        path: &'r str,
+        headers: &'r [(String, Vec<u8>)],
+    ) -> Result<Self, PathError> {
+        Ok(Request {
+            method,
+            path,
+            canonical: canonical_path_cow(path)?,
+            headers,
+        })
+    }
+
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers
             .iter()
@@ -75,8 +93,8 @@ impl Request<'_> {
 pub trait Host: CasStore {
     /// Unix seconds.
     fn now(&mut self) -> u64;
-    /// The client address (after Envoy's XFF handling); `None` if unknown.
-    fn source_ip(&mut self) -> Option<IpAddr>;
+    /// Envoy's downstream remote address (after its XFF handling); `None` if unknown.
+    fn source_address(&mut self) -> Option<SourceAddress>;
 }
 
 /// Where a key's record comes from besides the inline table (the synced key set).
@@ -133,7 +151,7 @@ pub struct Verdict<'g> {
 }
 
 impl<'g> Verdict<'g> {
-    pub(crate) fn new(decision: Decision) -> Self {
+    pub fn new(decision: Decision) -> Self {
         Verdict {
             decision,
             key: None,
@@ -189,15 +207,13 @@ pub fn decide<'g>(
     host: &mut impl Host,
     synced: impl FnOnce(&Digest) -> Lookup<'g>,
 ) -> Option<Verdict<'g>> {
-    let Ok(path) = canonical_path_cow(req.path) else {
-        return Some(Verdict::new(Decision::BadRequest));
-    };
-    if any_match(&gate.public_paths, &path) {
+    let path = &req.canonical;
+    if any_match(&gate.public_paths, path) {
         return None;
     }
     let (key, sources) = match find_key(&gate.sources, req.headers, req.path) {
         Presented::Missing => return Some(Verdict::new(Decision::Missing)),
-        Presented::Conflict => return Some(Verdict::new(Decision::Invalid)),
+        Presented::Conflict { .. } => return Some(Verdict::new(Decision::Invalid)),
         Presented::Key { key, sources } => (key, sources),
     };
     let Some(prefix) = gate.classify(key) else {
@@ -206,6 +222,10 @@ pub fn decide<'g>(
     let mut v = Verdict::new(Decision::Invalid);
     v.prefix_environment = prefix.and_then(|p| p.environment.as_deref());
     v.sources = sources;
+    if key.len() > MAX_KEY_LEN {
+        // No configured key is anywhere near this long: invalid without hashing.
+        return Some(v);
+    }
 
     let digest = keys::digest(key);
     let record: Cow<'g, KeyRecord> = match gate.keys.get(&digest) {
@@ -221,7 +241,7 @@ pub fn decide<'g>(
     };
     v.role = gate.role(record.role.or(prefix.and_then(|p| p.role)));
     let prefix_limits = prefix.and_then(|p| p.rate_limits.as_deref());
-    judge_key(gate, &record, prefix_limits, &path, req, host, &mut v);
+    judge_key(gate, &record, prefix_limits, path, req, host, &mut v);
     v.key = Some(record);
     Some(v)
 }
@@ -252,7 +272,7 @@ fn judge_key(
             return;
         }
     }
-    if let Some(d) = check_restrictions(rec, v.role, path, req, host) {
+    if let Some(d) = check_restrictions(gate, rec, v.role, path, req, host) {
         v.decision = Decision::Forbidden;
         v.denial = Some(d);
         v.rate = ratelimit::peek(host, &rec.id, limits, now).ok().flatten();
@@ -282,7 +302,32 @@ fn judge_key(
     v.verify = gate.verify_path.as_deref() == Some(path) && req.method == "GET";
 }
 
+/// Every method the request names besides its own (override headers, `_method`), each as
+/// the client wrote it.
+fn override_methods<'r>(req: &Request<'r>) -> impl Iterator<Item = &'r [u8]> {
+    let headers = req.headers.iter().filter_map(|(h, v)| {
+        METHOD_OVERRIDES
+            .iter()
+            .any(|o| h.eq_ignore_ascii_case(o))
+            .then_some(v.as_slice())
+    });
+    headers
+        .chain(query_param(req.path, METHOD_OVERRIDE_PARAM))
+        .flat_map(|v| v.split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|m| !m.is_empty())
+}
+
+/// The role allows the request's method and every method it asks the upstream to run instead.
+fn allows_methods(role: &Role, req: &Request) -> bool {
+    role.allows_method(req.method)
+        && (role.methods.is_none()
+            || override_methods(req)
+                .all(|m| std::str::from_utf8(m).is_ok_and(|m| role.allows_override(m))))
+}
+
 fn check_restrictions(
+    gate: &Gate,
     rec: &KeyRecord,
     role: Option<&Role>,
     path: &str,
@@ -290,9 +335,11 @@ fn check_restrictions(
     host: &mut impl Host,
 ) -> Option<Denial> {
     if let Some(cidrs) = &rec.allowed_ips {
-        let ok = host
-            .source_ip()
-            .is_some_and(|ip| cidrs.iter().any(|c| c.contains(ip)));
+        // An address Envoy took from a request header (X-Forwarded-For; it reports those
+        // without a port) counts only where the operator says its proxies are trusted.
+        let ok = host.source_address().is_some_and(|a| {
+            (a.port != 0 || gate.trust_forwarded_address) && cidrs.iter().any(|c| c.contains(a.ip))
+        });
         if !ok {
             return Some(Denial::Ip);
         }
@@ -308,7 +355,7 @@ fn check_restrictions(
         }
     }
     if let Some(role) = role {
-        if !role.allows_method(req.method) {
+        if !allows_methods(role, req) {
             return Some(Denial::Method);
         }
         if role.paths.as_ref().is_some_and(|p| !any_match(p, path)) {
@@ -335,7 +382,7 @@ mod tests {
 
     struct MockHost {
         now: u64,
-        ip: Option<IpAddr>,
+        ip: Option<SourceAddress>,
         store: MemStore,
         now_calls: u32,
         ip_calls: u32,
@@ -350,7 +397,7 @@ mod tests {
             store.sets = 0;
             MockHost {
                 now: 1_800_000_000,
-                ip: "127.0.0.1".parse().ok(),
+                ip: at("127.0.0.1", 40000),
                 store,
                 now_calls: 0,
                 ip_calls: 0,
@@ -376,7 +423,7 @@ mod tests {
             self.now_calls += 1;
             self.now
         }
-        fn source_ip(&mut self) -> Option<IpAddr> {
+        fn source_address(&mut self) -> Option<SourceAddress> {
             self.ip_calls += 1;
             self.ip
         }
@@ -384,6 +431,13 @@ mod tests {
 
     fn sha(k: &str) -> String {
         keys::digest_hex(k.as_bytes())
+    }
+
+    fn at(ip: &str, port: u16) -> Option<SourceAddress> {
+        Some(SourceAddress {
+            ip: ip.parse().unwrap(),
+            port,
+        })
     }
 
     fn gate() -> Gate {
@@ -425,12 +479,17 @@ mod tests {
         path: &str,
         key: Option<&str>,
     ) -> Option<Verdict<'g>> {
-        let h = headers(key);
-        let req = Request {
-            method,
-            path,
-            headers: &h,
-        };
+        run_with(g, host, method, path, headers(key))
+    }
+
+    fn run_with<'g>(
+        g: &'g Gate,
+        host: &mut MockHost,
+        method: &str,
+        path: &str,
+        h: Vec<(String, Vec<u8>)>,
+    ) -> Option<Verdict<'g>> {
+        let req = Request::new(method, path, &h).expect("a path that can be judged");
         decide(g, &req, host, |_| Lookup::NotFound)
     }
 
@@ -486,9 +545,93 @@ mod tests {
             decision(&g, "GET", "/a", Some("live_plain")),
             Decision::Allowed
         );
+        assert!(
+            Request::new("GET", "/a/..;/b", &[]).is_err(),
+            "refused paths"
+        );
+    }
+
+    #[test]
+    fn judges_the_canonical_path() {
+        let g = gate();
+        // `/public/*` is public; climbing out of it is not.
+        assert!(run(&g, &mut MockHost::new(), "GET", "/public/%2e%2e/x", None).is_some());
+        assert!(run(&g, &mut MockHost::new(), "GET", "/x/../public/a", None).is_none());
+        let mut host = MockHost::new();
+        host.ip = at("10.1.2.3", 1234);
         assert_eq!(
-            decision(&g, "GET", "/a/../..", Some("live_plain")),
-            Decision::BadRequest
+            run(&g, &mut host, "GET", "/y/%2E%2E/x", Some("live_ip"))
+                .unwrap()
+                .decision,
+            Decision::Allowed
+        );
+        assert_eq!(
+            run(&g, &mut host, "GET", "/x/../y", Some("live_ip"))
+                .unwrap()
+                .denial,
+            Some(Denial::Path)
+        );
+    }
+
+    #[test]
+    fn method_overrides_need_the_role_to_allow_them() {
+        let g = gate();
+        let with = |name: &str, value: &str| {
+            let mut h = headers(Some("live_plain"));
+            h.push((name.to_string(), value.as_bytes().to_vec()));
+            run_with(&g, &mut MockHost::new(), "GET", "/a", h).unwrap()
+        };
+        for name in METHOD_OVERRIDES {
+            let v = with(name, "DELETE");
+            assert_eq!(
+                (v.decision, v.denial, v.forbidden_message()),
+                (
+                    Decision::Forbidden,
+                    Some(Denial::Method),
+                    "Readers only read."
+                ),
+                "{name}"
+            );
+            assert_eq!(with(name, "get").decision, Decision::Allowed, "{name}");
+            assert_eq!(
+                with(name, "GET, PUT").decision,
+                Decision::Forbidden,
+                "{name}"
+            );
+            assert_eq!(with(name, " ").decision, Decision::Allowed, "{name}");
+        }
+        assert_eq!(
+            with("x-http-method-override2", "DELETE").decision,
+            Decision::Allowed,
+            "another header"
+        );
+        let v = run(
+            &g,
+            &mut MockHost::new(),
+            "GET",
+            "/a?_method=DELETE",
+            Some("live_plain"),
+        );
+        assert_eq!(
+            v.unwrap().decision,
+            Decision::Forbidden,
+            "_method parameter"
+        );
+        // A role with every method allows every override.
+        let mut h = headers(Some("live_admin"));
+        h.push(("x-http-method-override".into(), b"PURGE".to_vec()));
+        let v = run_with(&g, &mut MockHost::new(), "GET", "/a", h).unwrap();
+        assert_eq!(v.decision, Decision::Allowed);
+    }
+
+    #[test]
+    fn over_long_keys_are_invalid_with_their_prefix_environment() {
+        let g = gate();
+        let long = format!("live_{}", "k".repeat(8192));
+        let v = run(&g, &mut MockHost::new(), "GET", "/a", Some(&long)).unwrap();
+        assert_eq!(
+            (v.decision, v.environment()),
+            (Decision::Invalid, Some("LIVE"))
         );
     }
 
@@ -505,7 +648,15 @@ mod tests {
             v.forbidden_message(),
             "API key is not allowed from this IP address"
         );
-        host.ip = "10.1.2.3".parse().ok();
+        host.ip = at("10.1.2.3", 0);
+        assert_eq!(
+            run(&g, &mut host, "GET", "/x", Some("live_ip"))
+                .unwrap()
+                .denial,
+            Some(Denial::Ip),
+            "an address Envoy took from X-Forwarded-For is not trusted by default"
+        );
+        host.ip = at("10.1.2.3", 5555);
         assert_eq!(
             run(&g, &mut host, "GET", "/x", Some("live_ip"))
                 .unwrap()
@@ -656,11 +807,7 @@ mod tests {
     fn synced_lookup_is_consulted_after_the_inline_table() {
         let g = gate();
         let h = headers(Some("test_synced"));
-        let req = Request {
-            method: "GET",
-            path: "/a",
-            headers: &h,
-        };
+        let req = Request::new("GET", "/a", &h).unwrap();
         let mut host = MockHost::new();
         let v = decide(&g, &req, &mut host, |d| {
             assert_eq!(*d, keys::digest(b"test_synced"));

@@ -66,12 +66,25 @@ fn mask(ip: IpAddr, bits: u8) -> IpAddr {
     }
 }
 
-/// Envoy's `source.address` property: `1.2.3.4:5678` or `[::1]:5678` (or a bare address).
-pub fn parse_source_address(raw: &[u8]) -> Option<IpAddr> {
+/// A client address as Envoy reports it (`source.address`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceAddress {
+    pub ip: IpAddr,
+    /// 0 when Envoy took the address from a request header (`X-Forwarded-For` and other
+    /// original-IP detection), not from the connection.
+    pub port: u16,
+}
+
+/// Envoy's `source.address` property: `1.2.3.4:5678` or `[::1]:5678` (or a bare address,
+/// read as port 0).
+pub fn parse_source_address(raw: &[u8]) -> Option<SourceAddress> {
     let s = std::str::from_utf8(raw).ok()?;
     s.parse::<SocketAddr>()
-        .map(|a| a.ip())
-        .or_else(|_| s.parse::<IpAddr>())
+        .map(|a| SourceAddress {
+            ip: a.ip(),
+            port: a.port(),
+        })
+        .or_else(|_| s.parse::<IpAddr>().map(|ip| SourceAddress { ip, port: 0 }))
         .ok()
 }
 
@@ -110,12 +123,14 @@ mod tests {
 
     #[test]
     fn source_addresses() {
+        let at = |a: &str, port| Some(SourceAddress { ip: ip(a), port });
         assert_eq!(
             parse_source_address(b"127.0.0.1:5555"),
-            Some(ip("127.0.0.1"))
+            at("127.0.0.1", 5555)
         );
-        assert_eq!(parse_source_address(b"[::1]:5555"), Some(ip("::1")));
-        assert_eq!(parse_source_address(b"10.0.0.1"), Some(ip("10.0.0.1")));
+        assert_eq!(parse_source_address(b"[::1]:5555"), at("::1", 5555));
+        assert_eq!(parse_source_address(b"10.1.2.3:0"), at("10.1.2.3", 0));
+        assert_eq!(parse_source_address(b"10.0.0.1"), at("10.0.0.1", 0));
         assert_eq!(parse_source_address(b"garbage"), None);
         assert_eq!(parse_source_address(b"\xff"), None);
     }

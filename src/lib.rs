@@ -3,7 +3,8 @@
 //! The flow, one module per step:
 //! [`config`] (JSON → validated [`model::Gate`]) → [`credentials`] (find the presented key) →
 //! [`keys`] (SHA-256 digest, lookup) → [`decide`] (the ordered checks, using [`path`], [`ip`],
-//! [`ratelimit`]) → [`reply`] (status, headers, JSON body). Only [`filter`] talks to Envoy.
+//! [`ratelimit`]) → [`forward`] (the judged path and the headers removed before the request
+//! goes on) or [`reply`] (status, headers, JSON body). Only [`filter`] talks to Envoy.
 
 #![cfg_attr(
     not(test),
@@ -13,6 +14,8 @@
 pub mod config;
 pub mod credentials;
 pub mod decide;
+pub mod forward;
+pub mod header_names;
 pub mod ip;
 pub mod json_reader;
 pub mod keys;

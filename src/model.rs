@@ -79,6 +79,15 @@ impl Role {
             Some(m) => m.iter().any(|x| x == method),
         }
     }
+
+    /// Whether a method named in an override header or parameter is allowed. Frameworks
+    /// upper-case these before use, so they are compared without case.
+    pub fn allows_override(&self, method: &str) -> bool {
+        match &self.methods {
+            None => true,
+            Some(m) => m.iter().any(|x| x.eq_ignore_ascii_case(method)),
+        }
+    }
 }
 
 pub type RoleId = usize;
@@ -141,6 +150,9 @@ pub struct Gate {
     pub key_sync: Option<KeySync>,
     /// A Bearer source is configured: 401s carry `WWW-Authenticate`.
     pub bearer: bool,
+    /// `allowed_ips` may use an address Envoy derived from `X-Forwarded-For` (behind trusted
+    /// proxies, with `xff_num_trusted_hops`); otherwise only a connection's own address counts.
+    pub trust_forwarded_address: bool,
 }
 
 impl Gate {

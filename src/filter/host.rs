@@ -1,11 +1,10 @@
 //! The core's [`Host`] over Envoy's host calls. Every host error fails closed.
 
 use crate::decide::Host;
-use crate::ip::parse_source_address;
+use crate::ip::{parse_source_address, SourceAddress};
 use crate::ratelimit::{CasStore, StoreError};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, Status};
-use std::net::IpAddr;
 use std::time::UNIX_EPOCH;
 
 /// Host calls for one request; the clock is read at most once.
@@ -27,7 +26,7 @@ impl Host for EnvoyHost {
         *self.now.get_or_insert_with(unix_now)
     }
 
-    fn source_ip(&mut self) -> Option<IpAddr> {
+    fn source_address(&mut self) -> Option<SourceAddress> {
         let raw = hostcalls::get_property(vec!["source", "address"]).ok()??;
         parse_source_address(&raw)
     }

@@ -3,9 +3,10 @@
 use super::host::EnvoyHost;
 use super::stats::Stats;
 use super::sync::{self, View};
-use crate::credentials::strip_query_param;
+use crate::credentials::find_key;
 use crate::decide::{decide, Decision, Request, Verdict};
-use crate::model::{Gate, Source};
+use crate::forward::{self, Edits, Fate};
+use crate::model::Gate;
 use crate::reply::{self, Reply};
 use log::{debug, error};
 use proxy_wasm::hostcalls;
@@ -60,19 +61,13 @@ fn set_state(name: &str, value: Option<&str>) {
     }
 }
 
-/// Removes every query-source parameter from `:path` (one host call, only if there is one).
-fn strip_query_keys(gate: &Gate, path: &str) {
-    if !path.contains('?') {
-        return;
+/// Carries out the forwarding plan: one host call per change, none when nothing changes.
+fn apply(edits: &Edits) {
+    if let Some(p) = &edits.path {
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, ":path", Some(p));
     }
-    let mut stripped = path.to_string();
-    for source in &gate.sources {
-        if let Source::Query { name } = source {
-            stripped = strip_query_param(&stripped, name);
-        }
-    }
-    if stripped != path {
-        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, ":path", Some(&stripped));
+    for name in &edits.remove {
+        let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
     }
 }
 
@@ -93,12 +88,6 @@ impl HttpContext for KeygateHttp {
         let Ok(headers) = hostcalls::get_map_bytes(MapType::HttpRequestHeaders) else {
             return self.fail_closed("request headers unavailable");
         };
-        // Headers the filter owns are never taken from the client, on any request.
-        for owned in gate.owned_request_headers() {
-            if headers.iter().any(|(h, _)| h == owned) {
-                let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, owned);
-            }
-        }
         let text = |name: &str| {
             headers
                 .iter()
@@ -108,22 +97,35 @@ impl HttpContext for KeygateHttp {
         let (Some(method), Some(path)) = (text(":method"), text(":path")) else {
             return self.fail_closed("request without :method or :path");
         };
-        let req = Request {
-            method,
-            path,
-            headers: &headers,
+        let req = match Request::new(method, path, &headers) {
+            Ok(req) => req,
+            Err(why) => {
+                debug!("request path refused: it {why}");
+                let v = Verdict::new(Decision::BadRequest);
+                self.record(&v);
+                apply(&forward::plan(&gate, path, path, &headers, Fate::Local));
+                return self.send(&reply::reject(&gate, &v));
+            }
         };
         let mut host = EnvoyHost::default();
         let view = self.view.clone();
-        let Some(v) = decide(&gate, &req, &mut host, |d| sync::lookup(&gate, &view, d)) else {
-            return Action::Continue; // public path
+        let verdict = decide(&gate, &req, &mut host, |d| sync::lookup(&gate, &view, d));
+        let fate = match &verdict {
+            // A public path: keys presented anyway are hidden too.
+            None if gate.hide_credentials => Fate::Upstream {
+                sources: find_key(&gate.sources, &headers, path).sources(),
+            },
+            None => Fate::Upstream { sources: 0 },
+            Some(v) if v.decision == Decision::Allowed && !v.verify => {
+                Fate::Upstream { sources: v.sources }
+            }
+            Some(_) => Fate::Local,
+        };
+        apply(&forward::plan(&gate, path, &req.canonical, &headers, fate));
+        let Some(v) = verdict else {
+            return Action::Continue;
         };
         self.record(&v);
-        // A key in the query string leaves `:path` on every judged request (so no access log
-        // shows it), unless it is forwarded on purpose (`hide_credentials: false`).
-        if v.decision != Decision::Allowed || v.verify || gate.hide_credentials {
-            strip_query_keys(&gate, path);
-        }
         if v.decision != Decision::Allowed {
             return self.send(&reply::reject(&gate, &v));
         }
@@ -171,7 +173,7 @@ impl KeygateHttp {
         );
     }
 
-    /// An allowed request: identity headers in, credentials out.
+    /// An allowed request: identity headers in (client values were removed by the plan).
     fn forward(&mut self, gate: &Gate, v: &Verdict) {
         let key = v.key.as_deref();
         let up = &gate.upstream_headers;
@@ -179,14 +181,6 @@ impl KeygateHttp {
         set_request_header(up.key_id.as_deref(), key.map(|k| k.id.as_str()));
         set_request_header(up.tenant.as_deref(), key.and_then(|k| k.tenant.as_deref()));
         set_request_header(up.role.as_deref(), v.role.map(|r| r.name.as_str()));
-        if gate.hide_credentials {
-            for (i, source) in gate.sources.iter().enumerate() {
-                let held = v.sources & 1u32.checked_shl(i as u32).unwrap_or(0) != 0;
-                if let (true, Source::Header { name, .. }) = (held, source) {
-                    let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
-                }
-            }
-        }
         self.response_headers = reply::identity_headers(gate, v);
     }
 }

@@ -301,6 +301,9 @@ pub struct EnvoyOpts<'a> {
     pub concurrency: u32,
     /// A key service, reachable as the Envoy cluster `keyservice`.
     pub key_service: Option<u16>,
+    /// The shipped configs' HCM hardening (path normalisation, escaped slashes and underscore
+    /// headers refused or dropped, `use_remote_address`); `false` = Envoy's defaults.
+    pub hardened: bool,
 }
 
 impl<'a> EnvoyOpts<'a> {
@@ -312,6 +315,7 @@ impl<'a> EnvoyOpts<'a> {
             sandbox_upstream: None,
             concurrency: 2,
             key_service: None,
+            hardened: false,
         }
     }
 }
@@ -355,6 +359,46 @@ fn listener(o: &EnvoyOpts, dir: &Path, port: u16, plugin_config: &str) -> Value 
                            "route": {"cluster": "sandbox"}}));
     }
     routes.push(json!({"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}));
+    let mut hcm = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "ingress",
+        "access_log": [{"name": "envoy.access_loggers.file", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": dir.join("access.log").display().to_string(),
+            "log_format": {"json_format": {
+                "key_id": "%FILTER_STATE(wasm.keygate.key_id:PLAIN)%",
+                "tenant": "%FILTER_STATE(wasm.keygate.tenant:PLAIN)%",
+                "environment": "%FILTER_STATE(wasm.keygate.environment:PLAIN)%",
+                "decision": "%FILTER_STATE(wasm.keygate.decision:PLAIN)%",
+                "method": "%REQ(:METHOD)%",
+                "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+                "status": "%RESPONSE_CODE%",
+                "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+                "time": "%START_TIME%",
+                "request_id": "%REQ(X-TEST-ID)%"
+            }}
+        }}],
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
+        "http_filters": [
+            keygate_filter(plugin_config),
+            {"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+        ]
+    });
+    if o.hardened {
+        for (k, v) in [
+            ("normalize_path", json!(true)),
+            ("merge_slashes", json!(true)),
+            ("path_with_escaped_slashes_action", json!("REJECT_REQUEST")),
+            (
+                "common_http_protocol_options",
+                json!({"headers_with_underscores_action": "DROP_HEADER"}),
+            ),
+            ("use_remote_address", json!(true)),
+        ] {
+            hcm[k] = v;
+        }
+    }
     json!({
         "name": "main",
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
@@ -362,32 +406,7 @@ fn listener(o: &EnvoyOpts, dir: &Path, port: u16, plugin_config: &str) -> Value 
         "additional_addresses": [{"address": {"socket_address": {"address": "::1", "port_value": port}}}],
         "filter_chains": [{"filters": [{
             "name": "envoy.filters.network.http_connection_manager",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                "stat_prefix": "ingress",
-                "access_log": [{"name": "envoy.access_loggers.file", "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-                    "path": dir.join("access.log").display().to_string(),
-                    "log_format": {"json_format": {
-                        "key_id": "%FILTER_STATE(wasm.keygate.key_id:PLAIN)%",
-                        "tenant": "%FILTER_STATE(wasm.keygate.tenant:PLAIN)%",
-                        "environment": "%FILTER_STATE(wasm.keygate.environment:PLAIN)%",
-                        "decision": "%FILTER_STATE(wasm.keygate.decision:PLAIN)%",
-                        "method": "%REQ(:METHOD)%",
-                        "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
-                        "status": "%RESPONSE_CODE%",
-                        "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
-                        "time": "%START_TIME%",
-                        "request_id": "%REQ(X-TEST-ID)%"
-                    }}
-                }}],
-                "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
-                "http_filters": [
-                    keygate_filter(plugin_config),
-                    {"name": "envoy.filters.http.router", "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
-                ]
-            }
+            "typed_config": hcm
         }]}]
     })
 }
@@ -658,4 +677,37 @@ pub fn assert_json(r: &Response, status: u16, body: &str) {
     let want: Value = serde_json::from_str(body).expect("expected body is JSON");
     assert_eq!(r.json(), want, "body");
     assert_eq!(r.body, body, "body bytes");
+}
+
+/// [`send_to`] over HTTP/2 cleartext (prior knowledge), with curl (which refuses some URLs:
+/// callers choose their h2c cases up front, and a refusal fails the test).
+pub fn send_h2c(
+    host: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Response {
+    let authority = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-i", "--http2-prior-knowledge", "--path-as-is"])
+        .args(["--max-time", "20", "-X", method]);
+    for (k, v) in headers {
+        cmd.args(["-H", &format!("{k}: {v}")]);
+    }
+    let out = cmd
+        .arg(format!("http://{authority}{path}"))
+        .output()
+        .expect("run curl");
+    assert!(
+        out.status.success(),
+        "curl failed ({}) for {method} {path}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_response(&out.stdout)
 }

@@ -1,0 +1,228 @@
+//! What keygate changes on a request before Envoy passes it on (SPEC §2 "What is judged is
+//! what is forwarded"): pure, no proxy-wasm calls.
+//!
+//! - `:path` becomes the path keygate judged (canonical, [`crate::path`]) followed by the
+//!   query, without query-source keys where credentials are hidden.
+//! - Headers an upstream could read as keygate's own (any case, `_` for `-`), and `_`
+//!   spellings of key-source and method-override headers (never read as keys, never judged:
+//!   removed, as Envoy's `headers_with_underscores_action: DROP_HEADER` does), are removed.
+//! - With `hide_credentials`, the key-source headers that held a key are removed.
+
+use crate::credentials::strip_query_params;
+use crate::header_names::{folds_to, METHOD_OVERRIDES};
+use crate::model::{Gate, Source};
+use crate::path::split_query;
+
+/// Where the request goes after keygate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Upstream (a public path, or an allowed key). `sources`: bit i set if source i held a key.
+    Upstream { sources: u32 },
+    /// Answered by keygate itself: only the access log sees `:path` (keys leave it).
+    Local,
+}
+
+/// Changes to make to the request headers.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Edits {
+    /// The new `:path`, when it differs from the client's.
+    pub path: Option<String>,
+    /// Header names to remove (every value of each).
+    pub remove: Vec<String>,
+}
+
+fn held(sources: u32, i: usize) -> bool {
+    sources & 1u32.checked_shl(i as u32).unwrap_or(0) != 0
+}
+
+/// The `:path` to forward: `base` and the query, minus query-source keys when they must go.
+fn new_path(gate: &Gate, raw: &str, base: &str, strip_keys: bool) -> Option<String> {
+    let (raw_base, query) = split_query(raw);
+    let names: Vec<&str> = gate
+        .sources
+        .iter()
+        .filter_map(|s| match s {
+            Source::Query { name } if strip_keys => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    let query = match query {
+        Some(q) if !names.is_empty() => Some(strip_query_params(q, &names)),
+        q => q.map(Into::into),
+    };
+    let query_changed = query.as_deref() != split_query(raw).1;
+    if raw_base == base && !query_changed {
+        return None;
+    }
+    let mut out = String::with_capacity(raw.len());
+    out.push_str(base);
+    if let Some(q) = query.filter(|q| !q.is_empty() || !query_changed) {
+        out.push('?');
+        out.push_str(&q);
+    }
+    Some(out)
+}
+
+/// Whether `name` must not reach the upstream whatever the verdict.
+fn foreign_spelling(gate: &Gate, name: &str) -> bool {
+    if gate.owned_request_headers().any(|o| folds_to(name, o)) {
+        return true;
+    }
+    name.contains('_')
+        && (METHOD_OVERRIDES.iter().any(|o| folds_to(name, o))
+            || gate
+                .sources
+                .iter()
+                .any(|s| matches!(s, Source::Header { name: n, .. } if folds_to(name, n))))
+}
+
+/// The edits for a request whose raw `:path` is `raw`, judged as `canonical`.
+pub fn plan(
+    gate: &Gate,
+    raw: &str,
+    canonical: &str,
+    headers: &[(String, Vec<u8>)],
+    fate: Fate,
+) -> Edits {
+    let Fate::Upstream { sources } = fate else {
+        return Edits {
+            path: new_path(gate, raw, split_query(raw).0, true),
+            remove: Vec::new(),
+        };
+    };
+    let mut remove: Vec<String> = Vec::new();
+    let mut push = |name: &str| {
+        if !remove.iter().any(|r| r == name) {
+            remove.push(name.to_string());
+        }
+    };
+    for (name, _) in headers {
+        if foreign_spelling(gate, name) {
+            push(name);
+        }
+    }
+    if gate.hide_credentials {
+        for (i, source) in gate.sources.iter().enumerate() {
+            if let (true, Source::Header { name, .. }) = (held(sources, i), source) {
+                push(name);
+            }
+        }
+    }
+    Edits {
+        path: new_path(gate, raw, canonical, gate.hide_credentials),
+        remove,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::gate_from_value;
+    use serde_json::json;
+
+    fn gate(hide: bool) -> Gate {
+        gate_from_value(&json!({
+            "key_sources": [{"header": "x-api-key"}, {"query": "api_key"}],
+            "keys": [],
+            "hide_credentials": hide
+        }))
+        .unwrap()
+    }
+
+    fn h(names: &[&str]) -> Vec<(String, Vec<u8>)> {
+        names
+            .iter()
+            .map(|n| (n.to_string(), b"v".to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn forwards_the_judged_path_with_the_query() {
+        let g = gate(true);
+        let up = Fate::Upstream { sources: 0 };
+        let path = |raw: &str, canonical: &str| plan(&g, raw, canonical, &[], up).path;
+        assert_eq!(path("/v1/x", "/v1/x"), None);
+        assert_eq!(path("/v1/x?a=1", "/v1/x"), None);
+        assert_eq!(path("/v1/x?", "/v1/x"), None);
+        assert_eq!(
+            path("/v1//x/../y?a=1", "/v1/y").as_deref(),
+            Some("/v1/y?a=1")
+        );
+        assert_eq!(
+            path("/v1/x?api_key=k&a=1", "/v1/x").as_deref(),
+            Some("/v1/x?a=1")
+        );
+        assert_eq!(path("/v1/x?api_key=k", "/v1/x").as_deref(), Some("/v1/x"));
+        assert_eq!(path("/a/../b?api_key=k", "/b").as_deref(), Some("/b"));
+        // Credentials forwarded on purpose stay in the query; the path is still the judged one.
+        let g = gate(false);
+        assert_eq!(plan(&g, "/v1/x?api_key=k", "/v1/x", &[], up).path, None);
+        assert_eq!(
+            plan(&g, "/v1/./x?api_key=k", "/v1/x", &[], up)
+                .path
+                .as_deref(),
+            Some("/v1/x?api_key=k")
+        );
+    }
+
+    #[test]
+    fn local_answers_only_lose_query_keys() {
+        let g = gate(false);
+        let e = plan(
+            &g,
+            "/a/../b?api_key=k&c=1",
+            "/b",
+            &h(&["x_tenant_id"]),
+            Fate::Local,
+        );
+        assert_eq!(e.path.as_deref(), Some("/a/../b?c=1"));
+        assert!(e.remove.is_empty());
+    }
+
+    #[test]
+    fn removes_every_spelling_of_owned_headers_and_foreign_key_or_override_spellings() {
+        let g = gate(true);
+        let headers = h(&[
+            "x-tenant-id",
+            "x_tenant_id",
+            "x-tenant_id",
+            "x_environment",
+            "x-api-key",
+            "x_api_key",
+            "x_http_method_override",
+            "x-http-method-override",
+            "x_custom",
+            "accept",
+        ]);
+        let e = plan(&g, "/", "/", &headers, Fate::Upstream { sources: 0b01 });
+        assert_eq!(
+            e.remove,
+            [
+                "x-tenant-id",
+                "x_tenant_id",
+                "x-tenant_id",
+                "x_environment",
+                "x_api_key",
+                "x_http_method_override",
+                "x-api-key"
+            ]
+        );
+        // Not holding a key (or not hiding): the configured key header stays.
+        let e = plan(
+            &g,
+            "/",
+            "/",
+            &h(&["x-api-key"]),
+            Fate::Upstream { sources: 0 },
+        );
+        assert!(e.remove.is_empty());
+        let e = plan(
+            &gate(false),
+            "/",
+            "/",
+            &h(&["x-api-key"]),
+            Fate::Upstream { sources: 1 },
+        );
+        assert!(e.remove.is_empty());
+    }
+}
