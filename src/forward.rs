@@ -12,6 +12,7 @@ use crate::credentials::strip_query_params;
 use crate::header_names::{folds_to, METHOD_OVERRIDES};
 use crate::model::{Gate, Source};
 use crate::path::split_query;
+use std::borrow::Cow;
 
 /// Where the request goes after keygate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,20 +38,12 @@ fn held(sources: u32, i: usize) -> bool {
 
 /// The `:path` to forward: `base` and the query, minus query-source keys when they must go.
 fn new_path(gate: &Gate, raw: &str, base: &str, strip_keys: bool) -> Option<String> {
-    let (raw_base, query) = split_query(raw);
-    let names: Vec<&str> = gate
-        .sources
-        .iter()
-        .filter_map(|s| match s {
-            Source::Query { name } if strip_keys => Some(name.as_str()),
-            _ => None,
-        })
-        .collect();
-    let query = match query {
-        Some(q) if !names.is_empty() => Some(strip_query_params(q, &names)),
-        q => q.map(Into::into),
+    let (raw_base, raw_query) = split_query(raw);
+    let query = match raw_query {
+        Some(q) if strip_keys => Some(strip_query_params(q, |name| gate.is_query_source(name))),
+        q => q.map(Cow::Borrowed),
     };
-    let query_changed = query.as_deref() != split_query(raw).1;
+    let query_changed = query.as_deref() != raw_query;
     if raw_base == base && !query_changed {
         return None;
     }

@@ -172,6 +172,13 @@ impl Gate {
         id.and_then(|i| self.roles.get(i))
     }
 
+    /// Whether `name` is a query parameter keys are read from.
+    pub fn is_query_source(&self, name: &str) -> bool {
+        self.sources
+            .iter()
+            .any(|s| matches!(s, Source::Query { name: n } if n == name))
+    }
+
     /// Every header the filter owns on the upstream request: removed from every client request.
     pub fn owned_request_headers(&self) -> impl Iterator<Item = &str> {
         [
