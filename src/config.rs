@@ -1,5 +1,6 @@
 //! Plugin configuration (SPEC §1): JSON in, a validated [`Gate`] or every problem with its path.
 
+use crate::checksum;
 use crate::ip::Cidr;
 use crate::json_reader::{index, json_deserializer, q, ConfigError, Errors, Obj};
 use crate::keys::{self, Digest, FastMap, FastSet, KeyTable};
@@ -73,13 +74,13 @@ fn header_safe(path: &str, s: &str, errors: &mut Errors) -> bool {
     ok
 }
 
-fn read_sources(root: &mut Obj, errors: &mut Errors) -> Vec<Source> {
+fn read_sources(root: &mut Obj, errors: &mut Errors) -> Vec<KeySource> {
     let path = root.field_path("key_sources");
     let Some(items) = root.opt_array("key_sources", errors) else {
         if root.has("key_sources") {
             return Vec::new();
         }
-        return vec![
+        return [
             Source::Header {
                 name: "x-api-key".into(),
                 scheme: None,
@@ -88,7 +89,10 @@ fn read_sources(root: &mut Obj, errors: &mut Errors) -> Vec<Source> {
                 name: "authorization".into(),
                 scheme: Some("Bearer".into()),
             },
-        ];
+        ]
+        .into_iter()
+        .map(|from| KeySource { from, paths: None })
+        .collect();
     };
     if items.is_empty() {
         errors.push(&path, "needs at least one key source");
@@ -102,6 +106,8 @@ fn read_sources(root: &mut Obj, errors: &mut Errors) -> Vec<Source> {
         let header = o.opt_str("header", errors);
         let query = o.opt_str("query", errors);
         let scheme = o.opt_str("scheme", errors);
+        let paths = read_patterns(&mut o, "paths", errors);
+        let push = |from| out.push(KeySource { from, paths });
         match (header, query) {
             (Some(h), None) => {
                 let name = header_name(&o.field_path("header"), h, errors);
@@ -121,7 +127,7 @@ fn read_sources(root: &mut Obj, errors: &mut Errors) -> Vec<Source> {
                     s => s.map(str::to_string),
                 };
                 if let Some(name) = name {
-                    out.push(Source::Header { name, scheme });
+                    push(Source::Header { name, scheme });
                 }
             }
             (None, Some(q)) => {
@@ -141,7 +147,7 @@ fn read_sources(root: &mut Obj, errors: &mut Errors) -> Vec<Source> {
                         ),
                     );
                 } else {
-                    out.push(Source::Query {
+                    push(Source::Query {
                         name: q.to_string(),
                     });
                 }
@@ -153,7 +159,7 @@ fn read_sources(root: &mut Obj, errors: &mut Errors) -> Vec<Source> {
     }
     let mut seen = FastSet::default();
     for (i, s) in out.iter().enumerate() {
-        if !seen.insert(s.clone()) {
+        if !seen.insert(s.from.clone()) {
             errors.push(&index(&path, i), "duplicate key source");
         }
     }
@@ -304,6 +310,17 @@ fn read_prefixes(root: &mut Obj, roles: &[Role], errors: &mut Errors) -> Vec<Pre
         let environment = environment(&mut o, errors);
         let role = role_ref(&mut o, roles, errors);
         let rate_limits = read_limits(&mut o, errors);
+        let checksum = match o.opt_str("checksum", errors) {
+            None => None,
+            Some("crc32") => Some(Checksum::Crc32),
+            Some(other) => {
+                errors.push(
+                    &o.field_path("checksum"),
+                    format!("{} is not a checksum keygate knows (\"crc32\")", q(other)),
+                );
+                None
+            }
+        };
         o.finish(errors);
         let Some(prefix) = prefix else { continue };
         if prefix.is_empty() || !prefix.bytes().all(|b| (0x21..0x7f).contains(&b)) {
@@ -322,6 +339,7 @@ fn read_prefixes(root: &mut Obj, roles: &[Role], errors: &mut Errors) -> Vec<Pre
             environment,
             role,
             rate_limits,
+            checksum,
         });
     }
     out.sort_unstable_by_key(|p| std::cmp::Reverse(p.prefix.len()));
@@ -387,6 +405,19 @@ pub fn read_key_entry(
                 errors.push(
                     &o.field_path("key"),
                     "does not start with any configured prefix, so it could never be used",
+                );
+                None
+            } else if let Some(p) = ctx.prefixes.iter().find(|p| {
+                k.starts_with(p.prefix.as_str())
+                    && p.checksum.is_some()
+                    && !checksum::valid(k.as_bytes())
+            }) {
+                errors.push(
+                    &o.field_path("key"),
+                    format!(
+                        "does not end in the crc32 checksum prefix {} requires, so it could never be used",
+                        q(&p.prefix)
+                    ),
                 );
                 None
             } else {
@@ -535,6 +566,39 @@ fn read_key_sync(root: &mut Obj, errors: &mut Errors) -> Option<KeySync> {
     })
 }
 
+/// `environments_accepted`: each name must be an environment some prefix or inline key has.
+fn read_environments_accepted(
+    root: &mut Obj,
+    prefixes: &[Prefix],
+    keys: &KeyTable,
+    errors: &mut Errors,
+) -> Option<Vec<String>> {
+    let path = root.field_path("environments_accepted");
+    let known: Vec<&str> = prefixes
+        .iter()
+        .filter_map(|p| p.environment.as_deref())
+        .chain(keys.records().filter_map(|k| k.environment.as_deref()))
+        .collect();
+    let list = root.opt_str_list("environments_accepted", errors, |p, env, errors| {
+        if known.contains(&env) {
+            Some(env.to_string())
+        } else {
+            errors.push(
+                p,
+                format!("{} is not the environment of any prefix or key", q(env)),
+            );
+            None
+        }
+    })?;
+    if list.is_empty() {
+        errors.push(
+            &path,
+            "needs at least one environment (omit it to accept all)",
+        );
+    }
+    Some(list)
+}
+
 fn read_gate(value: &Value, errors: &mut Errors) -> Option<Gate> {
     let mut root = Obj::new("$", value, errors)?;
     let sources = read_sources(&mut root, errors);
@@ -571,6 +635,7 @@ fn read_gate(value: &Value, errors: &mut Errors) -> Option<Gate> {
                 None
             }
         });
+    let environments_accepted = read_environments_accepted(&mut root, &prefixes, &keys, errors);
     let hide_credentials = root.opt_bool("hide_credentials", errors).unwrap_or(true);
     let trust_forwarded_address = root
         .opt_bool("trust_forwarded_address", errors)
@@ -597,7 +662,7 @@ fn read_gate(value: &Value, errors: &mut Errors) -> Option<Gate> {
     root.finish(errors);
 
     let bearer = sources.iter().any(
-        |s| matches!(s, Source::Header { scheme: Some(s), .. } if s.eq_ignore_ascii_case("bearer")),
+        |s| matches!(&s.from, Source::Header { scheme: Some(s), .. } if s.eq_ignore_ascii_case("bearer")),
     );
     let gate = Gate {
         sources,
@@ -613,6 +678,7 @@ fn read_gate(value: &Value, errors: &mut Errors) -> Option<Gate> {
         key_sync,
         bearer,
         trust_forwarded_address,
+        environments_accepted,
     };
     check_header_clashes(&gate, errors);
     Some(gate)
@@ -628,11 +694,7 @@ fn check_header_clashes(gate: &Gate, errors: &mut Errors) {
                 format!("header {} is used twice", q(h)),
             );
         }
-        if gate
-            .sources
-            .iter()
-            .any(|s| matches!(s, Source::Header { name, .. } if name == h))
-        {
+        if gate.sources.iter().any(|s| s.header() == Some(h)) {
             errors.push(
                 "$.upstream_headers",
                 format!("header {} is also a key source", q(h)),
@@ -696,7 +758,7 @@ mod tests {
         );
         assert!(g.classify(b"sk_x").is_none());
         assert_eq!(
-            g.sources[0],
+            g.sources[0].from,
             Source::Header {
                 name: "x-tenant-api-key".into(),
                 scheme: None
@@ -726,7 +788,9 @@ mod tests {
             "x-api-key and Authorization: Bearer by default"
         );
         assert!(
-            !g.sources.iter().any(|s| matches!(s, Source::Query { .. })),
+            !g.sources
+                .iter()
+                .any(|s| matches!(s.from, Source::Query { .. })),
             "never the query by default"
         );
         assert!(g.hide_credentials);

@@ -1,6 +1,6 @@
 //! Finding the presented API key in a request (SPEC §1 `key_sources`).
 
-use crate::model::Source;
+use crate::model::{KeySource, Source};
 use std::borrow::Cow;
 
 /// Keys longer than this are not looked up (no configured key is anywhere near it).
@@ -52,13 +52,15 @@ pub fn query_param<'p, 'n>(
     })
 }
 
-/// Looks through every configured source, in order.
+/// Looks through every configured source consulted on the judged path, in order.
 ///
-/// `headers` are the request headers as Envoy gives them (lower-case names).
+/// `headers` are the request headers as Envoy gives them (lower-case names); `path` is the raw
+/// `:path` (for query sources), `judged` its canonical form (for per-route sources).
 pub fn find_key<'r>(
-    sources: &[Source],
+    sources: &[KeySource],
     headers: &'r [(String, Vec<u8>)],
     path: &'r str,
+    judged: &str,
 ) -> Presented<'r> {
     let mut found: Option<&'r [u8]> = None;
     let mut mask = 0u32;
@@ -74,7 +76,10 @@ pub fn find_key<'r>(
         mask |= 1u32.checked_shl(i as u32).unwrap_or(0);
     };
     for (i, source) in sources.iter().enumerate() {
-        match source {
+        if !source.applies_to(judged) {
+            continue;
+        }
+        match &source.from {
             Source::Header { name, scheme } => {
                 for (h, v) in headers.iter().filter(|(h, _)| h == name) {
                     let _ = h;
@@ -126,8 +131,8 @@ mod tests {
             .collect()
     }
 
-    fn sources() -> Vec<Source> {
-        vec![
+    fn sources() -> Vec<KeySource> {
+        [
             Source::Header {
                 name: "x-api-key".into(),
                 scheme: None,
@@ -140,21 +145,24 @@ mod tests {
                 name: "api_key".into(),
             },
         ]
+        .into_iter()
+        .map(|from| KeySource { from, paths: None })
+        .collect()
     }
 
     #[test]
     fn finds_keys_in_sources() {
         let s = sources();
-        assert_eq!(find_key(&s, &h(&[]), "/"), Presented::Missing);
+        assert_eq!(find_key(&s, &h(&[]), "/", "/"), Presented::Missing);
         assert_eq!(
-            find_key(&s, &h(&[("x-api-key", "k1")]), "/"),
+            find_key(&s, &h(&[("x-api-key", "k1")]), "/", "/"),
             Presented::Key {
                 key: b"k1",
                 sources: 0b001
             }
         );
         assert_eq!(
-            find_key(&s, &h(&[("authorization", "bearer k1")]), "/"),
+            find_key(&s, &h(&[("authorization", "bearer k1")]), "/", "/"),
             Presented::Key {
                 key: b"k1",
                 sources: 0b010
@@ -162,11 +170,11 @@ mod tests {
         );
         // Wrong scheme: not a key from that source.
         assert_eq!(
-            find_key(&s, &h(&[("authorization", "Basic abc")]), "/"),
+            find_key(&s, &h(&[("authorization", "Basic abc")]), "/", "/"),
             Presented::Missing
         );
         assert_eq!(
-            find_key(&s, &h(&[("authorization", "Bearerk1")]), "/"),
+            find_key(&s, &h(&[("authorization", "Bearerk1")]), "/", "/"),
             Presented::Missing
         );
         // Same key twice counts once; different keys conflict.
@@ -174,7 +182,8 @@ mod tests {
             find_key(
                 &s,
                 &h(&[("x-api-key", "k1"), ("authorization", "Bearer k1")]),
-                "/?api_key=k1"
+                "/?api_key=k1",
+                "/"
             ),
             Presented::Key {
                 key: b"k1",
@@ -185,16 +194,22 @@ mod tests {
             find_key(
                 &s,
                 &h(&[("x-api-key", "k1"), ("authorization", "Bearer k2")]),
+                "/",
                 "/"
             ),
             Presented::Conflict { sources: 0b011 }
         );
         assert_eq!(
-            find_key(&s, &h(&[("x-api-key", "k1"), ("x-api-key", "k2")]), "/"),
+            find_key(
+                &s,
+                &h(&[("x-api-key", "k1"), ("x-api-key", "k2")]),
+                "/",
+                "/"
+            ),
             Presented::Conflict { sources: 0b001 }
         );
         assert_eq!(
-            find_key(&s, &h(&[]), "/x?a=1&api_key=k3"),
+            find_key(&s, &h(&[]), "/x?a=1&api_key=k3", "/"),
             Presented::Key {
                 key: b"k3",
                 sources: 0b100
@@ -202,14 +217,14 @@ mod tests {
         );
         let long = "k".repeat(MAX_KEY_LEN + 1);
         assert_eq!(
-            find_key(&s, &h(&[("x-api-key", &long)]), "/"),
+            find_key(&s, &h(&[("x-api-key", &long)]), "/", "/"),
             Presented::Key {
                 key: long.as_bytes(),
                 sources: 0b001
             }
         );
         assert_eq!(
-            find_key(&s, &h(&[("x-api-key", "")]), "/"),
+            find_key(&s, &h(&[("x-api-key", "")]), "/", "/"),
             Presented::Missing
         );
     }

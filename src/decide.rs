@@ -3,6 +3,7 @@
 //! Order: public path → key present → prefix known → key known → revoked → expired → IP →
 //! referer → role method/path and allowed_paths → rate limits. The first failure answers.
 
+use crate::checksum;
 use crate::credentials::{find_key, query_param, Presented, MAX_KEY_LEN};
 use crate::header_names::{METHOD_OVERRIDES, METHOD_OVERRIDE_PARAM};
 use crate::ip::SourceAddress;
@@ -110,6 +111,8 @@ pub enum Lookup<'g> {
 /// Why a 403 was given: selects the default message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Denial {
+    /// The key's environment is not in `environments_accepted`.
+    Environment,
     Ip,
     Referer,
     Method,
@@ -119,6 +122,7 @@ pub enum Denial {
 impl Denial {
     pub fn default_message(self) -> &'static str {
         match self {
+            Denial::Environment => "API keys without an environment are not accepted here",
             Denial::Ip => "API key is not allowed from this IP address",
             Denial::Referer => "API key is not allowed from this referer",
             Denial::Method => "API key is not allowed to use this method",
@@ -175,15 +179,20 @@ impl<'g> Verdict<'g> {
             .or(self.prefix_environment)
     }
 
-    /// The 403 message: the role's own for role and path denials, else a default.
-    pub fn forbidden_message(&self) -> &str {
+    /// The 403 message: the role's own for role and path denials, the environment's name for
+    /// environment denials, else a default.
+    pub fn forbidden_message(&self) -> Cow<'_, str> {
         let denial = self.denial.unwrap_or(Denial::Path);
         match (
             denial,
             self.role.and_then(|r| r.forbidden_message.as_deref()),
+            self.environment(),
         ) {
-            (Denial::Method | Denial::Path, Some(m)) => m,
-            _ => denial.default_message(),
+            (Denial::Method | Denial::Path, Some(m), _) => m.into(),
+            (Denial::Environment, _, Some(env)) => {
+                format!("{env} keys are not accepted here").into()
+            }
+            _ => denial.default_message().into(),
         }
     }
 }
@@ -211,7 +220,7 @@ pub fn decide<'g>(
     if any_match(&gate.public_paths, path) {
         return None;
     }
-    let (key, sources) = match find_key(&gate.sources, req.headers, req.path) {
+    let (key, sources) = match find_key(&gate.sources, req.headers, req.path, path) {
         Presented::Missing => return Some(Verdict::new(Decision::Missing)),
         Presented::Conflict { .. } => return Some(Verdict::new(Decision::Invalid)),
         Presented::Key { key, sources } => (key, sources),
@@ -224,6 +233,10 @@ pub fn decide<'g>(
     v.sources = sources;
     if key.len() > MAX_KEY_LEN {
         // No configured key is anywhere near this long: invalid without hashing.
+        return Some(v);
+    }
+    if prefix.is_some_and(|p| p.checksum.is_some()) && !checksum::valid(key) {
+        // A typo or a guess: invalid without hashing or lookup.
         return Some(v);
     }
 
@@ -272,7 +285,17 @@ fn judge_key(
             return;
         }
     }
-    if let Some(d) = check_restrictions(gate, rec, v.role, path, req, host) {
+    let env = rec.environment.as_deref().or(v.prefix_environment);
+    let accepted = gate
+        .environments_accepted
+        .as_ref()
+        .is_none_or(|list| env.is_some_and(|e| list.iter().any(|a| a == e)));
+    let denial = if accepted {
+        check_restrictions(gate, rec, v.role, path, req, host)
+    } else {
+        Some(Denial::Environment)
+    };
+    if let Some(d) = denial {
         v.decision = Decision::Forbidden;
         v.denial = Some(d);
         v.rate = ratelimit::peek(host, &rec.id, limits, now).ok().flatten();
@@ -584,7 +607,7 @@ mod tests {
         for name in METHOD_OVERRIDES {
             let v = with(name, "DELETE");
             assert_eq!(
-                (v.decision, v.denial, v.forbidden_message()),
+                (v.decision, v.denial, v.forbidden_message().as_ref()),
                 (
                     Decision::Forbidden,
                     Some(Denial::Method),
@@ -622,6 +645,95 @@ mod tests {
         h.push(("x-http-method-override".into(), b"PURGE".to_vec()));
         let v = run_with(&g, &mut MockHost::new(), "GET", "/a", h).unwrap();
         assert_eq!(v.decision, Decision::Allowed);
+    }
+
+    #[test]
+    fn environment_locked_gateways_refuse_other_environments_before_restrictions() {
+        let cfg = json!({
+            "key_sources": [{"header": "x-api-key"}],
+            "prefixes": [
+                {"prefix": "live_", "environment": "LIVE"},
+                {"prefix": "sbx_", "environment": "SANDBOX"},
+                {"prefix": "bare_"}
+            ],
+            "keys": [
+                {"id": "live", "sha256": sha("live_k"), "allowed_ips": ["10.0.0.0/8"]},
+                {"id": "sbx", "sha256": sha("sbx_k")},
+                {"id": "sbx_live", "sha256": sha("sbx_live"), "environment": "LIVE"},
+                {"id": "bare", "sha256": sha("bare_k")}
+            ],
+            "rate_limits": [{"requests": 10, "per": "minute"}],
+            "environments_accepted": ["SANDBOX"]
+        });
+        let g = gate_from_value(&cfg).unwrap();
+        let v = run(&g, &mut MockHost::new(), "GET", "/a", Some("live_k")).unwrap();
+        assert_eq!(
+            (v.decision, v.denial, v.environment()),
+            (Decision::Forbidden, Some(Denial::Environment), Some("LIVE"))
+        );
+        let r = reply::reject(&g, &v);
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (
+                403,
+                r#"{"error":"LIVE keys are not accepted here","code":"FORBIDDEN"}"#
+            )
+        );
+        assert!(
+            v.rate.is_some(),
+            "403s about a valid key carry the rate headers"
+        );
+        let v = run(&g, &mut MockHost::new(), "GET", "/a", Some("sbx_live")).unwrap();
+        assert_eq!(
+            v.forbidden_message(),
+            "LIVE keys are not accepted here",
+            "the key's own"
+        );
+        let v = run(&g, &mut MockHost::new(), "GET", "/a", Some("bare_k")).unwrap();
+        assert_eq!(
+            v.forbidden_message(),
+            "API keys without an environment are not accepted here"
+        );
+        assert_eq!(decision(&g, "GET", "/a", Some("sbx_k")), Decision::Allowed);
+        for bad in [json!(["PROD"]), json!([])] {
+            let mut c = cfg.clone();
+            c["environments_accepted"] = bad;
+            assert!(gate_from_value(&c).is_err());
+        }
+    }
+
+    #[test]
+    fn checksummed_prefixes_refuse_bad_checksums_without_a_lookup() {
+        let good = checksum::append("ck_live_abcdef");
+        let g = gate_from_value(&json!({
+            "key_sources": [{"header": "x-api-key"}],
+            "prefixes": [{"prefix": "ck_live_", "environment": "LIVE", "checksum": "crc32"}],
+            "keys": [{"id": "ck", "key": good}]
+        }))
+        .unwrap();
+        assert_eq!(decision(&g, "GET", "/a", Some(&good)), Decision::Allowed);
+        let mut lookups = 0;
+        let typo = good.replace("abc", "abd");
+        let h = headers(Some(&typo));
+        let req = Request::new("GET", "/a", &h).unwrap();
+        let v = decide(&g, &req, &mut MockHost::new(), |_| {
+            lookups += 1;
+            Lookup::NotFound
+        })
+        .unwrap();
+        assert_eq!(
+            (v.decision, v.environment()),
+            (Decision::Invalid, Some("LIVE"))
+        );
+        assert_eq!(lookups, 0);
+        let bad = gate_from_value(&json!({
+            "prefixes": [{"prefix": "ck_live_", "checksum": "crc32"}],
+            "keys": [{"id": "ck", "key": "ck_live_abcdef000000"}]
+        }));
+        assert!(format!("{:?}", bad.unwrap_err()).contains("crc32 checksum"));
+        assert!(
+            gate_from_value(&json!({"prefixes": [{"prefix": "x_", "checksum": "md5"}]})).is_err()
+        );
     }
 
     #[test]
@@ -672,7 +784,7 @@ mod tests {
         );
         let v = run(&g, &mut host, "DELETE", "/x", Some("live_ip")).unwrap();
         assert_eq!(
-            (v.denial, v.forbidden_message()),
+            (v.denial, v.forbidden_message().as_ref()),
             (Some(Denial::Method), "Readers only read.")
         );
         host.ip = None;

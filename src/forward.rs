@@ -10,7 +10,7 @@
 
 use crate::credentials::strip_query_params;
 use crate::header_names::{folds_to, METHOD_OVERRIDES};
-use crate::model::{Gate, Source};
+use crate::model::Gate;
 use crate::path::split_query;
 use std::borrow::Cow;
 
@@ -36,11 +36,20 @@ fn held(sources: u32, i: usize) -> bool {
     sources & 1u32.checked_shl(i as u32).unwrap_or(0) != 0
 }
 
-/// The `:path` to forward: `base` and the query, minus query-source keys when they must go.
-fn new_path(gate: &Gate, raw: &str, base: &str, strip_keys: bool) -> Option<String> {
+/// The `:path` to send on: `base` and the query, minus the query-source keys consulted on
+/// `judged` (every query source when the path could not be judged) when `strip_keys`.
+fn new_path(
+    gate: &Gate,
+    raw: &str,
+    base: &str,
+    judged: Option<&str>,
+    strip_keys: bool,
+) -> Option<String> {
     let (raw_base, raw_query) = split_query(raw);
     let query = match raw_query {
-        Some(q) if strip_keys => Some(strip_query_params(q, |name| gate.is_query_source(name))),
+        Some(q) if strip_keys => Some(strip_query_params(q, |name| {
+            gate.is_query_source(name, judged)
+        })),
         q => q.map(Cow::Borrowed),
     };
     let query_changed = query.as_deref() != raw_query;
@@ -56,8 +65,8 @@ fn new_path(gate: &Gate, raw: &str, base: &str, strip_keys: bool) -> Option<Stri
     Some(out)
 }
 
-/// Whether `name` must not reach the upstream whatever the verdict.
-fn foreign_spelling(gate: &Gate, name: &str) -> bool {
+/// Whether the header `name` must not reach the upstream whatever the verdict, on `judged`.
+fn foreign_spelling(gate: &Gate, name: &str, judged: &str) -> bool {
     if gate.owned_request_headers().any(|o| folds_to(name, o)) {
         return true;
     }
@@ -66,20 +75,21 @@ fn foreign_spelling(gate: &Gate, name: &str) -> bool {
             || gate
                 .sources
                 .iter()
-                .any(|s| matches!(s, Source::Header { name: n, .. } if folds_to(name, n))))
+                .any(|s| s.applies_to(judged) && s.header().is_some_and(|h| folds_to(name, h))))
 }
 
-/// The edits for a request whose raw `:path` is `raw`, judged as `canonical`.
+/// The edits for a request whose raw `:path` is `raw`, judged as `judged` (`None`: a path
+/// refused before judging).
 pub fn plan(
     gate: &Gate,
     raw: &str,
-    canonical: &str,
+    judged: Option<&str>,
     headers: &[(String, Vec<u8>)],
     fate: Fate,
 ) -> Edits {
-    let Fate::Upstream { sources } = fate else {
+    let (Fate::Upstream { sources }, Some(judged)) = (fate, judged) else {
         return Edits {
-            path: new_path(gate, raw, split_query(raw).0, true),
+            path: new_path(gate, raw, split_query(raw).0, judged, true),
             remove: Vec::new(),
         };
     };
@@ -90,19 +100,19 @@ pub fn plan(
         }
     };
     for (name, _) in headers {
-        if foreign_spelling(gate, name) {
+        if foreign_spelling(gate, name, judged) {
             push(name);
         }
     }
     if gate.hide_credentials {
         for (i, source) in gate.sources.iter().enumerate() {
-            if let (true, Source::Header { name, .. }) = (held(sources, i), source) {
+            if let (true, Some(name)) = (held(sources, i), source.header()) {
                 push(name);
             }
         }
     }
     Edits {
-        path: new_path(gate, raw, canonical, gate.hide_credentials),
+        path: new_path(gate, raw, judged, Some(judged), gate.hide_credentials),
         remove,
     }
 }
@@ -133,7 +143,7 @@ mod tests {
     fn forwards_the_judged_path_with_the_query() {
         let g = gate(true);
         let up = Fate::Upstream { sources: 0 };
-        let path = |raw: &str, canonical: &str| plan(&g, raw, canonical, &[], up).path;
+        let path = |raw: &str, canonical: &str| plan(&g, raw, Some(canonical), &[], up).path;
         assert_eq!(path("/v1/x", "/v1/x"), None);
         assert_eq!(path("/v1/x?a=1", "/v1/x"), None);
         assert_eq!(path("/v1/x?", "/v1/x"), None);
@@ -149,13 +159,51 @@ mod tests {
         assert_eq!(path("/a/../b?api_key=k", "/b").as_deref(), Some("/b"));
         // Credentials forwarded on purpose stay in the query; the path is still the judged one.
         let g = gate(false);
-        assert_eq!(plan(&g, "/v1/x?api_key=k", "/v1/x", &[], up).path, None);
         assert_eq!(
-            plan(&g, "/v1/./x?api_key=k", "/v1/x", &[], up)
+            plan(&g, "/v1/x?api_key=k", Some("/v1/x"), &[], up).path,
+            None
+        );
+        assert_eq!(
+            plan(&g, "/v1/./x?api_key=k", Some("/v1/x"), &[], up)
                 .path
                 .as_deref(),
             Some("/v1/x?api_key=k")
         );
+    }
+
+    #[test]
+    fn per_route_sources_are_left_alone_elsewhere() {
+        let g = gate_from_value(&json!({
+            "key_sources": [{"header": "x-api-key"}, {"query": "api_key"},
+                            {"header": "x-n8n-api-key", "paths": ["/webhooks/n8n/*"]},
+                            {"query": "n8n_key", "paths": ["/webhooks/n8n/*"]}],
+            "keys": []
+        }))
+        .unwrap();
+        let headers = h(&["x_n8n_api_key", "x-n8n-api-key"]);
+        let up = Fate::Upstream { sources: 0b1100 };
+        let e = plan(
+            &g,
+            "/webhooks/n8n/x?n8n_key=k",
+            Some("/webhooks/n8n/x"),
+            &headers,
+            up,
+        );
+        assert_eq!(e.remove, ["x_n8n_api_key", "x-n8n-api-key"]);
+        assert_eq!(e.path.as_deref(), Some("/webhooks/n8n/x"));
+        let up = Fate::Upstream { sources: 0 };
+        let e = plan(
+            &g,
+            "/other?n8n_key=k&api_key=j",
+            Some("/other"),
+            &headers,
+            up,
+        );
+        assert!(e.remove.is_empty());
+        assert_eq!(e.path.as_deref(), Some("/other?n8n_key=k"));
+        // A path that could not be judged loses every query key (for the access log).
+        let e = plan(&g, "/a%2f?n8n_key=k", None, &headers, Fate::Local);
+        assert_eq!(e.path.as_deref(), Some("/a%2f"));
     }
 
     #[test]
@@ -164,7 +212,7 @@ mod tests {
         let e = plan(
             &g,
             "/a/../b?api_key=k&c=1",
-            "/b",
+            Some("/b"),
             &h(&["x_tenant_id"]),
             Fate::Local,
         );
@@ -187,7 +235,13 @@ mod tests {
             "x_custom",
             "accept",
         ]);
-        let e = plan(&g, "/", "/", &headers, Fate::Upstream { sources: 0b01 });
+        let e = plan(
+            &g,
+            "/",
+            Some("/"),
+            &headers,
+            Fate::Upstream { sources: 0b01 },
+        );
         assert_eq!(
             e.remove,
             [
@@ -204,7 +258,7 @@ mod tests {
         let e = plan(
             &g,
             "/",
-            "/",
+            Some("/"),
             &h(&["x-api-key"]),
             Fate::Upstream { sources: 0 },
         );
@@ -212,7 +266,7 @@ mod tests {
         let e = plan(
             &gate(false),
             "/",
-            "/",
+            Some("/"),
             &h(&["x-api-key"]),
             Fate::Upstream { sources: 1 },
         );

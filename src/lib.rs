@@ -11,6 +11,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod checksum;
 pub mod config;
 pub mod credentials;
 pub mod decide;

@@ -2,7 +2,31 @@
 
 use crate::ip::Cidr;
 use crate::keys::KeyTable;
-use crate::path::Pattern;
+use crate::path::{any_match, Pattern};
+
+/// A place a key may be presented, and the paths where it is consulted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySource {
+    pub from: Source,
+    /// `None` = every path; otherwise only these (SPEC §9 per-route key sources): elsewhere
+    /// the header or parameter is neither read as a key nor removed.
+    pub paths: Option<Vec<Pattern>>,
+}
+
+impl KeySource {
+    /// Whether this source is consulted on the (canonical) path.
+    pub fn applies_to(&self, canonical: &str) -> bool {
+        self.paths.as_ref().is_none_or(|p| any_match(p, canonical))
+    }
+
+    /// The header name, for header sources.
+    pub fn header(&self) -> Option<&str> {
+        match &self.from {
+            Source::Header { name, .. } => Some(name),
+            Source::Query { .. } => None,
+        }
+    }
+}
 
 /// Where a key may be presented.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -92,12 +116,20 @@ impl Role {
 
 pub type RoleId = usize;
 
+/// How the keys of a prefix are checksummed (SPEC §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checksum {
+    /// The last 6 characters are the base62 CRC-32 of the rest ([`crate::checksum`]).
+    Crc32,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Prefix {
     pub prefix: String,
     pub environment: Option<String>,
     pub role: Option<RoleId>,
     pub rate_limits: Option<Vec<Limit>>,
+    pub checksum: Option<Checksum>,
 }
 
 /// One API key, as stored: never its plaintext.
@@ -136,7 +168,7 @@ pub struct UpstreamHeaders {
 /// Everything one plugin configuration says, validated.
 #[derive(Debug)]
 pub struct Gate {
-    pub sources: Vec<Source>,
+    pub sources: Vec<KeySource>,
     /// Longest prefix first, so the first match is the longest.
     pub prefixes: Vec<Prefix>,
     pub roles: Vec<Role>,
@@ -153,6 +185,8 @@ pub struct Gate {
     /// `allowed_ips` may use an address Envoy derived from `X-Forwarded-For` (behind trusted
     /// proxies, with `xff_num_trusted_hops`); otherwise only a connection's own address counts.
     pub trust_forwarded_address: bool,
+    /// Only keys of these environments are accepted here (SPEC §9); `None` = any.
+    pub environments_accepted: Option<Vec<String>>,
 }
 
 impl Gate {
@@ -172,11 +206,13 @@ impl Gate {
         id.and_then(|i| self.roles.get(i))
     }
 
-    /// Whether `name` is a query parameter keys are read from.
-    pub fn is_query_source(&self, name: &str) -> bool {
-        self.sources
-            .iter()
-            .any(|s| matches!(s, Source::Query { name: n } if n == name))
+    /// Whether `name` is a query parameter keys are read from on `canonical` (on any path
+    /// when the path is unknown).
+    pub fn is_query_source(&self, name: &str, canonical: Option<&str>) -> bool {
+        self.sources.iter().any(|s| {
+            matches!(&s.from, Source::Query { name: n } if n == name)
+                && canonical.is_none_or(|c| s.applies_to(c))
+        })
     }
 
     /// Every header the filter owns on the upstream request: removed from every client request.

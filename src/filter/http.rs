@@ -103,7 +103,7 @@ impl HttpContext for KeygateHttp {
                 debug!("request path refused: it {why}");
                 let v = Verdict::new(Decision::BadRequest);
                 self.record(&v);
-                apply(&forward::plan(&gate, path, path, &headers, Fate::Local));
+                apply(&forward::plan(&gate, path, None, &headers, Fate::Local));
                 return self.send(&reply::reject(&gate, &v));
             }
         };
@@ -113,7 +113,7 @@ impl HttpContext for KeygateHttp {
         let fate = match &verdict {
             // A public path: keys presented anyway are hidden too.
             None if gate.hide_credentials => Fate::Upstream {
-                sources: find_key(&gate.sources, &headers, path).sources(),
+                sources: find_key(&gate.sources, &headers, path, &req.canonical).sources(),
             },
             None => Fate::Upstream { sources: 0 },
             Some(v) if v.decision == Decision::Allowed && !v.verify => {
@@ -121,7 +121,13 @@ impl HttpContext for KeygateHttp {
             }
             Some(_) => Fate::Local,
         };
-        apply(&forward::plan(&gate, path, &req.canonical, &headers, fate));
+        apply(&forward::plan(
+            &gate,
+            path,
+            Some(&req.canonical),
+            &headers,
+            fate,
+        ));
         let Some(v) = verdict else {
             return Action::Continue;
         };
