@@ -196,6 +196,69 @@ fn rejections_have_exact_bodies_and_environment_when_the_prefix_is_known() {
     );
 }
 
+/// SPEC §9: a sandbox-only gateway (`environments_accepted`) refuses live keys with a 403
+/// naming their environment ("never use LIVE keys in development").
+#[test]
+fn a_sandbox_gateway_refuses_live_keys() {
+    let up = Upstream::start("sandbox");
+    let mut cfg: serde_json::Value = serde_json::from_str(&config()).unwrap();
+    cfg["environments_accepted"] = json!(["SANDBOX"]);
+    cfg["rate_limits"] = json!([{"requests": 100, "per": "minute"}]);
+    let cfg = cfg.to_string();
+    let e = Envoy::start(&EnvoyOpts::new("mlm-sandbox-gw", &cfg, up.port));
+    let r = get(
+        e.port,
+        "/v1/orders",
+        &[("x-tenant-api-key", LIVE), ("x-test-id", "gw-live")],
+    );
+    assert_json(
+        &r,
+        403,
+        r#"{"error":"LIVE keys are not accepted here","code":"FORBIDDEN"}"#,
+    );
+    assert_eq!(r.header("x-environment"), Some("LIVE"));
+    assert_eq!(
+        r.header("x-ratelimit-remaining"),
+        Some("100"),
+        "not counted"
+    );
+    assert_eq!(e.access_entry("gw-live")["decision"], "forbidden");
+    let r = get(e.port, "/v1/orders", &[("x-tenant-api-key", SANDBOX)]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-environment"), Some("SANDBOX"));
+    // Revocation and validity still come first.
+    let r = get(
+        e.port,
+        "/v1/orders",
+        &[("x-tenant-api-key", "mlm_live_revoked1")],
+    );
+    assert_json(
+        &r,
+        401,
+        r#"{"error":"API key has been revoked","code":"UNAUTHORIZED"}"#,
+    );
+}
+
+/// SPEC §9: keys of a checksummed prefix with a wrong checksum are invalid without a lookup.
+#[test]
+fn checksummed_keys_reject_typos_before_any_lookup() {
+    let up = Upstream::start("live");
+    let good = keygate::checksum::append("mlm_live_4cTq9ZrW2yXb7Ke1");
+    let cfg = json!({
+        "key_sources": [{"header": "x-tenant-api-key"}],
+        "prefixes": [{"prefix": "mlm_live_", "environment": "LIVE", "checksum": "crc32"}],
+        "keys": [{"id": "key_ck", "sha256": sha(&good)}]
+    })
+    .to_string();
+    let e = Envoy::start(&EnvoyOpts::new("mlm-checksum", &cfg, up.port));
+    let r = get(e.port, "/v1/orders", &[("x-tenant-api-key", &good)]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let typo = format!("{}x", &good[..good.len() - 1]);
+    let r = get(e.port, "/v1/orders", &[("x-tenant-api-key", &typo)]);
+    assert_json(&r, 401, INVALID);
+    assert_eq!(r.header("x-environment"), Some("LIVE"));
+}
+
 #[test]
 fn public_paths_need_no_key_and_get_nothing_added() {
     let s = setup("mlm-public");

@@ -15,7 +15,7 @@ fn config() -> String {
     json!({
         "key_sources": [
             {"header": "x-api-key"},
-            {"header": "X-N8N-API-KEY"},
+            {"header": "X-N8N-API-KEY", "paths": ["/webhooks/n8n/*"]},
             {"header": "authorization", "scheme": "Bearer"}
         ],
         "prefixes": [
@@ -106,11 +106,11 @@ fn roles_limit_methods_and_daily_limits_follow_the_environment() {
     assert_eq!(r.header("x-ratelimit-remaining"), Some("49999"));
     assert_eq!(r.upstream_header("authorization"), None);
 
-    // The per-service header, with a case-insensitive name.
+    // The per-service header, with a case-insensitive name, on its own routes.
     let r = send(
         p,
         "POST",
-        "/webhook",
+        "/webhooks/n8n/flow",
         &[("X-N8N-API-KEY", N8N), ("content-length", "0")],
     );
     assert_eq!(r.status, 200, "{}", r.body);
@@ -119,8 +119,54 @@ fn roles_limit_methods_and_daily_limits_follow_the_environment() {
     assert_eq!(r.header("x-environment"), Some("PROD"));
 
     // Same key in two headers counts once; different keys are invalid.
-    let r = get(p, "/", &[("x-api-key", N8N), ("x-n8n-api-key", N8N)]);
+    let r = get(
+        p,
+        "/webhooks/n8n/x",
+        &[("x-api-key", N8N), ("x-n8n-api-key", N8N)],
+    );
     assert_eq!(r.status, 200, "{}", r.body);
-    let r = get(p, "/", &[("x-api-key", READER), ("x-n8n-api-key", N8N)]);
+    let r = get(
+        p,
+        "/webhooks/n8n/x",
+        &[("x-api-key", READER), ("x-n8n-api-key", N8N)],
+    );
     assert_json(&r, 401, INVALID);
+}
+
+/// SPEC §9: a source with `paths` is consulted only there; elsewhere its header is neither read
+/// as a key nor removed.
+#[test]
+fn the_n8n_header_is_a_key_only_under_its_routes() {
+    let up = Upstream::start("api");
+    let cfg = config();
+    let e = Envoy::start(&EnvoyOpts::new("mood-n8n", &cfg, up.port));
+    let p = e.port;
+    let r = get(p, "/workflows", &[("x-n8n-api-key", N8N)]);
+    assert_json(&r, 401, MISSING);
+    assert_eq!(r.header("x-environment"), None, "not read as a key at all");
+    // With a key in the standard header, the n8n header is somebody else's: left alone.
+    let r = get(
+        p,
+        "/workflows",
+        &[("x-api-key", READER), ("x-n8n-api-key", "not-ours")],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.upstream_header("x-api-key-id").as_deref(),
+        Some("mm_reader")
+    );
+    assert_eq!(
+        r.upstream_header("x-n8n-api-key").as_deref(),
+        Some("not-ours")
+    );
+    assert_eq!(r.upstream_header("x-api-key"), None);
+    // The standard header works on the n8n routes too; dot segments cannot borrow them.
+    let r = get(p, "/webhooks/n8n/flow", &[("x-api-key", READER)]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = get(
+        p,
+        "/webhooks/n8n/../../workflows",
+        &[("x-n8n-api-key", N8N)],
+    );
+    assert_json(&r, 401, MISSING);
 }
