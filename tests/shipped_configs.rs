@@ -90,7 +90,71 @@ fn every_shipped_config_passes_keygate_check() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(stdout.trim_end().ends_with(": ok"), "{f}: {stdout}");
+        // Hardened, with sha256 keys only: not one warning.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.is_empty(), "{f}: {stderr}");
     }
+}
+
+/// The hardening settings every shipped HttpConnectionManager has (SPEC §2).
+const HARDENING: [&str; 5] = [
+    "normalize_path:",
+    "merge_slashes:",
+    "path_with_escaped_slashes_action:",
+    "common_http_protocol_options:",
+    "use_remote_address:",
+];
+
+#[test]
+fn check_warns_about_each_missing_hardening_setting() {
+    let dir = repo()
+        .join("target/itest")
+        .join(format!("check-warnings-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let demo = std::fs::read_to_string(repo().join("envoy/demo.yaml")).unwrap();
+    let unhardened: String = demo
+        .lines()
+        .filter(|l| !HARDENING.iter().any(|h| l.trim_start().starts_with(h)))
+        .map(|l| format!("{l}\n"))
+        .collect::<String>()
+        .replace("failure_policy: FAIL_CLOSED", "failure_policy: FAIL_OPEN")
+        .replace(
+            r#""keys": ["#,
+            r#""keys": [{"id": "plain", "key": "mlm_live_plain_1", "allowed_ips": ["10.0.0.0/8"]},"#,
+        );
+    let yaml = dir.join("envoy.yaml");
+    std::fs::write(&yaml, unhardened).unwrap();
+    let out = cli().arg("check").arg(&yaml).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "warnings alone exit 0:\n{err}");
+    let f = yaml.display();
+    let hcm = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config";
+    let filter = format!("{hcm}.http_filters[0].typed_config");
+    let want = [
+        format!("{f}: warning: {hcm}: normalize_path is not set: filters before keygate and the routes see `.` and `..` segments unresolved (keygate resolves or refuses them before forwarding); set normalize_path: true"),
+        format!("{f}: warning: {hcm}: merge_slashes is not set: filters before keygate and the routes see `//` unmerged (keygate merges them before forwarding); set merge_slashes: true"),
+        format!("{f}: warning: {hcm}: path_with_escaped_slashes_action is not set: an encoded / or \\ (%2F, %5C) means different things to different upstreams (keygate refuses it with 400, but filters before keygate and the routes see it); set REJECT_REQUEST"),
+        format!("{f}: warning: {hcm}: common_http_protocol_options.headers_with_underscores_action is not set: CGI, WSGI and PHP upstreams read x_tenant_id as X-Tenant-Id (keygate removes such spellings of its own headers only); set DROP_HEADER"),
+        format!("{f}: warning: {hcm}: use_remote_address is not set and keygate's allowed_ips are used: clients can choose their address with X-Forwarded-For; set use_remote_address: true (behind a load balancer, with xff_num_trusted_hops)"),
+        format!("{f}: warning: {filter}: config.failure_policy is FAIL_OPEN: a filter that cannot run must reject requests, not let them through unauthenticated; set FAIL_CLOSED"),
+        format!("{f}: warning: {filter}.config.configuration.value: $.keys[0].key: 1 key is in plaintext: plaintext keys stay visible in Envoy's /config_dump; use sha256 in production (keygate hash)"),
+    ];
+    assert_eq!(err.lines().collect::<Vec<_>>(), want);
+
+    // An Istio WasmPlugin: Istio fails closed by default, so only an explicit FAIL_OPEN warns.
+    let istio = dir.join("wasmplugin.yaml");
+    let manifest = std::fs::read_to_string(repo().join("envoy/istio/wasmplugin.yaml")).unwrap();
+    std::fs::write(
+        &istio,
+        manifest.replace("failStrategy: FAIL_CLOSE", "failStrategy: FAIL_OPEN"),
+    )
+    .unwrap();
+    let out = cli().arg("check").arg(&istio).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("{}: warning: spec: failStrategy is FAIL_OPEN: a filter that cannot run must reject requests, not let them through unauthenticated; set FAIL_CLOSE (Istio's default)\n", istio.display())
+    );
 }
 
 #[test]
@@ -299,6 +363,42 @@ fn the_demo_serves_what_make_run_prints() {
     assert!(
         stats.contains("keygate_allowed{key_id=\"demo_live\"} 2"),
         "{stats}"
+    );
+
+    // The connection manager's hardening is in effect (SPEC §2 "What is judged is what is
+    // forwarded"): Envoy normalises the path, refuses encoded slashes, drops header names
+    // with `_`, and appends the connection's peer to X-Forwarded-For.
+    let live = ("x-tenant-api-key", "mlm_live_demo_4cTq9ZrW2yXb7Ke1");
+    let normalised = get(p, "/v1/./orders/../orders//7", &[live]);
+    assert_eq!(
+        (normalised.status, normalised.upstream_path()),
+        (200, "/v1/orders/7".to_string())
+    );
+    let escaped = get(p, "/v1/orders%2F7", &[live]);
+    assert_eq!((escaped.status, escaped.reached_upstream()), (400, false));
+    let forwarded = get(
+        p,
+        "/v1/orders",
+        &[
+            live,
+            ("x_tenant_id", "org_other"),
+            ("x-forwarded-for", "203.0.113.9"),
+        ],
+    );
+    assert_eq!(forwarded.status, 200);
+    assert_eq!(forwarded.upstream_header("x_tenant_id"), None);
+    // Envoy appends the peer (a loopback peer as its own node address); the client address
+    // it judges by is the peer, not the X-Forwarded-For the client wrote.
+    let xff = forwarded
+        .upstream_header("x-forwarded-for")
+        .unwrap_or_default();
+    assert_eq!(xff.split(',').next(), Some("203.0.113.9"), "{xff}");
+    assert_eq!(xff.split(',').count(), 2, "{xff}");
+    assert_eq!(
+        forwarded
+            .upstream_header("x-envoy-external-address")
+            .as_deref(),
+        Some("127.0.0.1")
     );
 }
 

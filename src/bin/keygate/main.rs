@@ -1,9 +1,18 @@
 //! `keygate`: mint, hash and check API keys and keygate configurations.
 //!
-//! Exit codes: 0 success; 1 the input is invalid (each error on stderr with its JSON path);
-//! 2 usage error or unreadable input.
+//! Exit codes: 0 success (warnings, if any, on stderr); 1 the input is invalid (each error on
+//! stderr with its JSON path); 2 usage error or unreadable input.
+
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+mod found;
+mod hardening;
 
 use clap::{Parser, Subcommand};
+use found::configs_in;
 use keygate::config::{gate_from_value, read_key_entry, KeyContext};
 use keygate::json_reader::Errors;
 use keygate::keys::digest_hex;
@@ -48,7 +57,8 @@ enum Command {
     },
     /// Read one key on stdin (never from arguments) and print its SHA-256 hex
     Hash,
-    /// Validate keygate configurations: plugin JSON, Envoy YAML/JSON, or Istio WasmPlugin
+    /// Validate keygate configurations: plugin JSON, Envoy YAML/JSON, or Istio WasmPlugin;
+    /// warn (exit 0) about unhardened proxy settings and plaintext keys
     Check {
         /// Files to check
         #[arg(required = true)]
@@ -109,6 +119,7 @@ fn new_key(
         environment: None,
         role: None,
         rate_limits: None,
+        checksum: None,
     }];
     let mut errors = Errors::default();
     read_key_entry(
@@ -151,97 +162,8 @@ fn hash_stdin() -> Result<(), String> {
     Ok(())
 }
 
-/// A plugin configuration found in a file: where it is, and its JSON.
-struct Found {
-    location: String,
-    config: Result<Value, String>,
-}
-
-const WASM_FILTER: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
-
-fn is_keygate(plugin: &Value) -> bool {
-    let named = |v: &Value| v.as_str().is_some_and(|s| s.contains("keygate"));
-    named(&plugin["name"])
-        || named(&plugin["root_id"])
-        || named(&plugin["vm_config"]["vm_id"])
-        || named(&plugin["vm_config"]["code"]["local"]["filename"])
-        || named(&plugin["vm_config"]["code"]["remote"]["http_uri"]["uri"])
-}
-
-/// Walks a YAML/JSON document for keygate Wasm filters (Envoy) and WasmPlugins (Istio).
-fn find_configs(v: &Value, path: &str, out: &mut Vec<Found>) {
-    match v {
-        Value::Object(map) => {
-            if map.get("@type").and_then(Value::as_str) == Some(WASM_FILTER)
-                && is_keygate(&v["config"])
-            {
-                let conf = &v["config"]["configuration"];
-                let config = match conf.get("value") {
-                    Some(Value::String(s)) => {
-                        serde_json::from_str(s).map_err(|e| format!("$: not valid JSON: {e}"))
-                    }
-                    _ => Err("$: no google.protobuf.StringValue configuration".into()),
-                };
-                out.push(Found {
-                    location: format!("{path}.config.configuration.value"),
-                    config,
-                });
-                return;
-            }
-            if map.get("kind").and_then(Value::as_str) == Some("WasmPlugin") {
-                let location = format!("{path}.spec.pluginConfig");
-                let config = v["spec"]
-                    .get("pluginConfig")
-                    .cloned()
-                    .ok_or_else(|| "$: no spec.pluginConfig".to_string());
-                out.push(Found { location, config });
-                return;
-            }
-            for (k, child) in map {
-                find_configs(child, &format!("{path}.{k}"), out);
-            }
-        }
-        Value::Array(items) => {
-            for (i, child) in items.iter().enumerate() {
-                find_configs(child, &format!("{path}[{i}]"), out);
-            }
-        }
-        _ => {}
-    }
-}
-
-/// The plugin configurations in a file: itself if it is one, else every one found inside.
-fn configs_in(file: &str, text: &str) -> Result<Vec<Found>, String> {
-    if let Ok(v) = serde_json::from_str::<Value>(text) {
-        let mut found = Vec::new();
-        find_configs(&v, "", &mut found);
-        if found.is_empty() && v.get("static_resources").is_none() && v.get("kind").is_none() {
-            found.push(Found {
-                location: String::new(),
-                config: Ok(v),
-            });
-        }
-        return Ok(found);
-    }
-    let mut found = Vec::new();
-    for (n, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let v: Value = serde::Deserialize::deserialize(doc)
-            .map_err(|e| format!("{file}: not valid JSON or YAML: {e}"))?;
-        let prefix = if n == 0 {
-            String::new()
-        } else {
-            format!("(document {}) ", n + 1)
-        };
-        let mut inner = Vec::new();
-        find_configs(&v, "", &mut inner);
-        for mut f in inner {
-            f.location = format!("{prefix}{}", f.location.trim_start_matches('.'));
-            found.push(f);
-        }
-    }
-    Ok(found)
-}
-
+/// Checks each file: errors (exit 1) and warnings (exit 0) on stderr, `ok` per valid
+/// configuration on stdout.
 fn check(files: &[String]) -> Result<bool, String> {
     let mut ok = true;
     for file in files {
@@ -251,16 +173,16 @@ fn check(files: &[String]) -> Result<bool, String> {
             eprintln!("{file}: no keygate configuration found");
             ok = false;
         }
-        for f in found {
+        for f in &found {
             let at = if f.location.is_empty() {
                 file.to_string()
             } else {
-                format!("{file}: {}", f.location.trim_start_matches('.'))
+                format!("{file}: {}", f.location)
             };
-            let errors: Vec<String> = match f.config.map(|v| gate_from_value(&v)) {
+            let errors: Vec<String> = match f.config.as_ref().map(gate_from_value) {
                 Ok(Ok(_)) => vec![],
                 Ok(Err(errs)) => errs.iter().map(|e| e.to_string()).collect(),
-                Err(e) => vec![e],
+                Err(e) => vec![e.clone()],
             };
             if errors.is_empty() {
                 println!("{at}: ok");
@@ -269,6 +191,9 @@ fn check(files: &[String]) -> Result<bool, String> {
                 ok = false;
                 eprintln!("{at}: {e}");
             }
+        }
+        for w in hardening::warnings(&found) {
+            eprintln!("{file}: warning: {w}");
         }
     }
     Ok(ok)
