@@ -294,6 +294,14 @@ fn environment(obj: &mut Obj, errors: &mut Errors) -> Option<String> {
     header_safe(&path, env, errors).then(|| env.to_string())
 }
 
+/// A key prefix keygate can match: non-empty printable ASCII without spaces.
+pub fn check_prefix(prefix: &str) -> Result<(), &'static str> {
+    if prefix.is_empty() || !prefix.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+        return Err("must be non-empty printable ASCII without spaces");
+    }
+    Ok(())
+}
+
 fn read_prefixes(root: &mut Obj, roles: &[Role], errors: &mut Errors) -> Vec<Prefix> {
     let path = root.field_path("prefixes");
     let Some(items) = root.opt_array("prefixes", errors) else {
@@ -323,11 +331,8 @@ fn read_prefixes(root: &mut Obj, roles: &[Role], errors: &mut Errors) -> Vec<Pre
         };
         o.finish(errors);
         let Some(prefix) = prefix else { continue };
-        if prefix.is_empty() || !prefix.bytes().all(|b| (0x21..0x7f).contains(&b)) {
-            errors.push(
-                &prefix_path,
-                "must be non-empty printable ASCII without spaces",
-            );
+        if let Err(e) = check_prefix(prefix) {
+            errors.push(&prefix_path, e);
             continue;
         }
         if out.iter().any(|x| x.prefix == prefix) {

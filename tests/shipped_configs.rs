@@ -18,11 +18,24 @@ fn cli() -> Command {
     Command::new(env!("CARGO_BIN_EXE_keygate"))
 }
 
-/// A shipped Envoy YAML with its fixed addresses replaced by free loopback ports and files.
+/// A shipped Envoy YAML with its fixed addresses replaced by free loopback ports and files
+/// (a second listener's 10001 becomes `port + 1`'s free twin, see [`run_shipped`]).
 fn localize(file: &str, port: u16, admin: u16, live: u16, sandbox: u16) -> String {
+    localize_with(file, port, admin, live, sandbox, 10001)
+}
+
+fn localize_with(
+    file: &str,
+    port: u16,
+    admin: u16,
+    live: u16,
+    sandbox: u16,
+    gateway: u16,
+) -> String {
     std::fs::read_to_string(repo().join(file))
         .unwrap()
         .replace("port_value: 10000", &format!("port_value: {port}"))
+        .replace("port_value: 10001", &format!("port_value: {gateway}"))
         .replace("port_value: 9901", &format!("port_value: {admin}"))
         .replace("port_value: 18080", &format!("port_value: {live}"))
         .replace("port_value: 18081", &format!("port_value: {sandbox}"))
@@ -280,19 +293,39 @@ fn cli_mints_and_hashes_keys() {
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), sha(key));
 
+    for bad in [
+        ["--prefix", "p_", "--id", "bad id"],
+        ["--prefix", "sk live", "--id", "k"],
+        ["--prefix", "", "--id", "k"],
+    ] {
+        let out = cli().arg("new").args(bad).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{bad:?}");
+        assert!(
+            out.stdout.is_empty(),
+            "no key is printed for an invalid entry"
+        );
+    }
+
+    // Checksummed keys: prefix, 30 base62 characters, their CRC-32 in 6 more.
     let out = cli()
-        .args(["new", "--prefix", "p_", "--id", "bad id"])
+        .args(["new", "--prefix", "mlm_live_", "--id", "k", "--checksum"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let key = stdout.lines().next().unwrap();
+    let body = key.strip_prefix("mlm_live_").unwrap();
     assert!(
-        out.stdout.is_empty(),
-        "no key is printed for an invalid entry"
+        body.len() == 36 && body.bytes().all(|b| b.is_ascii_alphanumeric()),
+        "{key}"
     );
+    assert!(keygate::checksum::valid(key.as_bytes()), "{key}");
 }
 
 struct Running {
     envoy: Envoy,
+    /// The second listener's port (the MLM example's sandbox-only gateway).
+    gateway: u16,
     _live: Upstream,
     _sandbox: Upstream,
 }
@@ -300,7 +333,7 @@ struct Running {
 fn run_shipped(file: &str) -> Running {
     let live = Upstream::start("live");
     let sandbox = Upstream::start("sandbox");
-    let (port, admin) = (free_port(), free_port());
+    let (port, admin, gateway) = (free_port(), free_port(), free_port());
     let dir = repo().join("target/itest").join(format!(
         "{}-{}",
         file.replace('/', "_"),
@@ -308,11 +341,16 @@ fn run_shipped(file: &str) -> Running {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("envoy.yaml");
-    std::fs::write(&cfg, localize(file, port, admin, live.port, sandbox.port)).unwrap();
+    std::fs::write(
+        &cfg,
+        localize_with(file, port, admin, live.port, sandbox.port, gateway),
+    )
+    .unwrap();
     let envoy = Envoy::launch(&cfg, &dir, port, admin, 2)
         .unwrap_or_else(|log| panic!("{file} did not start:\n{log}"));
     Running {
         envoy,
+        gateway,
         _live: live,
         _sandbox: sandbox,
     }
@@ -421,6 +459,28 @@ fn the_provider_examples_answer_as_their_walkthroughs_say() {
     );
     let sb = get(
         p,
+        "/v1/orders",
+        &[("x-tenant-api-key", "mlm_sandbox_example_Vb9nR4tY")],
+    );
+    assert_eq!(
+        (sb.status, sb.header("x-echo-upstream")),
+        (200, Some("sandbox"))
+    );
+    // The sandbox-only gateway on the second listener.
+    let g = r.gateway;
+    let refused = get(
+        g,
+        "/v1/orders",
+        &[("x-tenant-api-key", "mlm_live_example_Kx7pQ2wZ")],
+    );
+    assert_json(
+        &refused,
+        403,
+        r#"{"error":"LIVE keys are not accepted here","code":"FORBIDDEN"}"#,
+    );
+    assert_eq!(refused.header("x-environment"), Some("LIVE"));
+    let sb = get(
+        g,
         "/v1/orders",
         &[("x-tenant-api-key", "mlm_sandbox_example_Vb9nR4tY")],
     );
@@ -593,12 +653,18 @@ fn the_provider_examples_answer_as_their_walkthroughs_say() {
         .status,
         200
     );
+    // X-N8N-API-KEY is a key only under /webhooks/n8n/; elsewhere it is not read.
     assert_json(
         &get(
             p,
             "/v1/moods",
             &[("x-n8n-api-key", "PROD_API_example_n8n3Qs")],
         ),
+        401,
+        MISSING,
+    );
+    assert_json(
+        &get(p, "/v1/moods", &[("x-api-key", "PROD_API_example_n8n3Qs")]),
         403,
         r#"{"error":"Automation keys may only call /webhooks.","code":"FORBIDDEN"}"#,
     );

@@ -13,10 +13,10 @@ mod hardening;
 
 use clap::{Parser, Subcommand};
 use found::configs_in;
-use keygate::config::{gate_from_value, read_key_entry, KeyContext};
+use keygate::config::{check_prefix, gate_from_value, read_key_entry, KeyContext};
 use keygate::json_reader::Errors;
 use keygate::keys::digest_hex;
-use keygate::model::{Prefix, Role};
+use keygate::model::{Checksum, Prefix, Role};
 use serde_json::{json, Value};
 use std::io::Read;
 use std::process::ExitCode;
@@ -54,6 +54,10 @@ enum Command {
         /// Expiry, RFC 3339 (2027-01-01T00:00:00Z)
         #[arg(long)]
         expires: Option<String>,
+        /// End the key in its CRC-32 checksum, for a prefix with "checksum": "crc32"
+        /// (30 random base62 characters, then 6 of checksum)
+        #[arg(long)]
+        checksum: bool,
     },
     /// Read one key on stdin (never from arguments) and print its SHA-256 hex
     Hash,
@@ -81,6 +85,20 @@ fn random_secret() -> Result<String, String> {
     Ok(out)
 }
 
+/// `n` characters of `0-9A-Za-z` from the OS CSPRNG (rejection sampling: no bias).
+fn random_base62(n: usize) -> Result<String, String> {
+    const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut out = String::with_capacity(n);
+    while out.len() < n {
+        let mut bytes = [0u8; 64];
+        getrandom::fill(&mut bytes).map_err(|e| format!("the OS random generator failed: {e}"))?;
+        for b in bytes.iter().filter(|&&b| b < 248).take(n - out.len()) {
+            out.push(char::from(ALPHABET[usize::from(b % 62)]));
+        }
+    }
+    Ok(out)
+}
+
 fn new_key(
     prefix: &str,
     id: &str,
@@ -88,8 +106,14 @@ fn new_key(
     name: Option<String>,
     role: Option<String>,
     expires: Option<String>,
+    checksum: bool,
 ) -> Result<(), String> {
-    let key = format!("{prefix}{}", random_secret()?);
+    check_prefix(prefix).map_err(|e| format!("--prefix {e}"))?;
+    let key = if checksum {
+        keygate::checksum::append(&format!("{prefix}{}", random_base62(30)?))
+    } else {
+        format!("{prefix}{}", random_secret()?)
+    };
     let mut entry = serde_json::Map::new();
     entry.insert("id".into(), json!(id));
     entry.insert("sha256".into(), json!(digest_hex(key.as_bytes())));
@@ -119,7 +143,7 @@ fn new_key(
         environment: None,
         role: None,
         rate_limits: None,
-        checksum: None,
+        checksum: checksum.then_some(Checksum::Crc32),
     }];
     let mut errors = Errors::default();
     read_key_entry(
@@ -209,7 +233,8 @@ fn main() -> ExitCode {
             name,
             role,
             expires,
-        } => new_key(&prefix, &id, tenant, name, role, expires)
+            checksum,
+        } => new_key(&prefix, &id, tenant, name, role, expires, checksum)
             .map(|()| true)
             .map_err(|e| (1, e)),
         Command::Hash => hash_stdin().map(|()| true).map_err(|e| (2, e)),
