@@ -150,6 +150,9 @@ fn hdr(k: &str, v: &str) -> Vec<(String, String)> {
     vec![(k.to_string(), v.to_string())]
 }
 
+/// A guess at a key: the prefix and 36 random-looking characters (no valid checksum).
+const RANDOM_KEY: &str = "bk_live_Q3vX9mT2kLp8Zr4Wc7Yb1Nd6Hs0Fj5Ga2Ue";
+
 fn request_cost(up: &Upstream) {
     let ten_keys: Vec<serde_json::Value> = (0..10)
         .map(|i| json!({"id": format!("k{i}"), "sha256": sha(&format!("bk_live_{i}"))}))
@@ -161,6 +164,7 @@ fn request_cost(up: &Upstream) {
     let public =
         json!({"key_sources": [{"header": "x-api-key"}], "keys": [], "public_paths": ["*"]})
             .to_string();
+    let checksummed = json!({"key_sources": [{"header": "x-api-key"}], "prefixes": [{"prefix": "bk_live_", "environment": "LIVE", "checksum": "crc32"}], "keys": ten_keys}).to_string();
     let native = json!([{"name": "envoy.filters.http.api_key_auth", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth",
         "credentials": [{"key": "bk_live_3", "client": "k3"}],
@@ -203,9 +207,16 @@ fn request_cost(up: &Upstream) {
             samples: vec![],
         },
         Variant {
-            name: "keygate, rejected 401 (unknown key)",
+            name: "keygate, rejected 401 (random key)",
             envoy: Envoy::start(&EnvoyOpts::new("bench-401", &plain, up.port)),
-            headers: hdr("x-api-key", "bk_live_nope"),
+            headers: hdr("x-api-key", RANDOM_KEY),
+            want: 401,
+            samples: vec![],
+        },
+        Variant {
+            name: "keygate, rejected 401 (random key, crc32-checksummed prefix)",
+            envoy: Envoy::start(&EnvoyOpts::new("bench-401-crc", &checksummed, up.port)),
+            headers: hdr("x-api-key", RANDOM_KEY),
             want: 401,
             samples: vec![],
         },
