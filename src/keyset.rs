@@ -222,7 +222,10 @@ pub fn decode_record(bytes: &[u8], roles: &[Role]) -> Result<KeyRecord, DecodeEr
     let mut c = Cursor(bytes);
     c.take(32)?;
     let flags = c.u8()?;
-    let id = c.str16()?.ok_or(DecodeError::BadValue)?;
+    let id = c
+        .str16()?
+        .filter(|id| !id.is_empty())
+        .ok_or(DecodeError::BadValue)?;
     let name = c.str16()?;
     let tenant = c.str16()?;
     let expires_at = if flags & F_EXPIRES != 0 {
@@ -241,7 +244,11 @@ pub fn decode_record(bytes: &[u8], roles: &[Role]) -> Result<KeyRecord, DecodeEr
     } else {
         None
     };
-    let environment = if flags & F_ENV != 0 { c.str16()? } else { None };
+    let environment = if flags & F_ENV != 0 {
+        Some(c.str16()?.ok_or(DecodeError::BadValue)?)
+    } else {
+        None
+    };
     let rate_limits = if flags & F_LIMITS != 0 {
         let n = c.u8()?;
         let mut v = Vec::with_capacity(usize::from(n));
@@ -287,6 +294,10 @@ pub fn decode_record(bytes: &[u8], roles: &[Role]) -> Result<KeyRecord, DecodeEr
     } else {
         None
     };
+    // One spelling per record: nothing may follow it (found by fuzzing).
+    if !c.0.is_empty() {
+        return Err(DecodeError::BadValue);
+    }
     Ok(KeyRecord {
         id,
         name,
@@ -911,6 +922,43 @@ mod tests {
         find_in_shard(blob, gen, &d)
             .unwrap()
             .map(|b| decode_record(b, &g.roles).unwrap())
+    }
+
+    /// Found by `make fuzz` (target `shard`): a record followed by a stray byte decoded, a
+    /// record with an empty id decoded, and so did one flagged as having an environment that
+    /// had none; none re-encodes to its bytes.
+    #[test]
+    fn records_have_one_spelling() {
+        let mut crash = vec![8u8, 0, 0, 252, 252, 252, 1, 0, 0, 0, 0, 0, 0, 29];
+        crash.extend([252u8; 18]);
+        crash.extend([0u8; 8]);
+        assert_eq!(decode_record(&crash, &[]), Err(DecodeError::BadValue));
+        let mut rec = Vec::new();
+        let k = KeyRecord {
+            id: "k".into(),
+            ..Default::default()
+        };
+        encode_record(&mut rec, &[7; 32], &k, &[]);
+        assert_eq!(decode_record(&rec, &[]), Ok(k.clone()));
+        rec.push(0);
+        assert_eq!(decode_record(&rec, &[]), Err(DecodeError::BadValue));
+        let mut empty_id = Vec::new();
+        encode_record(
+            &mut empty_id,
+            &[7; 32],
+            &KeyRecord {
+                id: String::new(),
+                ..k.clone()
+            },
+            &[],
+        );
+        assert_eq!(decode_record(&empty_id, &[]), Err(DecodeError::BadValue));
+        // Flagged as having an environment (F_ENV), then the absent-string marker where it goes.
+        let mut flagged = Vec::new();
+        encode_record(&mut flagged, &[7; 32], &k, &[]);
+        flagged[32] |= F_ENV;
+        flagged.extend([255, 255]);
+        assert_eq!(decode_record(&flagged, &[]), Err(DecodeError::BadValue));
     }
 
     #[test]
