@@ -1,65 +1,166 @@
 #!/usr/bin/env bash
 # `make run`: the demo. Starts two echo upstreams and Envoy with keygate, prints curl lines to try,
 # and stops everything on Ctrl-C. CONFIG=envoy/examples/<style>.yaml runs a provider example
-# instead. With DEMO_SMOKE=1 it runs the demo's curl lines itself and exits.
+# instead. With DEMO_SMOKE=1 it runs the printed curl lines itself, checks what each answers, and
+# exits (non-zero, saying why, if one did not answer as printed).
+#
+# Ports, when the defaults are taken: KEYGATE_PORT (10000, the API), KEYGATE_ADMIN_PORT (9901,
+# Envoy's admin), KEYGATE_LIVE_PORT and KEYGATE_SANDBOX_PORT (18080, 18081: the echo upstreams),
+# KEYGATE_GATEWAY_PORT (10001: the MLM example's second listener). E.g. KEYGATE_PORT=10100 make run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ENVOY=.venv/bin/envoy
 CONFIG=${CONFIG:-envoy/demo.yaml}
+PORT=${KEYGATE_PORT:-10000}
+ADMIN_PORT=${KEYGATE_ADMIN_PORT:-9901}
+LIVE_PORT=${KEYGATE_LIVE_PORT:-18080}
+SANDBOX_PORT=${KEYGATE_SANDBOX_PORT:-18081}
+GATEWAY_PORT=${KEYGATE_GATEWAY_PORT:-10001}
 LIVE=mlm_live_demo_4cTq9ZrW2yXb7Ke1
 SANDBOX=mlm_sandbox_demo_8Hn3Lp5Vx0Qa6Ms2
 
+fail() { echo "keygate demo: $*" >&2; exit 1; }
+
+[ -x "$ENVOY" ] || fail "$ENVOY is missing: run \`make envoy\` (make run does)"
+[ -f "$CONFIG" ] || fail "CONFIG=$CONFIG: no such file (envoy/demo.yaml or envoy/examples/<style>.yaml)"
+
+# Another process on one of the ports would answer in keygate's place (Envoy shares listener
+# ports with SO_REUSEPORT, and a readiness check could reach another Envoy's admin): refuse.
+is_free() {
+  python3 -c 'import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null
+}
+need_free() { # PORT WHAT VARIABLE
+  is_free "$1" || fail "port $1 ($2) is in use by another process: stop it, or choose another port with $3=<port> (e.g. $3=$(($1 + 100)) make run)"
+}
+need_free "$PORT" "the API listener" KEYGATE_PORT
+need_free "$ADMIN_PORT" "Envoy's admin" KEYGATE_ADMIN_PORT
+need_free "$LIVE_PORT" "the live echo upstream" KEYGATE_LIVE_PORT
+need_free "$SANDBOX_PORT" "the sandbox echo upstream" KEYGATE_SANDBOX_PORT
+if grep -Eq 'port_value: 10001([^0-9]|$)' "$CONFIG"; then
+  need_free "$GATEWAY_PORT" "the second listener" KEYGATE_GATEWAY_PORT
+fi
+
+run=$(mktemp -d "${TMPDIR:-/tmp}/keygate-demo.XXXXXX")
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT INT TERM
+cleanup() {
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[i]}" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$run"
+}
+trap cleanup EXIT
+if [ "${DEMO_SMOKE:-}" = 1 ]; then
+  trap 'fail "demo smoke interrupted"' INT TERM
+else
+  trap 'exit 0' INT TERM # Ctrl-C is how the demo stops, not a failure
+fi
 
-python3 envoy/echo_upstream.py live:18080 sandbox:18081 & pids+=($!)
-"$ENVOY" -c "$CONFIG" --concurrency 2 --disable-hot-restart --log-level warn \
-  --file-flush-interval-msec 100 & pids+=($!)
+# The config on the chosen ports.
+python3 - "$CONFIG" "$run/envoy.yaml" 10000="$PORT" 9901="$ADMIN_PORT" 18080="$LIVE_PORT" \
+  18081="$SANDBOX_PORT" 10001="$GATEWAY_PORT" <<'PY'
+import re, sys
+src, dst, *pairs = sys.argv[1:]
+ports = dict(p.split("=") for p in pairs)
+text = open(src).read()
+open(dst, "w").write(re.sub(r"port_value: (\d+)\b", lambda m: "port_value: " + ports.get(m[1], m[1]), text))
+PY
 
-ready() { python3 -c 'import urllib.request as u; u.urlopen("http://127.0.0.1:9901/ready", timeout=1)' 2>/dev/null; }
-for _ in $(seq 1 200); do
-  ready && break
+python3 envoy/echo_upstream.py "live:$LIVE_PORT" "sandbox:$SANDBOX_PORT" 2>"$run/upstreams.log" &
+upstreams=$!
+pids+=("$upstreams")
+# Envoy's own log goes to a file (shown below once Envoy is up, or its end if Envoy dies); the
+# access log goes to stdout. Envoy writes its admin address to $run/admin once it has bound it.
+"$ENVOY" -c "$run/envoy.yaml" --concurrency 2 --disable-hot-restart --log-level warn \
+  --file-flush-interval-msec 100 --admin-address-path "$run/admin" 2>"$run/envoy.log" &
+envoy=$!
+pids+=("$envoy")
+
+died() { # WHAT LOG
+  echo "keygate demo: $1 exited during startup (CONFIG=$CONFIG); its last lines:" >&2
+  tail -n 20 "$2" | sed "s#$run/envoy.yaml#$CONFIG#g" >&2
+  exit 1
+}
+ready() { [ -s "$run/admin" ] && curl -sf -o /dev/null --max-time 1 "http://$(cat "$run/admin")/ready"; }
+deadline=$((SECONDS + 60))
+until ready; do
+  kill -0 "$envoy" 2>/dev/null || died Envoy "$run/envoy.log"
+  kill -0 "$upstreams" 2>/dev/null || died "the echo upstream (envoy/echo_upstream.py)" "$run/upstreams.log"
+  if [ "$SECONDS" -ge "$deadline" ]; then
+    tail -n 20 "$run/envoy.log" >&2
+    fail "Envoy did not become ready within 60 s (its last log lines are above)"
+  fi
   sleep 0.1
 done
-ready || { echo "Envoy did not become ready"; exit 1; }
+ADMIN=http://$(cat "$run/admin")
+API=http://127.0.0.1:$PORT
+tail -n +1 -f "$run/envoy.log" >&2 &
+pids+=($!)
 
 if [ "$CONFIG" != envoy/demo.yaml ]; then
   echo
-  echo "keygate is up with $CONFIG: Envoy on http://127.0.0.1:10000 (admin http://127.0.0.1:9901)."
+  echo "keygate is up with $CONFIG: Envoy on $API (admin $ADMIN)."
   grep '^#' "$CONFIG"
   echo "The README's walk-through for this style has the curl lines. Ctrl-C stops it."
+  [ "${DEMO_SMOKE:-}" = 1 ] && exit 0 # its walk-through is tested by tests/shipped_configs.rs
   wait
   exit 0
 fi
 
+# The lines to try: each command as printed, its comment, and a pattern its output matches
+# (`make demo-smoke` runs each line as printed and checks it). The sandbox key allows 5 requests
+# a minute: the third line is its first, so the loop's first four answer 200 and the rest 429.
+cmds=() notes=() wants=()
+line() { cmds+=("$1") notes+=("$2") wants+=("$3"); }
+line "curl -i $API/v1/orders" "401 Missing API key" \
+  'HTTP/1.1 401 *{"error":"Missing API key","code":"UNAUTHORIZED"}'
+line "curl -i -H 'x-tenant-api-key: $LIVE' $API/v1/orders" '200 from "live", see x-api-key-id' \
+  'HTTP/1.1 200 *x-environment: LIVE*"upstream": "live"*"x-api-key-id": \[*"demo_live"'
+line "curl -i -H 'Authorization: Bearer $SANDBOX' $API/v1/orders" '200 from "sandbox"' \
+  'HTTP/1.1 200 *x-ratelimit-limit: 5*"upstream": "sandbox"'
+line "curl -i -H 'x-tenant-api-key: mlm_live_wrong' $API/v1/orders" "401 Invalid, X-Environment: LIVE" \
+  'HTTP/1.1 401 *x-environment: LIVE*{"error":"Invalid API key","code":"UNAUTHORIZED"}'
+line "curl -i -H 'x-tenant-api-key: $LIVE' $API/v1/verify" '200 {"key":…,"organization":…}' \
+  'HTTP/1.1 200 *{"key":{"id":"demo_live",*"organization":{"id":"org_demo"}}'
+line "for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{http_code}\n' -H 'x-tenant-api-key: $SANDBOX' $API/; done" \
+  "200 200 200 200 429 429: 5 a minute, and the third line used one" \
+  $'200\n200\n200\n200\n429\n429'
+line "curl -s $ADMIN/stats/prometheus | grep ^keygate" "per-key usage" \
+  'keygate_allowed{key_id="demo_live"} 2*keygate_rejected{reason="rate_limited",key_id="demo_sandbox"} 2'
+
 cat <<MSG
 
-keygate demo is up: Envoy on http://127.0.0.1:10000 (admin http://127.0.0.1:9901), 2 workers.
+keygate demo is up: Envoy on $API (admin $ADMIN), 2 workers.
 Demo keys (plaintext shown only because this is a demo; the config holds SHA-256 digests):
   LIVE     $LIVE
   SANDBOX  $SANDBOX   (5 requests/minute)
 
 Try:
-  curl -i http://127.0.0.1:10000/v1/orders                                        # 401 Missing API key
-  curl -i -H 'x-tenant-api-key: $LIVE' http://127.0.0.1:10000/v1/orders   # 200 from "live", see x-api-key-id
-  curl -i -H 'Authorization: Bearer $SANDBOX' http://127.0.0.1:10000/v1/orders   # 200 from "sandbox"
-  curl -i -H 'x-tenant-api-key: mlm_live_wrong' http://127.0.0.1:10000/v1/orders  # 401 Invalid, X-Environment: LIVE
-  curl -i -H 'x-tenant-api-key: $LIVE' http://127.0.0.1:10000/v1/verify   # 200 {"key":…,"organization":…}
-  for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{http_code}\\n' -H 'x-tenant-api-key: $SANDBOX' http://127.0.0.1:10000/; done  # …429
-  curl -s http://127.0.0.1:9901/stats/prometheus | grep ^keygate                     # per-key usage
+MSG
+for i in "${!cmds[@]}"; do echo "  ${cmds[i]}   # ${notes[i]}"; done
+cat <<MSG
 The access log (one JSON line per request, with key_id/tenant/environment/decision) prints below.
 Ctrl-C stops the demo.
 
 MSG
 
 if [ "${DEMO_SMOKE:-}" = 1 ]; then
-  set -x
-  curl -s -o /dev/null -w '%{http_code}\n' http://127.0.0.1:10000/v1/orders | grep -qx 401
-  curl -s -H "x-tenant-api-key: $LIVE" http://127.0.0.1:10000/v1/orders | grep -q '"upstream": "live"'
-  curl -s -H "Authorization: Bearer $SANDBOX" http://127.0.0.1:10000/v1/orders | grep -q '"upstream": "sandbox"'
-  curl -s -H "x-tenant-api-key: $LIVE" http://127.0.0.1:10000/v1/verify | grep -q '"id":"org_demo"'
-  echo "demo smoke: ok"
+  # Rate limits count in clock minutes: start the checks well inside one.
+  while (($(date +%s) % 60 >= 55)); do sleep 1; done
+  failed=0
+  for i in "${!cmds[@]}"; do
+    out=$(bash -c "${cmds[i]}" 2>&1 | tr -d '\r') || true
+    # shellcheck disable=SC2053 # the pattern is a glob
+    if [[ $out == *${wants[i]}* ]]; then
+      echo "demo smoke: ok: ${notes[i]}"
+    else
+      failed=1
+      printf 'demo smoke: FAILED: %s\n  expected output matching: %s\n  got:\n%s\n' \
+        "${cmds[i]}" "${wants[i]}" "$(sed 's/^/    /' <<<"$out")" >&2
+    fi
+  done
+  [ "$failed" = 0 ] || fail "demo smoke failed (above: the line, what it should print, what it printed)"
+  echo "demo smoke: ok (all ${#cmds[@]} lines)"
   exit 0
 fi
 wait
