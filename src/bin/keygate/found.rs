@@ -29,12 +29,14 @@ pub enum Host {
     Istio { spec: Located },
 }
 
-/// A plugin configuration found in a file: where it is, its JSON, and what holds it.
+/// A plugin configuration found in a file: where it is, its JSON, what holds it, and its JSON
+/// text when it has one (a plain JSON file, an Envoy StringValue; not an Istio YAML map).
 #[derive(Debug)]
 pub struct Found {
     pub location: String,
     pub config: Result<Value, String>,
     pub host: Host,
+    pub source: Option<String>,
 }
 
 impl Found {
@@ -87,13 +89,20 @@ fn type_of(v: &Value) -> Option<&str> {
 
 /// A keygate Wasm filter's typed_config at `path`.
 fn envoy_filter(v: &Value, path: &str, hcm: Option<&Located>) -> Found {
-    let config = match v["config"]["configuration"].get("value") {
-        Some(Value::String(s)) => {
-            serde_json::from_str(s).map_err(|e| format!("$: not valid JSON: {e}"))
-        }
-        _ => Err("$: no google.protobuf.StringValue configuration".into()),
+    let source = v["config"]["configuration"]["value"].as_str();
+    let config = match source {
+        Some(s) => serde_json::from_str(s).map_err(|e| {
+            format!(
+                "$: not valid JSON (line {} column {} of the value): {}",
+                e.line(),
+                e.column(),
+                json_problem(&e)
+            )
+        }),
+        None => Err("$: no google.protobuf.StringValue configuration".into()),
     };
     Found {
+        source: source.map(str::to_string),
         location: field(path, "config.configuration.value"),
         config,
         host: Host::Envoy {
@@ -113,6 +122,7 @@ fn wasm_plugin(v: &Value, path: &str) -> Found {
         value: v["spec"].clone(),
     };
     Found {
+        source: None,
         location: field(&spec.location, "pluginConfig"),
         config: spec
             .value
@@ -151,9 +161,47 @@ fn find_configs(v: &Value, path: &str, hcm: Option<&Located>, out: &mut Vec<Foun
     }
 }
 
+/// A JSON syntax error without its position.
+fn json_problem(e: &serde_json::Error) -> String {
+    let message = e.to_string();
+    let at = format!(" at line {} column {}", e.line(), e.column());
+    message.strip_suffix(&at).unwrap_or(&message).to_string()
+}
+
+/// `line L column C: <problem>` for a JSON syntax error.
+fn json_syntax_error(e: &serde_json::Error) -> String {
+    format!(
+        "line {} column {}: {}",
+        e.line(),
+        e.column(),
+        json_problem(e)
+    )
+}
+
+/// `line L column C: <problem>` for a YAML error (without the position when it has none).
+fn yaml_error(e: &serde_yaml::Error) -> String {
+    let message = e.to_string();
+    match e.location() {
+        Some(l) => {
+            let at = format!(" at line {} column {}", l.line(), l.column());
+            let problem = message.replacen(&at, "", 1);
+            format!("line {} column {}: {problem}", l.line(), l.column())
+        }
+        None => message,
+    }
+}
+
+/// A file named `.json`, or whose text starts with `{`, is JSON and nothing else (YAML, a
+/// superset of JSON, would accept a trailing comma or an unquoted key as something else).
+fn is_json(file: &str, text: &str) -> bool {
+    file.ends_with(".json") || text.trim_start().starts_with('{')
+}
+
 /// The plugin configurations in a file: itself if it is one, else every one found inside.
+/// A syntax error is `line L column C: <problem>`.
 pub fn configs_in(file: &str, text: &str) -> Result<Vec<Found>, String> {
-    if let Ok(v) = serde_json::from_str::<Value>(text) {
+    if is_json(file, text) {
+        let v = serde_json::from_str::<Value>(text).map_err(|e| json_syntax_error(&e))?;
         let mut found = Vec::new();
         find_configs(&v, "", None, &mut found);
         if found.is_empty() && v.get("static_resources").is_none() && v.get("kind").is_none() {
@@ -161,14 +209,14 @@ pub fn configs_in(file: &str, text: &str) -> Result<Vec<Found>, String> {
                 location: String::new(),
                 config: Ok(v),
                 host: Host::Plain,
+                source: Some(text.to_string()),
             });
         }
         return Ok(found);
     }
     let mut found = Vec::new();
     for (n, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let v: Value = serde::Deserialize::deserialize(doc)
-            .map_err(|e| format!("{file}: not valid JSON or YAML: {e}"))?;
+        let v: Value = serde::Deserialize::deserialize(doc).map_err(|e| yaml_error(&e))?;
         let mut inner = Vec::new();
         find_configs(&v, "", None, &mut inner);
         let prefix = if n == 0 {
@@ -179,4 +227,61 @@ pub fn configs_in(file: &str, text: &str) -> Result<Vec<Found>, String> {
         found.extend(inner.into_iter().map(|f| f.prefixed(&prefix)));
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn syntax_error(file: &str, text: &str) -> String {
+        configs_in(file, text).map(|f| f.len()).unwrap_err()
+    }
+
+    #[test]
+    fn json_is_parsed_as_json_only_and_its_errors_have_line_and_column() {
+        let trailing_comma = "{\n  \"keys\": [],\n}\n";
+        let unquoted_key = "{\n  \"keys\": [],\n  verify_path: \"/v\"\n}\n";
+        for file in ["plugin.json", "plugin.yaml", "plugin"] {
+            assert_eq!(
+                syntax_error(file, trailing_comma),
+                "line 3 column 1: trailing comma"
+            );
+            assert_eq!(
+                syntax_error(file, unquoted_key),
+                "line 3 column 3: key must be a string"
+            );
+        }
+        // A .json file is JSON even when it does not start with `{`.
+        assert_eq!(
+            syntax_error("plugin.json", "keys: []\n"),
+            "line 1 column 1: expected value"
+        );
+    }
+
+    #[test]
+    fn yaml_errors_have_line_and_column() {
+        assert_eq!(
+            syntax_error("envoy.yaml", "admin:\n  address: [1\nstatic_resources: {}\n"),
+            "line 3 column 17: did not find expected ',' or ']', while parsing a flow sequence at line 2 column 12"
+        );
+        // In a later document, the line is the file's.
+        assert_eq!(
+            syntax_error("envoy.yaml", "a: 1\n---\nb: [\n"),
+            "line 4 column 1: did not find expected node content, while parsing a flow node"
+        );
+    }
+
+    #[test]
+    fn a_broken_envoy_string_value_names_its_line_and_column() {
+        let envoy = serde_json::json!({"static_resources": {"listeners": [{"filter": {
+            "@type": WASM_FILTER,
+            "config": {"name": "keygate", "configuration": {"value": "{\n \"keys\": [],\n}"}}
+        }}]}});
+        let found = configs_in("envoy.yaml", &envoy.to_string()).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            found[0].config.as_ref().unwrap_err(),
+            "$: not valid JSON (line 3 column 1 of the value): trailing comma"
+        );
+    }
 }

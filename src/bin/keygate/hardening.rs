@@ -526,8 +526,9 @@ mod tests {
 
     #[test]
     fn locations_in_a_second_yaml_document_name_it() {
+        // (A YAML stream: text starting with `{` would be read as JSON only.)
         let text = format!(
-            "{}\n---\n{}",
+            "# two documents\n{}\n---\n{}",
             envoy(
                 hardened_hcm(),
                 vec![keygate_filter(plugin(), fail_closed())]

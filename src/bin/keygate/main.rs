@@ -10,9 +10,10 @@
 
 mod found;
 mod hardening;
+mod order;
 
 use clap::{Parser, Subcommand};
-use found::configs_in;
+use found::{configs_in, Found};
 use keygate::config::{check_prefix, gate_from_value, read_key_entry, KeyContext};
 use keygate::json_reader::Errors;
 use keygate::keys::digest_hex;
@@ -186,13 +187,35 @@ fn hash_stdin() -> Result<(), String> {
     Ok(())
 }
 
+/// The errors of a found configuration (none: it is valid), in the order of its text.
+fn config_errors(f: &Found) -> Vec<String> {
+    match f.config.as_ref().map(gate_from_value) {
+        Ok(Ok(_)) => vec![],
+        Ok(Err(mut errors)) => {
+            if let Some(source) = &f.source {
+                let offsets = order::offsets(source);
+                errors.sort_by_key(|e| order::position(&offsets, &e.path));
+            }
+            errors.iter().map(|e| e.to_string()).collect()
+        }
+        Err(e) => vec![e.clone()],
+    }
+}
+
 /// Checks each file: errors (exit 1) and warnings (exit 0) on stderr, `ok` per valid
 /// configuration on stdout.
 fn check(files: &[String]) -> Result<bool, String> {
     let mut ok = true;
     for file in files {
         let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;
-        let found = configs_in(file, &text)?;
+        let found = match configs_in(file, &text) {
+            Ok(found) => found,
+            Err(syntax) => {
+                eprintln!("{file}: {syntax}");
+                ok = false;
+                continue;
+            }
+        };
         if found.is_empty() {
             eprintln!("{file}: no keygate configuration found");
             ok = false;
@@ -203,11 +226,7 @@ fn check(files: &[String]) -> Result<bool, String> {
             } else {
                 format!("{file}: {}", f.location)
             };
-            let errors: Vec<String> = match f.config.as_ref().map(gate_from_value) {
-                Ok(Ok(_)) => vec![],
-                Ok(Err(errs)) => errs.iter().map(|e| e.to_string()).collect(),
-                Err(e) => vec![e.clone()],
-            };
+            let errors = config_errors(f);
             if errors.is_empty() {
                 println!("{at}: ok");
             }
@@ -247,5 +266,39 @@ fn main() -> ExitCode {
             eprintln!("keygate: {e}");
             ExitCode::from(code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors_of(file: &str, text: &str) -> Vec<String> {
+        configs_in(file, text)
+            .unwrap()
+            .iter()
+            .flat_map(config_errors)
+            .collect()
+    }
+
+    #[test]
+    fn errors_are_listed_in_file_order() {
+        // serde_json sorts object keys; the errors follow the text instead.
+        let plugin = r#"{"x": 1, "rate_limits": [{"per": "day", "requests": 0}],
+            "keys": [{"sha256": "abc", "id": "a b"}, {"id": "ok", "sha256": "0"}]}"#;
+        let want = [
+            "$.x: unknown field",
+            "$.rate_limits[0].requests: must be at least 1",
+            "$.keys[0].sha256: must be 64 lowercase hex characters (SHA-256 of the whole key)",
+            "$.keys[0].id: \"a b\" must be 1-128 characters of A-Z a-z 0-9 _ - . :",
+            "$.keys[1].sha256: must be 64 lowercase hex characters (SHA-256 of the whole key)",
+        ];
+        assert_eq!(errors_of("plugin.json", plugin), want);
+        // The same inside an Envoy config's StringValue.
+        let envoy = serde_json::json!({"static_resources": {"listeners": [{"filter": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {"name": "keygate", "configuration": {"value": plugin}}
+        }}]}});
+        assert_eq!(errors_of("envoy.yaml", &envoy.to_string()), want);
     }
 }
