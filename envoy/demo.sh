@@ -32,7 +32,7 @@ s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null
 }
 need_free() { # PORT WHAT VARIABLE
-  is_free "$1" || fail "port $1 ($2) is in use by another process: stop it, or choose another port with $3=<port> (e.g. $3=$(($1 + 100)) make run)"
+  is_free "$1" || fail "port $1 ($2) is in use by another process: stop it, or choose another port with $3=<port> (e.g. $3=$(($1 + 1000)) make run)"
 }
 need_free "$PORT" "the API listener" KEYGATE_PORT
 need_free "$ADMIN_PORT" "Envoy's admin" KEYGATE_ADMIN_PORT
