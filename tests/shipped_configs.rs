@@ -4,7 +4,9 @@
 mod common;
 use common::*;
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::net::TcpListener;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 const EXAMPLES: [&str; 5] = [
     "envoy/demo.yaml",
@@ -212,6 +214,19 @@ fn check_names_the_json_path_of_each_error() {
     assert!(
         err.lines().any(|l| l == want),
         "missing {want:?} in:\n{err}"
+    );
+    // Broken JSON is a syntax error with its line and column (YAML would have accepted it as
+    // something else and found no configuration).
+    let broken = dir.join("broken.json");
+    std::fs::write(&broken, "{\n  \"keys\": [],\n  verify_path: \"/v\",\n}\n").unwrap();
+    let out = cli().arg("check").arg(&broken).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "{}: line 3 column 3: key must be a string\n",
+            broken.display()
+        )
     );
     // A file without keygate in it is an error too; a missing file is a usage error (2).
     let out = cli()
@@ -668,4 +683,136 @@ fn the_provider_examples_answer_as_their_walkthroughs_say() {
         403,
         r#"{"error":"Automation keys may only call /webhooks.","code":"FORBIDDEN"}"#,
     );
+}
+
+/// `envoy/demo.sh` with DEMO_SMOKE=1 on free ports (`busy` replaces one of them: its variable
+/// and port), how long it took, and the ports (variable, port).
+fn run_demo(
+    config: Option<&str>,
+    busy: Option<(&str, u16)>,
+) -> (Output, Duration, Vec<(&'static str, u16)>) {
+    let (_, _) = (wasm_path(), envoy_bin());
+    let mut demo = Command::new(repo().join("envoy/demo.sh"));
+    demo.env("DEMO_SMOKE", "1").env_remove("CONFIG");
+    let mut ports = Vec::new();
+    for var in [
+        "KEYGATE_PORT",
+        "KEYGATE_ADMIN_PORT",
+        "KEYGATE_LIVE_PORT",
+        "KEYGATE_SANDBOX_PORT",
+        "KEYGATE_GATEWAY_PORT",
+    ] {
+        let port = match busy {
+            Some((v, port)) if v == var => port,
+            _ => free_port(),
+        };
+        demo.env(var, port.to_string());
+        ports.push((var, port));
+    }
+    if let Some(config) = config {
+        demo.env("CONFIG", config);
+    }
+    let start = Instant::now();
+    let out = demo.output().unwrap();
+    (out, start.elapsed(), ports)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).to_string()
+}
+
+#[test]
+fn the_demo_smoke_checks_every_printed_line_and_envoy_starts_without_warnings() {
+    let (out, _, ports) = run_demo(None, None);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("demo smoke: ok (all 7 lines)"), "{stdout}");
+    let printed = stdout
+        .lines()
+        .filter(|l| l.starts_with("  curl ") || l.starts_with("  for "));
+    assert_eq!(printed.count(), 7, "{stdout}");
+    // Nothing but the access log and the checks: no Envoy warning (e.g. the one about
+    // unlimited downstream connections), no shell trace.
+    assert_eq!(stderr, "", "{stdout}");
+    assert!(!stdout.contains("+ curl"), "{stdout}");
+
+    // The README's Quick start shows what it printed (on the default ports).
+    let start = stdout.find("keygate demo is up").unwrap();
+    let end = stdout.find("Ctrl-C stops the demo.\n").unwrap();
+    let mut banner = stdout[start..end].to_string() + "Ctrl-C stops the demo.\n";
+    for (var, default) in [("KEYGATE_PORT", 10000), ("KEYGATE_ADMIN_PORT", 9901)] {
+        let port = ports.iter().find(|(v, _)| *v == var).unwrap().1;
+        banner = banner.replace(
+            &format!("127.0.0.1:{port}"),
+            &format!("127.0.0.1:{default}"),
+        );
+    }
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    assert!(
+        readme.contains(&format!("```console\n{banner}```\n")),
+        "the README's Quick start does not show what the demo prints:\n{banner}"
+    );
+}
+
+#[test]
+fn the_demo_refuses_a_busy_port_at_once_naming_it() {
+    for var in [
+        "KEYGATE_PORT",
+        "KEYGATE_ADMIN_PORT",
+        "KEYGATE_LIVE_PORT",
+        "KEYGATE_SANDBOX_PORT",
+    ] {
+        let held = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = held.local_addr().unwrap().port();
+        let (out, took, _) = run_demo(None, Some((var, port)));
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{var}: {stderr}");
+        assert!(took < Duration::from_secs(5), "{var}: {took:?}");
+        assert_eq!(stderr.lines().count(), 1, "{var}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("keygate demo: port {port} ("))
+                && stderr.contains("is in use by another process")
+                && stderr.contains(&format!("{var}=")),
+            "{var}: {stderr}"
+        );
+        assert!(!text(&out.stdout).contains("is up"), "{var}");
+    }
+}
+
+#[test]
+fn the_demo_reports_envoy_dying_at_startup_with_its_error() {
+    let dir = repo()
+        .join("target/itest")
+        .join(format!("demo-broken-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A mistyped field (Envoy refuses the bootstrap) and a broken keygate configuration
+    // (Envoy cannot create the plugin).
+    let demo = std::fs::read_to_string(repo().join("envoy/demo.yaml")).unwrap();
+    for (name, yaml, envoy_says) in [
+        (
+            "field",
+            demo.replace("stat_prefix: api", "stat_prefx: api"),
+            "stat_prefx",
+        ),
+        (
+            "plugin",
+            demo.replace("\"verify_path\"", "\"verify_pth\""),
+            "configuration rejected: $.verify_pth: unknown field",
+        ),
+    ] {
+        let config = dir.join(format!("{name}.yaml"));
+        std::fs::write(&config, yaml).unwrap();
+        let (out, took, _) = run_demo(config.to_str(), None);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert!(took < Duration::from_secs(5), "{name}: {took:?}");
+        assert!(
+            stderr.starts_with(&format!(
+                "keygate demo: Envoy exited during startup (CONFIG={}); its last lines:\n",
+                config.display()
+            )),
+            "{name}: {stderr}"
+        );
+        assert!(stderr.contains(envoy_says), "{name}: {stderr}");
+    }
 }
