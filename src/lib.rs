@@ -17,6 +17,7 @@ pub mod credentials;
 pub mod decide;
 pub mod forward;
 pub mod header_names;
+pub mod host_wire;
 pub mod ip;
 pub mod json_reader;
 pub mod keys;

@@ -1,5 +1,6 @@
 //! One HTTP stream: read the request once, let the core decide, carry out the verdict.
 
+use super::abi;
 use super::host::EnvoyHost;
 use super::stats::Stats;
 use super::sync::{self, View};
@@ -9,7 +10,6 @@ use crate::forward::{self, Edits, Fate};
 use crate::model::Gate;
 use crate::reply::{self, Reply};
 use log::{debug, error};
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 use std::cell::RefCell;
@@ -42,7 +42,7 @@ impl KeygateHttp {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        if hostcalls::send_http_response(r.status, headers, Some(r.body.as_bytes())).is_err() {
+        if abi::send_local_response(r.status, &headers, r.body.as_bytes()).is_err() {
             error!("could not send the local reply");
         }
         self.replied = true;
@@ -57,23 +57,23 @@ impl KeygateHttp {
 
 fn set_state(name: &str, value: Option<&str>) {
     if let Some(v) = value {
-        let _ = hostcalls::set_property(vec![name], Some(v.as_bytes()));
+        let _ = abi::set_property(&[name], v.as_bytes());
     }
 }
 
 /// Carries out the forwarding plan: one host call per change, none when nothing changes.
 fn apply(edits: &Edits) {
     if let Some(p) = &edits.path {
-        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, ":path", Some(p));
+        let _ = abi::set_header(MapType::HttpRequestHeaders, ":path", p);
     }
     for name in &edits.remove {
-        let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+        let _ = abi::remove_header(MapType::HttpRequestHeaders, name);
     }
 }
 
 fn set_request_header(name: Option<&str>, value: Option<&str>) {
     if let (Some(n), Some(v)) = (name, value) {
-        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, n, Some(v));
+        let _ = abi::set_header(MapType::HttpRequestHeaders, n, v);
     }
 }
 
@@ -85,7 +85,7 @@ impl HttpContext for KeygateHttp {
             return self.fail_closed("no configuration");
         };
         // One host call for every header: the key sources, :method, :path and referer.
-        let Ok(headers) = hostcalls::get_map_bytes(MapType::HttpRequestHeaders) else {
+        let Ok(headers) = abi::header_pairs(MapType::HttpRequestHeaders) else {
             return self.fail_closed("request headers unavailable");
         };
         let text = |name: &str| {
@@ -145,7 +145,7 @@ impl HttpContext for KeygateHttp {
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if !self.replied {
             for (k, v) in &self.response_headers {
-                let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, k, Some(v));
+                let _ = abi::set_header(MapType::HttpResponseHeaders, k, v);
             }
         }
         Action::Continue

@@ -1,5 +1,6 @@
 //! The proxy-wasm glue: moves data between Envoy and the pure core. Nothing here decides.
 
+mod abi;
 mod host;
 mod http;
 mod root;
@@ -7,9 +8,8 @@ mod stats;
 mod sync;
 
 use proxy_wasm::traits::RootContext;
-use proxy_wasm::types::LogLevel;
 
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
+    abi::init_logging();
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(root::KeygateRoot::default()) });
 }}

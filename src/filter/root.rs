@@ -1,14 +1,14 @@
 //! The root context: parses the configuration once per `on_configure` and hands it to requests.
 
+use super::abi;
 use super::host::{unix_now, SharedData};
 use super::http::KeygateHttp;
 use super::stats::Stats;
-use super::sync::{refresh_view, Syncer, View, TICK};
+use super::sync::{refresh_view, Syncer, View, TICK_MS};
 use crate::config::parse_config;
 use crate::model::Gate;
 use crate::ratelimit::{ensure_counter, ensure_creation_lock};
 use log::{error, info, warn};
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
 use std::cell::RefCell;
@@ -39,7 +39,7 @@ impl Context for KeygateRoot {
 
 impl RootContext for KeygateRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+        let bytes = match abi::buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
             Ok(Some(b)) => b,
             Ok(None) => {
                 error!("configuration rejected: $: no plugin configuration given");
@@ -99,7 +99,7 @@ impl RootContext for KeygateRoot {
             refresh_view(&self.view);
         }
         // The tick flushes last-used gauges and, with key_sync, refreshes the key-set view.
-        let _ = hostcalls::set_tick_period(TICK);
+        let _ = abi::set_tick_period_ms(TICK_MS);
         info!(
             "configuration loaded: {} keys, {} prefixes, {} roles",
             gate.keys.len(),

@@ -6,9 +6,9 @@
 //! `keygate.rejected.reason.<reason>.key_id.<id>`, `keygate.last_used.key_id.<id>` (gauge, Unix seconds, written once per tick),
 //! and for requests without a known key `keygate.rejected.reason.<reason>`.
 
+use super::abi;
 use crate::decide::Decision;
 use crate::keys::FastMap;
-use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
 const REASONS: usize = Decision::ALL.len();
@@ -35,14 +35,14 @@ pub struct Stats {
 
 fn define(slot: &mut Option<u32>, kind: MetricType, name: impl FnOnce() -> String) -> Option<u32> {
     if slot.is_none() {
-        *slot = hostcalls::define_metric(kind, &name()).ok();
+        *slot = abi::define_metric(kind, &name());
     }
     *slot
 }
 
 fn bump(id: Option<u32>) {
     if let Some(id) = id {
-        let _ = hostcalls::increment_metric(id, 1);
+        abi::increment_metric(id, 1);
     }
 }
 
@@ -92,7 +92,7 @@ impl Stats {
                 format!("keygate.last_used.key_id.{key_id}")
             });
             if let Some(g) = gauge {
-                let _ = hostcalls::record_metric(g, now);
+                abi::record_metric(g, now);
             }
         }
     }
@@ -110,7 +110,7 @@ impl Stats {
     /// Sets an operational gauge (`keygate.<name>`).
     pub fn gauge(&mut self, name: &'static str, value: u64) {
         if let Some(id) = cached(&mut self.gauges, name, MetricType::Gauge) {
-            let _ = hostcalls::record_metric(id, value);
+            abi::record_metric(id, value);
         }
     }
 
@@ -129,7 +129,7 @@ fn cached(
     if let Some(id) = ids.get(name) {
         return Some(*id);
     }
-    let id = hostcalls::define_metric(kind, &format!("keygate.{name}")).ok()?;
+    let id = abi::define_metric(kind, &format!("keygate.{name}"))?;
     ids.insert(name, id);
     Some(id)
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 /// How often every VM re-reads the published meta (new sets are seen within this) and the
 /// fetching VM checks whether an interval has passed.
-pub const TICK: Duration = Duration::from_millis(500);
+pub const TICK_MS: u32 = 500;
 /// Extra lease time taken right before writing a set, so no other VM can start publishing.
 const WRITE_BUDGET_S: u64 = 30;
 
@@ -217,6 +217,9 @@ impl Syncer {
             headers.push(("if-none-match", tag));
         }
         stats.borrow_mut().event("sync_fetches");
+        // The SDK's call, not the raw ABI: only it registers the token with the SDK's
+        // dispatcher, which routes the answer back here. It panics only on statuses Envoy's
+        // httpCall never returns (Envoy answers Ok, BadArgument or InternalFailure).
         match hostcalls::dispatch_http_call(
             &self.cfg.cluster,
             headers,
