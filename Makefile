@@ -10,7 +10,7 @@ CLI := target/release/keygate
 WASM_TARGET_STAMP := target/.wasm32-wasip1-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help build wasm cli toolchain envoy test unit integration demo-smoke lint fmt run bench compose clean distclean
+.PHONY: help build wasm wasm-faults cli toolchain envoy test unit integration demo-smoke lint fmt run bench fuzz compose clean distclean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -33,6 +33,11 @@ wasm: $(WASM_TARGET_STAMP) ## Build the filter: target/wasm32-wasip1/release/key
 	cargo build --release --target wasm32-wasip1 --lib
 	@ls -l $(WASM) | awk '{printf "keygate.wasm: %d bytes\n", $$5}'
 
+# The same filter with test-only fault injection (tests/faults.rs), in its own target dir.
+WASM_FAULTS := target/faults/wasm32-wasip1/release/keygate.wasm
+wasm-faults: $(WASM_TARGET_STAMP) ## Build the fault-injection filter for the fault tests (never deployed)
+	CARGO_TARGET_DIR=target/faults cargo build --release --target wasm32-wasip1 --lib --features fault-injection --quiet
+
 cli: ## Build the CLI: target/release/keygate
 	cargo build --release --bin keygate
 
@@ -44,12 +49,13 @@ fmt: ## Format the code
 lint: $(WASM_TARGET_STAMP) ## rustfmt check, clippy (wasm and native) with warnings denied
 	cargo fmt --check
 	cargo clippy --release --target wasm32-wasip1 --lib -- -D warnings
+	CARGO_TARGET_DIR=target/faults cargo clippy --release --target wasm32-wasip1 --lib --features fault-injection -- -D warnings
 	cargo clippy --all-targets -- -D warnings
 
 unit: ## Unit tests of the pure core (native cargo test)
 	cargo test --lib --bins
 
-integration: build envoy ## Integration tests: real Envoy + built .wasm + real upstreams
+integration: build wasm-faults envoy ## Integration tests: real Envoy + built .wasm + real upstreams
 	cargo test --test '*' -- --test-threads 2
 
 demo-smoke: build envoy ## Start the demo as `make run` does, run and check each curl line it prints, stop it
@@ -63,6 +69,10 @@ run: build envoy ## Start the demo on localhost (CONFIG=envoy/examples/<style>.y
 
 bench: build envoy ## Benchmarks: Envoy CPU per request with and without keygate features
 	./bench/run.sh
+
+FUZZ_SECONDS ?= 60
+fuzz: ## Coverage-guided fuzzing (libFuzzer, stable Rust): each target FUZZ_SECONDS (60); corpora in fuzz/corpus
+	FUZZ_SECONDS=$(FUZZ_SECONDS) ./fuzz/run.sh
 
 compose: build ## docker compose harness (needs a Docker engine)
 	docker compose -f envoy/docker-compose.yaml up

@@ -88,6 +88,8 @@ impl HttpContext for KeygateHttp {
         let Ok(headers) = abi::header_pairs(MapType::HttpRequestHeaders) else {
             return self.fail_closed("request headers unavailable");
         };
+        #[cfg(feature = "fault-injection")]
+        super::faults::on_request(&headers);
         let text = |name: &str| {
             headers
                 .iter()

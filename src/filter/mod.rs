@@ -1,6 +1,8 @@
 //! The proxy-wasm glue: moves data between Envoy and the pure core. Nothing here decides.
 
 mod abi;
+#[cfg(feature = "fault-injection")]
+mod faults;
 mod host;
 mod http;
 mod root;

@@ -187,6 +187,8 @@ impl Syncer {
         };
         // An unreadable lease (another build's layout) counts as free.
         let lease = Lease::decode(&raw).unwrap_or_default();
+        #[cfg(feature = "fault-injection")]
+        super::faults::on_fetcher_tick(self.me, lease.owner);
         let timeout_s = self.cfg.timeout_ms.div_ceil(1000);
         let Some(next) = lease.claim(
             self.me,

@@ -2,6 +2,8 @@
 //! a real upstream that reports what it received, and a raw HTTP/1.1 client.
 #![allow(dead_code)]
 
+pub mod key_service;
+
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -17,12 +19,20 @@ pub fn repo() -> PathBuf {
 }
 
 pub fn wasm_path() -> PathBuf {
-    let p = repo().join("target/wasm32-wasip1/release/keygate.wasm");
-    assert!(
-        p.exists(),
-        "{} is missing: run `make build` first",
-        p.display()
-    );
+    built("target/wasm32-wasip1/release/keygate.wasm", "make build")
+}
+
+/// The filter built with test-only fault injection (`make wasm-faults`).
+pub fn faults_wasm_path() -> PathBuf {
+    built(
+        "target/faults/wasm32-wasip1/release/keygate.wasm",
+        "make wasm-faults",
+    )
+}
+
+fn built(path: &str, how: &str) -> PathBuf {
+    let p = repo().join(path);
+    assert!(p.exists(), "{} is missing: run `{how}` first", p.display());
     p
 }
 
@@ -304,6 +314,8 @@ pub struct EnvoyOpts<'a> {
     /// The shipped configs' HCM hardening (path normalisation, escaped slashes and underscore
     /// headers refused or dropped, `use_remote_address`); `false` = Envoy's defaults.
     pub hardened: bool,
+    /// The filter to load instead of the release build (e.g. [`faults_wasm_path`]).
+    pub wasm: Option<PathBuf>,
 }
 
 impl<'a> EnvoyOpts<'a> {
@@ -316,6 +328,7 @@ impl<'a> EnvoyOpts<'a> {
             concurrency: 2,
             key_service: None,
             hardened: false,
+            wasm: None,
         }
     }
 }
@@ -337,7 +350,7 @@ fn cluster(name: &str, port: u16) -> Value {
 }
 
 /// The keygate HTTP filter entry for a plugin configuration.
-pub fn keygate_filter(plugin_config: &str) -> Value {
+pub fn keygate_filter(plugin_config: &str, wasm: &Path) -> Value {
     json!({
         "name": "envoy.filters.http.wasm",
         "typed_config": {
@@ -345,7 +358,7 @@ pub fn keygate_filter(plugin_config: &str) -> Value {
             "config": {
                 "name": "keygate", "root_id": "keygate", "failure_policy": "FAIL_CLOSED",
                 "vm_config": {"vm_id": "keygate", "runtime": "envoy.wasm.runtime.v8",
-                              "code": {"local": {"filename": wasm_path().display().to_string()}}},
+                              "code": {"local": {"filename": wasm.display().to_string()}}},
                 "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": plugin_config}
             }
         }
@@ -380,7 +393,7 @@ fn listener(o: &EnvoyOpts, dir: &Path, port: u16, plugin_config: &str) -> Value 
         }}],
         "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
         "http_filters": [
-            keygate_filter(plugin_config),
+            keygate_filter(plugin_config, &o.wasm.clone().unwrap_or_else(wasm_path)),
             {"name": "envoy.filters.http.router", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
         ]
