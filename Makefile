@@ -10,7 +10,7 @@ CLI := target/release/keygate
 WASM_TARGET_STAMP := target/.wasm32-wasip1-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help build wasm wasm-faults cli toolchain envoy test unit integration demo-smoke lint fmt run bench fuzz compose clean distclean
+.PHONY: help build wasm wasm-faults cli toolchain envoy test unit integration demo-smoke lint fmt run bench soak fuzz compose clean distclean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -69,6 +69,11 @@ run: build envoy ## Start the demo on localhost (CONFIG=envoy/examples/<style>.y
 
 bench: build envoy ## Benchmarks: Envoy CPU per request with and without keygate features
 	./bench/run.sh
+
+soak: build envoy ## Ten minutes of mixed traffic (SOAK_SECONDS=…): RSS and shared data sampled; bench/SOAK.md, bench/soak.png
+	$(VENV)/bin/python -c 'import matplotlib' 2>/dev/null || $(VENV)/bin/pip install --disable-pip-version-check --progress-bar on matplotlib
+	CARGO_TARGET_DIR=target/bench-build cargo bench --bench soak
+	$(VENV)/bin/python bench/plot_soak.py
 
 FUZZ_SECONDS ?= 60
 fuzz: ## Coverage-guided fuzzing (libFuzzer, stable Rust): each target FUZZ_SECONDS (60); corpora in fuzz/corpus

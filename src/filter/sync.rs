@@ -296,6 +296,11 @@ impl Syncer {
                     let mut s = stats.borrow_mut();
                     s.event("sync_updates");
                     s.gauge("sync_keys", u64::from(m.count));
+                    // What the set occupies in shared data: per shard a 12-byte header and a
+                    // 4-byte offset per record, then the records (the other slot is cleared).
+                    let shards = 1u64 << m.bits;
+                    let bytes = set.encoded_bytes() as u64 + 12 * shards + 4 * u64::from(m.count);
+                    s.gauge("sync_shared_bytes", bytes);
                     info!(
                         "key sync: published version {}: {} keys, {} bytes in {} shards",
                         q(&m.version),
