@@ -397,7 +397,11 @@ const MIN_ENTRY_BYTES: usize = 80;
 
 impl ParsedSet {
     fn for_body_size(size: usize) -> Self {
-        let bits = shard_bits(size / MIN_ENTRY_BYTES);
+        Self::for_keys(size / MIN_ENTRY_BYTES)
+    }
+
+    fn for_keys(n: usize) -> Self {
+        let bits = shard_bits(n);
         ParsedSet {
             bits,
             shards: vec![Vec::new(); 1usize << bits],
@@ -406,18 +410,23 @@ impl ParsedSet {
     }
 
     fn push(&mut self, digest: &Digest, rec: &KeyRecord, roles: &[Role]) {
+        let mut encoded = Vec::with_capacity(96);
+        encode_record(&mut encoded, digest, rec, roles);
+        self.push_encoded(&encoded);
+    }
+
+    /// Adds an encoded record (its digest first) to its shard.
+    fn push_encoded(&mut self, rec: &[u8]) {
+        let Some(digest) = rec.first_chunk::<32>() else {
+            return;
+        };
         let Some(buf) = self.shards.get_mut(shard_of(digest, self.bits) as usize) else {
             return;
         };
-        let start = buf.len();
-        buf.extend_from_slice(&[0; 4]);
-        encode_record(buf, digest, rec, roles);
-        let len = buf.len() - start - 4;
-        if let Some(prefix) = buf.get_mut(start..start + 4) {
-            prefix.copy_from_slice(&(len as u32).to_le_bytes());
-        }
+        buf.extend_from_slice(&(rec.len() as u32).to_le_bytes());
+        buf.extend_from_slice(rec);
         self.count += 1;
-        self.bytes += len;
+        self.bytes += rec.len();
     }
 
     pub fn len(&self) -> usize {
@@ -439,14 +448,7 @@ impl ParsedSet {
 
     /// One shard's records, sorted by digest; `None` if two have the same digest.
     fn sorted(buf: &[u8]) -> Option<Vec<&[u8]>> {
-        let mut recs = Vec::new();
-        let mut rest = buf;
-        while let Some((len, tail)) = rest.split_first_chunk::<4>() {
-            let len = u32::from_le_bytes(*len) as usize;
-            let (rec, tail) = tail.split_at_checked(len)?;
-            recs.push(rec);
-            rest = tail;
-        }
+        let mut recs: Vec<&[u8]> = records_of(buf).collect();
         recs.sort_unstable_by(|a, b| a.get(..32).cmp(&b.get(..32)));
         let dup = recs
             .windows(2)
@@ -489,6 +491,102 @@ pub enum Fetched {
     /// Same version as the one already published: nothing to do.
     Unchanged,
     Set(ParsedSet),
+    /// Changes on top of the published version `since` (SPEC §4 delta answers).
+    Delta(Delta),
+}
+
+/// A delta answer `{"version","since","upserts":[…],"removed":[ids…]}`, validated.
+#[derive(Debug)]
+pub struct Delta {
+    pub version: String,
+    pub since: String,
+    /// The upserted entries, encoded (as a small set of their own).
+    pub upserts: ParsedSet,
+    /// Ids to drop: the removed ones and the upserted ones (their old records give way).
+    pub drop_ids: FastSet<String>,
+}
+
+impl Delta {
+    /// Starts the new set: feed it the published set's records with
+    /// [`Applying::old_record`], then [`Applying::finish`].
+    pub fn start(self, old_count: usize) -> Applying {
+        let set = ParsedSet::for_keys(old_count + self.upserts.len());
+        Applying { delta: self, set }
+    }
+}
+
+/// A delta being applied to the published set.
+pub struct Applying {
+    delta: Delta,
+    set: ParsedSet,
+}
+
+impl Applying {
+    /// A record of the published set: kept unless its id is removed or upserted.
+    pub fn old_record(&mut self, rec: &[u8]) {
+        if record_id(rec).is_some_and(|id| !self.delta.drop_ids.contains(id)) {
+            self.set.push_encoded(rec);
+        }
+    }
+
+    /// The new set: the kept records and the upserts.
+    pub fn finish(mut self) -> Result<ParsedSet, Vec<ConfigError>> {
+        for buf in &self.delta.upserts.shards {
+            for rec in records_of(buf) {
+                self.set.push_encoded(rec);
+            }
+        }
+        if self.set.has_duplicate_digest() {
+            return Err(vec![ConfigError {
+                path: "$.upserts".into(),
+                message: "an upserted key (hash) is already in the set under another id".into(),
+            }]);
+        }
+        self.set.version = self.delta.version;
+        Ok(self.set)
+    }
+}
+
+/// The id of an encoded record (after its digest and flags), without decoding the rest.
+pub fn record_id(rec: &[u8]) -> Option<&str> {
+    let len = u16::from_le_bytes(rec.get(33..35)?.try_into().ok()?);
+    if len == NONE16 {
+        return None;
+    }
+    std::str::from_utf8(rec.get(35..35 + usize::from(len))?).ok()
+}
+
+/// The records of a shard being built (each prefixed by its length).
+fn records_of(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        let (len, tail) = rest.split_first_chunk::<4>()?;
+        let (rec, tail) = tail.split_at_checked(u32::from_le_bytes(*len) as usize)?;
+        rest = tail;
+        Some(rec)
+    })
+}
+
+/// The records of a published shard blob of generation `gen` (see [`find_in_shard`]).
+pub fn records_in_blob(blob: &[u8], gen: u64) -> Result<Vec<&[u8]>, DecodeError> {
+    let mut c = Cursor(blob);
+    if c.u64()? != gen {
+        return Err(DecodeError::BadValue);
+    }
+    let count = u32::from_le_bytes(c.take(4)?.try_into().map_err(|_| DecodeError::Truncated)?);
+    let offsets = c.take(count as usize * 4)?;
+    let mut starts: Vec<usize> = offsets
+        .chunks_exact(4)
+        .map(|b| <[u8; 4]>::try_from(b).map_or(0, u32::from_le_bytes) as usize)
+        .collect();
+    starts.push(blob.len());
+    starts
+        .windows(2)
+        .map(|w| match w {
+            [start, end] => blob.get(*start..*end).ok_or(DecodeError::Truncated),
+            _ => Err(DecodeError::Truncated),
+        })
+        .collect()
 }
 
 struct Parse<'g> {
@@ -499,6 +597,10 @@ struct Parse<'g> {
     version: Option<String>,
     unchanged: bool,
     saw_keys: bool,
+    /// A delta answer: the version it applies to, and the ids it removes.
+    since: Option<String>,
+    removed: Option<Vec<String>>,
+    saw_upserts: bool,
     set: ParsedSet,
     /// (hash of the id, entry index): sorted afterwards to find duplicate ids.
     ids: Vec<(u64, u32)>,
@@ -518,8 +620,8 @@ impl Parse<'_> {
         }
     }
 
-    fn entry(&mut self, i: usize, value: &serde_json::Value) {
-        let path = format!("$.keys[{i}]");
+    fn entry(&mut self, field: &str, i: usize, value: &serde_json::Value) {
+        let path = format!("$.{field}[{i}]");
         let mut errors = Errors::default();
         let parsed = read_key_entry(&path, value, &self.ctx, &mut errors);
         for e in errors.0 {
@@ -566,10 +668,11 @@ macro_rules! wrong_types {
 }
 
 const TOP_EXPECTED: &str = "expected an object {\"version\": …, \"keys\": […]}";
-const KEYS_EXPECTED: &str = "$.keys: expected an array of key entries";
+const KEYS_EXPECTED: &str = "expected an array of key entries";
 
 struct Top<'p, 'g>(&'p mut Parse<'g>);
-struct Keys<'p, 'g>(&'p mut Parse<'g>);
+/// The entries of `keys` or of a delta's `upserts`.
+struct Keys<'p, 'g>(&'p mut Parse<'g>, &'static str);
 
 impl<'de> DeserializeSeed<'de> for Top<'_, '_> {
     type Value = ();
@@ -618,9 +721,30 @@ impl<'de> Visitor<'de> for Top<'_, '_> {
                     p.saw_keys = true;
                 }
                 "keys" => {
-                    map.next_value_seed(Keys(&mut *p))?;
+                    map.next_value_seed(Keys(&mut *p, "keys"))?;
                     p.saw_keys = true;
                 }
+                "since" => match map.next_value::<serde_json::Value>()? {
+                    serde_json::Value::String(v) => p.since = Some(v),
+                    _ => p.error("$.since", "expected a string"),
+                },
+                "upserts" => {
+                    map.next_value_seed(Keys(&mut *p, "upserts"))?;
+                    p.saw_upserts = true;
+                }
+                "removed" => match map.next_value::<serde_json::Value>()? {
+                    serde_json::Value::Array(ids) => {
+                        let mut out = Vec::with_capacity(ids.len());
+                        for (i, id) in ids.into_iter().enumerate() {
+                            match id {
+                                serde_json::Value::String(id) => out.push(id),
+                                _ => p.error(&format!("$.removed[{i}]"), "expected an id"),
+                            }
+                        }
+                        p.removed = Some(out);
+                    }
+                    _ => p.error("$.removed", "expected an array of ids"),
+                },
                 other => {
                     p.error(&format!("$.{other}"), "unknown field");
                     map.next_value::<IgnoredAny>()?;
@@ -651,7 +775,7 @@ impl<'de> Visitor<'de> for Keys<'_, '_> {
         let mut i = 0;
         // One entry at a time: a million-key answer is never held as a JSON tree.
         while let Some(v) = seq.next_element::<serde_json::Value>()? {
-            self.0.entry(i, &v);
+            self.0.entry(self.1, i, &v);
             i += 1;
         }
         Ok(())
@@ -679,6 +803,9 @@ pub fn parse_key_set(
         version: None,
         unchanged: false,
         saw_keys: false,
+        since: None,
+        removed: None,
+        saw_upserts: false,
         set: ParsedSet::for_body_size(size),
         ids: Vec::new(),
         errors: Errors::default(),
@@ -696,8 +823,14 @@ pub fn parse_key_set(
     if p.version.is_none() {
         p.errors.push("$.version", "is required");
     }
-    if !p.saw_keys {
-        p.errors.push("$.keys", "is required");
+    let delta = p.since.is_some() || p.saw_upserts || p.removed.is_some();
+    match (delta, p.saw_keys) {
+        (true, true) => p
+            .errors
+            .push("$", "has both \"keys\" and delta fields; give one"),
+        (true, false) if p.since.is_none() => p.errors.push("$.since", "is required in a delta"),
+        (false, false) => p.errors.push("$.keys", "is required"),
+        _ => {}
     }
     if !p.errors.is_empty() {
         return Err(p.errors.0);
@@ -715,9 +848,10 @@ pub fn parse_key_set(
         .find(|w| w.first().map(|x| x.0) == w.get(1).map(|x| x.0))
     {
         let (first, second) = (w.first().map_or(0, |x| x.1), w.get(1).map_or(0, |x| x.1));
+        let field = if delta { "upserts" } else { "keys" };
         return Err(vec![ConfigError {
-            path: format!("$.keys[{second}].id"),
-            message: format!("duplicate id (the same as $.keys[{first}].id)"),
+            path: format!("$.{field}[{second}].id"),
+            message: format!("duplicate id (the same as $.{field}[{first}].id)"),
         }]);
     }
     if p.set.has_duplicate_digest() {
@@ -725,6 +859,18 @@ pub fn parse_key_set(
             path: "$.keys".into(),
             message: "duplicate key: the same key (hash) appears twice".into(),
         }]);
+    }
+    if delta {
+        let mut drop_ids: FastSet<String> = p.removed.unwrap_or_default().into_iter().collect();
+        for buf in &p.set.shards {
+            drop_ids.extend(records_of(buf).filter_map(record_id).map(str::to_string));
+        }
+        return Ok(Fetched::Delta(Delta {
+            version,
+            since: p.since.unwrap_or_default(),
+            upserts: p.set,
+            drop_ids,
+        }));
     }
     let mut set = p.set;
     set.version = version;
@@ -744,6 +890,9 @@ pub struct Meta {
     pub published_at: u64,
     /// Shards of the other slot that still hold an older set (to be cleared).
     pub stale_shards: u32,
+    /// Fingerprint of the configuration whose fetch published it: deltas are asked for only
+    /// by that configuration (another may fetch from another key service).
+    pub config: u64,
     pub version: String,
 }
 
@@ -756,6 +905,7 @@ impl Meta {
         out.extend_from_slice(&self.count.to_le_bytes());
         out.extend_from_slice(&self.published_at.to_le_bytes());
         out.extend_from_slice(&self.stale_shards.to_le_bytes());
+        out.extend_from_slice(&self.config.to_le_bytes());
         put_str16(&mut out, Some(&self.version));
         out
     }
@@ -769,6 +919,7 @@ impl Meta {
         let published_at = c.u64()?;
         let stale_shards =
             u32::from_le_bytes(c.take(4)?.try_into().map_err(|_| DecodeError::Truncated)?);
+        let config = c.u64()?;
         let version = c.str16()?.unwrap_or_default();
         if slot > 1 || bits > MAX_SHARD_BITS {
             return Err(DecodeError::BadValue);
@@ -780,13 +931,15 @@ impl Meta {
             count,
             published_at,
             stale_shards,
+            config,
             version,
         })
     }
 
     /// The meta after publishing `set` (written into the other slot) at `now`.
-    pub fn next(&self, set: &ParsedSet, now: u64) -> Meta {
+    pub fn next(&self, set: &ParsedSet, now: u64, config: u64) -> Meta {
         Meta {
+            config,
             gen: self.gen + 1,
             slot: if self.gen == 0 { 0 } else { 1 - self.slot },
             bits: set.bits,
@@ -896,7 +1049,7 @@ mod tests {
     fn set_of(g: &Gate, body: &str) -> ParsedSet {
         match parse_key_set(&mut body.as_bytes(), body.len(), g, None).unwrap() {
             Fetched::Set(s) => s,
-            Fetched::Unchanged => panic!("unchanged"),
+            other => panic!("not a full set: {other:?}"),
         }
     }
 
@@ -922,6 +1075,89 @@ mod tests {
         find_in_shard(blob, gen, &d)
             .unwrap()
             .map(|b| decode_record(b, &g.roles).unwrap())
+    }
+
+    fn delta_of(g: &Gate, body: &str) -> Delta {
+        match parse_key_set(&mut body.as_bytes(), body.len(), g, Some("v1")).unwrap() {
+            Fetched::Delta(d) => d,
+            other => panic!("not a delta: {other:?}"),
+        }
+    }
+
+    /// The set a delta makes of `old` (published as generation 1).
+    fn applied(old: &ParsedSet, delta: Delta) -> Result<ParsedSet, Vec<ConfigError>> {
+        let mut applying = delta.start(old.len());
+        old.for_each_shard::<()>(1, |_, blob| {
+            for rec in records_in_blob(blob, 1).unwrap() {
+                applying.old_record(rec);
+            }
+            Ok(())
+        })
+        .unwrap();
+        applying.finish()
+    }
+
+    #[test]
+    fn delta_answers_apply_on_top_of_the_published_set() {
+        let g = gate();
+        let v1 = set_of(
+            &g,
+            &answer(
+                "v1",
+                json!([
+                    {"id": "a", "key": "sk_a"},
+                    {"id": "b", "key": "sk_b"},
+                    {"id": "c", "key": "sk_c", "role": "reader"}
+                ]),
+            ),
+        );
+        let d = delta_of(
+            &g,
+            &json!({"version": "v2", "since": "v1",
+                    "upserts": [{"id": "b", "key": "sk_b2"}, {"id": "a", "key": "sk_a", "revoked": true},
+                                {"id": "d", "key": "sk_d"}],
+                    "removed": ["c", "never-there"]})
+            .to_string(),
+        );
+        assert_eq!(d.since, "v1");
+        let v2 = applied(&v1, d).unwrap();
+        assert_eq!((v2.version.as_str(), v2.len()), ("v2", 3));
+        let sh = shards(&v2, 1);
+        assert!(
+            lookup(&g, &sh, 1, "sk_a").unwrap().revoked,
+            "upsert replaces"
+        );
+        assert_eq!(
+            lookup(&g, &sh, 1, "sk_b"),
+            None,
+            "a rolled key's old digest is gone"
+        );
+        assert_eq!(lookup(&g, &sh, 1, "sk_b2").unwrap().id, "b");
+        assert_eq!(lookup(&g, &sh, 1, "sk_c"), None, "removed");
+        assert_eq!(lookup(&g, &sh, 1, "sk_d").unwrap().id, "d");
+
+        // An upsert whose key another id already holds is refused.
+        let clash = delta_of(
+            &g,
+            &json!({"version": "v3", "since": "v1", "upserts": [{"id": "z", "key": "sk_a"}]})
+                .to_string(),
+        );
+        assert!(applied(&v1, clash).is_err());
+        // A delta with only removals, and malformed deltas.
+        let only = delta_of(&g, r#"{"version":"v4","since":"v1","removed":["a"]}"#);
+        assert_eq!(applied(&v1, only).unwrap().len(), 2);
+        for bad in [
+            r#"{"version":"v5","since":"v1","keys":[],"removed":[]}"#,
+            r#"{"version":"v5","upserts":[]}"#,
+            r#"{"version":"v5","since":"v1","removed":[1]}"#,
+            r#"{"version":"v5","since":"v1","upserts":[{"id":"x","key":"sk_x"},{"id":"x","key":"sk_y"}]}"#,
+            r#"{"version":"v5","since":"v1","upserts":[{"id":"inline_1","key":"sk_q"}]}"#,
+        ] {
+            assert!(
+                parse_key_set(&mut bad.as_bytes(), bad.len(), &g, Some("v1")).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     /// Found by `make fuzz` (target `shard`): a record followed by a stray byte decoded, a
@@ -1124,16 +1360,16 @@ mod tests {
             version: "v1".into(),
             ..Default::default()
         };
-        let m1 = m0.next(&set, 100);
+        let m1 = m0.next(&set, 100, 7);
         assert_eq!((m1.gen, m1.slot, m1.stale_shards), (1, 0, 0));
         let set3 = ParsedSet {
             bits: 3,
             ..Default::default()
         };
-        let m2 = m1.next(&set3, 110);
+        let m2 = m1.next(&set3, 110, 7);
         assert_eq!((m2.gen, m2.slot, m2.bits, m2.stale_shards), (2, 1, 3, 1));
         assert_eq!(Meta::decode(&m2.encode()), Ok(m2.clone()));
-        assert_eq!(m2.next(&set, 120).slot, 0);
+        assert_eq!(m2.next(&set, 120, 7).slot, 0);
 
         let free = Lease::default();
         let (a, b) = (11, 22); // two configurations

@@ -305,8 +305,90 @@ fn after_a_reload_only_the_new_configuration_fetches() {
         .map(|(_, p)| p.clone())
         .collect();
     assert!(
-        paths.iter().all(|p| p == "/keys-b"),
+        paths
+            .iter()
+            .all(|p| p == "/keys-b" || p == "/keys-b?since=b1"),
         "old configuration still fetching: {paths:?}"
     );
     assert!(!paths.is_empty());
+}
+
+/// SPEC §4 delta answers: holding a set, keygate asks `?since=<version>` and applies a delta on
+/// top of it; a delta for another version is not applied and the next fetch asks for the full
+/// set.
+#[test]
+fn delta_answers_apply_on_top_of_the_published_set() {
+    let ks = KeyService::start(
+        200,
+        &key_set(
+            "v1",
+            json!([{"id": "k1", "sha256": sha("ks_live_one")}, {"id": "k2", "sha256": sha("ks_live_two")}]),
+        ),
+    );
+    let delta = json!({"version": "v2", "since": "v1",
+        "upserts": [{"id": "k2", "sha256": sha("ks_live_two"), "revoked": true}, {"id": "k3", "sha256": sha("ks_live_three")}],
+        "removed": ["k1"]})
+    .to_string();
+    ks.state
+        .lock()
+        .unwrap()
+        .by_path
+        .push(("/keys?since=v1".into(), delta));
+    let up = Upstream::start("api");
+    let cfg = config(1);
+    let mut o = EnvoyOpts::new("ks-delta", &cfg, up.port);
+    o.key_service = Some(ks.port);
+    let e = Envoy::start(&o);
+    assert!(
+        wait_until(10, || status_of(&e, "ks_live_three") == 200),
+        "the delta was never applied"
+    );
+    assert_json(
+        &get(e.port, "/v1/x", &[("x-api-key", "ks_live_two")]),
+        401,
+        r#"{"error":"API key has been revoked","code":"UNAUTHORIZED"}"#,
+    );
+    assert_json(
+        &get(e.port, "/v1/x", &[("x-api-key", "ks_live_one")]),
+        401,
+        INVALID,
+    );
+    let paths: Vec<String> = ks
+        .state
+        .lock()
+        .unwrap()
+        .paths
+        .iter()
+        .map(|(_, p)| p.clone())
+        .collect();
+    assert_eq!(
+        paths.first().map(String::as_str),
+        Some("/keys"),
+        "{paths:?}"
+    );
+    assert!(paths.iter().any(|p| p == "/keys?since=v1"), "{paths:?}");
+
+    // A delta for a version keygate does not hold: refused, then a full set is asked for.
+    let stale = json!({"version": "v9", "since": "v7", "removed": ["k3"]}).to_string();
+    let full = key_set(
+        "v10",
+        json!([{"id": "k3", "sha256": sha("ks_live_three")}, {"id": "k4", "sha256": sha("ks_live_four")}]),
+    );
+    {
+        let mut s = ks.state.lock().unwrap();
+        s.by_path.push(("/keys?since=v2".into(), stale));
+        s.by_path.push(("/keys".into(), full));
+    }
+    assert!(
+        wait_until(10, || status_of(&e, "ks_live_four") == 200),
+        "the full set after a stale delta never arrived"
+    );
+    assert_eq!(
+        status_of(&e, "ks_live_three"),
+        200,
+        "k3 was not removed by the stale delta"
+    );
+    assert!(e
+        .log()
+        .contains("delta not applied: it applies to version \"v7\""));
 }

@@ -7,8 +7,9 @@ use crate::decide::Lookup;
 use crate::json_reader::q;
 use crate::keys::Digest;
 use crate::keyset::{
-    config_fingerprint, decode_record, find_in_shard, parse_key_set, shard_key, shard_of,
-    DecodeError, Fetched, Lease, Meta, CONFIG_KEY, LEASE_KEY, META_KEY, VM_SEQ_KEY,
+    config_fingerprint, decode_record, find_in_shard, parse_key_set, records_in_blob, shard_key,
+    shard_of, DecodeError, Delta, Fetched, Lease, Meta, ParsedSet, CONFIG_KEY, LEASE_KEY, META_KEY,
+    VM_SEQ_KEY,
 };
 use crate::model::{Gate, KeySync};
 use crate::ratelimit::{ensure_entry, CasStore};
@@ -100,6 +101,8 @@ pub struct Syncer {
     announced: bool,
     /// The call in flight: its token and when it was made.
     pending: Option<(u32, u64)>,
+    /// Ask for a full set next time (a delta did not fit the published version).
+    full_next: bool,
 }
 
 /// The response body of the key service, read from Envoy in chunks (never copied whole).
@@ -154,6 +157,7 @@ impl Syncer {
             config: config_fingerprint(config_bytes),
             announced: false,
             pending: None,
+            full_next: false,
         })
     }
 
@@ -206,12 +210,19 @@ impl Syncer {
         // With a set published, ask for it only if it changed: a key service that supports
         // If-None-Match answers 304 and sends no body (others send the set; same version is
         // then recognised without parsing the keys).
-        let etag = read_meta()
-            .filter(|(m, _)| m.gen != 0)
-            .map(|(m, _)| format!("\"{}\"", m.version));
+        let published = read_meta().filter(|(m, _)| m.gen != 0).map(|(m, _)| m);
+        let etag = published.as_ref().map(|m| format!("\"{}\"", m.version));
+        // Holding a set this configuration fetched, ask for the changes since its version
+        // (SPEC §4 delta answers); a key service that cannot answers with a full set.
+        let path = match &published {
+            Some(m) if m.config == self.config && !self.full_next => {
+                since_path(&self.cfg.path, &m.version)
+            }
+            _ => self.cfg.path.clone(),
+        };
         let mut headers = vec![
             (":method", "GET"),
-            (":path", self.cfg.path.as_str()),
+            (":path", path.as_str()),
             (":authority", self.cfg.authority.as_str()),
             ("accept", "application/json"),
         ];
@@ -286,34 +297,15 @@ impl Syncer {
             current,
         ) {
             Ok(Fetched::Unchanged) => stats.borrow_mut().event("sync_unchanged"),
-            Ok(Fetched::Set(set)) => match self.publish(&set) {
-                Ok(m) => {
-                    *view.borrow_mut() = View {
-                        gen: m.gen,
-                        slot: m.slot,
-                        bits: m.bits,
-                    };
-                    let mut s = stats.borrow_mut();
-                    s.event("sync_updates");
-                    s.gauge("sync_keys", u64::from(m.count));
-                    // What the set occupies in shared data: per shard a 12-byte header and a
-                    // 4-byte offset per record, then the records (the other slot is cleared).
-                    let shards = 1u64 << m.bits;
-                    let bytes = set.encoded_bytes() as u64 + 12 * shards + 4 * u64::from(m.count);
-                    s.gauge("sync_shared_bytes", bytes);
-                    info!(
-                        "key sync: published version {}: {} keys, {} bytes in {} shards",
-                        q(&m.version),
-                        m.count,
-                        set.encoded_bytes(),
-                        1u32 << m.bits
-                    );
-                }
+            Ok(Fetched::Delta(delta)) => match apply_delta(delta, &meta) {
+                Ok(set) => self.publish_and_report(&set, view, stats),
                 Err(e) => {
+                    self.full_next = true;
                     stats.borrow_mut().event("sync_failures");
-                    error!("key sync: could not publish: {e}; keeping the last good key set");
+                    warn!("key sync: delta not applied: {e}; asking for the full set next");
                 }
             },
+            Ok(Fetched::Set(set)) => self.publish_and_report(&set, view, stats),
             Err(errors) => {
                 stats.borrow_mut().event("sync_failures");
                 for e in &errors {
@@ -324,8 +316,46 @@ impl Syncer {
         }
     }
 
+    /// Publishes a new set (full or delta-applied) and tells the view, stats and log.
+    fn publish_and_report(
+        &mut self,
+        set: &ParsedSet,
+        view: &RefCell<View>,
+        stats: &RefCell<Stats>,
+    ) {
+        match self.publish(set) {
+            Ok(m) => {
+                self.full_next = false;
+                *view.borrow_mut() = View {
+                    gen: m.gen,
+                    slot: m.slot,
+                    bits: m.bits,
+                };
+                let mut s = stats.borrow_mut();
+                s.event("sync_updates");
+                s.gauge("sync_keys", u64::from(m.count));
+                // What the set occupies in shared data: per shard a 12-byte header and a
+                // 4-byte offset per record, then the records (the other slot is cleared).
+                let shards = 1u64 << m.bits;
+                let bytes = set.encoded_bytes() as u64 + 12 * shards + 4 * u64::from(m.count);
+                s.gauge("sync_shared_bytes", bytes);
+                info!(
+                    "key sync: published version {}: {} keys, {} bytes in {} shards",
+                    q(&m.version),
+                    m.count,
+                    set.encoded_bytes(),
+                    shards
+                );
+            }
+            Err(e) => {
+                stats.borrow_mut().event("sync_failures");
+                error!("key sync: could not publish: {e}; keeping the last good key set");
+            }
+        }
+    }
+
     /// Writes `set` into the unpublished slot, flips the meta, then clears the old slot.
-    fn publish(&self, set: &crate::keyset::ParsedSet) -> Result<Meta, String> {
+    fn publish(&self, set: &ParsedSet) -> Result<Meta, String> {
         let mut sd = SharedData;
         // Renew the lease for the write, so no other VM can be publishing at the same time.
         let (raw, cas) = sd.get(LEASE_KEY).ok().flatten().ok_or("lease missing")?;
@@ -345,7 +375,7 @@ impl Syncer {
             return Err("lost the fetch lease".into());
         }
         let (meta, meta_cas) = read_meta().ok_or("meta missing")?;
-        let next = meta.next(set, now);
+        let next = meta.next(set, now, self.config);
         set.for_each_shard(next.gen, |shard, blob| {
             match sd.set(&shard_key(next.slot, shard), blob, 0) {
                 Ok(_) => Ok(()),
@@ -398,6 +428,55 @@ impl Syncer {
 }
 
 /// The fingerprint of the configuration the process runs now.
+/// The new set from a delta and the published set it applies to (read shard by shard).
+fn apply_delta(delta: Delta, meta: &Meta) -> Result<ParsedSet, String> {
+    if meta.gen == 0 || delta.since != meta.version {
+        return Err(format!(
+            "it applies to version {}, not to the published {}",
+            q(&delta.since),
+            q(&meta.version)
+        ));
+    }
+    let mut applying = delta.start(meta.count as usize);
+    for shard in 0..(1u32 << meta.bits) {
+        let blob = match SharedData.get(&shard_key(meta.slot, shard)) {
+            Ok(Some((blob, _))) => blob,
+            _ => return Err(format!("shard {shard} of the published set is unreadable")),
+        };
+        let records = records_in_blob(&blob, meta.gen)
+            .map_err(|e| format!("shard {shard} of the published set: {e}"))?;
+        for rec in records {
+            applying.old_record(rec);
+        }
+    }
+    applying.finish().map_err(|errors| {
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
+}
+
+/// `path` asking for the changes since `version` (`?since=`, or `&since=` after a query).
+fn since_path(path: &str, version: &str) -> String {
+    let mut out = String::with_capacity(path.len() + version.len() + 8);
+    out.push_str(path);
+    out.push(if path.contains('?') { '&' } else { '?' });
+    out.push_str("since=");
+    for b in version.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        }
+    }
+    out
+}
+
 fn current_config() -> Option<u64> {
     let (raw, _) = SharedData.get(CONFIG_KEY).ok().flatten()?;
     Some(u64::from_le_bytes(raw.get(..8)?.try_into().ok()?))
