@@ -1,13 +1,26 @@
 #!/usr/bin/env bash
-# `make bench`: Envoy CPU per request with and without keygate (and Envoy's native api_key_auth),
-# key-set parsing throughput, then key_sync at 1,000,000 keys. A full run (no arguments) also
-# writes bench/RESULTS.md; `bench/run.sh cost|parse|sync` runs one section.
+# `make bench`: Envoy CPU per request with keygate, a minimal Wasm filter (the floor) and Envoy's
+# native filters, host calls per request, key-set parsing throughput, then key_sync at 1,000,000
+# keys. A full run (no arguments) also writes bench/RESULTS.md; `bench/run.sh cost|parse|sync`
+# runs one section.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Its own target dir: the bench profile would otherwise collide with release artefacts.
+# The floor (a minimal filter, same SDK) and the host-call-counting keygate, each in its own
+# target dir; the bench profile would otherwise collide with release artefacts too.
+CARGO_TARGET_DIR=target/minimal-filter cargo build --quiet --release --target wasm32-wasip1 \
+  --manifest-path bench/minimal-filter/Cargo.toml
+CARGO_TARGET_DIR=target/hostcalls cargo build --quiet --release --target wasm32-wasip1 --lib \
+  --features hostcall-count
 export CARGO_TARGET_DIR=target/bench-build
+cargo bench --no-run --bench envoy --quiet
+# Envoy on CPU 0, the load generator on the others, where the machine has more than one.
+pin=()
+if [ "$(nproc)" -gt 1 ] && command -v taskset >/dev/null; then
+  export KEYGATE_ENVOY_CPUS=0
+  pin=(taskset -c "1-$(( $(nproc) - 1 ))")
+fi
 if [ $# -eq 0 ]; then
-  cargo bench --bench envoy | tee bench/RESULTS.md
+  "${pin[@]}" cargo bench --bench envoy | tee bench/RESULTS.md
 else
-  cargo bench --bench envoy -- "$@"
+  "${pin[@]}" cargo bench --bench envoy -- "$@"
 fi

@@ -16,7 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 const ROUNDS: usize = 5;
-const REQUESTS: usize = 8000;
+const REQUESTS: usize = 40_000;
 const CONNECTIONS: usize = 4;
 
 fn ticks_per_sec() -> f64 {
@@ -121,7 +121,16 @@ impl Variant {
     }
 }
 
-fn start_raw_envoy(name: &str, http_filters: serde_json::Value, upstream: u16) -> Envoy {
+/// Envoy's concurrency in the cost section: one worker, pinned by `bench/run.sh` to a CPU of its
+/// own (KEYGATE_ENVOY_CPUS) while the load runs on the other.
+const COST_CONCURRENCY: u32 = 1;
+
+/// The route every cost variant uses: a direct 200 from Envoy, so only the filters differ.
+fn direct_route() -> serde_json::Value {
+    json!({"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}})
+}
+
+fn start_raw_envoy(name: &str, http_filters: serde_json::Value) -> Envoy {
     // A listener with the given filters in front of the router (no keygate involved).
     let dir = repo().join("target/bench").join(name);
     std::fs::create_dir_all(&dir).unwrap();
@@ -135,92 +144,155 @@ fn start_raw_envoy(name: &str, http_filters: serde_json::Value, upstream: u16) -
                 "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                     "stat_prefix": "ingress",
-                    "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]}]},
-                    "http_filters": filters}}]}]}],
-            "clusters": [{"name": "upstream", "type": "STATIC", "connect_timeout": "2s",
-                "load_assignment": {"cluster_name": "upstream", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": upstream}}}}]}]}}]
+                    "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [direct_route()]}]},
+                    "http_filters": filters}}]}]}]
         }
     });
     let cfg = dir.join("envoy.json");
     std::fs::write(&cfg, bootstrap.to_string()).unwrap();
-    Envoy::launch(&cfg, &dir, port, admin, 2).unwrap_or_else(|l| panic!("{name}: {l}"))
+    Envoy::launch(&cfg, &dir, port, admin, COST_CONCURRENCY)
+        .unwrap_or_else(|l| panic!("{name}: {l}"))
 }
 
 fn hdr(k: &str, v: &str) -> Vec<(String, String)> {
     vec![(k.to_string(), v.to_string())]
 }
 
+/// A Wasm filter that is not keygate (the minimal filter: the floor of any V8 Wasm filter).
+fn other_wasm(path: &std::path::Path) -> serde_json::Value {
+    json!([{
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {"name": "minimal", "root_id": "minimal", "failure_policy": "FAIL_CLOSED",
+                "vm_config": {"vm_id": "minimal", "runtime": "envoy.wasm.runtime.v8",
+                              "code": {"local": {"filename": path.display().to_string()}}}}
+        }
+    }])
+}
+
+/// keygate on a direct-response route, one worker; `wasm` replaces the release build.
+fn keygate_envoy(name: &str, config: &str, wasm: Option<std::path::PathBuf>) -> Envoy {
+    let mut o = EnvoyOpts::new(name, config, 1);
+    o.direct_response = true;
+    o.concurrency = COST_CONCURRENCY;
+    o.wasm = wasm;
+    Envoy::start(&o)
+}
+
 /// A guess at a key: the prefix and 36 random-looking characters (no valid checksum).
 const RANDOM_KEY: &str = "bk_live_Q3vX9mT2kLp8Zr4Wc7Yb1Nd6Hs0Fj5Ga2Ue";
 
-fn request_cost(up: &Upstream) {
-    let ten_keys: Vec<serde_json::Value> = (0..10)
-        .map(|i| json!({"id": format!("k{i}"), "sha256": sha(&format!("bk_live_{i}"))}))
-        .collect();
-    let plain = json!({"key_sources": [{"header": "x-api-key"}], "prefixes": [{"prefix": "bk_live_", "environment": "LIVE"}], "keys": ten_keys}).to_string();
-    let mut limited_keys = ten_keys.clone();
-    limited_keys[3]["rate_limits"] = json!([{"requests": 1_000_000_000u64, "per": "day"}]);
-    let limited = json!({"key_sources": [{"header": "x-api-key"}], "prefixes": [{"prefix": "bk_live_", "environment": "LIVE"}], "keys": limited_keys}).to_string();
+/// The configurations of the keygate variants: (name, config, presented key, status).
+fn keygate_variants() -> Vec<(&'static str, String, &'static str, u16)> {
+    let keys = |n: usize| -> Vec<serde_json::Value> {
+        (0..n)
+            .map(|i| json!({"id": format!("k{i}"), "sha256": sha(&format!("bk_live_{i}"))}))
+            .collect()
+    };
+    let config = |keys: Vec<serde_json::Value>, checksum: bool| {
+        let mut prefix = json!({"prefix": "bk_live_", "environment": "LIVE"});
+        if checksum {
+            prefix["checksum"] = json!("crc32");
+        }
+        json!({"key_sources": [{"header": "x-api-key"}], "prefixes": [prefix], "keys": keys})
+            .to_string()
+    };
+    let mut limited = keys(10);
+    limited[3]["rate_limits"] = json!([{"requests": 1_000_000_000u64, "per": "day"}]);
     let public =
         json!({"key_sources": [{"header": "x-api-key"}], "keys": [], "public_paths": ["*"]})
             .to_string();
-    let checksummed = json!({"key_sources": [{"header": "x-api-key"}], "prefixes": [{"prefix": "bk_live_", "environment": "LIVE", "checksum": "crc32"}], "keys": ten_keys}).to_string();
-    let native = json!([{"name": "envoy.filters.http.api_key_auth", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth",
-        "credentials": [{"key": "bk_live_3", "client": "k3"}],
-        "key_sources": [{"header": "x-api-key"}]}}]);
+    vec![
+        ("keygate, public path", public, "bk_live_3", 200),
+        (
+            "keygate, allowed, no limit",
+            config(keys(10), false),
+            "bk_live_3",
+            200,
+        ),
+        (
+            "keygate, allowed, 1 rate limit",
+            config(limited, false),
+            "bk_live_3",
+            200,
+        ),
+        (
+            "keygate, allowed, 100,000 inline keys",
+            config(keys(100_000), false),
+            "bk_live_3",
+            200,
+        ),
+        (
+            "keygate, 401 (random key)",
+            config(keys(10), false),
+            RANDOM_KEY,
+            401,
+        ),
+        (
+            "keygate, 401 (random key, crc32-checksummed prefix)",
+            config(keys(10), true),
+            RANDOM_KEY,
+            401,
+        ),
+    ]
+}
 
+fn bench_artifact(path: &str, how: &str) -> std::path::PathBuf {
+    let p = repo().join(path);
+    assert!(p.exists(), "{} is missing: {how}", p.display());
+    p
+}
+
+fn request_cost() {
+    let minimal = bench_artifact(
+        "target/minimal-filter/wasm32-wasip1/release/minimal_filter.wasm",
+        "bench/run.sh builds it",
+    );
+    let native = json!([
+        {"name": "envoy.filters.http.api_key_auth", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth",
+            "credentials": [{"key": "bk_live_3", "client": "k3"}],
+            "key_sources": [{"header": "x-api-key"}]}},
+        {"name": "envoy.filters.http.local_ratelimit", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            "stat_prefix": "rl",
+            "token_bucket": {"max_tokens": 1_000_000_000u64, "tokens_per_fill": 1_000_000_000u64, "fill_interval": "1s"},
+            "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "rl_enabled"},
+            "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "rl_enforced"}}}
+    ]);
     let mut variants = vec![
         Variant {
-            name: "Envoy alone (router only)",
-            envoy: start_raw_envoy("bench-none", json!([]), up.port),
+            name: "Envoy, no filter",
+            envoy: start_raw_envoy("bench-none", json!([])),
             headers: hdr("x-api-key", "bk_live_3"),
             want: 200,
             samples: vec![],
         },
         Variant {
-            name: "Envoy native api_key_auth",
-            envoy: start_raw_envoy("bench-native", native, up.port),
+            name: "minimal Wasm filter (reads one header)",
+            envoy: start_raw_envoy("bench-minimal", other_wasm(&minimal)),
             headers: hdr("x-api-key", "bk_live_3"),
             want: 200,
             samples: vec![],
         },
         Variant {
-            name: "keygate, public path (the wasm floor)",
-            envoy: Envoy::start(&EnvoyOpts::new("bench-public", &public, up.port)),
+            name: "native api_key_auth + local_ratelimit",
+            envoy: start_raw_envoy("bench-native", native),
             headers: hdr("x-api-key", "bk_live_3"),
             want: 200,
-            samples: vec![],
-        },
-        Variant {
-            name: "keygate, allowed, no limit",
-            envoy: Envoy::start(&EnvoyOpts::new("bench-plain", &plain, up.port)),
-            headers: hdr("x-api-key", "bk_live_3"),
-            want: 200,
-            samples: vec![],
-        },
-        Variant {
-            name: "keygate, allowed, 1 rate limit",
-            envoy: Envoy::start(&EnvoyOpts::new("bench-limited", &limited, up.port)),
-            headers: hdr("x-api-key", "bk_live_3"),
-            want: 200,
-            samples: vec![],
-        },
-        Variant {
-            name: "keygate, rejected 401 (random key)",
-            envoy: Envoy::start(&EnvoyOpts::new("bench-401", &plain, up.port)),
-            headers: hdr("x-api-key", RANDOM_KEY),
-            want: 401,
-            samples: vec![],
-        },
-        Variant {
-            name: "keygate, rejected 401 (random key, crc32-checksummed prefix)",
-            envoy: Envoy::start(&EnvoyOpts::new("bench-401-crc", &checksummed, up.port)),
-            headers: hdr("x-api-key", RANDOM_KEY),
-            want: 401,
             samples: vec![],
         },
     ];
+    for (i, (name, config, key, want)) in keygate_variants().into_iter().enumerate() {
+        variants.push(Variant {
+            name,
+            envoy: keygate_envoy(&format!("bench-keygate-{i}"), &config, None),
+            headers: hdr("x-api-key", key),
+            want,
+            samples: vec![],
+        });
+    }
     let tck = ticks_per_sec();
     for _ in 0..ROUNDS {
         for v in variants.iter_mut() {
@@ -228,17 +300,50 @@ fn request_cost(up: &Upstream) {
         }
     }
     let base = variants[0].median();
-    println!("\n## Envoy CPU per request ({REQUESTS} keep-alive requests × {ROUNDS} interleaved rounds, --concurrency 2, median)\n");
-    println!("| variant | CPU µs/request | vs Envoy alone |");
-    println!("|---|---:|---:|");
+    let floor = variants[1].median() - base;
+    println!("\n## Envoy CPU per request ({REQUESTS} keep-alive requests × {ROUNDS} interleaved rounds, --concurrency {COST_CONCURRENCY}, direct-response route, median)\n");
+    println!(
+        "| variant | CPU µs/request | overhead vs no filter | × the minimal filter's overhead |"
+    );
+    println!("|---|---:|---:|---:|");
     for v in &variants {
+        let over = v.median() - base;
         println!(
-            "| {} | {:.1} | {:+.1} µs ({:.2}×) |",
+            "| {} | {:.1} | {:+.1} µs | {:.2}× |",
             v.name,
             v.median(),
-            v.median() - base,
-            v.median() / base
+            over,
+            over / floor
         );
+    }
+    hostcall_ledger();
+}
+
+/// Host calls per request on each path, counted by the bench-only `hostcall-count` build.
+fn hostcall_ledger() {
+    let counting = bench_artifact(
+        "target/hostcalls/wasm32-wasip1/release/keygate.wasm",
+        "bench/run.sh builds it (feature hostcall-count)",
+    );
+    println!("\n## Host calls per request (bench-only build with feature hostcall-count)\n");
+    println!("| variant | host calls / request |\n|---|---:|");
+    println!("| minimal Wasm filter (reads one header) | 1 |");
+    const N: usize = 500;
+    for (i, (name, config, key, want)) in keygate_variants().into_iter().enumerate() {
+        if name.contains("100,000") {
+            continue; // the same calls as 10 keys
+        }
+        let e = keygate_envoy(
+            &format!("bench-ledger-{i}"),
+            &config,
+            Some(counting.clone()),
+        );
+        let headers = hdr("x-api-key", key);
+        keep_alive_burst(e.port, 20, &headers, want); // warm (first-use metric definitions)
+        let before = e.counter("wasmcustom.keygate.bench_hostcalls");
+        assert_eq!(keep_alive_burst(e.port, N, &headers, want), N, "{name}");
+        let calls = e.counter("wasmcustom.keygate.bench_hostcalls") - before;
+        println!("| {name} | {:.1} |", calls as f64 / N as f64);
     }
 }
 
@@ -504,7 +609,7 @@ fn main() {
         .collect();
     let up = Upstream::start("bench");
     if args.is_empty() || args.iter().any(|a| a == "cost") {
-        request_cost(&up);
+        request_cost();
     }
     if args.is_empty() || args.iter().any(|a| a == "parse") {
         parse_throughput();

@@ -73,7 +73,9 @@ fn main() {
     o.key_service = Some(ks.port);
     let e = Envoy::start(&o);
     let port = e.port;
-    assert!(wait_until(20, || get(port, "/", &[("x-api-key", VALID)]).status == 200));
+    assert!(wait_until(20, || get(port, "/", &[("x-api-key", VALID)])
+        .status
+        == 200));
 
     let stop = Arc::new(AtomicBool::new(false));
     let statuses: Arc<Mutex<BTreeMap<u16, usize>>> = Arc::default();
@@ -118,7 +120,10 @@ fn main() {
     loop {
         let (requests, fivexx) = {
             let s = statuses.lock().unwrap();
-            (s.values().sum(), s.iter().filter(|(k, _)| **k >= 500).map(|(_, v)| v).sum())
+            (
+                s.values().sum(),
+                s.iter().filter(|(k, _)| **k >= 500).map(|(_, v)| v).sum(),
+            )
         };
         let sample = Sample {
             t: start.elapsed().as_secs(),
@@ -130,7 +135,12 @@ fn main() {
         };
         eprintln!(
             "t={:>4}s rss={:.1} MB heap={:.1} MB synced set={:.1} KB requests={} 5xx={}",
-            sample.t, sample.rss_mb, sample.heap_mb, sample.shared_kb, sample.requests, sample.fivexx
+            sample.t,
+            sample.rss_mb,
+            sample.heap_mb,
+            sample.shared_kb,
+            sample.requests,
+            sample.fivexx
         );
         samples.push(sample);
         if Instant::now() >= deadline {
@@ -146,8 +156,15 @@ fn main() {
     let statuses = statuses.lock().unwrap().clone();
     let syncs = e.counter("wasmcustom.keygate.sync_updates");
     report(seconds, &samples, &statuses, syncs, ks.fetches());
-    assert!(e.log().lines().all(|l| !l.contains("panicked")), "a VM panicked");
-    let fivexx: usize = statuses.iter().filter(|(k, _)| **k >= 500).map(|(_, v)| v).sum();
+    assert!(
+        e.log().lines().all(|l| !l.contains("panicked")),
+        "a VM panicked"
+    );
+    let fivexx: usize = statuses
+        .iter()
+        .filter(|(k, _)| **k >= 500)
+        .map(|(_, v)| v)
+        .sum();
     assert_eq!(fivexx, 0, "5xx answers during the soak: {statuses:?}");
 }
 

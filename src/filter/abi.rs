@@ -98,6 +98,31 @@ mod sys {
     }
 }
 
+/// Bench-only (feature `hostcall-count`): counts this thread's host calls, so `make bench` can
+/// report how many each kind of request makes (the cost ledger).
+#[cfg(feature = "hostcall-count")]
+pub mod count {
+    use std::cell::Cell;
+    thread_local! {
+        static CALLS: Cell<u64> = const { Cell::new(0) };
+    }
+    pub fn one() {
+        CALLS.with(|c| c.set(c.get() + 1));
+    }
+    /// The calls since the last `take`.
+    pub fn take() -> u64 {
+        CALLS.with(|c| c.replace(0))
+    }
+}
+
+/// Counts one host call in the bench build; nothing otherwise.
+macro_rules! counted {
+    () => {
+        #[cfg(feature = "hostcall-count")]
+        count::one();
+    };
+}
+
 fn ok(status: u32) -> Result<(), Status> {
     if status == OK {
         Ok(())
@@ -118,12 +143,14 @@ fn owned(status: u32, data: *mut u8, size: usize) -> Result<Option<Vec<u8>>, Sta
 }
 
 pub fn log(level: u32, message: &str) {
+    counted!();
     // SAFETY: a valid pointer and length for the duration of the call.
     let _ = unsafe { sys::proxy_log(level, message.as_ptr(), message.len()) };
 }
 
 /// Nanoseconds since the Unix epoch.
 pub fn now_ns() -> Result<u64, Status> {
+    counted!();
     let mut t = 0u64;
     // SAFETY: a valid pointer to a local.
     ok(unsafe { sys::proxy_get_current_time_nanoseconds(&mut t) })?;
@@ -131,12 +158,14 @@ pub fn now_ns() -> Result<u64, Status> {
 }
 
 pub fn set_tick_period_ms(ms: u32) -> Result<(), Status> {
+    counted!();
     // SAFETY: no pointers.
     ok(unsafe { sys::proxy_set_tick_period_milliseconds(ms) })
 }
 
 /// Up to `max` bytes of a buffer from `start`; `Ok(None)` if the host has none.
 pub fn buffer(buffer: BufferType, start: usize, max: usize) -> Result<Option<Vec<u8>>, Status> {
+    counted!();
     let (mut data, mut size) = (null_mut(), 0usize);
     // SAFETY: valid pointers to locals.
     let status = unsafe { sys::proxy_get_buffer_bytes(buffer, start, max, &mut data, &mut size) };
@@ -145,6 +174,7 @@ pub fn buffer(buffer: BufferType, start: usize, max: usize) -> Result<Option<Vec
 
 /// Every header of a map in one call; a malformed answer is an error, never a panic.
 pub fn header_pairs(map: MapType) -> Result<Vec<(String, Vec<u8>)>, Status> {
+    counted!();
     let (mut data, mut size) = (null_mut(), 0usize);
     // SAFETY: valid pointers to locals.
     let status = unsafe { sys::proxy_get_header_map_pairs(map, &mut data, &mut size) };
@@ -156,6 +186,7 @@ pub fn header_pairs(map: MapType) -> Result<Vec<(String, Vec<u8>)>, Status> {
 
 /// One header's value; `None` if absent (or the host has no such map, e.g. a failed call).
 pub fn header(map: MapType, name: &str) -> Option<Vec<u8>> {
+    counted!();
     let (mut data, mut size) = (null_mut(), 0usize);
     // SAFETY: valid pointers to locals; the name outlives the call.
     let status = unsafe {
@@ -165,6 +196,7 @@ pub fn header(map: MapType, name: &str) -> Option<Vec<u8>> {
 }
 
 pub fn set_header(map: MapType, name: &str, value: &str) -> Result<(), Status> {
+    counted!();
     // SAFETY: valid pointers and lengths for the duration of the call.
     ok(unsafe {
         sys::proxy_replace_header_map_value(
@@ -178,11 +210,13 @@ pub fn set_header(map: MapType, name: &str, value: &str) -> Result<(), Status> {
 }
 
 pub fn remove_header(map: MapType, name: &str) -> Result<(), Status> {
+    counted!();
     // SAFETY: a valid pointer and length for the duration of the call.
     ok(unsafe { sys::proxy_remove_header_map_value(map, name.as_ptr(), name.len()) })
 }
 
 pub fn property(path: &[&str]) -> Option<Vec<u8>> {
+    counted!();
     let path = property_path(path);
     let (mut data, mut size) = (null_mut(), 0usize);
     // SAFETY: valid pointers to locals; the path outlives the call.
@@ -192,6 +226,7 @@ pub fn property(path: &[&str]) -> Option<Vec<u8>> {
 }
 
 pub fn set_property(path: &[&str], value: &[u8]) -> Result<(), Status> {
+    counted!();
     let path = property_path(path);
     // SAFETY: valid pointers and lengths for the duration of the call.
     ok(unsafe { sys::proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len()) })
@@ -199,6 +234,7 @@ pub fn set_property(path: &[&str], value: &[u8]) -> Result<(), Status> {
 
 /// A shared-data value and its CAS token; `Ok(None)` if the key is not there.
 pub fn shared_data(key: &str) -> Result<Option<(Vec<u8>, u32)>, Status> {
+    counted!();
     let (mut data, mut size, mut cas) = (null_mut(), 0usize, 0u32);
     // SAFETY: valid pointers to locals; the key outlives the call.
     let status = unsafe {
@@ -213,6 +249,7 @@ pub fn shared_data(key: &str) -> Result<Option<(Vec<u8>, u32)>, Status> {
 /// Sets a shared-data value if its CAS token is still `cas` (0: unconditionally);
 /// `Err(CAS_MISMATCH)` if another writer came first.
 pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<(), Status> {
+    counted!();
     // SAFETY: valid pointers and lengths for the duration of the call.
     ok(unsafe {
         sys::proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas)
@@ -225,6 +262,7 @@ pub fn send_local_response(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<(), Status> {
+    counted!();
     let headers = encode_pairs(headers);
     // SAFETY: valid pointers and lengths for the duration of the call.
     ok(unsafe {
@@ -242,6 +280,7 @@ pub fn send_local_response(
 }
 
 pub fn define_metric(kind: MetricType, name: &str) -> Option<u32> {
+    counted!();
     let mut id = 0u32;
     // SAFETY: a valid pointer and length; a pointer to a local.
     ok(unsafe { sys::proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) }).ok()?;
@@ -249,11 +288,13 @@ pub fn define_metric(kind: MetricType, name: &str) -> Option<u32> {
 }
 
 pub fn increment_metric(id: u32, by: i64) {
+    counted!();
     // SAFETY: no pointers.
     let _ = unsafe { sys::proxy_increment_metric(id, by) };
 }
 
 pub fn record_metric(id: u32, value: u64) {
+    counted!();
     // SAFETY: no pointers.
     let _ = unsafe { sys::proxy_record_metric(id, value) };
 }

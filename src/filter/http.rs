@@ -77,10 +77,64 @@ fn set_request_header(name: Option<&str>, value: Option<&str>) {
     }
 }
 
+/// Bench-only host-call ledger (feature `hostcall-count`): the calls each callback makes are
+/// added to the counter `keygate.bench_hostcalls` (the reporting call itself is not counted).
+mod ledger {
+    #[cfg(feature = "hostcall-count")]
+    pub fn start() {
+        super::abi::count::take();
+    }
+    #[cfg(feature = "hostcall-count")]
+    pub fn report() {
+        use std::cell::Cell;
+        thread_local! {
+            static ID: Cell<Option<u32>> = const { Cell::new(None) };
+        }
+        let n = super::abi::count::take();
+        let id = ID.with(|c| {
+            if c.get().is_none() {
+                c.set(super::abi::define_metric(
+                    proxy_wasm::types::MetricType::Counter,
+                    "keygate.bench_hostcalls",
+                ));
+            }
+            c.get()
+        });
+        if let Some(id) = id {
+            super::abi::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+    #[cfg(not(feature = "hostcall-count"))]
+    pub fn start() {}
+    #[cfg(not(feature = "hostcall-count"))]
+    pub fn report() {}
+}
+
 impl Context for KeygateHttp {}
 
 impl HttpContext for KeygateHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        ledger::start();
+        let action = self.request_headers();
+        ledger::report();
+        action
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        ledger::start();
+        if !self.replied {
+            for (k, v) in &self.response_headers {
+                let _ = abi::set_header(MapType::HttpResponseHeaders, k, v);
+            }
+        }
+        ledger::report();
+        Action::Continue
+    }
+}
+
+impl KeygateHttp {
+    /// A request's headers: judge, then forward or answer.
+    fn request_headers(&mut self) -> Action {
         let Some(gate) = self.gate.clone() else {
             return self.fail_closed("no configuration");
         };
@@ -144,17 +198,6 @@ impl HttpContext for KeygateHttp {
         Action::Continue
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if !self.replied {
-            for (k, v) in &self.response_headers {
-                let _ = abi::set_header(MapType::HttpResponseHeaders, k, v);
-            }
-        }
-        Action::Continue
-    }
-}
-
-impl KeygateHttp {
     /// The audit trail (filter state, stats, debug log): never the key itself.
     fn record(&mut self, v: &Verdict) {
         let key = v.key.as_deref();

@@ -316,6 +316,8 @@ pub struct EnvoyOpts<'a> {
     pub hardened: bool,
     /// The filter to load instead of the release build (e.g. [`faults_wasm_path`]).
     pub wasm: Option<PathBuf>,
+    /// Answer every routed request with a direct 200 (no upstream): benches measure the filter.
+    pub direct_response: bool,
 }
 
 impl<'a> EnvoyOpts<'a> {
@@ -329,6 +331,7 @@ impl<'a> EnvoyOpts<'a> {
             key_service: None,
             hardened: false,
             wasm: None,
+            direct_response: false,
         }
     }
 }
@@ -371,7 +374,11 @@ fn listener(o: &EnvoyOpts, dir: &Path, port: u16, plugin_config: &str) -> Value 
         routes.push(json!({"match": {"prefix": "/", "headers": [{"name": "x-environment", "string_match": {"exact": "SANDBOX"}}]},
                            "route": {"cluster": "sandbox"}}));
     }
-    routes.push(json!({"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}));
+    routes.push(if o.direct_response {
+        json!({"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}})
+    } else {
+        json!({"match": {"prefix": "/"}, "route": {"cluster": "upstream"}})
+    });
     let mut hcm = json!({
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "ingress",
@@ -553,7 +560,16 @@ impl Envoy {
         concurrency: u32,
     ) -> Result<Envoy, String> {
         let log = dir.join("envoy.log");
-        let child = Command::new(envoy_bin())
+        // Benches pin Envoy to its own CPUs (KEYGATE_ENVOY_CPUS=0), away from the load.
+        let mut cmd = match std::env::var("KEYGATE_ENVOY_CPUS") {
+            Ok(cpus) if !cpus.is_empty() => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpus]).arg(envoy_bin());
+                c
+            }
+            _ => Command::new(envoy_bin()),
+        };
+        let child = cmd
             .args(["-c", &cfg.display().to_string()])
             .args(["--concurrency", &concurrency.to_string()])
             .args([
