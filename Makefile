@@ -50,6 +50,7 @@ lint: $(WASM_TARGET_STAMP) ## rustfmt check, clippy (wasm and native) with warni
 	cargo fmt --check
 	cargo clippy --release --target wasm32-wasip1 --lib -- -D warnings
 	CARGO_TARGET_DIR=target/faults cargo clippy --release --target wasm32-wasip1 --lib --features fault-injection -- -D warnings
+	CARGO_TARGET_DIR=target/hostcalls cargo clippy --release --target wasm32-wasip1 --lib --features hostcall-count -- -D warnings
 	cargo clippy --all-targets -- -D warnings
 
 unit: ## Unit tests of the pure core (native cargo test)

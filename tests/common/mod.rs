@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod key_service;
+pub mod readers;
 
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
