@@ -31,13 +31,62 @@ impl Presented<'_> {
 fn after_scheme<'v>(raw: &'v [u8], scheme: &str) -> Option<&'v [u8]> {
     let s = scheme.as_bytes();
     let head = raw.get(..s.len())?;
-    if !head.eq_ignore_ascii_case(s) || raw.get(s.len()) != Some(&b' ') {
+    // RFC 9110 separates scheme and credentials with a space; a tab is read the same way, as
+    // many servers read it, so such a key is judged (and hidden), never passed on unread.
+    if !head.eq_ignore_ascii_case(s) || !matches!(raw.get(s.len()), Some(b' ' | b'\t')) {
         return None;
     }
     Some(raw.get(s.len() + 1..)?.trim_ascii())
 }
 
-/// Every value of the query parameter `name` in `path` (raw, not decoded).
+/// Whether the raw query-parameter name `raw` is `name` as an upstream may read it: percent-
+/// decoded (`api%5Fkey`), `+` as a space, PHP's folding of `.`, ` ` and `[` into `_`
+/// (`api.key`), and PHP's array suffix (`api_key[]`).
+pub fn param_name_is(raw: &str, name: &str) -> bool {
+    if raw == name {
+        return true;
+    }
+    let mut decoded = Vec::with_capacity(raw.len());
+    let b = raw.as_bytes();
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        let hex = |j: usize| b.get(j).and_then(|h| char::from(*h).to_digit(16));
+        match (c, hex(i + 1), hex(i + 2)) {
+            (b'%', Some(hi), Some(lo)) => {
+                decoded.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                decoded.push(b' ');
+                i += 1;
+            }
+            _ => {
+                decoded.push(c);
+                i += 1;
+            }
+        }
+    }
+    if let Some(open) = decoded.iter().position(|&c| c == b'[') {
+        if decoded.get(open..).is_some_and(|rest| rest.contains(&b']')) {
+            decoded.truncate(open);
+        }
+    }
+    let fold = |c: u8| {
+        if matches!(c, b'.' | b' ' | b'[') {
+            b'_'
+        } else {
+            c
+        }
+    };
+    decoded.len() == name.len()
+        && decoded
+            .iter()
+            .zip(name.bytes())
+            .all(|(&a, n)| fold(a) == fold(n))
+}
+
+/// Every value of the query parameter `name` in `path` (raw, not decoded), in every spelling of
+/// its name an upstream reads as `name` ([`param_name_is`]).
 pub fn query_param<'p, 'n>(
     path: &'p str,
     name: &'n str,
@@ -48,7 +97,7 @@ pub fn query_param<'p, 'n>(
         .unwrap_or("");
     query.split('&').filter_map(move |pair| {
         let (k, v) = pair.split_once('=')?;
-        (k == name).then_some(v.as_bytes())
+        param_name_is(k, name).then_some(v.as_bytes())
     })
 }
 
@@ -226,6 +275,42 @@ mod tests {
         assert_eq!(
             find_key(&s, &h(&[("x-api-key", "")]), "/", "/"),
             Presented::Missing
+        );
+    }
+
+    /// Found by an attack review: upstreams that decode parameter names (Express) or fold them
+    /// (PHP) read these as `_method` / `api_key`.
+    #[test]
+    fn parameter_names_in_every_spelling_upstreams_read() {
+        for raw in [
+            "_method",
+            "%5Fmethod",
+            "_%6Dethod",
+            ".method",
+            "[method",
+            "+method",
+            "_method[]",
+        ] {
+            assert!(param_name_is(raw, "_method"), "{raw}");
+        }
+        for raw in ["method", "_methods", "%5Fmethodx", "_method%"] {
+            assert!(!param_name_is(raw, "_method"), "{raw}");
+        }
+        assert!(param_name_is("api.key", "api_key") && param_name_is("api%5Fkey", "api_key"));
+        let s = sources();
+        assert_eq!(
+            find_key(&s, &h(&[]), "/x?api%5Fkey=k3", "/"),
+            Presented::Key {
+                key: b"k3",
+                sources: 0b100
+            }
+        );
+        assert_eq!(
+            find_key(&s, &h(&[("authorization", "Bearer\tk1")]), "/", "/"),
+            Presented::Key {
+                key: b"k1",
+                sources: 0b010
+            }
         );
     }
 

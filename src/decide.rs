@@ -628,18 +628,11 @@ mod tests {
             Decision::Allowed,
             "another header"
         );
-        let v = run(
-            &g,
-            &mut MockHost::new(),
-            "GET",
-            "/a?_method=DELETE",
-            Some("live_plain"),
-        );
-        assert_eq!(
-            v.unwrap().decision,
-            Decision::Forbidden,
-            "_method parameter"
-        );
+        for q in ["_method", "%5Fmethod", ".method", "[method", "_method[]"] {
+            let path = format!("/a?{q}=DELETE");
+            let v = run(&g, &mut MockHost::new(), "GET", &path, Some("live_plain"));
+            assert_eq!(v.unwrap().decision, Decision::Forbidden, "{q} parameter");
+        }
         // A role with every method allows every override.
         let mut h = headers(Some("live_admin"));
         h.push(("x-http-method-override".into(), b"PURGE".to_vec()));

@@ -9,7 +9,7 @@
 //! - With `hide_credentials`, the key-source headers that held a key are removed.
 
 use crate::credentials::strip_query_params;
-use crate::header_names::{folds_to, METHOD_OVERRIDES};
+use crate::header_names::{folds_to, METHOD_OVERRIDES, PATH_OVERRIDES};
 use crate::model::Gate;
 use crate::path::split_query;
 use std::borrow::Cow;
@@ -65,17 +65,18 @@ fn new_path(
     Some(out)
 }
 
-/// Whether the header `name` must not reach the upstream whatever the verdict, on `judged`.
+/// Whether the header `name` must not reach the upstream whatever the verdict, on `judged`:
+/// keygate's own headers and path overrides in every spelling, and the other spellings of
+/// key-source and method-override headers (keygate reads and judges only the configured one).
 fn foreign_spelling(gate: &Gate, name: &str, judged: &str) -> bool {
-    if gate.owned_request_headers().any(|o| folds_to(name, o)) {
-        return true;
-    }
-    name.contains('_')
-        && (METHOD_OVERRIDES.iter().any(|o| folds_to(name, o))
-            || gate
-                .sources
-                .iter()
-                .any(|s| s.applies_to(judged) && s.header().is_some_and(|h| folds_to(name, h))))
+    let other_spelling = |h: &str| name != h && folds_to(name, h);
+    gate.owned_request_headers().any(|o| folds_to(name, o))
+        || PATH_OVERRIDES.iter().any(|o| folds_to(name, o))
+        || METHOD_OVERRIDES.iter().any(|o| other_spelling(o))
+        || gate
+            .sources
+            .iter()
+            .any(|s| s.applies_to(judged) && s.header().is_some_and(other_spelling))
 }
 
 /// The edits for a request whose raw `:path` is `raw`, judged as `judged` (`None`: a path
@@ -204,6 +205,40 @@ mod tests {
         // A path that could not be judged loses every query key (for the access log).
         let e = plan(&g, "/a%2f?n8n_key=k", None, &headers, Fate::Local);
         assert_eq!(e.path.as_deref(), Some("/a%2f"));
+    }
+
+    #[test]
+    fn path_overrides_and_both_spellings_of_underscore_names_are_removed() {
+        let g = gate_from_value(&json!({
+            "key_sources": [{"header": "x_svc_key"}, {"query": "api_key"}],
+            "keys": [],
+            "upstream_headers": {"tenant": "x_tenant_id"}
+        }))
+        .unwrap();
+        let headers = h(&[
+            "x-original-url",
+            "X-Rewrite-URL",
+            "x-tenant-id",
+            "x-svc-key",
+            "x_svc_key",
+        ]);
+        let e = plan(
+            &g,
+            "/?api%5Fkey=k&a=1",
+            Some("/"),
+            &headers,
+            Fate::Upstream { sources: 0 },
+        );
+        assert_eq!(
+            e.remove,
+            [
+                "x-original-url",
+                "X-Rewrite-URL",
+                "x-tenant-id",
+                "x-svc-key"
+            ]
+        );
+        assert_eq!(e.path.as_deref(), Some("/?a=1"));
     }
 
     #[test]

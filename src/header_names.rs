@@ -9,17 +9,28 @@ pub const METHOD_OVERRIDES: [&str; 3] = [
     "x-method-override",
 ];
 
+/// Headers some servers and frameworks route on instead of the request line's path (IIS URL
+/// Rewrite, Zend/Laminas, older Symfony): keygate judges `:path`, so they never go upstream.
+pub const PATH_OVERRIDES: [&str; 2] = ["x-original-url", "x-rewrite-url"];
+
 /// The query parameter some frameworks (Express `method-override`, Laravel, Rails) also read.
 pub const METHOD_OVERRIDE_PARAM: &str = "_method";
 
-/// Whether `name` is a spelling of `canonical` (lower-case, with dashes) that an upstream may
-/// fold into the same name: any case, `_` for `-`.
-pub fn folds_to(name: &str, canonical: &str) -> bool {
-    name.len() == canonical.len()
+/// Whether `name` and `other` are spellings an upstream may fold into the same name: any case,
+/// `_` and `-` alike (either way round).
+pub fn folds_to(name: &str, other: &str) -> bool {
+    let fold = |c: u8| {
+        if c == b'_' {
+            b'-'
+        } else {
+            c.to_ascii_lowercase()
+        }
+    };
+    name.len() == other.len()
         && name
             .bytes()
-            .zip(canonical.bytes())
-            .all(|(a, b)| a.eq_ignore_ascii_case(&b) || (a == b'_' && b == b'-'))
+            .zip(other.bytes())
+            .all(|(a, b)| fold(a) == fold(b))
 }
 
 #[cfg(test)]
@@ -30,6 +41,7 @@ mod tests {
     fn spellings_fold() {
         for name in ["x-tenant-id", "X-Tenant-Id", "x_tenant_id", "X_TENANT-id"] {
             assert!(folds_to(name, "x-tenant-id"), "{name}");
+            assert!(folds_to(name, "x_tenant_id"), "either way round: {name}");
         }
         for name in ["x-tenant-idx", "x-tenant_i", "xxtenant-id", "x-tenant.id"] {
             assert!(!folds_to(name, "x-tenant-id"), "{name}");

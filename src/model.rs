@@ -210,7 +210,7 @@ impl Gate {
     /// when the path is unknown).
     pub fn is_query_source(&self, name: &str, canonical: Option<&str>) -> bool {
         self.sources.iter().any(|s| {
-            matches!(&s.from, Source::Query { name: n } if n == name)
+            matches!(&s.from, Source::Query { name: n } if crate::credentials::param_name_is(name, n))
                 && canonical.is_none_or(|c| s.applies_to(c))
         })
     }

@@ -28,6 +28,7 @@ pub enum PathError {
     Backslash,
     ParamDotSegment,
     DoubleEncoded,
+    AmbiguousEscape,
     Fragment,
 }
 
@@ -44,6 +45,7 @@ impl fmt::Display for PathError {
                 "has a segment that is empty or dots once its ';' parameter is dropped"
             }
             PathError::DoubleEncoded => "has a double-encoded '.', '/', '\\', ';' or '%'",
+            PathError::AmbiguousEscape => "has an encoded '?' or '#', or an overlong UTF-8 byte",
             PathError::Fragment => "has a fragment ('#')",
         })
     }
@@ -89,6 +91,9 @@ fn push_segment(raw: &str, out: &mut String) -> Result<(), PathError> {
                 b'/' => return Err(PathError::EncodedSlash),
                 b'\\' => return Err(PathError::Backslash),
                 0..=0x1f | 0x7f => return Err(PathError::ForbiddenByte),
+                // `?`/`#` that a reader decoding the whole target would take as the query or
+                // fragment, and overlong UTF-8 (`%C0%AE` read as `.` by legacy decoders).
+                b'?' | b'#' | 0xc0 | 0xc1 => return Err(PathError::AmbiguousEscape),
                 _ if is_unreserved(d) => out.push(char::from(d)),
                 _ => {
                     out.push('%');
@@ -373,6 +378,9 @@ mod tests {
             ("/v1/%25%32%65%25%32%65/admin", PathError::DoubleEncoded),
             ("/a%252Fb", PathError::DoubleEncoded),
             ("/a%25255c", PathError::DoubleEncoded),
+            ("/v1/items/..%3F", PathError::AmbiguousEscape),
+            ("/v1/items/..%23x", PathError::AmbiguousEscape),
+            ("/v1/%C0%AE%C0%AE/x", PathError::AmbiguousEscape),
             ("/a#frag", PathError::Fragment),
             ("/a?b#frag", PathError::Fragment),
         ];

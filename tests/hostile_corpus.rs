@@ -408,6 +408,28 @@ fn corpus() -> Vec<Case> {
             .h("x_http_method_override", "DELETE")
             .want(up_with("/v1/items", &[("x_http_method_override", None)])),
         case(Rk, "/v1/items?_method=DELETE").want(kg(403, METHOD_FORBIDDEN)),
+        // Spellings of `_method` that Express (decoding) and PHP (folding) read as `_method`.
+        case(Rk, "/v1/items?%5Fmethod=DELETE").want(kg(403, METHOD_FORBIDDEN)),
+        case(Rk, "/v1/items?.method=DELETE").want(kg(403, METHOD_FORBIDDEN)),
+        case(Rk, "/v1/items?_method[]=DELETE").want(kg(403, METHOD_FORBIDDEN)),
+        // Path overrides some servers route on never reach the upstream.
+        case(Rk, "/v1/items")
+            .h("x-original-url", "/admin")
+            .h("x-rewrite-url", "/admin")
+            .want(up_with(
+                "/v1/items",
+                &[("x-original-url", None), ("x-rewrite-url", None)],
+            )),
+        // Escapes a whole-target decoder would read as a query, fragment or dot.
+        case(Pk, "/v1/pricing/..%3F").want(kg(400, BAD_PATH)),
+        case(Pk, "/v1/pricing/..%23x").want(kg(400, BAD_PATH)),
+        case(Pk, "/v1/pricing/%C0%AE%C0%AE/admin").want(kg(400, BAD_PATH)),
+        // Query-key spellings upstreams read as `api_key` leave a public path too.
+        case(Nobody, &format!("/healthz?api%5Fkey={SK}&api.key={SK}&a=1")).want(up("/healthz?a=1")),
+        case(Sk, "/v1/items")
+            .bare()
+            .h("authorization", &format!("Bearer\t{SK}"))
+            .want(up_with("/v1/items", &[("authorization", None)])),
         case(Rk, "/v1/items")
             .method("POST")
             .want(kg(403, METHOD_FORBIDDEN)),

@@ -62,18 +62,21 @@ fn set_state(name: &str, value: Option<&str>) {
 }
 
 /// Carries out the forwarding plan: one host call per change, none when nothing changes.
-fn apply(edits: &Edits) {
+/// `Err` if the host refused a change: the request must then not go on.
+fn apply(edits: &Edits) -> Result<(), abi::Status> {
     if let Some(p) = &edits.path {
-        let _ = abi::set_header(MapType::HttpRequestHeaders, ":path", p);
+        abi::set_header(MapType::HttpRequestHeaders, ":path", p)?;
     }
     for name in &edits.remove {
-        let _ = abi::remove_header(MapType::HttpRequestHeaders, name);
+        abi::remove_header(MapType::HttpRequestHeaders, name)?;
     }
+    Ok(())
 }
 
-fn set_request_header(name: Option<&str>, value: Option<&str>) {
-    if let (Some(n), Some(v)) = (name, value) {
-        let _ = abi::set_header(MapType::HttpRequestHeaders, n, v);
+fn set_request_header(name: Option<&str>, value: Option<&str>) -> Result<(), abi::Status> {
+    match (name, value) {
+        (Some(n), Some(v)) => abi::set_header(MapType::HttpRequestHeaders, n, v),
+        _ => Ok(()),
     }
 }
 
@@ -159,7 +162,8 @@ impl KeygateHttp {
                 debug!("request path refused: it {why}");
                 let v = Verdict::new(Decision::BadRequest);
                 self.record(&v);
-                apply(&forward::plan(&gate, path, None, &headers, Fate::Local));
+                // Only the access log sees this :path (query keys leave it); the answer is ours.
+                let _ = apply(&forward::plan(&gate, path, None, &headers, Fate::Local));
                 return self.send(&reply::reject(&gate, &v));
             }
         };
@@ -177,13 +181,17 @@ impl KeygateHttp {
             }
             Some(_) => Fate::Local,
         };
-        apply(&forward::plan(
+        let applied = apply(&forward::plan(
             &gate,
             path,
             Some(&req.canonical),
             &headers,
             fate,
         ));
+        if applied.is_err() && fate != Fate::Local {
+            // Never forward a request whose path or headers could not be made what was judged.
+            return self.fail_closed("the request could not be rewritten as judged");
+        }
         let Some(v) = verdict else {
             return Action::Continue;
         };
@@ -194,7 +202,9 @@ impl KeygateHttp {
         if v.verify {
             return self.send(&reply::verify(&gate, &v));
         }
-        self.forward(&gate, &v);
+        if self.forward(&gate, &v).is_err() {
+            return self.fail_closed("the identity headers could not be set");
+        }
         Action::Continue
     }
 
@@ -225,13 +235,14 @@ impl KeygateHttp {
     }
 
     /// An allowed request: identity headers in (client values were removed by the plan).
-    fn forward(&mut self, gate: &Gate, v: &Verdict) {
+    fn forward(&mut self, gate: &Gate, v: &Verdict) -> Result<(), abi::Status> {
         let key = v.key.as_deref();
         let up = &gate.upstream_headers;
-        set_request_header(gate.environment_header.as_deref(), v.environment());
-        set_request_header(up.key_id.as_deref(), key.map(|k| k.id.as_str()));
-        set_request_header(up.tenant.as_deref(), key.and_then(|k| k.tenant.as_deref()));
-        set_request_header(up.role.as_deref(), v.role.map(|r| r.name.as_str()));
+        set_request_header(gate.environment_header.as_deref(), v.environment())?;
+        set_request_header(up.key_id.as_deref(), key.map(|k| k.id.as_str()))?;
+        set_request_header(up.tenant.as_deref(), key.and_then(|k| k.tenant.as_deref()))?;
+        set_request_header(up.role.as_deref(), v.role.map(|r| r.name.as_str()))?;
         self.response_headers = reply::identity_headers(gate, v);
+        Ok(())
     }
 }
