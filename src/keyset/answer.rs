@@ -1,0 +1,351 @@
+//! Reading a key-service answer: a full set or a delta on top of the published one.
+
+use super::*;
+#[derive(Debug)]
+pub enum Fetched {
+    /// Same version as the one already published: nothing to do.
+    Unchanged,
+    Set(ParsedSet),
+    /// Changes on top of the published version `since` (SPEC §4 delta answers).
+    Delta(Delta),
+}
+
+/// A delta answer `{"version","since","upserts":[…],"removed":[ids…]}`, validated.
+#[derive(Debug)]
+pub struct Delta {
+    pub version: String,
+    pub since: String,
+    /// The upserted entries, encoded (as a small set of their own).
+    pub upserts: ParsedSet,
+    /// Ids to drop: the removed ones and the upserted ones (their old records give way).
+    pub drop_ids: FastSet<String>,
+}
+
+impl Delta {
+    /// Starts the new set: feed it the published set's records with
+    /// [`Applying::old_record`], then [`Applying::finish`].
+    pub fn start(self, old_count: usize) -> Applying {
+        let set = ParsedSet::for_keys(old_count + self.upserts.len());
+        Applying { delta: self, set }
+    }
+}
+
+/// A delta being applied to the published set.
+pub struct Applying {
+    delta: Delta,
+    set: ParsedSet,
+}
+
+impl Applying {
+    /// A record of the published set: kept unless its id is removed or upserted.
+    pub fn old_record(&mut self, rec: &[u8]) {
+        if record_id(rec).is_some_and(|id| !self.delta.drop_ids.contains(id)) {
+            self.set.push_encoded(rec);
+        }
+    }
+
+    /// The new set: the kept records and the upserts.
+    pub fn finish(mut self) -> Result<ParsedSet, Vec<ConfigError>> {
+        for buf in &self.delta.upserts.shards {
+            for rec in records_of(buf) {
+                self.set.push_encoded(rec);
+            }
+        }
+        if self.set.has_duplicate_digest() {
+            return Err(vec![ConfigError {
+                path: "$.upserts".into(),
+                message: "an upserted key (hash) is already in the set under another id".into(),
+            }]);
+        }
+        self.set.version = self.delta.version;
+        Ok(self.set)
+    }
+}
+
+struct Parse<'g> {
+    gate: &'g Gate,
+    ctx: KeyContext<'g>,
+    inline_ids: FastSet<&'g str>,
+    current: Option<&'g str>,
+    version: Option<String>,
+    unchanged: bool,
+    saw_keys: bool,
+    /// A delta answer: the version it applies to, and the ids it removes.
+    since: Option<String>,
+    removed: Option<Vec<String>>,
+    saw_upserts: bool,
+    set: ParsedSet,
+    /// (hash of the id, entry index): sorted afterwards to find duplicate ids.
+    ids: Vec<(u64, u32)>,
+    errors: Errors,
+}
+
+fn id_hash(id: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut h);
+    h.finish()
+}
+
+impl Parse<'_> {
+    fn error(&mut self, path: &str, msg: impl Into<String>) {
+        if self.errors.0.len() < MAX_ERRORS {
+            self.errors.push(path, msg);
+        }
+    }
+
+    fn entry(&mut self, field: &str, i: usize, value: &serde_json::Value) {
+        let path = format!("$.{field}[{i}]");
+        let mut errors = Errors::default();
+        let parsed = read_key_entry(&path, value, &self.ctx, &mut errors);
+        for e in errors.0 {
+            self.error(&e.path, e.message);
+        }
+        let Some((digest, rec)) = parsed else { return };
+        if self.inline_ids.contains(rec.id.as_str()) {
+            return self.error(
+                &format!("{path}.id"),
+                format!("id {} is also configured inline", q(&rec.id)),
+            );
+        }
+        if self.gate.keys.get(&digest).is_some() {
+            return self.error(&path, "this key is also configured inline");
+        }
+        self.ids.push((id_hash(&rec.id), i as u32));
+        self.set.push(&digest, &rec, &self.gate.roles);
+    }
+}
+
+/// Visitor methods for the JSON types a visitor does not accept. serde's defaults would build
+/// an `Unexpected` error whose formatting pulls float printing (~20 KB) into the .wasm.
+macro_rules! wrong_types {
+    ($msg:expr) => {
+        fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+            Err(E::custom($msg))
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+            Err(E::custom($msg))
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+            Err(E::custom($msg))
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+            Err(E::custom($msg))
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+            Err(E::custom($msg))
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+            Err(E::custom($msg))
+        }
+    };
+}
+
+const TOP_EXPECTED: &str = "expected an object {\"version\": …, \"keys\": […]}";
+const KEYS_EXPECTED: &str = "expected an array of key entries";
+
+struct Top<'p, 'g>(&'p mut Parse<'g>);
+/// The entries of `keys` or of a delta's `upserts`.
+struct Keys<'p, 'g>(&'p mut Parse<'g>, &'static str);
+
+impl<'de> DeserializeSeed<'de> for Top<'_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Top<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(TOP_EXPECTED)
+    }
+    wrong_types!(TOP_EXPECTED);
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        Err(de::Error::custom(TOP_EXPECTED))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let p = self.0;
+        // Keys and the version are read as `Value`s: typed reads would pull serde's
+        // float-formatting error paths into the .wasm.
+        while let Some(k) = map.next_key::<serde_json::Value>()? {
+            match k.as_str().unwrap_or_default() {
+                "version" => match map.next_value::<serde_json::Value>()? {
+                    // It is sent back in If-None-Match, so it must be a valid header token.
+                    serde_json::Value::String(v)
+                        if v.is_empty()
+                            || v.len() > 256
+                            || !v.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b'"') =>
+                    {
+                        p.error(
+                            "$.version",
+                            "must be 1-256 printable ASCII characters without spaces or '\"'",
+                        )
+                    }
+                    serde_json::Value::String(v) => {
+                        if !p.saw_keys && p.current == Some(v.as_str()) {
+                            p.unchanged = true;
+                        }
+                        p.version = Some(v);
+                    }
+                    _ => p.error("$.version", "expected a string"),
+                },
+                "keys" if p.unchanged => {
+                    map.next_value::<IgnoredAny>()?;
+                    p.saw_keys = true;
+                }
+                "keys" => {
+                    map.next_value_seed(Keys(&mut *p, "keys"))?;
+                    p.saw_keys = true;
+                }
+                "since" => match map.next_value::<serde_json::Value>()? {
+                    serde_json::Value::String(v) => p.since = Some(v),
+                    _ => p.error("$.since", "expected a string"),
+                },
+                "upserts" => {
+                    map.next_value_seed(Keys(&mut *p, "upserts"))?;
+                    p.saw_upserts = true;
+                }
+                "removed" => match map.next_value::<serde_json::Value>()? {
+                    serde_json::Value::Array(ids) => {
+                        let mut out = Vec::with_capacity(ids.len());
+                        for (i, id) in ids.into_iter().enumerate() {
+                            match id {
+                                serde_json::Value::String(id) => out.push(id),
+                                _ => p.error(&format!("$.removed[{i}]"), "expected an id"),
+                            }
+                        }
+                        p.removed = Some(out);
+                    }
+                    _ => p.error("$.removed", "expected an array of ids"),
+                },
+                other => {
+                    p.error(&format!("$.{other}"), "unknown field");
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Keys<'_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Keys<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(KEYS_EXPECTED)
+    }
+    wrong_types!(KEYS_EXPECTED);
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        Err(de::Error::custom(KEYS_EXPECTED))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0;
+        // One entry at a time: a million-key answer is never held as a JSON tree.
+        while let Some(v) = seq.next_element::<serde_json::Value>()? {
+            self.0.entry(self.1, i, &v);
+            i += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and validates a key-service answer `{"version":"…","keys":[…]}` from `reader`,
+/// entries exactly as inline `keys`. `current` is the published version: if the answer has the
+/// same version (and says so before its keys), the keys are skipped, not parsed.
+/// Any error rejects the whole answer.
+pub fn parse_key_set(
+    reader: &mut dyn Read,
+    size: usize,
+    gate: &Gate,
+    current: Option<&str>,
+) -> Result<Fetched, Vec<ConfigError>> {
+    let mut p = Parse {
+        gate,
+        ctx: KeyContext {
+            roles: &gate.roles,
+            prefixes: &gate.prefixes,
+        },
+        inline_ids: gate.keys.records().map(|r| r.id.as_str()).collect(),
+        current,
+        version: None,
+        unchanged: false,
+        saw_keys: false,
+        since: None,
+        removed: None,
+        saw_upserts: false,
+        set: ParsedSet::for_body_size(size),
+        ids: Vec::new(),
+        errors: Errors::default(),
+    };
+    let mut de = json_deserializer(reader);
+    let parsed = Top(&mut p).deserialize(&mut de).and_then(|()| de.end());
+    if let Err(e) = parsed {
+        let mut errors = vec![ConfigError {
+            path: "$".into(),
+            message: format!("not a valid key-set answer: {e}"),
+        }];
+        errors.extend(p.errors.0);
+        return Err(errors);
+    }
+    if p.version.is_none() {
+        p.errors.push("$.version", "is required");
+    }
+    let delta = p.since.is_some() || p.saw_upserts || p.removed.is_some();
+    match (delta, p.saw_keys) {
+        (true, true) => p
+            .errors
+            .push("$", "has both \"keys\" and delta fields; give one"),
+        (true, false) if p.since.is_none() => p.errors.push("$.since", "is required in a delta"),
+        (false, false) => p.errors.push("$.keys", "is required"),
+        _ => {}
+    }
+    if !p.errors.is_empty() {
+        return Err(p.errors.0);
+    }
+    let version = p.version.unwrap_or_default();
+    if current == Some(version.as_str()) {
+        return Ok(Fetched::Unchanged);
+    }
+    // Ids are compared by a 64-bit hash: two different ids colliding (odds ~3e-8 for a
+    // million ids) would be reported as a duplicate and the answer refused, never merged.
+    p.ids.sort_unstable();
+    if let Some(w) = p
+        .ids
+        .windows(2)
+        .find(|w| w.first().map(|x| x.0) == w.get(1).map(|x| x.0))
+    {
+        let (first, second) = (w.first().map_or(0, |x| x.1), w.get(1).map_or(0, |x| x.1));
+        let field = if delta { "upserts" } else { "keys" };
+        return Err(vec![ConfigError {
+            path: format!("$.{field}[{second}].id"),
+            message: format!("duplicate id (the same as $.{field}[{first}].id)"),
+        }]);
+    }
+    if p.set.has_duplicate_digest() {
+        return Err(vec![ConfigError {
+            path: "$.keys".into(),
+            message: "duplicate key: the same key (hash) appears twice".into(),
+        }]);
+    }
+    if delta {
+        let mut drop_ids: FastSet<String> = p.removed.unwrap_or_default().into_iter().collect();
+        for buf in &p.set.shards {
+            drop_ids.extend(records_of(buf).filter_map(record_id).map(str::to_string));
+        }
+        return Ok(Fetched::Delta(Delta {
+            version,
+            since: p.since.unwrap_or_default(),
+            upserts: p.set,
+            drop_ids,
+        }));
+    }
+    let mut set = p.set;
+    set.version = version;
+    Ok(Fetched::Set(set))
+}
