@@ -399,9 +399,10 @@ impl KeyService {
                         }
                         f.lock().unwrap().push(Instant::now());
                         let (etag, body) = b.lock().unwrap().clone();
-                        let delta = d.lock().unwrap().clone().filter(|(since, _)| {
-                            request_line.contains(&format!("since={since} "))
-                        });
+                        let delta =
+                            d.lock().unwrap().clone().filter(|(since, _)| {
+                                request_line.contains(&format!("since={since} "))
+                            });
                         let fresh = inm != etag;
                         let body = match delta {
                             Some((_, delta)) if fresh => delta,
