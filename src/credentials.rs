@@ -46,6 +46,13 @@ pub fn param_name_is(raw: &str, name: &str) -> bool {
     if raw == name {
         return true;
     }
+    // The usual case on the request path: nothing to decode or fold, so no other spelling.
+    if !raw
+        .bytes()
+        .any(|c| matches!(c, b'%' | b'+' | b'.' | b' ' | b'['))
+    {
+        return false;
+    }
     let mut decoded = Vec::with_capacity(raw.len());
     let b = raw.as_bytes();
     let mut i = 0;
