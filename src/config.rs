@@ -534,20 +534,23 @@ pub fn read_keys(path: &str, items: &[Value], ctx: &KeyContext, errors: &mut Err
     table
 }
 
-fn read_key_sync(root: &mut Obj, errors: &mut Errors) -> Option<KeySync> {
-    let path = root.field_path("key_sync");
-    let v = root.get("key_sync")?;
+/// `key_sync` or `usage_report`: a cluster and path the filter calls on its own.
+fn read_endpoint(root: &mut Obj, field: &'static str, errors: &mut Errors) -> Option<Endpoint> {
+    let path = root.field_path(field);
+    let v = root.get(field)?;
     let mut o = Obj::new(&path, v, errors)?;
     let cluster = o.req_str("cluster", errors);
     let p_path = o.field_path("path");
-    let sync_path = o.req_str("path", errors);
+    let call_path = o.req_str("path", errors);
     let authority = o.opt_str("authority", errors);
     let interval_path = o.field_path("interval_seconds");
     let interval_seconds = o.opt_u64("interval_seconds", errors).unwrap_or(10);
     let timeout_path = o.field_path("timeout_ms");
     let timeout_ms = o.opt_u64("timeout_ms", errors).unwrap_or(2000);
+    let token_path = o.field_path("token");
+    let token = o.opt_str("token", errors);
     o.finish(errors);
-    if let Some(p) = sync_path {
+    if let Some(p) = call_path {
         if !p.starts_with('/') || p.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
             errors.push(&p_path, "must be an absolute path starting with '/'");
         }
@@ -558,16 +561,26 @@ fn read_key_sync(root: &mut Obj, errors: &mut Errors) -> Option<KeySync> {
     if !(1..=60_000).contains(&timeout_ms) {
         errors.push(&timeout_path, "must be between 1 and 60000");
     }
+    if let Some(t) = token {
+        // Never echoed: it is a secret.
+        if t.is_empty() || t.len() > 4096 || !t.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+            errors.push(
+                &token_path,
+                "must be 1-4096 printable ASCII characters without spaces",
+            );
+        }
+    }
     let cluster = cluster?;
     if cluster.is_empty() {
         errors.push(&format!("{path}.cluster"), "must not be empty");
     }
-    Some(KeySync {
+    Some(Endpoint {
         cluster: cluster.to_string(),
-        path: sync_path?.to_string(),
+        path: call_path?.to_string(),
         authority: authority.unwrap_or(cluster).to_string(),
         interval_seconds,
         timeout_ms,
+        token: token.map(str::to_string),
     })
 }
 
@@ -621,7 +634,8 @@ fn read_gate(value: &Value, errors: &mut Errors) -> Option<Gate> {
         ),
         None => KeyTable::default(),
     };
-    let key_sync = read_key_sync(&mut root, errors);
+    let key_sync = read_endpoint(&mut root, "key_sync", errors);
+    let usage_report = read_endpoint(&mut root, "usage_report", errors);
     let default_limits = read_limits(&mut root, errors).unwrap_or_default();
     let public_paths = read_patterns(&mut root, "public_paths", errors).unwrap_or_default();
     let vp_path = root.field_path("verify_path");
@@ -681,6 +695,7 @@ fn read_gate(value: &Value, errors: &mut Errors) -> Option<Gate> {
         environment_header,
         upstream_headers,
         key_sync,
+        usage_report,
         bearer,
         trust_forwarded_address,
         environments_accepted,

@@ -22,11 +22,17 @@ pub mod ip;
 pub mod json_reader;
 pub mod keys;
 pub mod keyset;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod mint;
 pub mod model;
 pub mod path;
 pub mod ratelimit;
 pub mod reply;
 pub mod timestamp;
+pub mod usage;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;
+/// The key service (`keygate serve`, SPEC §7 and §8): native only, never in the `.wasm`.
+#[cfg(not(target_arch = "wasm32"))]
+pub mod service;

@@ -148,14 +148,32 @@ pub struct KeyRecord {
     pub allowed_paths: Option<Vec<Pattern>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeySync {
+/// A key-service endpoint the filter calls on its own (`key_sync`, `usage_report`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Endpoint {
     pub cluster: String,
     pub path: String,
     pub authority: String,
     pub interval_seconds: u64,
     pub timeout_ms: u64,
+    /// Sent as `Authorization: Bearer <token>` (never logged).
+    pub token: Option<String>,
 }
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("cluster", &self.cluster)
+            .field("path", &self.path)
+            .field("authority", &self.authority)
+            .field("interval_seconds", &self.interval_seconds)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+pub type KeySync = Endpoint;
 
 /// Names of the headers the filter sets on the upstream request (`None` = off).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,6 +198,8 @@ pub struct Gate {
     pub environment_header: Option<String>,
     pub upstream_headers: UpstreamHeaders,
     pub key_sync: Option<KeySync>,
+    /// Where usage reports go (SPEC §8).
+    pub usage_report: Option<Endpoint>,
     /// A Bearer source is configured: 401s carry `WWW-Authenticate`.
     pub bearer: bool,
     /// `allowed_ips` may use an address Envoy derived from `X-Forwarded-For` (behind trusted

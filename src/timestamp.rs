@@ -27,6 +27,39 @@ fn days_in_month(y: i64, m: i64) -> i64 {
     }
 }
 
+/// The date of a day count since 1970-01-01 (the inverse of [`days_from_civil`]).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (
+        if m <= 2 {
+            yoe + era * 400 + 1
+        } else {
+            yoe + era * 400
+        },
+        m,
+        d,
+    )
+}
+
+/// Unix seconds as `2025-01-15T10:30:00Z` (UTC, whole seconds).
+pub fn format_rfc3339(t: i64) -> String {
+    let (y, m, d) = civil_from_days(t.div_euclid(86_400));
+    let s = t.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
 /// `2027-01-01T00:00:00Z`, with optional fractional seconds and a `Z` or `±HH:MM` offset.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let b = s.as_bytes();
@@ -112,5 +145,20 @@ mod tests {
         ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn formats_what_it_parses() {
+        for t in [
+            0i64,
+            951_782_400,
+            1_736_937_000,
+            1_798_761_599,
+            4_102_444_800,
+        ] {
+            let text = super::format_rfc3339(t);
+            assert_eq!(super::parse_rfc3339(&text), Some(t), "{text}");
+        }
+        assert_eq!(super::format_rfc3339(1_736_937_000), "2025-01-15T10:30:00Z");
     }
 }

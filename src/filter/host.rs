@@ -66,3 +66,20 @@ pub fn call_response_body(start: usize, max: usize) -> Option<Vec<u8>> {
         .ok()
         .flatten()
 }
+
+/// A number no other VM of this Envoy process has (shared-data counter).
+pub fn allocate_vm_id() -> Option<u64> {
+    let mut sd = SharedData;
+    crate::ratelimit::ensure_entry(&mut sd, crate::keyset::VM_SEQ_KEY, &0u64.to_le_bytes()).ok()?;
+    for _ in 0..64 {
+        let (raw, cas) = sd.get(crate::keyset::VM_SEQ_KEY).ok().flatten()?;
+        let n = u64::from_le_bytes(raw.get(..8)?.try_into().ok()?) + 1;
+        if matches!(
+            sd.set(crate::keyset::VM_SEQ_KEY, &n.to_le_bytes(), cas),
+            Ok(true)
+        ) {
+            return Some(n);
+        }
+    }
+    None
+}

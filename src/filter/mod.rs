@@ -5,6 +5,7 @@ mod abi;
 mod faults;
 mod host;
 mod http;
+mod report;
 mod root;
 mod stats;
 mod sync;

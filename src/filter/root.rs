@@ -3,11 +3,13 @@
 use super::abi;
 use super::host::{unix_now, SharedData};
 use super::http::KeygateHttp;
+use super::report::Reporter;
 use super::stats::Stats;
 use super::sync::{refresh_view, Syncer, View, TICK_MS};
 use crate::config::parse_config;
 use crate::model::Gate;
 use crate::ratelimit::{ensure_counter, ensure_creation_lock};
+use crate::usage::UsageLedger;
 use log::{error, info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
@@ -21,6 +23,7 @@ pub struct KeygateRoot {
     /// The published synced key set as this VM sees it (shared with its HTTP contexts).
     view: Rc<RefCell<View>>,
     syncer: Option<Syncer>,
+    reporter: Option<Reporter>,
 }
 
 impl Context for KeygateRoot {
@@ -31,6 +34,11 @@ impl Context for KeygateRoot {
         body_size: usize,
         _trailers: usize,
     ) {
+        if let Some(r) = self.reporter.as_mut() {
+            if r.on_response(token, &self.stats) {
+                return;
+            }
+        }
         if let (Some(s), Some(g)) = (self.syncer.as_mut(), self.gate.as_ref()) {
             s.on_response(token, body_size, g, &self.view, &self.stats);
         }
@@ -98,6 +106,27 @@ impl RootContext for KeygateRoot {
         if self.syncer.is_some() {
             refresh_view(&self.view);
         }
+        // Usage counts survive a reconfiguration of this VM; without usage_report none are kept.
+        match &gate.usage_report {
+            Some(cfg) => {
+                let mut stats = self.stats.borrow_mut();
+                if stats.usage.is_none() {
+                    let Some(vm) = super::host::allocate_vm_id() else {
+                        error!(
+                            "configuration rejected: $.usage_report: shared data is not available"
+                        );
+                        return false;
+                    };
+                    let started = abi::now_ns().unwrap_or(0);
+                    stats.usage = Some(UsageLedger::new(format!("{started:x}-{vm}")));
+                }
+                self.reporter = Some(Reporter::new(cfg.clone()));
+            }
+            None => {
+                self.stats.borrow_mut().usage = None;
+                self.reporter = None;
+            }
+        }
         // The tick flushes last-used gauges and, with key_sync, refreshes the key-set view.
         let _ = abi::set_tick_period_ms(TICK_MS);
         info!(
@@ -115,6 +144,9 @@ impl RootContext for KeygateRoot {
         if let Some(s) = self.syncer.as_mut() {
             refresh_view(&self.view);
             s.tick(&self.stats);
+        }
+        if let Some(r) = self.reporter.as_mut() {
+            r.tick(&self.stats);
         }
     }
 

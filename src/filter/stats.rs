@@ -9,6 +9,7 @@
 use super::abi;
 use crate::decide::Decision;
 use crate::keys::FastMap;
+use crate::usage::UsageLedger;
 use proxy_wasm::types::MetricType;
 
 const REASONS: usize = Decision::ALL.len();
@@ -31,6 +32,8 @@ pub struct Stats {
     gauges: FastMap<&'static str, u32>,
     /// Keys used since the last flush.
     used: Vec<String>,
+    /// Counts for usage reports (with `usage_report`): in memory, no host call per request.
+    pub usage: Option<UsageLedger>,
 }
 
 fn define(slot: &mut Option<u32>, kind: MetricType, name: impl FnOnce() -> String) -> Option<u32> {
@@ -53,6 +56,9 @@ fn reason_index(d: Decision) -> usize {
 impl Stats {
     /// Counts one judged request for a known key.
     pub fn key_request(&mut self, key_id: &str, decision: Decision) {
+        if let Some(u) = self.usage.as_mut() {
+            u.record(key_id, decision);
+        }
         if !self.per_key.contains_key(key_id) {
             self.per_key
                 .insert(key_id.to_string(), KeyMetrics::default());
@@ -117,6 +123,13 @@ impl Stats {
     /// Counts an operational event (`keygate.<name>`), e.g. rate-limit store faults.
     pub fn event(&mut self, name: &'static str) {
         bump(cached(&mut self.events, name, MetricType::Counter));
+    }
+
+    /// Adds `n` to an operational counter (`keygate.<name>`).
+    pub fn add(&mut self, name: &'static str, n: u64) {
+        if let Some(id) = cached(&mut self.events, name, MetricType::Counter) {
+            abi::increment_metric(id, n as i64);
+        }
     }
 }
 

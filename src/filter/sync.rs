@@ -149,7 +149,7 @@ impl Syncer {
         }
         let me = match previous_id {
             Some(id) => id,
-            None => next_vm_id().ok_or("could not allocate a fetcher id")?,
+            None => super::host::allocate_vm_id().ok_or("could not allocate a fetcher id")?,
         };
         Ok(Syncer {
             cfg,
@@ -228,6 +228,10 @@ impl Syncer {
         ];
         if let Some(tag) = etag.as_deref() {
             headers.push(("if-none-match", tag));
+        }
+        let auth = self.cfg.token.as_ref().map(|t| format!("Bearer {t}"));
+        if let Some(a) = auth.as_deref() {
+            headers.push(("authorization", a));
         }
         stats.borrow_mut().event("sync_fetches");
         // The SDK's call, not the raw ABI: only it registers the token with the SDK's
@@ -480,17 +484,4 @@ fn since_path(path: &str, version: &str) -> String {
 fn current_config() -> Option<u64> {
     let (raw, _) = SharedData.get(CONFIG_KEY).ok().flatten()?;
     Some(u64::from_le_bytes(raw.get(..8)?.try_into().ok()?))
-}
-
-/// A process-wide unique id for this VM's fetcher (a CAS counter in shared data).
-fn next_vm_id() -> Option<u64> {
-    let mut sd = SharedData;
-    for _ in 0..64 {
-        let (raw, cas) = sd.get(VM_SEQ_KEY).ok().flatten()?;
-        let n = u64::from_le_bytes(raw.get(..8)?.try_into().ok()?) + 1;
-        if matches!(sd.set(VM_SEQ_KEY, &n.to_le_bytes(), cas), Ok(true)) {
-            return Some(n);
-        }
-    }
-    None
 }

@@ -4,6 +4,7 @@
 
 pub mod key_service;
 pub mod readers;
+pub mod service;
 
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};

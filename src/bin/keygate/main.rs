@@ -10,6 +10,7 @@
 
 mod found;
 mod hardening;
+mod keys;
 mod order;
 
 use clap::{Parser, Subcommand};
@@ -69,35 +70,207 @@ enum Command {
         #[arg(required = true)]
         files: Vec<String>,
     },
+    /// Run the key service (SPEC §7): admin API, the /keys feed for key_sync, /usage reports.
+    /// Needs KEYGATE_ADMIN_TOKEN_SHA256 (and optionally KEYGATE_SYNC_TOKEN_SHA256) in the environment.
+    Serve {
+        /// Address of the admin API, the feed and the usage endpoint
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: String,
+        /// sqlite:PATH (created if missing) or postgres://user@host:port/db
+        #[arg(long, default_value = "sqlite:keygate.db")]
+        database: String,
+        /// The keygate plugin configuration (JSON or an Envoy YAML holding one): its prefixes
+        /// and roles validate created keys
+        #[arg(long)]
+        config: String,
+        /// A second address, for Envoy only (behind keygate): there a key of the
+        /// --tenant-admin-role manages its own tenant's keys, identified by keygate's headers
+        #[arg(long)]
+        gateway_listen: Option<String>,
+        /// The role whose keys manage their tenant's keys on the gateway listener
+        #[arg(long, default_value = "admin")]
+        tenant_admin_role: String,
+    },
+    /// Manage keys at a key service (admin token from KEYGATE_ADMIN_TOKEN)
+    Keys {
+        /// The key service's URL
+        #[arg(
+            long,
+            env = "KEYGATE_SERVER",
+            default_value = "http://127.0.0.1:8081",
+            global = true
+        )]
+        server: String,
+        /// Print the service's JSON instead of a table
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
 }
 
-/// 24 bytes from the OS CSPRNG, URL-safe base64 without padding: 192 bits in 32 characters.
-fn random_secret() -> Result<String, String> {
-    let mut bytes = [0u8; 24];
-    getrandom::fill(&mut bytes).map_err(|e| format!("the OS random generator failed: {e}"))?;
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::with_capacity(32);
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
-        for shift in [18, 12, 6, 0] {
-            out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
-        }
-    }
-    Ok(out)
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key: prints it once (line 1 of stdout)
+    Create {
+        /// A prefix of the service's configuration, e.g. mlm_live_
+        #[arg(long)]
+        prefix: String,
+        /// Key id (default: generated)
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        role: Option<String>,
+        /// Expiry, RFC 3339
+        #[arg(long)]
+        expires: Option<String>,
+        /// A rate limit, REQUESTS/PER (second, minute, hour, day); repeatable
+        #[arg(long = "rate-limit")]
+        rate_limits: Vec<String>,
+        /// An allowed caller address or CIDR; repeatable
+        #[arg(long = "allowed-ip")]
+        allowed_ips: Vec<String>,
+        /// An allowed Referer pattern; repeatable
+        #[arg(long = "allowed-referer")]
+        allowed_referers: Vec<String>,
+        /// An allowed path pattern; repeatable
+        #[arg(long = "allowed-path")]
+        allowed_paths: Vec<String>,
+    },
+    /// List keys with their last use (never a key or digest)
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke a key
+    Revoke { id: String },
+    /// Replace a key: a new key with the same settings; the old one expires after the grace period
+    Roll {
+        id: String,
+        /// Seconds the old key keeps working (default 86400)
+        #[arg(long)]
+        grace_seconds: Option<u64>,
+    },
+    /// A key's usage by hour
+    Usage {
+        id: String,
+        /// From (RFC 3339)
+        #[arg(long)]
+        from: Option<String>,
+        /// To (RFC 3339)
+        #[arg(long)]
+        to: Option<String>,
+    },
 }
 
-/// `n` characters of `0-9A-Za-z` from the OS CSPRNG (rejection sampling: no bias).
-fn random_base62(n: usize) -> Result<String, String> {
-    const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let mut out = String::with_capacity(n);
-    while out.len() < n {
-        let mut bytes = [0u8; 64];
-        getrandom::fill(&mut bytes).map_err(|e| format!("the OS random generator failed: {e}"))?;
-        for b in bytes.iter().filter(|&&b| b < 248).take(n - out.len()) {
-            out.push(char::from(ALPHABET[usize::from(b % 62)]));
+/// A token digest from the environment: 64 lowercase hex characters.
+fn token_digest(var: &str) -> Result<Option<[u8; 32]>, String> {
+    match std::env::var(var) {
+        Err(_) => Ok(None),
+        Ok(hex) => keygate::keys::parse_digest_hex(hex.trim())
+            .map(Some)
+            .ok_or_else(|| {
+                format!(
+                    "{var} must be 64 lowercase hex characters (the token's SHA-256: keygate hash)"
+                )
+            }),
+    }
+}
+
+fn serve(
+    listen: &str,
+    database: &str,
+    config: &str,
+    gateway_listen: Option<&str>,
+    tenant_admin_role: String,
+) -> Result<bool, String> {
+    let parse_addr = |flag: &str, a: &str| {
+        a.parse::<std::net::SocketAddr>().map_err(|_| {
+            format!("{flag} {a:?}: expected HOST:PORT with an IP address (127.0.0.1:8081)")
+        })
+    };
+    let listen = parse_addr("--listen", listen)?;
+    let gateway_listen = gateway_listen
+        .map(|g| parse_addr("--gateway-listen", g))
+        .transpose()?;
+    let admin_sha256 = token_digest("KEYGATE_ADMIN_TOKEN_SHA256")?.ok_or(
+        "set KEYGATE_ADMIN_TOKEN_SHA256 to the SHA-256 of the admin token (echo -n TOKEN | keygate hash)",
+    )?;
+    let sync_sha256 = token_digest("KEYGATE_SYNC_TOKEN_SHA256")?;
+    let text = std::fs::read_to_string(config).map_err(|e| format!("--config {config}: {e}"))?;
+    let found = configs_in(config, &text).map_err(|e| format!("--config {config}: {e}"))?;
+    let Some(first) = found.first() else {
+        return Err(format!("--config {config}: no keygate configuration found"));
+    };
+    let errors = config_errors(first);
+    if !errors.is_empty() {
+        return Err(format!("--config {config}: {}", errors.join("; ")));
+    }
+    let gate = match &first.config {
+        Ok(v) => gate_from_value(v).map_err(|_| format!("--config {config}: invalid"))?,
+        Err(e) => return Err(format!("--config {config}: {e}")),
+    };
+    if found.len() > 1 {
+        eprintln!(
+            "keygate serve: {config} holds {} keygate configurations; validating keys with the first ({})",
+            found.len(),
+            if first.location.is_empty() { "top level" } else { &first.location }
+        );
+    }
+    keygate::service::serve(
+        keygate::service::Options {
+            listen,
+            gateway_listen,
+            database: database.to_string(),
+            tenant_admin_role,
+            admin_sha256,
+            sync_sha256,
+        },
+        gate,
+    )?;
+    Ok(true)
+}
+
+fn keys_command(server: &str, json: bool, command: KeysCommand) -> Result<(), String> {
+    match command {
+        KeysCommand::Create {
+            prefix,
+            id,
+            name,
+            tenant,
+            role,
+            expires,
+            rate_limits,
+            allowed_ips,
+            allowed_referers,
+            allowed_paths,
+        } => keys::create(
+            server,
+            keys::NewKey {
+                prefix,
+                id,
+                name,
+                tenant,
+                role,
+                expires,
+                rate_limits,
+                allowed_ips,
+                allowed_referers,
+                allowed_paths,
+            },
+            json,
+        ),
+        KeysCommand::List { tenant } => keys::list(server, tenant.as_deref(), json),
+        KeysCommand::Revoke { id } => keys::revoke(server, &id, json),
+        KeysCommand::Roll { id, grace_seconds } => keys::roll(server, &id, grace_seconds, json),
+        KeysCommand::Usage { id, from, to } => {
+            keys::usage(server, &id, from.as_deref(), to.as_deref(), json)
         }
     }
-    Ok(out)
 }
 
 fn new_key(
@@ -110,11 +283,7 @@ fn new_key(
     checksum: bool,
 ) -> Result<(), String> {
     check_prefix(prefix).map_err(|e| format!("--prefix {e}"))?;
-    let key = if checksum {
-        keygate::checksum::append(&format!("{prefix}{}", random_base62(30)?))
-    } else {
-        format!("{prefix}{}", random_secret()?)
-    };
+    let key = keygate::mint::new_key(prefix, checksum)?;
     let mut entry = serde_json::Map::new();
     entry.insert("id".into(), json!(id));
     entry.insert("sha256".into(), json!(digest_hex(key.as_bytes())));
@@ -258,6 +427,27 @@ fn main() -> ExitCode {
             .map_err(|e| (1, e)),
         Command::Hash => hash_stdin().map(|()| true).map_err(|e| (2, e)),
         Command::Check { files } => check(&files).map_err(|e| (2, e)),
+        Command::Serve {
+            listen,
+            database,
+            config,
+            gateway_listen,
+            tenant_admin_role,
+        } => serve(
+            &listen,
+            &database,
+            &config,
+            gateway_listen.as_deref(),
+            tenant_admin_role,
+        )
+        .map_err(|e| (2, e)),
+        Command::Keys {
+            server,
+            json,
+            command,
+        } => keys_command(&server, json, command)
+            .map(|()| true)
+            .map_err(|e| (1, e)),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

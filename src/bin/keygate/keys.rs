@@ -1,0 +1,315 @@
+//! `keygate keys …`: the key service's client (SPEC §5, §7). Tables for people, `--json` for
+//! scripts; the admin token comes from `KEYGATE_ADMIN_TOKEN`, never from an argument.
+
+use serde_json::{json, Map, Value};
+use std::time::Duration;
+
+/// A call's outcome: the answer's JSON, or a message for stderr.
+fn call(server: &str, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
+    let token = std::env::var("KEYGATE_ADMIN_TOKEN")
+        .map_err(|_| "set KEYGATE_ADMIN_TOKEN to the key service's admin token".to_string())?;
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build(),
+    );
+    let url = format!("{}{path}", server.trim_end_matches('/'));
+    let auth = format!("Bearer {token}");
+    let response = match (method, body) {
+        ("GET", _) => agent.get(&url).header("authorization", &auth).call(),
+        ("DELETE", _) => agent.delete(&url).header("authorization", &auth).call(),
+        (_, body) => agent
+            .post(&url)
+            .header("authorization", &auth)
+            .header("content-type", "application/json")
+            .send(body.map(Value::to_string).unwrap_or_default()),
+    };
+    let mut response = response.map_err(|e| format!("{url}: {e}"))?;
+    let status = response.status().as_u16();
+    let text = response
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| format!("{url}: reading the answer: {e}"))?;
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|_| format!("{url}: answered {status} with a body that is not JSON"))?;
+    if (200..300).contains(&status) {
+        return Ok(value);
+    }
+    Err(format!(
+        "{status} {}: {}",
+        value["code"].as_str().unwrap_or("ERROR"),
+        value["error"].as_str().unwrap_or("(no message)")
+    ))
+}
+
+/// Percent-encodes a query value.
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Prints rows as a left-aligned table.
+fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (cell, w) in cells.iter().zip(&widths) {
+            out.push_str(&format!("{cell:<w$}  "));
+        }
+        println!("{}", out.trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+pub struct NewKey {
+    pub prefix: String,
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub tenant: Option<String>,
+    pub role: Option<String>,
+    pub expires: Option<String>,
+    /// `100/minute`, repeatable.
+    pub rate_limits: Vec<String>,
+    pub allowed_ips: Vec<String>,
+    pub allowed_referers: Vec<String>,
+    pub allowed_paths: Vec<String>,
+}
+
+fn rate_limit(s: &str) -> Result<Value, String> {
+    let (n, per) = s
+        .split_once('/')
+        .ok_or_else(|| format!("--rate-limit {s:?}: expected REQUESTS/PER, e.g. 100/minute"))?;
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("--rate-limit {s:?}: {n:?} is not a number"))?;
+    Ok(json!({"requests": n, "per": per}))
+}
+
+fn print_created(answer: &Value, as_json: bool) {
+    let data = &answer["data"];
+    if as_json {
+        println!("{data}");
+        return;
+    }
+    eprintln!("keygate: this key is shown once; store it now. The service keeps only its SHA-256.");
+    println!("{}", text(&data["key"]));
+    for field in [
+        "id",
+        "name",
+        "prefix",
+        "environment",
+        "tenant",
+        "role",
+        "created_at",
+        "expires_at",
+    ] {
+        eprintln!("  {field:<12} {}", text(&data[field]));
+    }
+}
+
+pub fn create(server: &str, k: NewKey, as_json: bool) -> Result<(), String> {
+    let mut body = Map::new();
+    body.insert("prefix".into(), json!(k.prefix));
+    for (field, v) in [
+        ("id", k.id),
+        ("name", k.name),
+        ("tenant", k.tenant),
+        ("role", k.role),
+        ("expires_at", k.expires),
+    ] {
+        if let Some(v) = v {
+            body.insert(field.into(), json!(v));
+        }
+    }
+    if !k.rate_limits.is_empty() {
+        let limits: Result<Vec<Value>, String> =
+            k.rate_limits.iter().map(|s| rate_limit(s)).collect();
+        body.insert("rate_limits".into(), Value::Array(limits?));
+    }
+    for (field, list) in [
+        ("allowed_ips", k.allowed_ips),
+        ("allowed_referers", k.allowed_referers),
+        ("allowed_paths", k.allowed_paths),
+    ] {
+        if !list.is_empty() {
+            body.insert(field.into(), json!(list));
+        }
+    }
+    let answer = call(server, "POST", "/v1/api-keys", Some(&Value::Object(body)))?;
+    print_created(&answer, as_json);
+    Ok(())
+}
+
+pub fn list(server: &str, tenant: Option<&str>, as_json: bool) -> Result<(), String> {
+    let path = match tenant {
+        Some(t) => format!("/v1/api-keys?tenant={}", enc(t)),
+        None => "/v1/api-keys".into(),
+    };
+    let answer = call(server, "GET", &path, None)?;
+    let keys = answer["data"].as_array().cloned().unwrap_or_default();
+    if as_json {
+        println!("{}", Value::Array(keys));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = keys
+        .iter()
+        .map(|k| {
+            let state = if k["revoked"] == json!(true) {
+                "revoked"
+            } else {
+                "active"
+            };
+            let mut row: Vec<String> = [
+                "id",
+                "name",
+                "environment",
+                "tenant",
+                "role",
+                "created_at",
+                "last_used",
+                "expires_at",
+            ]
+            .iter()
+            .map(|f| text(&k[*f]))
+            .collect();
+            row.push(state.into());
+            row
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "NAME",
+            "ENV",
+            "TENANT",
+            "ROLE",
+            "CREATED",
+            "LAST USED",
+            "EXPIRES",
+            "STATE",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+pub fn revoke(server: &str, id: &str, as_json: bool) -> Result<(), String> {
+    let answer = call(server, "DELETE", &format!("/v1/api-keys/{}", enc(id)), None)?;
+    if as_json {
+        println!("{answer}");
+    } else {
+        println!("{id}: {}", text(&answer["message"]));
+    }
+    Ok(())
+}
+
+pub fn roll(
+    server: &str,
+    id: &str,
+    grace_seconds: Option<u64>,
+    as_json: bool,
+) -> Result<(), String> {
+    let body = match grace_seconds {
+        Some(g) => json!({"grace_seconds": g}),
+        None => json!({}),
+    };
+    let answer = call(
+        server,
+        "POST",
+        &format!("/v1/api-keys/{}/roll", enc(id)),
+        Some(&body),
+    )?;
+    print_created(&answer, as_json);
+    if !as_json {
+        eprintln!("  {id} keeps working until its grace period ends, then expires");
+    }
+    Ok(())
+}
+
+pub fn usage(
+    server: &str,
+    id: &str,
+    from: Option<&str>,
+    to: Option<&str>,
+    as_json: bool,
+) -> Result<(), String> {
+    let mut query = Vec::new();
+    if let Some(f) = from {
+        query.push(format!("from={}", enc(f)));
+    }
+    if let Some(t) = to {
+        query.push(format!("to={}", enc(t)));
+    }
+    let q = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", query.join("&"))
+    };
+    let answer = call(
+        server,
+        "GET",
+        &format!("/v1/api-keys/{}/usage{q}", enc(id)),
+        None,
+    )?;
+    let data = &answer["data"];
+    if as_json {
+        println!("{data}");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = data["hours"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|h| {
+            let rejected = h["rejected"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(d, n)| format!("{d}={n}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            vec![
+                text(&h["start"]),
+                text(&h["requests"]),
+                text(&h["allowed"]),
+                rejected,
+            ]
+        })
+        .collect();
+    table(&["HOUR", "REQUESTS", "ALLOWED", "REJECTED"], &rows);
+    let t = &data["total"];
+    println!(
+        "total: {} requests, {} allowed, {} rejected",
+        text(&t["requests"]),
+        text(&t["allowed"]),
+        text(&t["rejected"])
+    );
+    Ok(())
+}

@@ -1,0 +1,324 @@
+//! The routes: the admin API (`/v1/api-keys…`), the key-sync feed (`/keys`) and usage reports
+//! (`/usage`). Handlers only read the request, ask the store and shape the answer.
+
+use super::answer::{data, json_response, ApiError};
+use super::auth::{Auth, Caller};
+use super::input::{json_body, read_create, read_report, read_roll, CreateRequest};
+use super::model::{usage_answer, StoredKey};
+use super::store::{Feed, Rolled, Store};
+use crate::keys::digest_hex;
+use crate::mint;
+use crate::model::Gate;
+use crate::timestamp::parse_rfc3339;
+use axum::body::{to_bytes, Body};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Admin bodies are small; a usage report may list many keys.
+pub const ADMIN_BODY_LIMIT: usize = 64 * 1024;
+pub const REPORT_BODY_LIMIT: usize = 16 * 1024 * 1024;
+
+/// What every handler shares.
+pub struct App<S> {
+    pub store: S,
+    pub gate: Gate,
+    pub auth: Auth,
+}
+
+/// One listener's view of the app: `gateway` = trust keygate's identity headers.
+pub struct Ctx<S> {
+    app: Arc<App<S>>,
+    gateway: bool,
+}
+
+impl<S> Clone for Ctx<S> {
+    fn clone(&self) -> Self {
+        Ctx {
+            app: self.app.clone(),
+            gateway: self.gateway,
+        }
+    }
+}
+
+pub fn router<S: Store>(app: Arc<App<S>>, gateway: bool) -> Router {
+    Router::new()
+        .route("/v1/api-keys", post(create::<S>).get(list::<S>))
+        .route("/v1/api-keys/{id}", get(show::<S>).delete(revoke::<S>))
+        .route("/v1/api-keys/{id}/roll", post(roll::<S>))
+        .route("/v1/api-keys/{id}/usage", get(usage::<S>))
+        .route("/keys", get(feed::<S>))
+        .route("/usage", post(report::<S>))
+        .route(
+            "/healthz",
+            get(|| async { json_response(StatusCode::OK, &json!({"success": true})) }),
+        )
+        .fallback(|| async {
+            json_response(
+                StatusCode::NOT_FOUND,
+                &json!({"success": false, "error": "No such endpoint", "code": "NOT_FOUND"}),
+            )
+        })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .with_state(Ctx { app, gateway })
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+async fn body_json(body: Body, limit: usize) -> Result<Value, ApiError> {
+    let bytes = to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::TooLarge(limit))?;
+    json_body(&bytes).map_err(ApiError::BadRequest)
+}
+
+/// Mints a key for `request` and stores it.
+async fn mint_and_store<S: Store>(
+    app: &App<S>,
+    request: &CreateRequest,
+    id: Option<&str>,
+    store_it: impl AsyncFnOnce(&StoredKey) -> Result<(), ApiError>,
+) -> Result<Response, ApiError> {
+    let fail = |e: String| {
+        eprintln!("keygate serve: {e}");
+        ApiError::Unavailable
+    };
+    let id = match id {
+        Some(id) => id.to_string(),
+        None => format!("key_{}", mint::random_base62(20).map_err(fail)?),
+    };
+    if app.gate.keys.records().any(|k| k.id == id) {
+        return Err(ApiError::Conflict(
+            "An API key with this id exists in the plugin configuration".into(),
+        ));
+    }
+    let key = mint::new_key(&request.prefix, request.crc32).map_err(fail)?;
+    let stored = request
+        .stored(&id, &digest_hex(key.as_bytes()), &app.gate, now())
+        .map_err(ApiError::BadRequest)?;
+    store_it(&stored).await?;
+    Ok(data(StatusCode::CREATED, stored.created(&key, &app.gate)))
+}
+
+async fn create<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let caller = ctx.app.auth.admin(&headers, ctx.gateway)?;
+    let body = body_json(body, ADMIN_BODY_LIMIT).await?;
+    let mut request = read_create(&body, &ctx.app.gate).map_err(ApiError::BadRequest)?;
+    if let Caller::Tenant(t) = &caller {
+        if request.tenant().is_some_and(|given| given != t) {
+            return Err(ApiError::Forbidden(
+                "A tenant's admin key creates keys of its own tenant only".into(),
+            ));
+        }
+        request.set_tenant(t);
+    }
+    let id = request.id.clone();
+    mint_and_store(&ctx.app, &request, id.as_deref(), async |k| {
+        Ok(ctx.app.store.create(k).await?)
+    })
+    .await
+}
+
+async fn list<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let caller = ctx.app.auth.admin(&headers, ctx.gateway)?;
+    let query = query_map(query)?;
+    let asked = query.get("tenant").map(String::as_str);
+    let tenant = match (&caller, asked) {
+        (Caller::Admin, t) => t,
+        (Caller::Tenant(t), None) => Some(t.as_str()),
+        (Caller::Tenant(t), Some(a)) if a == t => Some(a),
+        (Caller::Tenant(_), Some(_)) => return Ok(data(StatusCode::OK, json!([]))),
+    };
+    let keys = ctx.app.store.list(tenant).await?;
+    let listed: Vec<Value> = keys.iter().map(|k| k.listed(&ctx.app.gate)).collect();
+    Ok(data(StatusCode::OK, Value::Array(listed)))
+}
+
+/// The key `id` if the caller may see it (else "not found": no probing other tenants' ids).
+async fn visible<S: Store>(app: &App<S>, caller: &Caller, id: &str) -> Result<StoredKey, ApiError> {
+    match app.store.get(id).await? {
+        Some(k) if caller.may_see(k.tenant.as_deref()) => Ok(k),
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+async fn show<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let caller = ctx.app.auth.admin(&headers, ctx.gateway)?;
+    let key = visible(&ctx.app, &caller, &id).await?;
+    Ok(data(StatusCode::OK, key.listed(&ctx.app.gate)))
+}
+
+async fn revoke<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let caller = ctx.app.auth.admin(&headers, ctx.gateway)?;
+    visible(&ctx.app, &caller, &id).await?;
+    if !ctx.app.store.revoke(&id).await? {
+        return Err(ApiError::NotFound);
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"success": true, "message": "API key revoked successfully"}),
+    ))
+}
+
+async fn roll<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let caller = ctx.app.auth.admin(&headers, ctx.gateway)?;
+    let body = body_json(body, ADMIN_BODY_LIMIT).await?;
+    let grace = read_roll(&body).map_err(ApiError::BadRequest)?;
+    let old = visible(&ctx.app, &caller, &id).await?;
+    let request = CreateRequest::from_stored(&old, &ctx.app.gate);
+    let old_expires = now().saturating_add(grace as i64);
+    mint_and_store(&ctx.app, &request, None, async |k| {
+        match ctx.app.store.roll(&id, k, old_expires).await? {
+            Rolled::Done => Ok(()),
+            Rolled::NotFound => Err(ApiError::NotFound),
+            Rolled::Revoked => Err(ApiError::Conflict(
+                "The API key is revoked; create a new key instead".into(),
+            )),
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        // The old key's settings no longer pass the current configuration.
+        ApiError::BadRequest(m) => ApiError::Conflict(format!(
+            "The key's settings are not valid under the current configuration: {m}"
+        )),
+        e => e,
+    })
+}
+
+fn query_map(
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<HashMap<String, String>, ApiError> {
+    query
+        .map(|q| q.0)
+        .map_err(|_| ApiError::BadRequest("$query: not a valid query string".into()))
+}
+
+fn time_param(query: &HashMap<String, String>, name: &str) -> Result<Option<i64>, ApiError> {
+    query
+        .get(name)
+        .map(|v| {
+            parse_rfc3339(v).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "{name}: {v:?} is not an RFC 3339 time (2025-01-15T10:30:00Z)"
+                ))
+            })
+        })
+        .transpose()
+}
+
+async fn usage<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let caller = ctx.app.auth.admin(&headers, ctx.gateway)?;
+    let query = query_map(query)?;
+    let (from, to) = (time_param(&query, "from")?, time_param(&query, "to")?);
+    visible(&ctx.app, &caller, &id).await?;
+    let rows = ctx.app.store.usage(&id, from, to).await?;
+    Ok(data(StatusCode::OK, usage_answer(&id, &rows)))
+}
+
+fn etag(version: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or(HeaderValue::from_static("\"\""))
+}
+
+/// `GET /keys[?since=V]`: the key-sync answer of SPEC §4 for keygate.
+async fn feed<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    ctx.app.auth.sync(&headers)?;
+    let query = query_map(query)?;
+    let since = query.get("since").map(String::as_str);
+    let feed = ctx.app.store.feed(since).await?;
+    let not_modified = |version: &str| {
+        let mut r = StatusCode::NOT_MODIFIED.into_response();
+        r.headers_mut().insert(header::ETAG, etag(version));
+        r
+    };
+    let (version, body) = match feed {
+        Feed::Unchanged { version } => return Ok(not_modified(&version)),
+        Feed::Full { version, .. }
+            if headers
+                .get(header::IF_NONE_MATCH)
+                .is_some_and(|v| v.as_bytes() == etag(&version).as_bytes()) =>
+        {
+            return Ok(not_modified(&version))
+        }
+        Feed::Full { version, keys } => {
+            let entries: Vec<Value> = keys.iter().map(StoredKey::feed_entry).collect();
+            let body = json!({"version": version, "keys": entries});
+            (version, body)
+        }
+        Feed::Delta {
+            version,
+            since,
+            keys,
+        } => {
+            let entries: Vec<Value> = keys.iter().map(StoredKey::feed_entry).collect();
+            // Keys are never deleted (a revoked key stays, marked), so nothing is removed.
+            let body =
+                json!({"version": version, "since": since, "upserts": entries, "removed": []});
+            (version, body)
+        }
+    };
+    let mut r = json_response(StatusCode::OK, &body);
+    r.headers_mut().insert(header::ETAG, etag(&version));
+    Ok(r)
+}
+
+/// `POST /usage`: a usage report (SPEC §8); a report id seen before is acknowledged again and
+/// not counted.
+async fn report<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    ctx.app.auth.sync(&headers)?;
+    let body = body_json(body, REPORT_BODY_LIMIT).await?;
+    let (report_id, entries) = read_report(&body).map_err(ApiError::BadRequest)?;
+    let counted = ctx
+        .app
+        .store
+        .record_usage(&report_id, &entries, now())
+        .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"success": true, "report_id": report_id, "counted": counted}),
+    ))
+}

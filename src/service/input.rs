@@ -1,0 +1,290 @@
+//! Request bodies of the key service, read with the filter's own code: a created key is
+//! validated exactly as `key_sync` will read it. Every problem comes back as
+//! `<field path>: <problem>` (the first, in field order).
+
+use super::model::{rejection_name, StoredKey, UsageEntry, RESTRICTIONS};
+use crate::config::{read_key_entry, KeyContext};
+use crate::json_reader::{index, Errors, Obj};
+use crate::keys::digest_hex;
+use crate::model::Gate;
+use serde_json::{Map, Value};
+
+/// A 400's message: the error's path without the root marker (`allowed_ips[0]: …`).
+fn first_error(errors: Errors) -> String {
+    errors.0.into_iter().next().map_or_else(
+        || "invalid request".to_string(),
+        |e| {
+            let path = e.path.strip_prefix("$.").unwrap_or(&e.path);
+            format!("{path}: {}", e.message)
+        },
+    )
+}
+
+/// The body as a JSON value (an empty body is an empty object).
+pub fn json_body(body: &[u8]) -> Result<Value, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Object(Map::new()));
+    }
+    serde_json::from_slice(body).map_err(|e| format!("$: not valid JSON: {e}"))
+}
+
+/// What a create asks for, validated; the key itself is minted by the caller.
+pub struct CreateRequest {
+    pub prefix: String,
+    pub crc32: bool,
+    pub id: Option<String>,
+    /// Every key-entry field of the body except `id` (validated again with the digest).
+    entry: Map<String, Value>,
+}
+
+const CREATE_FIELDS: [&str; 10] = [
+    "prefix",
+    "id",
+    "name",
+    "tenant",
+    "role",
+    "expires_at",
+    "rate_limits",
+    "allowed_ips",
+    "allowed_referers",
+    "allowed_paths",
+];
+
+/// Reads a create body: known fields only, `prefix` one of the configuration's.
+pub fn read_create(body: &Value, gate: &Gate) -> Result<CreateRequest, String> {
+    let mut errors = Errors::default();
+    let Some(map) = body.as_object() else {
+        errors.push("$", "expected an object");
+        return Err(first_error(errors));
+    };
+    if let Some(unknown) = map.keys().find(|k| !CREATE_FIELDS.contains(&k.as_str())) {
+        return Err(format!("{unknown}: unknown field"));
+    }
+    let prefix = match map.get("prefix") {
+        Some(Value::String(p)) => p.clone(),
+        None | Some(Value::Null) => return Err("prefix: is required".into()),
+        Some(_) => return Err("prefix: expected a string".into()),
+    };
+    let configured = gate.prefixes.iter().find(|p| p.prefix == prefix);
+    let crc32 = match configured {
+        Some(p) => p.checksum.is_some(),
+        None if gate.prefixes.is_empty() => {
+            crate::config::check_prefix(&prefix).map_err(|e| format!("prefix: {e}"))?;
+            false
+        }
+        None => {
+            let mut known: Vec<&str> = gate.prefixes.iter().map(|p| p.prefix.as_str()).collect();
+            known.sort_unstable();
+            return Err(format!(
+                "prefix: {prefix:?} is not a configured prefix ({})",
+                known.join(", ")
+            ));
+        }
+    };
+    let id = match map.get("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err("id: expected a string".into()),
+    };
+    let mut entry = map.clone();
+    entry.remove("prefix");
+    entry.remove("id");
+    let request = CreateRequest {
+        prefix,
+        crc32,
+        id,
+        entry,
+    };
+    // Validate now with a stand-in id and digest, so a bad body never mints a key.
+    request.stored("key_validation", &digest_hex(b""), gate, 0)?;
+    Ok(request)
+}
+
+impl CreateRequest {
+    /// The key to store, checked by the filter's key-entry reader (what key_sync will run).
+    pub fn stored(
+        &self,
+        id: &str,
+        sha256: &str,
+        gate: &Gate,
+        now: i64,
+    ) -> Result<StoredKey, String> {
+        let mut entry = self.entry.clone();
+        entry.insert("id".into(), Value::String(id.to_string()));
+        entry.insert("sha256".into(), Value::String(sha256.to_string()));
+        let entry = Value::Object(entry);
+        let mut errors = Errors::default();
+        let ctx = KeyContext {
+            roles: &gate.roles,
+            prefixes: &gate.prefixes,
+        };
+        let Some((_, record)) = read_key_entry("$", &entry, &ctx, &mut errors) else {
+            return Err(first_error(errors));
+        };
+        let restrictions: Map<String, Value> = RESTRICTIONS
+            .iter()
+            .filter_map(|f| {
+                self.entry
+                    .get(*f)
+                    .filter(|v| !v.is_null())
+                    .map(|v| (f.to_string(), v.clone()))
+            })
+            .collect();
+        Ok(StoredKey {
+            id: record.id,
+            sha256: sha256.to_string(),
+            prefix: self.prefix.clone(),
+            name: record.name,
+            tenant: record.tenant,
+            role: gate.role(record.role).map(|r| r.name.clone()),
+            environment: None,
+            created_at: now,
+            expires_at: record.expires_at,
+            revoked: false,
+            restrictions: Value::Object(restrictions),
+            last_used: None,
+        })
+    }
+
+    pub fn tenant(&self) -> Option<&str> {
+        self.entry.get("tenant").and_then(Value::as_str)
+    }
+
+    /// Makes the key belong to `tenant` (a tenant admin's keys are always its own).
+    pub fn set_tenant(&mut self, tenant: &str) {
+        self.entry
+            .insert("tenant".into(), Value::String(tenant.to_string()));
+    }
+
+    /// The create request a roll makes from an existing key: the same settings.
+    pub fn from_stored(old: &StoredKey, gate: &Gate) -> CreateRequest {
+        let mut entry = Map::new();
+        for (field, value) in [
+            ("name", &old.name),
+            ("tenant", &old.tenant),
+            ("role", &old.role),
+            ("environment", &old.environment),
+        ] {
+            if let Some(v) = value {
+                entry.insert(field.into(), Value::String(v.clone()));
+            }
+        }
+        if let Value::Object(r) = &old.restrictions {
+            entry.extend(r.clone());
+        }
+        CreateRequest {
+            prefix: old.prefix.clone(),
+            crc32: gate
+                .prefixes
+                .iter()
+                .any(|p| p.prefix == old.prefix && p.checksum.is_some()),
+            id: None,
+            entry,
+        }
+    }
+}
+
+/// A roll's `grace_seconds` (default one day; at most a year).
+pub fn read_roll(body: &Value) -> Result<u64, String> {
+    let mut errors = Errors::default();
+    let Some(mut o) = Obj::new("$", body, &mut errors) else {
+        return Err(first_error(errors));
+    };
+    let grace = o.opt_u64("grace_seconds", &mut errors).unwrap_or(86_400);
+    o.finish(&mut errors);
+    if grace > 366 * 86_400 {
+        errors.push("$.grace_seconds", "must be at most 31622400 (a year)");
+    }
+    if errors.is_empty() {
+        Ok(grace)
+    } else {
+        Err(first_error(errors))
+    }
+}
+
+/// Most keys in one report (a filter splits larger batches).
+pub const MAX_REPORT_KEYS: usize = 100_000;
+
+/// A usage report (SPEC §8): its id and one entry per key.
+pub fn read_report(body: &Value) -> Result<(String, Vec<UsageEntry>), String> {
+    let mut errors = Errors::default();
+    let Some(mut o) = Obj::new("$", body, &mut errors) else {
+        return Err(first_error(errors));
+    };
+    let report_id = o.req_str("report_id", &mut errors).map(str::to_string);
+    let keys_path = o.field_path("keys");
+    if !o.has("keys") {
+        errors.push(&keys_path, "is required");
+    }
+    let items = o.opt_array("keys", &mut errors);
+    o.finish(&mut errors);
+    if let Some(id) = &report_id {
+        if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+            errors.push("$.report_id", "must be 1-128 printable ASCII characters");
+        }
+    }
+    if items.is_some_and(|i| i.len() > MAX_REPORT_KEYS) {
+        errors.push(
+            &keys_path,
+            format!("at most {MAX_REPORT_KEYS} keys per report"),
+        );
+    }
+    let mut entries = Vec::new();
+    for (i, item) in items.unwrap_or_default().iter().enumerate() {
+        let p = index(&keys_path, i);
+        if let Some(e) = read_entry(&p, item, &mut errors) {
+            entries.push(e);
+        }
+    }
+    match report_id {
+        Some(id) if errors.is_empty() => Ok((id, entries)),
+        _ => Err(first_error(errors)),
+    }
+}
+
+const MAX_COUNT: u64 = 1 << 40;
+
+fn read_entry(path: &str, item: &Value, errors: &mut Errors) -> Option<UsageEntry> {
+    let before = errors.0.len();
+    let mut o = Obj::new(path, item, errors)?;
+    let id = o.req_str("id", errors).map(str::to_string);
+    let requests_path = o.field_path("requests");
+    let requests = o.opt_u64("requests", errors).unwrap_or(0);
+    let allowed = o.opt_u64("allowed", errors).unwrap_or(0);
+    let last_used = o.opt_u64("last_used", errors);
+    let rejected_path = o.field_path("rejected");
+    let mut rejected = Vec::new();
+    match o.get("rejected") {
+        None => {}
+        Some(Value::Object(m)) => {
+            for (name, n) in m {
+                let p = format!("{rejected_path}.{name}");
+                match (rejection_name(name), n.as_u64()) {
+                    (None, _) => errors.push(&p, "is not a rejection decision keygate makes"),
+                    (Some(_), None) => errors.push(&p, "expected a whole number ≥ 0"),
+                    (Some(d), Some(n)) => rejected.push((d, n.min(MAX_COUNT) as i64)),
+                }
+            }
+        }
+        Some(_) => errors.push(&rejected_path, "expected an object of decision: count"),
+    }
+    o.finish(errors);
+    let sum = allowed.saturating_add(rejected.iter().map(|(_, n)| *n as u64).sum::<u64>());
+    if requests > MAX_COUNT || allowed > MAX_COUNT {
+        errors.push(&requests_path, "is too large");
+    } else if requests != sum {
+        errors.push(&requests_path, "must equal allowed plus every rejection");
+    }
+    if last_used.is_some_and(|t| t > i64::MAX as u64 / 2) {
+        errors.push(&format!("{path}.last_used"), "is not a Unix time");
+    }
+    if errors.0.len() != before {
+        return None;
+    }
+    Some(UsageEntry {
+        id: id?,
+        allowed: allowed as i64,
+        rejected,
+        last_used: last_used.map(|t| t as i64),
+    })
+}

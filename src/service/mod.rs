@@ -1,0 +1,102 @@
+//! The key service, `keygate serve` (SPEC §7, §8): where keys are created (shown once), listed
+//! with their last use, revoked and rolled; the feed `key_sync` reads; the endpoint usage
+//! reports go to. Native only.
+//!
+//! The flow: [`api`] (routes) → [`auth`] (who may) → [`input`] (bodies, read with the filter's
+//! own code) → [`store`] (SQLite or PostgreSQL) → [`model`] (the JSON shown) / [`answer`].
+
+pub mod answer;
+pub mod api;
+pub mod auth;
+pub mod input;
+pub mod model;
+pub mod store;
+
+use api::App;
+use auth::Auth;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use store::{SqlStore, Store};
+
+/// How `keygate serve` was started.
+pub struct Options {
+    pub listen: SocketAddr,
+    /// A second listener, for Envoy only, where keygate's identity headers are trusted.
+    pub gateway_listen: Option<SocketAddr>,
+    pub database: String,
+    pub tenant_admin_role: String,
+    pub admin_sha256: [u8; 32],
+    pub sync_sha256: Option<[u8; 32]>,
+}
+
+/// Runs the service until SIGINT/SIGTERM. `gate` is the plugin configuration it validates with.
+pub fn serve(options: Options, gate: crate::model::Gate) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let store = SqlStore::open(&options.database).await?;
+        let auth = Auth {
+            admin_sha256: options.admin_sha256,
+            sync_sha256: options.sync_sha256,
+            tenant_header: gate.upstream_headers.tenant.clone(),
+            role_header: gate.upstream_headers.role.clone(),
+            tenant_admin_role: options.tenant_admin_role.clone(),
+        };
+        let app = Arc::new(App { store, gate, auth });
+        run(app, &options).await
+    })
+}
+
+async fn run<S: Store>(app: Arc<App<S>>, options: &Options) -> Result<(), String> {
+    let bind = |addr: SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))
+    };
+    let main = bind(options.listen).await?;
+    let gateway = match options.gateway_listen {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    eprintln!(
+        "keygate serve: listening on {}{}",
+        options.listen,
+        options
+            .gateway_listen
+            .map(|g| format!(" (gateway listener for Envoy: {g})"))
+            .unwrap_or_default()
+    );
+    let main =
+        axum::serve(main, api::router(app.clone(), false)).with_graceful_shutdown(shutdown());
+    match gateway {
+        Some(g) => {
+            let g = axum::serve(g, api::router(app, true)).with_graceful_shutdown(shutdown());
+            tokio::try_join!(main, g).map(|_| ())
+        }
+        None => main.await,
+    }
+    .map_err(|e| format!("serving failed: {e}"))
+}
+
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

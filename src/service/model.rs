@@ -1,0 +1,232 @@
+//! What the key service keeps and how it shows it: stored keys (digests only), usage report
+//! entries and hourly usage rows, and their JSON forms (SPEC §7, §8).
+
+use crate::decide::Decision;
+use crate::model::Gate;
+use crate::timestamp::format_rfc3339;
+use serde_json::{json, Map, Value};
+
+/// The restriction fields of a key entry, kept as given (validated by the filter's code).
+pub const RESTRICTIONS: [&str; 4] = [
+    "rate_limits",
+    "allowed_ips",
+    "allowed_referers",
+    "allowed_paths",
+];
+
+/// One key as stored: never its plaintext.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredKey {
+    pub id: String,
+    /// Lowercase hex SHA-256 of the whole key.
+    pub sha256: String,
+    pub prefix: String,
+    pub name: Option<String>,
+    pub tenant: Option<String>,
+    /// The key's own role (the prefix's applies when `None`).
+    pub role: Option<String>,
+    /// The key's own environment (the prefix's applies when `None`).
+    pub environment: Option<String>,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked: bool,
+    /// A JSON object holding those of [`RESTRICTIONS`] the key has.
+    pub restrictions: Value,
+    pub last_used: Option<i64>,
+}
+
+/// The start (Unix seconds) of the hour holding `t`.
+pub fn hour_of(t: i64) -> i64 {
+    t - t.rem_euclid(3600)
+}
+
+fn time(t: Option<i64>) -> Value {
+    t.map_or(Value::Null, |t| Value::String(format_rfc3339(t)))
+}
+
+impl StoredKey {
+    /// The environment and role the filter applies: the key's own, else its prefix's.
+    pub fn effective(&self, gate: &Gate) -> (Option<String>, Option<String>) {
+        let prefix = gate.prefixes.iter().find(|p| p.prefix == self.prefix);
+        let environment = self
+            .environment
+            .clone()
+            .or_else(|| prefix.and_then(|p| p.environment.clone()));
+        let role = self.role.clone().or_else(|| {
+            prefix
+                .and_then(|p| gate.role(p.role))
+                .map(|r| r.name.clone())
+        });
+        (environment, role)
+    }
+
+    /// The key as the admin API lists it: never its key or digest.
+    pub fn listed(&self, gate: &Gate) -> Value {
+        let (environment, role) = self.effective(gate);
+        json!({
+            "id": self.id,
+            "name": self.name,
+            "prefix": self.prefix,
+            "environment": environment,
+            "tenant": self.tenant,
+            "role": role,
+            "created_at": time(Some(self.created_at)),
+            "last_used": time(self.last_used),
+            "expires_at": time(self.expires_at),
+            "revoked": self.revoked,
+        })
+    }
+
+    /// The answer to a create or roll: the only place the plaintext key ever appears.
+    pub fn created(&self, key: &str, gate: &Gate) -> Value {
+        let (environment, role) = self.effective(gate);
+        json!({
+            "id": self.id,
+            "key": key,
+            "name": self.name,
+            "prefix": self.prefix,
+            "environment": environment,
+            "tenant": self.tenant,
+            "role": role,
+            "created_at": time(Some(self.created_at)),
+            "expires_at": time(self.expires_at),
+        })
+    }
+
+    /// The key as `key_sync` reads it (SPEC §1 `keys` entry; revoked keys stay, marked).
+    pub fn feed_entry(&self) -> Value {
+        let mut o = Map::new();
+        o.insert("id".into(), json!(self.id));
+        o.insert("sha256".into(), json!(self.sha256));
+        for (field, value) in [
+            ("name", &self.name),
+            ("tenant", &self.tenant),
+            ("role", &self.role),
+            ("environment", &self.environment),
+        ] {
+            if let Some(v) = value {
+                o.insert(field.into(), json!(v));
+            }
+        }
+        if self.revoked {
+            o.insert("revoked".into(), Value::Bool(true));
+        }
+        if let Some(t) = self.expires_at {
+            o.insert("expires_at".into(), json!(t));
+        }
+        if let Value::Object(r) = &self.restrictions {
+            for field in RESTRICTIONS {
+                if let Some(v) = r.get(field) {
+                    o.insert(field.into(), v.clone());
+                }
+            }
+        }
+        Value::Object(o)
+    }
+}
+
+/// One key's part of a usage report (SPEC §8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageEntry {
+    pub id: String,
+    pub allowed: i64,
+    /// (decision, count), decisions from the filter's own list.
+    pub rejected: Vec<(&'static str, i64)>,
+    pub last_used: Option<i64>,
+}
+
+impl UsageEntry {
+    /// Every non-zero count by decision, `allowed` included.
+    pub fn counts(&self) -> impl Iterator<Item = (&'static str, i64)> + '_ {
+        std::iter::once(("allowed", self.allowed))
+            .chain(self.rejected.iter().copied())
+            .filter(|(_, n)| *n > 0)
+    }
+}
+
+/// A rejection decision a report may carry (any decision but `allowed`).
+pub fn rejection_name(name: &str) -> Option<&'static str> {
+    Decision::ALL
+        .iter()
+        .map(|d| d.as_str())
+        .find(|d| *d == name && *d != "allowed")
+}
+
+/// One stored count: a key's requests of one decision in one hour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRow {
+    pub hour: i64,
+    pub decision: String,
+    pub n: i64,
+}
+
+/// The usage answer: totals over the rows and one entry per hour.
+pub fn usage_answer(id: &str, rows: &[UsageRow]) -> Value {
+    let (mut requests, mut allowed, mut rejected) = (0i64, 0i64, 0i64);
+    let mut hours: Vec<(i64, i64, i64, Map<String, Value>)> = Vec::new();
+    for r in rows {
+        requests += r.n;
+        if hours.last().map(|h| h.0) != Some(r.hour) {
+            hours.push((r.hour, 0, 0, Map::new()));
+        }
+        let Some(h) = hours.last_mut() else { continue };
+        h.1 += r.n;
+        if r.decision == "allowed" {
+            allowed += r.n;
+            h.2 += r.n;
+        } else {
+            rejected += r.n;
+            h.3.insert(r.decision.clone(), json!(r.n));
+        }
+    }
+    json!({
+        "id": id,
+        "total": {"requests": requests, "allowed": allowed, "rejected": rejected},
+        "hours": hours.into_iter().map(|(start, requests, allowed, rejected)| json!({
+            "start": format_rfc3339(start),
+            "requests": requests,
+            "allowed": allowed,
+            "rejected": rejected,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_sums_by_hour_and_total() {
+        let rows = [
+            UsageRow {
+                hour: 3600,
+                decision: "allowed".into(),
+                n: 5,
+            },
+            UsageRow {
+                hour: 3600,
+                decision: "rate_limited".into(),
+                n: 2,
+            },
+            UsageRow {
+                hour: 7200,
+                decision: "allowed".into(),
+                n: 1,
+            },
+        ];
+        assert_eq!(
+            usage_answer("k", &rows),
+            json!({"id": "k", "total": {"requests": 8, "allowed": 6, "rejected": 2},
+                   "hours": [
+                     {"start": "1970-01-01T01:00:00Z", "requests": 7, "allowed": 5, "rejected": {"rate_limited": 2}},
+                     {"start": "1970-01-01T02:00:00Z", "requests": 1, "allowed": 1, "rejected": {}}]})
+        );
+    }
+
+    #[test]
+    fn rejections_are_the_filters_decisions() {
+        assert_eq!(rejection_name("revoked"), Some("revoked"));
+        assert_eq!(rejection_name("allowed"), None);
+        assert_eq!(rejection_name("nope"), None);
+    }
+}

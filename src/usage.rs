@@ -1,0 +1,269 @@
+//! Usage reports (SPEC §8), the pure part: per-key counts batched in memory on the request path
+//! (no host call, no clock read), stamped with a last-used time on each tick, and turned into
+//! reports with an id. A report is resent, with the same id, until the key service
+//! acknowledges it, so the service can count it exactly once; counts made meanwhile go into the
+//! next report. Memory is bounded by the number of distinct keys, not by time: during a long
+//! outage counts keep adding up in place. Past [`MAX_KEYS`] distinct keys waiting, requests of
+//! further keys are not counted, and [`UsageLedger::dropped`] says how many.
+
+use crate::decide::Decision;
+use crate::keys::FastMap;
+use std::fmt::Write;
+
+/// Distinct keys a VM holds counts for while waiting to report.
+pub const MAX_KEYS: usize = 100_000;
+/// Keys per report (larger batches go in several reports, one at a time).
+pub const MAX_REPORT_KEYS: usize = 5_000;
+
+const N: usize = Decision::ALL.len();
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Counts {
+    by_decision: [u64; N],
+    last_used: u64,
+    /// Used since the last stamp.
+    fresh: bool,
+}
+
+/// A report on its way: resent as is until acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub id: String,
+    pub body: Vec<u8>,
+    pub keys: usize,
+    pub requests: u64,
+}
+
+#[derive(Debug)]
+pub struct UsageLedger {
+    counts: FastMap<String, Counts>,
+    /// Keys used since the last stamp.
+    fresh: Vec<String>,
+    pending: Option<Report>,
+    /// Unique to this VM (its start time and process-wide VM number).
+    origin: String,
+    seq: u64,
+    dropped: u64,
+}
+
+fn index(d: Decision) -> usize {
+    Decision::ALL.iter().position(|x| *x == d).unwrap_or(0)
+}
+
+impl UsageLedger {
+    /// `origin` must be unique to this VM across restarts (e.g. its start time in nanoseconds
+    /// and its process-wide VM number).
+    pub fn new(origin: String) -> Self {
+        UsageLedger {
+            counts: FastMap::default(),
+            fresh: Vec::new(),
+            pending: None,
+            origin,
+            seq: 0,
+            dropped: 0,
+        }
+    }
+
+    /// Counts one judged request of a known key.
+    pub fn record(&mut self, key_id: &str, decision: Decision) {
+        if !self.counts.contains_key(key_id) {
+            if self.counts.len() >= MAX_KEYS {
+                self.dropped += 1;
+                return;
+            }
+            self.counts.insert(key_id.to_string(), Counts::default());
+        }
+        let Some(counts) = self.counts.get_mut(key_id) else {
+            return;
+        };
+        if let Some(n) = counts.by_decision.get_mut(index(decision)) {
+            *n += 1;
+        }
+        if !counts.fresh {
+            counts.fresh = true;
+            self.fresh.push(key_id.to_string());
+        }
+    }
+
+    /// Sets the last-used time of every key used since the previous stamp (each tick).
+    pub fn stamp(&mut self, now: u64) {
+        for id in self.fresh.drain(..) {
+            if let Some(c) = self.counts.get_mut(&id) {
+                c.fresh = false;
+                c.last_used = now;
+            }
+        }
+    }
+
+    /// Requests not counted because [`MAX_KEYS`] keys were waiting.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Keys with counts waiting for a report.
+    pub fn waiting(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// The report to send now: the unacknowledged one again, else a new one from the counts
+    /// (`None`: nothing to report). Call [`UsageLedger::stamp`] first.
+    pub fn next_report(&mut self) -> Option<&Report> {
+        if self.pending.is_none() && !self.counts.is_empty() {
+            self.pending = Some(self.take_report());
+        }
+        self.pending.as_ref()
+    }
+
+    /// The key service acknowledged the pending report.
+    pub fn acknowledged(&mut self) {
+        self.pending = None;
+    }
+
+    fn take_report(&mut self) -> Report {
+        self.seq += 1;
+        let id = format!("{}-{}", self.origin, self.seq);
+        let mut ids: Vec<String> = self.counts.keys().take(MAX_REPORT_KEYS).cloned().collect();
+        ids.sort_unstable();
+        let mut body = String::with_capacity(64 + ids.len() * 96);
+        let _ = write!(body, "{{\"report_id\":\"{id}\",\"keys\":[");
+        let mut requests = 0u64;
+        for (i, key_id) in ids.iter().enumerate() {
+            let Some(c) = self.counts.remove(key_id) else {
+                continue;
+            };
+            if c.fresh {
+                // Used after the last stamp: its time comes with the next one.
+                self.fresh.retain(|f| f != key_id);
+            }
+            let total: u64 = c.by_decision.iter().sum();
+            requests += total;
+            if i > 0 {
+                body.push(',');
+            }
+            // Key ids are `[A-Za-z0-9_.:-]` (validated when read): nothing to escape.
+            let allowed = c
+                .by_decision
+                .get(index(Decision::Allowed))
+                .copied()
+                .unwrap_or(0);
+            let _ = write!(
+                body,
+                "{{\"id\":\"{key_id}\",\"requests\":{total},\"allowed\":{allowed},\"rejected\":{{"
+            );
+            let mut first = true;
+            for (d, n) in Decision::ALL.iter().zip(c.by_decision) {
+                if *d == Decision::Allowed || n == 0 {
+                    continue;
+                }
+                if !first {
+                    body.push(',');
+                }
+                first = false;
+                let _ = write!(body, "\"{}\":{n}", d.as_str());
+            }
+            body.push('}');
+            if c.last_used > 0 {
+                let _ = write!(body, ",\"last_used\":{}", c.last_used);
+            }
+            body.push('}');
+        }
+        body.push_str("]}");
+        Report {
+            id,
+            body: body.into_bytes(),
+            keys: ids.len(),
+            requests,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn body(r: &Report) -> Value {
+        serde_json::from_slice(&r.body).unwrap()
+    }
+
+    #[test]
+    fn counts_become_one_report_with_last_used() {
+        let mut l = UsageLedger::new("vm".into());
+        for _ in 0..3 {
+            l.record("k1", Decision::Allowed);
+        }
+        l.record("k1", Decision::RateLimited);
+        l.record("k2", Decision::Revoked);
+        l.stamp(1_700_000_000);
+        let r = l.next_report().unwrap().clone();
+        assert_eq!(r.id, "vm-1");
+        assert_eq!((r.keys, r.requests), (2, 5));
+        assert_eq!(
+            body(&r),
+            json!({"report_id": "vm-1", "keys": [
+                {"id": "k1", "requests": 4, "allowed": 3, "rejected": {"rate_limited": 1}, "last_used": 1_700_000_000},
+                {"id": "k2", "requests": 1, "allowed": 0, "rejected": {"revoked": 1}, "last_used": 1_700_000_000}]})
+        );
+    }
+
+    #[test]
+    fn an_unacknowledged_report_is_resent_unchanged_and_new_counts_wait() {
+        let mut l = UsageLedger::new("vm".into());
+        l.record("k", Decision::Allowed);
+        l.stamp(10);
+        let first = l.next_report().unwrap().clone();
+        // The service is down: more requests, the same report again.
+        l.record("k", Decision::Allowed);
+        l.record("k", Decision::Allowed);
+        l.stamp(20);
+        assert_eq!(l.next_report().unwrap(), &first);
+        assert_eq!(l.next_report().unwrap(), &first);
+        l.acknowledged();
+        let second = l.next_report().unwrap().clone();
+        assert_eq!(second.id, "vm-2");
+        assert_eq!(
+            body(&second)["keys"][0],
+            json!({"id": "k", "requests": 2, "allowed": 2, "rejected": {}, "last_used": 20})
+        );
+        l.acknowledged();
+        assert!(l.next_report().is_none());
+    }
+
+    #[test]
+    fn memory_is_bounded_by_keys_and_drops_are_counted() {
+        let mut l = UsageLedger::new("vm".into());
+        for i in 0..MAX_KEYS {
+            l.record(&format!("k{i}"), Decision::Allowed);
+        }
+        l.record("k0", Decision::Allowed); // a waiting key still counts
+        l.record("one-too-many", Decision::Allowed);
+        assert_eq!((l.waiting(), l.dropped()), (MAX_KEYS, 1));
+        // Large batches go out in several reports; every request is in exactly one.
+        l.stamp(5);
+        let mut total = 0;
+        let mut reports = 0;
+        while let Some(r) = l.next_report() {
+            assert!(r.keys <= MAX_REPORT_KEYS);
+            total += r.requests;
+            reports += 1;
+            l.acknowledged();
+        }
+        assert_eq!(total, MAX_KEYS as u64 + 1);
+        assert_eq!(reports, MAX_KEYS.div_ceil(MAX_REPORT_KEYS));
+    }
+
+    #[test]
+    fn a_key_used_after_the_stamp_gets_its_time_with_the_next_report() {
+        let mut l = UsageLedger::new("vm".into());
+        l.record("k", Decision::Allowed);
+        let r = l.next_report().unwrap().clone();
+        assert!(body(&r)["keys"][0].get("last_used").is_none());
+        l.acknowledged();
+        l.record("k", Decision::Allowed);
+        l.stamp(7);
+        assert_eq!(
+            body(l.next_report().unwrap())["keys"][0]["last_used"],
+            json!(7)
+        );
+    }
+}

@@ -1,0 +1,365 @@
+//! Real parts for the key-service tests: `keygate serve` (the built binary) on SQLite or on a
+//! real PostgreSQL server started here in a temporary directory on a loopback port.
+#![allow(dead_code)]
+
+use super::{free_port, wait_until};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const SYNC_TOKEN: &str = "test-sync-token-0123456789";
+
+pub fn sha_hex(s: &str) -> String {
+    super::sha(s)
+}
+
+/// One `keygate serve` process; killed on drop.
+pub struct Service {
+    pub port: u16,
+    pub gateway_port: Option<u16>,
+    pub database: String,
+    pub config: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+    sync_token: bool,
+}
+
+pub struct ServiceOpts<'a> {
+    pub database: &'a str,
+    pub config: &'a Path,
+    pub gateway: bool,
+    pub sync_token: bool,
+    pub port: Option<u16>,
+}
+
+impl Service {
+    pub fn start(o: ServiceOpts) -> Service {
+        let port = o.port.unwrap_or_else(free_port);
+        let gateway_port = o.gateway.then(free_port);
+        let log = o.config.with_extension(format!("serve-{port}.log"));
+        let mut s = Service {
+            port,
+            gateway_port,
+            database: o.database.to_string(),
+            config: o.config.to_path_buf(),
+            child: None,
+            log,
+            sync_token: o.sync_token,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keygate"));
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--database", &self.database])
+            .arg("--config")
+            .arg(&self.config)
+            .env("KEYGATE_ADMIN_TOKEN_SHA256", sha_hex(ADMIN_TOKEN))
+            .env_remove("KEYGATE_SYNC_TOKEN_SHA256");
+        if let Some(g) = self.gateway_port {
+            cmd.args(["--gateway-listen", &format!("127.0.0.1:{g}")]);
+        }
+        if self.sync_token {
+            cmd.env("KEYGATE_SYNC_TOKEN_SHA256", sha_hex(SYNC_TOKEN));
+        }
+        let log = std::fs::File::create(&self.log).expect("service log");
+        cmd.stdout(Stdio::null()).stderr(log);
+        self.child = Some(cmd.spawn().expect("start keygate serve"));
+        let port = self.port;
+        let up = wait_until(30, || {
+            ureq_get(&format!("http://127.0.0.1:{port}/healthz"), None).0 == 200
+        });
+        assert!(up, "keygate serve did not come up:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the process at once (SIGKILL: no graceful shutdown).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and database.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// An admin call: (status, JSON body).
+    pub fn admin(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        call(&self.url(), method, path, body, Some(ADMIN_TOKEN))
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(20)))
+            .build(),
+    )
+}
+
+fn ureq_get(url: &str, token: Option<&str>) -> (u16, String) {
+    let mut r = agent().get(url);
+    if let Some(t) = token {
+        r = r.header("authorization", &format!("Bearer {t}"));
+    }
+    match r.call() {
+        Ok(mut resp) => (
+            resp.status().as_u16(),
+            resp.body_mut().read_to_string().unwrap_or_default(),
+        ),
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// Any call: (status, JSON body or `Value::Null` when empty / not JSON).
+pub fn call(
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> (u16, Value) {
+    let (status, _, text) = call_raw(
+        base,
+        method,
+        path,
+        body,
+        &token
+            .map(|t| ("authorization", format!("Bearer {t}")))
+            .into_iter()
+            .collect::<Vec<_>>(),
+    );
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// A call with any headers: (status, headers, body text).
+pub fn call_raw(
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, String)],
+) -> (u16, Vec<(String, String)>, String) {
+    let url = format!("{base}{path}");
+    let a = agent();
+    let result = match method {
+        "GET" => {
+            let mut r = a.get(&url);
+            for (k, v) in headers {
+                r = r.header(*k, v);
+            }
+            r.call()
+        }
+        "DELETE" => {
+            let mut r = a.delete(&url);
+            for (k, v) in headers {
+                r = r.header(*k, v);
+            }
+            r.call()
+        }
+        m => {
+            let mut r = match m {
+                "PUT" => a.put(&url),
+                "PATCH" => a.patch(&url),
+                _ => a.post(&url),
+            };
+            for (k, v) in headers {
+                r = r.header(*k, v);
+            }
+            r.header("content-type", "application/json")
+                .send(body.unwrap_or(""))
+        }
+    };
+    let mut resp = result.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = resp.status().as_u16();
+    let hs = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    (status, hs, text)
+}
+
+/// A PostgreSQL server of Debian's `postgresql` package, in a temporary directory, on a
+/// loopback port; stopped and removed on drop. Run as the `postgres` user when the tests run
+/// as root (the server refuses to run as root).
+pub struct Postgres {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+fn pg_bin(name: &str) -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    versions.sort();
+    let bin = versions
+        .last()
+        .map(|v| v.join("bin").join(name))
+        .filter(|p| p.exists());
+    bin.unwrap_or_else(|| {
+        panic!(
+            "PostgreSQL's {name} is missing: `make postgres` installs Debian's postgresql package"
+        )
+    })
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn as_postgres_user(bin: PathBuf) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    }
+}
+
+impl Postgres {
+    pub fn start(name: &str) -> Postgres {
+        let dir = std::env::temp_dir().join(format!("keygate-pg-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("pg dir");
+        if is_root() {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(ok, "chown of the PostgreSQL directory failed");
+        }
+        let data = dir.join("data");
+        let out = as_postgres_user(pg_bin("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "keygate", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .output()
+            .expect("initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let log = std::fs::File::create(dir.join("postgres.log")).expect("pg log");
+        let child = as_postgres_user(pg_bin("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(&dir)
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start postgres");
+        let pg = Postgres {
+            port,
+            dir,
+            child: Some(child),
+        };
+        let ready = wait_until(30, || {
+            Command::new(pg_bin("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "keygate"])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        });
+        assert!(ready, "postgres did not start: {}", pg.log());
+        pg
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default()
+    }
+
+    /// A new, empty database on this server.
+    pub fn database(&self, name: &str) -> String {
+        let out = Command::new(pg_bin("createdb"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "keygate",
+                name,
+            ])
+            .output()
+            .expect("createdb");
+        assert!(
+            out.status.success(),
+            "createdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        format!("postgres://keygate@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// Runs SQL with psql; its output.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = Command::new(pg_bin("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "keygate",
+                "-At",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
+            .output()
+            .expect("psql");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SIGTERM to the postmaster = smart shutdown; kill if it lingers.
+            let _ = Command::new("kill")
+                .args(["-INT", &c.id().to_string()])
+                .status();
+            if !wait_until(10, || matches!(c.try_wait(), Ok(Some(_)))) {
+                let _ = c.kill();
+            }
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,650 @@
+//! The key service's API (SPEC §7, §8) exactly as documented, on SQLite and on a real
+//! PostgreSQL server; two replicas on one PostgreSQL database.
+mod common;
+use common::service::*;
+use common::*;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+fn scratch(name: &str) -> PathBuf {
+    let d = repo()
+        .join("target/itest")
+        .join(format!("svc-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A plugin configuration with the MLM and MarginFront styles' prefixes and roles.
+pub fn plugin_config() -> Value {
+    json!({
+        "key_sources": [{"header": "x-api-key"}],
+        "prefixes": [
+            {"prefix": "mlm_live_", "environment": "LIVE", "role": "admin"},
+            {"prefix": "mlm_sandbox_", "environment": "SANDBOX"},
+            {"prefix": "mf_pk_live_", "environment": "LIVE", "role": "publishable", "checksum": "crc32"}
+        ],
+        "roles": {"admin": {"methods": ["*"]}, "reader": {"methods": ["GET"]},
+                  "publishable": {"methods": ["GET"], "paths": ["/v1/verify"]}},
+        "keys": [{"id": "inline_1", "sha256": sha("mlm_live_inline")}]
+    })
+}
+
+fn write_config(dir: &std::path::Path) -> PathBuf {
+    let p = dir.join("plugin.json");
+    std::fs::write(&p, plugin_config().to_string()).unwrap();
+    p
+}
+
+fn is_rfc3339(v: &Value) -> bool {
+    v.as_str().is_some_and(|s| {
+        s.len() == 20 && s.ends_with('Z') && keygate::timestamp::parse_rfc3339(s).is_some()
+    })
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn err(code: &str, error: &str) -> Value {
+    json!({"success": false, "error": error, "code": code})
+}
+
+/// Every call and every documented error, against one service.
+fn exercise_api(s: &Service) -> Vec<String> {
+    let mut created_keys = Vec::new();
+    // Without or with a wrong token: 401.
+    for token in [None, Some("wrong")] {
+        let (st, body) = call(&s.url(), "GET", "/v1/api-keys", None, token);
+        assert_eq!(st, 401);
+        assert_eq!(body["code"], "UNAUTHORIZED");
+        assert_eq!(body["success"], false);
+        assert!(body["error"].is_string());
+    }
+
+    // Create: the key once, effective environment and role from the prefix.
+    let (st, body) = s.admin("POST", "/v1/api-keys", Some(r#"{"prefix":"mlm_live_"}"#));
+    assert_eq!(st, 201, "{body}");
+    assert_eq!(body["success"], true);
+    let d = &body["data"];
+    let fields: Vec<&str> = d.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(
+        fields,
+        [
+            "created_at",
+            "environment",
+            "expires_at",
+            "id",
+            "key",
+            "name",
+            "prefix",
+            "role",
+            "tenant"
+        ]
+    );
+    let key = d["key"].as_str().unwrap().to_string();
+    assert!(key.starts_with("mlm_live_") && key.len() >= 9 + 22, "{key}");
+    assert_eq!(d["prefix"], "mlm_live_");
+    assert_eq!(d["environment"], "LIVE");
+    assert_eq!(d["role"], "admin");
+    assert_eq!(d["tenant"], Value::Null);
+    assert_eq!(d["name"], Value::Null);
+    assert_eq!(d["expires_at"], Value::Null);
+    assert!(is_rfc3339(&d["created_at"]));
+    let first_id = d["id"].as_str().unwrap().to_string();
+    created_keys.push(key);
+
+    // Every field; an explicit id; a checksummed prefix's key carries its checksum.
+    let full = json!({"prefix": "mlm_sandbox_", "id": "key_full", "name": "CI key", "tenant": "org_42",
+        "role": "reader", "expires_at": "2030-01-01T00:00:00Z",
+        "rate_limits": [{"requests": 5, "per": "minute"}], "allowed_ips": ["203.0.113.0/24"],
+        "allowed_referers": ["https://app.example.com/*"], "allowed_paths": ["/v1/users/*"]});
+    let (st, body) = s.admin("POST", "/v1/api-keys", Some(&full.to_string()));
+    assert_eq!(st, 201, "{body}");
+    let d = &body["data"];
+    assert_eq!(
+        (
+            d["id"].clone(),
+            d["name"].clone(),
+            d["tenant"].clone(),
+            d["role"].clone(),
+            d["environment"].clone(),
+            d["expires_at"].clone()
+        ),
+        (
+            json!("key_full"),
+            json!("CI key"),
+            json!("org_42"),
+            json!("reader"),
+            json!("SANDBOX"),
+            json!("2030-01-01T00:00:00Z")
+        )
+    );
+    created_keys.push(d["key"].as_str().unwrap().to_string());
+    let (st, body) = s.admin(
+        "POST",
+        "/v1/api-keys",
+        Some(r#"{"prefix":"mf_pk_live_","tenant":"org_7"}"#),
+    );
+    assert_eq!(st, 201);
+    let pk = body["data"]["key"].as_str().unwrap().to_string();
+    assert!(keygate::checksum::valid(pk.as_bytes()), "{pk}");
+    assert_eq!(body["data"]["role"], "publishable");
+    created_keys.push(pk);
+
+    // Errors, exactly.
+    let (st, body) = s.admin("POST", "/v1/api-keys", Some(&full.to_string()));
+    assert_eq!((st, body["code"].clone()), (409, json!("CONFLICT")));
+    let (st, body) = s.admin(
+        "POST",
+        "/v1/api-keys",
+        Some(r#"{"prefix":"mlm_live_","id":"inline_1"}"#),
+    );
+    assert_eq!(
+        (st, body["code"].clone()),
+        (409, json!("CONFLICT")),
+        "an inline key's id"
+    );
+    for (b, want) in [
+        (r#"{}"#, "prefix: is required"),
+        (
+            r#"{"prefix":"sk_live_"}"#,
+            r#"prefix: "sk_live_" is not a configured prefix (mf_pk_live_, mlm_live_, mlm_sandbox_)"#,
+        ),
+        (
+            r#"{"prefix":"mlm_live_","colour":"red"}"#,
+            "colour: unknown field",
+        ),
+        (
+            r#"{"prefix":"mlm_live_","allowed_ips":["10.0.0.0/33"]}"#,
+            r#"allowed_ips[0]: "10.0.0.0/33" has an invalid prefix length"#,
+        ),
+        (
+            r#"{"prefix":"mlm_live_","role":"owner"}"#,
+            r#"role: role "owner" is not defined in $.roles"#,
+        ),
+        (
+            r#"{"prefix":"mlm_live_","rate_limits":[{"requests":0,"per":"minute"}]}"#,
+            "rate_limits[0].requests: must be at least 1",
+        ),
+        (
+            r#"{"prefix":"mlm_live_","expires_at":"soon"}"#,
+            r#"expires_at: "soon" is not an RFC 3339 timestamp (2027-01-01T00:00:00Z)"#,
+        ),
+        (
+            r#"{"prefix":"mlm_live_","id":"has space"}"#,
+            r#"id: "has space" must be 1-128 characters of A-Z a-z 0-9 _ - . :"#,
+        ),
+        (r#"["prefix"]"#, "$: expected an object"),
+    ] {
+        let (st, body) = s.admin("POST", "/v1/api-keys", Some(b));
+        assert_eq!((st, body), (400, err("BAD_REQUEST", want)), "{b}");
+    }
+    let (st, body) = s.admin("POST", "/v1/api-keys", Some("{not json"));
+    assert_eq!((st, body["code"].clone()), (400, json!("BAD_REQUEST")));
+    let big = format!(
+        r#"{{"prefix":"mlm_live_","name":"{}"}}"#,
+        "n".repeat(70_000)
+    );
+    let (st, body) = s.admin("POST", "/v1/api-keys", Some(&big));
+    assert_eq!(
+        (st, body["code"].clone()),
+        (413, json!("PAYLOAD_TOO_LARGE"))
+    );
+
+    // List: never a key or digest; tenant filter.
+    let (st, body) = s.admin("GET", "/v1/api-keys", None);
+    assert_eq!(st, 200);
+    let list = body["data"].as_array().unwrap();
+    assert_eq!(list.len(), 3);
+    let text = body.to_string();
+    for k in &created_keys {
+        assert!(!text.contains(k.as_str()) && !text.contains(&sha(k)));
+    }
+    let entry = list.iter().find(|k| k["id"] == "key_full").unwrap();
+    let fields: Vec<&str> = entry
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "created_at",
+            "environment",
+            "expires_at",
+            "id",
+            "last_used",
+            "name",
+            "prefix",
+            "revoked",
+            "role",
+            "tenant"
+        ]
+    );
+    assert_eq!(entry["last_used"], Value::Null);
+    assert_eq!(entry["revoked"], false);
+    let (_, body) = s.admin("GET", "/v1/api-keys?tenant=org_42", None);
+    assert_eq!(body["data"].as_array().unwrap().len(), 1);
+    assert_eq!(body["data"][0]["id"], "key_full");
+
+    // Get one; unknown ids.
+    let (st, body) = s.admin("GET", "/v1/api-keys/key_full", None);
+    assert_eq!((st, &body["data"]), (200, entry));
+    let not_found = err("NOT_FOUND", "API key not found");
+    for (m, p) in [
+        ("GET", "/v1/api-keys/nope"),
+        ("DELETE", "/v1/api-keys/nope"),
+        ("POST", "/v1/api-keys/nope/roll"),
+        ("GET", "/v1/api-keys/nope/usage"),
+    ] {
+        let (st, body) = s.admin(m, p, Some("{}"));
+        assert_eq!((st, body), (404, not_found.clone()), "{m} {p}");
+    }
+
+    // The feed: version and ETag, revalidation, deltas.
+    let (st, h, text) = call_raw(&s.url(), "GET", "/keys", None, &[]);
+    assert_eq!(st, 200);
+    let feed: Value = serde_json::from_str(&text).unwrap();
+    let v1 = feed["version"].as_str().unwrap().to_string();
+    let etag = h
+        .iter()
+        .find(|(k, _)| k == "etag")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    assert_eq!(etag, format!("\"{v1}\""));
+    assert_eq!(feed["keys"].as_array().unwrap().len(), 3);
+    let full_entry = feed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == "key_full")
+        .unwrap();
+    assert_eq!(
+        full_entry,
+        &json!({"id": "key_full", "sha256": sha(&created_keys[1]), "name": "CI key",
+        "tenant": "org_42", "role": "reader", "expires_at": 1_893_456_000,
+        "rate_limits": [{"requests": 5, "per": "minute"}], "allowed_ips": ["203.0.113.0/24"],
+        "allowed_referers": ["https://app.example.com/*"], "allowed_paths": ["/v1/users/*"]})
+    );
+    for k in &created_keys {
+        assert!(!text.contains(k.as_str()), "plaintext key in the feed");
+    }
+    let (st, _, _) = call_raw(
+        &s.url(),
+        "GET",
+        "/keys",
+        None,
+        &[("if-none-match", etag.clone())],
+    );
+    assert_eq!(st, 304);
+    let (st, _, _) = call_raw(&s.url(), "GET", &format!("/keys?since={v1}"), None, &[]);
+    assert_eq!(st, 304);
+
+    // Revoke: the key stays in the feed, marked; a delta carries just it.
+    let (st, body) = s.admin("DELETE", &format!("/v1/api-keys/{first_id}"), None);
+    assert_eq!(
+        (st, body),
+        (
+            200,
+            json!({"success": true, "message": "API key revoked successfully"})
+        )
+    );
+    let (_, body) = s.admin("GET", &format!("/v1/api-keys/{first_id}"), None);
+    assert_eq!(body["data"]["revoked"], true);
+    let (st, _, text) = call_raw(&s.url(), "GET", &format!("/keys?since={v1}"), None, &[]);
+    assert_eq!(st, 200);
+    let delta: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(delta["since"], v1.as_str());
+    assert_eq!(delta["removed"], json!([]));
+    assert_eq!(
+        delta["upserts"],
+        json!([{"id": first_id, "sha256": sha(&created_keys[0]), "revoked": true}])
+    );
+    let v2 = delta["version"].as_str().unwrap().to_string();
+    assert_ne!(v1, v2);
+    // A version this database never issued: the full set.
+    let (st, _, text) = call_raw(&s.url(), "GET", "/keys?since=elsewhere-3", None, &[]);
+    assert_eq!(st, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["keys"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+
+    // Roll: a new key with the same settings; the old one expires after the grace period.
+    let (st, body) = s.admin(
+        "POST",
+        "/v1/api-keys/key_full/roll",
+        Some(r#"{"grace_seconds": 600}"#),
+    );
+    assert_eq!(st, 201, "{body}");
+    let d = &body["data"];
+    assert_ne!(d["id"], "key_full");
+    assert_eq!(
+        (
+            d["name"].clone(),
+            d["tenant"].clone(),
+            d["role"].clone(),
+            d["prefix"].clone()
+        ),
+        (
+            json!("CI key"),
+            json!("org_42"),
+            json!("reader"),
+            json!("mlm_sandbox_")
+        )
+    );
+    assert!(d["key"].as_str().unwrap().starts_with("mlm_sandbox_"));
+    let new_id = d["id"].as_str().unwrap().to_string();
+    let (_, old) = s.admin("GET", "/v1/api-keys/key_full", None);
+    let expires =
+        keygate::timestamp::parse_rfc3339(old["data"]["expires_at"].as_str().unwrap()).unwrap();
+    assert!(
+        (expires - (now() + 600)).abs() <= 5,
+        "old key expires in the grace period"
+    );
+    let (_, feed) = call(&s.url(), "GET", "/keys", None, None);
+    let rolled = feed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == new_id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(
+        rolled["rate_limits"],
+        json!([{"requests": 5, "per": "minute"}])
+    );
+    assert_eq!(rolled["allowed_paths"], json!(["/v1/users/*"]));
+    let (st, body) = s.admin("POST", &format!("/v1/api-keys/{first_id}/roll"), Some("{}"));
+    assert_eq!(
+        (st, body["code"].clone()),
+        (409, json!("CONFLICT")),
+        "a revoked key is not rolled"
+    );
+    let (st, body) = s.admin(
+        "POST",
+        &format!("/v1/api-keys/{new_id}/roll"),
+        Some(r#"{"grace_seconds": -1}"#),
+    );
+    assert_eq!((st, body["code"].clone()), (400, json!("BAD_REQUEST")));
+    let (st, body) = s.admin("POST", &format!("/v1/api-keys/{new_id}/roll"), None);
+    assert_eq!(st, 201, "an empty body: the default grace (a day)");
+    let (_, old) = s.admin("GET", &format!("/v1/api-keys/{new_id}"), None);
+    let expires =
+        keygate::timestamp::parse_rfc3339(old["data"]["expires_at"].as_str().unwrap()).unwrap();
+    assert!((expires - (now() + 86_400)).abs() <= 5);
+
+    // Usage reports: counted once per report id; figures by hour; last_used.
+    let t = now() - 60;
+    let report = json!({"report_id": "r-1", "keys": [
+        {"id": "key_full", "requests": 7, "allowed": 4, "rejected": {"rate_limited": 2, "forbidden": 1}, "last_used": t}]});
+    for counted in [true, false] {
+        let (st, body) = call(&s.url(), "POST", "/usage", Some(&report.to_string()), None);
+        assert_eq!(
+            (st, body),
+            (
+                200,
+                json!({"success": true, "report_id": "r-1", "counted": counted})
+            )
+        );
+    }
+    let report2 = json!({"report_id": "r-2", "keys": [{"id": "key_full", "requests": 1, "allowed": 1, "rejected": {}, "last_used": t + 1}]});
+    assert_eq!(
+        call(&s.url(), "POST", "/usage", Some(&report2.to_string()), None).0,
+        200
+    );
+    let (st, body) = s.admin("GET", "/v1/api-keys/key_full/usage", None);
+    assert_eq!(st, 200);
+    let hour = keygate::timestamp::format_rfc3339(t - t.rem_euclid(3600));
+    assert_eq!(
+        body["data"],
+        json!({"id": "key_full", "total": {"requests": 8, "allowed": 5, "rejected": 3},
+        "hours": [{"start": hour, "requests": 8, "allowed": 5, "rejected": {"forbidden": 1, "rate_limited": 2}}]})
+    );
+    let (_, body) = s.admin("GET", "/v1/api-keys/key_full", None);
+    assert_eq!(
+        body["data"]["last_used"],
+        json!(keygate::timestamp::format_rfc3339(t + 1))
+    );
+    // A range after the usage is empty; before it too.
+    let later = keygate::timestamp::format_rfc3339(now() + 7200);
+    let (_, body) = s.admin(
+        "GET",
+        &format!("/v1/api-keys/key_full/usage?from={later}"),
+        None,
+    );
+    assert_eq!(
+        body["data"]["total"],
+        json!({"requests": 0, "allowed": 0, "rejected": 0})
+    );
+    let (_, body) = s.admin(
+        "GET",
+        "/v1/api-keys/key_full/usage?to=2000-01-01T00:00:00Z",
+        None,
+    );
+    assert_eq!(body["data"]["hours"], json!([]));
+    let (st, body) = s.admin("GET", "/v1/api-keys/key_full/usage?from=yesterday", None);
+    assert_eq!(
+        (st, body),
+        (
+            400,
+            err(
+                "BAD_REQUEST",
+                r#"from: "yesterday" is not an RFC 3339 time (2025-01-15T10:30:00Z)"#
+            )
+        )
+    );
+    for (b, want) in [
+        (r#"{"keys":[]}"#, "report_id: is required"),
+        (r#"{"report_id":"x"}"#, "keys: is required"),
+        (
+            r#"{"report_id":"x","keys":[{"id":"a","requests":2,"allowed":1}]}"#,
+            "keys[0].requests: must equal allowed plus every rejection",
+        ),
+        (
+            r#"{"report_id":"x","keys":[{"id":"a","requests":1,"allowed":0,"rejected":{"stolen":1}}]}"#,
+            "keys[0].rejected.stolen: is not a rejection decision keygate makes",
+        ),
+    ] {
+        let (st, body) = call(&s.url(), "POST", "/usage", Some(b), None);
+        assert_eq!((st, body), (400, err("BAD_REQUEST", want)), "{b}");
+    }
+    // Unknown paths and methods get JSON too.
+    let (st, body) = s.admin("PUT", "/v1/api-keys", Some("{}"));
+    assert_eq!(
+        (st, body["code"].clone()),
+        (405, json!("METHOD_NOT_ALLOWED"))
+    );
+    let (st, body) = s.admin("GET", "/v2/nothing", None);
+    assert_eq!((st, body["code"].clone()), (404, json!("NOT_FOUND")));
+    created_keys
+}
+
+/// No plaintext key anywhere under `dir` (database files, WAL, logs).
+fn assert_no_plaintext(dir: &std::path::Path, keys: &[String]) {
+    let mut files = vec![dir.to_path_buf()];
+    let mut scanned = 0;
+    while let Some(p) = files.pop() {
+        if p.is_dir() {
+            for e in std::fs::read_dir(&p).unwrap().flatten() {
+                files.push(e.path());
+            }
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(&p) else {
+            continue;
+        };
+        scanned += bytes.len();
+        for k in keys {
+            assert!(
+                !bytes.windows(k.len()).any(|w| w == k.as_bytes()),
+                "a plaintext key in {}",
+                p.display()
+            );
+        }
+    }
+    assert!(scanned > 0, "nothing scanned under {}", dir.display());
+}
+
+#[test]
+fn sqlite_every_call_and_error() {
+    let dir = scratch("sqlite");
+    let cfg = write_config(&dir);
+    let db = dir.join("keys.db");
+    let s = Service::start(ServiceOpts {
+        database: &format!("sqlite:{}", db.display()),
+        config: &cfg,
+        gateway: false,
+        sync_token: false,
+        port: None,
+    });
+    let keys = exercise_api(&s);
+    drop(s);
+    assert!(db.exists());
+    assert_no_plaintext(&dir, &keys);
+}
+
+#[test]
+fn postgres_every_call_and_error() {
+    let pg = Postgres::start("api");
+    let dir = scratch("postgres");
+    let cfg = write_config(&dir);
+    let url = pg.database("keygate_api");
+    let s = Service::start(ServiceOpts {
+        database: &url,
+        config: &cfg,
+        gateway: false,
+        sync_token: false,
+        port: None,
+    });
+    let keys = exercise_api(&s);
+    let dump = pg.psql(
+        "keygate_api",
+        "SELECT * FROM api_keys; SELECT * FROM usage_hours;",
+    );
+    assert!(dump.contains("key_full"), "{dump}");
+    for k in &keys {
+        assert!(!dump.contains(k.as_str()));
+    }
+}
+
+#[test]
+fn the_sync_token_guards_keys_and_usage() {
+    let dir = scratch("synctoken");
+    let cfg = write_config(&dir);
+    let s = Service::start(ServiceOpts {
+        database: &format!("sqlite:{}", dir.join("k.db").display()),
+        config: &cfg,
+        gateway: false,
+        sync_token: true,
+        port: None,
+    });
+    let report = r#"{"report_id":"a","keys":[]}"#;
+    for token in [None, Some(ADMIN_TOKEN), Some("nope")] {
+        assert_eq!(call(&s.url(), "GET", "/keys", None, token).0, 401);
+        assert_eq!(call(&s.url(), "POST", "/usage", Some(report), token).0, 401);
+    }
+    assert_eq!(
+        call(&s.url(), "GET", "/keys", None, Some(SYNC_TOKEN)).0,
+        200
+    );
+    assert_eq!(
+        call(&s.url(), "POST", "/usage", Some(report), Some(SYNC_TOKEN)).0,
+        200
+    );
+    // The sync token is not an admin token.
+    assert_eq!(
+        call(&s.url(), "GET", "/v1/api-keys", None, Some(SYNC_TOKEN)).0,
+        401
+    );
+}
+
+#[test]
+fn two_replicas_on_one_postgres_agree() {
+    let pg = Postgres::start("replicas");
+    let dir = scratch("replicas");
+    let cfg = write_config(&dir);
+    let url = pg.database("keygate_replicas");
+    let start = || {
+        Service::start(ServiceOpts {
+            database: &url,
+            config: &cfg,
+            gateway: false,
+            sync_token: false,
+            port: None,
+        })
+    };
+    let (a, b) = (start(), start());
+    let version = |s: &Service| {
+        call(&s.url(), "GET", "/keys", None, None).1["version"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let v0 = version(&a);
+    assert_eq!(v0, version(&b));
+    // Creates on both replicas at once.
+    std::thread::scope(|sc| {
+        for s in [&a, &b] {
+            sc.spawn(move || {
+                for i in 0..15 {
+                    let (st, body) = s.admin(
+                        "POST",
+                        "/v1/api-keys",
+                        Some(&format!(r#"{{"prefix":"mlm_live_","name":"n{i}"}}"#)),
+                    );
+                    assert_eq!(st, 201, "{body}");
+                }
+            });
+        }
+    });
+    let (va, vb) = (version(&a), version(&b));
+    assert_eq!(
+        va, vb,
+        "the same state has the same version on every replica"
+    );
+    // A delta from either replica, applied to the old set, gives the full set of the other.
+    let (_, delta) = call(&a.url(), "GET", &format!("/keys?since={v0}"), None, None);
+    let (_, full) = call(&b.url(), "GET", "/keys", None, None);
+    assert_eq!(delta["upserts"].as_array().unwrap().len(), 30);
+    assert_eq!(delta["upserts"], full["keys"]);
+    // A revoke on one is seen by the other, at the next version.
+    let id = full["keys"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        b.admin("DELETE", &format!("/v1/api-keys/{id}"), None).0,
+        200
+    );
+    let (_, d) = call(&a.url(), "GET", &format!("/keys?since={va}"), None, None);
+    assert_eq!(d["upserts"].as_array().unwrap().len(), 1);
+    assert_eq!(d["upserts"][0]["revoked"], true);
+    assert_eq!(d["version"].as_str().unwrap(), version(&b));
+    // A report sent to both replicas (a retry that reached the other one) counts once.
+    let report = json!({"report_id": "dup", "keys": [{"id": id, "requests": 3, "allowed": 3, "rejected": {}, "last_used": now()}]}).to_string();
+    let counted: Vec<Value> = std::thread::scope(|sc| {
+        let h: Vec<_> = [&a, &b]
+            .map(|s| {
+                let r = report.clone();
+                sc.spawn(move || {
+                    call(&s.url(), "POST", "/usage", Some(&r), None).1["counted"].clone()
+                })
+            })
+            .into_iter()
+            .collect();
+        h.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        counted.iter().filter(|c| **c == json!(true)).count(),
+        1,
+        "{counted:?}"
+    );
+    let (_, u) = a.admin("GET", &format!("/v1/api-keys/{id}/usage"), None);
+    assert_eq!(u["data"]["total"]["requests"], 3);
+}
