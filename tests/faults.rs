@@ -79,17 +79,6 @@ impl Load {
     }
 }
 
-/// Connections each of Envoy's workers accepted on the test listener.
-fn per_worker_connections(e: &Envoy) -> Vec<u64> {
-    let body = admin_get(e.admin, "/stats?filter=worker_[0-9]+\\.downstream_cx_total")
-        .map(|r| r.body)
-        .unwrap_or_default();
-    body.lines()
-        .filter(|l| l.contains(&format!("_{}.worker_", e.port)))
-        .filter_map(|l| l.rsplit(": ").next()?.trim().parse().ok())
-        .collect()
-}
-
 #[test]
 fn configurations_swapped_under_load_never_fail_the_valid_key() {
     let up = Upstream::start("api");

@@ -74,15 +74,15 @@ fn exercise_api(s: &Service) -> Vec<String> {
     assert_eq!(
         fields,
         [
-            "created_at",
-            "environment",
-            "expires_at",
             "id",
             "key",
             "name",
             "prefix",
+            "environment",
+            "tenant",
             "role",
-            "tenant"
+            "created_at",
+            "expires_at"
         ]
     );
     let key = d["key"].as_str().unwrap().to_string();
@@ -214,16 +214,16 @@ fn exercise_api(s: &Service) -> Vec<String> {
     assert_eq!(
         fields,
         [
-            "created_at",
-            "environment",
-            "expires_at",
             "id",
-            "last_used",
             "name",
             "prefix",
-            "revoked",
+            "environment",
+            "tenant",
             "role",
-            "tenant"
+            "created_at",
+            "last_used",
+            "expires_at",
+            "revoked"
         ]
     );
     assert_eq!(entry["last_used"], Value::Null);

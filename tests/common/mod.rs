@@ -664,6 +664,17 @@ impl Drop for Envoy {
     }
 }
 
+/// Connections each of Envoy's workers accepted on the test listener.
+pub fn per_worker_connections(e: &Envoy) -> Vec<u64> {
+    let body = admin_get(e.admin, "/stats?filter=worker_[0-9]+\\.downstream_cx_total")
+        .map(|r| r.body)
+        .unwrap_or_default();
+    body.lines()
+        .filter(|l| l.contains(&format!("_{}.worker_", e.port)))
+        .filter_map(|l| l.rsplit(": ").next()?.trim().parse().ok())
+        .collect()
+}
+
 pub fn admin_get(admin: u16, path: &str) -> Option<Response> {
     let mut s = TcpStream::connect(("127.0.0.1", admin)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok();
