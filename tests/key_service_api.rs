@@ -375,7 +375,7 @@ fn exercise_api(s: &Service) -> Vec<String> {
         Some(r#"{"grace_seconds": -1}"#),
     );
     assert_eq!((st, body["code"].clone()), (400, json!("BAD_REQUEST")));
-    let (st, body) = s.admin("POST", &format!("/v1/api-keys/{new_id}/roll"), None);
+    let (st, _) = s.admin("POST", &format!("/v1/api-keys/{new_id}/roll"), None);
     assert_eq!(st, 201, "an empty body: the default grace (a day)");
     let (_, old) = s.admin("GET", &format!("/v1/api-keys/{new_id}"), None);
     let expires =
