@@ -78,8 +78,9 @@ CONFIG ?= envoy/demo.yaml
 run: build envoy ## Start the demo on localhost (CONFIG=envoy/examples/<style>.yaml: a provider example; KEYGATE_PORT=…: other ports, see envoy/demo.sh)
 	CONFIG=$(CONFIG) ./envoy/demo.sh
 
-bench: build envoy ## Benchmarks: Envoy CPU per request with and without keygate features
+bench: build envoy postgres ## Benchmarks: Envoy CPU per request with and without keygate features; key-service latencies
 	./bench/run.sh
+	python3 bench/keyservice.py
 
 soak: build envoy ## Ten minutes of mixed traffic (SOAK_SECONDS=…): RSS and shared data sampled; bench/SOAK.md, bench/soak.png
 	$(VENV)/bin/python -c 'import matplotlib' 2>/dev/null || $(VENV)/bin/pip install --disable-pip-version-check --progress-bar on matplotlib

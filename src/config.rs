@@ -947,6 +947,7 @@ mod tests {
             "roles": {"r": {"methods": ["*"]}},
             "keys": [{"id": "k", "sha256": hash(), "rate_limits": [{"requests": 1, "per": "day"}]}],
             "key_sync": {"cluster": "ks", "path": "/keys"},
+            "usage_report": {"cluster": "ks", "path": "/usage"},
             "upstream_headers": {}
         }))
         .unwrap();

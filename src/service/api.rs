@@ -4,7 +4,7 @@
 use super::answer::{data, json_response, ApiError};
 use super::auth::{Auth, Caller};
 use super::input::{json_body, read_create, read_report, read_roll, CreateRequest};
-use super::model::{usage_answer, StoredKey};
+use super::model::{feed_answer, usage_answer, StoredKey};
 use super::store::{Feed, Rolled, Store};
 use crate::keys::digest_hex;
 use crate::mint;
@@ -30,6 +30,9 @@ pub struct App<S> {
     pub store: S,
     pub gate: Gate,
     pub auth: Auth,
+    /// The last full `/keys` answer and its version: a version names one state, so the same
+    /// bytes serve every Envoy that asks for it (and are rebuilt only when the set changes).
+    pub full_feed: std::sync::Mutex<Option<(String, axum::body::Bytes)>>,
 }
 
 /// One listener's view of the app: `gateway` = trust keygate's identity headers.
@@ -265,41 +268,57 @@ async fn feed<S: Store>(
     ctx.app.auth.sync(&headers)?;
     let query = query_map(query)?;
     let since = query.get("since").map(String::as_str);
-    let feed = ctx.app.store.feed(since).await?;
     let not_modified = |version: &str| {
         let mut r = StatusCode::NOT_MODIFIED.into_response();
         r.headers_mut().insert(header::ETAG, etag(version));
         r
     };
-    let (version, body) = match feed {
-        Feed::Unchanged { version } => return Ok(not_modified(&version)),
-        Feed::Full { version, .. }
-            if headers
-                .get(header::IF_NONE_MATCH)
-                .is_some_and(|v| v.as_bytes() == etag(&version).as_bytes()) =>
-        {
-            return Ok(not_modified(&version))
-        }
+    let with_etag = |body: axum::body::Bytes, version: &str| {
+        let mut r = (StatusCode::OK, body).into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        r.headers_mut().insert(header::ETAG, etag(version));
+        r
+    };
+    // Revalidation first, from the version alone: no keys are read for a 304.
+    let current = ctx.app.store.version().await?;
+    let tag = etag(&current);
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|v| v.as_bytes() == tag.as_bytes());
+    if matches || since == Some(current.as_str()) {
+        return Ok(not_modified(&current));
+    }
+    let cached = ctx
+        .app
+        .full_feed
+        .lock()
+        .ok()
+        .and_then(|c| c.clone())
+        .filter(|(v, _)| *v == current);
+    if let (Some((version, body)), None) = (&cached, since) {
+        return Ok(with_etag(body.clone(), version));
+    }
+    match ctx.app.store.feed(since).await? {
+        Feed::Unchanged { version } => Ok(not_modified(&version)),
         Feed::Full { version, keys } => {
-            let entries: Vec<Value> = keys.iter().map(StoredKey::feed_entry).collect();
-            let body = json!({"version": version, "keys": entries});
-            (version, body)
+            let body = axum::body::Bytes::from(feed_answer(&version, None, &keys));
+            if let Ok(mut c) = ctx.app.full_feed.lock() {
+                *c = Some((version.clone(), body.clone()));
+            }
+            Ok(with_etag(body, &version))
         }
         Feed::Delta {
             version,
             since,
             keys,
         } => {
-            let entries: Vec<Value> = keys.iter().map(StoredKey::feed_entry).collect();
-            // Keys are never deleted (a revoked key stays, marked), so nothing is removed.
-            let body =
-                json!({"version": version, "since": since, "upserts": entries, "removed": []});
-            (version, body)
+            let body = feed_answer(&version, Some(&since), &keys);
+            Ok(with_etag(body.into(), &version))
         }
-    };
-    let mut r = json_response(StatusCode::OK, &body);
-    r.headers_mut().insert(header::ETAG, etag(&version));
-    Ok(r)
+    }
 }
 
 /// `POST /usage`: a usage report (SPEC §8); a report id seen before is acknowledged again and

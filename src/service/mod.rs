@@ -44,7 +44,12 @@ pub fn serve(options: Options, gate: crate::model::Gate) -> Result<(), String> {
             role_header: gate.upstream_headers.role.clone(),
             tenant_admin_role: options.tenant_admin_role.clone(),
         };
-        let app = Arc::new(App { store, gate, auth });
+        let app = Arc::new(App {
+            store,
+            gate,
+            auth,
+            full_feed: std::sync::Mutex::new(None),
+        });
         run(app, &options).await
     })
 }

@@ -93,6 +93,44 @@ impl StoredKey {
         })
     }
 
+    /// [`StoredKey::feed_entry`] written straight into `out` as JSON (the feed of a large set
+    /// is built this way: no intermediate JSON values).
+    pub fn write_feed_entry(&self, out: &mut String) {
+        fn field(out: &mut String, name: &str, value: &impl serde::Serialize) {
+            out.push_str(",\"");
+            out.push_str(name);
+            out.push_str("\":");
+            out.push_str(&serde_json::to_string(value).unwrap_or_else(|_| "null".into()));
+        }
+        out.push_str("{\"id\":");
+        out.push_str(&serde_json::to_string(&self.id).unwrap_or_default());
+        field(out, "sha256", &self.sha256);
+        for (name, value) in [
+            ("name", &self.name),
+            ("tenant", &self.tenant),
+            ("role", &self.role),
+            ("environment", &self.environment),
+        ] {
+            if let Some(v) = value {
+                field(out, name, v);
+            }
+        }
+        if self.revoked {
+            out.push_str(",\"revoked\":true");
+        }
+        if let Some(t) = self.expires_at {
+            field(out, "expires_at", &t);
+        }
+        if let Value::Object(r) = &self.restrictions {
+            for name in RESTRICTIONS {
+                if let Some(v) = r.get(name) {
+                    field(out, name, v);
+                }
+            }
+        }
+        out.push('}');
+    }
+
     /// The key as `key_sync` reads it (SPEC §1 `keys` entry; revoked keys stay, marked).
     pub fn feed_entry(&self) -> Value {
         let mut o = Map::new();
@@ -191,9 +229,67 @@ pub fn usage_answer(id: &str, rows: &[UsageRow]) -> Value {
     })
 }
 
+/// A feed answer (`{"version","keys"}`, or a delta's `{"version","since","upserts","removed"}`)
+/// as JSON text.
+pub fn feed_answer(version: &str, since: Option<&str>, keys: &[StoredKey]) -> String {
+    let mut out = String::with_capacity(64 + keys.len() * 160);
+    out.push_str("{\"version\":");
+    out.push_str(&serde_json::to_string(version).unwrap_or_default());
+    match since {
+        Some(s) => {
+            out.push_str(",\"since\":");
+            out.push_str(&serde_json::to_string(s).unwrap_or_default());
+            out.push_str(",\"upserts\":[");
+        }
+        None => out.push_str(",\"keys\":["),
+    }
+    for (i, k) in keys.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        k.write_feed_entry(&mut out);
+    }
+    out.push(']');
+    if since.is_some() {
+        // Keys are never deleted (a revoked key stays, marked), so nothing is removed.
+        out.push_str(",\"removed\":[]");
+    }
+    out.push('}');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_written_feed_is_the_feed_entries() {
+        let mut k = StoredKey {
+            id: "k1".into(),
+            sha256: "ab".repeat(32),
+            prefix: "p_".into(),
+            name: Some("Quote \" and \\".into()),
+            tenant: Some("org".into()),
+            role: None,
+            environment: Some("EU".into()),
+            created_at: 1,
+            expires_at: Some(99),
+            revoked: true,
+            restrictions: json!({"allowed_ips": ["10.0.0.0/8"], "rate_limits": [{"requests": 1, "per": "day"}]}),
+            last_used: Some(5),
+        };
+        let text = feed_answer("v1", None, std::slice::from_ref(&k));
+        let parsed: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed, json!({"version": "v1", "keys": [k.feed_entry()]}));
+        k.revoked = false;
+        k.restrictions = json!({});
+        let text = feed_answer("v2", Some("v1"), &[k.clone(), k.clone()]);
+        let parsed: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            parsed,
+            json!({"version": "v2", "since": "v1", "upserts": [k.feed_entry(), k.feed_entry()], "removed": []})
+        );
+    }
 
     #[test]
     fn usage_sums_by_hour_and_total() {

@@ -80,6 +80,8 @@ pub trait Store: Send + Sync + 'static {
         old_expires_at: i64,
     ) -> impl Future<Output = Result<Rolled>> + Send;
     fn feed(&self, since: Option<&str>) -> impl Future<Output = Result<Feed>> + Send;
+    /// The current version alone (one indexed read): answers revalidation without the keys.
+    fn version(&self) -> impl Future<Output = Result<String>> + Send;
     /// Counts one usage report. `Ok(false)`: a report with this id was counted before (nothing
     /// is counted twice).
     fn record_usage(
@@ -224,7 +226,7 @@ impl SqlStore {
         self.backend
     }
 
-    fn version(&self, seq: i64) -> String {
+    fn version_of(&self, seq: i64) -> String {
         format!("{}-{seq}", self.epoch)
     }
 
@@ -446,7 +448,7 @@ impl Store for SqlStore {
             sqlx::query(stmt).execute(&mut *tx).await?;
         }
         let seq = current_seq(&mut tx).await?;
-        let version = self.version(seq);
+        let version = self.version_of(seq);
         let since_seq = since.and_then(|v| self.seq_of(v)).filter(|s| *s <= seq);
         let feed = match (since, since_seq) {
             (Some(_), Some(s)) if s == seq => Feed::Unchanged { version },
@@ -485,6 +487,11 @@ impl Store for SqlStore {
         };
         tx.commit().await?;
         Ok(feed)
+    }
+
+    async fn version(&self) -> Result<String> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(self.version_of(current_seq(&mut conn).await?))
     }
 
     async fn record_usage(
