@@ -89,7 +89,8 @@ died() { # WHAT LOG
   exit 1
 }
 
-# The key service: a fresh SQLite database for this run, an admin token made for it.
+# The key service: a fresh SQLite database for this run, an admin token made for it. Started
+# first, so that Envoy's first key fetch finds it.
 if [ -n "$with_service" ]; then
   ADMIN_TOKEN=demo-admin-$(python3 -c 'import secrets; print(secrets.token_urlsafe(12))')
   KEYGATE_ADMIN_TOKEN_SHA256=$("$KEYGATE" hash <<<"$ADMIN_TOKEN") \
@@ -97,12 +98,6 @@ if [ -n "$with_service" ]; then
     --database "sqlite:$run/keys.db" --config "$run/envoy.yaml" 2>"$run/service.log" &
   service=$!
   pids+=("$service")
-  deadline=$((SECONDS + 30))
-  until curl -sf -o /dev/null --max-time 1 "http://127.0.0.1:$SERVICE_PORT/healthz"; do
-    kill -0 "$service" 2>/dev/null || died "the key service (keygate serve)" "$run/service.log"
-    [ "$SECONDS" -lt "$deadline" ] || fail "the key service did not answer within 30 s"
-    sleep 0.1
-  done
 fi
 # Envoy's own log goes to a file (shown below once Envoy is up, or its end if Envoy dies); the
 # access log goes to stdout. Envoy writes its admin address to $run/admin once it has bound it.
@@ -124,6 +119,15 @@ until ready; do
 done
 ADMIN=http://$(cat "$run/admin")
 API=http://127.0.0.1:$PORT
+# The key service answers once Envoy is up (if it died, Envoy's own error, above, came first).
+if [ -n "$with_service" ]; then
+  deadline=$((SECONDS + 30))
+  until curl -sf -o /dev/null --max-time 1 "http://127.0.0.1:$SERVICE_PORT/healthz"; do
+    kill -0 "$service" 2>/dev/null || died "the key service (keygate serve)" "$run/service.log"
+    [ "$SECONDS" -lt "$deadline" ] || fail "the key service did not answer within 30 s"
+    sleep 0.1
+  done
+fi
 # With key_sync, keys are "unavailable" (503) until the first set arrives: wait for it, seen
 # from several connections (both workers), before printing anything to try.
 if [ -n "$with_service" ]; then

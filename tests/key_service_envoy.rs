@@ -578,3 +578,58 @@ fn post_json(port: u16, path: &str, key: &str, body: &str) -> (u16, Value) {
     let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
+
+#[test]
+fn usage_stays_exact_across_configuration_swaps() {
+    let dir = scratch("swap");
+    let cfg = plugin_config(None, 1000);
+    let s = Service::start(ServiceOpts {
+        database: &sqlite(&dir),
+        config: &write(&dir, &cfg),
+        gateway: false,
+        sync_token: false,
+        port: None,
+    });
+    let up = Upstream::start("api");
+    let first = cfg.to_string();
+    let mut o = EnvoyOpts::new("svc-swap", &first, up.port);
+    o.key_service = Some(s.port);
+    let mut e = Envoy::start_dynamic(&o);
+    let (id, key) = create(&s, &["--prefix", "mlm_live_"]);
+    let mut sent = 0u64;
+    time_until(Duration::from_secs(10), "admitted", || {
+        let ok = status(&e, "GET", &key) == 200;
+        sent += u64::from(ok);
+        ok
+    });
+    // Each swap replaces the filter's root contexts; their unreported counts must not be lost.
+    for round in 0..3u64 {
+        for _ in 0..25 {
+            assert_eq!(status(&e, "GET", &key), 200);
+            sent += 1;
+        }
+        let mut next = cfg.clone();
+        next["public_paths"] = json!([format!("/healthz{round}")]);
+        let text = next.to_string();
+        let mut o2 = EnvoyOpts::new("svc-swap", &text, up.port);
+        o2.key_service = Some(s.port);
+        assert!(e.update_plugin_config(&o2), "swap {round} accepted");
+        // Right after the swap, requests go to the new configuration (once it has the set).
+        time_until(Duration::from_secs(10), "admitted after the swap", || {
+            let ok = status(&e, "GET", &key) == 200;
+            sent += u64::from(ok);
+            ok
+        });
+    }
+    time_until(
+        Duration::from_secs(2 * INTERVAL + 1 + 10),
+        "every request counted",
+        || usage_total(&s, &id)["requests"] == json!(sent),
+    );
+    thread::sleep(Duration::from_secs(2 * INTERVAL + 1));
+    assert_eq!(
+        usage_total(&s, &id)["requests"],
+        json!(sent),
+        "{sent} requests over 3 swaps"
+    );
+}

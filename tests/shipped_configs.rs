@@ -701,6 +701,8 @@ fn run_demo(
         "KEYGATE_LIVE_PORT",
         "KEYGATE_SANDBOX_PORT",
         "KEYGATE_GATEWAY_PORT",
+        "KEYGATE_SERVICE_PORT",
+        "KEYGATE_SERVICE_GATEWAY_PORT",
     ] {
         let port = match busy {
             Some((v, port)) if v == var => port,
@@ -730,7 +732,7 @@ fn the_demo_smoke_checks_every_printed_line_and_envoy_starts_without_warnings() 
     let printed = stdout
         .lines()
         .filter(|l| l.starts_with("  curl ") || l.starts_with("  for "));
-    assert_eq!(printed.count(), 7, "{stdout}");
+    assert_eq!(printed.count(), 8, "{stdout}");
     // Nothing but the access log and the checks: no Envoy warning (e.g. the one about
     // unlimited downstream connections), no shell trace.
     assert_eq!(stderr, "", "{stdout}");
@@ -740,7 +742,11 @@ fn the_demo_smoke_checks_every_printed_line_and_envoy_starts_without_warnings() 
     let start = stdout.find("keygate demo is up").unwrap();
     let end = stdout.find("Ctrl-C stops the demo.\n").unwrap();
     let mut banner = stdout[start..end].to_string() + "Ctrl-C stops the demo.\n";
-    for (var, default) in [("KEYGATE_PORT", 10000), ("KEYGATE_ADMIN_PORT", 9901)] {
+    for (var, default) in [
+        ("KEYGATE_PORT", 10000),
+        ("KEYGATE_ADMIN_PORT", 9901),
+        ("KEYGATE_SERVICE_PORT", 18090),
+    ] {
         let port = ports.iter().find(|(v, _)| *v == var).unwrap().1;
         banner = banner.replace(
             &format!("127.0.0.1:{port}"),
@@ -748,6 +754,31 @@ fn the_demo_smoke_checks_every_printed_line_and_envoy_starts_without_warnings() 
         );
     }
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    // The run's directory and admin token are new each run: the README shows one run's.
+    for (start, chars) in [("demo-admin-", "-_"), ("/keygate-demo.", "")] {
+        let shown = readme
+            .find(start)
+            .map(|i| &readme[i..])
+            .map(|r| {
+                r[..start.len()
+                    + r[start.len()..]
+                        .find(|c: char| !(c.is_ascii_alphanumeric() || chars.contains(c)))
+                        .unwrap()]
+                    .to_string()
+            })
+            .unwrap();
+        while let Some(i) = banner.find(start) {
+            let rest = &banner[i + start.len()..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || chars.contains(c)))
+                .unwrap();
+            let this = format!("{start}{}", &rest[..end]);
+            if this == shown {
+                break;
+            }
+            banner = banner.replace(&this, &shown);
+        }
+    }
     assert!(
         readme.contains(&format!("```console\n{banner}```\n")),
         "the README's Quick start does not show what the demo prints:\n{banner}"
@@ -761,6 +792,8 @@ fn the_demo_refuses_a_busy_port_at_once_naming_it() {
         "KEYGATE_ADMIN_PORT",
         "KEYGATE_LIVE_PORT",
         "KEYGATE_SANDBOX_PORT",
+        "KEYGATE_SERVICE_PORT",
+        "KEYGATE_SERVICE_GATEWAY_PORT",
     ] {
         let held = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = held.local_addr().unwrap().port();

@@ -23,6 +23,7 @@ mod sys {
         pub fn proxy_log(level: u32, data: *const u8, size: usize) -> u32;
         pub fn proxy_get_current_time_nanoseconds(time: *mut u64) -> u32;
         pub fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+        pub fn proxy_done() -> u32;
         pub fn proxy_get_buffer_bytes(
             buffer: BufferType,
             start: usize,
@@ -161,6 +162,13 @@ pub fn set_tick_period_ms(ms: u32) -> Result<(), Status> {
     counted!();
     // SAFETY: no pointers.
     ok(unsafe { sys::proxy_set_tick_period_milliseconds(ms) })
+}
+
+/// Tells Envoy a root context that answered `false` to `on_done` has finished.
+pub fn done() -> Result<(), Status> {
+    counted!();
+    // SAFETY: no pointers.
+    ok(unsafe { sys::proxy_done() })
 }
 
 /// Up to `max` bytes of a buffer from `start`; `Ok(None)` if the host has none.

@@ -2,6 +2,7 @@
 //! key service from its tick, one call at a time; a report not acknowledged with a 2xx is sent
 //! again, with the same id, at the next interval. Requests never wait for any of this.
 
+use super::abi;
 use super::host::{call_response_status, unix_now};
 use super::stats::Stats;
 use crate::model::Endpoint;
@@ -19,6 +20,8 @@ pub struct Reporter {
     /// The previous report failed: the next goes out sooner than a full interval.
     retry_at: Option<u64>,
     dropped_seen: u64,
+    /// Envoy is tearing this VM's root context down: send what is left, once, then say done.
+    closing: bool,
 }
 
 impl Reporter {
@@ -30,7 +33,18 @@ impl Reporter {
             last_sent: 0,
             retry_at: None,
             dropped_seen: 0,
+            closing: false,
         }
+    }
+
+    /// `on_done`: sends the counts not yet reported (one attempt per report, no retries).
+    /// `true`: nothing left, the context may go; `false`: [`abi::done`] follows the answer.
+    pub fn close(&mut self, stats: &RefCell<Stats>) -> bool {
+        self.closing = true;
+        if self.in_flight.is_some() {
+            return false; // its answer sends the rest
+        }
+        !self.send_now(stats)
     }
 
     /// Every tick: stamp last-used times; send a report when one is due and none is in flight.
@@ -59,8 +73,18 @@ impl Reporter {
             Some(t) => now >= t,
             None => now >= self.last_sent.saturating_add(self.cfg.interval_seconds),
         };
-        if !due {
-            return;
+        drop(st);
+        if due {
+            self.send_now(stats);
+        }
+    }
+
+    /// Sends the pending report (or a new one); `true` if a call is now in flight.
+    fn send_now(&mut self, stats: &RefCell<Stats>) -> bool {
+        let now = unix_now();
+        let mut st = stats.borrow_mut();
+        if let Some(l) = st.usage.as_mut() {
+            l.stamp(now);
         }
         let Some(body) = st
             .usage
@@ -68,7 +92,7 @@ impl Reporter {
             .and_then(|l| l.next_report())
             .map(|r| r.body.clone())
         else {
-            return;
+            return false;
         };
         let mut headers = vec![
             (":method", "POST"),
@@ -91,7 +115,10 @@ impl Reporter {
             vec![],
             Duration::from_millis(self.cfg.timeout_ms),
         ) {
-            Ok(token) => self.in_flight = Some((token, now)),
+            Ok(token) => {
+                self.in_flight = Some((token, now));
+                true
+            }
             Err(e) => {
                 st.event("usage_report_failures");
                 self.retry_at = Some(now + self.retry_delay());
@@ -99,6 +126,7 @@ impl Reporter {
                     "usage report: cannot call cluster {}: status {}; will retry",
                     self.cfg.cluster, e as u32
                 );
+                false
             }
         }
     }
@@ -136,6 +164,12 @@ impl Reporter {
                     .map(|s| String::from_utf8_lossy(&s).into_owned())
                     .unwrap_or_else(|| "nothing (timeout or connection failure)".into())
             );
+        }
+        if self.closing {
+            // Shutting down: the next report if this one went through, else give up; then done.
+            if !ok || !self.send_now(stats) {
+                let _ = abi::done();
+            }
         }
         true
     }

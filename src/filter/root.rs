@@ -27,6 +27,15 @@ pub struct KeygateRoot {
 }
 
 impl Context for KeygateRoot {
+    /// Envoy is removing this root context (a replaced configuration, shutdown): usage counts
+    /// not yet reported are sent first.
+    fn on_done(&mut self) -> bool {
+        match self.reporter.as_mut() {
+            Some(r) => r.close(&self.stats),
+            None => true,
+        }
+    }
+
     fn on_http_call_response(
         &mut self,
         token: u32,

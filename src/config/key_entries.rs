@@ -1,0 +1,196 @@
+//! Key entries: inline `keys` and key-service answers, read with the same code.
+
+use super::fields::*;
+use crate::checksum;
+use crate::ip::Cidr;
+use crate::json_reader::{index, q, Errors, Obj};
+use crate::keys::{self, Digest, FastMap, KeyTable};
+use crate::model::*;
+use crate::path::Pattern;
+use crate::timestamp::parse_rfc3339;
+use serde_json::Value;
+
+const MAX_ID_LEN: usize = 128;
+
+/// Roles and prefixes a key entry may refer to.
+pub struct KeyContext<'a> {
+    pub roles: &'a [Role],
+    pub prefixes: &'a [Prefix],
+}
+
+/// Reads one key entry (inline `keys` or a key-service answer).
+pub fn read_key_entry(
+    path: &str,
+    item: &Value,
+    ctx: &KeyContext,
+    errors: &mut Errors,
+) -> Option<(Digest, KeyRecord)> {
+    let before = errors.0.len();
+    let mut o = Obj::new(path, item, errors)?;
+    let id = o.req_str("id", errors);
+    if let Some(id) = id {
+        let ok = !id.is_empty()
+            && id.len() <= MAX_ID_LEN
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
+        if !ok {
+            errors.push(
+                &o.field_path("id"),
+                format!(
+                    "{} must be 1-{MAX_ID_LEN} characters of A-Z a-z 0-9 _ - . :",
+                    q(id)
+                ),
+            );
+        }
+    }
+    let sha = o.opt_str("sha256", errors);
+    let plain = o.opt_str("key", errors);
+    let digest = match (sha, plain) {
+        (Some(h), None) => {
+            let d = keys::parse_digest_hex(h);
+            if d.is_none() {
+                errors.push(
+                    &o.field_path("sha256"),
+                    "must be 64 lowercase hex characters (SHA-256 of the whole key)",
+                );
+            }
+            d
+        }
+        (None, Some(k)) => {
+            if k.is_empty() {
+                errors.push(&o.field_path("key"), "must not be empty");
+                None
+            } else if !ctx.prefixes.is_empty()
+                && !ctx
+                    .prefixes
+                    .iter()
+                    .any(|p| k.starts_with(p.prefix.as_str()))
+            {
+                // Never echo the plaintext in an error.
+                errors.push(
+                    &o.field_path("key"),
+                    "does not start with any configured prefix, so it could never be used",
+                );
+                None
+            } else if let Some(p) = ctx.prefixes.iter().find(|p| {
+                k.starts_with(p.prefix.as_str())
+                    && p.checksum.is_some()
+                    && !checksum::valid(k.as_bytes())
+            }) {
+                errors.push(
+                    &o.field_path("key"),
+                    format!(
+                        "does not end in the crc32 checksum prefix {} requires, so it could never be used",
+                        q(&p.prefix)
+                    ),
+                );
+                None
+            } else {
+                Some(keys::digest(k.as_bytes()))
+            }
+        }
+        (Some(_), Some(_)) => {
+            errors.push(path, "has both \"sha256\" and \"key\"; give exactly one");
+            None
+        }
+        (None, None) => {
+            errors.push(path, "needs \"sha256\" or \"key\"");
+            None
+        }
+    };
+    let name = o.opt_str("name", errors).map(str::to_string);
+    let tenant = o
+        .opt_str("tenant", errors)
+        .filter(|t| header_safe(&o.field_path("tenant"), t, errors))
+        .map(str::to_string);
+    let role = role_ref(&mut o, ctx.roles, errors);
+    let environment = environment(&mut o, errors);
+    let revoked = o.opt_bool("revoked", errors).unwrap_or(false);
+    let expires_at = match o.get("expires_at") {
+        None => None,
+        Some(Value::String(s)) => {
+            let t = parse_rfc3339(s);
+            if t.is_none() {
+                errors.push(
+                    &o.field_path("expires_at"),
+                    format!(
+                        "{} is not an RFC 3339 timestamp (2027-01-01T00:00:00Z)",
+                        q(s)
+                    ),
+                );
+            }
+            t
+        }
+        Some(Value::Number(n)) => {
+            let t = n.as_i64();
+            if t.is_none() {
+                errors.push(
+                    &o.field_path("expires_at"),
+                    "unix seconds must be a whole number",
+                );
+            }
+            t
+        }
+        Some(_) => {
+            errors.push(
+                &o.field_path("expires_at"),
+                "expected an RFC 3339 string or unix seconds",
+            );
+            None
+        }
+    };
+    let rate_limits = read_limits(&mut o, errors);
+    let allowed_ips = o.opt_str_list("allowed_ips", errors, |p, s, errors| {
+        Cidr::parse(s).map_err(|e| errors.push(p, e)).ok()
+    });
+    let allowed_referers = o.opt_str_list("allowed_referers", errors, |p, s, errors| {
+        Pattern::parse_url(s).map_err(|e| errors.push(p, e)).ok()
+    });
+    let allowed_paths = read_patterns(&mut o, "allowed_paths", errors);
+    o.finish(errors);
+    if errors.0.len() != before {
+        return None;
+    }
+    let record = KeyRecord {
+        id: id?.to_string(),
+        name,
+        tenant,
+        role,
+        environment,
+        revoked,
+        expires_at,
+        rate_limits,
+        allowed_ips,
+        allowed_referers,
+        allowed_paths,
+    };
+    Some((digest?, record))
+}
+
+/// Reads a list of key entries into a table, rejecting duplicate ids and digests.
+pub fn read_keys(path: &str, items: &[Value], ctx: &KeyContext, errors: &mut Errors) -> KeyTable {
+    let mut table = KeyTable::with_capacity(items.len());
+    let mut ids: FastMap<&str, usize> = FastMap::default();
+    for (i, item) in items.iter().enumerate() {
+        let p = index(path, i);
+        // Ids are checked for duplicates even on entries with other errors.
+        if let Some(id) = item.get("id").and_then(Value::as_str) {
+            if let Some(first) = ids.get(id) {
+                errors.push(
+                    &format!("{p}.id"),
+                    format!("duplicate id {} (first at {})", q(id), index(path, *first)),
+                );
+            } else {
+                ids.insert(id, i);
+            }
+        }
+        let Some((digest, record)) = read_key_entry(&p, item, ctx, errors) else {
+            continue;
+        };
+        if !table.insert(digest, record) {
+            errors.push(&p, "duplicate key: the same key (hash) appears earlier");
+        }
+    }
+    table
+}
