@@ -457,6 +457,63 @@ fn exercise_api(s: &Service) -> Vec<String> {
         let (st, body) = call(&s.url(), "POST", "/usage", Some(b), None);
         assert_eq!((st, body), (400, err("BAD_REQUEST", want)), "{b}");
     }
+    // Reports from a clock far ahead, or counts no Envoy makes, are refused.
+    let future = json!({"report_id": "f", "keys": [{"id": "key_full", "requests": 1, "allowed": 1, "last_used": now() + 3600}]});
+    let (st, body) = call(&s.url(), "POST", "/usage", Some(&future.to_string()), None);
+    assert_eq!((st, body["error"].clone()), (400, json!("keys[0].last_used: is in the future (Unix seconds, at most 5 minutes ahead of the key service)")));
+    let huge = json!({"report_id": "h", "keys": [{"id": "key_full", "requests": 1u64 << 41, "allowed": 0, "rejected": {"forbidden": 1u64 << 41}}]});
+    assert_eq!(
+        call(&s.url(), "POST", "/usage", Some(&huge.to_string()), None).0,
+        400
+    );
+    // Revalidation: weak tags and lists too.
+    let (_, h, _) = call_raw(&s.url(), "GET", "/keys", None, &[]);
+    let tag = h
+        .iter()
+        .find(|(k, _)| k == "etag")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    for inm in [
+        format!("W/{tag}"),
+        format!("\"other\", {tag}"),
+        "*".to_string(),
+    ] {
+        let (st, _, _) = call_raw(
+            &s.url(),
+            "GET",
+            "/keys",
+            None,
+            &[("if-none-match", inm.clone())],
+        );
+        assert_eq!(st, 304, "{inm}");
+    }
+    // A roll keeps the expiry; an expired key is not rolled.
+    let (_, body) = s.admin(
+        "POST",
+        "/v1/api-keys",
+        Some(r#"{"prefix":"mlm_live_","expires_at":"2031-05-01T00:00:00Z"}"#),
+    );
+    let exp_id = body["data"]["id"].as_str().unwrap().to_string();
+    let (st, body) = s.admin("POST", &format!("/v1/api-keys/{exp_id}/roll"), Some("{}"));
+    assert_eq!(
+        (st, body["data"]["expires_at"].clone()),
+        (201, json!("2031-05-01T00:00:00Z"))
+    );
+    let (_, body) = s.admin(
+        "POST",
+        "/v1/api-keys",
+        Some(r#"{"prefix":"mlm_live_","expires_at":"2020-01-01T00:00:00Z"}"#),
+    );
+    let old_id = body["data"]["id"].as_str().unwrap().to_string();
+    let (st, body) = s.admin("POST", &format!("/v1/api-keys/{old_id}/roll"), Some("{}"));
+    assert_eq!((st, body["code"].clone()), (409, json!("CONFLICT")));
+    // A path that is not an id: JSON too (and only after authentication).
+    let (st, body) = s.admin("GET", "/v1/api-keys/%FF", None);
+    assert_eq!(
+        (st, body),
+        (400, err("BAD_REQUEST", "id: not a valid key id"))
+    );
+    assert_eq!(call(&s.url(), "GET", "/v1/api-keys/%FF", None, None).0, 401);
     // Unknown paths and methods get JSON too.
     let (st, body) = s.admin("PUT", "/v1/api-keys", Some("{}"));
     assert_eq!(
@@ -647,4 +704,59 @@ fn two_replicas_on_one_postgres_agree() {
     );
     let (_, u) = a.admin("GET", &format!("/v1/api-keys/{id}/usage"), None);
     assert_eq!(u["data"]["total"]["requests"], 3);
+}
+
+#[test]
+fn a_key_the_configuration_no_longer_accepts_is_served_revoked() {
+    let dir = scratch("stale");
+    let cfg = write_config(&dir);
+    let db = format!("sqlite:{}", dir.join("k.db").display());
+    let start = |cfg: &std::path::Path| {
+        Service::start(ServiceOpts {
+            database: &db,
+            config: cfg,
+            gateway: false,
+            sync_token: false,
+            port: None,
+        })
+    };
+    let s = start(&cfg);
+    let (_, body) = s.admin(
+        "POST",
+        "/v1/api-keys",
+        Some(r#"{"prefix":"mlm_live_","id":"r1","role":"reader","name":"kept"}"#),
+    );
+    assert_eq!(body["data"]["role"], "reader");
+    let (_, body) = s.admin(
+        "POST",
+        "/v1/api-keys",
+        Some(r#"{"prefix":"mlm_live_","id":"ok1"}"#),
+    );
+    let ok_sha = sha(body["data"]["key"].as_str().unwrap());
+    drop(s);
+    // The role is gone from the configuration: every Envoy would refuse the whole answer.
+    let mut c = plugin_config();
+    c["roles"].as_object_mut().unwrap().remove("reader");
+    let cfg2 = dir.join("plugin2.json");
+    std::fs::write(&cfg2, c.to_string()).unwrap();
+    let s = start(&cfg2);
+    let (_, feed) = call(&s.url(), "GET", "/keys", None, None);
+    let keys = feed["keys"].as_array().unwrap();
+    let r1 = keys.iter().find(|k| k["id"] == "r1").unwrap();
+    assert_eq!(
+        r1.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["id", "sha256", "revoked"]
+    );
+    assert_eq!(r1["revoked"], true);
+    let ok = keys.iter().find(|k| k["id"] == "ok1").unwrap();
+    assert_eq!(ok, &json!({"id": "ok1", "sha256": ok_sha}));
+    // The feed passes the filter's own validation under the new configuration.
+    let gate = keygate::config::gate_from_value(&c).unwrap();
+    let mut errors = keygate::json_reader::Errors::default();
+    let ctx = keygate::config::KeyContext {
+        roles: &gate.roles,
+        prefixes: &gate.prefixes,
+    };
+    keygate::config::read_keys("$.keys", keys, &ctx, &mut errors);
+    assert!(errors.is_empty(), "{:?}", errors.0);
 }

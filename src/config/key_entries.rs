@@ -11,6 +11,8 @@ use crate::timestamp::parse_rfc3339;
 use serde_json::Value;
 
 const MAX_ID_LEN: usize = 128;
+/// 9999-12-31T23:59:59Z.
+const MAX_TIME: i64 = 253_402_300_799;
 
 /// Roles and prefixes a key entry may refer to.
 pub struct KeyContext<'a> {
@@ -140,6 +142,13 @@ pub fn read_key_entry(
             None
         }
     };
+    // Years 1970-9999: what RFC 3339 can write back (the key service shows it).
+    if expires_at.is_some_and(|t| !(0..=MAX_TIME).contains(&t)) {
+        errors.push(
+            &o.field_path("expires_at"),
+            "must be between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z",
+        );
+    }
     let rate_limits = read_limits(&mut o, errors);
     let allowed_ips = o.opt_str_list("allowed_ips", errors, |p, s, errors| {
         Cidr::parse(s).map_err(|e| errors.push(p, e)).ok()

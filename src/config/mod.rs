@@ -486,4 +486,19 @@ mod tests {
             "README.md's configuration reference lacks {missing:?}"
         );
     }
+
+    #[test]
+    fn expiry_times_stay_within_what_rfc3339_writes() {
+        for (t, ok) in [
+            (json!(0), true),
+            (json!(253_402_300_799i64), true),
+            (json!(-1), false),
+            (json!(253_402_300_800i64), false),
+            (json!("9999-12-31T23:59:59Z"), true),
+        ] {
+            let errors =
+                errors_of(json!({"keys": [{"id": "k", "sha256": hash(), "expires_at": t}]}));
+            assert_eq!(errors.is_empty(), ok, "{t}: {errors:?}");
+        }
+    }
 }

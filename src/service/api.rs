@@ -11,7 +11,7 @@ use crate::mint;
 use crate::model::Gate;
 use crate::timestamp::parse_rfc3339;
 use axum::body::{to_bytes, Body};
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -50,26 +50,31 @@ impl<S> Clone for Ctx<S> {
     }
 }
 
+/// The routes of one listener. The gateway listener (for Envoy, trusting keygate's identity
+/// headers) serves the admin API only: never the feed or the usage endpoint.
 pub fn router<S: Store>(app: Arc<App<S>>, gateway: bool) -> Router {
-    Router::new()
+    let mut r = Router::new()
         .route("/v1/api-keys", post(create::<S>).get(list::<S>))
         .route("/v1/api-keys/{id}", get(show::<S>).delete(revoke::<S>))
         .route("/v1/api-keys/{id}/roll", post(roll::<S>))
-        .route("/v1/api-keys/{id}/usage", get(usage::<S>))
-        .route("/keys", get(feed::<S>))
-        .route("/usage", post(report::<S>))
-        .route(
-            "/healthz",
-            get(|| async { json_response(StatusCode::OK, &json!({"success": true})) }),
+        .route("/v1/api-keys/{id}/usage", get(usage::<S>));
+    if !gateway {
+        r = r
+            .route("/keys", get(feed::<S>))
+            .route("/usage", post(report::<S>));
+    }
+    r.route(
+        "/healthz",
+        get(|| async { json_response(StatusCode::OK, &json!({"success": true})) }),
+    )
+    .fallback(|| async {
+        json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"success": false, "error": "No such endpoint", "code": "NOT_FOUND"}),
         )
-        .fallback(|| async {
-            json_response(
-                StatusCode::NOT_FOUND,
-                &json!({"success": false, "error": "No such endpoint", "code": "NOT_FOUND"}),
-            )
-        })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .with_state(Ctx { app, gateway })
+    })
+    .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+    .with_state(Ctx { app, gateway })
 }
 
 fn now() -> i64 {
@@ -127,6 +132,14 @@ async fn create<S: Store>(
                 "A tenant's admin key creates keys of its own tenant only".into(),
             ));
         }
+        // Quotas are the provider's, and ids of other tenants' keys are not to be probed.
+        for field in ["rate_limits", "id"] {
+            if body.get(field).is_some_and(|v| !v.is_null()) {
+                return Err(ApiError::Forbidden(format!(
+                    "{field}: only the provider's admin sets this"
+                )));
+            }
+        }
         request.set_tenant(t);
     }
     let id = request.id.clone();
@@ -166,9 +179,10 @@ async fn visible<S: Store>(app: &App<S>, caller: &Caller, id: &str) -> Result<St
 async fn show<S: Store>(
     State(ctx): State<Ctx<S>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let caller = ctx.app.auth.admin(&headers, ctx.gateway)?;
+    let id = key_id(id)?;
     let key = visible(&ctx.app, &caller, &id).await?;
     Ok(data(StatusCode::OK, key.listed(&ctx.app.gate)))
 }
@@ -176,9 +190,10 @@ async fn show<S: Store>(
 async fn revoke<S: Store>(
     State(ctx): State<Ctx<S>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let caller = ctx.app.auth.admin(&headers, ctx.gateway)?;
+    let id = key_id(id)?;
     visible(&ctx.app, &caller, &id).await?;
     if !ctx.app.store.revoke(&id).await? {
         return Err(ApiError::NotFound);
@@ -192,13 +207,19 @@ async fn revoke<S: Store>(
 async fn roll<S: Store>(
     State(ctx): State<Ctx<S>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let caller = ctx.app.auth.admin(&headers, ctx.gateway)?;
+    let id = key_id(id)?;
     let body = body_json(body, ADMIN_BODY_LIMIT).await?;
     let grace = read_roll(&body).map_err(ApiError::BadRequest)?;
     let old = visible(&ctx.app, &caller, &id).await?;
+    if old.expires_at.is_some_and(|t| t <= now()) {
+        return Err(ApiError::Conflict(
+            "The API key has expired; create a new key instead".into(),
+        ));
+    }
     let request = CreateRequest::from_stored(&old, &ctx.app.gate);
     let old_expires = now().saturating_add(grace as i64);
     mint_and_store(&ctx.app, &request, None, async |k| {
@@ -218,6 +239,12 @@ async fn roll<S: Store>(
         )),
         e => e,
     })
+}
+
+/// The `{id}` of a path (after authentication: nothing is said about ids to strangers).
+fn key_id(id: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    id.map(|p| p.0)
+        .map_err(|_| ApiError::BadRequest("id: not a valid key id".into()))
 }
 
 fn query_map(
@@ -244,15 +271,25 @@ fn time_param(query: &HashMap<String, String>, name: &str) -> Result<Option<i64>
 async fn usage<S: Store>(
     State(ctx): State<Ctx<S>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let caller = ctx.app.auth.admin(&headers, ctx.gateway)?;
+    let id = key_id(id)?;
     let query = query_map(query)?;
     let (from, to) = (time_param(&query, "from")?, time_param(&query, "to")?);
     visible(&ctx.app, &caller, &id).await?;
     let rows = ctx.app.store.usage(&id, from, to).await?;
     Ok(data(StatusCode::OK, usage_answer(&id, &rows)))
+}
+
+/// Keys as Envoy may read them: one the configuration no longer accepts (its role or prefix
+/// removed since it was created) is served revoked, rather than making every Envoy refuse the
+/// whole answer (and so stop seeing revocations).
+fn servable(keys: Vec<StoredKey>, gate: &Gate) -> Vec<StoredKey> {
+    keys.into_iter()
+        .map(|k| if k.valid_under(gate) { k } else { k.disabled() })
+        .collect()
 }
 
 fn etag(version: &str) -> HeaderValue {
@@ -286,8 +323,12 @@ async fn feed<S: Store>(
     let current = ctx.app.store.version().await?;
     let tag = etag(&current);
     let matches = headers
-        .get(header::IF_NONE_MATCH)
-        .is_some_and(|v| v.as_bytes() == tag.as_bytes());
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim())
+        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t).as_bytes() == tag.as_bytes());
     if matches || since == Some(current.as_str()) {
         return Ok(not_modified(&current));
     }
@@ -304,6 +345,7 @@ async fn feed<S: Store>(
     match ctx.app.store.feed(since).await? {
         Feed::Unchanged { version } => Ok(not_modified(&version)),
         Feed::Full { version, keys } => {
+            let keys = servable(keys, &ctx.app.gate);
             let body = axum::body::Bytes::from(feed_answer(&version, None, &keys));
             if let Ok(mut c) = ctx.app.full_feed.lock() {
                 *c = Some((version.clone(), body.clone()));
@@ -315,6 +357,7 @@ async fn feed<S: Store>(
             since,
             keys,
         } => {
+            let keys = servable(keys, &ctx.app.gate);
             let body = feed_answer(&version, Some(&since), &keys);
             Ok(with_etag(body.into(), &version))
         }
@@ -330,12 +373,15 @@ async fn report<S: Store>(
 ) -> Result<Response, ApiError> {
     ctx.app.auth.sync(&headers)?;
     let body = body_json(body, REPORT_BODY_LIMIT).await?;
-    let (report_id, entries) = read_report(&body).map_err(ApiError::BadRequest)?;
-    let counted = ctx
-        .app
-        .store
-        .record_usage(&report_id, &entries, now())
-        .await?;
+    let now = now();
+    let (report_id, entries) = read_report(&body, now).map_err(ApiError::BadRequest)?;
+    // Counted in a task of its own: a client that gives up (a filter's timeout) does not roll
+    // the report back, so its retry finds it counted.
+    let app = ctx.app.clone();
+    let id = report_id.clone();
+    let counted = tokio::spawn(async move { app.store.record_usage(&id, &entries, now).await })
+        .await
+        .map_err(|_| ApiError::Unavailable)??;
     Ok(json_response(
         StatusCode::OK,
         &json!({"success": true, "report_id": report_id, "counted": counted}),

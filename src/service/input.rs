@@ -172,6 +172,9 @@ impl CreateRequest {
         if let Value::Object(r) = &old.restrictions {
             entry.extend(r.clone());
         }
+        if let Some(t) = old.expires_at {
+            entry.insert("expires_at".into(), Value::from(t));
+        }
         CreateRequest {
             prefix: old.prefix.clone(),
             crc32: gate
@@ -206,7 +209,7 @@ pub fn read_roll(body: &Value) -> Result<u64, String> {
 pub const MAX_REPORT_KEYS: usize = 100_000;
 
 /// A usage report (SPEC §8): its id and one entry per key.
-pub fn read_report(body: &Value) -> Result<(String, Vec<UsageEntry>), String> {
+pub fn read_report(body: &Value, now: i64) -> Result<(String, Vec<UsageEntry>), String> {
     let mut errors = Errors::default();
     let Some(mut o) = Obj::new("$", body, &mut errors) else {
         return Err(first_error(errors));
@@ -232,7 +235,7 @@ pub fn read_report(body: &Value) -> Result<(String, Vec<UsageEntry>), String> {
     let mut entries = Vec::new();
     for (i, item) in items.unwrap_or_default().iter().enumerate() {
         let p = index(&keys_path, i);
-        if let Some(e) = read_entry(&p, item, &mut errors) {
+        if let Some(e) = read_entry(&p, item, now, &mut errors) {
             entries.push(e);
         }
     }
@@ -244,7 +247,10 @@ pub fn read_report(body: &Value) -> Result<(String, Vec<UsageEntry>), String> {
 
 const MAX_COUNT: u64 = 1 << 40;
 
-fn read_entry(path: &str, item: &Value, errors: &mut Errors) -> Option<UsageEntry> {
+/// A report's `last_used` may be ahead of this service's clock by at most this much.
+const CLOCK_SKEW_S: i64 = 300;
+
+fn read_entry(path: &str, item: &Value, now: i64, errors: &mut Errors) -> Option<UsageEntry> {
     let before = errors.0.len();
     let mut o = Obj::new(path, item, errors)?;
     let id = o.req_str("id", errors).map(str::to_string);
@@ -262,7 +268,8 @@ fn read_entry(path: &str, item: &Value, errors: &mut Errors) -> Option<UsageEntr
                 match (rejection_name(name), n.as_u64()) {
                     (None, _) => errors.push(&p, "is not a rejection decision keygate makes"),
                     (Some(_), None) => errors.push(&p, "expected a whole number ≥ 0"),
-                    (Some(d), Some(n)) => rejected.push((d, n.min(MAX_COUNT) as i64)),
+                    (Some(_), Some(n)) if n > MAX_COUNT => errors.push(&p, "is too large"),
+                    (Some(d), Some(n)) => rejected.push((d, n as i64)),
                 }
             }
         }
@@ -275,8 +282,11 @@ fn read_entry(path: &str, item: &Value, errors: &mut Errors) -> Option<UsageEntr
     } else if requests != sum {
         errors.push(&requests_path, "must equal allowed plus every rejection");
     }
-    if last_used.is_some_and(|t| t > i64::MAX as u64 / 2) {
-        errors.push(&format!("{path}.last_used"), "is not a Unix time");
+    if last_used.is_some_and(|t| t as i128 > i128::from(now) + i128::from(CLOCK_SKEW_S)) {
+        errors.push(
+            &format!("{path}.last_used"),
+            "is in the future (Unix seconds, at most 5 minutes ahead of the key service)",
+        );
     }
     if errors.0.len() != before {
         return None;

@@ -60,6 +60,34 @@ impl StoredKey {
         (environment, role)
     }
 
+    /// Whether the filter accepts this key's entry under `gate` (as `key_sync` will read it).
+    pub fn valid_under(&self, gate: &Gate) -> bool {
+        let mut errors = crate::json_reader::Errors::default();
+        let ctx = crate::config::KeyContext {
+            roles: &gate.roles,
+            prefixes: &gate.prefixes,
+        };
+        let known_prefix =
+            gate.prefixes.is_empty() || gate.prefixes.iter().any(|p| p.prefix == self.prefix);
+        known_prefix
+            && crate::config::read_key_entry("$", &self.feed_entry(), &ctx, &mut errors).is_some()
+    }
+
+    /// The same key, reduced to "revoked": what is served for a key the configuration no
+    /// longer accepts.
+    pub fn disabled(self) -> StoredKey {
+        StoredKey {
+            name: None,
+            tenant: None,
+            role: None,
+            environment: None,
+            expires_at: None,
+            revoked: true,
+            restrictions: Value::Object(Map::new()),
+            ..self
+        }
+    }
+
     /// The key as the admin API lists it: never its key or digest.
     pub fn listed(&self, gate: &Gate) -> Value {
         let (environment, role) = self.effective(gate);

@@ -13,6 +13,7 @@
 use super::model::{hour_of, StoredKey, UsageEntry, UsageRow};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
+use std::collections::BTreeMap;
 use std::future::Future;
 
 /// What can go wrong in storage (the API maps each to its answer).
@@ -90,7 +91,7 @@ pub trait Store: Send + Sync + 'static {
         entries: &[UsageEntry],
         now: i64,
     ) -> impl Future<Output = Result<bool>> + Send;
-    /// Usage rows of a key with `from <= hour start < to`.
+    /// Usage rows of a key in the hours that overlap `[from, to)`.
     fn usage(
         &self,
         id: &str,
@@ -127,9 +128,10 @@ impl Backend {
 
 /// Schema migrations, applied in order at start; each runs once (recorded in
 /// `keygate_schema`). Portable SQL: both backends run the same statements.
-const MIGRATIONS: &[&[&str]] = &[&[
-    "CREATE TABLE keygate_meta (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
-    "CREATE TABLE api_keys (
+const MIGRATIONS: &[&[&str]] = &[
+    &[
+        "CREATE TABLE keygate_meta (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+        "CREATE TABLE api_keys (
         id TEXT PRIMARY KEY,
         sha256 TEXT NOT NULL UNIQUE,
         prefix TEXT NOT NULL,
@@ -144,25 +146,38 @@ const MIGRATIONS: &[&[&str]] = &[&[
         last_used BIGINT,
         seq BIGINT NOT NULL
     )",
-    "CREATE INDEX api_keys_seq ON api_keys (seq)",
-    "CREATE INDEX api_keys_tenant ON api_keys (tenant)",
-    "CREATE TABLE usage_hours (
+        "CREATE INDEX api_keys_seq ON api_keys (seq)",
+        "CREATE INDEX api_keys_tenant ON api_keys (tenant)",
+        "CREATE TABLE usage_hours (
         key_id TEXT NOT NULL,
         hour BIGINT NOT NULL,
         decision TEXT NOT NULL,
         n BIGINT NOT NULL,
         PRIMARY KEY (key_id, hour, decision)
     )",
-    "CREATE TABLE usage_reports (report_id TEXT PRIMARY KEY, received_at BIGINT NOT NULL)",
-    "CREATE INDEX usage_reports_received ON usage_reports (received_at)",
-    "INSERT INTO keygate_meta (name, value) VALUES ('seq', 0)",
-]];
+        "CREATE TABLE usage_reports (report_id TEXT PRIMARY KEY, received_at BIGINT NOT NULL)",
+        "CREATE INDEX usage_reports_received ON usage_reports (received_at)",
+        "INSERT INTO keygate_meta (name, value) VALUES ('seq', 0)",
+    ],
+    // 2: last use in its own table, so that a usage report updates it in a few multi-row
+    // statements (`api_keys.last_used` is no longer written).
+    &[
+        "CREATE TABLE key_last_used (key_id TEXT PRIMARY KEY, t BIGINT NOT NULL)",
+        "INSERT INTO key_last_used (key_id, t) SELECT id, last_used FROM api_keys \
+         WHERE last_used IS NOT NULL",
+    ],
+];
+
+/// Rows per multi-row statement (4 parameters each: far below both databases' limits).
+const ROWS_PER_STATEMENT: usize = 500;
 
 /// Report ids are kept this long: a filter retries a report for far less time.
 const REPORT_ID_RETENTION_S: i64 = 7 * 86_400;
 
-const KEY_COLUMNS: &str = "id, sha256, prefix, name, tenant, role, environment, created_at, \
-                           expires_at, revoked, restrictions, last_used";
+/// The columns of a key and where they come from (`k`: api_keys, `u`: key_last_used).
+const KEY_COLUMNS: &str = "k.id, k.sha256, k.prefix, k.name, k.tenant, k.role, k.environment, \
+                           k.created_at, k.expires_at, k.revoked, k.restrictions, u.t AS last_used";
+const KEYS_FROM: &str = "api_keys k LEFT JOIN key_last_used u ON u.key_id = k.id";
 
 pub struct SqlStore {
     pool: AnyPool,
@@ -286,6 +301,17 @@ async fn ensure_epoch(pool: &AnyPool) -> std::result::Result<String, sqlx::Error
     Ok(format!("{epoch:x}"))
 }
 
+/// `($1, $2), ($3, $4), …`: `rows` tuples of `width` parameters.
+fn placeholders(rows: usize, width: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let cols: Vec<String> = (1..=width).map(|c| format!("${}", r * width + c)).collect();
+            format!("({})", cols.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Takes the next change number; holds the counter row's lock until the transaction ends.
 async fn next_seq(conn: &mut sqlx::AnyConnection) -> std::result::Result<i64, sqlx::Error> {
     sqlx::query("UPDATE keygate_meta SET value = value + 1 WHERE name = 'seq' RETURNING value")
@@ -361,7 +387,7 @@ impl Store for SqlStore {
         let rows = match tenant {
             Some(t) => {
                 sqlx::query(&format!(
-                    "SELECT {KEY_COLUMNS} FROM api_keys WHERE tenant = $1 ORDER BY created_at, id"
+                    "SELECT {KEY_COLUMNS} FROM {KEYS_FROM} WHERE k.tenant = $1 ORDER BY k.created_at, k.id"
                 ))
                 .bind(t)
                 .fetch_all(&self.pool)
@@ -369,7 +395,7 @@ impl Store for SqlStore {
             }
             None => {
                 sqlx::query(&format!(
-                    "SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
+                    "SELECT {KEY_COLUMNS} FROM {KEYS_FROM} ORDER BY k.created_at, k.id"
                 ))
                 .fetch_all(&self.pool)
                 .await?
@@ -382,10 +408,12 @@ impl Store for SqlStore {
     }
 
     async fn get(&self, id: &str) -> Result<Option<StoredKey>> {
-        let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM {KEYS_FROM} WHERE k.id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.as_ref().map(key_from_row).transpose()?)
     }
 
@@ -454,7 +482,7 @@ impl Store for SqlStore {
             (Some(_), Some(s)) if s == seq => Feed::Unchanged { version },
             (Some(since), Some(s)) => {
                 let rows = sqlx::query(&format!(
-                    "SELECT {KEY_COLUMNS} FROM api_keys WHERE seq > $1 AND seq <= $2 ORDER BY id"
+                    "SELECT {KEY_COLUMNS} FROM {KEYS_FROM} WHERE k.seq > $1 AND k.seq <= $2 ORDER BY k.id"
                 ))
                 .bind(s)
                 .bind(seq)
@@ -471,7 +499,7 @@ impl Store for SqlStore {
             }
             _ => {
                 let rows = sqlx::query(&format!(
-                    "SELECT {KEY_COLUMNS} FROM api_keys WHERE seq <= $1 ORDER BY id"
+                    "SELECT {KEY_COLUMNS} FROM {KEYS_FROM} WHERE k.seq <= $1 ORDER BY k.id"
                 ))
                 .bind(seq)
                 .fetch_all(&mut *tx)
@@ -514,32 +542,47 @@ impl Store for SqlStore {
             tx.rollback().await?;
             return Ok(false);
         }
+        // Summed per (key, hour, decision) first: one report may name a key twice, and one
+        // multi-row upsert must not touch a row twice.
+        let mut counts: BTreeMap<(&str, i64, &str), i64> = BTreeMap::new();
+        let mut last_used: BTreeMap<&str, i64> = BTreeMap::new();
         for e in entries {
             // Counted in the hour of the key's last use in the report (reports cover seconds;
             // a report retried after an outage still lands in the hour it was made).
             let hour = hour_of(e.last_used.unwrap_or(now));
             for (decision, n) in e.counts() {
-                sqlx::query(
-                    "INSERT INTO usage_hours (key_id, hour, decision, n) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (key_id, hour, decision) DO UPDATE SET n = usage_hours.n + excluded.n",
-                )
-                .bind(&e.id)
-                .bind(hour)
-                .bind(decision)
-                .bind(n)
-                .execute(&mut *tx)
-                .await?;
+                *counts.entry((e.id.as_str(), hour, decision)).or_default() += n;
             }
             if let Some(t) = e.last_used {
-                sqlx::query(
-                    "UPDATE api_keys SET last_used = $1 WHERE id = $2 \
-                     AND (last_used IS NULL OR last_used < $1)",
-                )
-                .bind(t)
-                .bind(&e.id)
-                .execute(&mut *tx)
-                .await?;
+                let slot = last_used.entry(e.id.as_str()).or_insert(t);
+                *slot = (*slot).max(t);
             }
+        }
+        let counts: Vec<_> = counts.into_iter().collect();
+        for chunk in counts.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO usage_hours (key_id, hour, decision, n) VALUES {} \
+                 ON CONFLICT (key_id, hour, decision) DO UPDATE SET n = usage_hours.n + excluded.n",
+                placeholders(chunk.len(), 4)
+            );
+            let mut q = sqlx::query(&sql);
+            for ((id, hour, decision), n) in chunk {
+                q = q.bind(*id).bind(*hour).bind(*decision).bind(*n);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        let last_used: Vec<_> = last_used.into_iter().collect();
+        for chunk in last_used.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO key_last_used (key_id, t) VALUES {} ON CONFLICT (key_id) DO UPDATE \
+                 SET t = CASE WHEN excluded.t > key_last_used.t THEN excluded.t ELSE key_last_used.t END",
+                placeholders(chunk.len(), 2)
+            );
+            let mut q = sqlx::query(&sql);
+            for (id, t) in chunk {
+                q = q.bind(*id).bind(*t);
+            }
+            q.execute(&mut *tx).await?;
         }
         sqlx::query("DELETE FROM usage_reports WHERE received_at < $1")
             .bind(now - REPORT_ID_RETENTION_S)

@@ -27,8 +27,11 @@ fn call(server: &str, method: &str, path: &str, body: Option<&Value>) -> Result<
     };
     let mut response = response.map_err(|e| format!("{url}: {e}"))?;
     let status = response.status().as_u16();
+    // A list of many keys is large: no 10 MiB cap here.
     let text = response
         .body_mut()
+        .with_config()
+        .limit(u64::MAX)
         .read_to_string()
         .map_err(|e| format!("{url}: reading the answer: {e}"))?;
     let value: Value = serde_json::from_str(&text)
