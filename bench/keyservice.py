@@ -65,7 +65,14 @@ def api_figures(svc, rows, label):
     lists = [call(svc.url + "/v1/api-keys")[2] for _ in range(20)]
     ids = [k["id"] for k in json.loads(call(svc.url + "/v1/api-keys")[1])["data"]]
     revokes = [call(svc.url + f"/v1/api-keys/{i}", "DELETE")[2] for i in ids[:50]]
+    reports = []
+    for r in range(5):
+        body = json.dumps({"report_id": f"bench-{r}", "keys": [
+            {"id": f"k{i}", "requests": 3, "allowed": 2, "rejected": {"rate_limited": 1},
+             "last_used": int(time.time())} for i in range(5000)]})
+        reports.append(call(svc.url + "/usage", "POST", body)[2])
     rows.append((label, "create (POST /v1/api-keys)", ms(creates)))
+    rows.append((label, "usage report of 5,000 keys (POST /usage)", ms(reports)))
     rows.append((label, "list, 200 keys (GET /v1/api-keys)", ms(lists)))
     rows.append((label, "revoke (DELETE /v1/api-keys/{id})", ms(revokes)))
 

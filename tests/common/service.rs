@@ -304,6 +304,11 @@ impl Postgres {
         std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default()
     }
 
+    /// The server's data directory (tables, WAL).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
     /// A new, empty database on this server.
     pub fn database(&self, name: &str) -> String {
         let out = Command::new(pg_bin("createdb"))
