@@ -556,13 +556,7 @@ fn sqlite_every_call_and_error() {
     let dir = scratch("sqlite");
     let cfg = write_config(&dir);
     let db = dir.join("keys.db");
-    let s = Service::start(ServiceOpts {
-        database: &format!("sqlite:{}", db.display()),
-        config: &cfg,
-        gateway: false,
-        sync_token: false,
-        port: None,
-    });
+    let s = Service::on(&format!("sqlite:{}", db.display()), &cfg);
     let keys = exercise_api(&s);
     drop(s);
     assert!(db.exists());
@@ -575,13 +569,7 @@ fn postgres_every_call_and_error() {
     let dir = scratch("postgres");
     let cfg = write_config(&dir);
     let url = pg.database("keygate_api");
-    let s = Service::start(ServiceOpts {
-        database: &url,
-        config: &cfg,
-        gateway: false,
-        sync_token: false,
-        port: None,
-    });
+    let s = Service::on(&url, &cfg);
     let keys = exercise_api(&s);
     let dump = pg.psql(
         "keygate_api",
@@ -630,15 +618,7 @@ fn two_replicas_on_one_postgres_agree() {
     let dir = scratch("replicas");
     let cfg = write_config(&dir);
     let url = pg.database("keygate_replicas");
-    let start = || {
-        Service::start(ServiceOpts {
-            database: &url,
-            config: &cfg,
-            gateway: false,
-            sync_token: false,
-            port: None,
-        })
-    };
+    let start = || Service::on(&url, &cfg);
     let (a, b) = (start(), start());
     let version = |s: &Service| {
         call(&s.url(), "GET", "/keys", None, None).1["version"]
@@ -711,15 +691,7 @@ fn a_key_the_configuration_no_longer_accepts_is_served_revoked() {
     let dir = scratch("stale");
     let cfg = write_config(&dir);
     let db = format!("sqlite:{}", dir.join("k.db").display());
-    let start = |cfg: &std::path::Path| {
-        Service::start(ServiceOpts {
-            database: &db,
-            config: cfg,
-            gateway: false,
-            sync_token: false,
-            port: None,
-        })
-    };
+    let start = |cfg: &std::path::Path| Service::on(&db, cfg);
     let s = start(&cfg);
     let (_, body) = s.admin(
         "POST",

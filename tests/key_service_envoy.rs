@@ -53,6 +53,17 @@ fn sqlite(dir: &Path) -> String {
     format!("sqlite:{}", dir.join("keys.db").display())
 }
 
+/// `keygate serve` on a SQLite file in `dir`, validating with `cfg`.
+fn service(dir: &Path, cfg: &Value, gateway: bool, sync_token: bool) -> Service {
+    Service::start(ServiceOpts {
+        database: &sqlite(dir),
+        config: &write(dir, cfg),
+        gateway,
+        sync_token,
+        port: None,
+    })
+}
+
 /// `keygate keys …` against `s`: (exit code, stdout).
 fn cli(s: &Service, args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
@@ -103,13 +114,7 @@ fn status(e: &Envoy, method: &str, key: &str) -> u16 {
 fn create_use_list_revoke_roll_and_exact_usage_over_both_workers() {
     let dir = scratch("loop");
     let cfg = plugin_config(Some(SYNC_TOKEN), 1000);
-    let s = Service::start(ServiceOpts {
-        database: &sqlite(&dir),
-        config: &write(&dir, &cfg),
-        gateway: false,
-        sync_token: true,
-        port: None,
-    });
+    let s = service(&dir, &cfg, false, true);
     let up = Upstream::start("api");
     let cfg_text = cfg.to_string();
     let mut o = EnvoyOpts::new("svc-loop", &cfg_text, up.port);
@@ -274,13 +279,7 @@ fn create_use_list_revoke_roll_and_exact_usage_over_both_workers() {
 fn the_service_killed_and_restarted_during_traffic_loses_and_doubles_nothing() {
     let dir = scratch("restart");
     let cfg = plugin_config(None, 1000);
-    let mut s = Service::start(ServiceOpts {
-        database: &sqlite(&dir),
-        config: &write(&dir, &cfg),
-        gateway: false,
-        sync_token: false,
-        port: None,
-    });
+    let mut s = service(&dir, &cfg, false, false);
     let up = Upstream::start("api");
     let cfg_text = cfg.to_string();
     let mut o = EnvoyOpts::new("svc-restart", &cfg_text, up.port);
@@ -423,13 +422,7 @@ impl SlowProxy {
 fn a_report_that_arrived_but_timed_out_is_resent_and_not_counted_twice() {
     let dir = scratch("timeout");
     let cfg = plugin_config(None, 400);
-    let s = Service::start(ServiceOpts {
-        database: &sqlite(&dir),
-        config: &write(&dir, &cfg),
-        gateway: false,
-        sync_token: false,
-        port: None,
-    });
+    let s = service(&dir, &cfg, false, false);
     let proxy = SlowProxy::start(s.port, 3, Duration::from_millis(1200));
     let up = Upstream::start("api");
     let cfg_text = cfg.to_string();
@@ -466,13 +459,7 @@ fn a_report_that_arrived_but_timed_out_is_resent_and_not_counted_twice() {
 fn a_tenant_admin_key_behind_keygate_manages_its_own_tenant_only() {
     let dir = scratch("tenant");
     let cfg = plugin_config(None, 1000);
-    let s = Service::start(ServiceOpts {
-        database: &sqlite(&dir),
-        config: &write(&dir, &cfg),
-        gateway: true,
-        sync_token: false,
-        port: None,
-    });
+    let s = service(&dir, &cfg, true, false);
     let cfg_text = cfg.to_string();
     // Envoy's upstream is the service's gateway listener; keys sync from its main listener.
     let mut o = EnvoyOpts::new("svc-tenant", &cfg_text, s.gateway_port.unwrap());
@@ -583,13 +570,7 @@ fn post_json(port: u16, path: &str, key: &str, body: &str) -> (u16, Value) {
 fn usage_stays_exact_across_configuration_swaps() {
     let dir = scratch("swap");
     let cfg = plugin_config(None, 1000);
-    let s = Service::start(ServiceOpts {
-        database: &sqlite(&dir),
-        config: &write(&dir, &cfg),
-        gateway: false,
-        sync_token: false,
-        port: None,
-    });
+    let s = service(&dir, &cfg, false, false);
     let up = Upstream::start("api");
     let first = cfg.to_string();
     let mut o = EnvoyOpts::new("svc-swap", &first, up.port);

@@ -90,35 +90,37 @@ impl StoredKey {
 
     /// The key as the admin API lists it: never its key or digest.
     pub fn listed(&self, gate: &Gate) -> Value {
-        let (environment, role) = self.effective(gate);
-        json!({
-            "id": self.id,
-            "name": self.name,
-            "prefix": self.prefix,
-            "environment": environment,
-            "tenant": self.tenant,
-            "role": role,
-            "created_at": time(Some(self.created_at)),
-            "last_used": time(self.last_used),
-            "expires_at": time(self.expires_at),
-            "revoked": self.revoked,
-        })
+        self.shown(gate, None)
     }
 
     /// The answer to a create or roll: the only place the plaintext key ever appears.
     pub fn created(&self, key: &str, gate: &Gate) -> Value {
+        self.shown(gate, Some(key))
+    }
+
+    /// The fields of SPEC §7's answers, in its order: a created key's (with `key`) or a listed
+    /// key's (with `last_used` and `revoked`).
+    fn shown(&self, gate: &Gate, key: Option<&str>) -> Value {
         let (environment, role) = self.effective(gate);
-        json!({
-            "id": self.id,
-            "key": key,
-            "name": self.name,
-            "prefix": self.prefix,
-            "environment": environment,
-            "tenant": self.tenant,
-            "role": role,
-            "created_at": time(Some(self.created_at)),
-            "expires_at": time(self.expires_at),
-        })
+        let mut o = Map::new();
+        o.insert("id".into(), json!(self.id));
+        if let Some(k) = key {
+            o.insert("key".into(), json!(k));
+        }
+        o.insert("name".into(), json!(self.name));
+        o.insert("prefix".into(), json!(self.prefix));
+        o.insert("environment".into(), json!(environment));
+        o.insert("tenant".into(), json!(self.tenant));
+        o.insert("role".into(), json!(role));
+        o.insert("created_at".into(), time(Some(self.created_at)));
+        if key.is_none() {
+            o.insert("last_used".into(), time(self.last_used));
+        }
+        o.insert("expires_at".into(), time(self.expires_at));
+        if key.is_none() {
+            o.insert("revoked".into(), json!(self.revoked));
+        }
+        Value::Object(o)
     }
 
     /// [`StoredKey::feed_entry`] written straight into `out` as JSON (the feed of a large set

@@ -35,6 +35,17 @@ pub struct ServiceOpts<'a> {
 }
 
 impl Service {
+    /// The admin API, the feed and `/usage` on one listener; no sync token.
+    pub fn on(database: &str, config: &Path) -> Service {
+        Service::start(ServiceOpts {
+            database,
+            config,
+            gateway: false,
+            sync_token: false,
+            port: None,
+        })
+    }
+
     pub fn start(o: ServiceOpts) -> Service {
         let port = o.port.unwrap_or_else(free_port);
         let gateway_port = o.gateway.then(free_port);

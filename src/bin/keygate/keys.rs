@@ -88,17 +88,35 @@ fn table(headers: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// `keygate keys create`'s arguments.
+#[derive(clap::Args)]
 pub struct NewKey {
+    /// A prefix of the service's configuration, e.g. mlm_live_
+    #[arg(long)]
     pub prefix: String,
+    /// Key id (default: generated)
+    #[arg(long)]
     pub id: Option<String>,
+    #[arg(long)]
     pub name: Option<String>,
+    #[arg(long)]
     pub tenant: Option<String>,
+    #[arg(long)]
     pub role: Option<String>,
+    /// Expiry, RFC 3339
+    #[arg(long)]
     pub expires: Option<String>,
-    /// `100/minute`, repeatable.
+    /// A rate limit, REQUESTS/PER (second, minute, hour, day); repeatable
+    #[arg(long = "rate-limit")]
     pub rate_limits: Vec<String>,
+    /// An allowed caller address or CIDR; repeatable
+    #[arg(long = "allowed-ip")]
     pub allowed_ips: Vec<String>,
+    /// An allowed Referer pattern; repeatable
+    #[arg(long = "allowed-referer")]
     pub allowed_referers: Vec<String>,
+    /// An allowed path pattern; repeatable
+    #[arg(long = "allowed-path")]
     pub allowed_paths: Vec<String>,
 }
 

@@ -112,35 +112,7 @@ enum Command {
 #[derive(Subcommand)]
 enum KeysCommand {
     /// Create a key: prints it once (line 1 of stdout)
-    Create {
-        /// A prefix of the service's configuration, e.g. mlm_live_
-        #[arg(long)]
-        prefix: String,
-        /// Key id (default: generated)
-        #[arg(long)]
-        id: Option<String>,
-        #[arg(long)]
-        name: Option<String>,
-        #[arg(long)]
-        tenant: Option<String>,
-        #[arg(long)]
-        role: Option<String>,
-        /// Expiry, RFC 3339
-        #[arg(long)]
-        expires: Option<String>,
-        /// A rate limit, REQUESTS/PER (second, minute, hour, day); repeatable
-        #[arg(long = "rate-limit")]
-        rate_limits: Vec<String>,
-        /// An allowed caller address or CIDR; repeatable
-        #[arg(long = "allowed-ip")]
-        allowed_ips: Vec<String>,
-        /// An allowed Referer pattern; repeatable
-        #[arg(long = "allowed-referer")]
-        allowed_referers: Vec<String>,
-        /// An allowed path pattern; repeatable
-        #[arg(long = "allowed-path")]
-        allowed_paths: Vec<String>,
-    },
+    Create(keys::NewKey),
     /// List keys with their last use (never a key or digest)
     List {
         #[arg(long)]
@@ -237,33 +209,7 @@ fn serve(
 
 fn keys_command(server: &str, json: bool, command: KeysCommand) -> Result<(), String> {
     match command {
-        KeysCommand::Create {
-            prefix,
-            id,
-            name,
-            tenant,
-            role,
-            expires,
-            rate_limits,
-            allowed_ips,
-            allowed_referers,
-            allowed_paths,
-        } => keys::create(
-            server,
-            keys::NewKey {
-                prefix,
-                id,
-                name,
-                tenant,
-                role,
-                expires,
-                rate_limits,
-                allowed_ips,
-                allowed_referers,
-                allowed_paths,
-            },
-            json,
-        ),
+        KeysCommand::Create(k) => keys::create(server, k, json),
         KeysCommand::List { tenant } => keys::list(server, tenant.as_deref(), json),
         KeysCommand::Revoke { id } => keys::revoke(server, &id, json),
         KeysCommand::Roll { id, grace_seconds } => keys::roll(server, &id, grace_seconds, json),
