@@ -177,7 +177,7 @@ fn create_use_list_revoke_roll_and_exact_usage_over_both_workers() {
 
     // Usage exact once the reports are in (2 × interval + 1 s).
     let took = time_until(
-        Duration::from_secs(2 * INTERVAL + 1 + 2),
+        Duration::from_secs(2 * INTERVAL + 1),
         "usage reported",
         || usage_total(&s, &writer_id)["requests"] == json!(allowed_w),
     );
