@@ -1,0 +1,106 @@
+//! Where keys and usage live: one small trait, [`Store`], and its SQL implementation that runs on
+//! SQLite (embedded, a file in WAL mode) and PostgreSQL (several service replicas on one
+//! database) through sqlx's `Any` driver. The few places where the two dialects differ are in
+//! [`Backend`].
+//!
+//! Versions of the key set: every change to `api_keys` takes the next value of one counter row
+//! (`keygate_meta.seq`) inside its transaction. Taking it locks that row until commit, so writers
+//! commit in counter order (on PostgreSQL across replicas too) and a reader's snapshot always holds
+//! a prefix of the changes: `version` = `<database epoch>-<seq>`, and the delta since a version
+//! is the rows with a larger `seq`. The epoch (random, made when the database is created) keeps
+//! a version of another database from ever being taken for one of this one.
+
+//!
+//! The steps: [`schema`] (the two backends, migrations, the epoch), [`sql`] (the statements).
+
+mod schema;
+mod sql;
+
+pub use schema::Backend;
+pub use sql::SqlStore;
+
+use super::model::{StoredKey, UsageEntry, UsageRow};
+use std::future::Future;
+
+/// What can go wrong in storage (the API maps each to its answer).
+#[derive(Debug)]
+pub enum StoreError {
+    /// The id (or, astronomically unlikely, the digest) exists already.
+    Conflict,
+    /// The database failed or cannot be reached.
+    Unavailable(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &e {
+            if db.is_unique_violation() {
+                return StoreError::Conflict;
+            }
+        }
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The key-sync feed at one version.
+#[derive(Debug)]
+pub enum Feed {
+    /// Every key (revoked ones included).
+    Full {
+        version: String,
+        keys: Vec<StoredKey>,
+    },
+    /// The keys changed since `since` (a version this database issued).
+    Delta {
+        version: String,
+        since: String,
+        keys: Vec<StoredKey>,
+    },
+    /// Nothing changed since the version asked about.
+    Unchanged { version: String },
+}
+
+/// The outcome of a roll.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rolled {
+    Done,
+    NotFound,
+    Revoked,
+}
+
+/// Everything the service keeps.
+pub trait Store: Send + Sync + 'static {
+    fn create(&self, key: &StoredKey) -> impl Future<Output = Result<()>> + Send;
+    fn list(&self, tenant: Option<&str>) -> impl Future<Output = Result<Vec<StoredKey>>> + Send;
+    fn get(&self, id: &str) -> impl Future<Output = Result<Option<StoredKey>>> + Send;
+    /// `Ok(false)`: no such key.
+    fn revoke(&self, id: &str) -> impl Future<Output = Result<bool>> + Send;
+    /// Creates `new` and makes `old_id` expire at `old_expires_at` (or earlier, if it already
+    /// expires earlier), as one change.
+    fn roll(
+        &self,
+        old_id: &str,
+        new: &StoredKey,
+        old_expires_at: i64,
+    ) -> impl Future<Output = Result<Rolled>> + Send;
+    fn feed(&self, since: Option<&str>) -> impl Future<Output = Result<Feed>> + Send;
+    /// The current version alone (one indexed read): answers revalidation without the keys.
+    fn version(&self) -> impl Future<Output = Result<String>> + Send;
+    /// Counts one usage report. `Ok(false)`: a report with this id was counted before (nothing
+    /// is counted twice).
+    fn record_usage(
+        &self,
+        report_id: &str,
+        entries: &[UsageEntry],
+        now: i64,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Usage rows of a key in the hours that overlap `[from, to)`.
+    fn usage(
+        &self,
+        id: &str,
+        from: Option<i64>,
+        to: Option<i64>,
+    ) -> impl Future<Output = Result<Vec<UsageRow>>> + Send;
+}

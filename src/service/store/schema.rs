@@ -1,0 +1,123 @@
+//! The schema: what differs between SQLite and PostgreSQL, the migrations run at start, and
+//! the database's epoch.
+
+use sqlx::{AnyPool, Row};
+
+/// The two databases' differences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// Begins a read whose statements all see one snapshot.
+    pub(super) fn snapshot_read(self) -> Option<&'static str> {
+        match self {
+            // A SQLite read transaction in WAL mode is a snapshot from its first read.
+            Backend::Sqlite => None,
+            Backend::Postgres => Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"),
+        }
+    }
+
+    /// Serialises schema migrations between replicas starting at once.
+    pub(super) fn migration_lock(self) -> Option<&'static str> {
+        match self {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some("SELECT pg_advisory_xact_lock(7061766179)"),
+        }
+    }
+}
+
+/// Schema migrations, applied in order at start; each runs once (recorded in
+/// `keygate_schema`). Portable SQL: both backends run the same statements.
+const MIGRATIONS: &[&[&str]] = &[
+    &[
+        "CREATE TABLE keygate_meta (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+        "CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        sha256 TEXT NOT NULL UNIQUE,
+        prefix TEXT NOT NULL,
+        name TEXT,
+        tenant TEXT,
+        role TEXT,
+        environment TEXT,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT,
+        revoked BIGINT NOT NULL DEFAULT 0,
+        restrictions TEXT NOT NULL,
+        last_used BIGINT,
+        seq BIGINT NOT NULL
+    )",
+        "CREATE INDEX api_keys_seq ON api_keys (seq)",
+        "CREATE INDEX api_keys_tenant ON api_keys (tenant)",
+        "CREATE TABLE usage_hours (
+        key_id TEXT NOT NULL,
+        hour BIGINT NOT NULL,
+        decision TEXT NOT NULL,
+        n BIGINT NOT NULL,
+        PRIMARY KEY (key_id, hour, decision)
+    )",
+        "CREATE TABLE usage_reports (report_id TEXT PRIMARY KEY, received_at BIGINT NOT NULL)",
+        "CREATE INDEX usage_reports_received ON usage_reports (received_at)",
+        "INSERT INTO keygate_meta (name, value) VALUES ('seq', 0)",
+    ],
+    // 2: last use in its own table, so that a usage report updates it in a few multi-row
+    // statements (`api_keys.last_used` is no longer written).
+    &[
+        "CREATE TABLE key_last_used (key_id TEXT PRIMARY KEY, t BIGINT NOT NULL)",
+        "INSERT INTO key_last_used (key_id, t) SELECT id, last_used FROM api_keys \
+         WHERE last_used IS NOT NULL",
+    ],
+];
+
+pub(super) async fn migrate(
+    pool: &AnyPool,
+    backend: Backend,
+) -> std::result::Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    if let Some(lock) = backend.migration_lock() {
+        sqlx::query(lock).execute(&mut *tx).await?;
+    }
+    sqlx::query("CREATE TABLE IF NOT EXISTS keygate_schema (version BIGINT PRIMARY KEY)")
+        .execute(&mut *tx)
+        .await?;
+    let applied: i64 = sqlx::query("SELECT COUNT(*) AS n FROM keygate_schema")
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("n")?;
+    for (i, steps) in MIGRATIONS.iter().enumerate() {
+        let version = i as i64 + 1;
+        if version <= applied {
+            continue;
+        }
+        for step in *steps {
+            sqlx::query(step).execute(&mut *tx).await?;
+        }
+        sqlx::query("INSERT INTO keygate_schema (version) VALUES ($1)")
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
+}
+
+/// The database's epoch: made once, at random, by whichever replica gets there first.
+pub(super) async fn ensure_epoch(pool: &AnyPool) -> std::result::Result<String, sqlx::Error> {
+    let mut bytes = [0u8; 6];
+    getrandom::fill(&mut bytes).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+    let candidate = i64::from_le_bytes([
+        bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], 0, 0,
+    ]);
+    sqlx::query(
+        "INSERT INTO keygate_meta (name, value) VALUES ('epoch', $1) ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(candidate)
+    .execute(pool)
+    .await?;
+    let epoch: i64 = sqlx::query("SELECT value FROM keygate_meta WHERE name = 'epoch'")
+        .fetch_one(pool)
+        .await?
+        .try_get("value")?;
+    Ok(format!("{epoch:x}"))
+}
