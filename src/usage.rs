@@ -46,6 +46,16 @@ pub struct UsageLedger {
     dropped: u64,
 }
 
+fn count(c: &mut Counts, decision: Decision, key_id: &str, fresh: &mut Vec<String>) {
+    if let Some(n) = c.by_decision.get_mut(index(decision)) {
+        *n += 1;
+    }
+    if !c.fresh {
+        c.fresh = true;
+        fresh.push(key_id.to_string());
+    }
+}
+
 fn index(d: Decision) -> usize {
     Decision::ALL.iter().position(|x| *x == d).unwrap_or(0)
 }
@@ -64,25 +74,19 @@ impl UsageLedger {
         }
     }
 
-    /// Counts one judged request of a known key.
+    /// Counts one judged request of a known key: one hash lookup for a key already waiting.
     pub fn record(&mut self, key_id: &str, decision: Decision) {
-        if !self.counts.contains_key(key_id) {
-            if self.counts.len() >= MAX_KEYS {
-                self.dropped += 1;
-                return;
-            }
-            self.counts.insert(key_id.to_string(), Counts::default());
-        }
-        let Some(counts) = self.counts.get_mut(key_id) else {
+        if let Some(c) = self.counts.get_mut(key_id) {
+            count(c, decision, key_id, &mut self.fresh);
             return;
-        };
-        if let Some(n) = counts.by_decision.get_mut(index(decision)) {
-            *n += 1;
         }
-        if !counts.fresh {
-            counts.fresh = true;
-            self.fresh.push(key_id.to_string());
+        if self.counts.len() >= MAX_KEYS {
+            self.dropped += 1;
+            return;
         }
+        let mut c = Counts::default();
+        count(&mut c, decision, key_id, &mut self.fresh);
+        self.counts.insert(key_id.to_string(), c);
     }
 
     /// Sets the last-used time of every key used since the previous stamp (each tick).
