@@ -203,6 +203,12 @@ fn keygate_variants() -> Vec<(&'static str, String, &'static str, u16)> {
     let public =
         json!({"key_sources": [{"header": "x-api-key"}], "keys": [], "public_paths": ["*"]})
             .to_string();
+    // Usage counted for reports (the reports themselves go out on the tick, to a cluster this
+    // Envoy does not have: the request path's cost is what is measured).
+    let mut reported: serde_json::Value =
+        serde_json::from_str(&config(keys(10), false)).unwrap_or_default();
+    reported["usage_report"] =
+        json!({"cluster": "keyservice", "path": "/usage", "interval_seconds": 10});
     vec![
         ("keygate, public path", public, "bk_live_3", 200),
         (
@@ -214,6 +220,12 @@ fn keygate_variants() -> Vec<(&'static str, String, &'static str, u16)> {
         (
             "keygate, allowed, 1 rate limit",
             config(limited, false),
+            "bk_live_3",
+            200,
+        ),
+        (
+            "keygate, allowed, no limit, usage_report",
+            reported.to_string(),
             "bk_live_3",
             200,
         ),
