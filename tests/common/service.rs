@@ -239,6 +239,13 @@ fn pg_bin(name: &str) -> PathBuf {
     })
 }
 
+/// A PostgreSQL client program, connected to the server on `port` as the tests' user.
+fn pg_client(name: &str, port: u16) -> Command {
+    let mut c = Command::new(pg_bin(name));
+    c.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "keygate"]);
+    c
+}
+
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -301,8 +308,7 @@ impl Postgres {
             child: Some(child),
         };
         let ready = wait_until(30, || {
-            Command::new(pg_bin("pg_isready"))
-                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "keygate"])
+            pg_client("pg_isready", port)
                 .output()
                 .map(|o| o.status.success())
                 .unwrap_or(false)
@@ -322,16 +328,8 @@ impl Postgres {
 
     /// A new, empty database on this server.
     pub fn database(&self, name: &str) -> String {
-        let out = Command::new(pg_bin("createdb"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "keygate",
-                name,
-            ])
+        let out = pg_client("createdb", self.port)
+            .arg(name)
             .output()
             .expect("createdb");
         assert!(
@@ -344,20 +342,8 @@ impl Postgres {
 
     /// Runs SQL with psql; its output.
     pub fn psql(&self, db: &str, sql: &str) -> String {
-        let out = Command::new(pg_bin("psql"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "keygate",
-                "-At",
-                "-d",
-                db,
-                "-c",
-                sql,
-            ])
+        let out = pg_client("psql", self.port)
+            .args(["-At", "-d", db, "-c", sql])
             .output()
             .expect("psql");
         String::from_utf8_lossy(&out.stdout).into_owned()
