@@ -539,6 +539,15 @@ fn key_sync_scale(up: &Upstream) {
             .find(|t| *t >= changed)
             .unwrap_or(changed);
         thread::sleep(Duration::from_secs(3));
+        // The fetching VM's own account: how long it read and wrote the set.
+        if let Some(l) = e
+            .log()
+            .lines()
+            .find(|l| l.contains("published version \"big-1\""))
+        {
+            let at = l.find("key sync:").unwrap_or(0);
+            println!("- --concurrency {concurrency}, Envoy's log: {}", &l[at..]);
+        }
         let rss_after = rss_kb(e.pid());
         let alloc_growth_mb =
             e.allocated_bytes().saturating_sub(alloc_before) as f64 / 1e6 * 1e6 / 1048576.0;

@@ -399,9 +399,9 @@ fn check_restrictions(
 mod tests {
     use super::*;
     use crate::config::gate_from_value;
+    use crate::json::json;
     use crate::ratelimit::mem::MemStore;
     use crate::reply;
-    use serde_json::json;
 
     struct MockHost {
         now: u64,
@@ -642,7 +642,7 @@ mod tests {
 
     #[test]
     fn environment_locked_gateways_refuse_other_environments_before_restrictions() {
-        let cfg = json!({
+        let cfg = serde_json::json!({
             "key_sources": [{"header": "x-api-key"}],
             "prefixes": [
                 {"prefix": "live_", "environment": "LIVE"},
@@ -658,7 +658,7 @@ mod tests {
             "rate_limits": [{"requests": 10, "per": "minute"}],
             "environments_accepted": ["SANDBOX"]
         });
-        let g = gate_from_value(&cfg).unwrap();
+        let g = gate_from_value(&cfg.clone().into()).unwrap();
         let v = run(&g, &mut MockHost::new(), "GET", "/a", Some("live_k")).unwrap();
         assert_eq!(
             (v.decision, v.denial, v.environment()),
@@ -688,10 +688,10 @@ mod tests {
             "API keys without an environment are not accepted here"
         );
         assert_eq!(decision(&g, "GET", "/a", Some("sbx_k")), Decision::Allowed);
-        for bad in [json!(["PROD"]), json!([])] {
+        for bad in [serde_json::json!(["PROD"]), serde_json::json!([])] {
             let mut c = cfg.clone();
             c["environments_accepted"] = bad;
-            assert!(gate_from_value(&c).is_err());
+            assert!(gate_from_value(&c.into()).is_err());
         }
     }
 

@@ -122,7 +122,7 @@ pub fn plan(
 mod tests {
     use super::*;
     use crate::config::gate_from_value;
-    use serde_json::json;
+    use crate::json::json;
 
     fn gate(hide: bool) -> Gate {
         gate_from_value(&json!({

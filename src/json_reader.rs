@@ -1,18 +1,10 @@
-//! A small typed reader over `serde_json::Value` that records every problem with its JSON path.
+//! A small typed reader over [`crate::json::Value`] that records every problem with its JSON path.
 //!
 //! The configuration is read field by field so that *all* errors are reported at once (for
 //! `keygate check`) and each one names the exact place (`$.keys[3].allowed_ips[0]`).
 
-use serde_json::de::IoRead;
-use serde_json::{Deserializer, Map, Value};
+use crate::json::{Map, Value};
 use std::fmt;
-use std::io::{BufReader, Read};
-
-/// The JSON parser over any input. Configurations and key-service answers share this one
-/// reader type: every distinct reader type is another copy of serde_json's parser in the .wasm.
-pub fn json_deserializer(reader: &mut dyn Read) -> Deserializer<IoRead<BufReader<&mut dyn Read>>> {
-    Deserializer::from_reader(BufReader::with_capacity(64 * 1024, reader))
-}
 
 /// A string in double quotes with `"`, `\\` and control characters escaped, for messages.
 /// (`{:?}` would do the same but pulls the Unicode-aware `Debug` machinery into the .wasm.)
@@ -116,7 +108,7 @@ impl Errors {
 /// A JSON object being read; `finish` reports the fields nobody asked for.
 pub struct Obj<'a, 'p> {
     path: &'p str,
-    map: &'a Map<String, Value>,
+    map: &'a Map,
     /// The fields asked for (no object of the schema has more than a few dozen).
     seen: [&'static str; MAX_FIELDS],
     n_seen: usize,
@@ -230,10 +222,9 @@ impl<'a, 'p> Obj<'a, 'p> {
         match self.get(field) {
             None => None,
             // Whole floats too (`5000.0`): YAML and protobuf Struct tooling (Istio) emit them.
-            Some(v) => match v.as_u64().or_else(|| {
-                v.as_f64()
-                    .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 9.0e15)
-                    .map(|f| f as u64)
+            Some(v) => match v.as_u64().or_else(|| match v {
+                Value::Number(n) => n.as_whole_u64().filter(|n| *n < 9_000_000_000_000_000),
+                _ => None,
             }) {
                 Some(n) => Some(n),
                 None => {
@@ -268,8 +259,8 @@ impl<'a, 'p> Obj<'a, 'p> {
         errors: &mut Errors,
         mut parse: impl FnMut(&str, &str, &mut Errors) -> Option<T>,
     ) -> Option<Vec<T>> {
-        let path = self.field_path(field);
         let items = self.opt_array(field, errors)?;
+        let path = self.field_path(field);
         let mut out = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             let p = index(&path, i);
@@ -289,7 +280,7 @@ impl<'a, 'p> Obj<'a, 'p> {
     pub fn finish(self, errors: &mut Errors) {
         let seen = self.seen.get(..self.n_seen).unwrap_or_default();
         for key in self.map.keys() {
-            if !seen.iter().any(|s| s == key) {
+            if !seen.contains(&key.as_str()) {
                 errors.push(&child(self.path, key), "unknown field");
             }
         }

@@ -19,6 +19,7 @@ pub mod forward;
 pub mod header_names;
 pub mod host_wire;
 pub mod ip;
+pub mod json;
 pub mod json_reader;
 pub mod keys;
 pub mod keyset;

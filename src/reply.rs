@@ -17,7 +17,7 @@ pub struct Reply {
 /// A JSON string literal (quoted and escaped), or `null`.
 fn json_str(s: Option<&str>) -> String {
     match s {
-        Some(s) => serde_json::Value::from(s).to_string(),
+        Some(s) => crate::json::quote(s),
         None => "null".to_string(),
     }
 }

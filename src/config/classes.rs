@@ -1,9 +1,9 @@
 //! `roles` and `prefixes`: the classes a key belongs to.
 
 use super::fields::*;
+use crate::json::Value;
 use crate::json_reader::{index, q, Errors, Obj};
 use crate::model::*;
-use serde_json::Value;
 
 pub(super) fn read_roles(root: &mut Obj, errors: &mut Errors) -> Vec<Role> {
     let path = root.field_path("roles");
@@ -17,7 +17,7 @@ pub(super) fn read_roles(root: &mut Obj, errors: &mut Errors) -> Vec<Role> {
     let mut roles = Vec::new();
     for (name, item) in map {
         let p = format!("{path}.{name}");
-        if name.is_empty() || !header_safe(&p, name, errors) {
+        if name.is_empty() || !header_safe(|| p.clone(), name, errors) {
             continue;
         }
         let Some(mut o) = Obj::new(&p, item, errors) else {

@@ -35,17 +35,18 @@ pub(super) fn optional_header(
 }
 
 /// Text that goes into a header value: visible ASCII and spaces, no control characters.
-pub(super) fn header_safe(path: &str, s: &str, errors: &mut Errors) -> bool {
+/// (`path` is formatted only for an error: a million-key answer calls this per key.)
+pub(super) fn header_safe(path: impl FnOnce() -> String, s: &str, errors: &mut Errors) -> bool {
     let ok = !s.is_empty() && s.bytes().all(|b| (0x20..0x7f).contains(&b)) && s.trim() == s;
     if !ok {
-        errors.push(path, format!("{} must be non-empty printable ASCII without surrounding spaces (it is sent in a header)", q(s)));
+        errors.push(&path(), format!("{} must be non-empty printable ASCII without surrounding spaces (it is sent in a header)", q(s)));
     }
     ok
 }
 
 pub(super) fn read_limits(obj: &mut Obj, errors: &mut Errors) -> Option<Vec<Limit>> {
-    let path = obj.field_path("rate_limits");
     let items = obj.opt_array("rate_limits", errors)?;
+    let path = obj.field_path("rate_limits");
     if items.len() > MAX_LIMITS {
         errors.push(&path, format!("at most {MAX_LIMITS} limits"));
     }
@@ -95,19 +96,20 @@ pub(super) fn read_patterns(
 }
 
 pub(super) fn role_ref(obj: &mut Obj, roles: &[Role], errors: &mut Errors) -> Option<RoleId> {
-    let path = obj.field_path("role");
     let name = obj.opt_str("role", errors)?;
     let id = roles.iter().position(|r| r.name == name);
     if id.is_none() {
-        errors.push(&path, format!("role {} is not defined in $.roles", q(name)));
+        errors.push(
+            &obj.field_path("role"),
+            format!("role {} is not defined in $.roles", q(name)),
+        );
     }
     id
 }
 
 pub(super) fn environment(obj: &mut Obj, errors: &mut Errors) -> Option<String> {
-    let path = obj.field_path("environment");
     let env = obj.opt_str("environment", errors)?;
-    header_safe(&path, env, errors).then(|| env.to_string())
+    header_safe(|| obj.field_path("environment"), env, errors).then(|| env.to_string())
 }
 
 /// A key prefix keygate can match: non-empty printable ASCII without spaces.

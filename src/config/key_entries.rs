@@ -3,12 +3,12 @@
 use super::fields::*;
 use crate::checksum;
 use crate::ip::Cidr;
+use crate::json::Value;
 use crate::json_reader::{index, q, Errors, Obj};
 use crate::keys::{self, Digest, FastMap, KeyTable};
 use crate::model::*;
 use crate::path::Pattern;
 use crate::timestamp::parse_rfc3339;
-use serde_json::Value;
 
 const MAX_ID_LEN: usize = 128;
 /// 9999-12-31T23:59:59Z.
@@ -104,7 +104,7 @@ pub fn read_key_entry(
     let name = o.opt_str("name", errors).map(str::to_string);
     let tenant = o
         .opt_str("tenant", errors)
-        .filter(|t| header_safe(&o.field_path("tenant"), t, errors))
+        .filter(|t| header_safe(|| o.field_path("tenant"), t, errors))
         .map(str::to_string);
     let role = role_ref(&mut o, ctx.roles, errors);
     let environment = environment(&mut o, errors);

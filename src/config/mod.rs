@@ -11,13 +11,13 @@ mod sources;
 pub use fields::check_prefix;
 pub use key_entries::{read_key_entry, read_keys, KeyContext};
 
-use crate::json_reader::{json_deserializer, q, ConfigError, Errors, Obj};
+use crate::json::Value;
+use crate::json_reader::{q, ConfigError, Errors, Obj};
 use crate::keys::KeyTable;
 use crate::model::*;
 use crate::path::canonical_path;
 use classes::*;
 use fields::*;
-use serde_json::Value;
 use sources::*;
 
 /// Limits per list (several may share a window length: the smallest binds).
@@ -25,16 +25,12 @@ pub const MAX_LIMITS: usize = 16;
 
 /// Parses and validates a plugin configuration.
 pub fn parse_config(bytes: &[u8]) -> Result<Gate, Vec<ConfigError>> {
-    let mut input = bytes;
-    let mut de = json_deserializer(&mut input);
-    let value = serde::Deserialize::deserialize(&mut de)
-        .and_then(|v: Value| de.end().map(|()| v))
-        .map_err(|e| {
-            vec![ConfigError {
-                path: "$".into(),
-                message: format!("not valid JSON: {e}"),
-            }]
-        })?;
+    let value = crate::json::parse(bytes).map_err(|e| {
+        vec![ConfigError {
+            path: "$".into(),
+            message: format!("not valid JSON: {e}"),
+        }]
+    })?;
     gate_from_value(&value)
 }
 
@@ -240,8 +236,8 @@ fn check_header_clashes(gate: &Gate, errors: &mut Errors) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::json::json;
     use crate::keys;
-    use serde_json::json;
 
     fn errors_of(v: Value) -> Vec<String> {
         match gate_from_value(&v) {
@@ -490,11 +486,11 @@ mod tests {
     #[test]
     fn expiry_times_stay_within_what_rfc3339_writes() {
         for (t, ok) in [
-            (json!(0), true),
-            (json!(253_402_300_799i64), true),
-            (json!(-1), false),
-            (json!(253_402_300_800i64), false),
-            (json!("9999-12-31T23:59:59Z"), true),
+            (serde_json::json!(0), true),
+            (serde_json::json!(253_402_300_799i64), true),
+            (serde_json::json!(-1), false),
+            (serde_json::json!(253_402_300_800i64), false),
+            (serde_json::json!("9999-12-31T23:59:59Z"), true),
         ] {
             let errors =
                 errors_of(json!({"keys": [{"id": "k", "sha256": hash(), "expires_at": t}]}));

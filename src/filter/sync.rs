@@ -1,6 +1,7 @@
 //! `key_sync` (SPEC §4): one VM per Envoy process fetches the key set; every VM reads it from
 //! shared data. The logic (parsing, layout, lease) is in [`crate::keyset`]; this moves bytes.
 
+use super::abi;
 use super::host::{call_response_body, call_response_status, unix_now, SharedData};
 use super::stats::Stats;
 use crate::decide::Lookup;
@@ -291,6 +292,7 @@ impl Syncer {
             return error!("key sync: shared data unavailable; keeping the last good key set");
         };
         let current = (meta.gen != 0).then_some(meta.version.as_str());
+        let started = abi::now_ns().unwrap_or(0);
         match parse_key_set(
             &mut CallBody {
                 pos: 0,
@@ -302,14 +304,14 @@ impl Syncer {
         ) {
             Ok(Fetched::Unchanged) => stats.borrow_mut().event("sync_unchanged"),
             Ok(Fetched::Delta(delta)) => match apply_delta(delta, &meta) {
-                Ok(set) => self.publish_and_report(&set, view, stats),
+                Ok(set) => self.publish_and_report(&set, started, view, stats),
                 Err(e) => {
                     self.full_next = true;
                     stats.borrow_mut().event("sync_failures");
                     warn!("key sync: delta not applied: {e}; asking for the full set next");
                 }
             },
-            Ok(Fetched::Set(set)) => self.publish_and_report(&set, view, stats),
+            Ok(Fetched::Set(set)) => self.publish_and_report(&set, started, view, stats),
             Err(errors) => {
                 stats.borrow_mut().event("sync_failures");
                 for e in &errors {
@@ -321,13 +323,18 @@ impl Syncer {
     }
 
     /// Publishes a new set (full or delta-applied) and tells the view, stats and log.
+    /// `started`: when the answer's parse began (ns), for the log's timings.
     fn publish_and_report(
         &mut self,
         set: &ParsedSet,
+        started: u64,
         view: &RefCell<View>,
         stats: &RefCell<Stats>,
     ) {
-        match self.publish(set) {
+        let parsed = abi::now_ns().unwrap_or(0);
+        let published = self.publish(set);
+        let written = abi::now_ns().unwrap_or(0);
+        match published {
             Ok(m) => {
                 self.full_next = false;
                 *view.borrow_mut() = View {
@@ -343,12 +350,15 @@ impl Syncer {
                 let shards = 1u64 << m.bits;
                 let bytes = set.encoded_bytes() as u64 + 12 * shards + 4 * u64::from(m.count);
                 s.gauge("sync_shared_bytes", bytes);
+                let ms = |from: u64, to: u64| to.saturating_sub(from) / 1_000_000;
                 info!(
-                    "key sync: published version {}: {} keys, {} bytes in {} shards",
+                    "key sync: published version {}: {} keys, {} bytes in {} shards (read in {} ms, written in {} ms)",
                     q(&m.version),
                     m.count,
                     set.encoded_bytes(),
-                    shards
+                    shards,
+                    ms(started, parsed),
+                    ms(parsed, written)
                 );
             }
             Err(e) => {

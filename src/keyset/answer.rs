@@ -95,7 +95,7 @@ impl Parse<'_> {
         }
     }
 
-    fn entry(&mut self, field: &str, i: usize, value: &serde_json::Value) {
+    fn entry(&mut self, field: &str, i: usize, value: &Value) {
         let mut errors = Errors::default();
         // The entry's own path is formatted only when it has something to report (a million
         // entries, almost always none): the read is repeated with it.
@@ -123,140 +123,107 @@ impl Parse<'_> {
     }
 }
 
-/// Visitor methods for the JSON types a visitor does not accept. serde's defaults would build
-/// an `Unexpected` error whose formatting pulls float printing (~20 KB) into the .wasm.
-macro_rules! wrong_types {
-    ($msg:expr) => {
-        fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-            Err(E::custom($msg))
-        }
-        fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
-            Err(E::custom($msg))
-        }
-        fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
-            Err(E::custom($msg))
-        }
-        fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
-            Err(E::custom($msg))
-        }
-        fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
-            Err(E::custom($msg))
-        }
-        fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
-            Err(E::custom($msg))
-        }
-    };
-}
-
 const TOP_EXPECTED: &str = "expected an object {\"version\": …, \"keys\": […]}";
 const KEYS_EXPECTED: &str = "expected an array of key entries";
 
-struct Top<'p, 'g>(&'p mut Parse<'g>);
-/// The entries of `keys` or of a delta's `upserts`.
-struct Keys<'p, 'g>(&'p mut Parse<'g>, &'static str);
+/// A fatal problem with the answer's shape, or its JSON syntax.
+enum Fatal {
+    Syntax(SyntaxError),
+    Shape(&'static str),
+}
 
-impl<'de> DeserializeSeed<'de> for Top<'_, '_> {
-    type Value = ();
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
+impl From<SyntaxError> for Fatal {
+    fn from(e: SyntaxError) -> Fatal {
+        Fatal::Syntax(e)
     }
 }
 
-impl<'de> Visitor<'de> for Top<'_, '_> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(TOP_EXPECTED)
-    }
-    wrong_types!(TOP_EXPECTED);
-    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<(), A::Error> {
-        Err(de::Error::custom(TOP_EXPECTED))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let p = self.0;
-        // Keys and the version are read as `Value`s: typed reads would pull serde's
-        // float-formatting error paths into the .wasm.
-        while let Some(k) = map.next_key::<serde_json::Value>()? {
-            match k.as_str().unwrap_or_default() {
-                "version" => match map.next_value::<serde_json::Value>()? {
+impl Parse<'_> {
+    /// The top-level object, field by field.
+    fn top(&mut self, p: &mut Parser) -> Result<(), Fatal> {
+        if !p.next_is(b'{')? {
+            return Err(Fatal::Shape(TOP_EXPECTED));
+        }
+        let mut first = true;
+        let mut seen: Vec<String> = Vec::new();
+        while let Some(k) = p.next_field(&mut first)? {
+            if seen.contains(&k) {
+                self.error(&format!("$.{k}"), "appears twice");
+                p.skip()?;
+                continue;
+            }
+            match k.as_str() {
+                "version" => match p.value()? {
                     // It is sent back in If-None-Match, so it must be a valid header token.
-                    serde_json::Value::String(v)
+                    Value::String(v)
                         if v.is_empty()
                             || v.len() > 256
                             || !v.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b'"') =>
                     {
-                        p.error(
+                        self.error(
                             "$.version",
                             "must be 1-256 printable ASCII characters without spaces or '\"'",
                         )
                     }
-                    serde_json::Value::String(v) => {
-                        if !p.saw_keys && p.current == Some(v.as_str()) {
-                            p.unchanged = true;
+                    Value::String(v) => {
+                        if !self.saw_keys && self.current == Some(v.as_str()) {
+                            self.unchanged = true;
                         }
-                        p.version = Some(v);
+                        self.version = Some(v);
                     }
-                    _ => p.error("$.version", "expected a string"),
+                    _ => self.error("$.version", "expected a string"),
                 },
-                "keys" if p.unchanged => {
-                    map.next_value::<IgnoredAny>()?;
-                    p.saw_keys = true;
+                "keys" if self.unchanged => {
+                    p.skip()?;
+                    self.saw_keys = true;
                 }
-                "keys" => {
-                    map.next_value_seed(Keys(&mut *p, "keys"))?;
-                    p.saw_keys = true;
+                "keys" | "upserts" => {
+                    let field = if k == "keys" { "keys" } else { "upserts" };
+                    self.entries(p, field)?;
+                    if field == "keys" {
+                        self.saw_keys = true;
+                    } else {
+                        self.saw_upserts = true;
+                    }
                 }
-                "since" => match map.next_value::<serde_json::Value>()? {
-                    serde_json::Value::String(v) => p.since = Some(v),
-                    _ => p.error("$.since", "expected a string"),
+                "since" => match p.value()? {
+                    Value::String(v) => self.since = Some(v),
+                    _ => self.error("$.since", "expected a string"),
                 },
-                "upserts" => {
-                    map.next_value_seed(Keys(&mut *p, "upserts"))?;
-                    p.saw_upserts = true;
-                }
-                "removed" => match map.next_value::<serde_json::Value>()? {
-                    serde_json::Value::Array(ids) => {
+                "removed" => match p.value()? {
+                    Value::Array(ids) => {
                         let mut out = Vec::with_capacity(ids.len());
                         for (i, id) in ids.into_iter().enumerate() {
                             match id {
-                                serde_json::Value::String(id) => out.push(id),
-                                _ => p.error(&format!("$.removed[{i}]"), "expected an id"),
+                                Value::String(id) => out.push(id),
+                                _ => self.error(&format!("$.removed[{i}]"), "expected an id"),
                             }
                         }
-                        p.removed = Some(out);
+                        self.removed = Some(out);
                     }
-                    _ => p.error("$.removed", "expected an array of ids"),
+                    _ => self.error("$.removed", "expected an array of ids"),
                 },
                 other => {
-                    p.error(&format!("$.{other}"), "unknown field");
-                    map.next_value::<IgnoredAny>()?;
+                    self.error(&format!("$.{other}"), "unknown field");
+                    p.skip()?;
                 }
             }
+            seen.push(k);
         }
         Ok(())
     }
-}
 
-impl<'de> DeserializeSeed<'de> for Keys<'_, '_> {
-    type Value = ();
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Keys<'_, '_> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(KEYS_EXPECTED)
-    }
-    wrong_types!(KEYS_EXPECTED);
-    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
-        Err(de::Error::custom(KEYS_EXPECTED))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+    /// The entries of `keys` or of a delta's `upserts`, one at a time: a million-key answer
+    /// is never held as a JSON tree.
+    fn entries(&mut self, p: &mut Parser, field: &'static str) -> Result<(), Fatal> {
+        if !p.next_is(b'[')? {
+            return Err(Fatal::Shape(KEYS_EXPECTED));
+        }
+        let mut first = true;
         let mut i = 0;
-        // One entry at a time: a million-key answer is never held as a JSON tree.
-        while let Some(v) = seq.next_element::<serde_json::Value>()? {
-            self.0.entry(self.1, i, &v);
+        while p.next_item(&mut first)? {
+            let v = p.value()?;
+            self.entry(field, i, &v);
             i += 1;
         }
         Ok(())
@@ -291,12 +258,16 @@ pub fn parse_key_set(
         ids: Vec::new(),
         errors: Errors::default(),
     };
-    let mut de = json_deserializer(reader);
-    let parsed = Top(&mut p).deserialize(&mut de).and_then(|()| de.end());
+    let mut parser = Parser::new(reader);
+    let parsed = p.top(&mut parser).and_then(|()| Ok(parser.end()?));
     if let Err(e) = parsed {
+        let message = match e {
+            Fatal::Syntax(e) => format!("not a valid key-set answer: {e}"),
+            Fatal::Shape(what) => format!("not a valid key-set answer: {what}"),
+        };
         let mut errors = vec![ConfigError {
             path: "$".into(),
-            message: format!("not a valid key-set answer: {e}"),
+            message,
         }];
         errors.extend(p.errors.0);
         return Err(errors);

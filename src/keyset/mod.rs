@@ -19,11 +19,11 @@
 
 use crate::config::{read_key_entry, KeyContext};
 use crate::ip::Cidr;
-use crate::json_reader::{json_deserializer, q, ConfigError, Errors};
+use crate::json::{Parser, SyntaxError, Value};
+use crate::json_reader::{q, ConfigError, Errors};
 use crate::keys::{Digest, FastSet};
 use crate::model::{Gate, KeyRecord, Limit, Per, Role};
 use crate::path::Pattern;
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::io::Read;
@@ -82,12 +82,12 @@ mod tests {
     use std::collections::HashMap;
 
     fn gate() -> Gate {
-        gate_from_value(&json!({
+        gate_from_value(&crate::json::Value::from(json!({
             "prefixes": [{"prefix": "sk_", "environment": "LIVE"}],
             "roles": {"reader": {"methods": ["GET"]}, "admin": {"methods": ["*"]}},
             "keys": [{"id": "inline_1", "sha256": digest_hex(b"sk_inline")}],
             "key_sync": {"cluster": "ks", "path": "/keys"}
-        }))
+        })))
         .unwrap()
     }
 
@@ -264,7 +264,7 @@ mod tests {
         let r = lookup(&g, &sh, 7, "sk_full").unwrap();
         let direct = read_key_entry(
             "$",
-            &serde_json::from_str::<serde_json::Value>(&full).unwrap()["keys"][0],
+            &(&serde_json::from_str::<serde_json::Value>(&full).unwrap()["keys"][0]).into(),
             &KeyContext {
                 roles: &g.roles,
                 prefixes: &g.prefixes,

@@ -4,6 +4,7 @@
 
 use super::model::{rejection_name, StoredKey, UsageEntry, RESTRICTIONS};
 use crate::config::{read_key_entry, KeyContext};
+use crate::json;
 use crate::json_reader::{index, Errors, Obj};
 use crate::keys::digest_hex;
 use crate::model::Gate;
@@ -118,7 +119,7 @@ impl CreateRequest {
             roles: &gate.roles,
             prefixes: &gate.prefixes,
         };
-        let Some((_, record)) = read_key_entry("$", &entry, &ctx, &mut errors) else {
+        let Some((_, record)) = read_key_entry("$", &entry.into(), &ctx, &mut errors) else {
             return Err(first_error(errors));
         };
         let restrictions: Map<String, Value> = RESTRICTIONS
@@ -190,7 +191,8 @@ impl CreateRequest {
 /// A roll's `grace_seconds` (default one day; at most a year).
 pub fn read_roll(body: &Value) -> Result<u64, String> {
     let mut errors = Errors::default();
-    let Some(mut o) = Obj::new("$", body, &mut errors) else {
+    let body = json::Value::from(body);
+    let Some(mut o) = Obj::new("$", &body, &mut errors) else {
         return Err(first_error(errors));
     };
     let grace = o.opt_u64("grace_seconds", &mut errors).unwrap_or(86_400);
@@ -211,7 +213,8 @@ pub const MAX_REPORT_KEYS: usize = 100_000;
 /// A usage report (SPEC §8): its id and one entry per key.
 pub fn read_report(body: &Value, now: i64) -> Result<(String, Vec<UsageEntry>), String> {
     let mut errors = Errors::default();
-    let Some(mut o) = Obj::new("$", body, &mut errors) else {
+    let body = json::Value::from(body);
+    let Some(mut o) = Obj::new("$", &body, &mut errors) else {
         return Err(first_error(errors));
     };
     let report_id = o.req_str("report_id", &mut errors).map(str::to_string);
@@ -250,7 +253,7 @@ const MAX_COUNT: u64 = 1 << 40;
 /// A report's `last_used` may be ahead of this service's clock by at most this much.
 const CLOCK_SKEW_S: i64 = 300;
 
-fn read_entry(path: &str, item: &Value, now: i64, errors: &mut Errors) -> Option<UsageEntry> {
+fn read_entry(path: &str, item: &json::Value, now: i64, errors: &mut Errors) -> Option<UsageEntry> {
     let before = errors.0.len();
     let mut o = Obj::new(path, item, errors)?;
     let id = o.req_str("id", errors).map(str::to_string);
@@ -262,7 +265,7 @@ fn read_entry(path: &str, item: &Value, now: i64, errors: &mut Errors) -> Option
     let mut rejected = Vec::new();
     match o.get("rejected") {
         None => {}
-        Some(Value::Object(m)) => {
+        Some(json::Value::Object(m)) => {
             for (name, n) in m {
                 let p = format!("{rejected_path}.{name}");
                 match (rejection_name(name), n.as_u64()) {

@@ -70,7 +70,8 @@ impl StoredKey {
         let known_prefix =
             gate.prefixes.is_empty() || gate.prefixes.iter().any(|p| p.prefix == self.prefix);
         known_prefix
-            && crate::config::read_key_entry("$", &self.feed_entry(), &ctx, &mut errors).is_some()
+            && crate::config::read_key_entry("$", &self.feed_entry().into(), &ctx, &mut errors)
+                .is_some()
     }
 
     /// The same key, reduced to "revoked": what is served for a key the configuration no

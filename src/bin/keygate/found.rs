@@ -91,14 +91,23 @@ fn type_of(v: &Value) -> Option<&str> {
 fn envoy_filter(v: &Value, path: &str, hcm: Option<&Located>) -> Found {
     let source = v["config"]["configuration"]["value"].as_str();
     let config = match source {
-        Some(s) => serde_json::from_str(s).map_err(|e| {
-            format!(
-                "$: not valid JSON (line {} column {} of the value): {}",
-                e.line(),
-                e.column(),
-                json_problem(&e)
-            )
-        }),
+        Some(s) => serde_json::from_str(s)
+            .map_err(|e| {
+                format!(
+                    "$: not valid JSON (line {} column {} of the value): {}",
+                    e.line(),
+                    e.column(),
+                    json_problem(&e)
+                )
+            })
+            .and_then(|v| {
+                filter_reads(s).map(|()| v).map_err(|e| {
+                    format!(
+                        "$: not valid JSON (line {} column {} of the value): {}",
+                        e.line, e.column, e.message
+                    )
+                })
+            }),
         None => Err("$: no google.protobuf.StringValue configuration".into()),
     };
     Found {
@@ -168,6 +177,12 @@ fn json_problem(e: &serde_json::Error) -> String {
     message.strip_suffix(&at).unwrap_or(&message).to_string()
 }
 
+/// The filter parses configuration text with its own reader, which refuses what serde_json
+/// lets through (an object with the same field twice): `check` must refuse it too.
+fn filter_reads(text: &str) -> Result<(), keygate::json::SyntaxError> {
+    keygate::json::parse(text.as_bytes()).map(drop)
+}
+
 /// `line L column C: <problem>` for a JSON syntax error.
 fn json_syntax_error(e: &serde_json::Error) -> String {
     format!(
@@ -205,6 +220,8 @@ pub fn configs_in(file: &str, text: &str) -> Result<Vec<Found>, String> {
         let mut found = Vec::new();
         find_configs(&v, "", None, &mut found);
         if found.is_empty() && v.get("static_resources").is_none() && v.get("kind").is_none() {
+            filter_reads(text)
+                .map_err(|e| format!("line {} column {}: {}", e.line, e.column, e.message))?;
             found.push(Found {
                 location: String::new(),
                 config: Ok(v),
@@ -256,6 +273,11 @@ mod tests {
             syntax_error("plugin.json", "keys: []\n"),
             "line 1 column 1: expected value"
         );
+        // A field given twice: serde_json would keep the last, the filter refuses the text.
+        assert_eq!(
+            syntax_error("plugin.json", "{\"keys\": [],\n \"keys\": []}\n"),
+            "line 2 column 9: an object has the same field twice"
+        );
     }
 
     #[test]
@@ -282,6 +304,15 @@ mod tests {
         assert_eq!(
             found[0].config.as_ref().unwrap_err(),
             "$: not valid JSON (line 3 column 1 of the value): trailing comma"
+        );
+        let envoy = serde_json::json!({"static_resources": {"listeners": [{"filter": {
+            "@type": WASM_FILTER,
+            "config": {"name": "keygate", "configuration": {"value": "{\"keys\": [], \"keys\": []}"}}
+        }}]}});
+        let found = configs_in("envoy.yaml", &envoy.to_string()).unwrap();
+        assert_eq!(
+            found[0].config.as_ref().unwrap_err(),
+            "$: not valid JSON (line 1 column 21 of the value): an object has the same field twice"
         );
     }
 }

@@ -183,7 +183,7 @@ fn serve(
         return Err(format!("--config {config}: {}", errors.join("; ")));
     }
     let gate = match &first.config {
-        Ok(v) => gate_from_value(v).map_err(|_| format!("--config {config}: invalid"))?,
+        Ok(v) => gate_from_value(&v.into()).map_err(|_| format!("--config {config}: invalid"))?,
         Err(e) => return Err(format!("--config {config}: {e}")),
     };
     if found.len() > 1 {
@@ -264,7 +264,7 @@ fn new_key(
     let mut errors = Errors::default();
     read_key_entry(
         "$",
-        &entry,
+        &(&entry).into(),
         &KeyContext {
             roles: &roles,
             prefixes: &prefixes,
@@ -304,7 +304,7 @@ fn hash_stdin() -> Result<(), String> {
 
 /// The errors of a found configuration (none: it is valid), in the order of its text.
 fn config_errors(f: &Found) -> Vec<String> {
-    match f.config.as_ref().map(gate_from_value) {
+    match f.config.as_ref().map(|v| gate_from_value(&v.into())) {
         Ok(Ok(_)) => vec![],
         Ok(Err(mut errors)) => {
             if let Some(source) = &f.source {
