@@ -39,14 +39,17 @@ postgres: ## Install PostgreSQL (Debian's postgresql package) for the key-servic
 	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null || { echo "PostgreSQL did not install"; exit 1; }; \
 	fi
 
+# `cargo rustc --crate-type cdylib`: the crate is also an rlib (the CLI and the tests use its
+# core), and building both types at once leaves LTO less to remove: 315 KB instead of 272 KB.
+WASM_BUILD := cargo rustc --release --target wasm32-wasip1 --lib --crate-type cdylib
 wasm: $(WASM_TARGET_STAMP) ## Build the filter: target/wasm32-wasip1/release/keygate.wasm
-	cargo build --release --target wasm32-wasip1 --lib
+	$(WASM_BUILD)
 	@ls -l $(WASM) | awk '{printf "keygate.wasm: %d bytes\n", $$5}'
 
 # The same filter with test-only fault injection (tests/faults.rs), in its own target dir.
 WASM_FAULTS := target/faults/wasm32-wasip1/release/keygate.wasm
 wasm-faults: $(WASM_TARGET_STAMP) ## Build the fault-injection filter for the fault tests (never deployed)
-	CARGO_TARGET_DIR=target/faults cargo build --release --target wasm32-wasip1 --lib --features fault-injection --quiet
+	CARGO_TARGET_DIR=target/faults $(WASM_BUILD) --features fault-injection --quiet
 
 cli: ## Build the CLI: target/release/keygate
 	cargo build --release --bin keygate

@@ -9,8 +9,8 @@ cd "$(dirname "$0")/.."
 # target dir; the bench profile would otherwise collide with release artefacts too.
 CARGO_TARGET_DIR=target/minimal-filter cargo build --quiet --release --target wasm32-wasip1 \
   --manifest-path bench/minimal-filter/Cargo.toml
-CARGO_TARGET_DIR=target/hostcalls cargo build --quiet --release --target wasm32-wasip1 --lib \
-  --features hostcall-count
+CARGO_TARGET_DIR=target/hostcalls cargo rustc --quiet --release --target wasm32-wasip1 --lib \
+  --crate-type cdylib --features hostcall-count
 export CARGO_TARGET_DIR=target/bench-build
 cargo bench --no-run --bench envoy --quiet
 # Envoy on CPU 0, the load generator on the others, where the machine has more than one.

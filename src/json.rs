@@ -1,5 +1,5 @@
 //! JSON for the filter: the value tree the configuration is read from, a pull parser that reads
-//! from any `Read` (a key-service answer arrives from Envoy in chunks, one entry at a time), and
+//! from any [`Source`] (a key-service answer arrives from Envoy in chunks, one entry at a time), and
 //! string quoting for the bodies keygate writes.
 //!
 //! Written for this crate instead of serde_json: the filter needs a small part of JSON's
@@ -10,7 +10,23 @@
 //! `5e3`); keygate's schema has no fractional numbers.
 
 use std::fmt;
-use std::io::Read;
+
+/// Where a parser's bytes come from: `read` fills the start of `buf` and says how many bytes it
+/// wrote (0 at the end), or `None` if the input cannot be read. (Not `std::io::Read`: its error
+/// machinery costs the .wasm more than the parser.)
+pub trait Source {
+    fn read(&mut self, buf: &mut [u8]) -> Option<usize>;
+}
+
+impl Source for &[u8] {
+    fn read(&mut self, buf: &mut [u8]) -> Option<usize> {
+        let n = buf.len().min(self.len());
+        let (head, rest) = self.split_at(n);
+        buf.get_mut(..n)?.copy_from_slice(head);
+        *self = rest;
+        Some(n)
+    }
+}
 
 /// A JSON value. Objects keep their fields in document order.
 #[derive(Debug, Clone, PartialEq)]
@@ -254,7 +270,7 @@ type Res<T> = Result<T, SyntaxError>;
 /// [`Parser::next_field`] and [`Parser::next_item`] walk the top-level object and an array one
 /// element at a time, so a large array is never held whole.
 pub struct Parser<'r> {
-    src: &'r mut dyn Read,
+    src: &'r mut dyn Source,
     buf: Vec<u8>,
     pos: usize,
     /// Offset in the input of `buf[0]`.
@@ -269,7 +285,7 @@ pub struct Parser<'r> {
 }
 
 impl<'r> Parser<'r> {
-    pub fn new(src: &'r mut dyn Read) -> Parser<'r> {
+    pub fn new(src: &'r mut dyn Source) -> Parser<'r> {
         Parser {
             src,
             buf: Vec::new(),
@@ -305,12 +321,12 @@ impl<'r> Parser<'r> {
         // A source may answer short reads; read until the chunk is full or the input ends.
         while n < CHUNK {
             match self.src.read(self.buf.get_mut(n..).unwrap_or_default()) {
-                Ok(0) => {
+                Some(0) => {
                     self.eof = true;
                     break;
                 }
-                Ok(k) => n += k,
-                Err(_) => {
+                Some(k) => n += k,
+                None => {
                     self.buf.truncate(n);
                     return self.error("the input could not be read");
                 }
@@ -712,9 +728,22 @@ impl<'r> Parser<'r> {
 /// Whether two fields of a large object share a name (sorted, so a hostile object cannot make
 /// the check quadratic).
 fn has_duplicate_name(fields: &[(String, Value)]) -> bool {
-    let mut names: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
-    names.sort_unstable();
-    names.windows(2).any(|w| w.first() == w.get(1))
+    // By hash (the key-set parser sorts the same pairs: one sort in the .wasm), then by name.
+    let mut hashes: Vec<(u64, u32)> = (0u32..)
+        .zip(fields)
+        .map(|(i, (k, _))| (crate::keys::fnv(k.as_bytes()), i))
+        .collect();
+    hashes.sort_unstable();
+    let name = |i: u32| fields.get(i as usize).map(|(k, _)| k);
+    // Within each run of equal hashes, every pair (a run is one name but for a collision).
+    hashes.chunk_by(|a, b| a.0 == b.0).any(|run| {
+        run.iter().enumerate().any(|(i, a)| {
+            run.get(i + 1..)
+                .unwrap_or_default()
+                .iter()
+                .any(|b| name(a.1) == name(b.1))
+        })
+    })
 }
 
 /// The filter's values from serde_json's, for the native tools (the CLI, the key service and
@@ -775,15 +804,15 @@ mod tests {
 
     /// A source that hands out one byte per read: every buffer boundary is exercised.
     struct Trickle<'a>(&'a [u8]);
-    impl Read for Trickle<'_> {
-        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+    impl Source for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> Option<usize> {
             match (self.0.split_first(), buf.first_mut()) {
                 (Some((b, rest)), Some(slot)) => {
                     *slot = *b;
                     self.0 = rest;
-                    Ok(1)
+                    Some(1)
                 }
-                _ => Ok(0),
+                _ => Some(0),
             }
         }
     }

@@ -71,6 +71,13 @@ impl Hasher for Fnv {
     }
 }
 
+/// FNV-1a of `bytes`.
+pub fn fnv(bytes: &[u8]) -> u64 {
+    let mut h = Fnv::default();
+    h.write(bytes);
+    h.finish()
+}
+
 pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
 pub type FastSet<K> = std::collections::HashSet<K, BuildHasherDefault<Fnv>>;
 

@@ -126,12 +126,18 @@ impl UsageLedger {
     fn take_report(&mut self) -> Report {
         self.seq += 1;
         let id = format!("{}-{}", self.origin, self.seq);
-        let mut ids: Vec<String> = self.counts.keys().take(MAX_REPORT_KEYS).cloned().collect();
-        ids.sort_unstable();
-        let mut body = String::with_capacity(64 + ids.len() * 96);
+        let taken: Vec<String> = self.counts.keys().take(MAX_REPORT_KEYS).cloned().collect();
+        // A stable order for a given set of ids (by FNV hash: the .wasm's one sort instance).
+        let mut order: Vec<(u64, u32)> = (0u32..)
+            .zip(&taken)
+            .map(|(i, id)| (crate::keys::fnv(id.as_bytes()), i))
+            .collect();
+        order.sort_unstable();
+        let ids = order.iter().filter_map(|(_, i)| taken.get(*i as usize));
+        let mut body = String::with_capacity(64 + taken.len() * 96);
         let _ = write!(body, "{{\"report_id\":\"{id}\",\"keys\":[");
         let mut requests = 0u64;
-        for (i, key_id) in ids.iter().enumerate() {
+        for (i, key_id) in ids.enumerate() {
             let Some(c) = self.counts.remove(key_id) else {
                 continue;
             };
@@ -175,7 +181,7 @@ impl UsageLedger {
         Report {
             id,
             body: body.into_bytes(),
-            keys: ids.len(),
+            keys: taken.len(),
             requests,
         }
     }
@@ -204,9 +210,10 @@ mod tests {
         assert_eq!((r.keys, r.requests), (2, 5));
         assert_eq!(
             body(&r),
+            // In the order of the ids' FNV hashes: the same for the same ids.
             json!({"report_id": "vm-1", "keys": [
-                {"id": "k1", "requests": 4, "allowed": 3, "rejected": {"rate_limited": 1}, "last_used": 1_700_000_000},
-                {"id": "k2", "requests": 1, "allowed": 0, "rejected": {"revoked": 1}, "last_used": 1_700_000_000}]})
+                {"id": "k2", "requests": 1, "allowed": 0, "rejected": {"revoked": 1}, "last_used": 1_700_000_000},
+                {"id": "k1", "requests": 4, "allowed": 3, "rejected": {"rate_limited": 1}, "last_used": 1_700_000_000}]})
         );
     }
 

@@ -115,6 +115,14 @@ pub(super) fn read_prefixes(root: &mut Obj, roles: &[Role], errors: &mut Errors)
             checksum,
         });
     }
-    out.sort_unstable_by_key(|p| std::cmp::Reverse(p.prefix.len()));
+    // Longest first (the first match wins). An insertion sort: a handful of prefixes, and no
+    // sort instance of its own in the .wasm.
+    for i in 1..out.len() {
+        let mut j = i;
+        while j > 0 && out.get(j - 1).map(|p| p.prefix.len()) < out.get(j).map(|p| p.prefix.len()) {
+            out.swap(j - 1, j);
+            j -= 1;
+        }
+    }
     out
 }

@@ -180,7 +180,8 @@ pub fn read_key_entry(
 /// Reads a list of key entries into a table, rejecting duplicate ids and digests.
 pub fn read_keys(path: &str, items: &[Value], ctx: &KeyContext, errors: &mut Errors) -> KeyTable {
     let mut table = KeyTable::with_capacity(items.len());
-    let mut ids: FastMap<&str, usize> = FastMap::default();
+    // (`u32` values: the same map type as the metric ids', one instance in the .wasm.)
+    let mut ids: FastMap<&str, u32> = FastMap::default();
     for (i, item) in items.iter().enumerate() {
         let p = index(path, i);
         // Ids are checked for duplicates even on entries with other errors.
@@ -188,10 +189,14 @@ pub fn read_keys(path: &str, items: &[Value], ctx: &KeyContext, errors: &mut Err
             if let Some(first) = ids.get(id) {
                 errors.push(
                     &format!("{p}.id"),
-                    format!("duplicate id {} (first at {})", q(id), index(path, *first)),
+                    format!(
+                        "duplicate id {} (first at {})",
+                        q(id),
+                        index(path, *first as usize)
+                    ),
                 );
             } else {
-                ids.insert(id, i);
+                ids.insert(id, i as u32);
             }
         }
         let Some((digest, record)) = read_key_entry(&p, item, ctx, errors) else {

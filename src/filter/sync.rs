@@ -5,6 +5,7 @@ use super::abi;
 use super::host::{call_response_body, call_response_status, unix_now, SharedData};
 use super::stats::Stats;
 use crate::decide::Lookup;
+use crate::json::Source;
 use crate::json_reader::q;
 use crate::keys::Digest;
 use crate::keyset::{
@@ -18,7 +19,6 @@ use log::{error, info, warn};
 use proxy_wasm::hostcalls;
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::io::Read;
 use std::time::Duration;
 
 /// How often every VM re-reads the published meta (new sets are seen within this) and the
@@ -112,23 +112,20 @@ struct CallBody {
     size: usize,
 }
 
-impl Read for CallBody {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+impl Source for CallBody {
+    fn read(&mut self, buf: &mut [u8]) -> Option<usize> {
         let want = buf
             .len()
             .min(self.size.saturating_sub(self.pos))
             .min(256 * 1024);
         if want == 0 {
-            return Ok(0);
+            return Some(0);
         }
-        let chunk = call_response_body(self.pos, want)
-            .ok_or_else(|| std::io::Error::other("response body unavailable"))?;
+        let chunk = call_response_body(self.pos, want)?;
         let n = chunk.len().min(want);
-        buf.get_mut(..n)
-            .unwrap_or_default()
-            .copy_from_slice(chunk.get(..n).unwrap_or_default());
+        buf.get_mut(..n)?.copy_from_slice(chunk.get(..n)?);
         self.pos += n;
-        Ok(n)
+        Some(n)
     }
 }
 

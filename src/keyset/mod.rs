@@ -19,14 +19,13 @@
 
 use crate::config::{read_key_entry, KeyContext};
 use crate::ip::Cidr;
-use crate::json::{Parser, SyntaxError, Value};
+use crate::json::{Parser, Source, SyntaxError, Value};
 use crate::json_reader::{q, ConfigError, Errors};
-use crate::keys::{Digest, FastSet};
+use crate::keys::{Digest, FastMap, FastSet};
 use crate::model::{Gate, KeyRecord, Limit, Per, Role};
 use crate::path::Pattern;
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::io::Read;
 use std::net::IpAddr;
 
 pub const META_KEY: &str = "keygate.ks.meta";
@@ -323,6 +322,65 @@ mod tests {
         assert!(lookup(&g, &sh, 1, "sk_nope").is_none());
         assert_eq!(shard_bits(10), 0);
         assert_eq!(shard_bits(1_000_000), 16);
+    }
+
+    #[test]
+    fn digests_that_tie_in_their_first_bytes_are_still_in_order_and_found() {
+        let g = gate();
+        let mut set = ParsedSet::for_keys(6);
+        // Pushed in descending order; all share the first 8 bytes, two share 31.
+        let mut digests: Vec<Digest> = [9u8, 7, 5, 3, 1]
+            .iter()
+            .map(|last| {
+                let mut d = [0xab; 32];
+                d[31] = *last;
+                d[12] = last / 4;
+                d
+            })
+            .collect();
+        digests.push([0x01; 32]);
+        for (i, d) in digests.iter().enumerate() {
+            let rec = crate::config::read_key_entry(
+                "$",
+                &crate::json::json!({"id": format!("t{i}"), "sha256": "0".repeat(64)}),
+                &KeyContext {
+                    roles: &g.roles,
+                    prefixes: &g.prefixes,
+                },
+                &mut Errors::default(),
+            )
+            .unwrap()
+            .1;
+            set.push(d, &rec, &g.roles);
+        }
+        let mut blobs = vec![];
+        set.for_each_shard(3, |_, blob| {
+            blobs.push(blob.to_vec());
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        assert_eq!(blobs.len(), 1);
+        let in_blob: Vec<&[u8]> = records_in_blob(&blobs[0], 3)
+            .unwrap()
+            .into_iter()
+            .map(|r| &r[..32])
+            .collect();
+        let mut want: Vec<&[u8]> = digests.iter().map(|d| &d[..]).collect();
+        want.sort();
+        assert_eq!(in_blob, want);
+        for (i, d) in digests.iter().enumerate() {
+            let rec = find_in_shard(&blobs[0], 3, d).unwrap().unwrap();
+            assert_eq!(record_id(rec), Some(format!("t{i}").as_str()));
+        }
+        let mut dup = ParsedSet::for_keys(2);
+        let rec = decode_record(
+            find_in_shard(&blobs[0], 3, &digests[0]).unwrap().unwrap(),
+            &g.roles,
+        )
+        .unwrap();
+        dup.push(&digests[1], &rec, &g.roles);
+        dup.push(&digests[1], &rec, &g.roles);
+        assert!(dup.has_duplicate_digest());
     }
 
     #[test]

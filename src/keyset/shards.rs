@@ -131,8 +131,32 @@ impl ParsedSet {
 
     /// One shard's records, sorted by digest; `None` if two have the same digest.
     pub(super) fn sorted(buf: &[u8]) -> Option<Vec<&[u8]>> {
-        let mut recs: Vec<&[u8]> = records_of(buf).collect();
-        recs.sort_unstable_by(|a, b| a.get(..32).cmp(&b.get(..32)));
+        let recs: Vec<&[u8]> = records_of(buf).collect();
+        // By the digest's first 8 bytes, big-endian (so in the digests' order), with the record's
+        // index: the same (u64, u32) sort the id check uses, one sort instance in the .wasm.
+        let mut order: Vec<(u64, u32)> = (0u32..)
+            .zip(&recs)
+            .map(|(i, r)| {
+                let head = r.get(..8).and_then(|h| <[u8; 8]>::try_from(h).ok());
+                (head.map_or(0, u64::from_be_bytes), i)
+            })
+            .collect();
+        order.sort_unstable();
+        let mut recs: Vec<&[u8]> = order
+            .iter()
+            .filter_map(|(_, i)| recs.get(*i as usize).copied())
+            .collect();
+        // Then by the whole digest: an insertion pass, linear on the (almost always) sorted
+        // result; it only moves records whose first 8 bytes tie.
+        for i in 1..recs.len() {
+            let mut j = i;
+            while j > 0
+                && recs.get(j - 1).and_then(|a| a.get(..32)) > recs.get(j).and_then(|b| b.get(..32))
+            {
+                recs.swap(j - 1, j);
+                j -= 1;
+            }
+        }
         let dup = recs
             .windows(2)
             .any(|w| w.first().and_then(|a| a.get(..32)) == w.get(1).and_then(|b| b.get(..32)));
