@@ -718,9 +718,9 @@ impl<'r> Parser<'r> {
         };
         Ok(Number {
             magnitude,
-            // `-0` is 0.
+            // `-0` is 0 (written as an integer, it is not one: serde_json reads it as -0.0).
             negative: negative && magnitude != Some(0),
-            integer,
+            integer: integer && !(negative && magnitude == Some(0)),
         })
     }
 }
@@ -858,7 +858,8 @@ mod tests {
         ] {
             assert_eq!(n(s).as_whole_u64(), whole, "{s}");
         }
-        assert_eq!(n("-0"), n("0"));
+        assert_eq!(n("-0").as_whole_u64(), Some(0));
+        assert_eq!(n("-0").as_u64(), None);
         assert_eq!(n("-0.0").as_whole_u64(), Some(0));
         assert_eq!(n("42").as_u64(), Some(42));
         assert_eq!(n("42.0").as_u64(), None);

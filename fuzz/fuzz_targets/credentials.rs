@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 fn gate() -> &'static keygate::model::Gate {
     static GATE: OnceLock<keygate::model::Gate> = OnceLock::new();
     GATE.get_or_init(|| {
-        gate_from_value(&serde_json::json!({
+        gate_from_value(&keygate::json::Value::from(serde_json::json!({
             "key_sources": [
                 {"header": "x-api-key"},
                 {"header": "authorization", "scheme": "Bearer"},
@@ -17,7 +17,7 @@ fn gate() -> &'static keygate::model::Gate {
                 {"header": "x-n8n-api-key", "paths": ["/webhooks/n8n/*"]}
             ],
             "keys": []
-        }))
+        })))
         .unwrap_or_else(|e| panic!("fuzz gate: {e:?}"))
     })
 }

@@ -10,11 +10,11 @@ use std::sync::OnceLock;
 fn gate() -> &'static keygate::model::Gate {
     static GATE: OnceLock<keygate::model::Gate> = OnceLock::new();
     GATE.get_or_init(|| {
-        gate_from_value(&serde_json::json!({
+        gate_from_value(&keygate::json::Value::from(serde_json::json!({
             "prefixes": [{"prefix": "sk_", "environment": "LIVE", "role": "reader"}],
             "roles": {"reader": {"methods": ["GET"]}, "admin": {"methods": ["*"]}},
             "keys": [{"id": "inline", "key": "sk_inline"}]
-        }))
+        })))
         .unwrap_or_else(|e| panic!("fuzz gate: {e:?}"))
     })
 }
