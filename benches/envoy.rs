@@ -158,6 +158,15 @@ fn hdr(k: &str, v: &str) -> Vec<(String, String)> {
     vec![(k.to_string(), v.to_string())]
 }
 
+/// A keygate variant's request headers: its key in `x-api-key`, none for `""`.
+fn key_hdr(key: &str) -> Vec<(String, String)> {
+    if key.is_empty() {
+        vec![]
+    } else {
+        hdr("x-api-key", key)
+    }
+}
+
 /// A Wasm filter that is not keygate (the minimal filter: the floor of any V8 Wasm filter).
 fn other_wasm(path: &std::path::Path) -> serde_json::Value {
     json!([{
@@ -183,7 +192,7 @@ fn keygate_envoy(name: &str, config: &str, wasm: Option<std::path::PathBuf>) -> 
 /// A guess at a key: the prefix and 36 random-looking characters (no valid checksum).
 const RANDOM_KEY: &str = "bk_live_Q3vX9mT2kLp8Zr4Wc7Yb1Nd6Hs0Fj5Ga2Ue";
 
-/// The configurations of the keygate variants: (name, config, presented key, status).
+/// The configurations of the keygate variants: (name, config, presented key or "", status).
 fn keygate_variants() -> Vec<(&'static str, String, &'static str, u16)> {
     let keys = |n: usize| -> Vec<serde_json::Value> {
         (0..n)
@@ -210,7 +219,8 @@ fn keygate_variants() -> Vec<(&'static str, String, &'static str, u16)> {
     reported["usage_report"] =
         json!({"cluster": "keyservice", "path": "/usage", "interval_seconds": 10});
     vec![
-        ("keygate, public path", public, "bk_live_3", 200),
+        ("keygate, public path", public.clone(), "bk_live_3", 200),
+        ("keygate, public path, no key presented", public, "", 200),
         (
             "keygate, allowed, no limit",
             config(keys(10), false),
@@ -300,7 +310,7 @@ fn request_cost() {
         variants.push(Variant {
             name,
             envoy: keygate_envoy(&format!("bench-keygate-{i}"), &config, None),
-            headers: hdr("x-api-key", key),
+            headers: key_hdr(key),
             want,
             samples: vec![],
         });
@@ -350,7 +360,7 @@ fn hostcall_ledger() {
             &config,
             Some(counting.clone()),
         );
-        let headers = hdr("x-api-key", key);
+        let headers = key_hdr(key);
         keep_alive_burst(e.port, 20, &headers, want); // warm (first-use metric definitions)
         let before = e.counter("wasmcustom.keygate.bench_hostcalls");
         assert_eq!(keep_alive_burst(e.port, N, &headers, want), N, "{name}");

@@ -1,5 +1,6 @@
 //! Finding the presented API key in a request (SPEC §1 `key_sources`).
 
+use crate::host_wire::Header;
 use crate::model::{KeySource, Source};
 use std::borrow::Cow;
 
@@ -114,7 +115,7 @@ pub fn query_param<'p, 'n>(
 /// `:path` (for query sources), `judged` its canonical form (for per-route sources).
 pub fn find_key<'r>(
     sources: &[KeySource],
-    headers: &'r [(String, Vec<u8>)],
+    headers: &'r [Header<'r>],
     path: &'r str,
     judged: &str,
 ) -> Presented<'r> {
@@ -180,11 +181,8 @@ pub fn strip_query_params(query: &str, strip: impl Fn(&str) -> bool) -> Cow<'_, 
 mod tests {
     use super::*;
 
-    fn h(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-            .collect()
+    fn h<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<Header<'a>> {
+        pairs.iter().map(|(k, v)| (*k, v.as_bytes())).collect()
     }
 
     fn sources() -> Vec<KeySource> {

@@ -6,6 +6,7 @@
 use crate::checksum;
 use crate::credentials::{find_key, query_param, Presented, MAX_KEY_LEN};
 use crate::header_names::{METHOD_OVERRIDES, METHOD_OVERRIDE_PARAM};
+use crate::host_wire::Header;
 use crate::ip::SourceAddress;
 use crate::keys::{self, Digest};
 use crate::model::{Gate, KeyRecord, Limit, Role};
@@ -63,7 +64,7 @@ pub struct Request<'r> {
     /// The path as judged, and as forwarded: canonical, without the query ([`crate::path`]).
     pub canonical: Cow<'r, str>,
     /// Every request header (lower-case names), as one host call returns them.
-    pub headers: &'r [(String, Vec<u8>)],
+    pub headers: &'r [Header<'r>],
 }
 
 impl<'r> Request<'r> {
@@ -72,7 +73,7 @@ impl<'r> Request<'r> {
     pub fn new(
         method: &'r str,
         path: &'r str,
-        headers: &'r [(String, Vec<u8>)],
+        headers: &'r [Header<'r>],
     ) -> Result<Self, PathError> {
         Ok(Request {
             method,
@@ -85,8 +86,8 @@ impl<'r> Request<'r> {
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers
             .iter()
-            .find(|(h, _)| h == name)
-            .map(|(_, v)| v.as_slice())
+            .find(|(h, _)| *h == name)
+            .map(|(_, v)| *v)
     }
 }
 
@@ -332,7 +333,7 @@ fn override_methods<'r>(req: &Request<'r>) -> impl Iterator<Item = &'r [u8]> {
         METHOD_OVERRIDES
             .iter()
             .any(|o| h.eq_ignore_ascii_case(o))
-            .then_some(v.as_slice())
+            .then_some(*v)
     });
     headers
         .chain(query_param(req.path, METHOD_OVERRIDE_PARAM))
@@ -490,8 +491,8 @@ mod tests {
         .unwrap()
     }
 
-    fn headers(key: Option<&str>) -> Vec<(String, Vec<u8>)> {
-        key.map(|k| vec![("x-api-key".to_string(), k.as_bytes().to_vec())])
+    fn headers(key: Option<&str>) -> Vec<Header<'_>> {
+        key.map(|k| vec![("x-api-key", k.as_bytes())])
             .unwrap_or_default()
     }
 
@@ -510,7 +511,7 @@ mod tests {
         host: &mut MockHost,
         method: &str,
         path: &str,
-        h: Vec<(String, Vec<u8>)>,
+        h: Vec<Header>,
     ) -> Option<Verdict<'g>> {
         let req = Request::new(method, path, &h).expect("a path that can be judged");
         decide(g, &req, host, |_| Lookup::NotFound)
@@ -601,7 +602,7 @@ mod tests {
         let g = gate();
         let with = |name: &str, value: &str| {
             let mut h = headers(Some("live_plain"));
-            h.push((name.to_string(), value.as_bytes().to_vec()));
+            h.push((name, value.as_bytes()));
             run_with(&g, &mut MockHost::new(), "GET", "/a", h).unwrap()
         };
         for name in METHOD_OVERRIDES {
@@ -635,7 +636,7 @@ mod tests {
         }
         // A role with every method allows every override.
         let mut h = headers(Some("live_admin"));
-        h.push(("x-http-method-override".into(), b"PURGE".to_vec()));
+        h.push(("x-http-method-override", b"PURGE"));
         let v = run_with(&g, &mut MockHost::new(), "GET", "/a", h).unwrap();
         assert_eq!(v.decision, Decision::Allowed);
     }

@@ -10,6 +10,7 @@
 
 use crate::credentials::strip_query_params;
 use crate::header_names::{folds_to, METHOD_OVERRIDES, PATH_OVERRIDES};
+use crate::host_wire::Header;
 use crate::model::Gate;
 use crate::path::split_query;
 use std::borrow::Cow;
@@ -79,15 +80,20 @@ fn foreign_spelling(gate: &Gate, name: &str, judged: &str) -> bool {
             .any(|s| s.applies_to(judged) && s.header().is_some_and(other_spelling))
 }
 
+/// The lengths of every name [`foreign_spelling`] could be true for (spellings keep the
+/// length), as a bit set: see [`Gate::spelling_lengths`].
+pub fn spelling_lengths(gate: &Gate) -> u64 {
+    let bit = |name: &str| 1u64 << name.len().min(63);
+    gate.owned_request_headers()
+        .chain(PATH_OVERRIDES)
+        .chain(METHOD_OVERRIDES)
+        .chain(gate.sources.iter().filter_map(|s| s.header()))
+        .fold(0, |set, name| set | bit(name))
+}
+
 /// The edits for a request whose raw `:path` is `raw`, judged as `judged` (`None`: a path
 /// refused before judging).
-pub fn plan(
-    gate: &Gate,
-    raw: &str,
-    judged: Option<&str>,
-    headers: &[(String, Vec<u8>)],
-    fate: Fate,
-) -> Edits {
+pub fn plan(gate: &Gate, raw: &str, judged: Option<&str>, headers: &[Header], fate: Fate) -> Edits {
     let (Fate::Upstream { sources }, Some(judged)) = (fate, judged) else {
         return Edits {
             path: new_path(gate, raw, split_query(raw).0, judged, true),
@@ -101,7 +107,8 @@ pub fn plan(
         }
     };
     for (name, _) in headers {
-        if foreign_spelling(gate, name, judged) {
+        let maybe = gate.spelling_lengths & (1u64 << name.len().min(63)) != 0;
+        if maybe && foreign_spelling(gate, name, judged) {
             push(name);
         }
     }
@@ -133,11 +140,8 @@ mod tests {
         .unwrap()
     }
 
-    fn h(names: &[&str]) -> Vec<(String, Vec<u8>)> {
-        names
-            .iter()
-            .map(|n| (n.to_string(), b"v".to_vec()))
-            .collect()
+    fn h<'a>(names: &[&'a str]) -> Vec<Header<'a>> {
+        names.iter().map(|n| (*n, &b"v"[..])).collect()
     }
 
     #[test]
@@ -205,6 +209,36 @@ mod tests {
         // A path that could not be judged loses every query key (for the access log).
         let e = plan(&g, "/a%2f?n8n_key=k", None, &headers, Fate::Local);
         assert_eq!(e.path.as_deref(), Some("/a%2f"));
+    }
+
+    #[test]
+    fn only_names_of_a_candidate_length_are_compared_and_long_names_still_are() {
+        let long = format!("x-{}", "k".repeat(70));
+        let g = gate_from_value(&json!({
+            "key_sources": [{"header": "x-api-key"}],
+            "keys": [],
+            "upstream_headers": {"key_id": long}
+        }))
+        .unwrap();
+        let lengths = spelling_lengths(&g);
+        for name in [
+            "x-api-key",
+            "x-environment",
+            "x-original-url",
+            "x-http-method",
+        ] {
+            assert_ne!(lengths & (1 << name.len()), 0, "{name}");
+        }
+        assert_eq!(lengths & (1 << "user-agent".len()), 0);
+        let spoofed = long.replace('-', "_").to_uppercase();
+        let e = plan(
+            &g,
+            "/",
+            Some("/"),
+            &h(&["user-agent", &spoofed, "X_Environment"]),
+            Fate::Upstream { sources: 0 },
+        );
+        assert_eq!(e.remove, [spoofed.as_str(), "X_Environment"]);
     }
 
     #[test]

@@ -2,9 +2,13 @@
 //! maps as the host serialises them, and property paths. Decoding never panics: a malformed host
 //! answer is `None`, and the caller fails closed.
 
+/// One header as the core reads it: its name and value, borrowed from the host's answer.
+pub type Header<'a> = (&'a str, &'a [u8]);
+
 /// A header map: `count: u32`, then `count` × (`name_len: u32`, `value_len: u32`), then each
-/// name and value followed by a NUL byte; all integers little-endian.
-pub fn decode_pairs(bytes: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
+/// name and value followed by a NUL byte; all integers little-endian. The headers borrow
+/// `bytes`: one allocation for the whole map, not two per header.
+pub fn decode_pairs(bytes: &[u8]) -> Option<Vec<Header<'_>>> {
     if bytes.is_empty() {
         return Some(Vec::new());
     }
@@ -22,7 +26,7 @@ pub fn decode_pairs(bytes: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
         data = data.checked_add(name_len)?.checked_add(1)?;
         let value = bytes.get(data..data.checked_add(value_len)?)?;
         data = data.checked_add(value_len)?.checked_add(1)?;
-        out.push((String::from_utf8(name.to_vec()).ok()?, value.to_vec()));
+        out.push((std::str::from_utf8(name).ok()?, value));
     }
     Some(out)
 }
@@ -62,10 +66,7 @@ mod tests {
         let pairs = [(":path", "/a?b"), ("x-api-key", ""), ("a", "b")];
         let bytes = encode_pairs(&pairs);
         let back = decode_pairs(&bytes).unwrap();
-        let want: Vec<(String, Vec<u8>)> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-            .collect();
+        let want: Vec<Header> = pairs.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
         assert_eq!(back, want);
         assert_eq!(decode_pairs(&[]), Some(vec![]));
         assert_eq!(decode_pairs(&encode_pairs(&[])), Some(vec![]));

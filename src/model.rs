@@ -207,6 +207,9 @@ pub struct Gate {
     pub trust_forwarded_address: bool,
     /// Only keys of these environments are accepted here (SPEC §9); `None` = any.
     pub environments_accepted: Option<Vec<String>>,
+    /// Bit `n` (63: 63 or more) set if a header name of `n` bytes could be a spelling
+    /// [`crate::forward`] removes: the other names of a request skip the comparisons.
+    pub spelling_lengths: u64,
 }
 
 impl Gate {

@@ -27,10 +27,11 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let mut lines = text.split('\n');
     let path = lines.next().unwrap_or("/");
-    let headers: Vec<(String, Vec<u8>)> = lines
+    let owned: Vec<(String, &str)> = lines
         .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.as_bytes().to_vec()))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
         .collect();
+    let headers: Vec<(&str, &[u8])> = owned.iter().map(|(k, v)| (k.as_str(), v.as_bytes())).collect();
     let judged = keygate::path::canonical_path(path).unwrap_or_else(|_| "/".into());
     match find_key(&gate().sources, &headers, path, &judged) {
         Presented::Missing => {}

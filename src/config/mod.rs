@@ -192,7 +192,7 @@ fn read_gate(value: &Value, errors: &mut Errors) -> Option<Gate> {
     let bearer = sources.iter().any(
         |s| matches!(&s.from, Source::Header { scheme: Some(s), .. } if s.eq_ignore_ascii_case("bearer")),
     );
-    let gate = Gate {
+    let mut gate = Gate {
         sources,
         prefixes,
         roles,
@@ -208,7 +208,9 @@ fn read_gate(value: &Value, errors: &mut Errors) -> Option<Gate> {
         bearer,
         trust_forwarded_address,
         environments_accepted,
+        spelling_lengths: 0,
     };
+    gate.spelling_lengths = crate::forward::spelling_lengths(&gate);
     check_header_clashes(&gate, errors);
     Some(gate)
 }

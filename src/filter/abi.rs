@@ -5,7 +5,7 @@
 //! over as `Vec`s (the SDK's exported allocator made them). The exception is the key fetch's
 //! `dispatch_http_call` (see `sync.rs`): only the SDK can register its token for the answer.
 
-use crate::host_wire::{decode_pairs, encode_pairs, property_path};
+use crate::host_wire::{encode_pairs, property_path};
 use proxy_wasm::types::{BufferType, MapType, MetricType};
 use std::ptr::{null, null_mut};
 
@@ -180,16 +180,14 @@ pub fn buffer(buffer: BufferType, start: usize, max: usize) -> Result<Option<Vec
     owned(status, data, size)
 }
 
-/// Every header of a map in one call; a malformed answer is an error, never a panic.
-pub fn header_pairs(map: MapType) -> Result<Vec<(String, Vec<u8>)>, Status> {
+/// Every header of a map in one call, serialised (read them with
+/// [`crate::host_wire::decode_pairs`]); no map is an empty one.
+pub fn header_pairs(map: MapType) -> Result<Vec<u8>, Status> {
     counted!();
     let (mut data, mut size) = (null_mut(), 0usize);
     // SAFETY: valid pointers to locals.
     let status = unsafe { sys::proxy_get_header_map_pairs(map, &mut data, &mut size) };
-    match owned(status, data, size)? {
-        None => Ok(Vec::new()),
-        Some(bytes) => decode_pairs(&bytes).ok_or(NOT_FOUND),
-    }
+    Ok(owned(status, data, size)?.unwrap_or_default())
 }
 
 /// One header's value; `None` if absent (or the host has no such map, e.g. a failed call).

@@ -10,12 +10,8 @@ const HEADER: &str = "x-keygate-fault";
 const KILL_FETCHER: &str = "keygate.fault.kill_fetcher";
 
 /// Carries out a fault a request asks for.
-pub fn on_request(headers: &[(String, Vec<u8>)]) {
-    match headers
-        .iter()
-        .find(|(h, _)| h == HEADER)
-        .map(|(_, v)| v.as_slice())
-    {
+pub fn on_request(headers: &[crate::host_wire::Header]) {
+    match headers.iter().find(|(h, _)| *h == HEADER).map(|(_, v)| *v) {
         Some(b"trap") => trap(),
         Some(b"kill-fetcher") => {
             let _ = abi::set_shared_data(KILL_FETCHER, b"1", 0);

@@ -7,6 +7,7 @@ use super::sync::{self, View};
 use crate::credentials::find_key;
 use crate::decide::{decide, Decision, Request, Verdict};
 use crate::forward::{self, Edits, Fate};
+use crate::host_wire::decode_pairs;
 use crate::model::Gate;
 use crate::reply::{self, Reply};
 use log::{debug, error};
@@ -142,7 +143,10 @@ impl KeygateHttp {
             return self.fail_closed("no configuration");
         };
         // One host call for every header: the key sources, :method, :path and referer.
-        let Ok(headers) = abi::header_pairs(MapType::HttpRequestHeaders) else {
+        let Ok(raw) = abi::header_pairs(MapType::HttpRequestHeaders) else {
+            return self.fail_closed("request headers unavailable");
+        };
+        let Some(headers) = decode_pairs(&raw) else {
             return self.fail_closed("request headers unavailable");
         };
         #[cfg(feature = "fault-injection")]
@@ -150,7 +154,7 @@ impl KeygateHttp {
         let text = |name: &str| {
             headers
                 .iter()
-                .find(|(h, _)| h == name)
+                .find(|(h, _)| *h == name)
                 .and_then(|(_, v)| std::str::from_utf8(v).ok())
         };
         let (Some(method), Some(path)) = (text(":method"), text(":path")) else {
