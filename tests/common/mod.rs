@@ -464,7 +464,21 @@ impl Envoy {
             .unwrap_or_else(|log| panic!("envoy did not become ready; log:\n{log}"))
     }
 
+    /// Ports are picked free and released before Envoy binds them, so another process of a
+    /// parallel test can take one in between: then Envoy exits with "Address already in use"
+    /// and is started again on other ports (at most three times).
     fn start_with(o: &EnvoyOpts, dynamic: bool) -> Result<Envoy, String> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::start_once(o, dynamic) {
+                Err(log) if attempt < 3 && log.contains("Address already in use") => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn start_once(o: &EnvoyOpts, dynamic: bool) -> Result<Envoy, String> {
         let dir = scratch_dir(o.name);
         let port = free_port();
         let admin = free_port();
