@@ -259,6 +259,8 @@ pub fn parse(mut bytes: &[u8]) -> Result<Value, SyntaxError> {
     Ok(v)
 }
 
+/// Distinct field names of one object with the same FNV hash tolerated ([`has_duplicate_name`]).
+const MAX_SAME_HASH: usize = 8;
 /// Deeper nesting is refused (keygate's schema nests 5 levels; the stack is the VM's).
 const MAX_DEPTH: u32 = 128;
 /// Bytes asked of the source at a time.
@@ -454,7 +456,8 @@ impl<'r> Parser<'r> {
         Ok(true)
     }
 
-    /// A value: built when `keep`, else only checked (strings and containers not stored).
+    /// A value: built when `keep`, else only checked (strings and containers not stored, so a
+    /// field repeated inside a skipped value goes unnoticed: its content is never used).
     fn any(&mut self, keep: bool) -> Res<Value> {
         let Some(b) = self.peek_token()? else {
             return self.error("EOF while parsing a value");
@@ -537,10 +540,9 @@ impl<'r> Parser<'r> {
                 .iter()
                 .position(|b| matches!(b, b'"' | b'\\' | 0..=0x1f))
                 .unwrap_or(rest.len());
-            if keep {
-                self.scratch
-                    .extend_from_slice(rest.get(..run).unwrap_or_default());
-            }
+            // Collected even when not kept: a skipped string must be UTF-8 too.
+            self.scratch
+                .extend_from_slice(rest.get(..run).unwrap_or_default());
             self.pos += run;
             match self.peek()? {
                 None => return self.error("EOF while parsing a string"),
@@ -558,6 +560,12 @@ impl<'r> Parser<'r> {
                 }
                 Some(_) => {}
             }
+        }
+        if !keep {
+            return match std::str::from_utf8(&self.scratch) {
+                Ok(_) => Ok(String::new()),
+                Err(_) => self.error("invalid unicode in a string"),
+            };
         }
         let bytes = std::mem::take(&mut self.scratch);
         match String::from_utf8(bytes) {
@@ -703,8 +711,8 @@ impl<'r> Parser<'r> {
             }
             while let Some(b @ b'0'..=b'9') = self.peek()? {
                 self.pos += 1;
-                // Saturates far beyond any power of ten a u64 holds.
-                exponent = (exponent * 10 + i64::from(b - b'0')).min(1_000_000);
+                // Saturates beyond any digit count an input can have (which offsets it).
+                exponent = (exponent * 10 + i64::from(b - b'0')).min(1_000_000_000_000_000);
             }
             if negative_exp {
                 exponent = -exponent;
@@ -725,8 +733,9 @@ impl<'r> Parser<'r> {
     }
 }
 
-/// Whether two fields of a large object share a name (sorted, so a hostile object cannot make
-/// the check quadratic).
+/// Whether two fields of a large object share a name (sorted by hash, so a hostile object cannot
+/// make the check quadratic). More than [`MAX_SAME_HASH`] names with one FNV hash count as a
+/// duplicate: no document has them unless they were made to collide.
 fn has_duplicate_name(fields: &[(String, Value)]) -> bool {
     // By hash (the key-set parser sorts the same pairs: one sort in the .wasm), then by name.
     let mut hashes: Vec<(u64, u32)> = (0u32..)
@@ -737,12 +746,13 @@ fn has_duplicate_name(fields: &[(String, Value)]) -> bool {
     let name = |i: u32| fields.get(i as usize).map(|(k, _)| k);
     // Within each run of equal hashes, every pair (a run is one name but for a collision).
     hashes.chunk_by(|a, b| a.0 == b.0).any(|run| {
-        run.iter().enumerate().any(|(i, a)| {
-            run.get(i + 1..)
-                .unwrap_or_default()
-                .iter()
-                .any(|b| name(a.1) == name(b.1))
-        })
+        run.len() > MAX_SAME_HASH
+            || run.iter().enumerate().any(|(i, a)| {
+                run.get(i + 1..)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|b| name(a.1) == name(b.1))
+            })
     })
 }
 
@@ -861,6 +871,11 @@ mod tests {
         assert_eq!(n("-0").as_whole_u64(), Some(0));
         assert_eq!(n("-0").as_u64(), None);
         assert_eq!(n("-0.0").as_whole_u64(), Some(0));
+        // Digits beyond any exponent clamp still offset it exactly: 0.5 is not whole.
+        let long = format!("5{}e-{}", "0".repeat(1_000_001), 1_000_002);
+        assert_eq!(n(&long).as_whole_u64(), None);
+        let long = format!("5{}e-{}", "0".repeat(1_000_001), 1_000_000);
+        assert_eq!(n(&long).as_whole_u64(), Some(50));
         assert_eq!(n("42").as_u64(), Some(42));
         assert_eq!(n("42.0").as_u64(), None);
         assert_eq!(n("-42").as_u64(), None);
@@ -919,6 +934,11 @@ mod tests {
             "recursion limit exceeded at line 1 column 129"
         );
         assert!(parse(&[b'"', 0xff, b'"']).is_err());
+        let distinct: Vec<String> = (0..1000).map(|i| format!("\"f{i}\":1")).collect();
+        assert!(parse(format!("{{{}}}", distinct.join(",")).as_bytes()).is_ok());
+        // A skipped value is checked as strictly as a kept one (but for repeated fields).
+        let mut bad: &[u8] = b"[\"\xff\"]";
+        assert!(Parser::new(&mut bad).skip().is_err());
         let many: Vec<String> = (0..100).map(|i| format!("\"f{}\":1", i % 99)).collect();
         assert!(err(&format!("{{{}}}", many.join(",")))
             .starts_with("an object has the same field twice"));

@@ -124,6 +124,7 @@ impl Parse<'_> {
 
 const TOP_EXPECTED: &str = "expected an object {\"version\": …, \"keys\": […]}";
 const KEYS_EXPECTED: &str = "expected an array of key entries";
+const TOP_FIELDS: [&str; 5] = ["version", "keys", "since", "upserts", "removed"];
 
 /// A fatal problem with the answer's shape, or its JSON syntax.
 enum Fatal {
@@ -144,13 +145,20 @@ impl Parse<'_> {
             return Err(Fatal::Shape(TOP_EXPECTED));
         }
         let mut first = true;
-        let mut seen: Vec<String> = Vec::new();
+        // The known fields seen, one bit each (unknown ones are errors whatever their number:
+        // a list of names seen would make a hostile answer quadratic).
+        let mut seen = 0u8;
         while let Some(k) = p.next_field(&mut first)? {
-            if seen.contains(&k) {
+            let bit = TOP_FIELDS
+                .iter()
+                .position(|f| *f == k)
+                .map_or(0, |i| 1u8 << i);
+            if seen & bit != 0 {
                 self.error(&format!("$.{k}"), "appears twice");
                 p.skip()?;
                 continue;
             }
+            seen |= bit;
             match k.as_str() {
                 "version" => match p.value()? {
                     // It is sent back in If-None-Match, so it must be a valid header token.
@@ -207,7 +215,6 @@ impl Parse<'_> {
                     p.skip()?;
                 }
             }
-            seen.push(k);
         }
         Ok(())
     }

@@ -328,13 +328,14 @@ mod tests {
     fn digests_that_tie_in_their_first_bytes_are_still_in_order_and_found() {
         let g = gate();
         let mut set = ParsedSet::for_keys(6);
-        // Pushed in descending order; all share the first 8 bytes, two share 31.
+        // Pushed in descending order; all share the first 8 bytes, some the first 24 or 31.
         let mut digests: Vec<Digest> = [9u8, 7, 5, 3, 1]
             .iter()
             .map(|last| {
                 let mut d = [0xab; 32];
                 d[31] = *last;
                 d[12] = last / 4;
+                d[20] = last / 6;
                 d
             })
             .collect();
@@ -393,6 +394,10 @@ mod tests {
             (
                 json!({"version": "1", "keys": [], "extra": 1}).to_string(),
                 "$.extra",
+            ),
+            (
+                r#"{"version": "1", "keys": [], "version": "2"}"#.to_string(),
+                "$.version",
             ),
             (
                 answer("1", json!([{"id": "a", "sha256": "zz"}])),

@@ -131,32 +131,8 @@ impl ParsedSet {
 
     /// One shard's records, sorted by digest; `None` if two have the same digest.
     pub(super) fn sorted(buf: &[u8]) -> Option<Vec<&[u8]>> {
-        let recs: Vec<&[u8]> = records_of(buf).collect();
-        // By the digest's first 8 bytes, big-endian (so in the digests' order), with the record's
-        // index: the same (u64, u32) sort the id check uses, one sort instance in the .wasm.
-        let mut order: Vec<(u64, u32)> = (0u32..)
-            .zip(&recs)
-            .map(|(i, r)| {
-                let head = r.get(..8).and_then(|h| <[u8; 8]>::try_from(h).ok());
-                (head.map_or(0, u64::from_be_bytes), i)
-            })
-            .collect();
-        order.sort_unstable();
-        let mut recs: Vec<&[u8]> = order
-            .iter()
-            .filter_map(|(_, i)| recs.get(*i as usize).copied())
-            .collect();
-        // Then by the whole digest: an insertion pass, linear on the (almost always) sorted
-        // result; it only moves records whose first 8 bytes tie.
-        for i in 1..recs.len() {
-            let mut j = i;
-            while j > 0
-                && recs.get(j - 1).and_then(|a| a.get(..32)) > recs.get(j).and_then(|b| b.get(..32))
-            {
-                recs.swap(j - 1, j);
-                j -= 1;
-            }
-        }
+        let mut recs: Vec<&[u8]> = records_of(buf).collect();
+        sort_by_digest(&mut recs, 0);
         let dup = recs
             .windows(2)
             .any(|w| w.first().and_then(|a| a.get(..32)) == w.get(1).and_then(|b| b.get(..32)));
@@ -213,4 +189,36 @@ pub fn records_in_blob(blob: &[u8], gen: u64) -> Result<Vec<&[u8]>, DecodeError>
             _ => Err(DecodeError::Truncated),
         })
         .collect()
+}
+
+/// Sorts records by their digest, 8 bytes at a time from `word` on: by (that word, big-endian;
+/// record index) with the same (u64, u32) sort the id check uses (one sort instance in the
+/// .wasm), then each run that ties on it by the next word. O(n log n) per word whatever the
+/// digests (an answer chooses them: a tie-breaking insertion pass would be quadratic).
+fn sort_by_digest(recs: &mut [&[u8]], word: usize) {
+    if recs.len() < 2 || word >= 4 {
+        return;
+    }
+    let at = |r: &[u8]| {
+        r.get(word * 8..word * 8 + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map_or(0, u64::from_be_bytes)
+    };
+    let mut order: Vec<(u64, u32)> = (0u32..).zip(recs.iter()).map(|(i, r)| (at(r), i)).collect();
+    order.sort_unstable();
+    let sorted: Vec<&[u8]> = order
+        .iter()
+        .filter_map(|(_, i)| recs.get(*i as usize).copied())
+        .collect();
+    if sorted.len() != recs.len() {
+        return;
+    }
+    recs.copy_from_slice(&sorted);
+    let mut start = 0;
+    for run in order.chunk_by(|a, b| a.0 == b.0) {
+        if let Some(tied) = recs.get_mut(start..start + run.len()) {
+            sort_by_digest(tied, word + 1);
+        }
+        start += run.len();
+    }
 }
