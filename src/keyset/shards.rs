@@ -92,10 +92,20 @@ impl ParsedSet {
         }
     }
 
+    /// Encodes a record straight into its shard (no buffer of its own).
     pub(super) fn push(&mut self, digest: &Digest, rec: &KeyRecord, roles: &[Role]) {
-        let mut encoded = Vec::with_capacity(96);
-        encode_record(&mut encoded, digest, rec, roles);
-        self.push_encoded(&encoded);
+        let Some(buf) = self.shards.get_mut(shard_of(digest, self.bits) as usize) else {
+            return;
+        };
+        let at = buf.len();
+        buf.extend_from_slice(&[0; 4]);
+        encode_record(buf, digest, rec, roles);
+        let len = buf.len() - at - 4;
+        if let Some(prefix) = buf.get_mut(at..at + 4) {
+            prefix.copy_from_slice(&(len as u32).to_le_bytes());
+        }
+        self.count += 1;
+        self.bytes += len;
     }
 
     /// Adds an encoded record (its digest first) to its shard.
