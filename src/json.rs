@@ -9,6 +9,7 @@
 //! after the value. Numbers keep their exact whole value when they have one (`5000`, `5000.0`,
 //! `5e3`); keygate's schema has no fractional numbers.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// Where a parser's bytes come from: `read` fills the start of `buf` and says how many bytes it
@@ -99,9 +100,37 @@ impl From<i64> for Number {
     }
 }
 
+/// A field name: borrowed from [`KNOWN_NAMES`] when it is one (no allocation: a million-key
+/// answer has three per entry), else owned.
+pub type Name = Cow<'static, str>;
+
+/// The field names of keygate's key entries and key-service answers.
+const KNOWN_NAMES: [&str; 20] = [
+    "id",
+    "sha256",
+    "key",
+    "name",
+    "tenant",
+    "role",
+    "environment",
+    "revoked",
+    "expires_at",
+    "rate_limits",
+    "allowed_ips",
+    "allowed_referers",
+    "allowed_paths",
+    "requests",
+    "per",
+    "version",
+    "keys",
+    "since",
+    "upserts",
+    "removed",
+];
+
 /// A JSON object: its fields in document order, each name once.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct Map(Vec<(String, Value)>);
+pub struct Map(Vec<(Name, Value)>);
 
 impl Map {
     pub fn new() -> Map {
@@ -114,18 +143,18 @@ impl Map {
 
     /// Sets a field (replacing one of the same name).
     pub fn insert(&mut self, key: String, value: Value) {
-        match self.0.iter_mut().find(|(k, _)| *k == key) {
+        match self.0.iter_mut().find(|(k, _)| *k == key.as_str()) {
             Some(slot) => slot.1 = value,
-            None => self.0.push((key, value)),
+            None => self.0.push((Cow::Owned(key), value)),
         }
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = &String> {
-        self.0.iter().map(|(k, _)| k)
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(k, _)| k.as_ref())
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &Value)> {
-        self.0.iter().map(|(k, v)| (k, v))
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.0.iter().map(|(k, v)| (k.as_ref(), v))
     }
 
     pub fn len(&self) -> usize {
@@ -138,13 +167,13 @@ impl Map {
 }
 
 impl<'a> IntoIterator for &'a Map {
-    type Item = (&'a String, &'a Value);
+    type Item = (&'a str, &'a Value);
     type IntoIter = std::iter::Map<
-        std::slice::Iter<'a, (String, Value)>,
-        fn(&'a (String, Value)) -> (&'a String, &'a Value),
+        std::slice::Iter<'a, (Name, Value)>,
+        fn(&'a (Name, Value)) -> (&'a str, &'a Value),
     >;
     fn into_iter(self) -> Self::IntoIter {
-        self.0.iter().map(|(k, v)| (k, v))
+        self.0.iter().map(|(k, v)| (k.as_ref(), v))
     }
 }
 
@@ -402,7 +431,7 @@ impl<'r> Parser<'r> {
 
     /// Walks an object: call with `first = true` before its first field. Consumes the `{` (on
     /// the first call), then each `,` and the field's name and `:`; `None` after the `}`.
-    pub fn next_field(&mut self, first: &mut bool) -> Res<Option<String>> {
+    pub fn next_field(&mut self, first: &mut bool) -> Res<Option<Name>> {
         if *first {
             self.expect(b'{', "expected `{`")?;
         }
@@ -426,7 +455,7 @@ impl<'r> Parser<'r> {
             return self.error("key must be a string");
         }
         self.pos += 1;
-        let key = self.string(true)?;
+        let key = self.name()?;
         self.expect(b':', "expected `:`")?;
         Ok(Some(key))
     }
@@ -500,7 +529,7 @@ impl<'r> Parser<'r> {
     }
 
     fn object(&mut self, keep: bool) -> Res<Value> {
-        let mut fields: Vec<(String, Value)> = Vec::new();
+        let mut fields: Vec<(Name, Value)> = Vec::new();
         let mut first = true;
         while let Some(key) = self.next_field(&mut first)? {
             // Small objects (all of keygate's schema) are checked here, to name the place.
@@ -530,7 +559,20 @@ impl<'r> Parser<'r> {
         Ok(Value::Array(items))
     }
 
-    /// The rest of a string (its opening quote consumed), unescaped; empty unless `keep`.
+    /// A field name (its opening quote consumed): one of [`KNOWN_NAMES`] without allocating.
+    fn name(&mut self) -> Res<Name> {
+        self.string(false)?;
+        let known = KNOWN_NAMES
+            .iter()
+            .find(|n| n.as_bytes() == self.scratch.as_slice());
+        Ok(match known {
+            Some(n) => Cow::Borrowed(n),
+            None => Cow::Owned(String::from_utf8_lossy(&self.scratch).into_owned()),
+        })
+    }
+
+    /// The rest of a string (its opening quote consumed), unescaped (and left in the scratch);
+    /// empty unless `keep`.
     fn string(&mut self, keep: bool) -> Res<String> {
         self.scratch.clear();
         loop {
@@ -736,7 +778,7 @@ impl<'r> Parser<'r> {
 /// Whether two fields of a large object share a name (sorted by hash, so a hostile object cannot
 /// make the check quadratic). More than [`MAX_SAME_HASH`] names with one FNV hash count as a
 /// duplicate: no document has them unless they were made to collide.
-fn has_duplicate_name(fields: &[(String, Value)]) -> bool {
+fn has_duplicate_name(fields: &[(Name, Value)]) -> bool {
     // By hash (the key-set parser sorts the same pairs: one sort in the .wasm), then by name.
     let mut hashes: Vec<(u64, u32)> = (0u32..)
         .zip(fields)
@@ -781,7 +823,7 @@ impl From<&serde_json::Value> for Value {
             serde_json::Value::Array(a) => Value::Array(a.iter().map(Value::from).collect()),
             serde_json::Value::Object(m) => Value::Object(Map(m
                 .iter()
-                .map(|(k, v)| (k.clone(), Value::from(v)))
+                .map(|(k, v)| (Cow::Owned(k.clone()), Value::from(v)))
                 .collect())),
         }
     }
@@ -952,7 +994,7 @@ mod tests {
         let mut first = true;
         let mut seen = vec![];
         while let Some(k) = p.next_field(&mut first).unwrap() {
-            match k.as_str() {
+            match k.as_ref() {
                 "keys" => {
                     let mut first = true;
                     while p.next_item(&mut first).unwrap() {

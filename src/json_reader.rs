@@ -280,7 +280,7 @@ impl<'a, 'p> Obj<'a, 'p> {
     pub fn finish(self, errors: &mut Errors) {
         let seen = self.seen.get(..self.n_seen).unwrap_or_default();
         for key in self.map.keys() {
-            if !seen.contains(&key.as_str()) {
+            if !seen.contains(&key) {
                 errors.push(&child(self.path, key), "unknown field");
             }
         }

@@ -61,7 +61,7 @@ pub(super) fn read_roles(root: &mut Obj, errors: &mut Errors) -> Vec<Role> {
         }
         o.finish(errors);
         roles.push(Role {
-            name: name.clone(),
+            name: name.to_string(),
             methods,
             paths,
             forbidden_message,

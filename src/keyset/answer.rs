@@ -159,7 +159,7 @@ impl Parse<'_> {
                 continue;
             }
             seen |= bit;
-            match k.as_str() {
+            match k.as_ref() {
                 "version" => match p.value()? {
                     // It is sent back in If-None-Match, so it must be a valid header token.
                     Value::String(v)
