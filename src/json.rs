@@ -432,25 +432,16 @@ impl<'r> Parser<'r> {
     /// Walks an object: call with `first = true` before its first field. Consumes the `{` (on
     /// the first call), then each `,` and the field's name and `:`; `None` after the `}`.
     pub fn next_field(&mut self, first: &mut bool) -> Res<Option<Name>> {
-        if *first {
-            self.expect(b'{', "expected `{`")?;
+        let object = (
+            "expected `{`",
+            b'{',
+            b'}',
+            "EOF while parsing an object",
+            "expected `,` or `}`",
+        );
+        if !self.next_member(first, object)? {
+            return Ok(None);
         }
-        match self.peek_token()? {
-            Some(b'}') => {
-                self.pos += 1;
-                return Ok(None);
-            }
-            Some(b',') if !*first => {
-                self.pos += 1;
-                if self.peek_token()? == Some(b'}') {
-                    return self.error("trailing comma");
-                }
-            }
-            None => return self.error("EOF while parsing an object"),
-            Some(_) if !*first => return self.error("expected `,` or `}`"),
-            Some(_) => {}
-        }
-        *first = false;
         if self.peek_token()? != Some(b'"') {
             return self.error("key must be a string");
         }
@@ -463,22 +454,41 @@ impl<'r> Parser<'r> {
     /// Walks an array: call with `first = true` before its first element. `true` when an
     /// element follows (read it with [`Parser::value`] or [`Parser::skip`]), `false` after `]`.
     pub fn next_item(&mut self, first: &mut bool) -> Res<bool> {
+        let array = (
+            "expected `[`",
+            b'[',
+            b']',
+            "EOF while parsing a list",
+            "expected `,` or `]`",
+        );
+        self.next_member(first, array)
+    }
+
+    /// The step both walks share: the opening bracket (first call), then a `,` before each
+    /// further member; `false` after the closing bracket. `kind`: (message if not opened,
+    /// opening, closing, message at the end of the input, message without a separator).
+    fn next_member(
+        &mut self,
+        first: &mut bool,
+        kind: (&'static str, u8, u8, &'static str, &'static str),
+    ) -> Res<bool> {
+        let (not_opened, open, close, eof, no_separator) = kind;
         if *first {
-            self.expect(b'[', "expected `[`")?;
+            self.expect(open, not_opened)?;
         }
         match self.peek_token()? {
-            Some(b']') => {
+            Some(b) if b == close => {
                 self.pos += 1;
                 return Ok(false);
             }
             Some(b',') if !*first => {
                 self.pos += 1;
-                if self.peek_token()? == Some(b']') {
+                if self.peek_token()? == Some(close) {
                     return self.error("trailing comma");
                 }
             }
-            None => return self.error("EOF while parsing a list"),
-            Some(_) if !*first => return self.error("expected `,` or `]`"),
+            None => return self.error(eof),
+            Some(_) if !*first => return self.error(no_separator),
             Some(_) => {}
         }
         *first = false;

@@ -90,6 +90,17 @@ mod tests {
         .unwrap()
     }
 
+    /// A valid key entry's record, read as inline keys and answers are.
+    fn entry(g: &Gate, v: &crate::json::Value) -> KeyRecord {
+        let ctx = KeyContext {
+            roles: &g.roles,
+            prefixes: &g.prefixes,
+        };
+        read_key_entry("$", v, &ctx, &mut Errors::default())
+            .unwrap()
+            .1
+    }
+
     fn answer(version: &str, keys: serde_json::Value) -> String {
         json!({"version": version, "keys": keys}).to_string()
     }
@@ -261,17 +272,10 @@ mod tests {
         let set = set_of(&g, &full);
         let sh = shards(&set, 7);
         let r = lookup(&g, &sh, 7, "sk_full").unwrap();
-        let direct = read_key_entry(
-            "$",
+        let direct = entry(
+            &g,
             &(&serde_json::from_str::<serde_json::Value>(&full).unwrap()["keys"][0]).into(),
-            &KeyContext {
-                roles: &g.roles,
-                prefixes: &g.prefixes,
-            },
-            &mut Errors::default(),
-        )
-        .unwrap()
-        .1;
+        );
         assert_eq!(
             r, direct,
             "a record decodes to exactly what inline parsing gives"
@@ -341,17 +345,10 @@ mod tests {
             .collect();
         digests.push([0x01; 32]);
         for (i, d) in digests.iter().enumerate() {
-            let rec = crate::config::read_key_entry(
-                "$",
+            let rec = entry(
+                &g,
                 &crate::json::json!({"id": format!("t{i}"), "sha256": "0".repeat(64)}),
-                &KeyContext {
-                    roles: &g.roles,
-                    prefixes: &g.prefixes,
-                },
-                &mut Errors::default(),
-            )
-            .unwrap()
-            .1;
+            );
             set.push(d, &rec, &g.roles);
         }
         let mut blobs = vec![];
