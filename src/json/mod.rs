@@ -122,20 +122,8 @@ const KNOWN_NAMES: [&str; 20] = [
 pub struct Map(Vec<(Name, Value)>);
 
 impl Map {
-    pub fn new() -> Map {
-        Map(Vec::new())
-    }
-
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
-    }
-
-    /// Sets a field (replacing one of the same name).
-    pub fn insert(&mut self, key: String, value: Value) {
-        match self.0.iter_mut().find(|(k, _)| *k == key.as_str()) {
-            Some(slot) => slot.1 = value,
-            None => self.0.push((Cow::Owned(key), value)),
-        }
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &str> {
@@ -182,18 +170,6 @@ impl Value {
     pub fn as_i64(&self) -> Option<i64> {
         match self {
             Value::Number(n) => n.as_i64(),
-            _ => None,
-        }
-    }
-    pub fn as_bool(&self) -> Option<bool> {
-        match self {
-            Value::Bool(b) => Some(*b),
-            _ => None,
-        }
-    }
-    pub fn as_array(&self) -> Option<&Vec<Value>> {
-        match self {
-            Value::Array(a) => Some(a),
             _ => None,
         }
     }
