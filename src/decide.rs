@@ -5,6 +5,7 @@
 
 use crate::checksum;
 use crate::credentials::{find_key, query_param, Presented, MAX_KEY_LEN};
+use crate::fleet::Windows;
 use crate::header_names::{METHOD_OVERRIDES, METHOD_OVERRIDE_PARAM};
 use crate::host_wire::Header;
 use crate::ip::SourceAddress;
@@ -153,6 +154,11 @@ pub struct Verdict<'g> {
     pub fault: Option<StoreError>,
     /// A rate-limit record had to be created on the request path.
     pub counter_created: bool,
+    /// With `rate_limit_service`: the key's limits, counted by the service, not here. An
+    /// `Allowed` verdict with these is provisional until the service answers.
+    pub fleet: Option<Windows>,
+    /// A 503 because the rate-limit service failed (`on_failure: deny`), not the key service.
+    pub rate_service_down: bool,
 }
 
 impl<'g> Verdict<'g> {
@@ -169,6 +175,23 @@ impl<'g> Verdict<'g> {
             sources: 0,
             fault: None,
             counter_created: false,
+            fleet: None,
+            rate_service_down: false,
+        }
+    }
+
+    /// Takes a rate-limit outcome: a block becomes the 429, an admission its headers.
+    pub fn limited(&mut self, outcome: RateOutcome) {
+        match outcome {
+            RateOutcome::Admitted(h) => self.rate = Some(h),
+            RateOutcome::Blocked {
+                headers,
+                retry_after,
+            } => {
+                self.decision = Decision::RateLimited;
+                self.rate = Some(headers);
+                self.retry_after = Some(retry_after);
+            }
         }
     }
 
@@ -296,34 +319,50 @@ fn judge_key(
     } else {
         Some(Denial::Environment)
     };
+    if gate.rate_limit_service.is_some() {
+        v.fleet = Windows::of(limits);
+    }
     if let Some(d) = denial {
         v.decision = Decision::Forbidden;
         v.denial = Some(d);
-        v.rate = ratelimit::peek(host, &rec.id, limits, now).ok().flatten();
+        if v.fleet.is_none() {
+            v.rate = ratelimit::peek(host, &rec.id, limits, now).ok().flatten();
+        }
         return;
     }
-    match ratelimit::admit(host, &rec.id, limits, now, &mut v.counter_created) {
-        Ok(None) => {}
-        Ok(Some(RateOutcome::Admitted(h))) => v.rate = Some(h),
-        Ok(Some(RateOutcome::Blocked {
-            headers,
-            retry_after,
-        })) => {
-            v.decision = Decision::RateLimited;
-            v.rate = Some(headers);
-            v.retry_after = Some(retry_after);
-            return;
-        }
-        Err(e) => {
-            // Fail closed: a counter we cannot update never admits.
-            v.decision = Decision::RateLimited;
-            v.retry_after = Some(1);
-            v.fault = Some(e);
-            return;
-        }
+    if v.fleet.is_none() && !count_locally(host, &rec.id, limits, now, v) {
+        return;
     }
     v.decision = Decision::Allowed;
     v.verify = gate.verify_path.as_deref() == Some(path) && req.method == "GET";
+}
+
+/// Counts the request with this Envoy's own counters; `false` if that rejects it (used up, or
+/// a counter fault: a counter that cannot be updated never admits).
+pub fn count_locally(
+    store: &mut impl CasStore,
+    key_id: &str,
+    limits: &[Limit],
+    now: u64,
+    v: &mut Verdict,
+) -> bool {
+    match ratelimit::admit(store, key_id, limits, now, &mut v.counter_created) {
+        Ok(None) => true,
+        Ok(Some(RateOutcome::Admitted(h))) => {
+            v.rate = Some(h);
+            true
+        }
+        Ok(Some(outcome @ RateOutcome::Blocked { .. })) => {
+            v.limited(outcome);
+            false
+        }
+        Err(e) => {
+            v.decision = Decision::RateLimited;
+            v.retry_after = Some(1);
+            v.fault = Some(e);
+            false
+        }
+    }
 }
 
 /// Every method the request names besides its own (override headers, `_method`), each as

@@ -5,6 +5,8 @@
 //! [`keys`] (SHA-256 digest, lookup) → [`decide`] (the ordered checks, using [`path`], [`ip`],
 //! [`ratelimit`]) → [`forward`] (the judged path and the headers removed before the request
 //! goes on) or [`reply`] (status, headers, JSON body). Only [`filter`] talks to Envoy.
+//! With `rate_limit_service`, [`fleet`] turns the limits into a call ([`rls_wire`]) and its
+//! answer into the same outcome a local limit gives.
 
 #![cfg_attr(
     not(test),
@@ -15,6 +17,7 @@ pub mod checksum;
 pub mod config;
 pub mod credentials;
 pub mod decide;
+pub mod fleet;
 pub mod forward;
 pub mod header_names;
 pub mod host_wire;
@@ -29,11 +32,15 @@ pub mod model;
 pub mod path;
 pub mod ratelimit;
 pub mod reply;
+pub mod rls_wire;
 pub mod timestamp;
 pub mod usage;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;
+/// The rate-limit service (`keygate ratelimit`, SPEC §10): native only, never in the `.wasm`.
+#[cfg(not(target_arch = "wasm32"))]
+pub mod ratelimit_service;
 /// The key service (`keygate serve`, SPEC §7 and §8): native only, never in the `.wasm`.
 #[cfg(not(target_arch = "wasm32"))]
 pub mod service;

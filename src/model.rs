@@ -175,6 +175,30 @@ impl std::fmt::Debug for Endpoint {
 
 pub type KeySync = Endpoint;
 
+/// What a request gets when the rate-limit service cannot answer (SPEC §10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// This Envoy's own exact counters take over (limits hold per Envoy).
+    Local,
+    /// 503 `UNAVAILABLE`.
+    Deny,
+    /// Admitted, uncounted.
+    Allow,
+}
+
+/// `rate_limit_service`: limits counted fleet-wide by a rate-limit service (SPEC §10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitService {
+    pub cluster: String,
+    pub authority: Option<String>,
+    pub domain: String,
+    pub timeout_ms: u64,
+    pub on_failure: OnFailure,
+    /// The serialised `envoy.config.core.v3.GrpcService` handed to `proxy_grpc_call`
+    /// (cluster and authority), built once at configuration. ASCII: the SDK takes a `&str`.
+    pub grpc_service: String,
+}
+
 /// Names of the headers the filter sets on the upstream request (`None` = off).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamHeaders {
@@ -200,6 +224,8 @@ pub struct Gate {
     pub key_sync: Option<KeySync>,
     /// Where usage reports go (SPEC §8).
     pub usage_report: Option<Endpoint>,
+    /// Fleet-wide limits through a rate-limit service (SPEC §10); `None` = this Envoy counts.
+    pub rate_limit_service: Option<RateLimitService>,
     /// A Bearer source is configured: 401s carry `WWW-Authenticate`.
     pub bearer: bool,
     /// `allowed_ips` may use an address Envoy derived from `X-Forwarded-For` (behind trusted

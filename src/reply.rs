@@ -47,6 +47,9 @@ pub fn rejection(v: &Verdict) -> (u32, String, &'static str) {
             ),
             "RATE_LIMITED",
         ),
+        Decision::Unavailable if v.rate_service_down => {
+            (503, "Rate limit service unavailable".into(), "UNAVAILABLE")
+        }
         Decision::Unavailable => (503, "API key service unavailable".into(), "UNAVAILABLE"),
         Decision::BadRequest => (400, "Invalid request path".into(), "BAD_REQUEST"),
         // Not a rejection; answered as a fault if ever asked.

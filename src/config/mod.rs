@@ -93,6 +93,80 @@ fn read_endpoint(root: &mut Obj, field: &'static str, errors: &mut Errors) -> Op
     })
 }
 
+/// `rate_limit_service` (SPEC §10): the cluster of a gRPC rate-limit service and what to do
+/// when it cannot answer.
+fn read_rate_limit_service(root: &mut Obj, errors: &mut Errors) -> Option<RateLimitService> {
+    let path = root.field_path("rate_limit_service");
+    let v = root.get("rate_limit_service")?;
+    let mut o = Obj::new(&path, v, errors)?;
+    let cluster = o.req_str("cluster", errors);
+    let authority_path = o.field_path("authority");
+    let authority = o.opt_str("authority", errors);
+    let domain_path = o.field_path("domain");
+    let domain = o.opt_str("domain", errors).unwrap_or("keygate");
+    let timeout_path = o.field_path("timeout_ms");
+    let timeout_ms = o.opt_u64("timeout_ms", errors).unwrap_or(100);
+    let failure_path = o.field_path("on_failure");
+    let on_failure = match o.opt_str("on_failure", errors) {
+        None | Some("local") => Some(OnFailure::Local),
+        Some("deny") => Some(OnFailure::Deny),
+        Some("allow") => Some(OnFailure::Allow),
+        Some(other) => {
+            errors.push(
+                &failure_path,
+                format!("{} is not one of local, deny, allow", q(other)),
+            );
+            None
+        }
+    };
+    o.finish(errors);
+    let printable =
+        |s: &str| !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| (0x21..0x7f).contains(&b));
+    if let Some(a) = authority {
+        if !printable(a) {
+            errors.push(
+                &authority_path,
+                "must be 1-255 printable ASCII characters without spaces",
+            );
+        }
+    }
+    if !printable(domain) {
+        errors.push(
+            &domain_path,
+            "must be 1-255 printable ASCII characters without spaces",
+        );
+    }
+    if !(1..=60_000).contains(&timeout_ms) {
+        errors.push(&timeout_path, "must be between 1 and 60000");
+    }
+    let cluster = cluster?;
+    if !printable(cluster) {
+        errors.push(
+            &format!("{path}.cluster"),
+            "must be 1-255 printable ASCII characters without spaces",
+        );
+    }
+    // Envoy takes the service as a serialised GrpcService through a string argument: it must
+    // be ASCII, so its one length byte below 128.
+    let grpc_service = String::from_utf8(crate::rls_wire::grpc_service(cluster, authority))
+        .ok()
+        .filter(|s| s.is_ascii());
+    if grpc_service.is_none() {
+        errors.push(
+            &path,
+            "cluster and authority must together be at most 120 characters",
+        );
+    }
+    Some(RateLimitService {
+        cluster: cluster.to_string(),
+        authority: authority.map(str::to_string),
+        domain: domain.to_string(),
+        timeout_ms,
+        on_failure: on_failure?,
+        grpc_service: grpc_service?,
+    })
+}
+
 /// `environments_accepted`: each name must be an environment some prefix or inline key has.
 fn read_environments_accepted(
     root: &mut Obj,
@@ -145,6 +219,7 @@ fn read_gate(value: &Value, errors: &mut Errors) -> Option<Gate> {
     };
     let key_sync = read_endpoint(&mut root, "key_sync", errors);
     let usage_report = read_endpoint(&mut root, "usage_report", errors);
+    let rate_limit_service = read_rate_limit_service(&mut root, errors);
     let default_limits = read_limits(&mut root, errors).unwrap_or_default();
     let public_paths = read_patterns(&mut root, "public_paths", errors).unwrap_or_default();
     let vp_path = root.field_path("verify_path");
@@ -205,6 +280,7 @@ fn read_gate(value: &Value, errors: &mut Errors) -> Option<Gate> {
         upstream_headers,
         key_sync,
         usage_report,
+        rate_limit_service,
         bearer,
         trust_forwarded_address,
         environments_accepted,

@@ -1,18 +1,21 @@
 //! One HTTP stream: read the request once, let the core decide, carry out the verdict.
 
 use super::abi;
-use super::host::EnvoyHost;
+use super::fleet::{self, FleetState};
+use super::host::{EnvoyHost, SharedData};
 use super::stats::Stats;
 use super::sync::{self, View};
 use crate::credentials::find_key;
-use crate::decide::{decide, Decision, Request, Verdict};
+use crate::decide::{count_locally, decide, Decision, Host, Request, Verdict};
+use crate::fleet::Windows;
 use crate::forward::{self, Edits, Fate};
 use crate::host_wire::decode_pairs;
-use crate::model::Gate;
+use crate::model::{Gate, KeyRecord, OnFailure, RoleId};
 use crate::reply::{self, Reply};
 use log::{debug, error};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -20,20 +23,55 @@ pub struct KeygateHttp {
     gate: Option<Rc<Gate>>,
     stats: Rc<RefCell<Stats>>,
     view: Rc<RefCell<View>>,
+    fleet: Rc<RefCell<FleetState>>,
     /// Headers to add to the upstream's response (environment, rate limits).
     response_headers: Vec<(String, String)>,
     /// The filter answered locally: leave the response alone.
     replied: bool,
+    /// A request held until the rate-limit service answers (SPEC §10).
+    waiting: Option<Waiting>,
+}
+
+/// What an allowed request waiting for the rate-limit service needs to be concluded: the
+/// verdict's parts, owned (the verdict borrows the request's headers, gone by then).
+struct Waiting {
+    token: u32,
+    windows: Windows,
+    key: KeyRecord,
+    role: Option<RoleId>,
+    prefix_environment: Option<String>,
+    sources: u32,
+    verify: bool,
+}
+
+impl Waiting {
+    fn verdict<'a>(&'a self, gate: &'a Gate) -> Verdict<'a> {
+        let mut v = Verdict::new(Decision::Allowed);
+        v.key = Some(Cow::Borrowed(&self.key));
+        v.role = gate.role(self.role);
+        v.prefix_environment = self.prefix_environment.as_deref();
+        v.sources = self.sources;
+        v.verify = self.verify;
+        v.fleet = Some(self.windows);
+        v
+    }
 }
 
 impl KeygateHttp {
-    pub fn new(gate: Option<Rc<Gate>>, stats: Rc<RefCell<Stats>>, view: Rc<RefCell<View>>) -> Self {
+    pub fn new(
+        gate: Option<Rc<Gate>>,
+        stats: Rc<RefCell<Stats>>,
+        view: Rc<RefCell<View>>,
+        fleet: Rc<RefCell<FleetState>>,
+    ) -> Self {
         KeygateHttp {
             gate,
             stats,
             view,
+            fleet,
             response_headers: Vec::new(),
             replied: false,
+            waiting: None,
         }
     }
 
@@ -114,7 +152,34 @@ mod ledger {
     pub fn report() {}
 }
 
-impl Context for KeygateHttp {}
+impl Context for KeygateHttp {
+    fn on_grpc_call_response(&mut self, token: u32, status_code: u32, response_size: usize) {
+        if self.waiting.as_ref().is_none_or(|w| w.token != token) {
+            return;
+        }
+        let (Some(gate), Some(waiting)) = (self.gate.clone(), self.waiting.take()) else {
+            return;
+        };
+        let now_ms = abi::now_ns().map_or(0, |ns| ns / 1_000_000);
+        let answer = fleet::answer(&waiting.windows, status_code, response_size, now_ms);
+        let mut v = waiting.verdict(&gate);
+        match answer {
+            Ok(outcome) => {
+                self.fleet.borrow_mut().cache.learn(
+                    &waiting.key.id,
+                    &waiting.windows,
+                    &outcome,
+                    now_ms / 1000,
+                );
+                v.limited(outcome);
+            }
+            Err(why) => self.fleet_failed(&gate, &mut v, now_ms / 1000, &why),
+        }
+        if self.conclude(&gate, v) == Action::Continue {
+            let _ = proxy_wasm::hostcalls::resume_http_request();
+        }
+    }
+}
 
 impl HttpContext for KeygateHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
@@ -133,6 +198,24 @@ impl HttpContext for KeygateHttp {
         }
         ledger::report();
         Action::Continue
+    }
+
+    // While the rate-limit service is asked, the request's body and trailers wait too:
+    // Continue here would send the held headers upstream before the answer.
+    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        if self.waiting.is_some() {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if self.waiting.is_some() {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
     }
 }
 
@@ -196,20 +279,101 @@ impl KeygateHttp {
             // Never forward a request whose path or headers could not be made what was judged.
             return self.fail_closed("the request could not be rewritten as judged");
         }
-        let Some(v) = verdict else {
+        let Some(mut v) = verdict else {
             return Action::Continue;
         };
+        if let Some(w) = v.fleet {
+            match v.decision {
+                Decision::Allowed => return self.ask_fleet(&gate, v, w),
+                Decision::Forbidden => {
+                    let now = host.now();
+                    v.rate = v
+                        .key
+                        .as_deref()
+                        .and_then(|k| self.fleet.borrow().cache.peek(&k.id, &w, now));
+                }
+                _ => {}
+            }
+        }
+        self.conclude(&gate, v)
+    }
+
+    /// Records the final verdict and carries it out: a local answer, or the request goes on
+    /// with its identity headers (`Continue`).
+    fn conclude(&mut self, gate: &Gate, v: Verdict) -> Action {
         self.record(&v);
         if v.decision != Decision::Allowed {
-            return self.send(&reply::reject(&gate, &v));
+            return self.send(&reply::reject(gate, &v));
         }
         if v.verify {
-            return self.send(&reply::verify(&gate, &v));
+            return self.send(&reply::verify(gate, &v));
         }
-        if self.forward(&gate, &v).is_err() {
+        if self.forward(gate, &v).is_err() {
             return self.fail_closed("the identity headers could not be set");
         }
         Action::Continue
+    }
+
+    /// An allowed request with fleet-wide limits: 429 from the over-limit cache, else one call
+    /// to the rate-limit service while the request waits.
+    fn ask_fleet(&mut self, gate: &Gate, mut v: Verdict, w: Windows) -> Action {
+        let (Some(rls), Some(key)) = (gate.rate_limit_service.as_ref(), v.key.as_deref()) else {
+            return self.fail_closed("fleet limits without a service or key");
+        };
+        let now = super::host::unix_now();
+        let cached = self.fleet.borrow().cache.blocked(&key.id, &w, now);
+        if let Some(outcome) = cached {
+            self.stats
+                .borrow_mut()
+                .event("ratelimit_service_cached_over_limit");
+            v.limited(outcome);
+            return self.conclude(gate, v);
+        }
+        match fleet::dispatch(rls, &key.id, &w) {
+            Ok(token) => {
+                self.stats.borrow_mut().event("ratelimit_service_calls");
+                self.waiting = Some(Waiting {
+                    token,
+                    windows: w,
+                    key: key.clone(),
+                    role: v
+                        .role
+                        .and_then(|r| gate.roles.iter().position(|x| std::ptr::eq(x, r))),
+                    prefix_environment: v.prefix_environment.map(str::to_string),
+                    sources: v.sources,
+                    verify: v.verify,
+                });
+                Action::Pause
+            }
+            Err(why) => {
+                self.fleet_failed(gate, &mut v, now, &why);
+                self.conclude(gate, v)
+            }
+        }
+    }
+
+    /// The call failed: `on_failure` decides (SPEC §10). Never a 5xx with `local` or `allow`
+    /// (but a local counter that cannot be updated refuses, as without the service).
+    fn fleet_failed(&mut self, gate: &Gate, v: &mut Verdict, now: u64, why: &str) {
+        self.fleet
+            .borrow_mut()
+            .failed(&mut self.stats.borrow_mut(), now, why);
+        let Some(w) = v.fleet else {
+            return;
+        };
+        match gate.rate_limit_service.as_ref().map(|r| r.on_failure) {
+            Some(OnFailure::Allow) => {}
+            Some(OnFailure::Local) => {
+                let Some(id) = v.key.as_deref().map(|k| k.id.clone()) else {
+                    return;
+                };
+                count_locally(&mut SharedData, &id, &w.to_vec(), now, v);
+            }
+            Some(OnFailure::Deny) | None => {
+                v.decision = Decision::Unavailable;
+                v.rate_service_down = true;
+            }
+        }
     }
 
     /// The audit trail (filter state, stats, debug log): never the key itself.

@@ -3,6 +3,7 @@
 mod abi;
 #[cfg(feature = "fault-injection")]
 mod faults;
+mod fleet;
 mod host;
 mod http;
 mod report;

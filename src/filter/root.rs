@@ -1,6 +1,7 @@
 //! The root context: parses the configuration once per `on_configure` and hands it to requests.
 
 use super::abi;
+use super::fleet::FleetState;
 use super::host::{unix_now, SharedData};
 use super::http::KeygateHttp;
 use super::report::Reporter;
@@ -24,6 +25,8 @@ pub struct KeygateRoot {
     view: Rc<RefCell<View>>,
     syncer: Option<Syncer>,
     reporter: Option<Reporter>,
+    /// Fleet-wide limits: the over-limit cache of this VM (kept across reconfigurations).
+    fleet: Rc<RefCell<FleetState>>,
 }
 
 impl Context for KeygateRoot {
@@ -165,6 +168,7 @@ impl RootContext for KeygateRoot {
             self.gate.clone(),
             self.stats.clone(),
             self.view.clone(),
+            self.fleet.clone(),
         )))
     }
 

@@ -85,7 +85,7 @@ async fn run<S: Store>(app: Arc<App<S>>, options: &Options) -> Result<(), String
     .map_err(|e| format!("serving failed: {e}"))
 }
 
-async fn shutdown() {
+pub(crate) async fn shutdown() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

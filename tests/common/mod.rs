@@ -2,6 +2,7 @@
 //! a real upstream that reports what it received, and a raw HTTP/1.1 client.
 #![allow(dead_code)]
 
+pub mod fleet;
 pub mod key_service;
 pub mod readers;
 pub mod service;
@@ -118,13 +119,29 @@ pub fn send_to(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Response {
+    send_body(host, port, method, path, headers, "")
+}
+
+/// [`send_to`] with a body (`content-length` set).
+pub fn send_body(
+    host: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Response {
     let mut s = TcpStream::connect((host, port)).expect("connect to envoy");
     s.set_read_timeout(Some(Duration::from_secs(20))).ok();
     let mut req = format!("{method} {path} HTTP/1.1\r\nhost: api.test\r\nconnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
+    if !body.is_empty() {
+        req.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
     req.push_str("\r\n");
+    req.push_str(body);
     s.write_all(req.as_bytes()).expect("write request");
     read_response(&mut s)
 }
@@ -290,8 +307,9 @@ fn serve_echo(conn: TcpStream, name: &str) {
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        let report =
-            serde_json::json!({"method": method, "path": path, "headers": headers}).to_string();
+        let report = serde_json::json!({"method": method, "path": path, "headers": headers,
+                                        "body": String::from_utf8_lossy(&body)})
+        .to_string();
         let resp = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-echo-upstream: {name}\r\ncontent-length: {}\r\n\r\n{report}",
             report.len()
@@ -320,6 +338,11 @@ pub struct EnvoyOpts<'a> {
     pub wasm: Option<PathBuf>,
     /// Answer every routed request with a direct 200 (no upstream): benches measure the filter.
     pub direct_response: bool,
+    /// Rate-limit service replicas (their gRPC ports), reachable as the HTTP/2 cluster
+    /// `ratelimit`, health-checked with gRPC health every 500 ms.
+    pub rate_limit_service: Vec<u16>,
+    /// HTTP filters placed before keygate (e.g. Envoy's own ratelimit filter in benches).
+    pub filters_before: Vec<Value>,
 }
 
 impl<'a> EnvoyOpts<'a> {
@@ -334,6 +357,8 @@ impl<'a> EnvoyOpts<'a> {
             hardened: false,
             wasm: None,
             direct_response: false,
+            rate_limit_service: vec![],
+            filters_before: vec![],
         }
     }
 }
@@ -351,6 +376,24 @@ fn cluster(name: &str, port: u16) -> Value {
         "name": name, "type": "STATIC", "connect_timeout": "2s",
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
             "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}
+    })
+}
+
+/// The gRPC cluster `ratelimit` of a rate-limit service's replicas (HTTP/2, gRPC health).
+pub fn rate_limit_cluster(ports: &[u16]) -> Value {
+    let endpoints: Vec<Value> = ports
+        .iter()
+        .map(|p| json!({"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}))
+        .collect();
+    json!({
+        "name": "ratelimit", "type": "STATIC", "connect_timeout": "1s",
+        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}},
+        "health_checks": [{"timeout": "1s", "interval": "0.5s", "no_traffic_interval": "0.5s",
+                           "unhealthy_threshold": 1, "healthy_threshold": 1,
+                           "grpc_health_check": {}}],
+        "load_assignment": {"cluster_name": "ratelimit", "endpoints": [{"lb_endpoints": endpoints}]}
     })
 }
 
@@ -401,11 +444,11 @@ fn listener(o: &EnvoyOpts, dir: &Path, port: u16, plugin_config: &str) -> Value 
             }}
         }}],
         "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
-        "http_filters": [
+        "http_filters": o.filters_before.iter().cloned().chain([
             keygate_filter(plugin_config, &o.wasm.clone().unwrap_or_else(wasm_path)),
-            {"name": "envoy.filters.http.router", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
-        ]
+            json!({"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
+        ]).collect::<Vec<_>>()
     });
     if o.hardened {
         for (k, v) in [
@@ -488,6 +531,9 @@ impl Envoy {
         }
         if let Some(p) = o.key_service {
             clusters.push(cluster("keyservice", p));
+        }
+        if !o.rate_limit_service.is_empty() {
+            clusters.push(rate_limit_cluster(&o.rate_limit_service));
         }
         let l = listener(o, &dir, port, o.plugin_config);
         let mut bootstrap = json!({

@@ -21,6 +21,7 @@ use keygate::keys::digest_hex;
 use keygate::model::{Checksum, Prefix, Role};
 use serde_json::{json, Value};
 use std::io::Read;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -90,6 +91,19 @@ enum Command {
         /// The role whose keys manage their tenant's keys on the gateway listener
         #[arg(long, default_value = "admin")]
         tenant_admin_role: String,
+    },
+    /// Run the rate-limit service (SPEC §10): Envoy's rate limit service v3 over gRPC, every
+    /// count in Redis, so one limit holds across every Envoy that calls it
+    Ratelimit {
+        /// Address of the gRPC service (ShouldRateLimit and grpc.health.v1)
+        #[arg(long, default_value = "127.0.0.1:8082")]
+        listen: SocketAddr,
+        /// redis://HOST:PORT[/DB], or redis+cluster://HOST:PORT[,HOST:PORT…] for a Redis Cluster
+        #[arg(long, env = "KEYGATE_REDIS_URL")]
+        redis: String,
+        /// Address of the Prometheus metrics (GET /metrics); none if not given
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
     },
     /// Manage keys at a key service (admin token from KEYGATE_ADMIN_TOKEN)
     Keys {
@@ -386,6 +400,17 @@ fn main() -> ExitCode {
             gateway_listen.as_deref(),
             tenant_admin_role,
         )
+        .map_err(|e| (2, e)),
+        Command::Ratelimit {
+            listen,
+            redis,
+            metrics_listen,
+        } => keygate::ratelimit_service::run(keygate::ratelimit_service::Options {
+            listen,
+            redis,
+            metrics_listen,
+        })
+        .map(|()| true)
         .map_err(|e| (2, e)),
         Command::Keys {
             server,

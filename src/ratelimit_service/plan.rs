@@ -1,0 +1,327 @@
+//! One `ShouldRateLimit` call as counters (pure): the request checked, each descriptor named
+//! as a Redis key, and the script's answer turned into the response.
+//!
+//! Keys: `kg{<tag>}<id><unit>`, where `<tag>` (16 hex) hashes the domain and the descriptor's
+//! first entry (`key_id` for keygate), so every counter of one keygate request shares a Redis
+//! Cluster hash slot and one script can count them atomically, and `<id>` (24 hex) hashes the
+//! domain and every entry. Keys have a fixed length whatever the entries: memory per counter
+//! is bounded.
+
+use super::proto::{
+    DescriptorStatus, Duration, RateLimit, RateLimitRequest, RateLimitResponse, CODE_OK,
+    CODE_OVER_LIMIT,
+};
+use sha2::{Digest, Sha256};
+
+/// Bounds on what one call may ask (anything beyond is `INVALID_ARGUMENT`).
+pub const MAX_DESCRIPTORS: usize = 16;
+pub const MAX_ENTRIES: usize = 8;
+pub const MAX_TEXT: usize = 256;
+/// The most one request may add to a counter.
+pub const MAX_HITS: u64 = 1_000_000;
+
+/// One counter of a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counter {
+    pub key: String,
+    pub limit: u64,
+    pub unit: i32,
+    pub window_ms: u64,
+    /// 0: checked, not counted.
+    pub hits: u64,
+}
+
+fn window_ms(unit: i32) -> Option<u64> {
+    match unit {
+        1 => Some(1_000),
+        2 => Some(60_000),
+        3 => Some(3_600_000),
+        4 => Some(86_400_000),
+        _ => None,
+    }
+}
+
+fn hash_parts<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        // Length-prefixed: no two lists of parts hash the same bytes.
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// The counters of a request, or why it is refused (`INVALID_ARGUMENT`).
+pub fn plan(req: &RateLimitRequest) -> Result<Vec<Counter>, String> {
+    if req.domain.is_empty() || req.domain.len() > MAX_TEXT {
+        return Err(format!("domain must be 1-{MAX_TEXT} bytes"));
+    }
+    if req.descriptors.is_empty() || req.descriptors.len() > MAX_DESCRIPTORS {
+        return Err(format!("1-{MAX_DESCRIPTORS} descriptors per request"));
+    }
+    let request_hits = match req.hits_addend {
+        0 => 1,
+        n => u64::from(n),
+    };
+    let first = req.descriptors.first().and_then(|d| d.entries.first());
+    let mut out: Vec<Counter> = Vec::with_capacity(req.descriptors.len());
+    for (i, d) in req.descriptors.iter().enumerate() {
+        if d.entries.is_empty() || d.entries.len() > MAX_ENTRIES {
+            return Err(format!("descriptors[{i}]: 1-{MAX_ENTRIES} entries"));
+        }
+        for e in &d.entries {
+            if e.key.is_empty()
+                || e.value.is_empty()
+                || e.key.len() > MAX_TEXT
+                || e.value.len() > MAX_TEXT
+            {
+                return Err(format!(
+                    "descriptors[{i}]: entry keys and values must be 1-{MAX_TEXT} bytes"
+                ));
+            }
+        }
+        if d.entries.first() != first {
+            return Err(format!(
+                "descriptors[{i}]: every descriptor of a request must start with the same entry (its counters share a Redis Cluster slot)"
+            ));
+        }
+        let Some(limit) = &d.limit else {
+            return Err(format!(
+                "descriptors[{i}]: no limit (keygate ratelimit has no limits of its own: each descriptor carries its limit)"
+            ));
+        };
+        let Some(window_ms) = window_ms(limit.unit) else {
+            return Err(format!(
+                "descriptors[{i}]: unit {} is not SECOND, MINUTE, HOUR or DAY",
+                limit.unit
+            ));
+        };
+        let hits = d.hits_addend.as_ref().map_or(request_hits, |h| h.value);
+        if hits > MAX_HITS {
+            return Err(format!("descriptors[{i}]: hits_addend above {MAX_HITS}"));
+        }
+        let tag_parts = d
+            .entries
+            .first()
+            .map(|e| [e.key.as_str(), e.value.as_str()]);
+        let tag =
+            hash_parts(std::iter::once(req.domain.as_str()).chain(tag_parts.into_iter().flatten()));
+        let id = hash_parts(
+            std::iter::once(req.domain.as_str()).chain(
+                d.entries
+                    .iter()
+                    .flat_map(|e| [e.key.as_str(), e.value.as_str()]),
+            ),
+        );
+        let key = format!("kg{{{}}}{}{}", &tag[..16], &id[..24], limit.unit);
+        if out.iter().any(|c| c.key == key) {
+            return Err(format!(
+                "descriptors[{i}]: names the same counter as an earlier descriptor"
+            ));
+        }
+        out.push(Counter {
+            key,
+            limit: u64::from(limit.requests_per_unit),
+            unit: limit.unit,
+            window_ms,
+            hits,
+        });
+    }
+    Ok(out)
+}
+
+/// What the script answers: whether the request was counted, Redis's clock (ms), and per
+/// counter its count before this request and when its window resets (ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counted {
+    pub admitted: bool,
+    pub now_ms: u64,
+    pub before: Vec<u64>,
+    pub reset_ms: Vec<u64>,
+}
+
+impl Counted {
+    /// Reads the script's flat answer: `[admitted, now_ms, before₁, reset₁, …]`.
+    pub fn from_reply(reply: &[i64], counters: usize) -> Option<Counted> {
+        let (head, rest) = reply.split_at_checked(2)?;
+        if rest.len() != counters * 2 {
+            return None;
+        }
+        let u = |v: &i64| u64::try_from(*v).ok();
+        Some(Counted {
+            admitted: *head.first()? == 1,
+            now_ms: u(head.get(1)?)?,
+            before: rest.iter().step_by(2).map(u).collect::<Option<_>>()?,
+            reset_ms: rest
+                .iter()
+                .skip(1)
+                .step_by(2)
+                .map(u)
+                .collect::<Option<_>>()?,
+        })
+    }
+}
+
+/// The response: one status per descriptor, in order.
+pub fn respond(counters: &[Counter], counted: &Counted) -> RateLimitResponse {
+    let statuses = counters
+        .iter()
+        .zip(counted.before.iter().zip(&counted.reset_ms))
+        .map(|(c, (&before, &reset_ms))| {
+            let after = before.saturating_add(c.hits);
+            let over = after > c.limit;
+            let used = if counted.admitted { after } else { before };
+            let until = reset_ms.saturating_sub(counted.now_ms);
+            DescriptorStatus {
+                code: if over { CODE_OVER_LIMIT } else { CODE_OK },
+                current_limit: Some(RateLimit {
+                    name: String::new(),
+                    requests_per_unit: u32::try_from(c.limit).unwrap_or(u32::MAX),
+                    unit: c.unit,
+                }),
+                limit_remaining: u32::try_from(c.limit.saturating_sub(used)).unwrap_or(u32::MAX),
+                duration_until_reset: Some(Duration {
+                    seconds: i64::try_from(until / 1000).unwrap_or(i64::MAX),
+                    nanos: i32::try_from((until % 1000) * 1_000_000).unwrap_or(0),
+                }),
+            }
+        })
+        .collect();
+    RateLimitResponse {
+        overall_code: if counted.admitted {
+            CODE_OK
+        } else {
+            CODE_OVER_LIMIT
+        },
+        statuses,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::proto::*;
+    use super::*;
+
+    fn desc(id: &str, per: &str, requests: u32, unit: i32) -> RateLimitDescriptor {
+        RateLimitDescriptor {
+            entries: vec![
+                Entry {
+                    key: "key_id".into(),
+                    value: id.into(),
+                },
+                Entry {
+                    key: "per".into(),
+                    value: per.into(),
+                },
+            ],
+            limit: Some(RateLimitOverride {
+                requests_per_unit: requests,
+                unit,
+            }),
+            hits_addend: None,
+        }
+    }
+
+    fn req(descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
+        RateLimitRequest {
+            domain: "keygate".into(),
+            descriptors,
+            hits_addend: 0,
+        }
+    }
+
+    #[test]
+    fn a_keygate_request_becomes_counters_in_one_slot() {
+        let c = plan(&req(vec![
+            desc("k1", "minute", 10, 2),
+            desc("k1", "day", 100, 4),
+        ]))
+        .unwrap();
+        assert_eq!(c.len(), 2);
+        let tag = |k: &str| k[2..k.find('}').unwrap() + 1].to_string();
+        assert_eq!(tag(&c[0].key), tag(&c[1].key));
+        assert_ne!(c[0].key, c[1].key);
+        assert_eq!((c[0].limit, c[0].window_ms, c[0].hits), (10, 60_000, 1));
+        assert_eq!((c[1].limit, c[1].window_ms), (100, 86_400_000));
+        assert!(c.iter().all(|c| c.key.len() == 2 + 18 + 24 + 1));
+        // Another key id: another slot and other counters.
+        let d = plan(&req(vec![desc("k2", "minute", 10, 2)])).unwrap();
+        assert_ne!(tag(&c[0].key), tag(&d[0].key));
+        // The same descriptor always names the same counter (stateless replicas agree).
+        assert_eq!(
+            plan(&req(vec![desc("k1", "minute", 99, 2)])).unwrap()[0].key,
+            c[0].key
+        );
+    }
+
+    #[test]
+    fn bad_requests_are_refused_with_a_reason() {
+        let refused = |r: RateLimitRequest| plan(&r).unwrap_err();
+        assert!(refused(req(vec![])).contains("descriptors per request"));
+        let mut no_limit = desc("k", "minute", 1, 2);
+        no_limit.limit = None;
+        assert!(refused(req(vec![no_limit])).contains("no limit"));
+        assert!(refused(req(vec![desc("k", "week", 1, 7)])).contains("unit 7"));
+        assert!(refused(req(vec![desc("k", "x", 1, 0)])).contains("unit 0"));
+        let mut huge = req(vec![desc("k", "minute", 1, 2)]);
+        huge.descriptors[0].hits_addend = Some(UInt64Value { value: u64::MAX });
+        assert!(refused(huge).contains("hits_addend"));
+        assert!(
+            refused(req(vec![desc("k", "minute", 1, 2); MAX_DESCRIPTORS + 1]))
+                .contains("descriptors per request")
+        );
+        assert!(refused(req(vec![
+            desc("a", "minute", 1, 2),
+            desc("b", "minute", 1, 2)
+        ]))
+        .contains("same entry"));
+        assert!(refused(req(vec![
+            desc("a", "minute", 1, 2),
+            desc("a", "minute", 5, 2)
+        ]))
+        .contains("same counter"));
+        assert!(refused(req(vec![desc("", "minute", 1, 2)])).contains("1-256 bytes"));
+        let mut no_domain = req(vec![desc("k", "minute", 1, 2)]);
+        no_domain.domain.clear();
+        assert!(refused(no_domain).contains("domain"));
+    }
+
+    #[test]
+    fn the_answer_reports_each_window() {
+        let c = plan(&req(vec![
+            desc("k", "minute", 10, 2),
+            desc("k", "day", 100, 4),
+        ]))
+        .unwrap();
+        let counted =
+            Counted::from_reply(&[1, 1_000_030_250, 3, 1_000_060_000, 50, 1_000_080_000], 2)
+                .unwrap();
+        let r = respond(&c, &counted);
+        assert_eq!(r.overall_code, CODE_OK);
+        assert_eq!(r.statuses[0].limit_remaining, 6);
+        assert_eq!(r.statuses[1].limit_remaining, 49);
+        assert_eq!(
+            r.statuses[0].duration_until_reset,
+            Some(Duration {
+                seconds: 29,
+                nanos: 750_000_000
+            })
+        );
+        // Refused: nothing counted; the full window says OVER_LIMIT, the other OK.
+        let counted =
+            Counted::from_reply(&[0, 1_000_030_250, 10, 1_000_060_000, 50, 1_000_080_000], 2)
+                .unwrap();
+        let r = respond(&c, &counted);
+        assert_eq!(r.overall_code, CODE_OVER_LIMIT);
+        assert_eq!(
+            (r.statuses[0].code, r.statuses[0].limit_remaining),
+            (CODE_OVER_LIMIT, 0)
+        );
+        assert_eq!(
+            (r.statuses[1].code, r.statuses[1].limit_remaining),
+            (CODE_OK, 50)
+        );
+        assert_eq!(Counted::from_reply(&[1, 5, 1], 1), None);
+        assert_eq!(Counted::from_reply(&[1, -5, 1, 1], 1), None);
+    }
+}

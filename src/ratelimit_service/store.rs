@@ -1,0 +1,176 @@
+//! The counters in Redis: one Lua script per call checks every window of the request and
+//! counts all of them or none, with Redis's own clock (so any number of stateless service
+//! replicas agree on window boundaries). One server (`redis://`) or a Redis Cluster
+//! (`redis+cluster://HOST:PORT[,HOST:PORT…]`): a call's counters share a hash slot.
+
+use super::plan::{Counted, Counter};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::Script;
+use std::time::Duration;
+use tokio::sync::RwLock;
+
+/// KEYS: one counter per descriptor (a hash `{w: window start ms, c: count}` that expires when
+/// its window ends). ARGV: per counter its limit, window length (ms) and hits.
+/// Answers `[admitted, now_ms, before₁, reset_ms₁, …]`.
+pub const SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = #KEYS
+local before, starts, ends = {}, {}, {}
+local admitted = 1
+for i = 1, n do
+  local limit = tonumber(ARGV[3 * i - 2])
+  local win = tonumber(ARGV[3 * i - 1])
+  local hits = tonumber(ARGV[3 * i])
+  local start = now - (now % win)
+  local v = redis.call('HMGET', KEYS[i], 'w', 'c')
+  local c = 0
+  if v[1] and tonumber(v[1]) == start then c = tonumber(v[2]) or 0 end
+  before[i], starts[i], ends[i] = c, start, start + win
+  if c + hits > limit then admitted = 0 end
+end
+local out = {admitted, now}
+for i = 1, n do
+  local hits = tonumber(ARGV[3 * i])
+  if admitted == 1 and hits > 0 then
+    redis.call('HSET', KEYS[i], 'w', starts[i], 'c', before[i] + hits)
+    redis.call('PEXPIREAT', KEYS[i], ends[i])
+  end
+  out[#out + 1] = before[i]
+  out[#out + 1] = ends[i]
+end
+return out
+";
+
+/// How long one Redis call may take before the service answers `UNAVAILABLE`.
+pub const CALL_TIMEOUT: Duration = Duration::from_millis(1000);
+
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+enum Target {
+    Single,
+    Cluster(ClusterClient),
+}
+
+/// Why a call could not be counted: the service answers `UNAVAILABLE`, never `OK`.
+#[derive(Debug)]
+pub struct StoreError(pub String);
+
+pub struct RedisStore {
+    target: Target,
+    conn: RwLock<Option<Conn>>,
+    script: Script,
+}
+
+impl RedisStore {
+    /// Parses the URL and prepares the connection; nothing is connected until the first call
+    /// (the service starts, and answers `UNAVAILABLE`, while Redis is away).
+    pub fn new(url: &str) -> Result<RedisStore, String> {
+        let script = Script::new(SCRIPT);
+        if let Some(nodes) = url.strip_prefix("redis+cluster://") {
+            let nodes: Vec<String> = nodes
+                .split(',')
+                .filter(|n| !n.is_empty())
+                .map(|n| format!("redis://{n}"))
+                .collect();
+            if nodes.is_empty() {
+                return Err("--redis redis+cluster:// needs at least one HOST:PORT".into());
+            }
+            let client = ClusterClient::builder(nodes)
+                .connection_timeout(Duration::from_millis(500))
+                .response_timeout(CALL_TIMEOUT)
+                .retries(1)
+                .build()
+                .map_err(|e| format!("--redis {url}: {e}"))?;
+            return Ok(RedisStore {
+                target: Target::Cluster(client),
+                conn: RwLock::new(None),
+                script,
+            });
+        }
+        if !(url.starts_with("redis://")
+            || url.starts_with("rediss://")
+            || url.starts_with("unix://"))
+        {
+            return Err(format!(
+                "--redis {url}: expected redis://HOST:PORT[/DB] or redis+cluster://HOST:PORT[,HOST:PORT…]"
+            ));
+        }
+        let client = redis::Client::open(url).map_err(|e| format!("--redis {url}: {e}"))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(500)))
+            .set_response_timeout(Some(CALL_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let manager = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| format!("--redis {url}: {e}"))?;
+        Ok(RedisStore {
+            target: Target::Single,
+            conn: RwLock::new(Some(Conn::Single(manager))),
+            script,
+        })
+    }
+
+    async fn connection(&self) -> Result<Conn, StoreError> {
+        if let Some(c) = self.conn.read().await.as_ref() {
+            return Ok(c.clone());
+        }
+        let mut slot = self.conn.write().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let Target::Cluster(client) = &self.target else {
+            return Err(StoreError("no connection".into()));
+        };
+        let c = tokio::time::timeout(CALL_TIMEOUT, client.get_async_connection())
+            .await
+            .map_err(|_| StoreError("connecting to the cluster timed out".into()))?
+            .map_err(|e| StoreError(format!("connecting to the cluster: {e}")))?;
+        *slot = Some(Conn::Cluster(c.clone()));
+        Ok(Conn::Cluster(c))
+    }
+
+    /// Checks and counts one call's counters atomically.
+    pub async fn count(&self, counters: &[Counter]) -> Result<Counted, StoreError> {
+        let mut inv = self.script.prepare_invoke();
+        for c in counters {
+            inv.key(&c.key).arg(c.limit).arg(c.window_ms).arg(c.hits);
+        }
+        let conn = self.connection().await?;
+        let call = async {
+            match conn {
+                Conn::Single(mut m) => inv.invoke_async::<Vec<i64>>(&mut m).await,
+                Conn::Cluster(mut m) => inv.invoke_async::<Vec<i64>>(&mut m).await,
+            }
+        };
+        let reply = tokio::time::timeout(CALL_TIMEOUT, call)
+            .await
+            .map_err(|_| StoreError("Redis did not answer in time".into()))?
+            .map_err(|e| StoreError(e.to_string()))?;
+        Counted::from_reply(&reply, counters.len())
+            .ok_or_else(|| StoreError(format!("unexpected script answer {reply:?}")))
+    }
+
+    /// PING, for the health service.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let conn = self.connection().await?;
+        let call = async {
+            let cmd = redis::cmd("PING");
+            match conn {
+                Conn::Single(mut m) => cmd.query_async::<String>(&mut m).await,
+                Conn::Cluster(mut m) => cmd.query_async::<String>(&mut m).await,
+            }
+        };
+        tokio::time::timeout(CALL_TIMEOUT, call)
+            .await
+            .map_err(|_| StoreError("Redis did not answer in time".into()))?
+            .map(|_| ())
+            .map_err(|e| StoreError(e.to_string()))
+    }
+}
