@@ -454,7 +454,9 @@ mod tests {
         assert_eq!(decode_response(&[0x0a, 0x00]), Err(WireError::WrongType(1)));
         assert_eq!(decode_response(&[0x0b]), Err(WireError::Malformed)); // a group
         assert_eq!(
-            decode_response(&[0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
+            decode_response(&[
+                0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01
+            ]),
             Err(WireError::Malformed)
         ); // an 11-byte varint
         assert_eq!(decode_response(&[0x00, 0x00]), Err(WireError::Malformed)); // field 0

@@ -53,17 +53,13 @@ enum Conn {
     Cluster(ClusterConnection),
 }
 
-enum Target {
-    Single,
-    Cluster(ClusterClient),
-}
-
 /// Why a call could not be counted: the service answers `UNAVAILABLE`, never `OK`.
 #[derive(Debug)]
 pub struct StoreError(pub String);
 
 pub struct RedisStore {
-    target: Target,
+    /// A Redis Cluster's client (connected on first use); `None` for one server.
+    cluster: Option<ClusterClient>,
     conn: RwLock<Option<Conn>>,
     script: Script,
 }
@@ -89,7 +85,7 @@ impl RedisStore {
                 .build()
                 .map_err(|e| format!("--redis {url}: {e}"))?;
             return Ok(RedisStore {
-                target: Target::Cluster(client),
+                cluster: Some(client),
                 conn: RwLock::new(None),
                 script,
             });
@@ -111,7 +107,7 @@ impl RedisStore {
         let manager = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| format!("--redis {url}: {e}"))?;
         Ok(RedisStore {
-            target: Target::Single,
+            cluster: None,
             conn: RwLock::new(Some(Conn::Single(manager))),
             script,
         })
@@ -125,7 +121,7 @@ impl RedisStore {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let Target::Cluster(client) = &self.target else {
+        let Some(client) = &self.cluster else {
             return Err(StoreError("no connection".into()));
         };
         let c = tokio::time::timeout(CALL_TIMEOUT, client.get_async_connection())
