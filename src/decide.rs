@@ -898,6 +898,42 @@ mod tests {
     }
 
     #[test]
+    fn with_a_rate_limit_service_the_limits_are_its_to_count() {
+        let mut g = gate();
+        g.rate_limit_service = crate::config::gate_from_value(&json!({
+            "rate_limit_service": {"cluster": "ratelimit"}
+        }))
+        .unwrap()
+        .rate_limit_service;
+        let mut host = MockHost::new();
+        // Allowed so far, with the key's windows to ask about; nothing counted here.
+        let v = run(&g, &mut host, "GET", "/a", Some("test_lim")).unwrap();
+        assert_eq!(v.decision, Decision::Allowed);
+        assert_eq!(
+            v.fleet.map(|w| w.to_vec()),
+            Some(vec![Limit {
+                requests: 2,
+                per: crate::model::Per::Minute
+            }])
+        );
+        assert_eq!((v.rate, host.store.sets), (None, 0));
+        // A 403 carries the windows (its headers come from the fleet cache), not a local peek.
+        let v = run(&g, &mut host, "POST", "/a", Some("live_plain")).unwrap();
+        assert_eq!(v.decision, Decision::Forbidden);
+        assert!(v.fleet.is_some() && v.rate.is_none());
+        // A key without limits asks nothing.
+        let v = run(&g, &mut host, "GET", "/a", Some("test_unl")).unwrap();
+        assert_eq!((v.decision, v.fleet), (Decision::Allowed, None));
+        // The deny failure's answer.
+        let mut v = Verdict::new(Decision::Unavailable);
+        v.rate_service_down = true;
+        assert_eq!(
+            reply::reject(&g, &v).body,
+            r#"{"error":"Rate limit service unavailable","code":"UNAVAILABLE"}"#
+        );
+    }
+
+    #[test]
     fn store_faults_fail_closed() {
         let g = gate();
         let mut host = MockHost::new();

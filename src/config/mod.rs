@@ -473,6 +473,45 @@ mod tests {
     }
 
     #[test]
+    fn rate_limit_service_is_read_and_checked() {
+        let g = gate_from_value(&json!({"rate_limit_service": {"cluster": "rl"}})).unwrap();
+        let rls = g.rate_limit_service.unwrap();
+        assert_eq!(
+            (
+                rls.domain.as_str(),
+                rls.timeout_ms,
+                rls.on_failure,
+                rls.authority
+            ),
+            ("keygate", 100, OnFailure::Local, None)
+        );
+        assert_eq!(rls.grpc_service, "\n\u{4}\n\u{2}rl");
+        let g = gate_from_value(&json!({"rate_limit_service": {"cluster": "rl",
+            "authority": "rl.internal", "domain": "api", "timeout_ms": 250, "on_failure": "deny"}}))
+        .unwrap();
+        let rls = g.rate_limit_service.unwrap();
+        assert_eq!((rls.on_failure, rls.timeout_ms), (OnFailure::Deny, 250));
+        assert_eq!(
+            errors_of(json!({"rate_limit_service": {"cluster": "rl", "on_failure": "open",
+                "timeout_ms": 0, "domain": "a b", "colour": 1}})),
+            vec![
+                "$.rate_limit_service.on_failure: \"open\" is not one of local, deny, allow",
+                "$.rate_limit_service.colour: unknown field",
+                "$.rate_limit_service.domain: must be 1-255 printable ASCII characters without spaces",
+                "$.rate_limit_service.timeout_ms: must be between 1 and 60000",
+            ]
+        );
+        assert_eq!(
+            errors_of(json!({"rate_limit_service": {"cluster": "c".repeat(70), "authority": "a".repeat(60)}})),
+            vec!["$.rate_limit_service: cluster and authority must together be at most 120 characters"]
+        );
+        assert_eq!(
+            errors_of(json!({"rate_limit_service": {}})),
+            vec!["$.rate_limit_service.cluster: is required"]
+        );
+    }
+
+    #[test]
     fn the_plaintext_key_is_never_in_an_error() {
         let errs = errors_of(
             json!({"prefixes": [{"prefix": "a_"}], "keys": [{"id": "k", "key": "secret_value_123"}]}),

@@ -40,6 +40,11 @@ impl Redis {
         Self::start_on(name, free_port(), false)
     }
 
+    /// A server on a given port (e.g. one a service was told of before it existed).
+    pub fn start_at(name: &str, port: u16) -> Redis {
+        Self::start_on(name, port, false)
+    }
+
     fn start_on(name: &str, port: u16, cluster: bool) -> Redis {
         let dir = repo()
             .join("target/itest")
