@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make bench`: Envoy CPU per request with keygate, a minimal Wasm filter (the floor) and Envoy's
-# native filters, host calls per request, key-set parsing throughput, then key_sync at 1,000,000
-# keys. A full run (no arguments) also writes bench/RESULTS.md; `bench/run.sh cost|parse|sync`
-# runs one section.
+# native filters, host calls per request, key-set parsing throughput, key_sync at 1,000,000
+# keys, then fleet-wide limits (benches/fleet.rs: Redis and `keygate ratelimit`). A full run (no
+# arguments) also writes bench/RESULTS.md; `bench/run.sh cost|parse|sync|fleet` runs one section.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The floor (a minimal filter, same SDK) and the host-call-counting keygate, each in its own
@@ -12,7 +12,7 @@ CARGO_TARGET_DIR=target/minimal-filter cargo build --quiet --release --target wa
 CARGO_TARGET_DIR=target/hostcalls cargo rustc --quiet --release --target wasm32-wasip1 --lib \
   --crate-type cdylib --features hostcall-count
 export CARGO_TARGET_DIR=target/bench-build
-cargo bench --no-run --bench envoy --quiet
+cargo bench --no-run --bench envoy --bench fleet --quiet
 # Envoy on CPU 0, the load generator on the others, where the machine has more than one.
 pin=()
 if [ "$(nproc)" -gt 1 ] && command -v taskset >/dev/null; then
@@ -21,6 +21,9 @@ if [ "$(nproc)" -gt 1 ] && command -v taskset >/dev/null; then
 fi
 if [ $# -eq 0 ]; then
   "${pin[@]}" cargo bench --bench envoy | tee bench/RESULTS.md
+  "${pin[@]}" cargo bench --bench fleet | tee -a bench/RESULTS.md
+elif [ "$*" = fleet ]; then
+  "${pin[@]}" cargo bench --bench fleet
 else
   "${pin[@]}" cargo bench --bench envoy -- "$@"
 fi

@@ -23,6 +23,15 @@ fn call<M: prost::Message + Send + Sync + 'static>(
     port: u16,
     req: M,
 ) -> Result<RateLimitResponse, tonic::Status> {
+    call_within(port, req, None)
+}
+
+/// [`call`] with a `grpc-timeout`, as Envoy sends the filter's `timeout_ms`.
+fn call_within<M: prost::Message + Send + Sync + 'static>(
+    port: u16,
+    req: M,
+    timeout: Option<std::time::Duration>,
+) -> Result<RateLimitResponse, tonic::Status> {
     runtime().block_on(async move {
         let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
             .unwrap()
@@ -31,8 +40,12 @@ fn call<M: prost::Message + Send + Sync + 'static>(
             .unwrap();
         let mut grpc = tonic::client::Grpc::new(channel);
         grpc.ready().await.unwrap();
+        let mut request = tonic::Request::new(req);
+        if let Some(t) = timeout {
+            request.set_timeout(t);
+        }
         grpc.unary(
-            tonic::Request::new(req),
+            request,
             PathAndQuery::from_static(METHOD),
             tonic_prost::ProstCodec::<M, RateLimitResponse>::default(),
         )
@@ -62,23 +75,7 @@ const SERVING: i32 = 1;
 const NOT_SERVING: i32 = 2;
 
 fn desc(id: &str, per: &str, requests: u32, unit: i32) -> RateLimitDescriptor {
-    RateLimitDescriptor {
-        entries: vec![
-            Entry {
-                key: "key_id".into(),
-                value: id.into(),
-            },
-            Entry {
-                key: "per".into(),
-                value: per.into(),
-            },
-        ],
-        limit: Some(RateLimitOverride {
-            requests_per_unit: requests,
-            unit,
-        }),
-        hits_addend: None,
-    }
+    RateLimitDescriptor::keygate(id, per, requests, unit)
 }
 
 fn req(descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
@@ -252,4 +249,28 @@ fn a_service_starts_without_redis_and_serves_once_it_is_there() {
     )
     .is_ok()));
     assert!(wait_until(20, || health(svc.port) == Some(SERVING)));
+}
+
+#[test]
+fn a_call_redis_runs_after_its_deadline_counts_nothing() {
+    let redis = Redis::start("rls-deadline");
+    let svc = RateLimitProc::start(&redis.url());
+    let one = || req(vec![desc("d", "hour", 10, 3)]);
+    assert_eq!(
+        call(svc.port, one()).unwrap().statuses[0].limit_remaining,
+        9
+    );
+    // Redis holds writes (scripts that write included) for 400 ms; the caller waits 100 ms.
+    assert_eq!(
+        redis_cli(redis.port, &["CLIENT", "PAUSE", "400", "WRITE"]),
+        "OK"
+    );
+    let e = call_within(svc.port, one(), Some(std::time::Duration::from_millis(100))).unwrap_err();
+    assert_ne!(e.code(), Code::Ok);
+    // Once Redis runs it, the script finds the deadline passed: the next call sees 9 used … 8.
+    let r = call(svc.port, one()).unwrap();
+    assert_eq!(
+        r.statuses[0].limit_remaining, 8,
+        "the abandoned call was not counted"
+    );
 }

@@ -42,6 +42,8 @@ struct Waiting {
     prefix_environment: Option<String>,
     sources: u32,
     verify: bool,
+    /// The `:path` to leave for the access log if the answer is no (see `request_headers`).
+    local_path: Option<String>,
 }
 
 impl Waiting {
@@ -175,7 +177,7 @@ impl Context for KeygateHttp {
             }
             Err(why) => self.fleet_failed(&gate, &mut v, now_ms / 1000, &why),
         }
-        if self.conclude(&gate, v) == Action::Continue {
+        if self.conclude_waited(&gate, v, waiting.local_path.as_deref()) == Action::Continue {
             let _ = proxy_wasm::hostcalls::resume_http_request();
         }
     }
@@ -256,7 +258,10 @@ impl KeygateHttp {
         };
         let mut host = EnvoyHost::default();
         let view = self.view.clone();
-        let verdict = decide(&gate, &req, &mut host, |d| sync::lookup(&gate, &view, d));
+        let mut verdict = decide(&gate, &req, &mut host, |d| sync::lookup(&gate, &view, d));
+        if let Some(v) = verdict.as_mut() {
+            self.fleet_known(v, &mut host);
+        }
         let fate = match &verdict {
             // A public path: keys presented anyway are hidden too.
             None if gate.hide_credentials => Fate::Upstream {
@@ -268,34 +273,63 @@ impl KeygateHttp {
             }
             Some(_) => Fate::Local,
         };
-        let applied = apply(&forward::plan(
-            &gate,
-            path,
-            Some(&req.canonical),
-            &headers,
-            fate,
-        ));
-        if applied.is_err() && fate != Fate::Local {
+        let edits = forward::plan(&gate, path, Some(&req.canonical), &headers, fate);
+        // A request that waits for the rate-limit service goes on only if it answers yes; the
+        // `:path` a local answer leaves for the access log (query keys removed) is kept for a no.
+        let waits = verdict
+            .as_ref()
+            .is_some_and(|v| v.decision == Decision::Allowed && v.fleet.is_some());
+        let local_path = if waits {
+            forward::plan(&gate, path, Some(&req.canonical), &headers, Fate::Local)
+                .path
+                .filter(|p| Some(p) != edits.path.as_ref())
+        } else {
+            None
+        };
+        if apply(&edits).is_err() && fate != Fate::Local {
             // Never forward a request whose path or headers could not be made what was judged.
             return self.fail_closed("the request could not be rewritten as judged");
         }
-        let Some(mut v) = verdict else {
+        let Some(v) = verdict else {
             return Action::Continue;
         };
-        if let Some(w) = v.fleet {
-            match v.decision {
-                Decision::Allowed => return self.ask_fleet(&gate, v, w),
-                Decision::Forbidden => {
-                    let now = host.now();
-                    v.rate = v
-                        .key
-                        .as_deref()
-                        .and_then(|k| self.fleet.borrow().cache.peek(&k.id, &w, now));
-                }
-                _ => {}
-            }
+        if waits {
+            return self.ask_fleet(&gate, v, local_path);
         }
         self.conclude(&gate, v)
+    }
+
+    /// Fleet-wide limits, what this worker knows already: a key its over-limit cache holds
+    /// blocked is a 429 without a call; a 403 shows the numbers last seen.
+    fn fleet_known(&self, v: &mut Verdict, host: &mut EnvoyHost) {
+        let (Some(w), Some(id)) = (v.fleet, v.key.as_deref().map(|k| k.id.as_str())) else {
+            return;
+        };
+        let now = host.now();
+        let state = self.fleet.borrow();
+        match v.decision {
+            Decision::Forbidden => v.rate = state.cache.peek(id, &w, now),
+            Decision::Allowed => {
+                if let Some(outcome) = state.cache.blocked(id, &w, now) {
+                    self.stats
+                        .borrow_mut()
+                        .event("ratelimit_service_cached_over_limit");
+                    v.limited(outcome);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Concludes a request that waited for the rate-limit service: a refusal leaves the access
+    /// log the `:path` of a local answer first.
+    fn conclude_waited(&mut self, gate: &Gate, v: Verdict, local_path: Option<&str>) -> Action {
+        if let (false, Some(p)) = (v.decision == Decision::Allowed, local_path) {
+            if abi::set_header(MapType::HttpRequestHeaders, ":path", p).is_err() {
+                error!("the :path of a refused request could not be rewritten for the log");
+            }
+        }
+        self.conclude(gate, v)
     }
 
     /// Records the final verdict and carries it out: a local answer, or the request goes on
@@ -314,21 +348,14 @@ impl KeygateHttp {
         Action::Continue
     }
 
-    /// An allowed request with fleet-wide limits: 429 from the over-limit cache, else one call
-    /// to the rate-limit service while the request waits.
-    fn ask_fleet(&mut self, gate: &Gate, mut v: Verdict, w: Windows) -> Action {
-        let (Some(rls), Some(key)) = (gate.rate_limit_service.as_ref(), v.key.as_deref()) else {
+    /// An allowed request with fleet-wide limits: one call to the rate-limit service while the
+    /// request waits.
+    fn ask_fleet(&mut self, gate: &Gate, mut v: Verdict, local_path: Option<String>) -> Action {
+        let (Some(rls), Some(key), Some(w)) =
+            (gate.rate_limit_service.as_ref(), v.key.as_deref(), v.fleet)
+        else {
             return self.fail_closed("fleet limits without a service or key");
         };
-        let now = super::host::unix_now();
-        let cached = self.fleet.borrow().cache.blocked(&key.id, &w, now);
-        if let Some(outcome) = cached {
-            self.stats
-                .borrow_mut()
-                .event("ratelimit_service_cached_over_limit");
-            v.limited(outcome);
-            return self.conclude(gate, v);
-        }
         match fleet::dispatch(rls, &key.id, &w) {
             Ok(token) => {
                 self.stats.borrow_mut().event("ratelimit_service_calls");
@@ -342,12 +369,13 @@ impl KeygateHttp {
                     prefix_environment: v.prefix_environment.map(str::to_string),
                     sources: v.sources,
                     verify: v.verify,
+                    local_path,
                 });
                 Action::Pause
             }
             Err(why) => {
-                self.fleet_failed(gate, &mut v, now, &why);
-                self.conclude(gate, v)
+                self.fleet_failed(gate, &mut v, super::host::unix_now(), &why);
+                self.conclude_waited(gate, v, local_path.as_deref())
             }
         }
     }

@@ -3,9 +3,10 @@
 //! one unary method; no protoc, no build script).
 
 use super::metrics::{Code, Metrics};
-use super::plan::{plan, respond};
+use super::plan::{budget, grpc_timeout, plan, respond};
 use super::proto::{RateLimitRequest, RateLimitResponse};
 use super::store::RedisStore;
+use super::store::CALL_TIMEOUT;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,9 +38,12 @@ impl RateLimiter {
     }
 
     /// Checks and counts one call; any failure is a gRPC error, never a count or `OK`.
+    /// `timeout`: what the caller's `grpc-timeout` leaves (Envoy sends the filter's
+    /// `timeout_ms`); a call Redis cannot count in time is counted nowhere.
     pub async fn should_rate_limit(
         &self,
         req: &RateLimitRequest,
+        timeout: Option<std::time::Duration>,
     ) -> Result<RateLimitResponse, Status> {
         let started = Instant::now();
         let elapsed = || started.elapsed().as_secs_f64();
@@ -50,7 +54,17 @@ impl RateLimiter {
                 return Err(Status::invalid_argument(why));
             }
         };
-        match self.store.count(&counters).await {
+        match self
+            .store
+            .count(&counters, budget(timeout, CALL_TIMEOUT))
+            .await
+        {
+            Ok(counted) if counted.expired => {
+                self.metrics.call(Code::deadline_exceeded, elapsed());
+                Err(Status::deadline_exceeded(
+                    "the call's deadline passed before Redis counted it: not counted",
+                ))
+            }
             Ok(counted) => {
                 let code = if counted.admitted {
                     Code::ok
@@ -106,9 +120,14 @@ impl UnaryService<RateLimitRequest> for ShouldRateLimit {
 
     fn call(&mut self, request: tonic::Request<RateLimitRequest>) -> Self::Future {
         let inner = Arc::clone(&self.0);
+        let timeout = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(grpc_timeout);
         Box::pin(async move {
             inner
-                .should_rate_limit(request.get_ref())
+                .should_rate_limit(request.get_ref(), timeout)
                 .await
                 .map(tonic::Response::new)
         })

@@ -1,5 +1,6 @@
 //! Prometheus metrics of `keygate ratelimit` (`--metrics-listen`, `GET /metrics`):
-//! `keygate_ratelimit_calls_total{code}` (ok, over_limit, invalid_argument, unavailable),
+//! `keygate_ratelimit_calls_total{code}` (ok, over_limit, invalid_argument, unavailable,
+//! deadline_exceeded),
 //! `keygate_ratelimit_redis_errors_total`, `keygate_ratelimit_call_duration_seconds`.
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
@@ -15,6 +16,7 @@ pub enum Code {
     over_limit,
     invalid_argument,
     unavailable,
+    deadline_exceeded,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

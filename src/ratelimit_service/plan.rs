@@ -130,26 +130,75 @@ pub fn plan(req: &RateLimitRequest) -> Result<Vec<Counter>, String> {
     Ok(out)
 }
 
+/// The time a call has, from its `grpc-timeout` header (`<digits><H|M|S|m|u|n>`, as Envoy sends
+/// it for `timeout_ms`); `None` if absent or malformed.
+pub fn grpc_timeout(header: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let digits = header.get(..header.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match header.as_bytes().last()? {
+        b'H' => Duration::from_secs(n.checked_mul(3600)?),
+        b'M' => Duration::from_secs(n.checked_mul(60)?),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// How long this service may spend counting a call with `timeout` left: a fifth (at least
+/// 5 ms) is kept for the answer's way back, so a caller that gave up finds nothing counted.
+/// Capped at `cap`, the service's own bound on a Redis call.
+pub fn budget(
+    timeout: Option<std::time::Duration>,
+    cap: std::time::Duration,
+) -> std::time::Duration {
+    use std::time::Duration;
+    match timeout {
+        Some(t) => t
+            .saturating_sub((t / 5).max(Duration::from_millis(5)))
+            .min(cap),
+        None => cap,
+    }
+}
+
 /// What the script answers: whether the request was counted, Redis's clock (ms), and per
 /// counter its count before this request and when its window resets (ms).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Counted {
     pub admitted: bool,
+    /// The call's deadline had passed when Redis ran the script: nothing was counted.
+    pub expired: bool,
     pub now_ms: u64,
     pub before: Vec<u64>,
     pub reset_ms: Vec<u64>,
 }
 
 impl Counted {
-    /// Reads the script's flat answer: `[admitted, now_ms, before₁, reset₁, …]`.
+    /// Reads the script's flat answer: `[admitted, now_ms, before₁, reset₁, …]`, or
+    /// `[-1, now_ms]` when the call's deadline had passed.
     pub fn from_reply(reply: &[i64], counters: usize) -> Option<Counted> {
         let (head, rest) = reply.split_at_checked(2)?;
+        if head.first() == Some(&-1) && rest.is_empty() {
+            return Some(Counted {
+                admitted: false,
+                expired: true,
+                now_ms: u64::try_from(*head.get(1)?).ok()?,
+                before: vec![],
+                reset_ms: vec![],
+            });
+        }
         if rest.len() != counters * 2 {
             return None;
         }
         let u = |v: &i64| u64::try_from(*v).ok();
         Some(Counted {
             admitted: *head.first()? == 1,
+            expired: false,
             now_ms: u(head.get(1)?)?,
             before: rest.iter().step_by(2).map(u).collect::<Option<_>>()?,
             reset_ms: rest
@@ -203,23 +252,7 @@ mod tests {
     use super::*;
 
     fn desc(id: &str, per: &str, requests: u32, unit: i32) -> RateLimitDescriptor {
-        RateLimitDescriptor {
-            entries: vec![
-                Entry {
-                    key: "key_id".into(),
-                    value: id.into(),
-                },
-                Entry {
-                    key: "per".into(),
-                    value: per.into(),
-                },
-            ],
-            limit: Some(RateLimitOverride {
-                requests_per_unit: requests,
-                unit,
-            }),
-            hits_addend: None,
-        }
+        RateLimitDescriptor::keygate(id, per, requests, unit)
     }
 
     fn req(descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
@@ -287,6 +320,23 @@ mod tests {
     }
 
     #[test]
+    fn a_call_keeps_a_fifth_of_its_timeout_for_the_way_back() {
+        use std::time::Duration;
+        let cap = Duration::from_secs(1);
+        assert_eq!(grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        for bad in ["", "m", "10", "10x", "-1m", "123456789m", "1.5S"] {
+            assert_eq!(grpc_timeout(bad), None, "{bad}");
+        }
+        assert_eq!(budget(grpc_timeout("100m"), cap), Duration::from_millis(80));
+        assert_eq!(budget(grpc_timeout("10m"), cap), Duration::from_millis(5));
+        assert_eq!(budget(grpc_timeout("3m"), cap), Duration::ZERO);
+        assert_eq!(budget(grpc_timeout("1H"), cap), cap);
+        assert_eq!(budget(None, cap), cap);
+    }
+
+    #[test]
     fn the_answer_reports_each_window() {
         let c = plan(&req(vec![
             desc("k", "minute", 10, 2),
@@ -322,6 +372,7 @@ mod tests {
             (CODE_OK, 50)
         );
         assert_eq!(Counted::from_reply(&[1, 5, 1], 1), None);
+        assert!(Counted::from_reply(&[-1, 5], 1).unwrap().expired);
         assert_eq!(Counted::from_reply(&[1, -5, 1, 1], 1), None);
     }
 }

@@ -27,6 +27,25 @@ pub struct RateLimitDescriptor {
     pub hits_addend: Option<UInt64Value>,
 }
 
+impl RateLimitDescriptor {
+    /// A descriptor as keygate's filter sends it: `[{key_id: <id>}, {per: <per>}]` with its
+    /// limit (`unit` 1 second … 4 day).
+    pub fn keygate(key_id: &str, per: &str, requests_per_unit: u32, unit: i32) -> Self {
+        let entry = |key: &str, value: &str| Entry {
+            key: key.into(),
+            value: value.into(),
+        };
+        RateLimitDescriptor {
+            entries: vec![entry("key_id", key_id), entry("per", per)],
+            limit: Some(RateLimitOverride {
+                requests_per_unit,
+                unit,
+            }),
+            hits_addend: None,
+        }
+    }
+}
+
 /// `RateLimitDescriptor.Entry`
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Entry {

@@ -12,18 +12,20 @@ use std::time::Duration;
 use tokio::sync::RwLock;
 
 /// KEYS: one counter per descriptor (a hash `{w: window start ms, c: count}` that expires when
-/// its window ends). ARGV: per counter its limit, window length (ms) and hits.
-/// Answers `[admitted, now_ms, before₁, reset_ms₁, …]`.
+/// its window ends). ARGV: the call's deadline (Unix ms), then per counter its limit, window
+/// length (ms) and hits. Answers `[admitted, now_ms, before₁, reset_ms₁, …]`, or `[-1, now_ms]`
+/// without counting when the deadline has passed (the caller has given up on the answer).
 pub const SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if now > tonumber(ARGV[1]) then return {-1, now} end
 local n = #KEYS
 local before, starts, ends = {}, {}, {}
 local admitted = 1
 for i = 1, n do
-  local limit = tonumber(ARGV[3 * i - 2])
-  local win = tonumber(ARGV[3 * i - 1])
-  local hits = tonumber(ARGV[3 * i])
+  local limit = tonumber(ARGV[3 * i - 1])
+  local win = tonumber(ARGV[3 * i])
+  local hits = tonumber(ARGV[3 * i + 1])
   local start = now - (now % win)
   local v = redis.call('HMGET', KEYS[i], 'w', 'c')
   local c = 0
@@ -33,7 +35,7 @@ for i = 1, n do
 end
 local out = {admitted, now}
 for i = 1, n do
-  local hits = tonumber(ARGV[3 * i])
+  local hits = tonumber(ARGV[3 * i + 1])
   if admitted == 1 and hits > 0 then
     redis.call('HSET', KEYS[i], 'w', starts[i], 'c', before[i] + hits)
     redis.call('PEXPIREAT', KEYS[i], ends[i])
@@ -81,7 +83,8 @@ impl RedisStore {
             let client = ClusterClient::builder(nodes)
                 .connection_timeout(Duration::from_millis(500))
                 .response_timeout(CALL_TIMEOUT)
-                .retries(1)
+                // A script is never sent twice: after a failed attempt it may have run.
+                .retries(0)
                 .build()
                 .map_err(|e| format!("--redis {url}: {e}"))?;
             return Ok(RedisStore {
@@ -132,9 +135,18 @@ impl RedisStore {
         Ok(Conn::Cluster(c))
     }
 
-    /// Checks and counts one call's counters atomically.
-    pub async fn count(&self, counters: &[Counter]) -> Result<Counted, StoreError> {
+    /// Checks and counts one call's counters atomically, if Redis runs the script within
+    /// `budget` (else nothing is counted: the caller will have given up).
+    pub async fn count(
+        &self,
+        counters: &[Counter],
+        budget: Duration,
+    ) -> Result<Counted, StoreError> {
+        let deadline = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| (d + budget).as_millis() as u64);
         let mut inv = self.script.prepare_invoke();
+        inv.arg(deadline);
         for c in counters {
             inv.key(&c.key).arg(c.limit).arg(c.window_ms).arg(c.hits);
         }
@@ -145,7 +157,7 @@ impl RedisStore {
                 Conn::Cluster(mut m) => inv.invoke_async::<Vec<i64>>(&mut m).await,
             }
         };
-        let reply = tokio::time::timeout(CALL_TIMEOUT, call)
+        let reply = tokio::time::timeout(budget, call)
             .await
             .map_err(|_| StoreError("Redis did not answer in time".into()))?
             .map_err(|e| StoreError(e.to_string()))?;

@@ -111,6 +111,10 @@ impl Redis {
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
 }
 
 impl Drop for Redis {
@@ -222,6 +226,10 @@ impl RateLimitProc {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// The Prometheus text at `/metrics`.
