@@ -9,7 +9,17 @@ use proxy_wasm::types::{BufferType, MapType};
 /// Host calls for one request; the clock is read at most once.
 #[derive(Default)]
 pub struct EnvoyHost {
-    now: Option<u64>,
+    /// Unix milliseconds, once read.
+    now_ms: Option<u64>,
+}
+
+impl EnvoyHost {
+    /// Unix milliseconds of this request (the same clock reading as [`Host::now`]).
+    pub fn now_ms(&mut self) -> u64 {
+        *self
+            .now_ms
+            .get_or_insert_with(|| abi::now_ns().map_or(u64::MAX, |ns| ns / 1_000_000))
+    }
 }
 
 /// Unix seconds from Envoy's clock; `u64::MAX` if the host cannot tell (expires every key).
@@ -19,7 +29,7 @@ pub fn unix_now() -> u64 {
 
 impl Host for EnvoyHost {
     fn now(&mut self) -> u64 {
-        *self.now.get_or_insert_with(unix_now)
+        self.now_ms() / 1000
     }
 
     fn source_address(&mut self) -> Option<SourceAddress> {

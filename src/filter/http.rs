@@ -44,6 +44,9 @@ struct Waiting {
     verify: bool,
     /// The `:path` to leave for the access log if the answer is no (see `request_headers`).
     local_path: Option<String>,
+    /// When the request was judged (Unix ms): the answer's durations count from it (the call
+    /// takes milliseconds; resets are rounded to whole seconds), saving a clock read.
+    started_ms: u64,
 }
 
 impl Waiting {
@@ -162,7 +165,7 @@ impl Context for KeygateHttp {
         let (Some(gate), Some(waiting)) = (self.gate.clone(), self.waiting.take()) else {
             return;
         };
-        let now_ms = abi::now_ns().map_or(0, |ns| ns / 1_000_000);
+        let now_ms = waiting.started_ms;
         let answer = fleet::answer(&waiting.windows, status_code, response_size, now_ms);
         let mut v = waiting.verdict(&gate);
         match answer {
@@ -294,7 +297,8 @@ impl KeygateHttp {
             return Action::Continue;
         };
         if waits {
-            return self.ask_fleet(&gate, v, local_path);
+            let started_ms = host.now_ms();
+            return self.ask_fleet(&gate, v, local_path, started_ms);
         }
         self.conclude(&gate, v)
     }
@@ -350,7 +354,13 @@ impl KeygateHttp {
 
     /// An allowed request with fleet-wide limits: one call to the rate-limit service while the
     /// request waits.
-    fn ask_fleet(&mut self, gate: &Gate, mut v: Verdict, local_path: Option<String>) -> Action {
+    fn ask_fleet(
+        &mut self,
+        gate: &Gate,
+        mut v: Verdict,
+        local_path: Option<String>,
+        started_ms: u64,
+    ) -> Action {
         let (Some(rls), Some(key), Some(w)) =
             (gate.rate_limit_service.as_ref(), v.key.as_deref(), v.fleet)
         else {
@@ -370,11 +380,12 @@ impl KeygateHttp {
                     sources: v.sources,
                     verify: v.verify,
                     local_path,
+                    started_ms,
                 });
                 Action::Pause
             }
             Err(why) => {
-                self.fleet_failed(gate, &mut v, super::host::unix_now(), &why);
+                self.fleet_failed(gate, &mut v, started_ms / 1000, &why);
                 self.conclude_waited(gate, v, local_path.as_deref())
             }
         }

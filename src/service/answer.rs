@@ -13,6 +13,8 @@ pub enum ApiError {
     NotFound,
     Conflict(String),
     TooLarge(usize),
+    /// The body did not arrive within [`super::api::BODY_TIMEOUT`].
+    Timeout,
     MethodNotAllowed,
     /// The database failed: 503, never a 500, and never for bad input.
     Unavailable,
@@ -34,6 +36,14 @@ impl ApiError {
                 "API key not found".into(),
             ),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, "CONFLICT", m.clone()),
+            ApiError::Timeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "REQUEST_TIMEOUT",
+                format!(
+                    "The request body did not arrive within {} seconds",
+                    super::api::BODY_TIMEOUT.as_secs()
+                ),
+            ),
             ApiError::TooLarge(limit) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "PAYLOAD_TOO_LARGE",

@@ -3,9 +3,9 @@
 
 use super::answer::{data, json_response, ApiError};
 use super::auth::{Auth, Caller};
-use super::input::{json_body, read_create, read_report, read_roll, CreateRequest};
+use super::input::{json_body, read_create, read_report, read_roll, text_ok, CreateRequest};
 use super::model::{feed_answer, usage_answer, StoredKey};
-use super::store::{Feed, Rolled, Store};
+use super::store::{Feed, Recorded, Rolled, Store};
 use crate::keys::digest_hex;
 use crate::mint;
 use crate::model::Gate;
@@ -24,6 +24,8 @@ use std::sync::Arc;
 /// Admin bodies are small; a usage report may list many keys.
 pub const ADMIN_BODY_LIMIT: usize = 64 * 1024;
 pub const REPORT_BODY_LIMIT: usize = 16 * 1024 * 1024;
+/// The longest a body may take to arrive (a slow sender holds a connection, not the service).
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What every handler shares.
 pub struct App<S> {
@@ -83,11 +85,16 @@ fn now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-async fn body_json(body: Body, limit: usize) -> Result<Value, ApiError> {
-    let bytes = to_bytes(body, limit)
+/// The body, at most `limit` bytes, within [`BODY_TIMEOUT`].
+async fn body_bytes(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+    tokio::time::timeout(BODY_TIMEOUT, to_bytes(body, limit))
         .await
-        .map_err(|_| ApiError::TooLarge(limit))?;
-    json_body(&bytes).map_err(ApiError::BadRequest)
+        .map_err(|_| ApiError::Timeout)?
+        .map_err(|_| ApiError::TooLarge(limit))
+}
+
+async fn body_json(body: Body, limit: usize) -> Result<Value, ApiError> {
+    json_body(&body_bytes(body, limit).await?).map_err(ApiError::BadRequest)
 }
 
 /// Mints a key for `request` and stores it.
@@ -215,21 +222,18 @@ async fn roll<S: Store>(
     let body = body_json(body, ADMIN_BODY_LIMIT).await?;
     let grace = read_roll(&body).map_err(ApiError::BadRequest)?;
     let old = visible(&ctx.app, &caller, &id).await?;
-    if old.expires_at.is_some_and(|t| t <= now()) {
-        return Err(ApiError::Conflict(
-            "The API key has expired; create a new key instead".into(),
-        ));
-    }
     let request = CreateRequest::from_stored(&old, &ctx.app.gate);
-    let old_expires = now().saturating_add(grace as i64);
+    let now = now();
+    let old_expires = now.saturating_add(grace as i64);
     mint_and_store(&ctx.app, &request, None, async |k| {
-        match ctx.app.store.roll(&id, k, old_expires).await? {
-            Rolled::Done => Ok(()),
-            Rolled::NotFound => Err(ApiError::NotFound),
-            Rolled::Revoked => Err(ApiError::Conflict(
-                "The API key is revoked; create a new key instead".into(),
-            )),
-        }
+        let refused = match ctx.app.store.roll(&id, k, old_expires, now).await? {
+            Rolled::Done => return Ok(()),
+            Rolled::NotFound => return Err(ApiError::NotFound),
+            Rolled::Revoked => "The API key is revoked; create a new key instead",
+            Rolled::Expired => "The API key has expired; create a new key instead",
+            Rolled::AlreadyRolled => "The API key was rolled already; roll its successor instead",
+        };
+        Err(ApiError::Conflict(refused.into()))
     })
     .await
     .map_err(|e| match e {
@@ -243,16 +247,20 @@ async fn roll<S: Store>(
 
 /// The `{id}` of a path (after authentication: nothing is said about ids to strangers).
 fn key_id(id: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    id.map(|p| p.0)
-        .map_err(|_| ApiError::BadRequest("id: not a valid key id".into()))
+    id.ok()
+        .map(|p| p.0)
+        .filter(|id| text_ok(id))
+        .ok_or_else(|| ApiError::BadRequest("id: not a valid key id".into()))
 }
 
 fn query_map(
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<HashMap<String, String>, ApiError> {
     query
+        .ok()
         .map(|q| q.0)
-        .map_err(|_| ApiError::BadRequest("$query: not a valid query string".into()))
+        .filter(|q| q.iter().all(|(k, v)| text_ok(k) && text_ok(v)))
+        .ok_or_else(|| ApiError::BadRequest("$query: not a valid query string".into()))
 }
 
 fn time_param(query: &HashMap<String, String>, name: &str) -> Result<Option<i64>, ApiError> {
@@ -372,18 +380,21 @@ async fn report<S: Store>(
     body: Body,
 ) -> Result<Response, ApiError> {
     ctx.app.auth.sync(&headers)?;
-    let body = body_json(body, REPORT_BODY_LIMIT).await?;
+    let body = body_bytes(body, REPORT_BODY_LIMIT).await?;
     let now = now();
     let (report_id, entries) = read_report(&body, now).map_err(ApiError::BadRequest)?;
     // Counted in a task of its own: a client that gives up (a filter's timeout) does not roll
     // the report back, so its retry finds it counted.
     let app = ctx.app.clone();
     let id = report_id.clone();
-    let counted = tokio::spawn(async move { app.store.record_usage(&id, &entries, now).await })
+    let recorded = tokio::spawn(async move { app.store.record_usage(&id, &entries, now).await })
         .await
         .map_err(|_| ApiError::Unavailable)??;
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"success": true, "report_id": report_id, "counted": counted}),
-    ))
+    let answer = match recorded {
+        Recorded::Counted { dropped } => {
+            json!({"success": true, "report_id": report_id, "counted": true, "dropped": dropped})
+        }
+        Recorded::Seen => json!({"success": true, "report_id": report_id, "counted": false}),
+    };
+    Ok(json_response(StatusCode::OK, &answer))
 }

@@ -21,12 +21,45 @@ fn first_error(errors: Errors) -> String {
     )
 }
 
+/// Text the service stores or looks up: one rule for both databases (PostgreSQL refuses NUL in
+/// text, SQLite keeps it), so bad input gets the same 400 on either.
+pub fn text_ok(s: &str) -> bool {
+    !s.contains('\0')
+}
+
+/// The first string (or field name) of `v` that fails [`text_ok`], as a JSON path.
+fn bad_text(v: &Value, path: &str) -> Option<String> {
+    match v {
+        Value::String(s) => (!text_ok(s)).then(|| path.to_string()),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .find_map(|(i, x)| bad_text(x, &format!("{path}[{i}]"))),
+        Value::Object(m) => m.iter().find_map(|(k, x)| {
+            let p = format!("{path}.{k}");
+            if text_ok(k) {
+                bad_text(x, &p)
+            } else {
+                Some(p)
+            }
+        }),
+        _ => None,
+    }
+}
+
 /// The body as a JSON value (an empty body is an empty object).
 pub fn json_body(body: &[u8]) -> Result<Value, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Object(Map::new()));
     }
-    serde_json::from_slice(body).map_err(|e| format!("$: not valid JSON: {e}"))
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("$: not valid JSON: {e}"))?;
+    match bad_text(&v, "$") {
+        Some(p) => Err(format!(
+            "{}: must not contain NUL (\\u0000)",
+            p.strip_prefix("$.").unwrap_or(&p)
+        )),
+        None => Ok(v),
+    }
 }
 
 /// What a create asks for, validated; the key itself is minted by the caller.
@@ -211,40 +244,181 @@ pub fn read_roll(body: &Value) -> Result<u64, String> {
 pub const MAX_REPORT_KEYS: usize = 100_000;
 
 /// A usage report (SPEC §8): its id and one entry per key.
-pub fn read_report(body: &Value, now: i64) -> Result<(String, Vec<UsageEntry>), String> {
-    let mut errors = Errors::default();
-    let body = json::Value::from(body);
-    let Some(mut o) = Obj::new("$", &body, &mut errors) else {
-        return Err(first_error(errors));
-    };
-    let report_id = o.req_str("report_id", &mut errors).map(str::to_string);
-    let keys_path = o.field_path("keys");
-    if !o.has("keys") {
-        errors.push(&keys_path, "is required");
+///
+/// Read as it arrives, one entry at a time (the filter's pull parser): nothing larger than one
+/// entry is ever held as a JSON tree, and a container where the schema has a number or string
+/// is skipped without being kept. A report's memory is its validated entries (bounded by
+/// [`MAX_REPORT_KEYS`]), whatever its body holds.
+pub fn read_report(body: &[u8], now: i64) -> Result<(String, Vec<UsageEntry>), String> {
+    let blank = body.iter().all(u8::is_ascii_whitespace);
+    let mut src: &[u8] = if blank { b"{}" } else { body };
+    let mut p = json::Parser::new(&mut src);
+    let syntax = |e: json::SyntaxError| format!("$: not valid JSON: {e}");
+    let mut errors = ReportErrors::default();
+    let (mut report_id, mut saw_keys) = (None::<Small>, false);
+    let mut entries = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
+    let mut first = true;
+    if !p.next_is(b'{').map_err(syntax)? {
+        let v = small_value(&mut p, 0).map_err(syntax)?;
+        p.end().map_err(syntax)?;
+        return Err(format!("$: expected an object, found {}", kind(&v)));
     }
-    let items = o.opt_array("keys", &mut errors);
-    o.finish(&mut errors);
+    while let Some(name) = p.next_field(&mut first).map_err(syntax)? {
+        if seen.iter().any(|n| *n == *name) {
+            return Err(format!("{name}: is given twice"));
+        }
+        seen.push(name.to_string());
+        match &*name {
+            "report_id" => report_id = Some(small_value(&mut p, 0).map_err(syntax)?),
+            "keys" if p.next_is(b'[').map_err(syntax)? => {
+                saw_keys = true;
+                let (mut first_item, mut items) = (true, 0usize);
+                while p.next_item(&mut first_item).map_err(syntax)? {
+                    if items == MAX_REPORT_KEYS {
+                        return Err(format!("keys: at most {MAX_REPORT_KEYS} keys per report"));
+                    }
+                    items += 1;
+                    if !errors.entries.is_empty() {
+                        p.skip().map_err(syntax)?;
+                        continue;
+                    }
+                    let path = index("$.keys", items - 1);
+                    match small_value(&mut p, 2).map_err(syntax)? {
+                        Small::Value(item) => {
+                            if let Some(e) = read_entry(&path, &item, now, &mut errors.entries) {
+                                entries.push(e);
+                            }
+                        }
+                        Small::TooMany => errors
+                            .entries
+                            .push(&path, format!("has more than {MAX_ENTRY_FIELDS} fields")),
+                    }
+                }
+            }
+            "keys" => {
+                saw_keys = true;
+                let v = small_value(&mut p, 0).map_err(syntax)?;
+                errors
+                    .top
+                    .push("$.keys", format!("expected an array, found {}", kind(&v)));
+            }
+            other => {
+                p.skip().map_err(syntax)?;
+                errors.unknown.push(&format!("$.{other}"), "unknown field");
+            }
+        }
+    }
+    p.end().map_err(syntax)?;
+    let report_id = match report_id {
+        None => {
+            errors.top.push("$.report_id", "is required");
+            None
+        }
+        Some(Small::Value(json::Value::String(id))) => Some(id),
+        Some(v) => {
+            errors.top.push(
+                "$.report_id",
+                format!("expected a string, found {}", kind(&v)),
+            );
+            None
+        }
+    };
+    if !saw_keys {
+        errors.top.push("$.keys", "is required");
+    }
     if let Some(id) = &report_id {
         if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| (0x21..0x7f).contains(&b)) {
-            errors.push("$.report_id", "must be 1-128 printable ASCII characters");
+            errors
+                .format
+                .push("$.report_id", "must be 1-128 printable ASCII characters");
         }
     }
-    if items.is_some_and(|i| i.len() > MAX_REPORT_KEYS) {
-        errors.push(
-            &keys_path,
-            format!("at most {MAX_REPORT_KEYS} keys per report"),
-        );
+    match (report_id, errors.first()) {
+        (Some(id), None) => Ok((id, entries)),
+        (_, first) => Err(first.unwrap_or_else(|| "invalid request".into())),
     }
-    let mut entries = Vec::new();
-    for (i, item) in items.unwrap_or_default().iter().enumerate() {
-        let p = index(&keys_path, i);
-        if let Some(e) = read_entry(&p, item, now, &mut errors) {
-            entries.push(e);
+}
+
+/// A report's problems by kind, reported in this order (as the whole-body reader did).
+#[derive(Default)]
+struct ReportErrors {
+    top: Errors,
+    unknown: Errors,
+    format: Errors,
+    entries: Errors,
+}
+
+impl ReportErrors {
+    fn first(self) -> Option<String> {
+        [self.top, self.unknown, self.format, self.entries]
+            .into_iter()
+            .find(|e| !e.is_empty())
+            .map(first_error)
+    }
+}
+
+/// Fields an entry (or its `rejected`) may have before it is refused unread.
+const MAX_ENTRY_FIELDS: usize = 16;
+
+enum Small {
+    Value(json::Value),
+    TooMany,
+}
+
+impl From<json::Value> for Small {
+    fn from(v: json::Value) -> Small {
+        Small::Value(v)
+    }
+}
+
+/// The next value, kept only as deep as the schema goes: at `depth` 0 a scalar (a container is
+/// skipped, nothing kept, and stands as an empty one so its reader names the wrong type); at
+/// 1 and 2 an object of at most [`MAX_ENTRY_FIELDS`] fields one level shallower.
+fn small_value(p: &mut json::Parser, depth: u8) -> Result<Small, json::SyntaxError> {
+    if p.next_is(b'[')? {
+        p.skip()?;
+        return Ok(json::Value::Array(Vec::new()).into());
+    }
+    if !p.next_is(b'{')? {
+        return Ok(p.value()?.into());
+    }
+    if depth == 0 {
+        p.skip()?;
+        return Ok(json::Value::Object(json::Map::default()).into());
+    }
+    let mut fields: Vec<(json::Name, json::Value)> = Vec::new();
+    let mut first = true;
+    while let Some(name) = p.next_field(&mut first)? {
+        if fields.len() == MAX_ENTRY_FIELDS || fields.iter().any(|(n, _)| *n == name) {
+            // Too many, or a field given twice: refused (the rest is skipped unread).
+            p.skip()?;
+            while p.next_field(&mut first)?.is_some() {
+                p.skip()?;
+            }
+            return Ok(Small::TooMany);
+        }
+        match small_value(p, depth - 1)? {
+            Small::Value(v) => fields.push((name, v)),
+            Small::TooMany => {
+                while p.next_field(&mut first)?.is_some() {
+                    p.skip()?;
+                }
+                return Ok(Small::TooMany);
+            }
         }
     }
-    match report_id {
-        Some(id) if errors.is_empty() => Ok((id, entries)),
-        _ => Err(first_error(errors)),
+    Ok(json::Value::Object(json::Map::from_distinct(fields)).into())
+}
+
+fn kind(v: &Small) -> &'static str {
+    match v {
+        Small::Value(json::Value::Null) => "null",
+        Small::Value(json::Value::Bool(_)) => "a boolean",
+        Small::Value(json::Value::Number(_)) => "a number",
+        Small::Value(json::Value::String(_)) => "a string",
+        Small::Value(json::Value::Array(_)) => "an array",
+        Small::Value(json::Value::Object(_)) | Small::TooMany => "an object",
     }
 }
 
@@ -256,7 +430,11 @@ const CLOCK_SKEW_S: i64 = 300;
 fn read_entry(path: &str, item: &json::Value, now: i64, errors: &mut Errors) -> Option<UsageEntry> {
     let before = errors.0.len();
     let mut o = Obj::new(path, item, errors)?;
+    let id_path = o.field_path("id");
     let id = o.req_str("id", errors).map(str::to_string);
+    if id.as_deref().is_some_and(|i| !text_ok(i) || i.len() > 128) {
+        errors.push(&id_path, "is not a key id");
+    }
     let requests_path = o.field_path("requests");
     let requests = o.opt_u64("requests", errors).unwrap_or(0);
     let allowed = o.opt_u64("allowed", errors).unwrap_or(0);

@@ -10,6 +10,7 @@ pub mod api;
 pub mod auth;
 pub mod input;
 pub mod model;
+pub mod server;
 pub mod store;
 
 use api::App;
@@ -27,6 +28,8 @@ pub struct Options {
     pub tenant_admin_role: String,
     pub admin_sha256: [u8; 32],
     pub sync_sha256: Option<[u8; 32]>,
+    /// Connection limit and deadlines of the HTTP server.
+    pub limits: server::Limits,
 }
 
 /// Runs the service until SIGINT/SIGTERM. `gate` is the plugin configuration it validates with.
@@ -73,16 +76,15 @@ async fn run<S: Store>(app: Arc<App<S>>, options: &Options) -> Result<(), String
             .map(|g| format!(" (gateway listener for Envoy: {g})"))
             .unwrap_or_default()
     );
-    let main =
-        axum::serve(main, api::router(app.clone(), false)).with_graceful_shutdown(shutdown());
+    let limits = options.limits;
+    let main = server::serve(main, api::router(app.clone(), false), limits, shutdown());
     match gateway {
         Some(g) => {
-            let g = axum::serve(g, api::router(app, true)).with_graceful_shutdown(shutdown());
+            let g = server::serve(g, api::router(app, true), limits, shutdown());
             tokio::try_join!(main, g).map(|_| ())
         }
         None => main.await,
     }
-    .map_err(|e| format!("serving failed: {e}"))
 }
 
 pub(crate) async fn shutdown() {

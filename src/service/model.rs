@@ -233,19 +233,21 @@ pub struct UsageRow {
 pub fn usage_answer(id: &str, rows: &[UsageRow]) -> Value {
     let (mut requests, mut allowed, mut rejected) = (0i64, 0i64, 0i64);
     let mut hours: Vec<(i64, i64, i64, Map<String, Value>)> = Vec::new();
+    // Sums saturate: counts that would pass 2^63 - 1 stay there, never wrap negative.
     for r in rows {
-        requests += r.n;
+        let n = r.n.max(0);
+        requests = requests.saturating_add(n);
         if hours.last().map(|h| h.0) != Some(r.hour) {
             hours.push((r.hour, 0, 0, Map::new()));
         }
         let Some(h) = hours.last_mut() else { continue };
-        h.1 += r.n;
+        h.1 = h.1.saturating_add(n);
         if r.decision == "allowed" {
-            allowed += r.n;
-            h.2 += r.n;
+            allowed = allowed.saturating_add(n);
+            h.2 = h.2.saturating_add(n);
         } else {
-            rejected += r.n;
-            h.3.insert(r.decision.clone(), json!(r.n));
+            rejected = rejected.saturating_add(n);
+            h.3.insert(r.decision.clone(), json!(n));
         }
     }
     json!({

@@ -24,6 +24,8 @@ pub struct Service {
     child: Option<Child>,
     log: PathBuf,
     sync_token: bool,
+    /// More `keygate serve` arguments (limits and deadlines).
+    args: Vec<String>,
 }
 
 pub struct ServiceOpts<'a> {
@@ -47,6 +49,11 @@ impl Service {
     }
 
     pub fn start(o: ServiceOpts) -> Service {
+        Self::start_args(o, &[])
+    }
+
+    /// [`Service::start`] with more `keygate serve` arguments.
+    pub fn start_args(o: ServiceOpts, args: &[&str]) -> Service {
         let port = o.port.unwrap_or_else(free_port);
         let gateway_port = o.gateway.then(free_port);
         let log = o.config.with_extension(format!("serve-{port}.log"));
@@ -58,6 +65,7 @@ impl Service {
             child: None,
             log,
             sync_token: o.sync_token,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         s.spawn();
         s
@@ -77,6 +85,7 @@ impl Service {
         if self.sync_token {
             cmd.env("KEYGATE_SYNC_TOKEN_SHA256", sha_hex(SYNC_TOKEN));
         }
+        cmd.args(&self.args);
         let log = std::fs::File::create(&self.log).expect("service log");
         cmd.stdout(Stdio::null()).stderr(log);
         self.child = Some(cmd.spawn().expect("start keygate serve"));
@@ -93,6 +102,24 @@ impl Service {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// SIGTERM; how long the process took to exit, or `None` if it still runs after `within`.
+    pub fn terminate(&mut self, within: Duration) -> Option<Duration> {
+        let started = std::time::Instant::now();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let child = self.child.as_mut()?;
+        let exited = wait_until(within.as_secs(), || matches!(child.try_wait(), Ok(Some(_))));
+        exited.then(|| {
+            self.child = None;
+            started.elapsed()
+        })
     }
 
     /// Kills the process at once (SIGKILL: no graceful shutdown).

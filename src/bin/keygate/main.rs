@@ -91,6 +91,17 @@ enum Command {
         /// The role whose keys manage their tenant's keys on the gateway listener
         #[arg(long, default_value = "admin")]
         tenant_admin_role: String,
+        /// Open connections at most per listener; more are closed as they arrive (keep it
+        /// below the open-files limit)
+        #[arg(long, default_value_t = 512)]
+        max_connections: usize,
+        /// Seconds a client has to send a request's headers; also how long an idle keep-alive
+        /// connection stays open
+        #[arg(long, default_value_t = 10)]
+        header_timeout_seconds: u64,
+        /// Seconds requests in flight may take after SIGTERM/SIGINT before the service exits
+        #[arg(long, default_value_t = 10)]
+        shutdown_grace_seconds: u64,
     },
     /// Run the rate-limit service (SPEC §10): Envoy's rate limit service v3 over gRPC, every
     /// count in Redis, so one limit holds across every Envoy that calls it
@@ -173,7 +184,11 @@ fn serve(
     config: &str,
     gateway_listen: Option<&str>,
     tenant_admin_role: String,
+    limits: keygate::service::server::Limits,
 ) -> Result<bool, String> {
+    if limits.max_connections == 0 || limits.header_read.is_zero() {
+        return Err("--max-connections and --header-timeout-seconds must be at least 1".into());
+    }
     let parse_addr = |flag: &str, a: &str| {
         a.parse::<std::net::SocketAddr>().map_err(|_| {
             format!("{flag} {a:?}: expected HOST:PORT with an IP address (127.0.0.1:8081)")
@@ -213,6 +228,7 @@ fn serve(
             gateway_listen,
             database: database.to_string(),
             tenant_admin_role,
+            limits,
             admin_sha256,
             sync_sha256,
         },
@@ -393,12 +409,20 @@ fn main() -> ExitCode {
             config,
             gateway_listen,
             tenant_admin_role,
+            max_connections,
+            header_timeout_seconds,
+            shutdown_grace_seconds,
         } => serve(
             &listen,
             &database,
             &config,
             gateway_listen.as_deref(),
             tenant_admin_role,
+            keygate::service::server::Limits {
+                max_connections,
+                header_read: std::time::Duration::from_secs(header_timeout_seconds),
+                shutdown_grace: std::time::Duration::from_secs(shutdown_grace_seconds),
+            },
         )
         .map_err(|e| (2, e)),
         Command::Ratelimit {

@@ -62,12 +62,27 @@ pub enum Feed {
     Unchanged { version: String },
 }
 
-/// The outcome of a roll.
+/// The outcome of a roll: done, or why not (checked in the roll's own transaction, after
+/// every earlier change to the key, so exactly one roll of a key succeeds).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Rolled {
     Done,
     NotFound,
+    /// A revoked key (perhaps leaked) never gains a successor.
     Revoked,
+    /// Its expiry has passed (a roll with `grace_seconds: 0` expires it at once).
+    Expired,
+    /// It was rolled before: its successor is the key to roll.
+    AlreadyRolled,
+}
+
+/// What a usage report did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// Counted; `dropped` entries named no key of this service and were not stored.
+    Counted { dropped: usize },
+    /// A report with this id was counted before: nothing is counted twice.
+    Seen,
 }
 
 /// Everything the service keeps.
@@ -78,24 +93,24 @@ pub trait Store: Send + Sync + 'static {
     /// `Ok(false)`: no such key.
     fn revoke(&self, id: &str) -> impl Future<Output = Result<bool>> + Send;
     /// Creates `new` and makes `old_id` expire at `old_expires_at` (or earlier, if it already
-    /// expires earlier), as one change.
+    /// expires earlier), as one change; refused for a key revoked, expired at `now`, or rolled.
     fn roll(
         &self,
         old_id: &str,
         new: &StoredKey,
         old_expires_at: i64,
+        now: i64,
     ) -> impl Future<Output = Result<Rolled>> + Send;
     fn feed(&self, since: Option<&str>) -> impl Future<Output = Result<Feed>> + Send;
     /// The current version alone (one indexed read): answers revalidation without the keys.
     fn version(&self) -> impl Future<Output = Result<String>> + Send;
-    /// Counts one usage report. `Ok(false)`: a report with this id was counted before (nothing
-    /// is counted twice).
+    /// Counts one usage report, for the keys this service has.
     fn record_usage(
         &self,
         report_id: &str,
         entries: &[UsageEntry],
         now: i64,
-    ) -> impl Future<Output = Result<bool>> + Send;
+    ) -> impl Future<Output = Result<Recorded>> + Send;
     /// Usage rows of a key in the hours that overlap `[from, to)`.
     fn usage(
         &self,

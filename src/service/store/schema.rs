@@ -69,6 +69,8 @@ const MIGRATIONS: &[&[&str]] = &[
         "INSERT INTO key_last_used (key_id, t) SELECT id, last_used FROM api_keys \
          WHERE last_used IS NOT NULL",
     ],
+    // 3: a rolled key names its successor, so that it is rolled once (under any concurrency).
+    &["ALTER TABLE api_keys ADD COLUMN rolled_to TEXT"],
 ];
 
 pub(super) async fn migrate(

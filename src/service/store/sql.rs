@@ -1,7 +1,7 @@
 //! [`SqlStore`]: the statements, the same on both databases.
 
 use super::schema::{ensure_epoch, migrate, Backend};
-use super::{Feed, Result, Rolled, Store, StoreError};
+use super::{Feed, Recorded, Result, Rolled, Store, StoreError};
 use crate::service::model::{hour_of, StoredKey, UsageEntry, UsageRow};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
@@ -233,25 +233,46 @@ impl Store for SqlStore {
         Ok(true)
     }
 
-    async fn roll(&self, old_id: &str, new: &StoredKey, old_expires_at: i64) -> Result<Rolled> {
+    async fn roll(
+        &self,
+        old_id: &str,
+        new: &StoredKey,
+        old_expires_at: i64,
+        now: i64,
+    ) -> Result<Rolled> {
         let mut tx = self.pool.begin().await?;
+        // The counter row's lock first: every change before this one has committed, and none
+        // after it can start, until this roll ends (one roll of a key wins; a revoke is either
+        // before it, and refuses it, or after it).
         let seq = next_seq(&mut tx).await?;
-        let found = sqlx::query("SELECT revoked, expires_at FROM api_keys WHERE id = $1")
-            .bind(old_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let found =
+            sqlx::query("SELECT revoked, expires_at, rolled_to FROM api_keys WHERE id = $1")
+                .bind(old_id)
+                .fetch_optional(&mut *tx)
+                .await?;
         let Some(row) = found else {
             tx.rollback().await?;
             return Ok(Rolled::NotFound);
         };
-        if row.try_get::<i64, _>("revoked")? != 0 {
-            tx.rollback().await?;
-            return Ok(Rolled::Revoked);
-        }
         let current: Option<i64> = row.try_get("expires_at")?;
+        let rolled_to: Option<String> = row.try_get("rolled_to")?;
+        let refused = if row.try_get::<i64, _>("revoked")? != 0 {
+            Some(Rolled::Revoked)
+        } else if current.is_some_and(|t| t <= now) {
+            Some(Rolled::Expired)
+        } else if rolled_to.is_some() {
+            Some(Rolled::AlreadyRolled)
+        } else {
+            None
+        };
+        if let Some(r) = refused {
+            tx.rollback().await?;
+            return Ok(r);
+        }
         let expires = current.map_or(old_expires_at, |c| c.min(old_expires_at));
-        sqlx::query("UPDATE api_keys SET expires_at = $1, seq = $2 WHERE id = $3")
+        sqlx::query("UPDATE api_keys SET expires_at = $1, rolled_to = $2, seq = $3 WHERE id = $4")
             .bind(expires)
+            .bind(&new.id)
             .bind(seq)
             .bind(old_id)
             .execute(&mut *tx)
@@ -318,7 +339,7 @@ impl Store for SqlStore {
         report_id: &str,
         entries: &[UsageEntry],
         now: i64,
-    ) -> Result<bool> {
+    ) -> Result<Recorded> {
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO usage_reports (report_id, received_at) VALUES ($1, $2) \
@@ -331,8 +352,28 @@ impl Store for SqlStore {
         .rows_affected();
         if inserted == 0 {
             tx.rollback().await?;
-            return Ok(false);
+            return Ok(Recorded::Seen);
         }
+        // Only keys of this service are stored: counts for an id it does not have (a key of
+        // the plugin configuration, a made-up id) would be waiting for a key created later
+        // with that id, which never made them.
+        let mut ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut known: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!("SELECT id FROM api_keys WHERE id IN ({})", list.join(", "));
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for row in q.fetch_all(&mut *tx).await? {
+                known.insert(row.try_get("id")?);
+            }
+        }
+        let dropped = entries.iter().filter(|e| !known.contains(&e.id)).count();
+        let entries = entries.iter().filter(|e| known.contains(&e.id));
         // Summed per (key, hour, decision) first: one report may name a key twice, and one
         // multi-row upsert must not touch a row twice.
         let mut counts: BTreeMap<(&str, i64, &str), i64> = BTreeMap::new();
@@ -342,7 +383,8 @@ impl Store for SqlStore {
             // a report retried after an outage still lands in the hour it was made).
             let hour = hour_of(e.last_used.unwrap_or(now));
             for (decision, n) in e.counts() {
-                *counts.entry((e.id.as_str(), hour, decision)).or_default() += n;
+                let slot = counts.entry((e.id.as_str(), hour, decision)).or_default();
+                *slot = slot.saturating_add(n);
             }
             if let Some(t) = e.last_used {
                 let slot = last_used.entry(e.id.as_str()).or_insert(t);
@@ -353,8 +395,10 @@ impl Store for SqlStore {
         for chunk in counts.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
                 "INSERT INTO usage_hours (key_id, hour, decision, n) VALUES {} \
-                 ON CONFLICT (key_id, hour, decision) DO UPDATE SET n = usage_hours.n + excluded.n",
-                placeholders(chunk.len(), 4)
+                 ON CONFLICT (key_id, hour, decision) DO UPDATE SET n = CASE \
+                 WHEN usage_hours.n > {MAX} - excluded.n THEN {MAX} ELSE usage_hours.n + excluded.n END",
+                placeholders(chunk.len(), 4),
+                MAX = i64::MAX
             );
             let mut q = sqlx::query(&sql);
             for ((id, hour, decision), n) in chunk {
@@ -380,7 +424,7 @@ impl Store for SqlStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Recorded::Counted { dropped })
     }
 
     async fn usage(&self, id: &str, from: Option<i64>, to: Option<i64>) -> Result<Vec<UsageRow>> {
@@ -398,7 +442,12 @@ impl Store for SqlStore {
                 Ok(UsageRow {
                     hour: r.try_get("hour")?,
                     decision: r.try_get("decision")?,
-                    n: r.try_get("n")?,
+                    // A count that overflowed into a float on SQLite before counts saturated
+                    // reads as the largest count (not an error that breaks the key for good).
+                    n: r.try_get::<i64, _>("n").or_else(|_| {
+                        r.try_get::<f64, _>("n")
+                            .map(|f| f.clamp(0.0, i64::MAX as f64) as i64)
+                    })?,
                 })
             })
             .collect::<std::result::Result<_, sqlx::Error>>()
