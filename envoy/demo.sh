@@ -93,6 +93,12 @@ died() { # WHAT LOG
 # first, so that Envoy's first key fetch finds it.
 if [ -n "$with_service" ]; then
   ADMIN_TOKEN=demo-admin-$(python3 -c 'import secrets; print(secrets.token_urlsafe(12))')
+  # /keys and /usage answer only the sync token the configuration's key_sync carries (a demo
+  # token in envoy/demo.yaml): nobody else reads the key set or sends usage.
+  SYNC_TOKEN=$(sed -n 's/.*"key_sync".*"token": *"\([^"]*\)".*/\1/p; /"key_sync"/{n; s/.*"token": *"\([^"]*\)".*/\1/p}' "$run/envoy.yaml" | head -n 1)
+  if [ -n "$SYNC_TOKEN" ]; then
+    export KEYGATE_SYNC_TOKEN_SHA256=$("$KEYGATE" hash <<<"$SYNC_TOKEN")
+  fi
   KEYGATE_ADMIN_TOKEN_SHA256=$("$KEYGATE" hash <<<"$ADMIN_TOKEN") \
     "$KEYGATE" serve --listen "127.0.0.1:$SERVICE_PORT" --gateway-listen "127.0.0.1:$SERVICE_GATEWAY_PORT" \
     --database "sqlite:$run/keys.db" --config "$run/envoy.yaml" 2>"$run/service.log" &

@@ -390,8 +390,9 @@ pub fn rate_limit_cluster(ports: &[u16]) -> Value {
         "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
             "explicit_http_config": {"http2_protocol_options": {}}}},
-        "health_checks": [{"timeout": "1s", "interval": "0.5s", "no_traffic_interval": "0.5s",
-                           "unhealthy_threshold": 1, "healthy_threshold": 1,
+        // Two failed checks take a replica out: one slow answer on a loaded machine does not.
+        "health_checks": [{"timeout": "2s", "interval": "0.5s", "no_traffic_interval": "0.5s",
+                           "unhealthy_threshold": 2, "healthy_threshold": 1,
                            "grpc_health_check": {}}],
         "load_assignment": {"cluster_name": "ratelimit", "endpoints": [{"lb_endpoints": endpoints}]}
     })
