@@ -614,3 +614,54 @@ fn usage_stays_exact_across_configuration_swaps() {
         "{sent} requests over 3 swaps"
     );
 }
+
+#[test]
+fn an_edited_role_is_enforced_by_envoy_within_the_interval() {
+    let dir = scratch("edit");
+    let cfg = plugin_config(None, 1000);
+    let s = service(&dir, &cfg, false, false);
+    let up = Upstream::start("api");
+    let cfg_text = cfg.to_string();
+    let mut o = EnvoyOpts::new("svc-edit", &cfg_text, up.port);
+    o.key_service = Some(s.port);
+    let e = Envoy::start(&o);
+    let (id, key) = create(&s, &["--prefix", "mlm_live_", "--tenant", "org_e"]);
+    time_until(
+        Duration::from_secs(INTERVAL + 1),
+        "a created key admitted",
+        || status(&e, "POST", &key) == 200,
+    );
+    // Edited with the CLI to the reader role: a POST is refused within interval + 1 s.
+    let (code, out) = cli(
+        &s,
+        &["update", &id, "--role", "reader", "--name", "read only"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("updated"), "{out}");
+    let took = time_until(
+        Duration::from_secs(INTERVAL + 1),
+        "an edited role enforced",
+        || status(&e, "POST", &key) == 403,
+    );
+    eprintln!("edited → enforced on every worker: {took:?}");
+    for _ in 0..10 {
+        assert_eq!(status(&e, "POST", &key), 403);
+        assert_eq!(status(&e, "GET", &key), 200);
+    }
+    // The audit log, from the CLI.
+    let (code, out) = cli(&s, &["audit", "--key", &id]);
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("TIME"), "{out}");
+    assert!(
+        lines[1].contains("key.updated") && lines[2].contains("key.created"),
+        "{out}"
+    );
+    assert!(
+        lines[1].contains("org_e") && lines[1].contains("127.0.0.1"),
+        "{out}"
+    );
+    let (_, json_out) = cli(&s, &["audit", "--key", &id, "--json"]);
+    let entries: Value = serde_json::from_str(json_out.trim()).unwrap();
+    assert_eq!(entries[0]["actor"], json!({"type": "admin", "id": null}));
+}

@@ -3,9 +3,12 @@
 
 use super::answer::{data, json_response, ApiError};
 use super::auth::{Auth, Caller};
-use super::input::{json_body, read_create, read_report, read_roll, text_ok, CreateRequest};
+use super::input::{
+    json_body, read_create, read_patch, read_report, read_roll, text_ok, CreateRequest,
+};
 use super::model::{feed_answer, usage_answer, StoredKey};
-use super::store::{Feed, Recorded, Rolled, Store};
+use super::server::Peer;
+use super::store::{Actor, AuditQuery, Feed, KeyCursor, Recorded, Rolled, Store, Updated};
 use crate::keys::digest_hex;
 use crate::mint;
 use crate::model::Gate;
@@ -57,7 +60,11 @@ impl<S> Clone for Ctx<S> {
 pub fn router<S: Store>(app: Arc<App<S>>, gateway: bool) -> Router {
     let mut r = Router::new()
         .route("/v1/api-keys", post(create::<S>).get(list::<S>))
-        .route("/v1/api-keys/{id}", get(show::<S>).delete(revoke::<S>))
+        .route(
+            "/v1/api-keys/{id}",
+            get(show::<S>).delete(revoke::<S>).patch(update::<S>),
+        )
+        .route("/v1/audit-log", get(audit_log::<S>))
         .route("/v1/api-keys/{id}/roll", post(roll::<S>))
         .route("/v1/api-keys/{id}/usage", get(usage::<S>));
     if !gateway {
@@ -83,6 +90,25 @@ fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The audit log's view of a caller: who, from which address (on the gateway listener, the
+/// client address Envoy appended to `X-Forwarded-For`), when.
+fn actor<S>(ctx: &Ctx<S>, headers: &HeaderMap, caller: &Caller, peer: Option<Peer>) -> Actor {
+    let (kind, id) = ctx.app.auth.actor_of(headers, caller);
+    let forwarded = ctx
+        .gateway
+        .then(|| headers.get("x-forwarded-for")?.to_str().ok())
+        .flatten()
+        .and_then(|v| v.rsplit(',').next())
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && text_ok(v));
+    Actor {
+        kind,
+        id,
+        ip: forwarded.or_else(|| peer.map(|p| p.0.ip().to_string())),
+        at: now(),
+    }
 }
 
 /// The body, at most `limit` bytes, within [`BODY_TIMEOUT`].
@@ -128,9 +154,11 @@ async fn mint_and_store<S: Store>(
 async fn create<S: Store>(
     State(ctx): State<Ctx<S>>,
     headers: HeaderMap,
+    peer: Option<axum::Extension<Peer>>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let caller = ctx.app.auth.admin(&headers, ctx.gateway)?;
+    let actor = actor(&ctx, &headers, &caller, peer.map(|p| p.0));
     let body = body_json(body, ADMIN_BODY_LIMIT).await?;
     let mut request = read_create(&body, &ctx.app.gate).map_err(ApiError::BadRequest)?;
     if let Caller::Tenant(t) = &caller {
@@ -151,7 +179,7 @@ async fn create<S: Store>(
     }
     let id = request.id.clone();
     mint_and_store(&ctx.app, &request, id.as_deref(), async |k| {
-        Ok(ctx.app.store.create(k).await?)
+        Ok(ctx.app.store.create(k, &actor).await?)
     })
     .await
 }
@@ -170,9 +198,146 @@ async fn list<S: Store>(
         (Caller::Tenant(t), Some(a)) if a == t => Some(a),
         (Caller::Tenant(_), Some(_)) => return Ok(data(StatusCode::OK, json!([]))),
     };
-    let keys = ctx.app.store.list(tenant).await?;
-    let listed: Vec<Value> = keys.iter().map(|k| k.listed(&ctx.app.gate)).collect();
-    Ok(data(StatusCode::OK, Value::Array(listed)))
+    let Some(limit) = limit_param(&query, None)? else {
+        let keys = ctx.app.store.list(tenant).await?;
+        let listed: Vec<Value> = keys.iter().map(|k| k.listed(&ctx.app.gate)).collect();
+        return Ok(data(StatusCode::OK, Value::Array(listed)));
+    };
+    let after = query
+        .get("cursor")
+        .map(|c| {
+            KeyCursor::decode(c).ok_or_else(|| {
+                ApiError::BadRequest("cursor: not a cursor this service gave".into())
+            })
+        })
+        .transpose()?;
+    let mut keys = ctx
+        .app
+        .store
+        .list_page(tenant, limit + 1, after.as_ref())
+        .await?;
+    let more = keys.len() > limit;
+    keys.truncate(limit);
+    let next = keys.last().filter(|_| more).map(|(_, c)| c.encode());
+    let listed: Vec<Value> = keys.iter().map(|(k, _)| k.listed(&ctx.app.gate)).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"success": true, "data": listed, "next_cursor": next}),
+    ))
+}
+
+/// `limit`: 1–1000 (`default` when absent; `None` and no default: not paged).
+fn limit_param(
+    query: &HashMap<String, String>,
+    default: Option<usize>,
+) -> Result<Option<usize>, ApiError> {
+    match query.get("limit") {
+        None => Ok(default),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=1000).contains(&n) => Ok(Some(n)),
+            _ => Err(ApiError::BadRequest(format!(
+                "limit: {v:?} is not a whole number from 1 to 1000"
+            ))),
+        },
+    }
+}
+
+/// `PATCH /v1/api-keys/{id}`: name, role, expiry, limits, restrictions (`null` clears one).
+async fn update<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    peer: Option<axum::Extension<Peer>>,
+    id: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let caller = ctx.app.auth.admin(&headers, ctx.gateway)?;
+    let id = key_id(id)?;
+    let body = body_json(body, ADMIN_BODY_LIMIT).await?;
+    let old = visible(&ctx.app, &caller, &id).await?;
+    if matches!(caller, Caller::Tenant(_)) && body.get("rate_limits").is_some() {
+        return Err(ApiError::Forbidden(
+            "rate_limits: only the provider's admin sets this".into(),
+        ));
+    }
+    let new = read_patch(&body, &old, &ctx.app.gate).map_err(ApiError::BadRequest)?;
+    let actor = actor(&ctx, &headers, &caller, peer.map(|p| p.0));
+    match ctx.app.store.update(&new, &actor).await? {
+        Updated::Done => {}
+        Updated::NotFound => return Err(ApiError::NotFound),
+        Updated::Revoked => {
+            return Err(ApiError::Conflict(
+                "The API key is revoked; a revoked key is not changed".into(),
+            ))
+        }
+    }
+    let key = ctx.app.store.get(&id).await?.ok_or(ApiError::NotFound)?;
+    Ok(data(StatusCode::OK, key.listed(&ctx.app.gate)))
+}
+
+/// `GET /v1/audit-log`: entries newest first; a tenant admin sees its tenant's only.
+async fn audit_log<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let caller = ctx.app.auth.admin(&headers, ctx.gateway)?;
+    let query = query_map(query)?;
+    let (from, to) = (time_param(&query, "from")?, time_param(&query, "to")?);
+    if let (Some(f), Some(t)) = (from, to) {
+        if f > t {
+            return Err(ApiError::BadRequest("from: is after to".into()));
+        }
+    }
+    let asked = query.get("tenant").map(String::as_str);
+    let tenant = match (&caller, asked) {
+        (Caller::Admin, t) => t,
+        (Caller::Tenant(t), None) => Some(t.as_str()),
+        (Caller::Tenant(t), Some(a)) if a == t => Some(a),
+        (Caller::Tenant(_), Some(_)) => {
+            return Ok(json_response(
+                StatusCode::OK,
+                &json!({"success": true, "data": [], "next_cursor": null}),
+            ))
+        }
+    };
+    let limit = limit_param(&query, Some(100))?.unwrap_or(100);
+    let before = query.get("cursor").map(String::as_str);
+    if before.is_some_and(|c| c.len() != 32 || !c.bytes().all(|b| b.is_ascii_hexdigit())) {
+        return Err(ApiError::BadRequest(
+            "cursor: not a cursor this service gave".into(),
+        ));
+    }
+    let mut entries = ctx
+        .app
+        .store
+        .audit(&AuditQuery {
+            tenant,
+            key: query.get("key").map(String::as_str),
+            from,
+            to,
+            before,
+            limit: limit + 1,
+        })
+        .await?;
+    let more = entries.len() > limit;
+    entries.truncate(limit);
+    let next = entries.last().filter(|_| more).map(|e| e.id.clone());
+    let shown: Vec<Value> = entries.iter().map(audit_entry).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"success": true, "data": shown, "next_cursor": next}),
+    ))
+}
+
+fn audit_entry(e: &super::store::AuditRecord) -> Value {
+    json!({
+        "time": crate::timestamp::format_rfc3339(e.time),
+        "actor": {"type": e.actor_type, "id": e.actor_id},
+        "action": e.action,
+        "key_id": e.key_id,
+        "tenant": e.tenant,
+        "ip": e.ip,
+    })
 }
 
 /// The key `id` if the caller may see it (else "not found": no probing other tenants' ids).
@@ -197,12 +362,14 @@ async fn show<S: Store>(
 async fn revoke<S: Store>(
     State(ctx): State<Ctx<S>>,
     headers: HeaderMap,
+    peer: Option<axum::Extension<Peer>>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let caller = ctx.app.auth.admin(&headers, ctx.gateway)?;
     let id = key_id(id)?;
     visible(&ctx.app, &caller, &id).await?;
-    if !ctx.app.store.revoke(&id).await? {
+    let actor = actor(&ctx, &headers, &caller, peer.map(|p| p.0));
+    if !ctx.app.store.revoke(&id, &actor).await? {
         return Err(ApiError::NotFound);
     }
     Ok(json_response(
@@ -214,19 +381,20 @@ async fn revoke<S: Store>(
 async fn roll<S: Store>(
     State(ctx): State<Ctx<S>>,
     headers: HeaderMap,
+    peer: Option<axum::Extension<Peer>>,
     id: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let caller = ctx.app.auth.admin(&headers, ctx.gateway)?;
+    let actor = actor(&ctx, &headers, &caller, peer.map(|p| p.0));
     let id = key_id(id)?;
     let body = body_json(body, ADMIN_BODY_LIMIT).await?;
     let grace = read_roll(&body).map_err(ApiError::BadRequest)?;
     let old = visible(&ctx.app, &caller, &id).await?;
     let request = CreateRequest::from_stored(&old, &ctx.app.gate);
-    let now = now();
-    let old_expires = now.saturating_add(grace as i64);
+    let old_expires = actor.at.saturating_add(grace as i64);
     mint_and_store(&ctx.app, &request, None, async |k| {
-        let refused = match ctx.app.store.roll(&id, k, old_expires, now).await? {
+        let refused = match ctx.app.store.roll(&id, k, old_expires, &actor).await? {
             Rolled::Done => return Ok(()),
             Rolled::NotFound => return Err(ApiError::NotFound),
             Rolled::Revoked => "The API key is revoked; create a new key instead",

@@ -13,6 +13,8 @@ pub struct Auth {
     /// The headers keygate sets on a judged request (from the plugin configuration).
     pub tenant_header: Option<String>,
     pub role_header: Option<String>,
+    /// The header keygate names the key with (a tenant admin key's id, for the audit log).
+    pub key_id_header: Option<String>,
     /// The role whose keys manage their own tenant's keys.
     pub tenant_admin_role: String,
 }
@@ -59,6 +61,18 @@ fn header<'h>(headers: &'h HeaderMap, name: Option<&str>) -> Option<&'h str> {
 }
 
 impl Auth {
+    /// Who `caller` is, for the audit log: the admin token, or the tenant admin key keygate
+    /// judged (its id from keygate's header).
+    pub fn actor_of(&self, headers: &HeaderMap, caller: &Caller) -> (&'static str, Option<String>) {
+        match caller {
+            Caller::Admin => ("admin", None),
+            Caller::Tenant(_) => (
+                "key",
+                header(headers, self.key_id_header.as_deref()).map(str::to_string),
+            ),
+        }
+    }
+
     /// The admin API's caller. `gateway`: the request came in on the listener only Envoy
     /// reaches, so keygate's identity headers are trusted there (and nowhere else).
     pub fn admin(&self, headers: &HeaderMap, gateway: bool) -> Result<Caller, ApiError> {
@@ -102,6 +116,7 @@ mod tests {
             sync_sha256: Some(digest(b"sync-secret")),
             tenant_header: Some("x-tenant-id".into()),
             role_header: Some("x-api-key-role".into()),
+            key_id_header: Some("x-api-key-id".into()),
             tenant_admin_role: "admin".into(),
         }
     }

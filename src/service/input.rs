@@ -221,6 +221,43 @@ impl CreateRequest {
     }
 }
 
+/// What a `PATCH` may change.
+const PATCH_FIELDS: [&str; 7] = [
+    "name",
+    "role",
+    "expires_at",
+    "rate_limits",
+    "allowed_ips",
+    "allowed_referers",
+    "allowed_paths",
+];
+
+/// A `PATCH` body applied to `old` (`null` clears a field), validated as the whole key entry
+/// the filter will read.
+pub fn read_patch(body: &Value, old: &StoredKey, gate: &Gate) -> Result<StoredKey, String> {
+    let Some(map) = body.as_object() else {
+        return Err("$: expected an object".into());
+    };
+    if let Some(unknown) = map.keys().find(|k| !PATCH_FIELDS.contains(&k.as_str())) {
+        return Err(format!(
+            "{unknown}: unknown field (a PATCH changes {})",
+            PATCH_FIELDS.join(", ")
+        ));
+    }
+    let mut request = CreateRequest::from_stored(old, gate);
+    for (field, value) in map {
+        if value.is_null() {
+            request.entry.remove(field);
+        } else {
+            request.entry.insert(field.clone(), value.clone());
+        }
+    }
+    let mut key = request.stored(&old.id, &old.sha256, gate, old.created_at)?;
+    key.environment = old.environment.clone();
+    key.last_used = old.last_used;
+    Ok(key)
+}
+
 /// A roll's `grace_seconds` (default one day; at most a year).
 pub fn read_roll(body: &Value) -> Result<u64, String> {
     let mut errors = Errors::default();

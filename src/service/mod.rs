@@ -45,6 +45,7 @@ pub fn serve(options: Options, gate: crate::model::Gate) -> Result<(), String> {
             sync_sha256: options.sync_sha256,
             tenant_header: gate.upstream_headers.tenant.clone(),
             role_header: gate.upstream_headers.role.clone(),
+            key_id_header: gate.upstream_headers.key_id.clone(),
             tenant_admin_role: options.tenant_admin_role.clone(),
         };
         let app = Arc::new(App {

@@ -15,6 +15,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
+/// The client's address, on every request (a request extension).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
+
 /// How much a client may hold of the service.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -58,8 +62,8 @@ pub async fn serve(
             // Reap finished connections as they end (the set stays as large as what is open).
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
             Err(e) => {
                 // Out of file descriptors (or a similar pressure): wait instead of spinning.
                 eprintln!("keygate serve: accepting a connection failed: {e}");
@@ -81,7 +85,7 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        let service = TowerToHyperService::new(app.clone().layer(axum::Extension(Peer(peer))));
         let mut stopping = stopping.clone();
         let grace = limits.shutdown_grace;
         let header_read = limits.header_read;

@@ -19,6 +19,11 @@ fn call(server: &str, method: &str, path: &str, body: Option<&Value>) -> Result<
     let response = match (method, body) {
         ("GET", _) => agent.get(&url).header("authorization", &auth).call(),
         ("DELETE", _) => agent.delete(&url).header("authorization", &auth).call(),
+        ("PATCH", body) => agent
+            .patch(&url)
+            .header("authorization", &auth)
+            .header("content-type", "application/json")
+            .send(body.map(Value::to_string).unwrap_or_default()),
         (_, body) => agent
             .post(&url)
             .header("authorization", &auth)
@@ -332,5 +337,143 @@ pub fn usage(
         text(&t["allowed"]),
         text(&t["rejected"])
     );
+    Ok(())
+}
+
+/// `keygate keys update`: what a PATCH changes.
+#[derive(clap::Args)]
+pub struct Update {
+    pub id: String,
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A role of the configuration
+    #[arg(long)]
+    pub role: Option<String>,
+    /// RFC 3339 (2027-01-01T00:00:00Z)
+    #[arg(long)]
+    pub expires: Option<String>,
+    /// Limits as JSON: '[{"requests":100,"per":"minute"}]'
+    #[arg(long)]
+    pub rate_limits: Option<String>,
+    /// Comma-separated CIDRs or addresses
+    #[arg(long, value_delimiter = ',')]
+    pub allowed_ips: Option<Vec<String>>,
+    /// Comma-separated URL patterns
+    #[arg(long, value_delimiter = ',')]
+    pub allowed_referers: Option<Vec<String>>,
+    /// Comma-separated path patterns
+    #[arg(long, value_delimiter = ',')]
+    pub allowed_paths: Option<Vec<String>>,
+    /// Clear a field (name, role, expires_at, rate_limits, allowed_ips, allowed_referers,
+    /// allowed_paths); repeatable
+    #[arg(long)]
+    pub clear: Vec<String>,
+}
+
+pub fn update(server: &str, u: Update, as_json: bool) -> Result<(), String> {
+    let mut body = Map::new();
+    for field in &u.clear {
+        body.insert(field.clone(), Value::Null);
+    }
+    let mut set = |field: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            body.insert(field.into(), v);
+        }
+    };
+    set("name", u.name.map(Value::String));
+    set("role", u.role.map(Value::String));
+    set("expires_at", u.expires.map(Value::String));
+    set("allowed_ips", u.allowed_ips.map(|v| json!(v)));
+    set("allowed_referers", u.allowed_referers.map(|v| json!(v)));
+    set("allowed_paths", u.allowed_paths.map(|v| json!(v)));
+    if let Some(limits) = u.rate_limits {
+        let v: Value =
+            serde_json::from_str(&limits).map_err(|e| format!("--rate-limits: not JSON: {e}"))?;
+        set("rate_limits", Some(v));
+    }
+    if body.is_empty() {
+        return Err("nothing to change: give --name, --role, --expires, … or --clear FIELD".into());
+    }
+    let answer = call(
+        server,
+        "PATCH",
+        &format!("/v1/api-keys/{}", enc(&u.id)),
+        Some(&Value::Object(body)),
+    )?;
+    if as_json {
+        println!("{}", answer["data"]);
+    } else {
+        let k = &answer["data"];
+        println!(
+            "{}: updated (name {}, role {}, expires {})",
+            text(&k["id"]),
+            text(&k["name"]),
+            text(&k["role"]),
+            text(&k["expires_at"])
+        );
+    }
+    Ok(())
+}
+
+/// `keygate keys audit`: the audit log, newest first.
+#[derive(clap::Args)]
+pub struct Audit {
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Entries about this key id
+    #[arg(long)]
+    pub key: Option<String>,
+    /// From (RFC 3339)
+    #[arg(long)]
+    pub from: Option<String>,
+    /// To (RFC 3339)
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Entries at most (1-1000)
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+}
+
+pub fn audit(server: &str, a: Audit, as_json: bool) -> Result<(), String> {
+    let mut query = vec![format!("limit={}", a.limit)];
+    for (name, v) in [
+        ("tenant", &a.tenant),
+        ("key", &a.key),
+        ("from", &a.from),
+        ("to", &a.to),
+    ] {
+        if let Some(v) = v {
+            query.push(format!("{name}={}", enc(v)));
+        }
+    }
+    let answer = call(
+        server,
+        "GET",
+        &format!("/v1/audit-log?{}", query.join("&")),
+        None,
+    )?;
+    let entries = answer["data"].as_array().cloned().unwrap_or_default();
+    if as_json {
+        println!("{}", Value::Array(entries));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            let actor = match e["actor"]["id"].as_str() {
+                Some(id) => format!("{}:{id}", text(&e["actor"]["type"])),
+                None => text(&e["actor"]["type"]),
+            };
+            vec![
+                text(&e["time"]),
+                actor,
+                text(&e["action"]),
+                text(&e["key_id"]),
+                text(&e["tenant"]),
+                text(&e["ip"]),
+            ]
+        })
+        .collect();
+    table(&["TIME", "ACTOR", "ACTION", "KEY", "TENANT", "IP"], &rows);
     Ok(())
 }

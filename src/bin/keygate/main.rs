@@ -145,6 +145,11 @@ enum KeysCommand {
     },
     /// Revoke a key
     Revoke { id: String },
+    /// Change a key's name, role, expiry, limits or restrictions (enforced by every syncing
+    /// Envoy within interval_seconds + 1 s)
+    Update(keys::Update),
+    /// The audit log: who created, changed, rolled or revoked which key, newest first
+    Audit(keys::Audit),
     /// Replace a key: a new key with the same settings; the old one expires after the grace period
     Roll {
         id: String,
@@ -242,6 +247,8 @@ fn keys_command(server: &str, json: bool, command: KeysCommand) -> Result<(), St
         KeysCommand::Create(k) => keys::create(server, k, json),
         KeysCommand::List { tenant } => keys::list(server, tenant.as_deref(), json),
         KeysCommand::Revoke { id } => keys::revoke(server, &id, json),
+        KeysCommand::Update(u) => keys::update(server, u, json),
+        KeysCommand::Audit(a) => keys::audit(server, a, json),
         KeysCommand::Roll { id, grace_seconds } => keys::roll(server, &id, grace_seconds, json),
         KeysCommand::Usage { id, from, to } => {
             keys::usage(server, &id, from.as_deref(), to.as_deref(), json)

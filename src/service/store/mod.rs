@@ -13,6 +13,7 @@
 //!
 //! The steps: [`schema`] (the two backends, migrations, the epoch), [`sql`] (the statements).
 
+mod audit;
 mod schema;
 mod sql;
 
@@ -76,6 +77,76 @@ pub enum Rolled {
     AlreadyRolled,
 }
 
+/// Who made a change, from where, when: what the audit log records of a caller (never a key,
+/// digest, token or code).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// `admin` (the admin token), `key` (a tenant admin key) or `portal` (a portal session).
+    pub kind: &'static str,
+    /// The tenant admin key's id, or the session's; `None` for the admin token.
+    pub id: Option<String>,
+    /// The client's address (behind keygate: the one Envoy saw).
+    pub ip: Option<String>,
+    /// Unix seconds.
+    pub at: i64,
+}
+
+/// One audit-log entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Orders entries (newest first) and pages them.
+    pub id: String,
+    pub time: i64,
+    pub actor_type: String,
+    pub actor_id: Option<String>,
+    pub action: String,
+    pub key_id: Option<String>,
+    pub tenant: Option<String>,
+    pub ip: Option<String>,
+}
+
+/// Which entries: all filters optional; `before` an entry id (the page after it).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AuditQuery<'a> {
+    pub tenant: Option<&'a str>,
+    pub key: Option<&'a str>,
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    pub before: Option<&'a str>,
+    pub limit: usize,
+}
+
+/// The outcome of an edit.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Updated {
+    Done,
+    NotFound,
+    /// A revoked key stays as it was revoked.
+    Revoked,
+}
+
+/// Where a page of keys starts (newest first): after the key created by change `seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyCursor {
+    pub seq: i64,
+}
+
+impl KeyCursor {
+    /// Opaque to clients: `k` and the number in hex.
+    pub fn encode(&self) -> String {
+        format!("k{:x}", self.seq)
+    }
+
+    pub fn decode(s: &str) -> Option<KeyCursor> {
+        let hex = s
+            .strip_prefix('k')
+            .filter(|h| (1..=16).contains(&h.len()))?;
+        Some(KeyCursor {
+            seq: i64::from_str_radix(hex, 16).ok().filter(|n| *n >= 0)?,
+        })
+    }
+}
+
 /// What a usage report did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Recorded {
@@ -86,12 +157,29 @@ pub enum Recorded {
 }
 
 /// Everything the service keeps.
+/// Every change is written with its audit-log entry, in one transaction.
 pub trait Store: Send + Sync + 'static {
-    fn create(&self, key: &StoredKey) -> impl Future<Output = Result<()>> + Send;
+    fn create(&self, key: &StoredKey, actor: &Actor) -> impl Future<Output = Result<()>> + Send;
     fn list(&self, tenant: Option<&str>) -> impl Future<Output = Result<Vec<StoredKey>>> + Send;
+    /// At most `limit` keys, newest first, after `after`.
+    fn list_page(
+        &self,
+        tenant: Option<&str>,
+        limit: usize,
+        after: Option<&KeyCursor>,
+    ) -> impl Future<Output = Result<Vec<(StoredKey, KeyCursor)>>> + Send;
     fn get(&self, id: &str) -> impl Future<Output = Result<Option<StoredKey>>> + Send;
     /// `Ok(false)`: no such key.
-    fn revoke(&self, id: &str) -> impl Future<Output = Result<bool>> + Send;
+    fn revoke(&self, id: &str, actor: &Actor) -> impl Future<Output = Result<bool>> + Send;
+    /// Replaces a key's editable settings (name, role, expiry, limits, restrictions) with
+    /// `key`'s; refused for a revoked key.
+    fn update(
+        &self,
+        key: &StoredKey,
+        actor: &Actor,
+    ) -> impl Future<Output = Result<Updated>> + Send;
+    /// Audit-log entries, newest first.
+    fn audit(&self, q: &AuditQuery<'_>) -> impl Future<Output = Result<Vec<AuditRecord>>> + Send;
     /// Creates `new` and makes `old_id` expire at `old_expires_at` (or earlier, if it already
     /// expires earlier), as one change; refused for a key revoked, expired at `now`, or rolled.
     fn roll(
@@ -99,7 +187,7 @@ pub trait Store: Send + Sync + 'static {
         old_id: &str,
         new: &StoredKey,
         old_expires_at: i64,
-        now: i64,
+        actor: &Actor,
     ) -> impl Future<Output = Result<Rolled>> + Send;
     fn feed(&self, since: Option<&str>) -> impl Future<Output = Result<Feed>> + Send;
     /// The current version alone (one indexed read): answers revalidation without the keys.

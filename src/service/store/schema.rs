@@ -71,6 +71,28 @@ const MIGRATIONS: &[&[&str]] = &[
     ],
     // 3: a rolled key names its successor, so that it is rolled once (under any concurrency).
     &["ALTER TABLE api_keys ADD COLUMN rolled_to TEXT"],
+    // 4: the audit log (append-only: no statement of the service updates or deletes it). `id`
+    // orders entries of one second: the change's time in nanoseconds, then random bits.
+    &[
+        "CREATE TABLE audit_log (
+        id TEXT PRIMARY KEY,
+        time BIGINT NOT NULL,
+        actor_type TEXT NOT NULL,
+        actor_id TEXT,
+        action TEXT NOT NULL,
+        key_id TEXT,
+        tenant TEXT,
+        ip TEXT
+    )",
+        "CREATE INDEX audit_log_time ON audit_log (time, id)",
+        "CREATE INDEX audit_log_tenant ON audit_log (tenant, time, id)",
+        "CREATE INDEX audit_log_key ON audit_log (key_id, time, id)",
+        // The change number of a key's creation: pages of keys, newest first, in the order
+        // keys were made (seconds tie; this number never does).
+        "ALTER TABLE api_keys ADD COLUMN created_seq BIGINT",
+        "UPDATE api_keys SET created_seq = seq",
+        "CREATE INDEX api_keys_created_seq ON api_keys (created_seq)",
+    ],
 ];
 
 pub(super) async fn migrate(

@@ -1,7 +1,11 @@
 //! [`SqlStore`]: the statements, the same on both databases.
 
+use super::audit;
 use super::schema::{ensure_epoch, migrate, Backend};
-use super::{Feed, Recorded, Result, Rolled, Store, StoreError};
+use super::{
+    Actor, AuditQuery, AuditRecord, Feed, KeyCursor, Recorded, Result, Rolled, Store, StoreError,
+    Updated,
+};
 use crate::service::model::{hour_of, StoredKey, UsageEntry, UsageRow};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
@@ -144,8 +148,8 @@ async fn insert_key(
 ) -> std::result::Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO api_keys (id, sha256, prefix, name, tenant, role, environment, created_at, \
-         expires_at, revoked, restrictions, last_used, seq) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+         expires_at, revoked, restrictions, last_used, seq, created_seq) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
     )
     .bind(&k.id)
     .bind(&k.sha256)
@@ -160,18 +164,103 @@ async fn insert_key(
     .bind(k.restrictions.to_string())
     .bind(k.last_used)
     .bind(seq)
+    .bind(seq)
     .execute(conn)
     .await
     .map(|_| ())
 }
 
 impl Store for SqlStore {
-    async fn create(&self, key: &StoredKey) -> Result<()> {
+    async fn create(&self, key: &StoredKey, actor: &Actor) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let seq = next_seq(&mut tx).await?;
         insert_key(&mut tx, key, seq).await?;
+        let (id, tenant) = (Some(key.id.as_str()), key.tenant.as_deref());
+        audit::append(&mut tx, actor, "key.created", id, tenant, actor.at).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn list_page(
+        &self,
+        tenant: Option<&str>,
+        limit: usize,
+        after: Option<&KeyCursor>,
+    ) -> Result<Vec<(StoredKey, KeyCursor)>> {
+        let mut sql = format!("SELECT {KEY_COLUMNS}, k.created_seq FROM {KEYS_FROM} WHERE 1 = 1");
+        let mut n = 0;
+        let mut param = || {
+            n += 1;
+            format!("${n}")
+        };
+        if tenant.is_some() {
+            sql.push_str(&format!(" AND k.tenant = {}", param()));
+        }
+        if after.is_some() {
+            sql.push_str(&format!(" AND k.created_seq < {}", param()));
+        }
+        sql.push_str(&format!(" ORDER BY k.created_seq DESC LIMIT {limit}"));
+        let mut q = sqlx::query(&sql);
+        if let Some(t) = tenant {
+            q = q.bind(t);
+        }
+        if let Some(c) = after {
+            q = q.bind(c.seq);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let seq = r.try_get::<Option<i64>, _>("created_seq")?.unwrap_or(0);
+                Ok((key_from_row(r)?, KeyCursor { seq }))
+            })
+            .collect::<std::result::Result<_, sqlx::Error>>()?)
+    }
+
+    async fn update(&self, key: &StoredKey, actor: &Actor) -> Result<Updated> {
+        let mut tx = self.pool.begin().await?;
+        let seq = next_seq(&mut tx).await?;
+        let found = sqlx::query("SELECT revoked, tenant FROM api_keys WHERE id = $1")
+            .bind(&key.id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = found else {
+            tx.rollback().await?;
+            return Ok(Updated::NotFound);
+        };
+        if row.try_get::<i64, _>("revoked")? != 0 {
+            tx.rollback().await?;
+            return Ok(Updated::Revoked);
+        }
+        let tenant: Option<String> = row.try_get("tenant")?;
+        sqlx::query(
+            "UPDATE api_keys SET name = $1, role = $2, expires_at = $3, restrictions = $4, \
+             seq = $5 WHERE id = $6",
+        )
+        .bind(&key.name)
+        .bind(&key.role)
+        .bind(key.expires_at)
+        .bind(key.restrictions.to_string())
+        .bind(seq)
+        .bind(&key.id)
+        .execute(&mut *tx)
+        .await?;
+        let id = Some(key.id.as_str());
+        audit::append(
+            &mut tx,
+            actor,
+            "key.updated",
+            id,
+            tenant.as_deref(),
+            actor.at,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Updated::Done)
+    }
+
+    async fn audit(&self, q: &AuditQuery<'_>) -> Result<Vec<AuditRecord>> {
+        audit::read(&self.pool, q).await
     }
 
     async fn list(&self, tenant: Option<&str>) -> Result<Vec<StoredKey>> {
@@ -208,10 +297,10 @@ impl Store for SqlStore {
         Ok(row.as_ref().map(key_from_row).transpose()?)
     }
 
-    async fn revoke(&self, id: &str) -> Result<bool> {
+    async fn revoke(&self, id: &str, actor: &Actor) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let seq = next_seq(&mut tx).await?;
-        let found = sqlx::query("SELECT revoked FROM api_keys WHERE id = $1")
+        let found = sqlx::query("SELECT revoked, tenant FROM api_keys WHERE id = $1")
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
@@ -229,6 +318,16 @@ impl Store for SqlStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        let tenant: Option<String> = row.try_get("tenant")?;
+        audit::append(
+            &mut tx,
+            actor,
+            "key.revoked",
+            Some(id),
+            tenant.as_deref(),
+            actor.at,
+        )
+        .await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -238,8 +337,9 @@ impl Store for SqlStore {
         old_id: &str,
         new: &StoredKey,
         old_expires_at: i64,
-        now: i64,
+        actor: &Actor,
     ) -> Result<Rolled> {
+        let now = actor.at;
         let mut tx = self.pool.begin().await?;
         // The counter row's lock first: every change before this one has committed, and none
         // after it can start, until this roll ends (one roll of a key wins; a revoke is either
@@ -278,6 +378,8 @@ impl Store for SqlStore {
             .execute(&mut *tx)
             .await?;
         insert_key(&mut tx, new, seq).await?;
+        let tenant = new.tenant.as_deref();
+        audit::append(&mut tx, actor, "key.rolled", Some(old_id), tenant, now).await?;
         tx.commit().await?;
         Ok(Rolled::Done)
     }

@@ -1,0 +1,368 @@
+//! The key service's newer admin calls (SPEC §7): `PATCH` a key, the audit log, paged lists;
+//! on SQLite and PostgreSQL, for the admin token and for tenant admin keys (gateway listener).
+mod common;
+use common::service::*;
+use common::*;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+fn scratch(name: &str) -> PathBuf {
+    let d = repo()
+        .join("target/itest")
+        .join(format!("svc-admin-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn config(dir: &std::path::Path) -> PathBuf {
+    let p = dir.join("plugin.json");
+    let cfg = json!({
+        "key_sources": [{"header": "x-api-key"}],
+        "prefixes": [{"prefix": "ad_live_", "environment": "LIVE", "role": "writer"}],
+        "roles": {"admin": {"methods": ["*"]}, "writer": {"methods": ["GET", "POST"]},
+                  "reader": {"methods": ["GET"]}}
+    });
+    std::fs::write(&p, cfg.to_string()).unwrap();
+    p
+}
+
+fn err(code: &str, error: &str) -> Value {
+    json!({"success": false, "error": error, "code": code})
+}
+
+fn patch(s: &Service, id: &str, body: Value) -> (u16, Value) {
+    s.admin(
+        "PATCH",
+        &format!("/v1/api-keys/{id}"),
+        Some(&body.to_string()),
+    )
+}
+
+fn create(s: &Service, body: Value) -> Value {
+    let (st, b) = s.admin("POST", "/v1/api-keys", Some(&body.to_string()));
+    assert_eq!(st, 201, "{b}");
+    b["data"].clone()
+}
+
+/// Calls on the gateway listener as keygate would forward a tenant admin key's request.
+fn as_tenant(
+    s: &Service,
+    tenant: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, Value) {
+    let base = format!("http://127.0.0.1:{}", s.gateway_port.unwrap());
+    let (st, _, text) = call_raw(
+        &base,
+        method,
+        path,
+        body,
+        &[
+            ("x-tenant-id", tenant.to_string()),
+            ("x-api-key-role", "admin".to_string()),
+            ("x-api-key-id", format!("{tenant}_admin")),
+            ("x-forwarded-for", "198.51.100.7".to_string()),
+        ],
+    );
+    (st, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn exercise(s: &Service) {
+    // PATCH: each field, null clears, the answer is the listed key.
+    let k = create(
+        s,
+        json!({"prefix": "ad_live_", "name": "first", "tenant": "org_a"}),
+    );
+    let id = k["id"].as_str().unwrap().to_string();
+    let key = k["key"].as_str().unwrap().to_string();
+    let (st, b) = patch(
+        s,
+        &id,
+        json!({"name": "renamed", "role": "reader", "expires_at": "2031-01-01T00:00:00Z",
+               "rate_limits": [{"requests": 10, "per": "minute"}], "allowed_ips": ["10.0.0.0/8"]}),
+    );
+    assert_eq!(st, 200, "{b}");
+    let d = &b["data"];
+    assert_eq!(
+        (
+            d["id"].clone(),
+            d["name"].clone(),
+            d["role"].clone(),
+            d["expires_at"].clone()
+        ),
+        (
+            json!(id),
+            json!("renamed"),
+            json!("reader"),
+            json!("2031-01-01T00:00:00Z")
+        )
+    );
+    assert_eq!(d["tenant"], "org_a", "not patchable, kept");
+    let (st, b) = patch(
+        s,
+        &id,
+        json!({"name": null, "role": null, "expires_at": null}),
+    );
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(
+        (
+            b["data"]["name"].clone(),
+            b["data"]["role"].clone(),
+            b["data"]["expires_at"].clone()
+        ),
+        (Value::Null, json!("writer"), Value::Null),
+        "cleared: the prefix's role applies again"
+    );
+    // The feed serves the change as a delta.
+    let (_, feed) = call(&s.url(), "GET", "/keys", None, None);
+    let entry = feed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == json!(id))
+        .unwrap()
+        .clone();
+    assert_eq!(
+        entry["rate_limits"],
+        json!([{"requests": 10, "per": "minute"}])
+    );
+    assert_eq!(entry["allowed_ips"], json!(["10.0.0.0/8"]));
+    assert!(entry.get("name").is_none_or(Value::is_null));
+    // Bad input: the field's path; never a 500.
+    for (body, want) in [
+        (json!({"colour": "red"}), "colour: unknown field (a PATCH changes name, role, expires_at, rate_limits, allowed_ips, allowed_referers, allowed_paths)"),
+        (json!({"tenant": "org_b"}), "tenant: unknown field (a PATCH changes name, role, expires_at, rate_limits, allowed_ips, allowed_referers, allowed_paths)"),
+        (json!({"allowed_ips": ["10.0.0.0/33"]}), "allowed_ips[0]: \"10.0.0.0/33\" has an invalid prefix length"),
+        (json!([1]), "$: expected an object"),
+    ] {
+        let (st, b) = patch(s, &id, body.clone());
+        assert_eq!((st, b), (400, err("BAD_REQUEST", want)), "{body}");
+    }
+    let (st, b) = patch(s, &id, json!({"role": "owner"}));
+    assert_eq!(st, 400);
+    assert!(b["error"].as_str().unwrap().starts_with("role: "), "{b}");
+    assert_eq!(patch(s, "no_such_key", json!({"name": "x"})).0, 404);
+    // A revoked key is not changed.
+    assert_eq!(
+        s.admin("DELETE", &format!("/v1/api-keys/{id}"), None).0,
+        200
+    );
+    let (st, b) = patch(s, &id, json!({"name": "again"}));
+    assert_eq!(
+        (st, b),
+        (
+            409,
+            err(
+                "CONFLICT",
+                "The API key is revoked; a revoked key is not changed"
+            )
+        )
+    );
+
+    // The audit log: every change, newest first, who and from where; nothing secret.
+    let k2 = create(s, json!({"prefix": "ad_live_", "tenant": "org_a"}));
+    let id2 = k2["id"].as_str().unwrap().to_string();
+    let (st, rolled) = s.admin("POST", &format!("/v1/api-keys/{id2}/roll"), Some("{}"));
+    assert_eq!(st, 201);
+    let (st, log) = s.admin("GET", "/v1/audit-log?tenant=org_a", None);
+    assert_eq!(st, 200);
+    let actions: Vec<(String, String)> = log["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().into(),
+                e["key_id"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("key.rolled".to_string(), id2.clone()),
+            ("key.created".into(), id2.clone()),
+            ("key.revoked".into(), id.clone()),
+            ("key.updated".into(), id.clone()),
+            ("key.updated".into(), id.clone()),
+            ("key.created".into(), id.clone()),
+        ]
+    );
+    let first = &log["data"][0];
+    assert_eq!(first["actor"], json!({"type": "admin", "id": null}));
+    assert_eq!(first["ip"], "127.0.0.1");
+    assert_eq!(first["tenant"], "org_a");
+    assert!(keygate::timestamp::parse_rfc3339(first["time"].as_str().unwrap()).is_some());
+    let text = log.to_string();
+    for secret in [
+        key.as_str(),
+        rolled["data"]["key"].as_str().unwrap(),
+        ADMIN_TOKEN,
+    ] {
+        assert!(!text.contains(secret), "a secret in the audit log");
+    }
+    assert!(!text.contains(&keygate::keys::digest_hex(key.as_bytes())));
+    // Filters and pages.
+    let (_, one) = s.admin("GET", &format!("/v1/audit-log?key={id2}&limit=1"), None);
+    assert_eq!(one["data"].as_array().unwrap().len(), 1);
+    assert_eq!(one["data"][0]["action"], "key.rolled");
+    let cursor = one["next_cursor"].as_str().unwrap().to_string();
+    let (_, two) = s.admin(
+        "GET",
+        &format!("/v1/audit-log?key={id2}&limit=1&cursor={cursor}"),
+        None,
+    );
+    assert_eq!(two["data"][0]["action"], "key.created");
+    assert_eq!(two["next_cursor"], Value::Null, "the last page");
+    let (_, later) = s.admin("GET", "/v1/audit-log?from=2999-01-01T00:00:00Z", None);
+    assert_eq!(later["data"], json!([]));
+    for (q, want) in [
+        (
+            "from=2030-01-02T00:00:00Z&to=2030-01-01T00:00:00Z",
+            "from: is after to",
+        ),
+        (
+            "limit=0",
+            "limit: \"0\" is not a whole number from 1 to 1000",
+        ),
+        (
+            "limit=1001",
+            "limit: \"1001\" is not a whole number from 1 to 1000",
+        ),
+        ("cursor=zz", "cursor: not a cursor this service gave"),
+    ] {
+        let (st, b) = s.admin("GET", &format!("/v1/audit-log?{q}"), None);
+        assert_eq!((st, b), (400, err("BAD_REQUEST", want)), "{q}");
+    }
+
+    // Paged lists: newest first, every key once, stable across pages.
+    for i in 0..5 {
+        create(
+            s,
+            json!({"prefix": "ad_live_", "name": format!("page{i}"), "tenant": "org_p"}),
+        );
+    }
+    let (mut seen, mut cursor) = (Vec::<String>::new(), None::<String>);
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/api-keys?tenant=org_p&limit=2&cursor={c}"),
+            None => "/v1/api-keys?tenant=org_p&limit=2".to_string(),
+        };
+        let (st, b) = s.admin("GET", &path, None);
+        assert_eq!(st, 200, "{b}");
+        let page = b["data"].as_array().unwrap();
+        assert!(page.len() <= 2);
+        seen.extend(page.iter().map(|k| k["name"].as_str().unwrap().to_string()));
+        match b["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        ["page4", "page3", "page2", "page1", "page0"],
+        "newest first, once each"
+    );
+    for (q, want) in [
+        (
+            "limit=abc",
+            "limit: \"abc\" is not a whole number from 1 to 1000",
+        ),
+        (
+            "limit=2&cursor=00",
+            "cursor: not a cursor this service gave",
+        ),
+    ] {
+        let (st, b) = s.admin("GET", &format!("/v1/api-keys?{q}"), None);
+        assert_eq!((st, b), (400, err("BAD_REQUEST", want)), "{q}");
+    }
+    // Without limit: the whole list, as before.
+    let (_, all) = s.admin("GET", "/v1/api-keys?tenant=org_p", None);
+    assert_eq!(all["data"].as_array().unwrap().len(), 5);
+    assert!(all.get("next_cursor").is_none());
+
+    // Tenants: their own keys only (another's is 404), no limits, their own log.
+    let b_key = create(s, json!({"prefix": "ad_live_", "tenant": "org_b"}));
+    let b_id = b_key["id"].as_str().unwrap();
+    let (st, _) = as_tenant(
+        s,
+        "org_a",
+        "PATCH",
+        &format!("/v1/api-keys/{b_id}"),
+        Some(r#"{"name":"mine"}"#),
+    );
+    assert_eq!(st, 404);
+    let (st, b) = as_tenant(
+        s,
+        "org_a",
+        "PATCH",
+        &format!("/v1/api-keys/{id2}"),
+        Some(r#"{"rate_limits":[]}"#),
+    );
+    assert_eq!(
+        (st, b),
+        (
+            403,
+            err(
+                "FORBIDDEN",
+                "rate_limits: only the provider's admin sets this"
+            )
+        )
+    );
+    let own = rolled["data"]["id"].as_str().unwrap();
+    let (st, b) = as_tenant(
+        s,
+        "org_a",
+        "PATCH",
+        &format!("/v1/api-keys/{own}"),
+        Some(r#"{"name":"by tenant"}"#),
+    );
+    assert_eq!(st, 200, "{b}");
+    let (_, log) = as_tenant(s, "org_a", "GET", "/v1/audit-log", None);
+    let entries = log["data"].as_array().unwrap();
+    assert!(entries.iter().all(|e| e["tenant"] == "org_a"), "{log}");
+    assert_eq!(entries[0]["action"], "key.updated");
+    assert_eq!(
+        entries[0]["actor"],
+        json!({"type": "key", "id": "org_a_admin"})
+    );
+    assert_eq!(entries[0]["ip"], "198.51.100.7", "the address Envoy saw");
+    let (_, other) = as_tenant(s, "org_a", "GET", "/v1/audit-log?tenant=org_b", None);
+    assert_eq!(other["data"], json!([]));
+}
+
+#[test]
+fn patch_audit_and_pages_on_sqlite() {
+    let dir = scratch("sqlite");
+    let db = format!("sqlite:{}", dir.join("keys.db").display());
+    let cfg = config(&dir);
+    let s = Service::start(ServiceOpts {
+        database: &db,
+        config: &cfg,
+        gateway: true,
+        sync_token: false,
+        port: None,
+    });
+    exercise(&s);
+}
+
+#[test]
+fn patch_audit_and_pages_on_postgres() {
+    let pg = Postgres::start("admin");
+    let db = pg.database("admin");
+    let dir = scratch("pg");
+    let cfg = config(&dir);
+    let s = Service::start(ServiceOpts {
+        database: &db,
+        config: &cfg,
+        gateway: true,
+        sync_token: false,
+        port: None,
+    });
+    exercise(&s);
+    // The audit log is append-only: no statement the service runs changes an entry.
+    let n = pg.psql("admin", "SELECT count(*) FROM audit_log");
+    assert!(n.trim().parse::<u64>().unwrap() >= 10, "{n}");
+}
