@@ -366,3 +366,177 @@ fn patch_audit_and_pages_on_postgres() {
     let n = pg.psql("admin", "SELECT count(*) FROM audit_log");
     assert!(n.trim().parse::<u64>().unwrap() >= 10, "{n}");
 }
+
+fn portal(s: &Service) {
+    let (st, b) = s.admin(
+        "POST",
+        "/v1/portal-sessions",
+        Some(r#"{"tenant":"org_a","ttl_seconds":600,"return_url":"/keys?x=1"}"#),
+    );
+    assert_eq!(st, 201, "{b}");
+    let d = &b["data"];
+    assert_eq!(d["tenant"], "org_a");
+    assert!(d["id"].as_str().unwrap().starts_with("ps_"));
+    let url = d["url"].as_str().unwrap().to_string();
+    let prefix = format!("http://127.0.0.1:{}/portal/open?code=", s.port);
+    assert!(url.starts_with(&prefix), "{url}");
+    let code = url[prefix.len()..].to_string();
+    assert_eq!(code.len(), 32);
+    let expires = keygate::timestamp::parse_rfc3339(d["expires_at"].as_str().unwrap()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!((expires - now - 600).abs() <= 5);
+    // Ten concurrent exchanges of one code: exactly one opens a session.
+    let path = format!("/portal/open?code={code}");
+    let answers: Vec<(u16, Vec<(String, String)>)> = (0..10)
+        .map(|_| {
+            let (base, path) = (s.url(), path.clone());
+            std::thread::spawn(move || {
+                let (st, h, _) = call_raw(&base, "GET", &path, None, &[]);
+                (st, h)
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    let won: Vec<_> = answers.iter().filter(|(st, _)| *st != 401).collect();
+    assert_eq!(won.len(), 1, "{answers:?}");
+    assert_eq!(answers.iter().filter(|(st, _)| *st == 401).count(), 9);
+    let header =
+        |h: &Vec<(String, String)>, n: &str| h.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    // ureq follows the redirect: the winner reached the session's return_url (/keys here).
+    assert_eq!(won[0].0, 200);
+    // A used code: 401, a page saying so.
+    let (st, h, body) = call_raw(&s.url(), "GET", &path, None, &[]);
+    assert_eq!(st, 401);
+    assert_eq!(
+        header(&h, "content-type").as_deref(),
+        Some("text/html; charset=utf-8")
+    );
+    assert!(body.contains("used already or has expired"));
+    // Bad requests.
+    for (body, want) in [
+        (
+            r#"{"tenant":"org_a","ttl_seconds":3601}"#,
+            "ttl_seconds: must be a whole number from 1 to 3600",
+        ),
+        (
+            r#"{"tenant":"org_a","return_url":"https://evil.example/"}"#,
+            "return_url: must be a path on this service (same origin), like /keys",
+        ),
+        (
+            r#"{"tenant":"org_a","return_url":"//evil.example/"}"#,
+            "return_url: must be a path on this service (same origin), like /keys",
+        ),
+        (r#"{"ttl_seconds":60}"#, "tenant: is required"),
+        (r#"{"tenant":"org_a","colour":1}"#, "colour: unknown field"),
+    ] {
+        let (st, b) = s.admin("POST", "/v1/portal-sessions", Some(body));
+        assert_eq!((st, b), (400, err("BAD_REQUEST", want)), "{body}");
+    }
+    assert_eq!(
+        call(
+            &s.url(),
+            "POST",
+            "/v1/portal-sessions",
+            Some(r#"{"tenant":"org_a"}"#),
+            None
+        )
+        .0,
+        401
+    );
+    // A tenant admin key: its own tenant only.
+    let (st, _) = as_tenant(
+        s,
+        "org_a",
+        "POST",
+        "/v1/portal-sessions",
+        Some(r#"{"tenant":"org_b"}"#),
+    );
+    assert_eq!(st, 403);
+    let (st, b) = as_tenant(
+        s,
+        "org_a",
+        "POST",
+        "/v1/portal-sessions",
+        Some(r#"{"tenant":"org_a"}"#),
+    );
+    assert_eq!(st, 201, "{b}");
+    // An expired code (1 s) is refused like a used one.
+    let (_, b) = s.admin(
+        "POST",
+        "/v1/portal-sessions",
+        Some(r#"{"tenant":"org_a","ttl_seconds":1}"#),
+    );
+    let url = b["data"]["url"].as_str().unwrap().to_string();
+    let expired = &url[url.find("/portal").unwrap()..];
+    let until =
+        keygate::timestamp::parse_rfc3339(b["data"]["expires_at"].as_str().unwrap()).unwrap();
+    let unix = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    assert!(wait_until(5, || unix() > until), "the code's expiry passes");
+    assert_eq!(call_raw(&s.url(), "GET", expired, None, &[]).0, 401);
+    // In the audit log, created and opened; never a code or a session cookie.
+    let (_, log) = s.admin("GET", "/v1/audit-log?tenant=org_a&limit=1000", None);
+    let text = log.to_string();
+    assert!(text.contains("portal_session.created") && text.contains("portal_session.opened"));
+    let opened = log["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "portal_session.opened")
+        .unwrap();
+    assert_eq!(opened["actor"]["type"], "portal");
+    assert_eq!(opened["actor"]["id"], d["id"], "{log}");
+    assert!(!text.contains(&code));
+}
+
+#[test]
+fn portal_sessions_open_once_on_sqlite() {
+    let dir = scratch("portal");
+    let db = format!("sqlite:{}", dir.join("keys.db").display());
+    let cfg = config(&dir);
+    let s = Service::start(ServiceOpts {
+        database: &db,
+        config: &cfg,
+        gateway: true,
+        sync_token: false,
+        port: None,
+    });
+    portal(&s);
+    assert!(!std::fs::read(dir.join("keys.db"))
+        .unwrap()
+        .windows(10)
+        .any(|w| w == b"/portal/op"));
+}
+
+#[test]
+fn portal_sessions_open_once_on_postgres() {
+    let pg = Postgres::start("portal");
+    let db = pg.database("portal");
+    let dir = scratch("portal-pg");
+    let cfg = config(&dir);
+    let s = Service::start(ServiceOpts {
+        database: &db,
+        config: &cfg,
+        gateway: true,
+        sync_token: false,
+        port: None,
+    });
+    portal(&s);
+    // Codes and sessions are stored as digests only (64 hex characters).
+    let stored = pg.psql(
+        "portal",
+        "SELECT code_sha256 || ' ' || coalesce(session_sha256, '') FROM portal_sessions",
+    );
+    for line in stored.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(line.split_whitespace().all(|w| w.len() == 64), "{line}");
+    }
+}

@@ -42,8 +42,8 @@ pub struct App<S> {
 
 /// One listener's view of the app: `gateway` = trust keygate's identity headers.
 pub struct Ctx<S> {
-    app: Arc<App<S>>,
-    gateway: bool,
+    pub(super) app: Arc<App<S>>,
+    pub(super) gateway: bool,
 }
 
 impl<S> Clone for Ctx<S> {
@@ -65,6 +65,8 @@ pub fn router<S: Store>(app: Arc<App<S>>, gateway: bool) -> Router {
             get(show::<S>).delete(revoke::<S>).patch(update::<S>),
         )
         .route("/v1/audit-log", get(audit_log::<S>))
+        .route("/v1/portal-sessions", post(super::portal::create::<S>))
+        .route("/portal/open", get(super::portal::open::<S>))
         .route("/v1/api-keys/{id}/roll", post(roll::<S>))
         .route("/v1/api-keys/{id}/usage", get(usage::<S>));
     if !gateway {
@@ -86,7 +88,7 @@ pub fn router<S: Store>(app: Arc<App<S>>, gateway: bool) -> Router {
     .with_state(Ctx { app, gateway })
 }
 
-fn now() -> i64 {
+pub(super) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
@@ -94,7 +96,12 @@ fn now() -> i64 {
 
 /// The audit log's view of a caller: who, from which address (on the gateway listener, the
 /// client address Envoy appended to `X-Forwarded-For`), when.
-fn actor<S>(ctx: &Ctx<S>, headers: &HeaderMap, caller: &Caller, peer: Option<Peer>) -> Actor {
+pub(super) fn actor<S>(
+    ctx: &Ctx<S>,
+    headers: &HeaderMap,
+    caller: &Caller,
+    peer: Option<Peer>,
+) -> Actor {
     let (kind, id) = ctx.app.auth.actor_of(headers, caller);
     let forwarded = ctx
         .gateway
@@ -119,7 +126,7 @@ async fn body_bytes(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiEr
         .map_err(|_| ApiError::TooLarge(limit))
 }
 
-async fn body_json(body: Body, limit: usize) -> Result<Value, ApiError> {
+pub(super) async fn body_json(body: Body, limit: usize) -> Result<Value, ApiError> {
     json_body(&body_bytes(body, limit).await?).map_err(ApiError::BadRequest)
 }
 

@@ -10,6 +10,7 @@ pub mod api;
 pub mod auth;
 pub mod input;
 pub mod model;
+pub mod portal;
 pub mod server;
 pub mod store;
 

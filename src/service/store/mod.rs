@@ -14,6 +14,7 @@
 //! The steps: [`schema`] (the two backends, migrations, the epoch), [`sql`] (the statements).
 
 mod audit;
+mod portal;
 mod schema;
 mod sql;
 
@@ -147,6 +148,24 @@ impl KeyCursor {
     }
 }
 
+/// A portal session as created: its code is known only to the caller (stored as a digest).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortalSession {
+    pub id: String,
+    pub tenant: String,
+    pub code_sha256: String,
+    pub code_expires_at: i64,
+    pub return_url: Option<String>,
+}
+
+/// A portal session whose code was just exchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenedPortal {
+    pub id: String,
+    pub tenant: String,
+    pub return_url: Option<String>,
+}
+
 /// What a usage report did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Recorded {
@@ -178,6 +197,20 @@ pub trait Store: Send + Sync + 'static {
         key: &StoredKey,
         actor: &Actor,
     ) -> impl Future<Output = Result<Updated>> + Send;
+    fn create_portal_session(
+        &self,
+        session: &PortalSession,
+        actor: &Actor,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Exchanges a code for a session, once: `None` for a code unknown, used or expired.
+    fn open_portal_session(
+        &self,
+        code_sha256: &str,
+        session_sha256: &str,
+        session_expires_at: i64,
+        ip: Option<String>,
+        now: i64,
+    ) -> impl Future<Output = Result<Option<OpenedPortal>>> + Send;
     /// Audit-log entries, newest first.
     fn audit(&self, q: &AuditQuery<'_>) -> impl Future<Output = Result<Vec<AuditRecord>>> + Send;
     /// Creates `new` and makes `old_id` expire at `old_expires_at` (or earlier, if it already

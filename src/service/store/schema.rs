@@ -93,6 +93,18 @@ const MIGRATIONS: &[&[&str]] = &[
         "UPDATE api_keys SET created_seq = seq",
         "CREATE INDEX api_keys_created_seq ON api_keys (created_seq)",
     ],
+    // 5: portal sessions (SPEC §11): the single-use code and the session it opens, as digests.
+    &["CREATE TABLE portal_sessions (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        code_sha256 TEXT NOT NULL UNIQUE,
+        code_expires_at BIGINT NOT NULL,
+        return_url TEXT,
+        created_at BIGINT NOT NULL,
+        opened_at BIGINT,
+        session_sha256 TEXT UNIQUE,
+        session_expires_at BIGINT
+    )"],
 ];
 
 pub(super) async fn migrate(

@@ -1,10 +1,10 @@
 //! [`SqlStore`]: the statements, the same on both databases.
 
-use super::audit;
 use super::schema::{ensure_epoch, migrate, Backend};
+use super::{audit, portal};
 use super::{
-    Actor, AuditQuery, AuditRecord, Feed, KeyCursor, Recorded, Result, Rolled, Store, StoreError,
-    Updated,
+    Actor, AuditQuery, AuditRecord, Feed, KeyCursor, OpenedPortal, PortalSession, Recorded, Result,
+    Rolled, Store, StoreError, Updated,
 };
 use crate::service::model::{hour_of, StoredKey, UsageEntry, UsageRow};
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -261,6 +261,29 @@ impl Store for SqlStore {
 
     async fn audit(&self, q: &AuditQuery<'_>) -> Result<Vec<AuditRecord>> {
         audit::read(&self.pool, q).await
+    }
+
+    async fn create_portal_session(&self, session: &PortalSession, actor: &Actor) -> Result<()> {
+        portal::create(&self.pool, session, actor).await
+    }
+
+    async fn open_portal_session(
+        &self,
+        code_sha256: &str,
+        session_sha256: &str,
+        session_expires_at: i64,
+        ip: Option<String>,
+        now: i64,
+    ) -> Result<Option<OpenedPortal>> {
+        portal::open(
+            &self.pool,
+            code_sha256,
+            session_sha256,
+            session_expires_at,
+            ip,
+            now,
+        )
+        .await
     }
 
     async fn list(&self, tenant: Option<&str>) -> Result<Vec<StoredKey>> {

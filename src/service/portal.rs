@@ -1,0 +1,216 @@
+//! Portal sessions, the API half (SPEC §7, §11): `POST /v1/portal-sessions` hands out a URL with
+//! a single-use code; `GET /portal/open?code=…` exchanges it, once, for a session scoped to one
+//! tenant (a cookie) and redirects. Codes and sessions are random (192 bits) and stored only as
+//! SHA-256 digests; neither is ever logged or put in the audit log.
+
+use super::answer::{data, ApiError};
+use super::api::{actor, body_json, now, Ctx, ADMIN_BODY_LIMIT};
+use super::auth::Caller;
+use super::server::Peer;
+use super::store::{PortalSession, Store};
+use crate::keys::digest_hex;
+use crate::mint;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+/// A code is valid this long unless the caller asks for less (at most [`MAX_TTL`]).
+pub const DEFAULT_TTL: u64 = 900;
+pub const MAX_TTL: u64 = 3600;
+/// A portal session lasts this long once opened (SPEC §11: at most 24 h).
+pub const SESSION_TTL: i64 = 12 * 3600;
+/// The cookie of a portal session.
+pub const COOKIE: &str = "keygate_portal";
+
+/// `{"tenant", "ttl_seconds"?, "return_url"?}`, checked.
+fn read_request(body: &Value) -> Result<(String, u64, Option<String>), String> {
+    let Some(map) = body.as_object() else {
+        return Err("$: expected an object".into());
+    };
+    if let Some(k) = map
+        .keys()
+        .find(|k| !["tenant", "ttl_seconds", "return_url"].contains(&k.as_str()))
+    {
+        return Err(format!("{k}: unknown field"));
+    }
+    let tenant = match map.get("tenant") {
+        Some(Value::String(t)) if !t.is_empty() && t.len() <= 128 => t.clone(),
+        None | Some(Value::Null) => return Err("tenant: is required".into()),
+        Some(_) => return Err("tenant: expected 1-128 characters".into()),
+    };
+    let ttl = match map.get("ttl_seconds") {
+        None | Some(Value::Null) => DEFAULT_TTL,
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=MAX_TTL).contains(&n) => n,
+            _ => {
+                return Err(format!(
+                    "ttl_seconds: must be a whole number from 1 to {MAX_TTL}"
+                ))
+            }
+        },
+    };
+    let return_url = match map.get("return_url") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(u)) if same_origin_path(u) => Some(u.clone()),
+        Some(_) => {
+            return Err(
+                "return_url: must be a path on this service (same origin), like /keys".into(),
+            )
+        }
+    };
+    Ok((tenant, ttl, return_url))
+}
+
+/// A path on this origin: `/…`, never `//host` or `/\host` (which browsers take as another
+/// origin), no scheme, no control characters.
+fn same_origin_path(u: &str) -> bool {
+    let b = u.as_bytes();
+    b.first() == Some(&b'/')
+        && !matches!(b.get(1), Some(b'/' | b'\\'))
+        && u.len() <= 2048
+        && b.iter().all(|c| (0x21..0x7f).contains(c))
+}
+
+/// `POST /v1/portal-sessions`: the admin token (any tenant) or a tenant admin key (its own).
+pub async fn create<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    peer: Option<axum::Extension<Peer>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let caller = ctx.app.auth.admin(&headers, ctx.gateway)?;
+    let body = body_json(body, ADMIN_BODY_LIMIT).await?;
+    let (tenant, ttl, return_url) = read_request(&body).map_err(ApiError::BadRequest)?;
+    if let Caller::Tenant(t) = &caller {
+        if *t != tenant {
+            return Err(ApiError::Forbidden(
+                "A tenant's admin key opens portal sessions for its own tenant only".into(),
+            ));
+        }
+    }
+    let actor = actor(&ctx, &headers, &caller, peer.map(|p| p.0));
+    let fail = |e: String| {
+        eprintln!("keygate serve: {e}");
+        ApiError::Unavailable
+    };
+    let code = mint::random_secret().map_err(fail)?;
+    let session = PortalSession {
+        id: format!("ps_{}", mint::random_base62(20).map_err(fail)?),
+        tenant,
+        code_sha256: digest_hex(code.as_bytes()),
+        code_expires_at: actor.at.saturating_add(ttl as i64),
+        return_url,
+    };
+    ctx.app
+        .store
+        .create_portal_session(&session, &actor)
+        .await?;
+    // The URL of the listener the caller reached (behind keygate: the host Envoy serves).
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| (0x21..0x7f).contains(&b)));
+    let scheme = headers
+        .get("x-forwarded-proto")
+        .and_then(|p| p.to_str().ok())
+        .filter(|p| ctx.gateway && *p == "https")
+        .unwrap_or("http");
+    let path = format!("/portal/open?code={code}");
+    let url = host.map_or(path.clone(), |h| format!("{scheme}://{h}{path}"));
+    let mut r = data(
+        StatusCode::CREATED,
+        json!({
+            "id": session.id,
+            "url": url,
+            "tenant": session.tenant,
+            "expires_at": crate::timestamp::format_rfc3339(session.code_expires_at),
+        }),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
+}
+
+fn page(status: StatusCode, title: &str, text: &str) -> Response {
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title></head>\
+         <body><h1>{title}</h1><p>{text}</p></body></html>"
+    );
+    let mut r = (status, html).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'"),
+    );
+    r
+}
+
+/// `GET /portal/open?code=…`: the code's one exchange. A session cookie and a redirect to the
+/// session's `return_url` (or `/`); a used, expired or unknown code is `401`, a page saying so.
+pub async fn open<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    peer: Option<axum::Extension<Peer>>,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let refused = || {
+        page(
+            StatusCode::UNAUTHORIZED,
+            "This link cannot be used",
+            "It was used already or has expired. Ask for a new portal link.",
+        )
+    };
+    let code = query.as_ref().ok().and_then(|q| q.0.get("code"));
+    let Some(code) = code.filter(|c| c.len() == 32 && c.bytes().all(|b| b.is_ascii_graphic()))
+    else {
+        return Ok(refused());
+    };
+    let session = mint::random_secret().map_err(|e| {
+        eprintln!("keygate serve: {e}");
+        ApiError::Unavailable
+    })?;
+    let now = now();
+    let caller = Caller::Admin; // the actor is the portal session itself (see the store)
+    let ip = actor(&ctx, &headers, &caller, peer.map(|p| p.0)).ip;
+    let opened = ctx
+        .app
+        .store
+        .open_portal_session(
+            &digest_hex(code.as_bytes()),
+            &digest_hex(session.as_bytes()),
+            now.saturating_add(SESSION_TTL),
+            ip,
+            now,
+        )
+        .await?;
+    let Some(opened) = opened else {
+        return Ok(refused());
+    };
+    let cookie = format!(
+        "{COOKIE}={session}; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age={SESSION_TTL}"
+    );
+    let location = opened.return_url.unwrap_or_else(|| "/".into());
+    let mut r = StatusCode::SEE_OTHER.into_response();
+    let h = r.headers_mut();
+    if let (Ok(c), Ok(l)) = (
+        HeaderValue::from_str(&cookie),
+        HeaderValue::from_str(&location),
+    ) {
+        h.insert(header::SET_COOKIE, c);
+        h.insert(header::LOCATION, l);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    Ok(r)
+}
