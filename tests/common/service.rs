@@ -291,8 +291,116 @@ fn as_postgres_user(bin: PathBuf) -> Command {
     }
 }
 
+/// A CA and a server certificate for 127.0.0.1 (openssl), readable by the server only.
+fn make_certificates(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=keygate test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext.cnf");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    // A second CA that signed nothing here: verify-full with it must fail.
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "other.key",
+        "-out",
+        "other-ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=another CA",
+    ]);
+    for f in ["server.key", "server.crt"] {
+        let _ = Command::new("chmod")
+            .args(["600"])
+            .arg(dir.join(f))
+            .status();
+        if is_root() {
+            let _ = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(dir.join(f))
+                .status();
+        }
+    }
+}
+
 impl Postgres {
     pub fn start(name: &str) -> Postgres {
+        Self::start_with(name, false)
+    }
+
+    /// A server that also speaks TLS, with a certificate for `127.0.0.1` signed by a CA of its
+    /// own (`ca.pem` in [`Postgres::dir`]), made with openssl.
+    pub fn start_tls(name: &str) -> Postgres {
+        Self::start_with(name, true)
+    }
+
+    /// The server's directory (certificates, log).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn start_with(name: &str, tls: bool) -> Postgres {
         let dir = std::env::temp_dir().join(format!("keygate-pg-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("pg dir");
@@ -319,7 +427,20 @@ impl Postgres {
         );
         let port = free_port();
         let log = std::fs::File::create(dir.join("postgres.log")).expect("pg log");
-        let child = as_postgres_user(pg_bin("postgres"))
+        let mut server = as_postgres_user(pg_bin("postgres"));
+        if tls {
+            make_certificates(&dir);
+            server
+                .args(["-c", "ssl=on"])
+                .arg("-c")
+                .arg(format!(
+                    "ssl_cert_file={}",
+                    dir.join("server.crt").display()
+                ))
+                .arg("-c")
+                .arg(format!("ssl_key_file={}", dir.join("server.key").display()));
+        }
+        let child = server
             .arg("-D")
             .arg(&data)
             .args(["-p", &port.to_string(), "-k"])
