@@ -40,6 +40,9 @@ pub struct UsageLedger {
     /// Keys used since the last stamp.
     fresh: Vec<String>,
     pending: Option<Report>,
+    /// Reports another VM could not deliver before Envoy removed it ([`handoff`]): sent, with
+    /// their own ids, before this VM's own.
+    inherited: Vec<Report>,
     /// Unique to this VM (its start time and process-wide VM number).
     origin: String,
     seq: u64,
@@ -68,6 +71,7 @@ impl UsageLedger {
             counts: FastMap::default(),
             fresh: Vec::new(),
             pending: None,
+            inherited: Vec::new(),
             origin,
             seq: 0,
             dropped: 0,
@@ -112,10 +116,35 @@ impl UsageLedger {
     /// The report to send now: the unacknowledged one again, else a new one from the counts
     /// (`None`: nothing to report). Call [`UsageLedger::stamp`] first.
     pub fn next_report(&mut self) -> Option<&Report> {
+        if self.pending.is_none() {
+            self.pending = self.inherited.pop();
+        }
         if self.pending.is_none() && !self.counts.is_empty() {
             self.pending = Some(self.take_report());
         }
         self.pending.as_ref()
+    }
+
+    /// Everything not yet acknowledged, as reports (the pending one unchanged, the counts as
+    /// new ones): what a VM Envoy is removing hands over ([`handoff`]). Call
+    /// [`UsageLedger::stamp`] first.
+    pub fn drain(&mut self) -> Vec<Report> {
+        let mut out: Vec<Report> = self.pending.take().into_iter().collect();
+        out.append(&mut self.inherited);
+        while !self.counts.is_empty() {
+            out.push(self.take_report());
+        }
+        out
+    }
+
+    /// Takes over reports a removed VM handed over; they go out before this VM's own.
+    pub fn inherit(&mut self, reports: Vec<Report>) {
+        self.inherited.extend(reports);
+    }
+
+    /// Reports waiting to be sent (the pending one included).
+    pub fn reports_waiting(&self) -> usize {
+        self.inherited.len() + usize::from(self.pending.is_some())
     }
 
     /// The key service acknowledged the pending report.
@@ -187,10 +216,120 @@ impl UsageLedger {
     }
 }
 
+/// Reports handed from a VM Envoy removes to one that lives on, through a few fixed shared-data
+/// slots (the keys never grow with time): the wire format of one slot, pure.
+pub mod handoff {
+    use super::Report;
+
+    /// Shared-data slots for handed-over reports (`keygate.usage.handoff.<n>`).
+    pub const SLOTS: usize = 16;
+
+    pub fn slot_key(n: usize) -> String {
+        format!("keygate.usage.handoff.{n}")
+    }
+
+    fn put(out: &mut Vec<u8>, bytes: &[u8]) {
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(bytes);
+    }
+
+    /// A free slot's value (one byte: an empty value may read as no value at all).
+    pub const FREE: &[u8] = &[0];
+
+    /// Reports as one slot's value.
+    pub fn encode(reports: &[Report]) -> Vec<u8> {
+        let mut out = vec![1u8];
+        for r in reports {
+            put(&mut out, r.id.as_bytes());
+            put(&mut out, &r.body);
+            out.extend_from_slice(&(r.keys as u64).to_le_bytes());
+            out.extend_from_slice(&r.requests.to_le_bytes());
+        }
+        out
+    }
+
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = b.split_at_checked(n)?;
+        *b = rest;
+        Some(head)
+    }
+
+    fn u32_at(b: &mut &[u8]) -> Option<usize> {
+        Some(u32::from_le_bytes(take(b, 4)?.try_into().ok()?) as usize)
+    }
+
+    fn u64_at(b: &mut &[u8]) -> Option<u64> {
+        Some(u64::from_le_bytes(take(b, 8)?.try_into().ok()?))
+    }
+
+    /// A slot's reports (none for a free slot); `None` if the value is not one this code wrote
+    /// (left alone).
+    pub fn decode(b: &[u8]) -> Option<Vec<Report>> {
+        let (&kind, mut b) = b.split_first()?;
+        match kind {
+            0 if b.is_empty() => return Some(Vec::new()),
+            1 => {}
+            _ => return None,
+        }
+        let mut out = Vec::new();
+        while !b.is_empty() {
+            let n = u32_at(&mut b)?;
+            let id = String::from_utf8(take(&mut b, n)?.to_vec()).ok()?;
+            let n = u32_at(&mut b)?;
+            let body = take(&mut b, n)?.to_vec();
+            let keys = usize::try_from(u64_at(&mut b)?).ok()?;
+            let requests = u64_at(&mut b)?;
+            out.push(Report {
+                id,
+                body,
+                keys,
+                requests,
+            });
+        }
+        Some(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::{json, Value};
+
+    #[test]
+    fn a_removed_vm_hands_every_unacknowledged_report_over_unchanged() {
+        let mut old = UsageLedger::new("old".into());
+        old.record("k", Decision::Allowed);
+        old.stamp(10);
+        let in_flight = old.next_report().unwrap().clone(); // sent, never acknowledged
+        old.record("k", Decision::Allowed);
+        old.record("j", Decision::Forbidden);
+        old.stamp(11);
+        let reports = old.drain();
+        assert_eq!(reports.len(), 2);
+        assert_eq!(
+            reports[0], in_flight,
+            "the pending report keeps its id and body"
+        );
+        assert_eq!(reports.iter().map(|r| r.requests).sum::<u64>(), 3);
+        // Through a shared-data slot to a VM that lives on.
+        let slot = handoff::encode(&reports);
+        assert_eq!(handoff::decode(&slot), Some(reports.clone()));
+        assert_eq!(handoff::decode(&slot[..slot.len() - 1]), None);
+        assert_eq!(handoff::decode(handoff::FREE), Some(vec![]));
+        assert_eq!(handoff::decode(&[]), None);
+        assert_eq!(handoff::decode(&[7]), None);
+        let mut new = UsageLedger::new("new".into());
+        new.record("k", Decision::Allowed);
+        new.inherit(handoff::decode(&slot).unwrap());
+        let mut sent = Vec::new();
+        while let Some(r) = new.next_report() {
+            sent.push(r.clone());
+            new.acknowledged();
+        }
+        assert_eq!(sent.len(), 3);
+        assert!(sent.contains(&reports[0]) && sent.contains(&reports[1]));
+        assert_eq!(sent.iter().map(|r| r.requests).sum::<u64>(), 4);
+    }
 
     fn body(r: &Report) -> Value {
         serde_json::from_slice(&r.body).unwrap()

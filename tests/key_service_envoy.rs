@@ -665,3 +665,59 @@ fn an_edited_role_is_enforced_by_envoy_within_the_interval() {
     let entries: Value = serde_json::from_str(json_out.trim()).unwrap();
     assert_eq!(entries[0]["actor"], json!({"type": "admin", "id": null}));
 }
+
+#[test]
+fn usage_stays_exact_across_a_swap_while_the_service_is_down() {
+    let dir = scratch("swap-down");
+    let cfg = plugin_config(None, 1000);
+    let mut s = service(&dir, &cfg, false, false);
+    let up = Upstream::start("api");
+    let first = cfg.to_string();
+    let mut o = EnvoyOpts::new("svc-swap-down", &first, up.port);
+    o.key_service = Some(s.port);
+    let mut e = Envoy::start_dynamic(&o);
+    let (id, key) = create(&s, &["--prefix", "mlm_live_"]);
+    let mut sent = 0u64;
+    time_until(Duration::from_secs(10), "admitted", || {
+        let ok = status(&e, "GET", &key) == 200;
+        sent += u64::from(ok);
+        ok
+    });
+    // The service goes away; Envoy keeps its key set and counts on.
+    s.kill();
+    for _ in 0..30 {
+        assert_eq!(status(&e, "GET", &key), 200);
+        sent += 1;
+    }
+    // A swap removes the root contexts that hold those counts while nobody can take them.
+    let mut next = cfg.clone();
+    next["public_paths"] = json!(["/healthz-2"]);
+    let text = next.to_string();
+    let mut o2 = EnvoyOpts::new("svc-swap-down", &text, up.port);
+    o2.key_service = Some(s.port);
+    assert!(e.update_plugin_config(&o2), "swap accepted");
+    for _ in 0..20 {
+        if status(&e, "GET", &key) == 200 {
+            sent += 1;
+        }
+    }
+    assert!(
+        wait_until(10, || e
+            .counter("wasmcustom.keygate.usage_reports_handed_over")
+            > 0),
+        "the removed VMs handed their reports over"
+    );
+    s.restart();
+    time_until(
+        Duration::from_secs(2 * INTERVAL + 1 + 15),
+        "every request counted",
+        || usage_total(&s, &id)["requests"] == json!(sent),
+    );
+    assert!(e.counter("wasmcustom.keygate.usage_reports_adopted") > 0);
+    thread::sleep(Duration::from_secs(2 * INTERVAL + 1));
+    assert_eq!(
+        usage_total(&s, &id)["requests"],
+        json!(sent),
+        "{sent} requests, a swap while the service was down"
+    );
+}

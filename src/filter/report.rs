@@ -3,10 +3,11 @@
 //! again, with the same id, at the next interval. Requests never wait for any of this.
 
 use super::abi;
-use super::host::{call_response_status, unix_now};
+use super::host::{call_response_status, unix_now, SharedData};
 use super::stats::Stats;
 use crate::model::Endpoint;
-use crate::usage::MAX_REPORT_KEYS;
+use crate::ratelimit::{ensure_entry, CasStore};
+use crate::usage::{handoff, MAX_REPORT_KEYS};
 use log::warn;
 use proxy_wasm::hostcalls;
 use std::cell::RefCell;
@@ -37,18 +38,92 @@ impl Reporter {
         }
     }
 
-    /// `on_done`: sends the counts not yet reported (one attempt per report, no retries).
-    /// `true`: nothing left, the context may go; `false`: [`abi::done`] follows the answer.
+    /// Creates the hand-over slots (configuration time, on the main thread: the host accepts
+    /// any CAS on a missing entry, so they must exist before two VMs could race to fill one).
+    pub fn prepare_handoff() {
+        for n in 0..handoff::SLOTS {
+            let _ = ensure_entry(&mut SharedData, &handoff::slot_key(n), handoff::FREE);
+        }
+    }
+
+    /// `on_done`: sends the counts not yet reported (one attempt per report, no retries); what
+    /// cannot be sent is handed over to a VM that lives on. `true`: the context may go now;
+    /// `false`: [`abi::done`] follows the answer.
     pub fn close(&mut self, stats: &RefCell<Stats>) -> bool {
         self.closing = true;
         if self.in_flight.is_some() {
             return false; // its answer sends the rest
         }
-        !self.send_now(stats)
+        if self.send_now(stats) {
+            return false;
+        }
+        self.hand_over(stats);
+        true
+    }
+
+    /// Puts every unacknowledged report into a free shared-data slot, for another VM's tick
+    /// to send (with the same ids: the key service counts each once).
+    fn hand_over(&mut self, stats: &RefCell<Stats>) {
+        let mut st = stats.borrow_mut();
+        let Some(ledger) = st.usage.as_mut() else {
+            return;
+        };
+        ledger.stamp(unix_now());
+        let reports = ledger.drain();
+        if reports.is_empty() {
+            return;
+        }
+        let value = handoff::encode(&reports);
+        for n in 0..handoff::SLOTS {
+            let key = handoff::slot_key(n);
+            if let Ok(Some((current, cas))) = SharedData.get(&key) {
+                if current == handoff::FREE && matches!(SharedData.set(&key, &value, cas), Ok(true))
+                {
+                    st.add("usage_reports_handed_over", reports.len() as u64);
+                    return;
+                }
+            }
+        }
+        st.add("usage_reports_lost", reports.len() as u64);
+        warn!(
+            "usage report: {} reports could not be sent or handed over (every hand-over slot is full)",
+            reports.len()
+        );
+    }
+
+    /// Takes over the reports removed VMs handed over (each slot by one VM: compare-and-swap).
+    fn adopt(&mut self, stats: &RefCell<Stats>) {
+        let mut st = stats.borrow_mut();
+        let Some(ledger) = st.usage.as_mut() else {
+            return;
+        };
+        let mut adopted = 0usize;
+        for n in 0..handoff::SLOTS {
+            let key = handoff::slot_key(n);
+            let Ok(Some((value, cas))) = SharedData.get(&key) else {
+                continue;
+            };
+            let Some(reports) = handoff::decode(&value) else {
+                continue; // not a value this code wrote: left alone
+            };
+            if reports.is_empty() {
+                continue;
+            }
+            if matches!(SharedData.set(&key, handoff::FREE, cas), Ok(true)) {
+                adopted += reports.len();
+                ledger.inherit(reports);
+            }
+        }
+        if adopted > 0 {
+            st.add("usage_reports_adopted", adopted as u64);
+        }
     }
 
     /// Every tick: stamp last-used times; send a report when one is due and none is in flight.
     pub fn tick(&mut self, stats: &RefCell<Stats>) {
+        if !self.closing {
+            self.adopt(stats);
+        }
         let now = unix_now();
         let mut st = stats.borrow_mut();
         let Some(ledger) = st.usage.as_mut() else {
@@ -166,8 +241,10 @@ impl Reporter {
             );
         }
         if self.closing {
-            // Shutting down: the next report if this one went through, else give up; then done.
+            // Shutting down: the next report if this one went through; what is left (this
+            // one, if it failed) is handed over; then done.
             if !ok || !self.send_now(stats) {
+                self.hand_over(stats);
                 let _ = abi::done();
             }
         }

@@ -132,6 +132,7 @@ impl RootContext for KeygateRoot {
                     let started = abi::now_ns().unwrap_or(0);
                     stats.usage = Some(UsageLedger::new(format!("{started:x}-{vm}")));
                 }
+                Reporter::prepare_handoff();
                 self.reporter = Some(Reporter::new(cfg.clone()));
             }
             None => {

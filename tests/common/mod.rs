@@ -637,6 +637,10 @@ impl Envoy {
             .args(["--concurrency", &concurrency.to_string()])
             .args([
                 "--disable-hot-restart",
+                // A replaced listener (and the filter's root contexts in it) is gone a second
+                // after an LDS update, not ten minutes later: tests see what a teardown does.
+                "--drain-time-s",
+                "1",
                 "--log-level",
                 "info",
                 "--file-flush-interval-msec",
