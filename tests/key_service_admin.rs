@@ -7,12 +7,7 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 
 fn scratch(name: &str) -> PathBuf {
-    let d = repo()
-        .join("target/itest")
-        .join(format!("svc-admin-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    scratch_dir(&format!("svc-admin-{name}"))
 }
 
 fn config(dir: &std::path::Path) -> PathBuf {

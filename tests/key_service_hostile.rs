@@ -13,12 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 fn scratch(name: &str) -> PathBuf {
-    let d = repo()
-        .join("target/itest")
-        .join(format!("hostile-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    scratch_dir(&format!("hostile-{name}"))
 }
 
 fn config(dir: &std::path::Path) -> PathBuf {

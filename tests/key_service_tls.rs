@@ -7,12 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn scratch(name: &str) -> PathBuf {
-    let d = repo()
-        .join("target/itest")
-        .join(format!("svc-tls-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    scratch_dir(&format!("svc-tls-{name}"))
 }
 
 fn config(dir: &std::path::Path) -> PathBuf {

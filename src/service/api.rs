@@ -198,12 +198,8 @@ async fn list<S: Store>(
 ) -> Result<Response, ApiError> {
     let caller = ctx.app.auth.admin(&headers, ctx.gateway)?;
     let query = query_map(query)?;
-    let asked = query.get("tenant").map(String::as_str);
-    let tenant = match (&caller, asked) {
-        (Caller::Admin, t) => t,
-        (Caller::Tenant(t), None) => Some(t.as_str()),
-        (Caller::Tenant(t), Some(a)) if a == t => Some(a),
-        (Caller::Tenant(_), Some(_)) => return Ok(data(StatusCode::OK, json!([]))),
+    let Some(tenant) = tenant_scope(&caller, query.get("tenant")) else {
+        return Ok(data(StatusCode::OK, json!([])));
     };
     let Some(limit) = limit_param(&query, None)? else {
         let keys = ctx.app.store.list(tenant).await?;
@@ -231,6 +227,17 @@ async fn list<S: Store>(
         StatusCode::OK,
         &json!({"success": true, "data": listed, "next_cursor": next}),
     ))
+}
+
+/// Which tenant a call's `?tenant=` may see: the admin any (or all: `Some(None)`), a tenant
+/// admin key its own; `None`: another tenant's, so nothing.
+fn tenant_scope<'a>(caller: &'a Caller, asked: Option<&'a String>) -> Option<Option<&'a str>> {
+    match (caller, asked.map(String::as_str)) {
+        (Caller::Admin, t) => Some(t),
+        (Caller::Tenant(t), None) => Some(Some(t.as_str())),
+        (Caller::Tenant(t), Some(a)) if a == t => Some(Some(a)),
+        (Caller::Tenant(_), Some(_)) => None,
+    }
 }
 
 /// `limit`: 1–1000 (`default` when absent; `None` and no default: not paged).
@@ -295,17 +302,11 @@ async fn audit_log<S: Store>(
             return Err(ApiError::BadRequest("from: is after to".into()));
         }
     }
-    let asked = query.get("tenant").map(String::as_str);
-    let tenant = match (&caller, asked) {
-        (Caller::Admin, t) => t,
-        (Caller::Tenant(t), None) => Some(t.as_str()),
-        (Caller::Tenant(t), Some(a)) if a == t => Some(a),
-        (Caller::Tenant(_), Some(_)) => {
-            return Ok(json_response(
-                StatusCode::OK,
-                &json!({"success": true, "data": [], "next_cursor": null}),
-            ))
-        }
+    let Some(tenant) = tenant_scope(&caller, query.get("tenant")) else {
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({"success": true, "data": [], "next_cursor": null}),
+        ));
     };
     let limit = limit_param(&query, Some(100))?.unwrap_or(100);
     let before = query.get("cursor").map(String::as_str);

@@ -56,7 +56,8 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
-fn scratch_dir(name: &str) -> PathBuf {
+/// A fresh directory for one test's files, under target/itest.
+pub fn scratch_dir(name: &str) -> PathBuf {
     let d = repo()
         .join("target/itest")
         .join(format!("{name}-{}", std::process::id()));
