@@ -24,6 +24,7 @@ mod sys {
         pub fn proxy_get_current_time_nanoseconds(time: *mut u64) -> u32;
         pub fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
         pub fn proxy_done() -> u32;
+        pub fn proxy_continue_stream(stream: u32) -> u32;
         pub fn proxy_get_buffer_bytes(
             buffer: BufferType,
             start: usize,
@@ -169,6 +170,14 @@ pub fn done() -> Result<(), Status> {
     counted!();
     // SAFETY: no pointers.
     ok(unsafe { sys::proxy_done() })
+}
+
+/// Lets a request this filter paused go on (the SDK's `resume_http_request` would trap the VM
+/// on any status but Ok).
+pub fn resume_request() -> Result<(), Status> {
+    counted!();
+    // SAFETY: no pointers; 0 is the request stream.
+    ok(unsafe { sys::proxy_continue_stream(0) })
 }
 
 /// Up to `max` bytes of a buffer from `start`; `Ok(None)` if the host has none.

@@ -180,8 +180,11 @@ impl Context for KeygateHttp {
             }
             Err(why) => self.fleet_failed(&gate, &mut v, now_ms / 1000, &why),
         }
-        if self.conclude_waited(&gate, v, waiting.local_path.as_deref()) == Action::Continue {
-            let _ = proxy_wasm::hostcalls::resume_http_request();
+        if self.conclude_waited(&gate, v, waiting.local_path.as_deref()) == Action::Continue
+            && abi::resume_request().is_err()
+        {
+            // The stream is gone (or Envoy refused): nothing is forwarded unjudged.
+            error!("the request could not be resumed after the rate-limit service answered");
         }
     }
 }
