@@ -8,6 +8,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+mod clusters;
 mod found;
 mod hardening;
 mod keys;
@@ -387,7 +388,11 @@ fn check(files: &[String]) -> Result<bool, String> {
                 eprintln!("{at}: {e}");
             }
         }
-        for w in hardening::warnings(&found) {
+        let docs = clusters::documents(file, &text);
+        for w in hardening::warnings(&found)
+            .into_iter()
+            .chain(clusters::warnings(&docs, &found))
+        {
             eprintln!("{file}: warning: {w}");
         }
     }
