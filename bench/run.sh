@@ -11,6 +11,9 @@ CARGO_TARGET_DIR=target/minimal-filter cargo build --quiet --release --target wa
   --manifest-path bench/minimal-filter/Cargo.toml
 CARGO_TARGET_DIR=target/hostcalls cargo rustc --quiet --release --target wasm32-wasip1 --lib \
   --crate-type cdylib --features hostcall-count
+# rustc's own output, before `make wasm`'s wasm-opt pass: the cost section runs both.
+CARGO_TARGET_DIR=target/noopt cargo rustc --quiet --release --target wasm32-wasip1 --lib \
+  --crate-type cdylib
 export CARGO_TARGET_DIR=target/bench-build
 cargo bench --no-run --bench envoy --bench fleet --quiet
 # Envoy on CPU 0, the load generator on the others, where the machine has more than one.

@@ -212,6 +212,27 @@ fn request_cost() {
             samples: vec![],
         });
     }
+    // The shipped filter is rustc's output optimised once more by wasm-opt -O2 (`make wasm`):
+    // the same request with rustc's output alone shows what that pass costs or saves.
+    let limited = keygate_variants()
+        .into_iter()
+        .find(|v| v.0 == "keygate, allowed, 1 rate limit")
+        .map(|v| v.1)
+        .unwrap_or_default();
+    variants.push(Variant {
+        name: "keygate, allowed, 1 rate limit (rustc's .wasm, without wasm-opt)",
+        envoy: keygate_envoy(
+            "bench-keygate-noopt",
+            &limited,
+            Some(bench_artifact(
+                "target/noopt/wasm32-wasip1/release/keygate.wasm",
+                "bench/run.sh builds it",
+            )),
+        ),
+        headers: key_hdr("bk_live_3"),
+        want: 200,
+        samples: vec![],
+    });
     let tck = ticks_per_sec();
     for _ in 0..ROUNDS {
         for v in variants.iter_mut() {
