@@ -6,7 +6,7 @@
 
 use crate::keys::FastMap;
 use crate::model::{Limit, Per};
-use crate::ratelimit::{seconds_until, window_reset, RateHeaders, RateOutcome};
+use crate::ratelimit::{closer, seconds_until, window_reset, RateHeaders, RateOutcome};
 use crate::rls_wire::{Descriptor, Response, CODE_OK, CODE_OVER_LIMIT};
 use std::fmt;
 
@@ -134,7 +134,7 @@ pub fn read_answer(w: &Windows, resp: &Response, now_ms: u64) -> Result<RateOutc
     match resp.overall_code {
         CODE_OK => each
             .map(|(_, h)| h)
-            .min_by(|a, b| a.remaining.cmp(&b.remaining).then(b.reset.cmp(&a.reset)))
+            .min_by(closer)
             .map(RateOutcome::Admitted)
             .ok_or(AnswerError::StatusCount { sent, got: 0 }),
         CODE_OVER_LIMIT => {
@@ -146,11 +146,7 @@ pub fn read_answer(w: &Windows, resp: &Response, now_ms: u64) -> Result<RateOutc
                 .filter(|(c, _)| *c == CODE_OVER_LIMIT)
                 .map(|(_, h)| *h)
                 .max_by_key(|h| h.reset)
-                .or_else(|| {
-                    all.iter()
-                        .map(|(_, h)| *h)
-                        .min_by(|a, b| a.remaining.cmp(&b.remaining).then(b.reset.cmp(&a.reset)))
-                })
+                .or_else(|| all.iter().map(|(_, h)| *h).min_by(closer))
                 .ok_or(AnswerError::StatusCount { sent, got: 0 })?;
             let reset = blocking.reset.max(now + 1);
             Ok(RateOutcome::Blocked {
@@ -211,7 +207,7 @@ impl FleetCache {
                 remaining: l.requests,
                 reset: window_reset(now, l.per),
             })
-            .min_by(|a, b| a.remaining.cmp(&b.remaining).then(b.reset.cmp(&a.reset)))
+            .min_by(closer)
     }
 
     /// Remembers an answer. An unblocked answer never replaces a block still in force (a call

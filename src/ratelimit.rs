@@ -126,6 +126,12 @@ pub enum RateOutcome {
     },
 }
 
+/// Orders headers by how close their limit is to exhaustion: fewest remaining first; on a
+/// tie, the later reset first (the `X-RateLimit-*` a client sees).
+pub fn closer(a: &RateHeaders, b: &RateHeaders) -> std::cmp::Ordering {
+    a.remaining.cmp(&b.remaining).then(b.reset.cmp(&a.reset))
+}
+
 /// The limit closest to exhaustion (fewest remaining; on a tie, the later reset).
 fn closest(limits: &[Limit], rec: &Record, now: u64, extra: u64) -> Option<RateHeaders> {
     limits
@@ -137,7 +143,7 @@ fn closest(limits: &[Limit], rec: &Record, now: u64, extra: u64) -> Option<RateH
                 .saturating_sub(rec.used(l.per, now).saturating_add(extra)),
             reset: window_reset(now, l.per),
         })
-        .min_by(|a, b| a.remaining.cmp(&b.remaining).then(b.reset.cmp(&a.reset)))
+        .min_by(closer)
 }
 
 fn read(store: &mut impl CasStore, key: &str) -> Result<Option<(Record, u32)>, StoreError> {

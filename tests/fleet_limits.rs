@@ -356,23 +356,20 @@ fn a_killed_replica_leaves_the_other_serving() {
     a.kill();
     // Envoy's gRPC health checks take the dead replica out.
     for e in &f.envoys {
-        let down = wait_until(20, || {
-            admin_get(e.admin, "/clusters").is_some_and(|r| {
-                r.body.contains(&format!(
-                    "ratelimit::127.0.0.1:{}::health_flags::/failed_active_hc",
-                    a.port
-                ))
+        let flagged = |port: u16, flag: &str| {
+            wait_until(20, || {
+                admin_get(e.admin, "/clusters").is_some_and(|r| {
+                    r.body.contains(&format!(
+                        "ratelimit::127.0.0.1:{port}::health_flags::{flag}"
+                    ))
+                })
             })
-        });
-        assert!(down, "the killed replica is not marked down");
-        let b_healthy = wait_until(20, || {
-            admin_get(e.admin, "/clusters").is_some_and(|r| {
-                r.body.contains(&format!(
-                    "ratelimit::127.0.0.1:{}::health_flags::healthy",
-                    b.port
-                ))
-            })
-        });
+        };
+        assert!(
+            flagged(a.port, "/failed_active_hc"),
+            "the killed replica is not marked down"
+        );
+        let b_healthy = flagged(b.port, "healthy");
         assert!(b_healthy, "the live replica is not healthy");
     }
     let failures: u64 = f

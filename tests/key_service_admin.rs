@@ -22,6 +22,17 @@ fn config(dir: &std::path::Path) -> PathBuf {
     p
 }
 
+/// `keygate serve` on `db` with a gateway listener (tenant admin keys behind keygate).
+fn with_gateway(db: &str, cfg: &std::path::Path) -> Service {
+    Service::start(ServiceOpts {
+        database: db,
+        config: cfg,
+        gateway: true,
+        sync_token: false,
+        port: None,
+    })
+}
+
 fn err(code: &str, error: &str) -> Value {
     json!({"success": false, "error": error, "code": code})
 }
@@ -333,13 +344,7 @@ fn patch_audit_and_pages_on_sqlite() {
     let dir = scratch("sqlite");
     let db = format!("sqlite:{}", dir.join("keys.db").display());
     let cfg = config(&dir);
-    let s = Service::start(ServiceOpts {
-        database: &db,
-        config: &cfg,
-        gateway: true,
-        sync_token: false,
-        port: None,
-    });
+    let s = with_gateway(&db, &cfg);
     exercise(&s);
 }
 
@@ -349,13 +354,7 @@ fn patch_audit_and_pages_on_postgres() {
     let db = pg.database("admin");
     let dir = scratch("pg");
     let cfg = config(&dir);
-    let s = Service::start(ServiceOpts {
-        database: &db,
-        config: &cfg,
-        gateway: true,
-        sync_token: false,
-        port: None,
-    });
+    let s = with_gateway(&db, &cfg);
     exercise(&s);
     // The audit log is append-only: no statement the service runs changes an entry.
     let n = pg.psql("admin", "SELECT count(*) FROM audit_log");
@@ -498,13 +497,7 @@ fn portal_sessions_open_once_on_sqlite() {
     let dir = scratch("portal");
     let db = format!("sqlite:{}", dir.join("keys.db").display());
     let cfg = config(&dir);
-    let s = Service::start(ServiceOpts {
-        database: &db,
-        config: &cfg,
-        gateway: true,
-        sync_token: false,
-        port: None,
-    });
+    let s = with_gateway(&db, &cfg);
     portal(&s);
     assert!(!std::fs::read(dir.join("keys.db"))
         .unwrap()
@@ -518,13 +511,7 @@ fn portal_sessions_open_once_on_postgres() {
     let db = pg.database("portal");
     let dir = scratch("portal-pg");
     let cfg = config(&dir);
-    let s = Service::start(ServiceOpts {
-        database: &db,
-        config: &cfg,
-        gateway: true,
-        sync_token: false,
-        port: None,
-    });
+    let s = with_gateway(&db, &cfg);
     portal(&s);
     // Codes and sessions are stored as digests only (64 hex characters).
     let stored = pg.psql(
