@@ -5,8 +5,13 @@
 //! next report. Memory is bounded by the number of distinct keys, not by time: during a long
 //! outage counts keep adding up in place. Past [`MAX_KEYS`] distinct keys waiting, requests of
 //! further keys are not counted, and [`UsageLedger::dropped`] says how many.
+//!
+//! Each key's counts are split by the Envoy route the request matched (SPEC §8 `routes`): route
+//! names come from the Envoy configuration, never from a request, and are bounded here too
+//! ([`MAX_ROUTES`] names per VM, [`MAX_KEY_ROUTES`] per key; past either, [`OTHER_ROUTE`]).
 
 use crate::decide::Decision;
+use crate::json::quote;
 use crate::keys::FastMap;
 use std::fmt::Write;
 
@@ -14,15 +19,67 @@ use std::fmt::Write;
 pub const MAX_KEYS: usize = 100_000;
 /// Keys per report (larger batches go in several reports, one at a time).
 pub const MAX_REPORT_KEYS: usize = 5_000;
+/// A report stops taking keys past this size (many routes per key make entries long).
+pub const MAX_REPORT_BYTES: usize = 2 * 1024 * 1024;
+
+/// Distinct route names a VM counts under (the Envoy configuration's, so a handful).
+pub const MAX_ROUTES: usize = 1024;
+/// Routes one key's entry names in a report.
+pub const MAX_KEY_ROUTES: usize = 64;
+/// The route of a request whose route has no name (or no route).
+pub const UNNAMED_ROUTE: &str = "-";
+/// Where requests go once a VM or a key has as many routes as it keeps.
+pub const OTHER_ROUTE: &str = "(other)";
 
 const N: usize = Decision::ALL.len();
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Counts {
     by_decision: [u64; N],
+    /// The same counts split by route: (route number, counts), in order of first use.
+    routes: Vec<(u16, [u64; N])>,
     last_used: u64,
     /// Used since the last stamp.
     fresh: bool,
+}
+
+/// Route names by number; 0 is [`UNNAMED_ROUTE`], 1 is [`OTHER_ROUTE`].
+#[derive(Debug)]
+struct Routes {
+    names: Vec<String>,
+    numbers: FastMap<String, u16>,
+}
+
+impl Routes {
+    fn new() -> Self {
+        let mut r = Routes {
+            names: Vec::new(),
+            numbers: FastMap::default(),
+        };
+        r.number(UNNAMED_ROUTE);
+        r.number(OTHER_ROUTE);
+        r
+    }
+
+    fn number(&mut self, name: &str) -> u16 {
+        let name = if name.is_empty() { UNNAMED_ROUTE } else { name };
+        if let Some(n) = self.numbers.get(name) {
+            return *n;
+        }
+        if self.names.len() >= MAX_ROUTES {
+            return 1;
+        }
+        let n = self.names.len() as u16;
+        self.names.push(name.to_string());
+        self.numbers.insert(name.to_string(), n);
+        n
+    }
+
+    fn name(&self, n: u16) -> &str {
+        self.names
+            .get(n as usize)
+            .map_or(OTHER_ROUTE, String::as_str)
+    }
 }
 
 /// A report on its way: resent as is until acknowledged.
@@ -37,6 +94,7 @@ pub struct Report {
 #[derive(Debug)]
 pub struct UsageLedger {
     counts: FastMap<String, Counts>,
+    routes: Routes,
     /// Keys used since the last stamp.
     fresh: Vec<String>,
     pending: Option<Report>,
@@ -49,14 +107,58 @@ pub struct UsageLedger {
     dropped: u64,
 }
 
-fn count(c: &mut Counts, decision: Decision, key_id: &str, fresh: &mut Vec<String>) {
-    if let Some(n) = c.by_decision.get_mut(index(decision)) {
+fn count(c: &mut Counts, decision: Decision, route: u16, key_id: &str, fresh: &mut Vec<String>) {
+    let i = index(decision);
+    if let Some(n) = c.by_decision.get_mut(i) {
+        *n += 1;
+    }
+    let at = match c.routes.iter().position(|(r, _)| *r == route) {
+        Some(at) => at,
+        None => {
+            // Past the key's share of routes, into "(other)" (which it may already have).
+            let route = if c.routes.len() + 1 >= MAX_KEY_ROUTES {
+                1
+            } else {
+                route
+            };
+            match c.routes.iter().position(|(r, _)| *r == route) {
+                Some(at) => at,
+                None => {
+                    c.routes.push((route, [0; N]));
+                    c.routes.len() - 1
+                }
+            }
+        }
+    };
+    if let Some(n) = c.routes.get_mut(at).and_then(|(_, r)| r.get_mut(i)) {
         *n += 1;
     }
     if !c.fresh {
         c.fresh = true;
         fresh.push(key_id.to_string());
     }
+}
+
+/// `"requests":n,"allowed":n,"rejected":{…}` of one set of counts.
+fn write_counts(body: &mut String, counts: &[u64; N]) {
+    let total: u64 = counts.iter().sum();
+    let allowed = counts.get(index(Decision::Allowed)).copied().unwrap_or(0);
+    let _ = write!(
+        body,
+        "\"requests\":{total},\"allowed\":{allowed},\"rejected\":{{"
+    );
+    let mut first = true;
+    for (d, n) in Decision::ALL.iter().zip(counts) {
+        if *d == Decision::Allowed || *n == 0 {
+            continue;
+        }
+        if !first {
+            body.push(',');
+        }
+        first = false;
+        let _ = write!(body, "\"{}\":{n}", d.as_str());
+    }
+    body.push('}');
 }
 
 fn index(d: Decision) -> usize {
@@ -69,6 +171,7 @@ impl UsageLedger {
     pub fn new(origin: String) -> Self {
         UsageLedger {
             counts: FastMap::default(),
+            routes: Routes::new(),
             fresh: Vec::new(),
             pending: None,
             inherited: Vec::new(),
@@ -78,10 +181,12 @@ impl UsageLedger {
         }
     }
 
-    /// Counts one judged request of a known key: one hash lookup for a key already waiting.
-    pub fn record(&mut self, key_id: &str, decision: Decision) {
+    /// Counts one judged request of a known key on the Envoy route named `route` (`""`: a
+    /// route without a name): two hash lookups for a key and route already waiting.
+    pub fn record(&mut self, key_id: &str, decision: Decision, route: &str) {
+        let route = self.routes.number(route);
         if let Some(c) = self.counts.get_mut(key_id) {
-            count(c, decision, key_id, &mut self.fresh);
+            count(c, decision, route, key_id, &mut self.fresh);
             return;
         }
         if self.counts.len() >= MAX_KEYS {
@@ -89,7 +194,7 @@ impl UsageLedger {
             return;
         }
         let mut c = Counts::default();
-        count(&mut c, decision, key_id, &mut self.fresh);
+        count(&mut c, decision, route, key_id, &mut self.fresh);
         self.counts.insert(key_id.to_string(), c);
     }
 
@@ -165,8 +270,8 @@ impl UsageLedger {
         let ids = order.iter().filter_map(|(_, i)| taken.get(*i as usize));
         let mut body = String::with_capacity(64 + taken.len() * 96);
         let _ = write!(body, "{{\"report_id\":\"{id}\",\"keys\":[");
-        let mut requests = 0u64;
-        for (i, key_id) in ids.enumerate() {
+        let (mut requests, mut written) = (0u64, 0usize);
+        for key_id in ids {
             let Some(c) = self.counts.remove(key_id) else {
                 continue;
             };
@@ -174,43 +279,36 @@ impl UsageLedger {
                 // Used after the last stamp: its time comes with the next one.
                 self.fresh.retain(|f| f != key_id);
             }
-            let total: u64 = c.by_decision.iter().sum();
-            requests += total;
-            if i > 0 {
+            requests += c.by_decision.iter().sum::<u64>();
+            if written > 0 {
                 body.push(',');
             }
+            written += 1;
             // Key ids are `[A-Za-z0-9_.:-]` (validated when read): nothing to escape.
-            let allowed = c
-                .by_decision
-                .get(index(Decision::Allowed))
-                .copied()
-                .unwrap_or(0);
-            let _ = write!(
-                body,
-                "{{\"id\":\"{key_id}\",\"requests\":{total},\"allowed\":{allowed},\"rejected\":{{"
-            );
-            let mut first = true;
-            for (d, n) in Decision::ALL.iter().zip(c.by_decision) {
-                if *d == Decision::Allowed || n == 0 {
-                    continue;
-                }
-                if !first {
-                    body.push(',');
-                }
-                first = false;
-                let _ = write!(body, "\"{}\":{n}", d.as_str());
-            }
-            body.push('}');
+            let _ = write!(body, "{{\"id\":\"{key_id}\",");
+            write_counts(&mut body, &c.by_decision);
             if c.last_used > 0 {
                 let _ = write!(body, ",\"last_used\":{}", c.last_used);
             }
-            body.push('}');
+            body.push_str(",\"routes\":[");
+            for (i, (route, counts)) in c.routes.iter().enumerate() {
+                if i > 0 {
+                    body.push(',');
+                }
+                let _ = write!(body, "{{\"route\":{},", quote(self.routes.name(*route)));
+                write_counts(&mut body, counts);
+                body.push('}');
+            }
+            body.push_str("]}");
+            if body.len() >= MAX_REPORT_BYTES {
+                break; // the other keys wait for the next report
+            }
         }
         body.push_str("]}");
         Report {
             id,
             body: body.into_bytes(),
-            keys: taken.len(),
+            keys: written,
             requests,
         }
     }
@@ -298,11 +396,11 @@ mod tests {
     #[test]
     fn a_removed_vm_hands_every_unacknowledged_report_over_unchanged() {
         let mut old = UsageLedger::new("old".into());
-        old.record("k", Decision::Allowed);
+        old.record("k", Decision::Allowed, "r");
         old.stamp(10);
         let in_flight = old.next_report().unwrap().clone(); // sent, never acknowledged
-        old.record("k", Decision::Allowed);
-        old.record("j", Decision::Forbidden);
+        old.record("k", Decision::Allowed, "r");
+        old.record("j", Decision::Forbidden, "r");
         old.stamp(11);
         let reports = old.drain();
         assert_eq!(reports.len(), 2);
@@ -319,7 +417,7 @@ mod tests {
         assert_eq!(handoff::decode(&[]), None);
         assert_eq!(handoff::decode(&[7]), None);
         let mut new = UsageLedger::new("new".into());
-        new.record("k", Decision::Allowed);
+        new.record("k", Decision::Allowed, "r");
         new.inherit(handoff::decode(&slot).unwrap());
         let mut sent = Vec::new();
         while let Some(r) = new.next_report() {
@@ -339,10 +437,10 @@ mod tests {
     fn counts_become_one_report_with_last_used() {
         let mut l = UsageLedger::new("vm".into());
         for _ in 0..3 {
-            l.record("k1", Decision::Allowed);
+            l.record("k1", Decision::Allowed, "r");
         }
-        l.record("k1", Decision::RateLimited);
-        l.record("k2", Decision::Revoked);
+        l.record("k1", Decision::RateLimited, "r");
+        l.record("k2", Decision::Revoked, "r");
         l.stamp(1_700_000_000);
         let r = l.next_report().unwrap().clone();
         assert_eq!(r.id, "vm-1");
@@ -351,20 +449,61 @@ mod tests {
             body(&r),
             // In the order of the ids' FNV hashes: the same for the same ids.
             json!({"report_id": "vm-1", "keys": [
-                {"id": "k2", "requests": 1, "allowed": 0, "rejected": {"revoked": 1}, "last_used": 1_700_000_000},
-                {"id": "k1", "requests": 4, "allowed": 3, "rejected": {"rate_limited": 1}, "last_used": 1_700_000_000}]})
+                {"id": "k2", "requests": 1, "allowed": 0, "rejected": {"revoked": 1}, "last_used": 1_700_000_000,
+                 "routes": [{"route": "r", "requests": 1, "allowed": 0, "rejected": {"revoked": 1}}]},
+                {"id": "k1", "requests": 4, "allowed": 3, "rejected": {"rate_limited": 1}, "last_used": 1_700_000_000,
+                 "routes": [{"route": "r", "requests": 4, "allowed": 3, "rejected": {"rate_limited": 1}}]}]})
         );
+    }
+
+    #[test]
+    fn counts_are_split_by_route_and_add_up() {
+        let mut l = UsageLedger::new("vm".into());
+        l.record("k", Decision::Allowed, "orders");
+        l.record("k", Decision::Allowed, "");
+        l.record("k", Decision::Forbidden, "orders");
+        l.record("k", Decision::Allowed, "a \"quoted\" name");
+        let r = l.next_report().unwrap().clone();
+        assert_eq!(
+            body(&r)["keys"][0],
+            json!({"id": "k", "requests": 4, "allowed": 3, "rejected": {"forbidden": 1},
+                   "routes": [
+                       {"route": "orders", "requests": 2, "allowed": 1, "rejected": {"forbidden": 1}},
+                       {"route": "-", "requests": 1, "allowed": 1, "rejected": {}},
+                       {"route": "a \"quoted\" name", "requests": 1, "allowed": 1, "rejected": {}}]})
+        );
+    }
+
+    #[test]
+    fn routes_are_bounded_per_key_and_per_vm() {
+        let mut l = UsageLedger::new("vm".into());
+        for i in 0..MAX_KEY_ROUTES + 10 {
+            l.record("k", Decision::Allowed, &format!("route{i}"));
+        }
+        // More names than a VM keeps: the rest count as "(other)" for every key.
+        for i in 0..MAX_ROUTES + 10 {
+            l.record("j", Decision::Allowed, &format!("name{i}"));
+        }
+        assert_eq!(l.routes.names.len(), MAX_ROUTES);
+        let r = l.next_report().unwrap().clone();
+        for entry in body(&r)["keys"].as_array().unwrap() {
+            let routes = entry["routes"].as_array().unwrap();
+            assert_eq!(routes.len(), MAX_KEY_ROUTES);
+            let sum: u64 = routes.iter().map(|r| r["requests"].as_u64().unwrap()).sum();
+            assert_eq!(sum, entry["requests"].as_u64().unwrap(), "routes add up");
+            assert_eq!(routes.last().unwrap()["route"], json!(OTHER_ROUTE));
+        }
     }
 
     #[test]
     fn an_unacknowledged_report_is_resent_unchanged_and_new_counts_wait() {
         let mut l = UsageLedger::new("vm".into());
-        l.record("k", Decision::Allowed);
+        l.record("k", Decision::Allowed, "r");
         l.stamp(10);
         let first = l.next_report().unwrap().clone();
         // The service is down: more requests, the same report again.
-        l.record("k", Decision::Allowed);
-        l.record("k", Decision::Allowed);
+        l.record("k", Decision::Allowed, "r");
+        l.record("k", Decision::Allowed, "r");
         l.stamp(20);
         assert_eq!(l.next_report().unwrap(), &first);
         assert_eq!(l.next_report().unwrap(), &first);
@@ -373,7 +512,8 @@ mod tests {
         assert_eq!(second.id, "vm-2");
         assert_eq!(
             body(&second)["keys"][0],
-            json!({"id": "k", "requests": 2, "allowed": 2, "rejected": {}, "last_used": 20})
+            json!({"id": "k", "requests": 2, "allowed": 2, "rejected": {}, "last_used": 20,
+                   "routes": [{"route": "r", "requests": 2, "allowed": 2, "rejected": {}}]})
         );
         l.acknowledged();
         assert!(l.next_report().is_none());
@@ -383,10 +523,10 @@ mod tests {
     fn memory_is_bounded_by_keys_and_drops_are_counted() {
         let mut l = UsageLedger::new("vm".into());
         for i in 0..MAX_KEYS {
-            l.record(&format!("k{i}"), Decision::Allowed);
+            l.record(&format!("k{i}"), Decision::Allowed, "r");
         }
-        l.record("k0", Decision::Allowed); // a waiting key still counts
-        l.record("one-too-many", Decision::Allowed);
+        l.record("k0", Decision::Allowed, "r"); // a waiting key still counts
+        l.record("one-too-many", Decision::Allowed, "r");
         assert_eq!((l.waiting(), l.dropped()), (MAX_KEYS, 1));
         // Large batches go out in several reports; every request is in exactly one.
         l.stamp(5);
@@ -405,11 +545,11 @@ mod tests {
     #[test]
     fn a_key_used_after_the_stamp_gets_its_time_with_the_next_report() {
         let mut l = UsageLedger::new("vm".into());
-        l.record("k", Decision::Allowed);
+        l.record("k", Decision::Allowed, "r");
         let r = l.next_report().unwrap().clone();
         assert!(body(&r)["keys"][0].get("last_used").is_none());
         l.acknowledged();
-        l.record("k", Decision::Allowed);
+        l.record("k", Decision::Allowed, "r");
         l.stamp(7);
         assert_eq!(
             body(l.next_report().unwrap())["keys"][0]["last_used"],

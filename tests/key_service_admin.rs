@@ -51,30 +51,6 @@ fn create(s: &Service, body: Value) -> Value {
     b["data"].clone()
 }
 
-/// Calls on the gateway listener as keygate would forward a tenant admin key's request.
-fn as_tenant(
-    s: &Service,
-    tenant: &str,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-) -> (u16, Value) {
-    let base = format!("http://127.0.0.1:{}", s.gateway_port.unwrap());
-    let (st, _, text) = call_raw(
-        &base,
-        method,
-        path,
-        body,
-        &[
-            ("x-tenant-id", tenant.to_string()),
-            ("x-api-key-role", "admin".to_string()),
-            ("x-api-key-id", format!("{tenant}_admin")),
-            ("x-forwarded-for", "198.51.100.7".to_string()),
-        ],
-    );
-    (st, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
 fn exercise(s: &Service) {
     // PATCH: each field, null clears, the answer is the listed key.
     let k = create(

@@ -293,19 +293,30 @@ fn the_service_killed_and_restarted_during_traffic_loses_and_doubles_nothing() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicUsize::new(0));
+    let orders = Arc::new(AtomicUsize::new(0));
     let traffic = {
-        let (stop, count, key, port) = (stop.clone(), count.clone(), key.clone(), e.port);
+        let (stop, count, orders, key, port) = (
+            stop.clone(),
+            count.clone(),
+            orders.clone(),
+            key.clone(),
+            e.port,
+        );
         thread::spawn(move || {
-            // Bounded: at most 3,000 requests.
-            for _ in 0..3000 {
+            // Bounded: at most 3,000 requests, every third on the route named "orders".
+            for i in 0..3000 {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                let st = send(port, "GET", "/v1/x", &[("x-api-key", &key)]).status;
+                let path = if i % 3 == 0 { "/orders/1" } else { "/v1/x" };
+                let st = send(port, "GET", path, &[("x-api-key", &key)]).status;
                 assert_eq!(
                     st, 200,
                     "the last good key set keeps working while the service is down"
                 );
+                if i % 3 == 0 {
+                    orders.fetch_add(1, Ordering::Relaxed);
+                }
                 count.fetch_add(1, Ordering::Relaxed);
                 thread::sleep(Duration::from_millis(5));
             }
@@ -326,6 +337,7 @@ fn the_service_killed_and_restarted_during_traffic_loses_and_doubles_nothing() {
     stop.store(true, Ordering::Relaxed);
     traffic.join().unwrap();
     sent += count.load(Ordering::Relaxed) as u64;
+    let on_orders = orders.load(Ordering::Relaxed) as u64;
     time_until(
         Duration::from_secs(2 * INTERVAL + 1 + 5),
         "every request counted",
@@ -336,6 +348,38 @@ fn the_service_killed_and_restarted_during_traffic_loses_and_doubles_nothing() {
         usage_total(&s, &id),
         json!({"requests": sent, "allowed": sent, "rejected": 0})
     );
+    // By route, over time: exact per route, the series adding up to the same total.
+    for granularity in ["hour", "day"] {
+        let (code, body) = s.admin(
+            "GET",
+            &format!("/v1/usage?key={id}&granularity={granularity}"),
+            None,
+        );
+        assert_eq!(code, 200, "{body}");
+        let d = &body["data"];
+        assert_eq!(
+            d["by_route"],
+            json!([
+                {"route": "-", "requests": sent - on_orders, "allowed": sent - on_orders, "rejected": 0},
+                {"route": "orders", "requests": on_orders, "allowed": on_orders, "rejected": 0}
+            ])
+        );
+        assert_eq!(
+            d["total"],
+            json!({"requests": sent, "allowed": sent, "rejected": 0})
+        );
+        assert_eq!(
+            d["by_key"],
+            json!([{"id": id, "requests": sent, "allowed": sent, "rejected": 0}])
+        );
+        let series: u64 = d["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["requests"].as_u64().unwrap())
+            .sum();
+        assert_eq!(series, sent);
+    }
     eprintln!("{sent} requests across a service restart, counted exactly");
 }
 

@@ -427,7 +427,9 @@ impl KeygateHttp {
         set_state("keygate.decision", Some(v.decision.as_str()));
         let mut stats = self.stats.borrow_mut();
         match key {
-            Some(k) => stats.key_request(&k.id, v.decision),
+            Some(k) => stats.key_request(&k.id, v.decision, || {
+                abi::property(&["xds", "route_name"]).unwrap_or_default()
+            }),
             None => stats.keyless_rejection(v.decision),
         }
         if let Some(fault) = v.fault {

@@ -54,10 +54,16 @@ fn reason_index(d: Decision) -> usize {
 }
 
 impl Stats {
-    /// Counts one judged request for a known key.
-    pub fn key_request(&mut self, key_id: &str, decision: Decision) {
+    /// Counts one judged request for a known key; `route` (the Envoy route's name) is asked
+    /// for only when usage is reported.
+    pub fn key_request(
+        &mut self,
+        key_id: &str,
+        decision: Decision,
+        route: impl FnOnce() -> Vec<u8>,
+    ) {
         if let Some(u) = self.usage.as_mut() {
-            u.record(key_id, decision);
+            u.record(key_id, decision, &String::from_utf8_lossy(&route()));
         }
         if !self.per_key.contains_key(key_id) {
             self.per_key

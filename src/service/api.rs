@@ -38,6 +38,8 @@ pub struct App<S> {
     /// The last full `/keys` answer and its version: a version names one state, so the same
     /// bytes serve every Envoy that asks for it (and are rebuilt only when the set changes).
     pub full_feed: std::sync::Mutex<Option<(String, axum::body::Bytes)>>,
+    /// How long usage is kept by the hour (`/v1/usage` by the hour reaches no further back).
+    pub usage_retention: super::usage::Retention,
 }
 
 /// One listener's view of the app: `gateway` = trust keygate's identity headers.
@@ -65,6 +67,7 @@ pub fn router<S: Store>(app: Arc<App<S>>, gateway: bool) -> Router {
             get(show::<S>).delete(revoke::<S>).patch(update::<S>),
         )
         .route("/v1/audit-log", get(audit_log::<S>))
+        .route("/v1/usage", get(super::usage::summary::<S>))
         .route("/v1/portal-sessions", post(super::portal::create::<S>))
         .route("/portal/open", get(super::portal::open::<S>))
         .route("/v1/api-keys/{id}/roll", post(roll::<S>))
@@ -231,7 +234,10 @@ async fn list<S: Store>(
 
 /// Which tenant a call's `?tenant=` may see: the admin any (or all: `Some(None)`), a tenant
 /// admin key its own; `None`: another tenant's, so nothing.
-fn tenant_scope<'a>(caller: &'a Caller, asked: Option<&'a String>) -> Option<Option<&'a str>> {
+pub(super) fn tenant_scope<'a>(
+    caller: &'a Caller,
+    asked: Option<&'a String>,
+) -> Option<Option<&'a str>> {
     match (caller, asked.map(String::as_str)) {
         (Caller::Admin, t) => Some(t),
         (Caller::Tenant(t), None) => Some(Some(t.as_str())),
@@ -349,7 +355,11 @@ fn audit_entry(e: &super::store::AuditRecord) -> Value {
 }
 
 /// The key `id` if the caller may see it (else "not found": no probing other tenants' ids).
-async fn visible<S: Store>(app: &App<S>, caller: &Caller, id: &str) -> Result<StoredKey, ApiError> {
+pub(super) async fn visible<S: Store>(
+    app: &App<S>,
+    caller: &Caller,
+    id: &str,
+) -> Result<StoredKey, ApiError> {
     match app.store.get(id).await? {
         Some(k) if caller.may_see(k.tenant.as_deref()) => Ok(k),
         _ => Err(ApiError::NotFound),
@@ -429,7 +439,7 @@ fn key_id(id: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
         .ok_or_else(|| ApiError::BadRequest("id: not a valid key id".into()))
 }
 
-fn query_map(
+pub(super) fn query_map(
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<HashMap<String, String>, ApiError> {
     query
@@ -439,7 +449,10 @@ fn query_map(
         .ok_or_else(|| ApiError::BadRequest("$query: not a valid query string".into()))
 }
 
-fn time_param(query: &HashMap<String, String>, name: &str) -> Result<Option<i64>, ApiError> {
+pub(super) fn time_param(
+    query: &HashMap<String, String>,
+    name: &str,
+) -> Result<Option<i64>, ApiError> {
     query
         .get(name)
         .map(|v| {

@@ -2,7 +2,7 @@
 //! validated exactly as `key_sync` will read it. Every problem comes back as
 //! `<field path>: <problem>` (the first, in field order).
 
-use super::model::{rejection_name, StoredKey, UsageEntry, RESTRICTIONS};
+use super::model::{rejection_name, RouteUsage, StoredKey, UsageEntry, RESTRICTIONS};
 use crate::config::{read_key_entry, KeyContext};
 use crate::json;
 use crate::json_reader::{index, Errors, Obj};
@@ -297,7 +297,7 @@ pub fn read_report(body: &[u8], now: i64) -> Result<(String, Vec<UsageEntry>), S
     let mut seen: Vec<String> = Vec::new();
     let mut first = true;
     if !p.next_is(b'{').map_err(syntax)? {
-        let v = small_value(&mut p, 0).map_err(syntax)?;
+        let v = small_value(&mut p, 0, &mut 0).map_err(syntax)?;
         p.end().map_err(syntax)?;
         return Err(format!("$: expected an object, found {}", kind(&v)));
     }
@@ -307,7 +307,7 @@ pub fn read_report(body: &[u8], now: i64) -> Result<(String, Vec<UsageEntry>), S
         }
         seen.push(name.to_string());
         match &*name {
-            "report_id" => report_id = Some(small_value(&mut p, 0).map_err(syntax)?),
+            "report_id" => report_id = Some(small_value(&mut p, 0, &mut 0).map_err(syntax)?),
             "keys" if p.next_is(b'[').map_err(syntax)? => {
                 saw_keys = true;
                 let (mut first_item, mut items) = (true, 0usize);
@@ -321,7 +321,7 @@ pub fn read_report(body: &[u8], now: i64) -> Result<(String, Vec<UsageEntry>), S
                         continue;
                     }
                     let path = index("$.keys", items - 1);
-                    match small_value(&mut p, 2).map_err(syntax)? {
+                    match small_value(&mut p, 4, &mut ENTRY_BUDGET.clone()).map_err(syntax)? {
                         Small::Value(item) => {
                             if let Some(e) = read_entry(&path, &item, now, &mut errors.entries) {
                                 entries.push(e);
@@ -329,13 +329,13 @@ pub fn read_report(body: &[u8], now: i64) -> Result<(String, Vec<UsageEntry>), S
                         }
                         Small::TooMany => errors
                             .entries
-                            .push(&path, format!("has more than {MAX_ENTRY_FIELDS} fields")),
+                            .push(&path, format!("is too large (at most {MAX_ENTRY_FIELDS} fields in an object, {MAX_ENTRY_ROUTES} routes)")),
                     }
                 }
             }
             "keys" => {
                 saw_keys = true;
-                let v = small_value(&mut p, 0).map_err(syntax)?;
+                let v = small_value(&mut p, 0, &mut 0).map_err(syntax)?;
                 errors
                     .top
                     .push("$.keys", format!("expected an array, found {}", kind(&v)));
@@ -395,8 +395,14 @@ impl ReportErrors {
     }
 }
 
-/// Fields an entry (or its `rejected`) may have before it is refused unread.
+/// Fields an entry (or its `rejected`, or a route's) may have before it is refused unread.
 const MAX_ENTRY_FIELDS: usize = 16;
+/// Routes one entry may split its counts into (the filter sends at most 64).
+const MAX_ENTRY_ROUTES: usize = 64;
+/// Values kept of one entry, whatever its shape.
+const ENTRY_BUDGET: usize = 4096;
+/// The longest route name kept.
+const MAX_ROUTE_NAME: usize = 256;
 
 enum Small {
     Value(json::Value),
@@ -410,24 +416,58 @@ impl From<json::Value> for Small {
 }
 
 /// The next value, kept only as deep as the schema goes: at `depth` 0 a scalar (a container is
-/// skipped, nothing kept, and stands as an empty one so its reader names the wrong type); at
-/// 1 and 2 an object of at most [`MAX_ENTRY_FIELDS`] fields one level shallower.
-fn small_value(p: &mut json::Parser, depth: u8) -> Result<Small, json::SyntaxError> {
-    if p.next_is(b'[')? {
-        p.skip()?;
-        return Ok(json::Value::Array(Vec::new()).into());
-    }
-    if !p.next_is(b'{')? {
+/// skipped, nothing kept, and stands as an empty one so its reader names the wrong type); deeper,
+/// an object of at most [`MAX_ENTRY_FIELDS`] fields or an array of at most [`MAX_ENTRY_ROUTES`]
+/// items, one level shallower. `budget` bounds the values kept for one entry.
+fn small_value(
+    p: &mut json::Parser,
+    depth: u8,
+    budget: &mut usize,
+) -> Result<Small, json::SyntaxError> {
+    let open_array = p.next_is(b'[')?;
+    if !open_array && !p.next_is(b'{')? {
         return Ok(p.value()?.into());
     }
     if depth == 0 {
         p.skip()?;
-        return Ok(json::Value::Object(json::Map::default()).into());
+        return Ok(if open_array {
+            json::Value::Array(Vec::new())
+        } else {
+            json::Value::Object(json::Map::default())
+        }
+        .into());
+    }
+    let mut first = true;
+    if open_array {
+        let mut items = Vec::new();
+        while p.next_item(&mut first)? {
+            *budget = budget.saturating_sub(1);
+            if items.len() == MAX_ENTRY_ROUTES || *budget == 0 {
+                p.skip()?;
+                while p.next_item(&mut first)? {
+                    p.skip()?;
+                }
+                return Ok(Small::TooMany);
+            }
+            match small_value(p, depth - 1, budget)? {
+                Small::Value(v) => items.push(v),
+                Small::TooMany => {
+                    while p.next_item(&mut first)? {
+                        p.skip()?;
+                    }
+                    return Ok(Small::TooMany);
+                }
+            }
+        }
+        return Ok(json::Value::Array(items).into());
     }
     let mut fields: Vec<(json::Name, json::Value)> = Vec::new();
-    let mut first = true;
     while let Some(name) = p.next_field(&mut first)? {
-        if fields.len() == MAX_ENTRY_FIELDS || fields.iter().any(|(n, _)| *n == name) {
+        *budget = budget.saturating_sub(1);
+        if fields.len() == MAX_ENTRY_FIELDS
+            || *budget == 0
+            || fields.iter().any(|(n, _)| *n == name)
+        {
             // Too many, or a field given twice: refused (the rest is skipped unread).
             p.skip()?;
             while p.next_field(&mut first)?.is_some() {
@@ -435,7 +475,7 @@ fn small_value(p: &mut json::Parser, depth: u8) -> Result<Small, json::SyntaxErr
             }
             return Ok(Small::TooMany);
         }
-        match small_value(p, depth - 1)? {
+        match small_value(p, depth - 1, budget)? {
             Small::Value(v) => fields.push((name, v)),
             Small::TooMany => {
                 while p.next_field(&mut first)?.is_some() {
@@ -464,18 +504,12 @@ const MAX_COUNT: u64 = 1 << 40;
 /// A report's `last_used` may be ahead of this service's clock by at most this much.
 const CLOCK_SKEW_S: i64 = 300;
 
-fn read_entry(path: &str, item: &json::Value, now: i64, errors: &mut Errors) -> Option<UsageEntry> {
+/// `allowed` and `rejected` of an entry or of one of its routes; `None` after an error.
+fn read_counts(o: &mut Obj, errors: &mut Errors) -> Option<(i64, Vec<(&'static str, i64)>)> {
     let before = errors.0.len();
-    let mut o = Obj::new(path, item, errors)?;
-    let id_path = o.field_path("id");
-    let id = o.req_str("id", errors).map(str::to_string);
-    if id.as_deref().is_some_and(|i| !text_ok(i) || i.len() > 128) {
-        errors.push(&id_path, "is not a key id");
-    }
     let requests_path = o.field_path("requests");
     let requests = o.opt_u64("requests", errors).unwrap_or(0);
     let allowed = o.opt_u64("allowed", errors).unwrap_or(0);
-    let last_used = o.opt_u64("last_used", errors);
     let rejected_path = o.field_path("rejected");
     let mut rejected = Vec::new();
     match o.get("rejected") {
@@ -493,13 +527,90 @@ fn read_entry(path: &str, item: &json::Value, now: i64, errors: &mut Errors) -> 
         }
         Some(_) => errors.push(&rejected_path, "expected an object of decision: count"),
     }
-    o.finish(errors);
     let sum = allowed.saturating_add(rejected.iter().map(|(_, n)| *n as u64).sum::<u64>());
     if requests > MAX_COUNT || allowed > MAX_COUNT {
         errors.push(&requests_path, "is too large");
     } else if requests != sum {
         errors.push(&requests_path, "must equal allowed plus every rejection");
     }
+    (errors.0.len() == before).then_some((allowed as i64, rejected))
+}
+
+/// An entry's `routes`: each route once, their counts adding up to the entry's.
+fn read_routes(
+    path: &str,
+    routes: &json::Value,
+    total: (i64, &[(&'static str, i64)]),
+    errors: &mut Errors,
+) -> Vec<RouteUsage> {
+    let json::Value::Array(items) = routes else {
+        errors.push(path, "expected an array of routes");
+        return Vec::new();
+    };
+    let mut out: Vec<RouteUsage> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let item_path = index(path, i);
+        let Some(mut o) = Obj::new(&item_path, item, errors) else {
+            continue;
+        };
+        let route_path = o.field_path("route");
+        let route = o.req_str("route", errors).map(str::to_string);
+        let counts = read_counts(&mut o, errors);
+        o.finish(errors);
+        let (Some(route), Some((allowed, rejected))) = (route, counts) else {
+            continue;
+        };
+        if route.is_empty() || route.len() > MAX_ROUTE_NAME || !text_ok(&route) {
+            errors.push(&route_path, "must be 1-256 characters of text");
+        } else if out.iter().any(|r| r.route == route) {
+            errors.push(&route_path, "is given twice");
+        } else {
+            out.push(RouteUsage {
+                route,
+                allowed,
+                rejected,
+            });
+        }
+    }
+    let key: Vec<(&str, i64)> =
+        nonzero(std::iter::once(("allowed", total.0)).chain(total.1.iter().copied()));
+    let split = nonzero(out.iter().flat_map(RouteUsage::counts));
+    let adds_up = key == split;
+    if !adds_up {
+        errors.push(path, "the routes' counts must add up to the key's");
+    }
+    out
+}
+
+/// Counts summed by decision, zeros left out, in a fixed order.
+fn nonzero<'a>(counts: impl Iterator<Item = (&'a str, i64)>) -> Vec<(&'a str, i64)> {
+    let mut sums = std::collections::BTreeMap::new();
+    for (d, n) in counts {
+        let s: &mut i64 = sums.entry(d).or_default();
+        *s = s.saturating_add(n);
+    }
+    sums.into_iter().filter(|(_, n)| *n != 0).collect()
+}
+
+fn read_entry(path: &str, item: &json::Value, now: i64, errors: &mut Errors) -> Option<UsageEntry> {
+    let before = errors.0.len();
+    let mut o = Obj::new(path, item, errors)?;
+    let id_path = o.field_path("id");
+    let id = o.req_str("id", errors).map(str::to_string);
+    if id.as_deref().is_some_and(|i| !text_ok(i) || i.len() > 128) {
+        errors.push(&id_path, "is not a key id");
+    }
+    let last_used = o.opt_u64("last_used", errors);
+    let counts = read_counts(&mut o, errors);
+    let routes_path = o.field_path("routes");
+    let routes = o.get("routes");
+    o.finish(errors);
+    let routes = match (routes, &counts) {
+        (Some(r), Some((allowed, rejected))) => {
+            read_routes(&routes_path, r, (*allowed, rejected), errors)
+        }
+        _ => Vec::new(),
+    };
     if last_used.is_some_and(|t| t as i128 > i128::from(now) + i128::from(CLOCK_SKEW_S)) {
         errors.push(
             &format!("{path}.last_used"),
@@ -509,10 +620,79 @@ fn read_entry(path: &str, item: &json::Value, now: i64, errors: &mut Errors) -> 
     if errors.0.len() != before {
         return None;
     }
+    let (allowed, rejected) = counts?;
     Some(UsageEntry {
         id: id?,
-        allowed: allowed as i64,
+        allowed,
         rejected,
         last_used: last_used.map(|t| t as i64),
+        routes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(e: &str) -> Result<Vec<UsageEntry>, String> {
+        read_report(
+            format!(r#"{{"report_id":"r1","keys":[{e}]}}"#).as_bytes(),
+            1_000,
+        )
+        .map(|(_, entries)| entries)
+    }
+
+    #[test]
+    fn routes_are_read_and_must_add_up() {
+        let ok = entry(
+            r#"{"id":"k","requests":3,"allowed":2,"rejected":{"forbidden":1},"routes":[
+                {"route":"orders","requests":2,"allowed":1,"rejected":{"forbidden":1}},
+                {"route":"-","requests":1,"allowed":1,"rejected":{}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            ok[0].route_counts(),
+            vec![
+                ("orders", "allowed", 1),
+                ("orders", "forbidden", 1),
+                ("-", "allowed", 1)
+            ]
+        );
+        // Without routes, everything is on route "-".
+        let plain = entry(r#"{"id":"k","requests":1,"allowed":1}"#).unwrap();
+        assert_eq!(plain[0].route_counts(), vec![("-", "allowed", 1)]);
+        for (body, error) in [
+            (
+                r#"{"id":"k","requests":2,"allowed":2,"routes":[{"route":"a","requests":1,"allowed":1}]}"#,
+                "keys[0].routes: the routes' counts must add up to the key's",
+            ),
+            (
+                r#"{"id":"k","requests":2,"allowed":2,"routes":[{"route":"a","requests":1,"allowed":1},{"route":"a","requests":1,"allowed":1}]}"#,
+                "keys[0].routes[1].route: is given twice",
+            ),
+            (
+                r#"{"id":"k","requests":1,"allowed":1,"routes":[{"route":"","requests":1,"allowed":1}]}"#,
+                "keys[0].routes[0].route: must be 1-256 characters of text",
+            ),
+            (
+                r#"{"id":"k","requests":1,"allowed":1,"routes":{"a":1}}"#,
+                "keys[0].routes: expected an array of routes",
+            ),
+            (
+                r#"{"id":"k","requests":1,"allowed":1,"routes":[{"route":"a","requests":1,"allowed":1,"extra":1}]}"#,
+                "keys[0].routes[0].extra: unknown field",
+            ),
+        ] {
+            assert_eq!(entry(body).unwrap_err(), error, "{body}");
+        }
+        let many: Vec<String> = (0..65)
+            .map(|i| format!(r#"{{"route":"r{i}","requests":0,"allowed":0}}"#))
+            .collect();
+        let err = entry(&format!(
+            r#"{{"id":"k","requests":0,"allowed":0,"routes":[{}]}}"#,
+            many.join(",")
+        ))
+        .unwrap_err();
+        assert!(err.starts_with("keys[0]: is too large"), "{err}");
+    }
 }

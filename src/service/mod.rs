@@ -13,6 +13,7 @@ pub mod model;
 pub mod portal;
 pub mod server;
 pub mod store;
+pub mod usage;
 
 use api::App;
 use auth::Auth;
@@ -31,6 +32,8 @@ pub struct Options {
     pub sync_sha256: Option<[u8; 32]>,
     /// Connection limit and deadlines of the HTTP server.
     pub limits: server::Limits,
+    /// How long usage is kept by the hour, then by the day.
+    pub usage_retention: usage::Retention,
 }
 
 /// Runs the service until SIGINT/SIGTERM. `gate` is the plugin configuration it validates with.
@@ -54,6 +57,7 @@ pub fn serve(options: Options, gate: crate::model::Gate) -> Result<(), String> {
             gate,
             auth,
             full_feed: std::sync::Mutex::new(None),
+            usage_retention: options.usage_retention,
         });
         run(app, &options).await
     })
@@ -79,14 +83,21 @@ async fn run<S: Store>(app: Arc<App<S>>, options: &Options) -> Result<(), String
             .unwrap_or_default()
     );
     let limits = options.limits;
+    let retention = {
+        let app = app.clone();
+        let retention = options.usage_retention;
+        tokio::spawn(async move { usage::roll_up_hourly(&app.store, retention).await })
+    };
     let main = server::serve(main, api::router(app.clone(), false), limits, shutdown());
-    match gateway {
+    let served = match gateway {
         Some(g) => {
             let g = server::serve(g, api::router(app, true), limits, shutdown());
             tokio::try_join!(main, g).map(|_| ())
         }
         None => main.await,
-    }
+    };
+    retention.abort();
+    served
 }
 
 pub(crate) async fn shutdown() {

@@ -5,6 +5,7 @@ use crate::decide::Decision;
 use crate::model::Gate;
 use crate::timestamp::format_rfc3339;
 use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
 
 /// The restriction fields of a key entry, kept as given (validated by the filter's code).
 pub const RESTRICTIONS: [&str; 4] = [
@@ -202,14 +203,52 @@ pub struct UsageEntry {
     /// (decision, count), decisions from the filter's own list.
     pub rejected: Vec<(&'static str, i64)>,
     pub last_used: Option<i64>,
+    /// The same counts by Envoy route (SPEC §8); empty: all on route `-`.
+    pub routes: Vec<RouteUsage>,
+}
+
+/// One route's part of an entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteUsage {
+    pub route: String,
+    pub allowed: i64,
+    pub rejected: Vec<(&'static str, i64)>,
+}
+
+/// The route counts without a route name go under.
+pub const UNNAMED_ROUTE: &str = "-";
+
+fn nonzero_counts<'a>(
+    allowed: i64,
+    rejected: &'a [(&'static str, i64)],
+) -> impl Iterator<Item = (&'static str, i64)> + 'a {
+    std::iter::once(("allowed", allowed))
+        .chain(rejected.iter().copied())
+        .filter(|(_, n)| *n > 0)
+}
+
+impl RouteUsage {
+    /// Every non-zero count by decision, `allowed` included.
+    pub fn counts(&self) -> impl Iterator<Item = (&'static str, i64)> + '_ {
+        nonzero_counts(self.allowed, &self.rejected)
+    }
 }
 
 impl UsageEntry {
     /// Every non-zero count by decision, `allowed` included.
     pub fn counts(&self) -> impl Iterator<Item = (&'static str, i64)> + '_ {
-        std::iter::once(("allowed", self.allowed))
-            .chain(self.rejected.iter().copied())
-            .filter(|(_, n)| *n > 0)
+        nonzero_counts(self.allowed, &self.rejected)
+    }
+
+    /// Every non-zero count by route and decision (route `-` for an entry without routes).
+    pub fn route_counts(&self) -> Vec<(&str, &'static str, i64)> {
+        if self.routes.is_empty() {
+            return self.counts().map(|(d, n)| (UNNAMED_ROUTE, d, n)).collect();
+        }
+        self.routes
+            .iter()
+            .flat_map(|r| r.counts().map(|(d, n)| (r.route.as_str(), d, n)))
+            .collect()
     }
 }
 
@@ -224,41 +263,81 @@ pub fn rejection_name(name: &str) -> Option<&'static str> {
 /// One stored count: a key's requests of one decision in one hour.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageRow {
+    /// The hour's start, or the day's for a row of a day rolled up.
     pub hour: i64,
     pub decision: String,
     pub n: i64,
+    /// A day's row (hourly rows older than the retention are kept by day).
+    pub day: bool,
 }
 
-/// The usage answer: totals over the rows and one entry per hour.
-pub fn usage_answer(id: &str, rows: &[UsageRow]) -> Value {
-    let (mut requests, mut allowed, mut rejected) = (0i64, 0i64, 0i64);
-    let mut hours: Vec<(i64, i64, i64, Map<String, Value>)> = Vec::new();
-    // Sums saturate: counts that would pass 2^63 - 1 stay there, never wrap negative.
-    for r in rows {
-        let n = r.n.max(0);
-        requests = requests.saturating_add(n);
-        if hours.last().map(|h| h.0) != Some(r.hour) {
-            hours.push((r.hour, 0, 0, Map::new()));
-        }
-        let Some(h) = hours.last_mut() else { continue };
-        h.1 = h.1.saturating_add(n);
-        if r.decision == "allowed" {
-            allowed = allowed.saturating_add(n);
-            h.2 = h.2.saturating_add(n);
+/// Requests, allowed and rejections by decision of one bucket (or one key, or one route).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Tally {
+    pub requests: i64,
+    pub allowed: i64,
+    pub rejected: BTreeMap<String, i64>,
+}
+
+impl Tally {
+    /// Counts saturate: sums that would pass 2^63 - 1 stay there, never wrap negative.
+    pub fn add(&mut self, decision: &str, n: i64) {
+        let n = n.max(0);
+        self.requests = self.requests.saturating_add(n);
+        if decision == "allowed" {
+            self.allowed = self.allowed.saturating_add(n);
         } else {
-            rejected = rejected.saturating_add(n);
-            h.3.insert(r.decision.clone(), json!(n));
+            let slot = self.rejected.entry(decision.to_string()).or_default();
+            *slot = slot.saturating_add(n);
         }
     }
+
+    pub fn rejected_total(&self) -> i64 {
+        self.rejected
+            .values()
+            .fold(0i64, |a, n| a.saturating_add(*n))
+    }
+
+    /// `{"requests","allowed","rejected":n}` (a total: rejections as one number).
+    pub fn total(&self) -> Value {
+        json!({"requests": self.requests, "allowed": self.allowed, "rejected": self.rejected_total()})
+    }
+
+    /// `{"start","requests","allowed","rejected":{decision: n}}` (a bucket of a series).
+    pub fn bucket(&self, start: i64) -> Value {
+        json!({
+            "start": format_rfc3339(start),
+            "requests": self.requests,
+            "allowed": self.allowed,
+            "rejected": self.rejected,
+        })
+    }
+}
+
+/// The usage answer: totals over the rows, one entry per hour with counts, and (extension)
+/// one per day whose hours were rolled up.
+pub fn usage_answer(id: &str, rows: &[UsageRow]) -> Value {
+    let mut total = Tally::default();
+    let mut hours: Vec<(i64, Tally)> = Vec::new();
+    let mut days: Vec<(i64, Tally)> = Vec::new();
+    for r in rows {
+        total.add(&r.decision, r.n);
+        let list = if r.day { &mut days } else { &mut hours };
+        if list.last().map(|h| h.0) != Some(r.hour) {
+            list.push((r.hour, Tally::default()));
+        }
+        if let Some((_, t)) = list.last_mut() {
+            t.add(&r.decision, r.n);
+        }
+    }
+    let shown = |list: Vec<(i64, Tally)>| -> Vec<Value> {
+        list.iter().map(|(start, t)| t.bucket(*start)).collect()
+    };
     json!({
         "id": id,
-        "total": {"requests": requests, "allowed": allowed, "rejected": rejected},
-        "hours": hours.into_iter().map(|(start, requests, allowed, rejected)| json!({
-            "start": format_rfc3339(start),
-            "requests": requests,
-            "allowed": allowed,
-            "rejected": rejected,
-        })).collect::<Vec<_>>(),
+        "total": total.total(),
+        "hours": shown(hours),
+        "days": shown(days),
     })
 }
 
@@ -326,29 +405,25 @@ mod tests {
 
     #[test]
     fn usage_sums_by_hour_and_total() {
+        let row = |hour: i64, decision: &str, n: i64, day: bool| UsageRow {
+            hour,
+            decision: decision.into(),
+            n,
+            day,
+        };
         let rows = [
-            UsageRow {
-                hour: 3600,
-                decision: "allowed".into(),
-                n: 5,
-            },
-            UsageRow {
-                hour: 3600,
-                decision: "rate_limited".into(),
-                n: 2,
-            },
-            UsageRow {
-                hour: 7200,
-                decision: "allowed".into(),
-                n: 1,
-            },
+            row(3600, "allowed", 5, false),
+            row(3600, "rate_limited", 2, false),
+            row(7200, "allowed", 1, false),
+            row(0, "allowed", 10, true),
         ];
         assert_eq!(
             usage_answer("k", &rows),
-            json!({"id": "k", "total": {"requests": 8, "allowed": 6, "rejected": 2},
+            json!({"id": "k", "total": {"requests": 18, "allowed": 16, "rejected": 2},
                    "hours": [
                      {"start": "1970-01-01T01:00:00Z", "requests": 7, "allowed": 5, "rejected": {"rate_limited": 2}},
-                     {"start": "1970-01-01T02:00:00Z", "requests": 1, "allowed": 1, "rejected": {}}]})
+                     {"start": "1970-01-01T02:00:00Z", "requests": 1, "allowed": 1, "rejected": {}}],
+                   "days": [{"start": "1970-01-01T00:00:00Z", "requests": 10, "allowed": 10, "rejected": {}}]})
         );
     }
 

@@ -421,6 +421,10 @@ fn listener(o: &EnvoyOpts, dir: &Path, port: u16, plugin_config: &str) -> Value 
         routes.push(json!({"match": {"prefix": "/", "headers": [{"name": "x-environment", "string_match": {"exact": "SANDBOX"}}]},
                            "route": {"cluster": "sandbox"}}));
     }
+    if !o.direct_response {
+        // A named route (usage by route, SPEC §8); the catch-all below has no name ("-").
+        routes.push(json!({"name": "orders", "match": {"prefix": "/orders/"}, "route": {"cluster": "upstream"}}));
+    }
     routes.push(if o.direct_response {
         json!({"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}})
     } else {

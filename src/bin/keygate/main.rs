@@ -103,6 +103,12 @@ enum Command {
         /// Seconds requests in flight may take after SIGTERM/SIGINT before the service exits
         #[arg(long, default_value_t = 10)]
         shutdown_grace_seconds: u64,
+        /// Days usage is kept by the hour; older hours are rolled into days
+        #[arg(long, default_value_t = 90)]
+        usage_hourly_days: u32,
+        /// Days usage is kept by the day; older days are deleted
+        #[arg(long, default_value_t = 365)]
+        usage_daily_days: u32,
     },
     /// Run the rate-limit service (SPEC §10): Envoy's rate limit service v3 over gRPC, every
     /// count in Redis, so one limit holds across every Envoy that calls it
@@ -191,9 +197,17 @@ fn serve(
     gateway_listen: Option<&str>,
     tenant_admin_role: String,
     limits: keygate::service::server::Limits,
+    usage_retention: keygate::service::usage::Retention,
 ) -> Result<bool, String> {
     if limits.max_connections == 0 || limits.header_read.is_zero() {
         return Err("--max-connections and --header-timeout-seconds must be at least 1".into());
+    }
+    let r = usage_retention;
+    if r.hourly_days == 0 || r.daily_days < r.hourly_days || r.daily_days > 36_500 {
+        return Err(
+            "--usage-hourly-days must be at least 1 and --usage-daily-days at least as many (at most 36500)"
+                .into(),
+        );
     }
     let parse_addr = |flag: &str, a: &str| {
         a.parse::<std::net::SocketAddr>().map_err(|_| {
@@ -237,6 +251,7 @@ fn serve(
             limits,
             admin_sha256,
             sync_sha256,
+            usage_retention,
         },
         gate,
     )?;
@@ -424,6 +439,8 @@ fn main() -> ExitCode {
             max_connections,
             header_timeout_seconds,
             shutdown_grace_seconds,
+            usage_hourly_days,
+            usage_daily_days,
         } => serve(
             &listen,
             &database,
@@ -434,6 +451,10 @@ fn main() -> ExitCode {
                 max_connections,
                 header_read: std::time::Duration::from_secs(header_timeout_seconds),
                 shutdown_grace: std::time::Duration::from_secs(shutdown_grace_seconds),
+            },
+            keygate::service::usage::Retention {
+                hourly_days: usage_hourly_days,
+                daily_days: usage_daily_days,
             },
         )
         .map_err(|e| (2, e)),

@@ -17,11 +17,13 @@ mod audit;
 mod portal;
 mod schema;
 mod sql;
+mod usage;
 
 pub use schema::Backend;
 pub use sql::SqlStore;
 
 use super::model::{StoredKey, UsageEntry, UsageRow};
+use std::collections::BTreeMap;
 use std::future::Future;
 
 /// What can go wrong in storage (the API maps each to its answer).
@@ -175,6 +177,53 @@ pub enum Recorded {
     Seen,
 }
 
+/// Which usage a summary covers: `[from, to)` (bucket-aligned), optionally one tenant's keys or
+/// one key.
+#[derive(Debug, Clone, Copy)]
+pub struct UsageQuery<'a> {
+    pub tenant: Option<&'a str>,
+    pub key: Option<&'a str>,
+    pub from: i64,
+    pub to: i64,
+    /// Buckets of a day (else of an hour).
+    pub by_day: bool,
+}
+
+/// Counts by decision.
+pub type ByDecision = BTreeMap<String, i64>;
+
+/// A usage summary's sums (sparse: the API fills the series' empty buckets).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct UsageSummary {
+    pub series: BTreeMap<i64, ByDecision>,
+    pub by_key: BTreeMap<String, ByDecision>,
+    pub by_route: BTreeMap<String, ByDecision>,
+}
+
+fn add(map: &mut ByDecision, decision: String, n: i64) {
+    let slot = map.entry(decision).or_default();
+    *slot = slot.saturating_add(n);
+}
+
+impl UsageSummary {
+    pub fn add_series(&mut self, start: i64, decision: String, n: i64) {
+        add(self.series.entry(start).or_default(), decision, n);
+    }
+    pub fn add_key(&mut self, id: String, decision: String, n: i64) {
+        add(self.by_key.entry(id).or_default(), decision, n);
+    }
+    pub fn add_route(&mut self, route: String, decision: String, n: i64) {
+        add(self.by_route.entry(route).or_default(), decision, n);
+    }
+}
+
+/// What a roll-up did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RolledUp {
+    pub hourly_rows_rolled: u64,
+    pub daily_rows_deleted: u64,
+}
+
 /// Everything the service keeps.
 /// Every change is written with its audit-log entry, in one transaction.
 pub trait Store: Send + Sync + 'static {
@@ -232,11 +281,24 @@ pub trait Store: Send + Sync + 'static {
         entries: &[UsageEntry],
         now: i64,
     ) -> impl Future<Output = Result<Recorded>> + Send;
-    /// Usage rows of a key in the hours that overlap `[from, to)`.
+    /// Usage rows of a key (summed over routes) in the hours that overlap `[from, to)`, then
+    /// those of the days rolled up that overlap it.
     fn usage(
         &self,
         id: &str,
         from: Option<i64>,
         to: Option<i64>,
     ) -> impl Future<Output = Result<Vec<UsageRow>>> + Send;
+    /// Usage summed by bucket, key and route.
+    fn usage_summary(
+        &self,
+        q: &UsageQuery<'_>,
+    ) -> impl Future<Output = Result<UsageSummary>> + Send;
+    /// Rolls hourly rows before `hours_before` into daily rows; deletes daily rows before
+    /// `days_before` (both day starts).
+    fn roll_up_usage(
+        &self,
+        hours_before: i64,
+        days_before: i64,
+    ) -> impl Future<Output = Result<RolledUp>> + Send;
 }

@@ -20,6 +20,14 @@ impl Backend {
         }
     }
 
+    /// Serialises usage roll-ups between replicas.
+    pub(super) fn rollup_lock(self) -> Option<&'static str> {
+        match self {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some("SELECT pg_advisory_xact_lock(7061766180)"),
+        }
+    }
+
     /// Serialises schema migrations between replicas starting at once.
     pub(super) fn migration_lock(self) -> Option<&'static str> {
         match self {
@@ -105,6 +113,31 @@ const MIGRATIONS: &[&[&str]] = &[
         session_sha256 TEXT UNIQUE,
         session_expires_at BIGINT
     )"],
+    // 6: usage by route (SPEC §8), hourly and rolled into days (see store/usage.rs); the
+    // hourly rows so far become route "-".
+    &[
+        "CREATE TABLE usage_by_hour (
+        key_id TEXT NOT NULL,
+        hour BIGINT NOT NULL,
+        route TEXT NOT NULL,
+        decision TEXT NOT NULL,
+        n BIGINT NOT NULL,
+        PRIMARY KEY (key_id, hour, route, decision)
+    )",
+        "CREATE INDEX usage_by_hour_time ON usage_by_hour (hour)",
+        "INSERT INTO usage_by_hour (key_id, hour, route, decision, n) \
+         SELECT key_id, hour, '-', decision, n FROM usage_hours",
+        "DROP TABLE usage_hours",
+        "CREATE TABLE usage_by_day (
+        key_id TEXT NOT NULL,
+        day BIGINT NOT NULL,
+        route TEXT NOT NULL,
+        decision TEXT NOT NULL,
+        n BIGINT NOT NULL,
+        PRIMARY KEY (key_id, day, route, decision)
+    )",
+        "CREATE INDEX usage_by_day_time ON usage_by_day (day)",
+    ],
 ];
 
 pub(super) async fn migrate(

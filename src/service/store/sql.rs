@@ -1,21 +1,15 @@
 //! [`SqlStore`]: the statements, the same on both databases.
 
 use super::schema::{ensure_epoch, migrate, Backend};
+use super::usage;
 use super::{audit, portal};
 use super::{
     Actor, AuditQuery, AuditRecord, Feed, KeyCursor, OpenedPortal, PortalSession, Recorded, Result,
-    Rolled, Store, StoreError, Updated,
+    Rolled, RolledUp, Store, Updated, UsageQuery, UsageSummary,
 };
-use crate::service::model::{hour_of, StoredKey, UsageEntry, UsageRow};
+use crate::service::model::{StoredKey, UsageEntry, UsageRow};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
-use std::collections::BTreeMap;
-
-/// Rows per multi-row statement (4 parameters each: far below both databases' limits).
-const ROWS_PER_STATEMENT: usize = 500;
-
-/// Report ids are kept this long: a filter retries a report for far less time.
-const REPORT_ID_RETENTION_S: i64 = 7 * 86_400;
 
 /// The columns of a key and where they come from (`k`: api_keys, `u`: key_last_used).
 const KEY_COLUMNS: &str = "k.id, k.sha256, k.prefix, k.name, k.tenant, k.role, k.environment, \
@@ -94,17 +88,6 @@ impl SqlStore {
         (epoch == self.epoch).then_some(())?;
         seq.parse().ok().filter(|s: &i64| *s >= 0)
     }
-}
-
-/// `($1, $2), ($3, $4), …`: `rows` tuples of `width` parameters.
-fn placeholders(rows: usize, width: usize) -> String {
-    (0..rows)
-        .map(|r| {
-            let cols: Vec<String> = (1..=width).map(|c| format!("${}", r * width + c)).collect();
-            format!("({})", cols.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Takes the next change number; holds the counter row's lock until the transaction ends.
@@ -465,117 +448,18 @@ impl Store for SqlStore {
         entries: &[UsageEntry],
         now: i64,
     ) -> Result<Recorded> {
-        let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO usage_reports (report_id, received_at) VALUES ($1, $2) \
-             ON CONFLICT (report_id) DO NOTHING",
-        )
-        .bind(report_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            tx.rollback().await?;
-            return Ok(Recorded::Seen);
-        }
-        // Only keys of this service are stored: counts for an id it does not have (a key of
-        // the plugin configuration, a made-up id) would be waiting for a key created later
-        // with that id, which never made them.
-        let mut ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let mut known: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
-        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-            let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let sql = format!("SELECT id FROM api_keys WHERE id IN ({})", list.join(", "));
-            let mut q = sqlx::query(&sql);
-            for id in chunk {
-                q = q.bind(*id);
-            }
-            for row in q.fetch_all(&mut *tx).await? {
-                known.insert(row.try_get("id")?);
-            }
-        }
-        let dropped = entries.iter().filter(|e| !known.contains(&e.id)).count();
-        let entries = entries.iter().filter(|e| known.contains(&e.id));
-        // Summed per (key, hour, decision) first: one report may name a key twice, and one
-        // multi-row upsert must not touch a row twice.
-        let mut counts: BTreeMap<(&str, i64, &str), i64> = BTreeMap::new();
-        let mut last_used: BTreeMap<&str, i64> = BTreeMap::new();
-        for e in entries {
-            // Counted in the hour of the key's last use in the report (reports cover seconds;
-            // a report retried after an outage still lands in the hour it was made).
-            let hour = hour_of(e.last_used.unwrap_or(now));
-            for (decision, n) in e.counts() {
-                let slot = counts.entry((e.id.as_str(), hour, decision)).or_default();
-                *slot = slot.saturating_add(n);
-            }
-            if let Some(t) = e.last_used {
-                let slot = last_used.entry(e.id.as_str()).or_insert(t);
-                *slot = (*slot).max(t);
-            }
-        }
-        let counts: Vec<_> = counts.into_iter().collect();
-        for chunk in counts.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO usage_hours (key_id, hour, decision, n) VALUES {} \
-                 ON CONFLICT (key_id, hour, decision) DO UPDATE SET n = CASE \
-                 WHEN usage_hours.n > {MAX} - excluded.n THEN {MAX} ELSE usage_hours.n + excluded.n END",
-                placeholders(chunk.len(), 4),
-                MAX = i64::MAX
-            );
-            let mut q = sqlx::query(&sql);
-            for ((id, hour, decision), n) in chunk {
-                q = q.bind(*id).bind(*hour).bind(*decision).bind(*n);
-            }
-            q.execute(&mut *tx).await?;
-        }
-        let last_used: Vec<_> = last_used.into_iter().collect();
-        for chunk in last_used.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO key_last_used (key_id, t) VALUES {} ON CONFLICT (key_id) DO UPDATE \
-                 SET t = CASE WHEN excluded.t > key_last_used.t THEN excluded.t ELSE key_last_used.t END",
-                placeholders(chunk.len(), 2)
-            );
-            let mut q = sqlx::query(&sql);
-            for (id, t) in chunk {
-                q = q.bind(*id).bind(*t);
-            }
-            q.execute(&mut *tx).await?;
-        }
-        sqlx::query("DELETE FROM usage_reports WHERE received_at < $1")
-            .bind(now - REPORT_ID_RETENTION_S)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(Recorded::Counted { dropped })
+        usage::record(&self.pool, report_id, entries, now).await
     }
 
     async fn usage(&self, id: &str, from: Option<i64>, to: Option<i64>) -> Result<Vec<UsageRow>> {
-        let rows = sqlx::query(
-            "SELECT hour, decision, n FROM usage_hours WHERE key_id = $1 AND hour >= $2 \
-             AND hour < $3 ORDER BY hour, decision",
-        )
-        .bind(id)
-        .bind(from.map_or(i64::MIN, hour_of))
-        .bind(to.unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(UsageRow {
-                    hour: r.try_get("hour")?,
-                    decision: r.try_get("decision")?,
-                    // A count that overflowed into a float on SQLite before counts saturated
-                    // reads as the largest count (not an error that breaks the key for good).
-                    n: r.try_get::<i64, _>("n").or_else(|_| {
-                        r.try_get::<f64, _>("n")
-                            .map(|f| f.clamp(0.0, i64::MAX as f64) as i64)
-                    })?,
-                })
-            })
-            .collect::<std::result::Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
+        usage::of_key(&self.pool, self.backend, id, from, to).await
+    }
+
+    async fn usage_summary(&self, q: &UsageQuery<'_>) -> Result<UsageSummary> {
+        usage::summary(&self.pool, self.backend, q).await
+    }
+
+    async fn roll_up_usage(&self, hours_before: i64, days_before: i64) -> Result<RolledUp> {
+        usage::roll_up(&self.pool, self.backend, hours_before, days_before).await
     }
 }
