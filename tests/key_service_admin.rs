@@ -418,15 +418,21 @@ fn portal(s: &Service) {
         .0,
         401
     );
-    // A tenant admin key: its own tenant only.
-    let (st, _) = as_tenant(
+    // A tenant admin key: its own tenant only (another tenant is not found).
+    let (st, b) = as_tenant(
         s,
         "org_a",
         "POST",
         "/v1/portal-sessions",
         Some(r#"{"tenant":"org_b"}"#),
     );
-    assert_eq!(st, 403);
+    assert_eq!(
+        (st, b),
+        (
+            404,
+            json!({"success": false, "error": "Tenant not found", "code": "NOT_FOUND"})
+        )
+    );
     let (st, b) = as_tenant(
         s,
         "org_a",

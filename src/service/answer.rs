@@ -1,8 +1,9 @@
 //! The service's answers: `{"success":true,…}` or a documented error (SPEC §7).
 
+use super::views::{Envelope, ErrorBody, Page};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Value};
+use serde::Serialize;
 
 /// Every way a call can fail, each with its status and `code`.
 #[derive(Debug)]
@@ -11,6 +12,8 @@ pub enum ApiError {
     Unauthorized,
     Forbidden(String),
     NotFound,
+    /// Another tenant, for a tenant admin key (or a tenant that does not exist).
+    TenantNotFound,
     Conflict(String),
     TooLarge(usize),
     /// The body did not arrive within [`super::api::BODY_TIMEOUT`].
@@ -34,6 +37,11 @@ impl ApiError {
                 StatusCode::NOT_FOUND,
                 "NOT_FOUND",
                 "API key not found".into(),
+            ),
+            ApiError::TenantNotFound => (
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "Tenant not found".into(),
             ),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, "CONFLICT", m.clone()),
             ApiError::Timeout => (
@@ -68,7 +76,11 @@ impl IntoResponse for ApiError {
         let (status, code, error) = self.parts();
         let mut r = json_response(
             status,
-            &json!({"success": false, "error": error, "code": code}),
+            &ErrorBody {
+                success: false,
+                error,
+                code: code.into(),
+            },
         );
         if status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(
@@ -94,8 +106,9 @@ impl From<super::store::StoreError> for ApiError {
     }
 }
 
-pub fn json_response(status: StatusCode, body: &Value) -> Response {
-    let mut r = (status, body.to_string()).into_response();
+pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
+    let text = serde_json::to_string(body).unwrap_or_else(|_| "{}".into());
+    let mut r = (status, text).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -104,6 +117,24 @@ pub fn json_response(status: StatusCode, body: &Value) -> Response {
 }
 
 /// `{"success":true,"data":…}`.
-pub fn data(status: StatusCode, data: Value) -> Response {
-    json_response(status, &json!({"success": true, "data": data}))
+pub fn data(status: StatusCode, data: impl Serialize) -> Response {
+    json_response(
+        status,
+        &Envelope {
+            success: true,
+            data,
+        },
+    )
+}
+
+/// `{"success":true,"data":[…],"next_cursor":…}`.
+pub fn page<T: Serialize>(data: Vec<T>, next_cursor: Option<String>) -> Response {
+    json_response(
+        StatusCode::OK,
+        &Page {
+            success: true,
+            data,
+            next_cursor,
+        },
+    )
 }

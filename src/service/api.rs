@@ -1,7 +1,7 @@
 //! The routes: the admin API (`/v1/api-keys…`), the key-sync feed (`/keys`) and usage reports
 //! (`/usage`). Handlers only read the request, ask the store and shape the answer.
 
-use super::answer::{data, json_response, ApiError};
+use super::answer::{data, json_response, page, ApiError};
 use super::auth::{Auth, Caller};
 use super::input::{
     json_body, read_create, read_patch, read_report, read_roll, text_ok, CreateRequest,
@@ -9,6 +9,7 @@ use super::input::{
 use super::model::{feed_answer, usage_answer, StoredKey};
 use super::server::Peer;
 use super::store::{Actor, AuditQuery, Feed, KeyCursor, Recorded, Rolled, Store, Updated};
+use super::views::{AuditActor, AuditEntry, Done, Key};
 use crate::keys::digest_hex;
 use crate::mint;
 use crate::model::Gate;
@@ -78,6 +79,12 @@ pub fn router<S: Store>(app: Arc<App<S>>, gateway: bool) -> Router {
             .route("/usage", post(report::<S>));
     }
     r.route(
+        "/openapi.json",
+        get(|State(ctx): State<Ctx<S>>| async move {
+            json_response(StatusCode::OK, &super::openapi::document(&ctx.app.gate))
+        }),
+    )
+    .route(
         "/healthz",
         get(|| async { json_response(StatusCode::OK, &json!({"success": true})) }),
     )
@@ -202,12 +209,12 @@ async fn list<S: Store>(
     let caller = ctx.app.auth.admin(&headers, ctx.gateway)?;
     let query = query_map(query)?;
     let Some(tenant) = tenant_scope(&caller, query.get("tenant")) else {
-        return Ok(data(StatusCode::OK, json!([])));
+        return Ok(data(StatusCode::OK, Vec::<Key>::new()));
     };
     let Some(limit) = limit_param(&query, None)? else {
         let keys = ctx.app.store.list(tenant).await?;
-        let listed: Vec<Value> = keys.iter().map(|k| k.listed(&ctx.app.gate)).collect();
-        return Ok(data(StatusCode::OK, Value::Array(listed)));
+        let listed: Vec<Key> = keys.iter().map(|k| k.listed(&ctx.app.gate)).collect();
+        return Ok(data(StatusCode::OK, listed));
     };
     let after = query
         .get("cursor")
@@ -225,11 +232,8 @@ async fn list<S: Store>(
     let more = keys.len() > limit;
     keys.truncate(limit);
     let next = keys.last().filter(|_| more).map(|(_, c)| c.encode());
-    let listed: Vec<Value> = keys.iter().map(|(k, _)| k.listed(&ctx.app.gate)).collect();
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"success": true, "data": listed, "next_cursor": next}),
-    ))
+    let listed: Vec<Key> = keys.iter().map(|(k, _)| k.listed(&ctx.app.gate)).collect();
+    Ok(page(listed, next))
 }
 
 /// Which tenant a call's `?tenant=` may see: the admin any (or all: `Some(None)`), a tenant
@@ -309,10 +313,7 @@ async fn audit_log<S: Store>(
         }
     }
     let Some(tenant) = tenant_scope(&caller, query.get("tenant")) else {
-        return Ok(json_response(
-            StatusCode::OK,
-            &json!({"success": true, "data": [], "next_cursor": null}),
-        ));
+        return Ok(page(Vec::<AuditEntry>::new(), None));
     };
     let limit = limit_param(&query, Some(100))?.unwrap_or(100);
     let before = query.get("cursor").map(String::as_str);
@@ -336,22 +337,21 @@ async fn audit_log<S: Store>(
     let more = entries.len() > limit;
     entries.truncate(limit);
     let next = entries.last().filter(|_| more).map(|e| e.id.clone());
-    let shown: Vec<Value> = entries.iter().map(audit_entry).collect();
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"success": true, "data": shown, "next_cursor": next}),
-    ))
+    Ok(page(entries.into_iter().map(audit_entry).collect(), next))
 }
 
-fn audit_entry(e: &super::store::AuditRecord) -> Value {
-    json!({
-        "time": crate::timestamp::format_rfc3339(e.time),
-        "actor": {"type": e.actor_type, "id": e.actor_id},
-        "action": e.action,
-        "key_id": e.key_id,
-        "tenant": e.tenant,
-        "ip": e.ip,
-    })
+fn audit_entry(e: super::store::AuditRecord) -> AuditEntry {
+    AuditEntry {
+        time: crate::timestamp::format_rfc3339(e.time),
+        actor: AuditActor {
+            kind: e.actor_type,
+            id: e.actor_id,
+        },
+        action: e.action,
+        key_id: e.key_id,
+        tenant: e.tenant,
+        ip: e.ip,
+    }
 }
 
 /// The key `id` if the caller may see it (else "not found": no probing other tenants' ids).
@@ -392,7 +392,10 @@ async fn revoke<S: Store>(
     }
     Ok(json_response(
         StatusCode::OK,
-        &json!({"success": true, "message": "API key revoked successfully"}),
+        &Done {
+            success: true,
+            message: "API key revoked successfully".into(),
+        },
     ))
 }
 

@@ -10,10 +10,12 @@ pub mod api;
 pub mod auth;
 pub mod input;
 pub mod model;
+pub mod openapi;
 pub mod portal;
 pub mod server;
 pub mod store;
 pub mod usage;
+pub mod views;
 
 use api::App;
 use auth::Auth;

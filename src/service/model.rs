@@ -1,6 +1,7 @@
 //! What the key service keeps and how it shows it: stored keys (digests only), usage report
 //! entries and hourly usage rows, and their JSON forms (SPEC §7, §8).
 
+use super::views;
 use crate::decide::Decision;
 use crate::model::Gate;
 use crate::timestamp::format_rfc3339;
@@ -39,10 +40,6 @@ pub struct StoredKey {
 /// The start (Unix seconds) of the hour holding `t`.
 pub fn hour_of(t: i64) -> i64 {
     t - t.rem_euclid(3600)
-}
-
-fn time(t: Option<i64>) -> Value {
-    t.map_or(Value::Null, |t| Value::String(format_rfc3339(t)))
 }
 
 impl StoredKey {
@@ -91,38 +88,36 @@ impl StoredKey {
     }
 
     /// The key as the admin API lists it: never its key or digest.
-    pub fn listed(&self, gate: &Gate) -> Value {
-        self.shown(gate, None)
+    pub fn listed(&self, gate: &Gate) -> views::Key {
+        let (environment, role) = self.effective(gate);
+        views::Key {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            prefix: self.prefix.clone(),
+            environment,
+            tenant: self.tenant.clone(),
+            role,
+            created_at: format_rfc3339(self.created_at),
+            last_used: self.last_used.map(format_rfc3339),
+            expires_at: self.expires_at.map(format_rfc3339),
+            revoked: self.revoked,
+        }
     }
 
     /// The answer to a create or roll: the only place the plaintext key ever appears.
-    pub fn created(&self, key: &str, gate: &Gate) -> Value {
-        self.shown(gate, Some(key))
-    }
-
-    /// The fields of SPEC §7's answers, in its order: a created key's (with `key`) or a listed
-    /// key's (with `last_used` and `revoked`).
-    fn shown(&self, gate: &Gate, key: Option<&str>) -> Value {
+    pub fn created(&self, key: &str, gate: &Gate) -> views::CreatedKey {
         let (environment, role) = self.effective(gate);
-        let mut o = Map::new();
-        o.insert("id".into(), json!(self.id));
-        if let Some(k) = key {
-            o.insert("key".into(), json!(k));
+        views::CreatedKey {
+            id: self.id.clone(),
+            key: key.to_string(),
+            name: self.name.clone(),
+            prefix: self.prefix.clone(),
+            environment,
+            tenant: self.tenant.clone(),
+            role,
+            created_at: format_rfc3339(self.created_at),
+            expires_at: self.expires_at.map(format_rfc3339),
         }
-        o.insert("name".into(), json!(self.name));
-        o.insert("prefix".into(), json!(self.prefix));
-        o.insert("environment".into(), json!(environment));
-        o.insert("tenant".into(), json!(self.tenant));
-        o.insert("role".into(), json!(role));
-        o.insert("created_at".into(), time(Some(self.created_at)));
-        if key.is_none() {
-            o.insert("last_used".into(), time(self.last_used));
-        }
-        o.insert("expires_at".into(), time(self.expires_at));
-        if key.is_none() {
-            o.insert("revoked".into(), json!(self.revoked));
-        }
-        Value::Object(o)
     }
 
     /// [`StoredKey::feed_entry`] written straight into `out` as JSON (the feed of a large set
@@ -298,25 +293,29 @@ impl Tally {
             .fold(0i64, |a, n| a.saturating_add(*n))
     }
 
-    /// `{"requests","allowed","rejected":n}` (a total: rejections as one number).
-    pub fn total(&self) -> Value {
-        json!({"requests": self.requests, "allowed": self.allowed, "rejected": self.rejected_total()})
+    /// A total: rejections as one number.
+    pub fn total(&self) -> views::Totals {
+        views::Totals {
+            requests: self.requests,
+            allowed: self.allowed,
+            rejected: self.rejected_total(),
+        }
     }
 
-    /// `{"start","requests","allowed","rejected":{decision: n}}` (a bucket of a series).
-    pub fn bucket(&self, start: i64) -> Value {
-        json!({
-            "start": format_rfc3339(start),
-            "requests": self.requests,
-            "allowed": self.allowed,
-            "rejected": self.rejected,
-        })
+    /// A bucket of a series: rejections by decision.
+    pub fn bucket(&self, start: i64) -> views::Bucket {
+        views::Bucket {
+            start: format_rfc3339(start),
+            requests: self.requests,
+            allowed: self.allowed,
+            rejected: self.rejected.clone(),
+        }
     }
 }
 
 /// The usage answer: totals over the rows, one entry per hour with counts, and (extension)
 /// one per day whose hours were rolled up.
-pub fn usage_answer(id: &str, rows: &[UsageRow]) -> Value {
+pub fn usage_answer(id: &str, rows: &[UsageRow]) -> views::KeyUsage {
     let mut total = Tally::default();
     let mut hours: Vec<(i64, Tally)> = Vec::new();
     let mut days: Vec<(i64, Tally)> = Vec::new();
@@ -330,15 +329,15 @@ pub fn usage_answer(id: &str, rows: &[UsageRow]) -> Value {
             t.add(&r.decision, r.n);
         }
     }
-    let shown = |list: Vec<(i64, Tally)>| -> Vec<Value> {
+    let shown = |list: Vec<(i64, Tally)>| -> Vec<views::Bucket> {
         list.iter().map(|(start, t)| t.bucket(*start)).collect()
     };
-    json!({
-        "id": id,
-        "total": total.total(),
-        "hours": shown(hours),
-        "days": shown(days),
-    })
+    views::KeyUsage {
+        id: id.to_string(),
+        total: total.total(),
+        hours: shown(hours),
+        days: shown(days),
+    }
 }
 
 /// A feed answer (`{"version","keys"}`, or a delta's `{"version","since","upserts","removed"}`)
@@ -418,7 +417,7 @@ mod tests {
             row(0, "allowed", 10, true),
         ];
         assert_eq!(
-            usage_answer("k", &rows),
+            serde_json::to_value(usage_answer("k", &rows)).unwrap(),
             json!({"id": "k", "total": {"requests": 18, "allowed": 16, "rejected": 2},
                    "hours": [
                      {"start": "1970-01-01T01:00:00Z", "requests": 7, "allowed": 5, "rejected": {"rate_limited": 2}},

@@ -14,7 +14,7 @@ use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::HashMap;
 
 /// A code is valid this long unless the caller asks for less (at most [`MAX_TTL`]).
@@ -86,9 +86,8 @@ pub async fn create<S: Store>(
     let (tenant, ttl, return_url) = read_request(&body).map_err(ApiError::BadRequest)?;
     if let Caller::Tenant(t) = &caller {
         if *t != tenant {
-            return Err(ApiError::Forbidden(
-                "A tenant's admin key opens portal sessions for its own tenant only".into(),
-            ));
+            // Another tenant's existence is not confirmed: as for its keys, "not found".
+            return Err(ApiError::TenantNotFound);
         }
     }
     let actor = actor(&ctx, &headers, &caller, peer.map(|p| p.0));
@@ -122,12 +121,12 @@ pub async fn create<S: Store>(
     let url = host.map_or(path.clone(), |h| format!("{scheme}://{h}{path}"));
     let mut r = data(
         StatusCode::CREATED,
-        json!({
-            "id": session.id,
-            "url": url,
-            "tenant": session.tenant,
-            "expires_at": crate::timestamp::format_rfc3339(session.code_expires_at),
-        }),
+        super::views::PortalSession {
+            id: session.id,
+            url,
+            tenant: session.tenant,
+            expires_at: crate::timestamp::format_rfc3339(session.code_expires_at),
+        },
     );
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -5,11 +5,11 @@ use super::answer::{data, ApiError};
 use super::api::{now, query_map, tenant_scope, time_param, visible, Ctx};
 use super::model::Tally;
 use super::store::{ByDecision, Store, UsageQuery, UsageSummary};
+use super::views::{self, Totals};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde_json::{json, Value};
 use std::collections::HashMap;
 
 const HOUR: i64 = 3600;
@@ -121,22 +121,19 @@ fn tally(by: &ByDecision) -> Tally {
 }
 
 /// Entries with their totals, most requests first (then by name).
-fn ranked(map: &std::collections::BTreeMap<String, ByDecision>, name: &str) -> Vec<Value> {
+fn ranked<T>(
+    map: &std::collections::BTreeMap<String, ByDecision>,
+    make: impl Fn(String, Totals) -> T,
+) -> Vec<T> {
     let mut list: Vec<(&String, Tally)> = map.iter().map(|(k, by)| (k, tally(by))).collect();
     list.sort_by(|a, b| b.1.requests.cmp(&a.1.requests).then(a.0.cmp(b.0)));
     list.into_iter()
-        .map(|(k, t)| {
-            let mut v = json!({name: k});
-            if let (Value::Object(o), Value::Object(total)) = (&mut v, t.total()) {
-                o.extend(total);
-            }
-            v
-        })
+        .map(|(k, t)| make(k.clone(), t.total()))
         .collect()
 }
 
 /// The answer: the total, the series with every bucket of the range, by key and by route.
-pub fn summary_answer(range: &Range, s: &UsageSummary) -> Value {
+pub fn summary_answer(range: &Range, s: &UsageSummary) -> views::UsageSummary {
     let step = if range.by_day { DAY } else { HOUR };
     let mut total = Tally::default();
     let mut series = Vec::new();
@@ -149,15 +146,25 @@ pub fn summary_answer(range: &Range, s: &UsageSummary) -> Value {
         series.push(t.bucket(start));
         start += step;
     }
-    json!({
-        "total": total.total(),
-        "series": series,
-        "by_key": ranked(&s.by_key, "id"),
-        "by_route": ranked(&s.by_route, "route"),
-        "from": crate::timestamp::format_rfc3339(range.from),
-        "to": crate::timestamp::format_rfc3339(range.to),
-        "granularity": if range.by_day { "day" } else { "hour" },
-    })
+    views::UsageSummary {
+        total: total.total(),
+        series,
+        by_key: ranked(&s.by_key, |id, t| views::KeyShare {
+            id,
+            requests: t.requests,
+            allowed: t.allowed,
+            rejected: t.rejected,
+        }),
+        by_route: ranked(&s.by_route, |route, t| views::RouteShare {
+            route,
+            requests: t.requests,
+            allowed: t.allowed,
+            rejected: t.rejected,
+        }),
+        from: crate::timestamp::format_rfc3339(range.from),
+        to: crate::timestamp::format_rfc3339(range.to),
+        granularity: if range.by_day { "day" } else { "hour" }.into(),
+    }
 }
 
 /// `GET /v1/usage[?tenant=T][&key=ID][&from=T1&to=T2][&granularity=hour|day]`.
@@ -197,6 +204,7 @@ pub async fn summary<S: Store>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn q(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
@@ -283,7 +291,7 @@ mod tests {
         s.add_key("b".into(), "revoked".into(), 2);
         s.add_route("-".into(), "allowed".into(), 5);
         s.add_route("-".into(), "revoked".into(), 2);
-        let v = summary_answer(&range, &s);
+        let v = serde_json::to_value(summary_answer(&range, &s)).unwrap();
         assert_eq!(
             v["total"],
             json!({"requests": 7, "allowed": 5, "rejected": 2})

@@ -1,0 +1,237 @@
+//! The admin API's answers and bodies as types: each answer is serialised from these, and the
+//! OpenAPI document (`GET /openapi.json`, [`super::openapi`]) is derived from the same types, so
+//! the two cannot drift apart. Fields are in SPEC §7's order.
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+/// `{"success": true, "data": …}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Envelope<T> {
+    /// Always `true`.
+    pub success: bool,
+    pub data: T,
+}
+
+/// `{"success": true, "data": [...], "next_cursor": …}`: one page of a list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Page<T> {
+    pub success: bool,
+    pub data: Vec<T>,
+    /// Given back as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Every error: `code` names the kind, `error` the problem (for a 400, the field's path first).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Always `false`.
+    pub success: bool,
+    #[schema(example = "expires_at: must be in the future")]
+    pub error: String,
+    #[schema(example = "BAD_REQUEST")]
+    pub code: String,
+}
+
+/// A message without data (a revocation).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Done {
+    pub success: bool,
+    #[schema(example = "API key revoked successfully")]
+    pub message: String,
+}
+
+/// A key as listed: never its key or digest. Times are RFC 3339 UTC, `null` when unset.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Key {
+    pub id: String,
+    pub name: Option<String>,
+    pub prefix: String,
+    pub environment: Option<String>,
+    pub tenant: Option<String>,
+    /// The effective role: the key's, else its prefix's.
+    pub role: Option<String>,
+    #[schema(example = "2025-01-15T10:30:00Z")]
+    pub created_at: String,
+    pub last_used: Option<String>,
+    pub expires_at: Option<String>,
+    pub revoked: bool,
+}
+
+/// A key just created or rolled: the only answer that ever holds the plaintext key.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedKey {
+    pub id: String,
+    /// The new key (its prefix and at least 128 random bits): shown once.
+    pub key: String,
+    pub name: Option<String>,
+    pub prefix: String,
+    pub environment: Option<String>,
+    pub tenant: Option<String>,
+    pub role: Option<String>,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+}
+
+/// Requests, allowed, and rejections as one number (a total).
+#[derive(Debug, Default, Clone, Serialize, ToSchema)]
+pub struct Totals {
+    pub requests: i64,
+    pub allowed: i64,
+    pub rejected: i64,
+}
+
+/// One hour or day: rejections by the filter's decision.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Bucket {
+    /// The bucket's start, RFC 3339 UTC.
+    pub start: String,
+    pub requests: i64,
+    pub allowed: i64,
+    /// Decision (`invalid`, `revoked`, `rate_limited`, …) → requests.
+    pub rejected: BTreeMap<String, i64>,
+}
+
+/// `GET /v1/api-keys/{id}/usage`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyUsage {
+    pub id: String,
+    pub total: Totals,
+    /// Hours with requests, oldest first.
+    pub hours: Vec<Bucket>,
+    /// Days older than the hourly retention (their hours rolled up), oldest first.
+    pub days: Vec<Bucket>,
+}
+
+/// One key's share of a usage summary.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyShare {
+    pub id: String,
+    pub requests: i64,
+    pub allowed: i64,
+    pub rejected: i64,
+}
+
+/// One Envoy route's share of a usage summary (`-`: a route without a name).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RouteShare {
+    pub route: String,
+    pub requests: i64,
+    pub allowed: i64,
+    pub rejected: i64,
+}
+
+/// `GET /v1/usage`: `total` equals the sum of `series`, of `by_key` and of `by_route`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageSummary {
+    pub total: Totals,
+    /// Every hour or day of the range, none missing.
+    pub series: Vec<Bucket>,
+    /// Most requests first.
+    pub by_key: Vec<KeyShare>,
+    /// Most requests first.
+    pub by_route: Vec<RouteShare>,
+    /// The range covered (aligned to whole buckets).
+    pub from: String,
+    pub to: String,
+    #[schema(example = "day")]
+    pub granularity: String,
+}
+
+/// Who made a change.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditActor {
+    /// `admin`, `key` (a tenant admin key) or `portal` (a portal session).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The tenant admin key's or session's id; `null` for the admin token.
+    pub id: Option<String>,
+}
+
+/// One audit-log entry (never a key, digest, token or code).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditEntry {
+    pub time: String,
+    pub actor: AuditActor,
+    #[schema(example = "key.created")]
+    pub action: String,
+    pub key_id: Option<String>,
+    pub tenant: Option<String>,
+    pub ip: Option<String>,
+}
+
+/// A portal session just created: `url` opens it once, before `expires_at`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PortalSession {
+    pub id: String,
+    pub url: String,
+    pub tenant: String,
+    pub expires_at: String,
+}
+
+/// A rate limit: `requests` per window.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // a body's shape, read by the filter's own reader
+pub struct RateLimit {
+    #[schema(minimum = 1)]
+    pub requests: u64,
+    #[schema(pattern = "^(second|minute|hour|day)$", example = "minute")]
+    pub per: String,
+}
+
+/// `POST /v1/api-keys` (the fields of a key entry of the plugin configuration).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct CreateBody {
+    /// A configured prefix.
+    #[schema(example = "mlm_live_")]
+    pub prefix: String,
+    pub name: Option<String>,
+    pub tenant: Option<String>,
+    pub role: Option<String>,
+    /// RFC 3339 UTC, in the future.
+    pub expires_at: Option<String>,
+    pub rate_limits: Option<Vec<RateLimit>>,
+    /// CIDRs or addresses.
+    pub allowed_ips: Option<Vec<String>>,
+    pub allowed_referers: Option<Vec<String>>,
+    pub allowed_paths: Option<Vec<String>>,
+    /// An id of your choosing (`[A-Za-z0-9_.:-]`); made up when absent.
+    pub id: Option<String>,
+}
+
+/// `PATCH /v1/api-keys/{id}`: any of these; `null` clears one.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct PatchBody {
+    pub name: Option<String>,
+    pub role: Option<String>,
+    pub expires_at: Option<String>,
+    pub rate_limits: Option<Vec<RateLimit>>,
+    pub allowed_ips: Option<Vec<String>>,
+    pub allowed_referers: Option<Vec<String>>,
+    pub allowed_paths: Option<Vec<String>>,
+}
+
+/// `POST /v1/api-keys/{id}/roll`.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct RollBody {
+    /// Seconds the old key keeps working (default 86400; at most a year).
+    #[schema(minimum = 0, maximum = 31622400)]
+    pub grace_seconds: Option<u64>,
+}
+
+/// `POST /v1/portal-sessions`.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct PortalSessionBody {
+    #[schema(example = "org_42")]
+    pub tenant: String,
+    /// Seconds the link may be opened in (at most 3600).
+    #[schema(minimum = 1, maximum = 3600)]
+    pub ttl_seconds: Option<u64>,
+    /// Where the portal's "back" link goes: this service's own origin only.
+    pub return_url: Option<String>,
+}
