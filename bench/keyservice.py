@@ -110,6 +110,71 @@ def feed_figures(svc, rows, label):
     rows.append((label, f"/keys?since= after one revocation in {n:,}", ms(deltas)))
 
 
+def audit_figures(svc, db_path, rows, label):
+    """The audit log's cost: an edit's latency (the change and its entry in one transaction) and
+    the bytes an entry adds to the database file."""
+    status, data, _ = call(svc.url + "/v1/api-keys", "POST", json.dumps({"prefix": "bk_live_", "name": "audited"}))
+    kid = json.loads(data)["data"]["id"]
+    edits = [call(svc.url + f"/v1/api-keys/{kid}", "PATCH", json.dumps({"name": f"n{i}"}))[2] for i in range(200)]
+    rows.append((label, "edit (PATCH /v1/api-keys/{id}, with its audit entry)", ms(edits)))
+    if db_path:
+        db = sqlite3.connect(db_path)
+        n = db.execute("SELECT count(*) FROM audit_log").fetchone()[0]
+        size = db.execute("SELECT sum(pgsize) FROM dbstat WHERE name LIKE 'audit_log%' OR name IN "
+                          "(SELECT name FROM sqlite_master WHERE tbl_name='audit_log')").fetchone()[0]
+        db.close()
+        rows.append((label, f"audit log on disk (table and 3 indexes, {n:,} entries)", f"{size / n:.0f} B/entry"))
+
+
+def usage_figures(db_path, url_of, rows, label):
+    """`GET /v1/usage` at 10,000 keys × 90 days: each key used in 2 hours of every day on 2
+    routes (allowed), written straight into the service's tables; then the queries a dashboard
+    makes, and the bytes a row costs."""
+    now = int(time.time())
+    day0 = now - now % 86400 - 89 * 86400
+    db = sqlite3.connect(db_path)
+    db.executemany("INSERT INTO usage_by_hour (key_id, hour, route, decision, n) VALUES (?,?,?,?,?)",
+                   ((f"bulk_{k}", day0 + d * 86400 + h * 3600, r, "allowed", 7)
+                    for k in range(10_000) for d in range(90) for h in (9 + k % 5, 15) for r in ("orders", "-")))
+    db.execute("INSERT INTO usage_by_day (key_id, day, route, decision, n) SELECT key_id, hour - hour % 86400,"
+               " route, decision, SUM(n) FROM usage_by_hour GROUP BY 1, 2, 3, 4")
+    db.commit()
+    n = db.execute("SELECT count(*) FROM usage_by_hour").fetchone()[0]
+    days = db.execute("SELECT count(*) FROM usage_by_day").fetchone()[0]
+    size = db.execute("SELECT sum(pgsize) FROM dbstat WHERE name IN "
+                      "(SELECT name FROM sqlite_master WHERE tbl_name='usage_by_hour')").fetchone()[0]
+    day_size = db.execute("SELECT sum(pgsize) FROM dbstat WHERE name IN "
+                          "(SELECT name FROM sqlite_master WHERE tbl_name='usage_by_day')").fetchone()[0]
+    db.execute("ANALYZE"); db.commit(); db.close()
+    svc = Service("sqlite:" + db_path, url_of)
+    frm = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(day0))
+    week = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 6 * 86400))
+    for what, q in [("every tenant, 90 days by day", f"/v1/usage?from={frm}&granularity=day"),
+                    ("one tenant (100 keys), 90 days by day", f"/v1/usage?tenant=org_7&from={frm}&granularity=day"),
+                    ("one key, 7 days by hour", f"/v1/usage?key=bulk_7&from={week}&granularity=hour"),
+                    ("one key's history (GET /v1/api-keys/{id}/usage)", "/v1/api-keys/bulk_7/usage")]:
+        times = []
+        for _ in range(5):
+            st, data, t = call(svc.url + q)
+            assert st == 200, data
+            times.append(t)
+        rows.append((label, f"usage at 10,000 keys × 90 days ({n / 1e6:.1f}M hourly, {days / 1e6:.1f}M daily rows): {what}", ms(times)))
+    # A usage report's write path: 5,000 of these keys, each on 2 routes (hourly and daily upserts).
+    reports = []
+    for r in range(5):
+        body = json.dumps({"report_id": f"usage-{r}", "keys": [
+            {"id": f"bulk_{i}", "requests": 3, "allowed": 3, "rejected": {}, "last_used": now,
+             "routes": [{"route": "orders", "requests": 2, "allowed": 2}, {"route": "-", "requests": 1, "allowed": 1}]}
+            for i in range(5000)]})
+        st, data, t = call(svc.url + "/usage", "POST", body)
+        assert st == 200, data
+        reports.append(t)
+    rows.append((label, "usage report of 5,000 known keys × 2 routes (POST /usage)", ms(reports)))
+    svc.stop()
+    rows.append((label, "usage_by_hour on disk (table, primary key, time index)", f"{size / n:.0f} B/row"))
+    rows.append((label, "usage_by_day on disk (table, primary key, time index)", f"{day_size / days:.0f} B/row"))
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="keygate-bench-ks-")
     cfg = os.path.join(tmp, "plugin.json")
@@ -119,15 +184,22 @@ def main():
         db = os.path.join(tmp, "keys.db")
         svc = Service("sqlite:" + db, cfg)
         api_figures(svc, rows, "SQLite")
+        audit_figures(svc, db, rows, "SQLite")
         bulk_sqlite(db, 100_000)
         feed_figures(svc, rows, "SQLite")
         svc.stop()
+        usage_db = os.path.join(tmp, "usage.db")
+        svc = Service("sqlite:" + usage_db, cfg)
+        svc.stop()
+        bulk_sqlite(usage_db, 10_000)
+        usage_figures(usage_db, cfg, rows, "SQLite")
         pg = postgres(tmp)
         if pg:
             url, stop = pg
             try:
                 svc = Service(url, cfg)
                 api_figures(svc, rows, "PostgreSQL")
+                audit_figures(svc, None, rows, "PostgreSQL")
                 svc.stop()
             finally:
                 stop()

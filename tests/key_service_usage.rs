@@ -242,7 +242,8 @@ fn exercise(s: &Service) {
     );
 }
 
-/// Hours older than the retention become days at the next start; days older than theirs go.
+/// The per-key history shows hours within the hourly retention and days before it; pruning (at
+/// start, then hourly) deletes days past theirs; summaries by the day still see every day kept.
 fn retention(db: &str, cfg: &Path) {
     let args = ["--usage-hourly-days", "2", "--usage-daily-days", "5"];
     let s = Service::start_args(

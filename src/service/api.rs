@@ -479,7 +479,8 @@ async fn usage<S: Store>(
     let query = query_map(query)?;
     let (from, to) = (time_param(&query, "from")?, time_param(&query, "to")?);
     visible(&ctx.app, &caller, &id).await?;
-    let rows = ctx.app.store.usage(&id, from, to).await?;
+    let (hourly_from, _) = ctx.app.usage_retention.horizons(now());
+    let rows = ctx.app.store.usage(&id, from, to, hourly_from).await?;
     Ok(data(StatusCode::OK, usage_answer(&id, &rows)))
 }
 

@@ -88,7 +88,7 @@ async fn run<S: Store>(app: Arc<App<S>>, options: &Options) -> Result<(), String
     let retention = {
         let app = app.clone();
         let retention = options.usage_retention;
-        tokio::spawn(async move { usage::roll_up_hourly(&app.store, retention).await })
+        tokio::spawn(async move { usage::prune_hourly(&app.store, retention).await })
     };
     let main = server::serve(main, api::router(app.clone(), false), limits, shutdown());
     let served = match gateway {

@@ -1,5 +1,5 @@
 //! `GET /v1/usage` (SPEC §7): usage over time, by key and by route, for one tenant, one key or
-//! everything the caller may see; and the retention that rolls hourly rows into daily ones.
+//! everything the caller may see; and the retention that prunes hourly and daily rows.
 
 use super::answer::{data, ApiError};
 use super::api::{now, query_map, tenant_scope, time_param, visible, Ctx};
@@ -20,7 +20,7 @@ pub const MAX_RANGE_DAYS: i64 = 400;
 /// How long usage rows are kept (`keygate serve --usage-hourly-days/--usage-daily-days`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
-    /// Hourly rows are rolled into daily rows once older than this many days.
+    /// Hourly rows are deleted once older than this many days (daily rows hold the same).
     pub hourly_days: u32,
     /// Daily rows are deleted once older than this many days.
     pub daily_days: u32,
@@ -43,20 +43,22 @@ impl Retention {
     }
 }
 
-/// Rolls usage up now and then every hour, until the service stops. A failure is logged and
-/// tried again at the next hour (rows wait; nothing is lost).
-pub async fn roll_up_hourly<S: Store>(store: &S, retention: Retention) {
+/// Prunes usage past its retention now and then every hour, until the service stops. A
+/// failure is logged and tried again at the next hour.
+pub async fn prune_hourly<S: Store>(store: &S, retention: Retention) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
     loop {
         every.tick().await;
         let (hours_before, days_before) = retention.horizons(now());
-        match store.roll_up_usage(hours_before, days_before).await {
-            Ok(r) if r.hourly_rows_rolled + r.daily_rows_deleted > 0 => eprintln!(
-                "keygate serve: usage retention: {} hourly rows rolled into days, {} daily rows deleted",
-                r.hourly_rows_rolled, r.daily_rows_deleted
+        match store.prune_usage(hours_before, days_before).await {
+            Ok(r) if r.hourly_rows_deleted + r.daily_rows_deleted > 0 => eprintln!(
+                "keygate serve: usage retention: {} hourly and {} daily rows deleted",
+                r.hourly_rows_deleted, r.daily_rows_deleted
             ),
             Ok(_) => {}
-            Err(e) => eprintln!("keygate serve: usage retention failed (tried again in an hour): {e:?}"),
+            Err(e) => {
+                eprintln!("keygate serve: usage retention failed (tried again in an hour): {e:?}")
+            }
         }
     }
 }

@@ -217,10 +217,10 @@ impl UsageSummary {
     }
 }
 
-/// What a roll-up did.
+/// What pruning usage did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RolledUp {
-    pub hourly_rows_rolled: u64,
+pub struct Pruned {
+    pub hourly_rows_deleted: u64,
     pub daily_rows_deleted: u64,
 }
 
@@ -281,24 +281,24 @@ pub trait Store: Send + Sync + 'static {
         entries: &[UsageEntry],
         now: i64,
     ) -> impl Future<Output = Result<Recorded>> + Send;
-    /// Usage rows of a key (summed over routes) in the hours that overlap `[from, to)`, then
-    /// those of the days rolled up that overlap it.
+    /// Usage rows of a key (summed over routes) in the hours that overlap `[from, to)` from
+    /// `hourly_from` on, then those of the days before `hourly_from` that overlap it.
     fn usage(
         &self,
         id: &str,
         from: Option<i64>,
         to: Option<i64>,
+        hourly_from: i64,
     ) -> impl Future<Output = Result<Vec<UsageRow>>> + Send;
     /// Usage summed by bucket, key and route.
     fn usage_summary(
         &self,
         q: &UsageQuery<'_>,
     ) -> impl Future<Output = Result<UsageSummary>> + Send;
-    /// Rolls hourly rows before `hours_before` into daily rows; deletes daily rows before
-    /// `days_before` (both day starts).
-    fn roll_up_usage(
+    /// Deletes hourly rows before `hours_before` and daily rows before `days_before`.
+    fn prune_usage(
         &self,
         hours_before: i64,
         days_before: i64,
-    ) -> impl Future<Output = Result<RolledUp>> + Send;
+    ) -> impl Future<Output = Result<Pruned>> + Send;
 }

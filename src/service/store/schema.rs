@@ -20,14 +20,6 @@ impl Backend {
         }
     }
 
-    /// Serialises usage roll-ups between replicas.
-    pub(super) fn rollup_lock(self) -> Option<&'static str> {
-        match self {
-            Backend::Sqlite => None,
-            Backend::Postgres => Some("SELECT pg_advisory_xact_lock(7061766180)"),
-        }
-    }
-
     /// Serialises schema migrations between replicas starting at once.
     pub(super) fn migration_lock(self) -> Option<&'static str> {
         match self {
@@ -113,8 +105,8 @@ const MIGRATIONS: &[&[&str]] = &[
         session_sha256 TEXT UNIQUE,
         session_expires_at BIGINT
     )"],
-    // 6: usage by route (SPEC §8), hourly and rolled into days (see store/usage.rs); the
-    // hourly rows so far become route "-".
+    // 6: usage by route (SPEC §8), by the hour and by the day (see store/usage.rs); the
+    // hourly rows so far become route "-", and their days.
     &[
         "CREATE TABLE usage_by_hour (
         key_id TEXT NOT NULL,
@@ -127,7 +119,6 @@ const MIGRATIONS: &[&[&str]] = &[
         "CREATE INDEX usage_by_hour_time ON usage_by_hour (hour)",
         "INSERT INTO usage_by_hour (key_id, hour, route, decision, n) \
          SELECT key_id, hour, '-', decision, n FROM usage_hours",
-        "DROP TABLE usage_hours",
         "CREATE TABLE usage_by_day (
         key_id TEXT NOT NULL,
         day BIGINT NOT NULL,
@@ -137,6 +128,10 @@ const MIGRATIONS: &[&[&str]] = &[
         PRIMARY KEY (key_id, day, route, decision)
     )",
         "CREATE INDEX usage_by_day_time ON usage_by_day (day)",
+        "INSERT INTO usage_by_day (key_id, day, route, decision, n) \
+         SELECT key_id, hour - hour % 86400, '-', decision, CAST(SUM(n) AS BIGINT) FROM usage_hours \
+         GROUP BY key_id, hour - hour % 86400, decision",
+        "DROP TABLE usage_hours",
     ],
 ];
 

@@ -4,8 +4,8 @@ use super::schema::{ensure_epoch, migrate, Backend};
 use super::usage;
 use super::{audit, portal};
 use super::{
-    Actor, AuditQuery, AuditRecord, Feed, KeyCursor, OpenedPortal, PortalSession, Recorded, Result,
-    Rolled, RolledUp, Store, Updated, UsageQuery, UsageSummary,
+    Actor, AuditQuery, AuditRecord, Feed, KeyCursor, OpenedPortal, PortalSession, Pruned, Recorded,
+    Result, Rolled, Store, Updated, UsageQuery, UsageSummary,
 };
 use crate::service::model::{StoredKey, UsageEntry, UsageRow};
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -451,15 +451,21 @@ impl Store for SqlStore {
         usage::record(&self.pool, report_id, entries, now).await
     }
 
-    async fn usage(&self, id: &str, from: Option<i64>, to: Option<i64>) -> Result<Vec<UsageRow>> {
-        usage::of_key(&self.pool, self.backend, id, from, to).await
+    async fn usage(
+        &self,
+        id: &str,
+        from: Option<i64>,
+        to: Option<i64>,
+        hourly_from: i64,
+    ) -> Result<Vec<UsageRow>> {
+        usage::of_key(&self.pool, self.backend, id, from, to, hourly_from).await
     }
 
     async fn usage_summary(&self, q: &UsageQuery<'_>) -> Result<UsageSummary> {
         usage::summary(&self.pool, self.backend, q).await
     }
 
-    async fn roll_up_usage(&self, hours_before: i64, days_before: i64) -> Result<RolledUp> {
-        usage::roll_up(&self.pool, self.backend, hours_before, days_before).await
+    async fn prune_usage(&self, hours_before: i64, days_before: i64) -> Result<Pruned> {
+        usage::prune(&self.pool, hours_before, days_before).await
     }
 }

@@ -1,14 +1,17 @@
-//! Usage's statements (SPEC §7, §8): reports counted once per id into hourly rows per key,
-//! route and decision; hourly rows older than the retention rolled into daily rows; the
-//! per-key history and the summary (`/v1/usage`) read from both.
+//! Usage's statements (SPEC §7, §8): a report, counted once per id, adds to an hourly row and a
+//! daily row per key, route and decision; the retention deletes hourly rows after
+//! `--usage-hourly-days` and daily rows after `--usage-daily-days`. Summaries by the day read the
+//! daily rows only (a busy key has 24 times fewer); by the hour, the hourly rows.
 //!
 //! Tables (migration 6): `usage_by_hour (key_id, hour, route, decision, n)` and
 //! `usage_by_day (key_id, day, route, decision, n)`, each keyed in that order (a key's rows
 //! together: the per-key call and a tenant's keys read a range of the primary key) with an
-//! index on the time (a summary of every tenant reads a time range).
+//! index on the time (a summary of every tenant reads a time range). Writing both costs a
+//! report a second upsert per row, and spares every roll-up (no row is ever moved, so none can be
+//! counted twice by replicas pruning at once).
 
 use super::schema::Backend;
-use super::{Recorded, Result, RolledUp, StoreError, UsageQuery, UsageSummary};
+use super::{Pruned, Recorded, Result, StoreError, UsageQuery, UsageSummary};
 use crate::service::model::{hour_of, UsageEntry, UsageRow};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AnyPool, Row};
@@ -127,19 +130,27 @@ pub(super) async fn record(
             *slot = (*slot).max(t);
         }
     }
-    let counts: Vec<_> = counts.into_iter().collect();
-    for chunk in counts.chunks(ROWS_PER_STATEMENT) {
-        let sql = upsert("usage_by_hour", "hour", chunk.len());
-        let mut q = sqlx::query(&sql);
-        for ((id, hour, route, decision), n) in chunk {
-            q = q
-                .bind(*id)
-                .bind(*hour)
-                .bind(*route)
-                .bind(*decision)
-                .bind(*n);
+    for (table, time, span) in [
+        ("usage_by_hour", "hour", 3600),
+        ("usage_by_day", "day", DAY),
+    ] {
+        // By the day, the rows of one day are summed first (one upsert per row).
+        let mut rows: BTreeMap<(&str, i64, &str, &str), i64> = BTreeMap::new();
+        for ((id, hour, route, decision), n) in &counts {
+            let slot = rows
+                .entry((*id, hour - hour.rem_euclid(span), *route, *decision))
+                .or_default();
+            *slot = slot.saturating_add(*n);
         }
-        q.execute(&mut *tx).await?;
+        let rows: Vec<_> = rows.into_iter().collect();
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let sql = upsert(table, time, chunk.len());
+            let mut q = sqlx::query(&sql);
+            for ((id, t, route, decision), n) in chunk {
+                q = q.bind(*id).bind(*t).bind(*route).bind(*decision).bind(*n);
+            }
+            q.execute(&mut *tx).await?;
+        }
     }
     let last_used: Vec<_> = last_used.into_iter().collect();
     for chunk in last_used.chunks(ROWS_PER_STATEMENT) {
@@ -162,14 +173,15 @@ pub(super) async fn record(
     Ok(Recorded::Counted { dropped })
 }
 
-/// A key's rows in `[from, to)`, summed over routes: hourly rows, then the daily rows of days
-/// rolled up (each marked `day`).
+/// A key's rows that overlap `[from, to)`, summed over routes: hourly rows from `hourly_from`
+/// (the first day kept by the hour), then daily rows of the days before it (each marked `day`).
 pub(super) async fn of_key(
     pool: &AnyPool,
     backend: Backend,
     id: &str,
     from: Option<i64>,
     to: Option<i64>,
+    hourly_from: i64,
 ) -> Result<Vec<UsageRow>> {
     let sum = sum_n(backend);
     let mut out = Vec::new();
@@ -177,18 +189,21 @@ pub(super) async fn of_key(
     if let Some(stmt) = backend.snapshot_read() {
         sqlx::query(stmt).execute(&mut *tx).await?;
     }
-    for (table, time, day, start) in [
+    let to = to.unwrap_or(i64::MAX);
+    for (table, time, day, start, end) in [
         (
             "usage_by_hour",
             "hour",
             false,
-            from.map_or(i64::MIN, hour_of),
+            from.map_or(hourly_from, |f| hour_of(f).max(hourly_from)),
+            to,
         ),
         (
             "usage_by_day",
             "day",
             true,
             from.map_or(i64::MIN, |f| f.div_euclid(DAY) * DAY),
+            to.min(hourly_from),
         ),
     ] {
         let rows = sqlx::query(&format!(
@@ -197,7 +212,7 @@ pub(super) async fn of_key(
         ))
         .bind(id)
         .bind(start)
-        .bind(to.unwrap_or(i64::MAX))
+        .bind(end)
         .fetch_all(&mut *tx)
         .await?;
         for r in &rows {
@@ -230,8 +245,8 @@ fn filter(q: &UsageQuery<'_>, time: &str) -> (String, String) {
     (from, cond)
 }
 
-/// The summary of SPEC §7's `GET /v1/usage`: counts by time bucket, by key and by route.
-/// Buckets are hours, or days (hourly rows summed by their day, and the daily rows).
+/// The summary of SPEC §7's `GET /v1/usage`: counts by time bucket, by key and by route, from
+/// the hourly or the daily rows.
 pub(super) async fn summary(
     pool: &AnyPool,
     backend: Backend,
@@ -243,37 +258,37 @@ pub(super) async fn summary(
     if let Some(stmt) = backend.snapshot_read() {
         sqlx::query(stmt).execute(&mut *tx).await?;
     }
-    let mut tables = vec![("usage_by_hour", "hour")];
-    if q.by_day {
-        tables.push(("usage_by_day", "day"));
-    }
-    for (table, time) in tables {
-        let (join, cond) = filter(q, time);
-        let bucket = if q.by_day && time == "hour" {
-            format!("(u.hour - u.hour % {DAY})")
-        } else {
-            format!("u.{time}")
-        };
-        for (group, into) in [(bucket.as_str(), 0usize), ("u.key_id", 1), ("u.route", 2)] {
-            let sql = format!(
-                "SELECT {group} AS g, u.decision AS decision, {sum} AS n FROM {table} u{join} \
-                 WHERE {cond} GROUP BY {group}, u.decision"
-            );
-            let mut query = sqlx::query(&sql).bind(q.from).bind(q.to);
-            if let Some(t) = q.tenant {
-                query = query.bind(t);
-            }
-            if let Some(k) = q.key {
-                query = query.bind(k);
-            }
-            for r in query.fetch_all(&mut *tx).await? {
-                let decision: String = r.try_get("decision")?;
-                let n = count(&r, "n")?;
-                match into {
-                    0 => out.add_series(r.try_get("g")?, decision, n),
-                    1 => out.add_key(r.try_get("g")?, decision, n),
-                    _ => out.add_route(r.try_get("g")?, decision, n),
-                }
+    let (table, time) = if q.by_day {
+        ("usage_by_day", "day")
+    } else {
+        ("usage_by_hour", "hour")
+    };
+    let (join, cond) = filter(q, time);
+    // Two scans of the range: by bucket and route (the series and by_route both sum it; routes
+    // are the configuration's, so this is small), and by key.
+    for (group, by_key) in [
+        (format!("u.{time}, u.route"), false),
+        ("u.key_id".to_string(), true),
+    ] {
+        let sql = format!(
+            "SELECT {group}, u.decision AS decision, {sum} AS n FROM {table} u{join} \
+             WHERE {cond} GROUP BY {group}, u.decision"
+        );
+        let mut query = sqlx::query(&sql).bind(q.from).bind(q.to);
+        if let Some(t) = q.tenant {
+            query = query.bind(t);
+        }
+        if let Some(k) = q.key {
+            query = query.bind(k);
+        }
+        for r in query.fetch_all(&mut *tx).await? {
+            let decision: String = r.try_get("decision")?;
+            let n = count(&r, "n")?;
+            if by_key {
+                out.add_key(r.try_get("key_id")?, decision, n);
+            } else {
+                out.add_series(r.try_get(time)?, decision.clone(), n);
+                out.add_route(r.try_get("route")?, decision, n);
             }
         }
     }
@@ -281,47 +296,9 @@ pub(super) async fn summary(
     Ok(out)
 }
 
-/// Rolls hourly rows of days before `hours_before` (a day's start) into daily rows and
-/// deletes daily rows of days before `days_before`. Replicas may run it at once: on
-/// PostgreSQL a transaction lock lets one at a time in, and each reads what the previous one
-/// left (a row is never rolled twice).
-pub(super) async fn roll_up(
-    pool: &AnyPool,
-    backend: Backend,
-    hours_before: i64,
-    days_before: i64,
-) -> Result<RolledUp> {
+/// Deletes hourly rows before `hours_before` and daily rows before `days_before`.
+pub(super) async fn prune(pool: &AnyPool, hours_before: i64, days_before: i64) -> Result<Pruned> {
     let mut tx = pool.begin().await?;
-    if let Some(lock) = backend.rollup_lock() {
-        sqlx::query(lock).execute(&mut *tx).await?;
-    }
-    let sum = sum_n(backend);
-    // Summed in the database, written back through the same saturating upsert the reports use.
-    let rows = sqlx::query(&format!(
-        "SELECT key_id, hour - hour % {DAY} AS day, route, decision, {sum} AS n FROM usage_by_hour \
-         WHERE hour < $1 GROUP BY key_id, hour - hour % {DAY}, route, decision"
-    ))
-    .bind(hours_before)
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut rolled = Vec::with_capacity(rows.len());
-    for r in &rows {
-        rolled.push((
-            r.try_get::<String, _>("key_id")?,
-            r.try_get::<i64, _>("day")?,
-            r.try_get::<String, _>("route")?,
-            r.try_get::<String, _>("decision")?,
-            count(r, "n")?,
-        ));
-    }
-    for chunk in rolled.chunks(ROWS_PER_STATEMENT) {
-        let sql = upsert("usage_by_day", "day", chunk.len());
-        let mut q = sqlx::query(&sql);
-        for (id, day, route, decision, n) in chunk {
-            q = q.bind(id).bind(*day).bind(route).bind(decision).bind(*n);
-        }
-        q.execute(&mut *tx).await?;
-    }
     let hours = sqlx::query("DELETE FROM usage_by_hour WHERE hour < $1")
         .bind(hours_before)
         .execute(&mut *tx)
@@ -333,8 +310,8 @@ pub(super) async fn roll_up(
         .await?
         .rows_affected();
     tx.commit().await.map_err(StoreError::from)?;
-    Ok(RolledUp {
-        hourly_rows_rolled: hours,
+    Ok(Pruned {
+        hourly_rows_deleted: hours,
         daily_rows_deleted: days,
     })
 }
