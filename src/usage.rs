@@ -28,8 +28,11 @@ pub const MAX_ROUTES: usize = 1024;
 pub const MAX_KEY_ROUTES: usize = 64;
 /// The route of a request whose route has no name (or no route).
 pub const UNNAMED_ROUTE: &str = "-";
-/// Where requests go once a VM or a key has as many routes as it keeps.
+/// Where requests go once a VM or a key has as many routes as it keeps (and those of a route
+/// whose name a key service would refuse).
 pub const OTHER_ROUTE: &str = "(other)";
+/// The longest route name reported (bytes); a key service refuses longer ones.
+pub const MAX_ROUTE_NAME: usize = 256;
 
 const N: usize = Decision::ALL.len();
 
@@ -66,7 +69,8 @@ impl Routes {
         if let Some(n) = self.numbers.get(name) {
             return *n;
         }
-        if self.names.len() >= MAX_ROUTES {
+        // A name the key service would refuse would make every report refused: "(other)".
+        if self.names.len() >= MAX_ROUTES || name.len() > MAX_ROUTE_NAME || name.contains('\0') {
             return 1;
         }
         let n = self.names.len() as u16;
@@ -115,12 +119,10 @@ fn count(c: &mut Counts, decision: Decision, route: u16, key_id: &str, fresh: &m
     let at = match c.routes.iter().position(|(r, _)| *r == route) {
         Some(at) => at,
         None => {
-            // Past the key's share of routes, into "(other)" (which it may already have).
-            let route = if c.routes.len() + 1 >= MAX_KEY_ROUTES {
-                1
-            } else {
-                route
-            };
+            // Past the key's share of routes, into "(other)" (a slot is kept for it).
+            let has_other = c.routes.iter().any(|(r, _)| *r == 1);
+            let room = MAX_KEY_ROUTES - usize::from(!has_other);
+            let route = if c.routes.len() >= room { 1 } else { route };
             match c.routes.iter().position(|(r, _)| *r == route) {
                 Some(at) => at,
                 None => {
@@ -477,9 +479,17 @@ mod tests {
     #[test]
     fn routes_are_bounded_per_key_and_per_vm() {
         let mut l = UsageLedger::new("vm".into());
+        // Names a key service would refuse count as "(other)".
+        l.record("k", Decision::Allowed, &"x".repeat(MAX_ROUTE_NAME + 1));
+        l.record("k", Decision::Allowed, "nul\0");
         for i in 0..MAX_KEY_ROUTES + 10 {
             l.record("k", Decision::Allowed, &format!("route{i}"));
         }
+        assert!(!l
+            .routes
+            .numbers
+            .keys()
+            .any(|n| n.len() > MAX_ROUTE_NAME || n.contains('\0')));
         // More names than a VM keeps: the rest count as "(other)" for every key.
         for i in 0..MAX_ROUTES + 10 {
             l.record("j", Decision::Allowed, &format!("name{i}"));
@@ -491,7 +501,7 @@ mod tests {
             assert_eq!(routes.len(), MAX_KEY_ROUTES);
             let sum: u64 = routes.iter().map(|r| r["requests"].as_u64().unwrap()).sum();
             assert_eq!(sum, entry["requests"].as_u64().unwrap(), "routes add up");
-            assert_eq!(routes.last().unwrap()["route"], json!(OTHER_ROUTE));
+            assert!(routes.iter().any(|r| r["route"] == json!(OTHER_ROUTE)));
         }
     }
 

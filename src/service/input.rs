@@ -401,8 +401,8 @@ const MAX_ENTRY_FIELDS: usize = 16;
 const MAX_ENTRY_ROUTES: usize = 64;
 /// Values kept of one entry, whatever its shape.
 const ENTRY_BUDGET: usize = 4096;
-/// The longest route name kept.
-const MAX_ROUTE_NAME: usize = 256;
+/// The longest route name kept (the filter sends longer ones as `(other)`).
+use crate::usage::MAX_ROUTE_NAME;
 
 enum Small {
     Value(json::Value),

@@ -163,9 +163,6 @@ pub fn summary_answer(range: &Range, s: &UsageSummary) -> views::UsageSummary {
             allowed: t.allowed,
             rejected: t.rejected,
         }),
-        from: crate::timestamp::format_rfc3339(range.from),
-        to: crate::timestamp::format_rfc3339(range.to),
-        granularity: if range.by_day { "day" } else { "hour" }.into(),
     }
 }
 

@@ -100,7 +100,9 @@ pub struct KeyUsage {
     pub total: Totals,
     /// Hours with requests, oldest first.
     pub hours: Vec<Bucket>,
-    /// Days older than the hourly retention (their hours rolled up), oldest first.
+    /// Days older than the hourly retention (kept by the day only), oldest first; absent when
+    /// there are none (the answer is then SPEC §7's exactly).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub days: Vec<Bucket>,
 }
 
@@ -132,11 +134,6 @@ pub struct UsageSummary {
     pub by_key: Vec<KeyShare>,
     /// Most requests first.
     pub by_route: Vec<RouteShare>,
-    /// The range covered (aligned to whole buckets).
-    pub from: String,
-    pub to: String,
-    #[schema(example = "day")]
-    pub granularity: String,
 }
 
 /// Who made a change.
