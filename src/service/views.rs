@@ -1,13 +1,14 @@
 //! The admin API's answers and bodies as types: each answer is serialised from these, and the
 //! OpenAPI document (`GET /openapi.json`, [`super::openapi`]) is derived from the same types, so
-//! the two cannot drift apart. Fields are in SPEC §7's order.
+//! the two cannot drift apart; the CLI (`keygate keys`) reads the answers into them. Fields are
+//! in SPEC §7's order.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
 /// `{"success": true, "data": …}`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Envelope<T> {
     /// Always `true`.
     pub success: bool,
@@ -15,16 +16,18 @@ pub struct Envelope<T> {
 }
 
 /// `{"success": true, "data": [...], "next_cursor": …}`: one page of a list.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Page<T> {
     pub success: bool,
     pub data: Vec<T>,
-    /// Given back as `cursor` for the next page; `null` on the last page.
+    /// Given back as `cursor` for the next page; `null` on the last page (absent from an
+    /// unpaged list).
+    #[serde(default)]
     pub next_cursor: Option<String>,
 }
 
 /// Every error: `code` names the kind, `error` the problem (for a 400, the field's path first).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     /// Always `false`.
     pub success: bool,
@@ -35,7 +38,7 @@ pub struct ErrorBody {
 }
 
 /// A message without data (a revocation).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Done {
     pub success: bool,
     #[schema(example = "API key revoked successfully")]
@@ -43,7 +46,7 @@ pub struct Done {
 }
 
 /// A key as listed: never its key or digest. Times are RFC 3339 UTC, `null` when unset.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Key {
     pub id: String,
     pub name: Option<String>,
@@ -60,7 +63,7 @@ pub struct Key {
 }
 
 /// A key just created or rolled: the only answer that ever holds the plaintext key.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CreatedKey {
     pub id: String,
     /// The new key (its prefix and at least 128 random bits): shown once.
@@ -75,7 +78,7 @@ pub struct CreatedKey {
 }
 
 /// Requests, allowed, and rejections as one number (a total).
-#[derive(Debug, Default, Clone, Serialize, ToSchema)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Totals {
     pub requests: i64,
     pub allowed: i64,
@@ -83,7 +86,7 @@ pub struct Totals {
 }
 
 /// One hour or day: rejections by the filter's decision.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Bucket {
     /// The bucket's start, RFC 3339 UTC.
     pub start: String,
@@ -94,7 +97,7 @@ pub struct Bucket {
 }
 
 /// `GET /v1/api-keys/{id}/usage`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct KeyUsage {
     pub id: String,
     pub total: Totals,
@@ -102,12 +105,12 @@ pub struct KeyUsage {
     pub hours: Vec<Bucket>,
     /// Days older than the hourly retention (kept by the day only), oldest first; absent when
     /// there are none (the answer is then SPEC §7's exactly).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub days: Vec<Bucket>,
 }
 
 /// One key's share of a usage summary.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct KeyShare {
     pub id: String,
     pub requests: i64,
@@ -116,7 +119,7 @@ pub struct KeyShare {
 }
 
 /// One Envoy route's share of a usage summary (`-`: a route without a name).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RouteShare {
     pub route: String,
     pub requests: i64,
@@ -125,7 +128,7 @@ pub struct RouteShare {
 }
 
 /// `GET /v1/usage`: `total` equals the sum of `series`, of `by_key` and of `by_route`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct UsageSummary {
     pub total: Totals,
     /// Every hour or day of the range, none missing.
@@ -137,7 +140,7 @@ pub struct UsageSummary {
 }
 
 /// Who made a change.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AuditActor {
     /// `admin`, `key` (a tenant admin key) or `portal` (a portal session).
     #[serde(rename = "type")]
@@ -147,7 +150,7 @@ pub struct AuditActor {
 }
 
 /// One audit-log entry (never a key, digest, token or code).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AuditEntry {
     pub time: String,
     pub actor: AuditActor,
@@ -159,7 +162,7 @@ pub struct AuditEntry {
 }
 
 /// A portal session just created: `url` opens it once, before `expires_at`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct PortalSession {
     pub id: String,
     pub url: String,

@@ -1,8 +1,25 @@
 //! `keygate keys …`: the key service's client (SPEC §5, §7). Tables for people, `--json` for
 //! scripts; the admin token comes from `KEYGATE_ADMIN_TOKEN`, never from an argument.
 
+use keygate::service::views::{AuditEntry, CreatedKey, Done, Envelope, Key, KeyUsage, Page};
+use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
+
+/// An answer read into the service's own answer types (a field missing or of another type is
+/// an error, never a silent "-").
+fn typed<T: DeserializeOwned>(answer: Value, what: &str) -> Result<T, String> {
+    serde_json::from_value(answer)
+        .map_err(|e| format!("the key service's answer to {what} is not the documented one: {e}"))
+}
+
+fn json_text(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+fn or_dash(v: &Option<String>) -> String {
+    v.clone().unwrap_or_else(|| "-".into())
+}
 
 /// A call's outcome: the answer's JSON, or a message for stderr.
 fn call(server: &str, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
@@ -62,14 +79,6 @@ fn enc(s: &str) -> String {
             }
         })
         .collect()
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
 }
 
 /// Prints rows as a left-aligned table.
@@ -135,26 +144,27 @@ fn rate_limit(s: &str) -> Result<Value, String> {
     Ok(json!({"requests": n, "per": per}))
 }
 
-fn print_created(answer: &Value, as_json: bool) {
-    let data = &answer["data"];
+fn print_created(answer: Value, as_json: bool) -> Result<(), String> {
+    let k = typed::<Envelope<CreatedKey>>(answer, "a create")?.data;
     if as_json {
-        println!("{data}");
-        return;
+        println!("{}", json_text(&k));
+        return Ok(());
     }
     eprintln!("keygate: this key is shown once; store it now. The service keeps only its SHA-256.");
-    println!("{}", text(&data["key"]));
-    for field in [
-        "id",
-        "name",
-        "prefix",
-        "environment",
-        "tenant",
-        "role",
-        "created_at",
-        "expires_at",
+    println!("{}", k.key);
+    for (field, value) in [
+        ("id", Some(k.id)),
+        ("name", k.name),
+        ("prefix", Some(k.prefix)),
+        ("environment", k.environment),
+        ("tenant", k.tenant),
+        ("role", k.role),
+        ("created_at", Some(k.created_at)),
+        ("expires_at", k.expires_at),
     ] {
-        eprintln!("  {field:<12} {}", text(&data[field]));
+        eprintln!("  {field:<12} {}", or_dash(&value));
     }
+    Ok(())
 }
 
 pub fn create(server: &str, k: NewKey, as_json: bool) -> Result<(), String> {
@@ -186,8 +196,7 @@ pub fn create(server: &str, k: NewKey, as_json: bool) -> Result<(), String> {
         }
     }
     let answer = call(server, "POST", "/v1/api-keys", Some(&Value::Object(body)))?;
-    print_created(&answer, as_json);
-    Ok(())
+    print_created(answer, as_json)
 }
 
 pub fn list(server: &str, tenant: Option<&str>, as_json: bool) -> Result<(), String> {
@@ -195,35 +204,25 @@ pub fn list(server: &str, tenant: Option<&str>, as_json: bool) -> Result<(), Str
         Some(t) => format!("/v1/api-keys?tenant={}", enc(t)),
         None => "/v1/api-keys".into(),
     };
-    let answer = call(server, "GET", &path, None)?;
-    let keys = answer["data"].as_array().cloned().unwrap_or_default();
+    let keys = typed::<Envelope<Vec<Key>>>(call(server, "GET", &path, None)?, "a list")?.data;
     if as_json {
-        println!("{}", Value::Array(keys));
+        println!("{}", json_text(&keys));
         return Ok(());
     }
     let rows: Vec<Vec<String>> = keys
-        .iter()
+        .into_iter()
         .map(|k| {
-            let state = if k["revoked"] == json!(true) {
-                "revoked"
-            } else {
-                "active"
-            };
-            let mut row: Vec<String> = [
-                "id",
-                "name",
-                "environment",
-                "tenant",
-                "role",
-                "created_at",
-                "last_used",
-                "expires_at",
+            vec![
+                k.id,
+                or_dash(&k.name),
+                or_dash(&k.environment),
+                or_dash(&k.tenant),
+                or_dash(&k.role),
+                k.created_at,
+                or_dash(&k.last_used),
+                or_dash(&k.expires_at),
+                if k.revoked { "revoked" } else { "active" }.into(),
             ]
-            .iter()
-            .map(|f| text(&k[*f]))
-            .collect();
-            row.push(state.into());
-            row
         })
         .collect();
     table(
@@ -245,10 +244,11 @@ pub fn list(server: &str, tenant: Option<&str>, as_json: bool) -> Result<(), Str
 
 pub fn revoke(server: &str, id: &str, as_json: bool) -> Result<(), String> {
     let answer = call(server, "DELETE", &format!("/v1/api-keys/{}", enc(id)), None)?;
+    let done: Done = typed(answer, "a revocation")?;
     if as_json {
-        println!("{answer}");
+        println!("{}", json_text(&done));
     } else {
-        println!("{id}: {}", text(&answer["message"]));
+        println!("{id}: {}", done.message);
     }
     Ok(())
 }
@@ -269,7 +269,7 @@ pub fn roll(
         &format!("/v1/api-keys/{}/roll", enc(id)),
         Some(&body),
     )?;
-    print_created(&answer, as_json);
+    print_created(answer, as_json)?;
     if !as_json {
         eprintln!("  {id} keeps working until its grace period ends, then expires");
     }
@@ -301,41 +301,33 @@ pub fn usage(
         &format!("/v1/api-keys/{}/usage{q}", enc(id)),
         None,
     )?;
-    let data = &answer["data"];
+    let usage = typed::<Envelope<KeyUsage>>(answer, "a usage query")?.data;
     if as_json {
-        println!("{data}");
+        println!("{}", json_text(&usage));
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = data["hours"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+    // Days past the hourly retention first (they are older), then hours.
+    let rows: Vec<Vec<String>> = usage
+        .days
         .iter()
-        .map(|h| {
-            let rejected = h["rejected"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(d, n)| format!("{d}={n}"))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                })
-                .unwrap_or_default();
+        .map(|d| (d, " (day)"))
+        .chain(usage.hours.iter().map(|h| (h, "")))
+        .map(|(b, span)| {
+            let rejected: Vec<String> =
+                b.rejected.iter().map(|(d, n)| format!("{d}={n}")).collect();
             vec![
-                text(&h["start"]),
-                text(&h["requests"]),
-                text(&h["allowed"]),
-                rejected,
+                format!("{}{span}", b.start),
+                b.requests.to_string(),
+                b.allowed.to_string(),
+                rejected.join(" "),
             ]
         })
         .collect();
     table(&["HOUR", "REQUESTS", "ALLOWED", "REJECTED"], &rows);
-    let t = &data["total"];
+    let t = &usage.total;
     println!(
         "total: {} requests, {} allowed, {} rejected",
-        text(&t["requests"]),
-        text(&t["allowed"]),
-        text(&t["rejected"])
+        t.requests, t.allowed, t.rejected
     );
     Ok(())
 }
@@ -400,16 +392,16 @@ pub fn update(server: &str, u: Update, as_json: bool) -> Result<(), String> {
         &format!("/v1/api-keys/{}", enc(&u.id)),
         Some(&Value::Object(body)),
     )?;
+    let k = typed::<Envelope<Key>>(answer, "an edit")?.data;
     if as_json {
-        println!("{}", answer["data"]);
+        println!("{}", json_text(&k));
     } else {
-        let k = &answer["data"];
         println!(
             "{}: updated (name {}, role {}, expires {})",
-            text(&k["id"]),
-            text(&k["name"]),
-            text(&k["role"]),
-            text(&k["expires_at"])
+            k.id,
+            or_dash(&k.name),
+            or_dash(&k.role),
+            or_dash(&k.expires_at)
         );
     }
     Ok(())
@@ -452,25 +444,25 @@ pub fn audit(server: &str, a: Audit, as_json: bool) -> Result<(), String> {
         &format!("/v1/audit-log?{}", query.join("&")),
         None,
     )?;
-    let entries = answer["data"].as_array().cloned().unwrap_or_default();
+    let entries = typed::<Page<AuditEntry>>(answer, "an audit-log query")?.data;
     if as_json {
-        println!("{}", Value::Array(entries));
+        println!("{}", json_text(&entries));
         return Ok(());
     }
     let rows: Vec<Vec<String>> = entries
-        .iter()
+        .into_iter()
         .map(|e| {
-            let actor = match e["actor"]["id"].as_str() {
-                Some(id) => format!("{}:{id}", text(&e["actor"]["type"])),
-                None => text(&e["actor"]["type"]),
+            let actor = match &e.actor.id {
+                Some(id) => format!("{}:{id}", e.actor.kind),
+                None => e.actor.kind.clone(),
             };
             vec![
-                text(&e["time"]),
+                e.time,
                 actor,
-                text(&e["action"]),
-                text(&e["key_id"]),
-                text(&e["tenant"]),
-                text(&e["ip"]),
+                e.action,
+                or_dash(&e.key_id),
+                or_dash(&e.tenant),
+                or_dash(&e.ip),
             ]
         })
         .collect();
