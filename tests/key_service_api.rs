@@ -570,7 +570,7 @@ fn postgres_every_call_and_error() {
     let keys = exercise_api(&s);
     let dump = pg.psql(
         "keygate_api",
-        "SELECT * FROM api_keys; SELECT * FROM usage_hours;",
+        "SELECT * FROM api_keys; SELECT * FROM usage_by_hour; SELECT * FROM usage_by_day; SELECT * FROM audit_log;",
     );
     assert!(dump.contains("key_full"), "{dump}");
     for k in &keys {

@@ -297,7 +297,7 @@ pub fn read_report(body: &[u8], now: i64) -> Result<(String, Vec<UsageEntry>), S
     let mut seen: Vec<String> = Vec::new();
     let mut first = true;
     if !p.next_is(b'{').map_err(syntax)? {
-        let v = small_value(&mut p, 0, &mut 0).map_err(syntax)?;
+        let v = small_value(&mut p, 0, &mut 0, false).map_err(syntax)?;
         p.end().map_err(syntax)?;
         return Err(format!("$: expected an object, found {}", kind(&v)));
     }
@@ -307,7 +307,7 @@ pub fn read_report(body: &[u8], now: i64) -> Result<(String, Vec<UsageEntry>), S
         }
         seen.push(name.to_string());
         match &*name {
-            "report_id" => report_id = Some(small_value(&mut p, 0, &mut 0).map_err(syntax)?),
+            "report_id" => report_id = Some(small_value(&mut p, 0, &mut 0, false).map_err(syntax)?),
             "keys" if p.next_is(b'[').map_err(syntax)? => {
                 saw_keys = true;
                 let (mut first_item, mut items) = (true, 0usize);
@@ -321,7 +321,7 @@ pub fn read_report(body: &[u8], now: i64) -> Result<(String, Vec<UsageEntry>), S
                         continue;
                     }
                     let path = index("$.keys", items - 1);
-                    match small_value(&mut p, 4, &mut ENTRY_BUDGET.clone()).map_err(syntax)? {
+                    match small_value(&mut p, 4, &mut ENTRY_BUDGET.clone(), false).map_err(syntax)? {
                         Small::Value(item) => {
                             if let Some(e) = read_entry(&path, &item, now, &mut errors.entries) {
                                 entries.push(e);
@@ -335,7 +335,7 @@ pub fn read_report(body: &[u8], now: i64) -> Result<(String, Vec<UsageEntry>), S
             }
             "keys" => {
                 saw_keys = true;
-                let v = small_value(&mut p, 0, &mut 0).map_err(syntax)?;
+                let v = small_value(&mut p, 0, &mut 0, false).map_err(syntax)?;
                 errors
                     .top
                     .push("$.keys", format!("expected an array, found {}", kind(&v)));
@@ -417,18 +417,20 @@ impl From<json::Value> for Small {
 
 /// The next value, kept only as deep as the schema goes: at `depth` 0 a scalar (a container is
 /// skipped, nothing kept, and stands as an empty one so its reader names the wrong type); deeper,
-/// an object of at most [`MAX_ENTRY_FIELDS`] fields or an array of at most [`MAX_ENTRY_ROUTES`]
-/// items, one level shallower. `budget` bounds the values kept for one entry.
+/// an object of at most [`MAX_ENTRY_FIELDS`] fields, or (for a field named `routes`, the one array
+/// of the schema) an array of at most [`MAX_ENTRY_ROUTES`] items, one level shallower; any other
+/// array is skipped. `budget` bounds the values kept for one entry.
 fn small_value(
     p: &mut json::Parser,
     depth: u8,
     budget: &mut usize,
+    array_kept: bool,
 ) -> Result<Small, json::SyntaxError> {
     let open_array = p.next_is(b'[')?;
     if !open_array && !p.next_is(b'{')? {
         return Ok(p.value()?.into());
     }
-    if depth == 0 {
+    if depth == 0 || (open_array && !array_kept) {
         p.skip()?;
         return Ok(if open_array {
             json::Value::Array(Vec::new())
@@ -449,7 +451,7 @@ fn small_value(
                 }
                 return Ok(Small::TooMany);
             }
-            match small_value(p, depth - 1, budget)? {
+            match small_value(p, depth - 1, budget, false)? {
                 Small::Value(v) => items.push(v),
                 Small::TooMany => {
                     while p.next_item(&mut first)? {
@@ -475,7 +477,8 @@ fn small_value(
             }
             return Ok(Small::TooMany);
         }
-        match small_value(p, depth - 1, budget)? {
+        let array_kept = &*name == "routes";
+        match small_value(p, depth - 1, budget, array_kept)? {
             Small::Value(v) => fields.push((name, v)),
             Small::TooMany => {
                 while p.next_field(&mut first)?.is_some() {

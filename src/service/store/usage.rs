@@ -36,11 +36,12 @@ pub(super) fn placeholders(rows: usize, width: usize) -> String {
         .join(", ")
 }
 
-/// `SUM(n)` as a BIGINT on both databases (PostgreSQL's sum of bigints is a numeric; it is
-/// capped at the largest count, as stored counts are).
+/// The sum of counts in a summary, never an error: PostgreSQL's sum of bigints is a numeric,
+/// capped at the largest count (as stored counts are); SQLite's `SUM` fails on overflow, so its
+/// `TOTAL` (a float: exact to 2^53 requests, then read as the nearest, capped) is used.
 fn sum_n(backend: Backend) -> &'static str {
     match backend {
-        Backend::Sqlite => "SUM(n)",
+        Backend::Sqlite => "TOTAL(n)",
         Backend::Postgres => "CAST(LEAST(SUM(n), 9223372036854775807) AS BIGINT)",
     }
 }
@@ -173,8 +174,9 @@ pub(super) async fn record(
     Ok(Recorded::Counted { dropped })
 }
 
-/// A key's rows that overlap `[from, to)`, summed over routes: hourly rows from `hourly_from`
-/// (the first day kept by the hour), then daily rows of the days before it (each marked `day`).
+/// A key's rows that overlap `[from, to)` (one per route: the answer sums them, saturating):
+/// hourly rows from `hourly_from` (the first day kept by the hour), then daily rows of the days
+/// before it (each marked `day`).
 pub(super) async fn of_key(
     pool: &AnyPool,
     backend: Backend,
@@ -183,7 +185,6 @@ pub(super) async fn of_key(
     to: Option<i64>,
     hourly_from: i64,
 ) -> Result<Vec<UsageRow>> {
-    let sum = sum_n(backend);
     let mut out = Vec::new();
     let mut tx = pool.begin().await?;
     if let Some(stmt) = backend.snapshot_read() {
@@ -207,8 +208,8 @@ pub(super) async fn of_key(
         ),
     ] {
         let rows = sqlx::query(&format!(
-            "SELECT {time} AS t, decision, {sum} AS n FROM {table} WHERE key_id = $1 \
-             AND {time} >= $2 AND {time} < $3 GROUP BY {time}, decision ORDER BY {time}, decision"
+            "SELECT {time} AS t, decision, n FROM {table} WHERE key_id = $1 \
+             AND {time} >= $2 AND {time} < $3 ORDER BY {time}, decision"
         ))
         .bind(id)
         .bind(start)
