@@ -3,15 +3,12 @@
 
 use super::answer::{data, json_response, page, ApiError};
 use super::auth::{Auth, Caller};
-use super::input::{
-    json_body, read_create, read_patch, read_report, read_roll, text_ok, CreateRequest,
-};
+use super::input::{json_body, read_report, read_roll, text_ok};
 use super::model::{feed_answer, usage_answer, StoredKey};
+use super::ops;
 use super::server::Peer;
-use super::store::{Actor, AuditQuery, Feed, KeyCursor, Recorded, Rolled, Store, Updated};
+use super::store::{Actor, AuditQuery, Feed, KeyCursor, Recorded, Store};
 use super::views::{AuditActor, AuditEntry, Done, Key};
-use crate::keys::digest_hex;
-use crate::mint;
 use crate::model::Gate;
 use crate::timestamp::parse_rfc3339;
 use axum::body::{to_bytes, Body};
@@ -140,34 +137,6 @@ pub(super) async fn body_json(body: Body, limit: usize) -> Result<Value, ApiErro
     json_body(&body_bytes(body, limit).await?).map_err(ApiError::BadRequest)
 }
 
-/// Mints a key for `request` and stores it.
-async fn mint_and_store<S: Store>(
-    app: &App<S>,
-    request: &CreateRequest,
-    id: Option<&str>,
-    store_it: impl AsyncFnOnce(&StoredKey) -> Result<(), ApiError>,
-) -> Result<Response, ApiError> {
-    let fail = |e: String| {
-        eprintln!("keygate serve: {e}");
-        ApiError::Unavailable
-    };
-    let id = match id {
-        Some(id) => id.to_string(),
-        None => format!("key_{}", mint::random_base62(20).map_err(fail)?),
-    };
-    if app.gate.keys.records().any(|k| k.id == id) {
-        return Err(ApiError::Conflict(
-            "An API key with this id exists in the plugin configuration".into(),
-        ));
-    }
-    let key = mint::new_key(&request.prefix, request.crc32).map_err(fail)?;
-    let stored = request
-        .stored(&id, &digest_hex(key.as_bytes()), &app.gate, now())
-        .map_err(ApiError::BadRequest)?;
-    store_it(&stored).await?;
-    Ok(data(StatusCode::CREATED, stored.created(&key, &app.gate)))
-}
-
 async fn create<S: Store>(
     State(ctx): State<Ctx<S>>,
     headers: HeaderMap,
@@ -177,28 +146,8 @@ async fn create<S: Store>(
     let caller = ctx.app.auth.admin(&headers, ctx.gateway)?;
     let actor = actor(&ctx, &headers, &caller, peer.map(|p| p.0));
     let body = body_json(body, ADMIN_BODY_LIMIT).await?;
-    let mut request = read_create(&body, &ctx.app.gate).map_err(ApiError::BadRequest)?;
-    if let Caller::Tenant(t) = &caller {
-        if request.tenant().is_some_and(|given| given != t) {
-            return Err(ApiError::Forbidden(
-                "A tenant's admin key creates keys of its own tenant only".into(),
-            ));
-        }
-        // Quotas are the provider's, and ids of other tenants' keys are not to be probed.
-        for field in ["rate_limits", "id"] {
-            if body.get(field).is_some_and(|v| !v.is_null()) {
-                return Err(ApiError::Forbidden(format!(
-                    "{field}: only the provider's admin sets this"
-                )));
-            }
-        }
-        request.set_tenant(t);
-    }
-    let id = request.id.clone();
-    mint_and_store(&ctx.app, &request, id.as_deref(), async |k| {
-        Ok(ctx.app.store.create(k, &actor).await?)
-    })
-    .await
+    let created = ops::create(&ctx.app, &caller, &actor, &body).await?;
+    Ok(data(StatusCode::CREATED, created))
 }
 
 async fn list<S: Store>(
@@ -277,25 +226,9 @@ async fn update<S: Store>(
     let caller = ctx.app.auth.admin(&headers, ctx.gateway)?;
     let id = key_id(id)?;
     let body = body_json(body, ADMIN_BODY_LIMIT).await?;
-    let old = visible(&ctx.app, &caller, &id).await?;
-    if matches!(caller, Caller::Tenant(_)) && body.get("rate_limits").is_some() {
-        return Err(ApiError::Forbidden(
-            "rate_limits: only the provider's admin sets this".into(),
-        ));
-    }
-    let new = read_patch(&body, &old, &ctx.app.gate).map_err(ApiError::BadRequest)?;
     let actor = actor(&ctx, &headers, &caller, peer.map(|p| p.0));
-    match ctx.app.store.update(&new, &actor).await? {
-        Updated::Done => {}
-        Updated::NotFound => return Err(ApiError::NotFound),
-        Updated::Revoked => {
-            return Err(ApiError::Conflict(
-                "The API key is revoked; a revoked key is not changed".into(),
-            ))
-        }
-    }
-    let key = ctx.app.store.get(&id).await?.ok_or(ApiError::NotFound)?;
-    Ok(data(StatusCode::OK, key.listed(&ctx.app.gate)))
+    let key = ops::update(&ctx.app, &caller, &actor, &id, &body).await?;
+    Ok(data(StatusCode::OK, key))
 }
 
 /// `GET /v1/audit-log`: entries newest first; a tenant admin sees its tenant's only.
@@ -354,18 +287,6 @@ fn audit_entry(e: super::store::AuditRecord) -> AuditEntry {
     }
 }
 
-/// The key `id` if the caller may see it (else "not found": no probing other tenants' ids).
-pub(super) async fn visible<S: Store>(
-    app: &App<S>,
-    caller: &Caller,
-    id: &str,
-) -> Result<StoredKey, ApiError> {
-    match app.store.get(id).await? {
-        Some(k) if caller.may_see(k.tenant.as_deref()) => Ok(k),
-        _ => Err(ApiError::NotFound),
-    }
-}
-
 async fn show<S: Store>(
     State(ctx): State<Ctx<S>>,
     headers: HeaderMap,
@@ -373,7 +294,7 @@ async fn show<S: Store>(
 ) -> Result<Response, ApiError> {
     let caller = ctx.app.auth.admin(&headers, ctx.gateway)?;
     let id = key_id(id)?;
-    let key = visible(&ctx.app, &caller, &id).await?;
+    let key = ops::visible(&ctx.app, &caller, &id).await?;
     Ok(data(StatusCode::OK, key.listed(&ctx.app.gate)))
 }
 
@@ -385,11 +306,8 @@ async fn revoke<S: Store>(
 ) -> Result<Response, ApiError> {
     let caller = ctx.app.auth.admin(&headers, ctx.gateway)?;
     let id = key_id(id)?;
-    visible(&ctx.app, &caller, &id).await?;
     let actor = actor(&ctx, &headers, &caller, peer.map(|p| p.0));
-    if !ctx.app.store.revoke(&id, &actor).await? {
-        return Err(ApiError::NotFound);
-    }
+    ops::revoke(&ctx.app, &caller, &actor, &id).await?;
     Ok(json_response(
         StatusCode::OK,
         &Done {
@@ -411,27 +329,8 @@ async fn roll<S: Store>(
     let id = key_id(id)?;
     let body = body_json(body, ADMIN_BODY_LIMIT).await?;
     let grace = read_roll(&body).map_err(ApiError::BadRequest)?;
-    let old = visible(&ctx.app, &caller, &id).await?;
-    let request = CreateRequest::from_stored(&old, &ctx.app.gate);
-    let old_expires = actor.at.saturating_add(grace as i64);
-    mint_and_store(&ctx.app, &request, None, async |k| {
-        let refused = match ctx.app.store.roll(&id, k, old_expires, &actor).await? {
-            Rolled::Done => return Ok(()),
-            Rolled::NotFound => return Err(ApiError::NotFound),
-            Rolled::Revoked => "The API key is revoked; create a new key instead",
-            Rolled::Expired => "The API key has expired; create a new key instead",
-            Rolled::AlreadyRolled => "The API key was rolled already; roll its successor instead",
-        };
-        Err(ApiError::Conflict(refused.into()))
-    })
-    .await
-    .map_err(|e| match e {
-        // The old key's settings no longer pass the current configuration.
-        ApiError::BadRequest(m) => ApiError::Conflict(format!(
-            "The key's settings are not valid under the current configuration: {m}"
-        )),
-        e => e,
-    })
+    let created = ops::roll(&ctx.app, &caller, &actor, &id, grace).await?;
+    Ok(data(StatusCode::CREATED, created))
 }
 
 /// The `{id}` of a path (after authentication: nothing is said about ids to strangers).
@@ -478,7 +377,7 @@ async fn usage<S: Store>(
     let id = key_id(id)?;
     let query = query_map(query)?;
     let (from, to) = (time_param(&query, "from")?, time_param(&query, "to")?);
-    visible(&ctx.app, &caller, &id).await?;
+    ops::visible(&ctx.app, &caller, &id).await?;
     let (hourly_from, _) = ctx.app.usage_retention.horizons(now());
     let rows = ctx.app.store.usage(&id, from, to, hourly_from).await?;
     Ok(data(StatusCode::OK, usage_answer(&id, &rows)))

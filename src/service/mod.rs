@@ -11,6 +11,7 @@ pub mod auth;
 pub mod input;
 pub mod model;
 pub mod openapi;
+pub mod ops;
 pub mod portal;
 pub mod server;
 pub mod store;

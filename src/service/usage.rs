@@ -2,9 +2,9 @@
 //! everything the caller may see; and the retention that prunes hourly and daily rows.
 
 use super::answer::{data, ApiError};
-use super::api::{now, query_map, tenant_scope, time_param, visible, Ctx};
+use super::api::{now, query_map, time_param, Ctx};
 use super::model::Tally;
-use super::store::{ByDecision, Store, UsageQuery, UsageSummary};
+use super::store::{ByDecision, Store, UsageSummary};
 use super::views::{self, Totals};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -174,30 +174,8 @@ pub async fn summary<S: Store>(
 ) -> Result<Response, ApiError> {
     let caller = ctx.app.auth.admin(&headers, ctx.gateway)?;
     let query = query_map(query)?;
-    let range = Range::read(&query, now(), ctx.app.usage_retention)?;
-    let key = query.get("key").map(String::as_str);
-    if let Some(id) = key {
-        visible(&ctx.app, &caller, id).await?;
-    }
-    // Another tenant's usage looks like that of a tenant without keys: all zeros.
-    let Some(tenant) = tenant_scope(&caller, query.get("tenant")) else {
-        return Ok(data(
-            StatusCode::OK,
-            summary_answer(&range, &UsageSummary::default()),
-        ));
-    };
-    let s = ctx
-        .app
-        .store
-        .usage_summary(&UsageQuery {
-            tenant,
-            key,
-            from: range.from,
-            to: range.to,
-            by_day: range.by_day,
-        })
-        .await?;
-    Ok(data(StatusCode::OK, summary_answer(&range, &s)))
+    let (_, summary) = super::ops::usage_summary(&ctx.app, &caller, &query).await?;
+    Ok(data(StatusCode::OK, summary))
 }
 
 #[cfg(test)]

@@ -1,0 +1,193 @@
+//! The key operations behind both the admin API ([`super::api`]) and the web pages
+//! ([`super::pages`]): who may do what, validation with the filter's own code, the store, and
+//! the answer types. Nothing here knows how the request arrived.
+
+use super::answer::ApiError;
+use super::api::{now, tenant_scope, App};
+use super::auth::Caller;
+use super::input::{read_create, read_patch, CreateRequest};
+use super::model::StoredKey;
+use super::store::{Actor, Rolled, Store, Updated, UsageQuery, UsageSummary};
+use super::usage::{summary_answer, Range};
+use super::views::{CreatedKey, Key};
+use crate::keys::digest_hex;
+use crate::mint;
+use serde_json::Value;
+use std::collections::HashMap;
+
+/// The key `id` if the caller may see it (else "not found": no probing other tenants' ids).
+pub async fn visible<S: Store>(
+    app: &App<S>,
+    caller: &Caller,
+    id: &str,
+) -> Result<StoredKey, ApiError> {
+    match app.store.get(id).await? {
+        Some(k) if caller.may_see(k.tenant.as_deref()) => Ok(k),
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+/// Mints a key for `request` and stores it with `store_it`.
+async fn mint_and_store<S: Store>(
+    app: &App<S>,
+    request: &CreateRequest,
+    id: Option<&str>,
+    store_it: impl AsyncFnOnce(&StoredKey) -> Result<(), ApiError>,
+) -> Result<CreatedKey, ApiError> {
+    let fail = |e: String| {
+        eprintln!("keygate serve: {e}");
+        ApiError::Unavailable
+    };
+    let id = match id {
+        Some(id) => id.to_string(),
+        None => format!("key_{}", mint::random_base62(20).map_err(fail)?),
+    };
+    if app.gate.keys.records().any(|k| k.id == id) {
+        return Err(ApiError::Conflict(
+            "An API key with this id exists in the plugin configuration".into(),
+        ));
+    }
+    let key = mint::new_key(&request.prefix, request.crc32).map_err(fail)?;
+    let stored = request
+        .stored(&id, &digest_hex(key.as_bytes()), &app.gate, now())
+        .map_err(ApiError::BadRequest)?;
+    store_it(&stored).await?;
+    Ok(stored.created(&key, &app.gate))
+}
+
+/// Creates a key from a create body (SPEC §7): a tenant's caller creates keys of its own
+/// tenant, without limits or an id of its choosing.
+pub async fn create<S: Store>(
+    app: &App<S>,
+    caller: &Caller,
+    actor: &Actor,
+    body: &Value,
+) -> Result<CreatedKey, ApiError> {
+    let mut request = read_create(body, &app.gate).map_err(ApiError::BadRequest)?;
+    if let Caller::Tenant(t) = caller {
+        if request.tenant().is_some_and(|given| given != t) {
+            return Err(ApiError::Forbidden(
+                "A tenant's admin key creates keys of its own tenant only".into(),
+            ));
+        }
+        // Quotas are the provider's, and ids of other tenants' keys are not to be probed.
+        for field in ["rate_limits", "id"] {
+            if body.get(field).is_some_and(|v| !v.is_null()) {
+                return Err(ApiError::Forbidden(format!(
+                    "{field}: only the provider's admin sets this"
+                )));
+            }
+        }
+        request.set_tenant(t);
+    }
+    let id = request.id.clone();
+    mint_and_store(app, &request, id.as_deref(), async |k| {
+        Ok(app.store.create(k, actor).await?)
+    })
+    .await
+}
+
+/// Applies a PATCH body (SPEC §7): a tenant's caller may not set limits.
+pub async fn update<S: Store>(
+    app: &App<S>,
+    caller: &Caller,
+    actor: &Actor,
+    id: &str,
+    body: &Value,
+) -> Result<Key, ApiError> {
+    let old = visible(app, caller, id).await?;
+    if matches!(caller, Caller::Tenant(_)) && body.get("rate_limits").is_some() {
+        return Err(ApiError::Forbidden(
+            "rate_limits: only the provider's admin sets this".into(),
+        ));
+    }
+    let new = read_patch(body, &old, &app.gate).map_err(ApiError::BadRequest)?;
+    match app.store.update(&new, actor).await? {
+        Updated::Done => {}
+        Updated::NotFound => return Err(ApiError::NotFound),
+        Updated::Revoked => {
+            return Err(ApiError::Conflict(
+                "The API key is revoked; a revoked key is not changed".into(),
+            ))
+        }
+    }
+    let key = app.store.get(id).await?.ok_or(ApiError::NotFound)?;
+    Ok(key.listed(&app.gate))
+}
+
+/// Revokes a key the caller may see.
+pub async fn revoke<S: Store>(
+    app: &App<S>,
+    caller: &Caller,
+    actor: &Actor,
+    id: &str,
+) -> Result<(), ApiError> {
+    visible(app, caller, id).await?;
+    if !app.store.revoke(id, actor).await? {
+        return Err(ApiError::NotFound);
+    }
+    Ok(())
+}
+
+/// Rolls a key: a new key with the same settings; the old one expires `grace` seconds from now.
+pub async fn roll<S: Store>(
+    app: &App<S>,
+    caller: &Caller,
+    actor: &Actor,
+    id: &str,
+    grace: u64,
+) -> Result<CreatedKey, ApiError> {
+    let old = visible(app, caller, id).await?;
+    let request = CreateRequest::from_stored(&old, &app.gate);
+    let old_expires = actor.at.saturating_add(grace as i64);
+    mint_and_store(app, &request, None, async |k| {
+        let refused = match app.store.roll(id, k, old_expires, actor).await? {
+            Rolled::Done => return Ok(()),
+            Rolled::NotFound => return Err(ApiError::NotFound),
+            Rolled::Revoked => "The API key is revoked; create a new key instead",
+            Rolled::Expired => "The API key has expired; create a new key instead",
+            Rolled::AlreadyRolled => "The API key was rolled already; roll its successor instead",
+        };
+        Err(ApiError::Conflict(refused.into()))
+    })
+    .await
+    .map_err(|e| match e {
+        // The old key's settings no longer pass the current configuration.
+        ApiError::BadRequest(m) => ApiError::Conflict(format!(
+            "The key's settings are not valid under the current configuration: {m}"
+        )),
+        e => e,
+    })
+}
+
+/// The usage summary of SPEC §7 for a query (`tenant`, `key`, `from`, `to`, `granularity`).
+pub async fn usage_summary<S: Store>(
+    app: &App<S>,
+    caller: &Caller,
+    query: &HashMap<String, String>,
+) -> Result<(Range, super::views::UsageSummary), ApiError> {
+    let range = Range::read(query, now(), app.usage_retention)?;
+    let key = query
+        .get("key")
+        .map(String::as_str)
+        .filter(|k| !k.is_empty());
+    if let Some(id) = key {
+        visible(app, caller, id).await?;
+    }
+    let asked = query.get("tenant").filter(|t| !t.is_empty());
+    // Another tenant's usage looks like that of a tenant without keys: all zeros.
+    let Some(tenant) = tenant_scope(caller, asked) else {
+        return Ok((range, summary_answer(&range, &UsageSummary::default())));
+    };
+    let s = app
+        .store
+        .usage_summary(&UsageQuery {
+            tenant,
+            key,
+            from: range.from,
+            to: range.to,
+            by_day: range.by_day,
+        })
+        .await?;
+    Ok((range, summary_answer(&range, &s)))
+}
