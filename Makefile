@@ -10,7 +10,7 @@ CLI := target/release/keygate
 WASM_TARGET_STAMP := target/.wasm32-wasip1-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help build wasm wasm-faults cli toolchain envoy openapi-tools postgres redis binaryen test unit integration demo-smoke lint fmt run bench soak fuzz compose clean distclean
+.PHONY: help build wasm wasm-faults cli toolchain envoy openapi-tools chromium screenshots postgres redis binaryen test unit integration demo-smoke lint fmt run bench soak fuzz compose clean distclean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -57,6 +57,16 @@ redis: ## Install Redis (Debian's redis-server and redis-tools) for the fleet-li
 	  command -v redis-server >/dev/null || { echo "Redis did not install"; exit 1; }; \
 	fi
 
+# The dashboard's browser tests (tests/dashboard_browser.rs) drive Debian's Chromium through its
+# chromedriver (WebDriver); this installs both when missing.
+chromium: ## Install Chromium and chromedriver (Debian's packages) for the browser tests, if missing
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; else \
+	  echo "Installing Debian's chromium and chromium-driver (the dashboard's browser tests)"; \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  command -v chromedriver >/dev/null || { echo "chromium-driver did not install"; exit 1; }; \
+	fi
+
 # wasm-opt (Debian's binaryen) optimises rustc's output once more: 265 → 234 KB, so the filter
 # with the fleet-limit client stays under 250 KB. The features are the ones rustc emits.
 binaryen: ## Install wasm-opt (Debian's binaryen), if missing
@@ -101,13 +111,16 @@ lint: $(WASM_TARGET_STAMP) ## rustfmt check, clippy (wasm and native) with warni
 unit: ## Unit tests of the pure core (native cargo test)
 	cargo test --lib --bins
 
-integration: build wasm-faults envoy openapi-tools postgres redis ## Integration tests: real Envoy + built .wasm + real upstreams + key service (SQLite, PostgreSQL) + rate-limit service (Redis, Redis Cluster)
+integration: build wasm-faults envoy openapi-tools postgres redis chromium ## Integration tests: real Envoy + built .wasm + real upstreams + key service (SQLite, PostgreSQL) + rate-limit service (Redis, Redis Cluster)
 	cargo test --test '*' -- --test-threads 2
 
 demo-smoke: build envoy ## Start the demo as `make run` does, run and check each curl line it prints, stop it
 	DEMO_SMOKE=1 ./envoy/demo.sh
 
 test: lint unit demo-smoke integration ## Everything CI runs: lint, unit tests, the demo, integration tests
+
+screenshots: build envoy chromium ## Retake the README's dashboard screenshots (docs/screenshots/) with the browser tests
+	SCREENSHOTS_DIR=docs/screenshots cargo test --test dashboard_browser
 
 CONFIG ?= envoy/demo.yaml
 run: build envoy ## Start the demo on localhost (CONFIG=envoy/examples/<style>.yaml: a provider example; KEYGATE_PORT=…: other ports, see envoy/demo.sh)

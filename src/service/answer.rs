@@ -24,6 +24,12 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// The status and the words of the answer (the pages show them).
+    pub fn status_and_message(&self) -> (StatusCode, String) {
+        let (status, _, message) = self.parts();
+        (status, message)
+    }
+
     fn parts(&self) -> (StatusCode, &'static str, String) {
         match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "BAD_REQUEST", m.clone()),

@@ -38,6 +38,8 @@ pub struct App<S> {
     pub full_feed: std::sync::Mutex<Option<(String, axum::body::Bytes)>>,
     /// How long usage is kept by the hour (`/v1/usage` by the hour reaches no further back).
     pub usage_retention: super::usage::Retention,
+    /// Session cookies without `Secure` (`--insecure-cookies`: plain-HTTP localhost only).
+    pub insecure_cookies: bool,
 }
 
 /// One listener's view of the app: `gateway` = trust keygate's identity headers.
@@ -73,7 +75,8 @@ pub fn router<S: Store>(app: Arc<App<S>>, gateway: bool) -> Router {
     if !gateway {
         r = r
             .route("/keys", get(feed::<S>))
-            .route("/usage", post(report::<S>));
+            .route("/usage", post(report::<S>))
+            .merge(super::pages::routes::<S>());
     }
     r.route(
         "/openapi.json",

@@ -73,6 +73,11 @@ impl Auth {
         }
     }
 
+    /// Whether `token` is the admin token (the dashboard's sign-in).
+    pub fn is_admin_token(&self, token: &[u8]) -> bool {
+        same(&digest(token), &self.admin_sha256)
+    }
+
     /// The admin API's caller. `gateway`: the request came in on the listener only Envoy
     /// reaches, so keygate's identity headers are trusted there (and nowhere else).
     pub fn admin(&self, headers: &HeaderMap, gateway: bool) -> Result<Caller, ApiError> {

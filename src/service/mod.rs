@@ -12,6 +12,7 @@ pub mod input;
 pub mod model;
 pub mod openapi;
 pub mod ops;
+pub mod pages;
 pub mod portal;
 pub mod server;
 pub mod store;
@@ -37,6 +38,8 @@ pub struct Options {
     pub limits: server::Limits,
     /// How long usage is kept by the hour, then by the day.
     pub usage_retention: usage::Retention,
+    /// Browser session cookies without `Secure` (for plain-HTTP localhost).
+    pub insecure_cookies: bool,
 }
 
 /// Runs the service until SIGINT/SIGTERM. `gate` is the plugin configuration it validates with.
@@ -61,6 +64,7 @@ pub fn serve(options: Options, gate: crate::model::Gate) -> Result<(), String> {
             auth,
             full_feed: std::sync::Mutex::new(None),
             usage_retention: options.usage_retention,
+            insecure_cookies: options.insecure_cookies,
         });
         run(app, &options).await
     })

@@ -193,8 +193,13 @@ pub async fn open<S: Store>(
     let Some(opened) = opened else {
         return Ok(refused());
     };
+    let secure = if ctx.app.insecure_cookies {
+        ""
+    } else {
+        "; Secure"
+    };
     let cookie = format!(
-        "{COOKIE}={session}; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age={SESSION_TTL}"
+        "{COOKIE}={session}; Path=/; HttpOnly; SameSite=Lax; Max-Age={SESSION_TTL}{secure}"
     );
     let location = opened.return_url.unwrap_or_else(|| "/".into());
     let mut r = StatusCode::SEE_OTHER.into_response();

@@ -2,6 +2,7 @@
 //! a real upstream that reports what it received, and a raw HTTP/1.1 client.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod fleet;
 pub mod key_service;
 pub mod readers;

@@ -109,6 +109,10 @@ enum Command {
         /// Days usage is kept by the day; older days are deleted
         #[arg(long, default_value_t = 365)]
         usage_daily_days: u32,
+        /// Dashboard and portal cookies without `Secure` (only for plain-HTTP localhost, as in
+        /// the demo; browsers drop `Secure` cookies on plain HTTP elsewhere)
+        #[arg(long)]
+        insecure_cookies: bool,
     },
     /// Run the rate-limit service (SPEC §10): Envoy's rate limit service v3 over gRPC, every
     /// count in Redis, so one limit holds across every Envoy that calls it
@@ -190,15 +194,26 @@ fn token_digest(var: &str) -> Result<Option<[u8; 32]>, String> {
     }
 }
 
+/// `keygate serve`'s settings beyond its addresses, database and configuration.
+struct ServeSettings {
+    limits: keygate::service::server::Limits,
+    usage_retention: keygate::service::usage::Retention,
+    insecure_cookies: bool,
+}
+
 fn serve(
     listen: &str,
     database: &str,
     config: &str,
     gateway_listen: Option<&str>,
     tenant_admin_role: String,
-    limits: keygate::service::server::Limits,
-    usage_retention: keygate::service::usage::Retention,
+    settings: ServeSettings,
 ) -> Result<bool, String> {
+    let ServeSettings {
+        limits,
+        usage_retention,
+        insecure_cookies,
+    } = settings;
     if limits.max_connections == 0 || limits.header_read.is_zero() {
         return Err("--max-connections and --header-timeout-seconds must be at least 1".into());
     }
@@ -252,6 +267,7 @@ fn serve(
             admin_sha256,
             sync_sha256,
             usage_retention,
+            insecure_cookies,
         },
         gate,
     )?;
@@ -441,20 +457,24 @@ fn main() -> ExitCode {
             shutdown_grace_seconds,
             usage_hourly_days,
             usage_daily_days,
+            insecure_cookies,
         } => serve(
             &listen,
             &database,
             &config,
             gateway_listen.as_deref(),
             tenant_admin_role,
-            keygate::service::server::Limits {
-                max_connections,
-                header_read: std::time::Duration::from_secs(header_timeout_seconds),
-                shutdown_grace: std::time::Duration::from_secs(shutdown_grace_seconds),
-            },
-            keygate::service::usage::Retention {
-                hourly_days: usage_hourly_days,
-                daily_days: usage_daily_days,
+            ServeSettings {
+                limits: keygate::service::server::Limits {
+                    max_connections,
+                    header_read: std::time::Duration::from_secs(header_timeout_seconds),
+                    shutdown_grace: std::time::Duration::from_secs(shutdown_grace_seconds),
+                },
+                usage_retention: keygate::service::usage::Retention {
+                    hourly_days: usage_hourly_days,
+                    daily_days: usage_daily_days,
+                },
+                insecure_cookies,
             },
         )
         .map_err(|e| (2, e)),

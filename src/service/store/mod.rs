@@ -16,6 +16,7 @@
 mod audit;
 mod portal;
 mod schema;
+mod sessions;
 mod sql;
 mod usage;
 
@@ -224,6 +225,15 @@ pub struct Pruned {
     pub daily_rows_deleted: u64,
 }
 
+/// A browser session (SPEC §11): an operator's (`tenant` `None`: every tenant) or a portal
+/// session's (one tenant).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebSession {
+    /// `os_…` (an operator's) or `ps_…` (a portal session's): what the audit log names.
+    pub id: String,
+    pub tenant: Option<String>,
+}
+
 /// Everything the service keeps.
 /// Every change is written with its audit-log entry, in one transaction.
 pub trait Store: Send + Sync + 'static {
@@ -260,6 +270,28 @@ pub trait Store: Send + Sync + 'static {
         ip: Option<String>,
         now: i64,
     ) -> impl Future<Output = Result<Option<OpenedPortal>>> + Send;
+    /// Opens an operator's session (signed in with the admin token).
+    fn sign_in(
+        &self,
+        id: &str,
+        session_sha256: &str,
+        expires_at: i64,
+        actor: &Actor,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// The live session whose cookie has this digest.
+    fn web_session(
+        &self,
+        session_sha256: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<Option<WebSession>>> + Send;
+    /// Ends a session at once.
+    fn sign_out(
+        &self,
+        session: &WebSession,
+        actor: &Actor,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Every tenant that has a key.
+    fn tenants(&self) -> impl Future<Output = Result<Vec<String>>> + Send;
     /// Audit-log entries, newest first.
     fn audit(&self, q: &AuditQuery<'_>) -> impl Future<Output = Result<Vec<AuditRecord>>> + Send;
     /// Creates `new` and makes `old_id` expire at `old_expires_at` (or earlier, if it already

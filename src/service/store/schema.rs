@@ -133,6 +133,13 @@ const MIGRATIONS: &[&[&str]] = &[
          GROUP BY key_id, hour - hour % 86400, decision",
         "DROP TABLE usage_hours",
     ],
+    // 7: operators' browser sessions (SPEC §11), by the digest of their cookie.
+    &["CREATE TABLE operator_sessions (
+        id TEXT PRIMARY KEY,
+        session_sha256 TEXT NOT NULL UNIQUE,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL
+    )"],
 ];
 
 pub(super) async fn migrate(

@@ -2,10 +2,10 @@
 
 use super::schema::{ensure_epoch, migrate, Backend};
 use super::usage;
-use super::{audit, portal};
+use super::{audit, portal, sessions};
 use super::{
     Actor, AuditQuery, AuditRecord, Feed, KeyCursor, OpenedPortal, PortalSession, Pruned, Recorded,
-    Result, Rolled, Store, Updated, UsageQuery, UsageSummary,
+    Result, Rolled, Store, Updated, UsageQuery, UsageSummary, WebSession,
 };
 use crate::service::model::{StoredKey, UsageEntry, UsageRow};
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -388,6 +388,28 @@ impl Store for SqlStore {
         audit::append(&mut tx, actor, "key.rolled", Some(old_id), tenant, now).await?;
         tx.commit().await?;
         Ok(Rolled::Done)
+    }
+
+    async fn sign_in(
+        &self,
+        id: &str,
+        session_sha256: &str,
+        expires_at: i64,
+        actor: &Actor,
+    ) -> Result<()> {
+        sessions::sign_in(&self.pool, id, session_sha256, expires_at, actor).await
+    }
+
+    async fn web_session(&self, session_sha256: &str, now: i64) -> Result<Option<WebSession>> {
+        sessions::find(&self.pool, session_sha256, now).await
+    }
+
+    async fn sign_out(&self, session: &WebSession, actor: &Actor) -> Result<()> {
+        sessions::sign_out(&self.pool, session, actor).await
+    }
+
+    async fn tenants(&self) -> Result<Vec<String>> {
+        sessions::tenants(&self.pool).await
     }
 
     async fn feed(&self, since: Option<&str>) -> Result<Feed> {

@@ -1,0 +1,99 @@
+//! The audit page (SPEC §11): the audit log for what the session may see, newest first.
+
+use super::session::{current, layout};
+use super::{page, see_other, time_html, Layout};
+use crate::service::answer::ApiError;
+use crate::service::api::Ctx;
+use crate::service::server::Peer;
+use crate::service::store::{AuditQuery, Store};
+use askama::Template;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use std::collections::HashMap;
+
+pub struct Entry {
+    pub time: String,
+    pub actor: String,
+    pub action: String,
+    pub key_id: Option<String>,
+    pub tenant: Option<String>,
+    pub ip: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "audit.html")]
+struct AuditPage {
+    l: Layout,
+    entries: Vec<Entry>,
+    next: Option<String>,
+}
+
+const PAGE: usize = 100;
+
+/// `GET /dashboard/audit[?tenant=T][&before=C]`.
+pub async fn show<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    peer: Option<axum::Extension<Peer>>,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Some(web) = current(&ctx, &headers, peer.map(|p| p.0)).await? else {
+        return Ok(see_other("/"));
+    };
+    let q = query.map(|q| q.0).unwrap_or_default();
+    let l = layout(
+        &ctx,
+        &web,
+        "Audit log",
+        "audit",
+        "/dashboard/audit",
+        q.get("tenant"),
+    )
+    .await;
+    // A portal session: its tenant only; an operator: the tenant chosen, or every tenant.
+    let tenant = match &web.session.tenant {
+        Some(t) => Some(t.clone()),
+        None => (!l.tenant.is_empty()).then(|| l.tenant.clone()),
+    };
+    let before = q
+        .get("before")
+        .filter(|c| c.len() == 32 && c.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(String::as_str);
+    let mut records = ctx
+        .app
+        .store
+        .audit(&AuditQuery {
+            tenant: tenant.as_deref(),
+            key: None,
+            from: None,
+            to: None,
+            before,
+            limit: PAGE + 1,
+        })
+        .await?;
+    let more = records.len() > PAGE;
+    records.truncate(PAGE);
+    let next = records
+        .last()
+        .filter(|_| more)
+        .map(|r| format!("/dashboard/audit?before={}{}", r.id, l.scope_amp));
+    let entries = records
+        .into_iter()
+        .map(|r| Entry {
+            time: time_html(Some(&crate::timestamp::format_rfc3339(r.time))),
+            actor: match &r.actor_id {
+                Some(id) => format!("{} {id}", r.actor_type),
+                None => r.actor_type.clone(),
+            },
+            action: r.action,
+            key_id: r.key_id,
+            tenant: r.tenant,
+            ip: r.ip,
+        })
+        .collect();
+    Ok(page(
+        StatusCode::OK,
+        AuditPage { l, entries, next }.render(),
+    ))
+}

@@ -1,0 +1,617 @@
+//! The keys pages (SPEC §11): the table (newest first, filterable), create (the key shown once,
+//! `no-store`), a key's page (edit, roll with a chosen grace, revoke after a confirmation). Each
+//! form becomes the admin API's body and goes through the same operation ([`ops`]), so a page
+//! refuses exactly what the API refuses, in the API's words.
+
+use super::session::{check_form, current, layout, Web};
+use super::{error_page, page, see_other, time_html, Layout};
+use crate::service::answer::ApiError;
+use crate::service::api::{now, Ctx};
+use crate::service::model::StoredKey;
+use crate::service::ops;
+use crate::service::server::Peer;
+use crate::service::store::Store;
+use crate::service::views::CreatedKey;
+use crate::timestamp::format_rfc3339;
+use askama::Template;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+
+/// Keys a page lists at once.
+const PAGE: usize = 100;
+
+/// A key as a table row shows it (times as `<time>` HTML, made from values the service wrote).
+pub struct Row {
+    pub id: String,
+    pub name: Option<String>,
+    pub prefix: String,
+    pub environment: Option<String>,
+    pub tenant: Option<String>,
+    pub role: Option<String>,
+    pub created: String,
+    pub last_used: String,
+    pub expires: String,
+    /// `active`, `expired` or `revoked`.
+    pub state: &'static str,
+}
+
+fn row(k: &StoredKey, app: &crate::service::api::App<impl Store>) -> Row {
+    let v = k.listed(&app.gate);
+    let state = if v.revoked {
+        "revoked"
+    } else if k.expires_at.is_some_and(|t| t <= now()) {
+        "expired"
+    } else {
+        "active"
+    };
+    Row {
+        created: time_html(Some(&v.created_at)),
+        last_used: time_html(v.last_used.as_deref()),
+        expires: time_html(v.expires_at.as_deref()),
+        id: v.id,
+        name: v.name,
+        prefix: v.prefix,
+        environment: v.environment,
+        tenant: v.tenant,
+        role: v.role,
+        state,
+    }
+}
+
+pub struct PrefixChoice {
+    pub prefix: String,
+    pub environment: Option<String>,
+    pub role: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "keys.html")]
+struct KeysPage {
+    l: Layout,
+    keys: Vec<Row>,
+    q: String,
+    show_all: bool,
+    next: Option<String>,
+    prefixes: Vec<PrefixChoice>,
+    roles: Vec<String>,
+    error: Option<String>,
+}
+
+fn choices<S: Store>(ctx: &Ctx<S>) -> (Vec<PrefixChoice>, Vec<String>) {
+    let gate = &ctx.app.gate;
+    let prefixes = gate
+        .prefixes
+        .iter()
+        .map(|p| PrefixChoice {
+            prefix: p.prefix.clone(),
+            environment: p.environment.clone(),
+            role: gate.role(p.role).map(|r| r.name.clone()),
+        })
+        .collect();
+    let roles = gate.roles.iter().map(|r| r.name.clone()).collect();
+    (prefixes, roles)
+}
+
+/// Signed in, or the sign-in page.
+async fn signed_in<S: Store>(
+    ctx: &Ctx<S>,
+    headers: &HeaderMap,
+    peer: Option<axum::Extension<Peer>>,
+) -> Result<Result<Web, Response>, ApiError> {
+    Ok(match current(ctx, headers, peer.map(|p| p.0)).await? {
+        Some(w) => Ok(w),
+        None => Err(see_other("/")),
+    })
+}
+
+async fn keys_page<S: Store>(
+    ctx: &Ctx<S>,
+    web: &Web,
+    query: &HashMap<String, String>,
+    error: Option<String>,
+) -> Result<Response, ApiError> {
+    let l = layout(
+        ctx,
+        web,
+        "API keys",
+        "keys",
+        "/dashboard/keys",
+        query.get("tenant"),
+    )
+    .await;
+    let tenant = (!l.tenant.is_empty()).then(|| l.tenant.clone());
+    let q = query
+        .get("q")
+        .map(|q| q.trim().to_string())
+        .unwrap_or_default();
+    let show_all = query.get("all").is_some_and(|v| v == "1");
+    let after = query
+        .get("after")
+        .and_then(|c| crate::service::store::KeyCursor::decode(c));
+    // Newest first, a page at a time; a filter reads the tenant's keys and keeps the matches.
+    let (mut keys, next) = if q.is_empty() {
+        let page = ctx
+            .app
+            .store
+            .list_page(tenant.as_deref(), PAGE + 1, after.as_ref())
+            .await?;
+        let more = page.len() > PAGE;
+        let next = page.get(PAGE - 1).filter(|_| more).map(|(_, c)| {
+            format!(
+                "/dashboard/keys?after={}{}{}",
+                c.encode(),
+                l.scope_amp,
+                if show_all { "&all=1" } else { "" }
+            )
+        });
+        let keys: Vec<StoredKey> = page.into_iter().take(PAGE).map(|(k, _)| k).collect();
+        (keys, next)
+    } else {
+        let needle = q.to_lowercase();
+        let mut all = ctx.app.store.list(tenant.as_deref()).await?;
+        all.retain(|k| {
+            k.id.to_lowercase().contains(&needle)
+                || k.name
+                    .as_deref()
+                    .is_some_and(|n| n.to_lowercase().contains(&needle))
+                || k.tenant
+                    .as_deref()
+                    .is_some_and(|t| t.to_lowercase().contains(&needle))
+        });
+        all.truncate(PAGE);
+        (all, None)
+    };
+    let t = now();
+    if !show_all {
+        keys.retain(|k| !k.revoked && k.expires_at.is_none_or(|e| e > t));
+    }
+    let rows = keys.iter().map(|k| row(k, &ctx.app)).collect();
+    let (prefixes, roles) = choices(ctx);
+    let status = if error.is_some() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    Ok(page(
+        status,
+        KeysPage {
+            l,
+            keys: rows,
+            q,
+            show_all,
+            next,
+            prefixes,
+            roles,
+            error,
+        }
+        .render(),
+    ))
+}
+
+/// `GET /dashboard/keys[?tenant=T][&q=…][&all=1]`.
+pub async fn list<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    peer: Option<axum::Extension<Peer>>,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let web = match signed_in(&ctx, &headers, peer).await? {
+        Ok(w) => w,
+        Err(r) => return Ok(r),
+    };
+    keys_page(&ctx, &web, &query.map(|q| q.0).unwrap_or_default(), None).await
+}
+
+/// A date input (`YYYY-MM-DD`) as the end of that day, UTC; empty: none.
+fn expiry(form: &HashMap<String, String>, field: &str) -> Result<Option<String>, ApiError> {
+    let Some(d) = form.get(field).map(|d| d.trim()).filter(|d| !d.is_empty()) else {
+        return Ok(None);
+    };
+    let t = format!("{d}T23:59:59Z");
+    crate::timestamp::parse_rfc3339(&t)
+        .map(|_| Some(t))
+        .ok_or_else(|| ApiError::BadRequest(format!("{field}: {d:?} is not a date (2027-01-31)")))
+}
+
+fn text(form: &HashMap<String, String>, field: &str) -> Option<String> {
+    form.get(field)
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// One entry a line (blank lines dropped).
+fn lines(form: &HashMap<String, String>, field: &str) -> Vec<String> {
+    form.get(field)
+        .map(|v| {
+            v.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `100/minute` lines as the API's `rate_limits`.
+fn limits(form: &HashMap<String, String>) -> Result<Vec<Value>, ApiError> {
+    lines(form, "rate_limits")
+        .iter()
+        .map(|l| {
+            let bad = || {
+                ApiError::BadRequest(format!(
+                    "rate_limits: {l:?} is not REQUESTS/PER, like 100/minute"
+                ))
+            };
+            let (n, per) = l.split_once('/').ok_or_else(bad)?;
+            let n: u64 = n.trim().replace(',', "").parse().map_err(|_| bad())?;
+            Ok(json!({"requests": n, "per": per.trim()}))
+        })
+        .collect()
+}
+
+#[derive(Template)]
+#[template(path = "key_shown.html")]
+struct Shown {
+    l: Layout,
+    heading: String,
+    key: CreatedKey,
+    expires: String,
+    rolled_from: Option<String>,
+}
+
+fn shown(l: Layout, heading: &str, key: CreatedKey, rolled_from: Option<String>) -> Response {
+    let expires = time_html(key.expires_at.as_deref());
+    page(
+        StatusCode::CREATED,
+        Shown {
+            l,
+            heading: heading.into(),
+            key,
+            expires,
+            rolled_from,
+        }
+        .render(),
+    )
+}
+
+/// `POST /dashboard/keys`: creates a key and shows it, once.
+pub async fn create<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    peer: Option<axum::Extension<Peer>>,
+    form: Result<Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
+) -> Result<Response, ApiError> {
+    let web = match signed_in(&ctx, &headers, peer).await? {
+        Ok(w) => w,
+        Err(r) => return Ok(r),
+    };
+    let form = form.map(|f| f.0).unwrap_or_default();
+    let l = layout(
+        &ctx,
+        &web,
+        "New key",
+        "keys",
+        "/dashboard/keys",
+        form.get("tenant"),
+    )
+    .await;
+    if let Err(e) = check_form(&headers, &web, &form) {
+        return Ok(error_page(l, e));
+    }
+    let mut body = Map::new();
+    for field in ["prefix", "name", "role"] {
+        if let Some(v) = text(&form, field) {
+            body.insert(field.into(), Value::String(v));
+        }
+    }
+    if web.session.tenant.is_none() {
+        if let Some(t) = text(&form, "tenant") {
+            body.insert("tenant".into(), Value::String(t));
+        }
+    }
+    let result = match expiry(&form, "expires") {
+        Ok(Some(t)) => {
+            body.insert("expires_at".into(), Value::String(t));
+            ops::create(&ctx.app, &web.caller, &web.actor(), &Value::Object(body)).await
+        }
+        Ok(None) => ops::create(&ctx.app, &web.caller, &web.actor(), &Value::Object(body)).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(key) => Ok(shown(l, "Your new API key", key, None)),
+        Err(ApiError::Unavailable) => Err(ApiError::Unavailable),
+        Err(e) => {
+            let (_, message) = e.status_and_message();
+            let mut query = HashMap::new();
+            if let Some(t) = form.get("tenant") {
+                query.insert("tenant".to_string(), t.clone());
+            }
+            keys_page(&ctx, &web, &query, Some(message)).await
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "key.html")]
+struct KeyPage {
+    l: Layout,
+    k: Row,
+    roles: Vec<String>,
+    own_role: String,
+    name: String,
+    expires_date: String,
+    allowed_ips: String,
+    allowed_referers: String,
+    allowed_paths: String,
+    rate_limits: String,
+    error: Option<String>,
+    notice: Option<String>,
+}
+
+fn list_text(v: &Value, field: &str) -> String {
+    v.get(field)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
+async fn key_page<S: Store>(
+    ctx: &Ctx<S>,
+    web: &Web,
+    id: &str,
+    tenant: Option<&String>,
+    error: Option<String>,
+    notice: Option<String>,
+) -> Result<Response, ApiError> {
+    let l = layout(ctx, web, "API key", "keys", "/dashboard/keys", tenant).await;
+    let k = match ops::visible(&ctx.app, &web.caller, id).await {
+        Ok(k) => k,
+        Err(e) => return Ok(error_page(l, e)),
+    };
+    let r = &k.restrictions;
+    let rate_limits = r
+        .get("rate_limits")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|l| format!("{}/{}", l["requests"], l["per"].as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default();
+    let status = if error.is_some() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    let (_, roles) = choices(ctx);
+    let p = KeyPage {
+        own_role: k.role.clone().unwrap_or_default(),
+        name: k.name.clone().unwrap_or_default(),
+        expires_date: k
+            .expires_at
+            .map(|t| format_rfc3339(t).get(..10).unwrap_or_default().to_string())
+            .unwrap_or_default(),
+        allowed_ips: list_text(r, "allowed_ips"),
+        allowed_referers: list_text(r, "allowed_referers"),
+        allowed_paths: list_text(r, "allowed_paths"),
+        rate_limits,
+        k: row(&k, &ctx.app),
+        l,
+        roles,
+        error,
+        notice,
+    };
+    Ok(page(status, p.render()))
+}
+
+/// `GET /dashboard/keys/{id}`: a key, its settings and its actions (another tenant's: 404).
+pub async fn show<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    peer: Option<axum::Extension<Peer>>,
+    Path(id): Path<String>,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let web = match signed_in(&ctx, &headers, peer).await? {
+        Ok(w) => w,
+        Err(r) => return Ok(r),
+    };
+    let query = query.map(|q| q.0).unwrap_or_default();
+    let notice = query.get("done").map(|d| match d.as_str() {
+        "edited" => "Saved. Every Envoy syncing from this service applies it within seconds.",
+        "revoked" => "Revoked. Every Envoy syncing from this service refuses it within seconds.",
+        _ => "Done.",
+    });
+    key_page(
+        &ctx,
+        &web,
+        &id,
+        query.get("tenant"),
+        None,
+        notice.map(str::to_string),
+    )
+    .await
+}
+
+/// `POST /dashboard/keys/{id}`: the edit form, as a PATCH of every field it shows.
+pub async fn edit<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    peer: Option<axum::Extension<Peer>>,
+    Path(id): Path<String>,
+    form: Result<Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
+) -> Result<Response, ApiError> {
+    let web = match signed_in(&ctx, &headers, peer).await? {
+        Ok(w) => w,
+        Err(r) => return Ok(r),
+    };
+    let form = form.map(|f| f.0).unwrap_or_default();
+    if let Err(e) = check_form(&headers, &web, &form) {
+        let l = layout(&ctx, &web, "Refused", "keys", "/dashboard/keys", None).await;
+        return Ok(error_page(l, e));
+    }
+    let mut body = Map::new();
+    let opt = |v: Option<String>| v.map_or(Value::Null, Value::String);
+    body.insert("name".into(), opt(text(&form, "name")));
+    body.insert("role".into(), opt(text(&form, "role")));
+    let patch = expiry(&form, "expires").and_then(|e| {
+        body.insert("expires_at".into(), opt(e));
+        for field in ["allowed_ips", "allowed_referers", "allowed_paths"] {
+            let l = lines(&form, field);
+            body.insert(
+                field.into(),
+                if l.is_empty() { Value::Null } else { json!(l) },
+            );
+        }
+        if web.session.tenant.is_none() {
+            let l = limits(&form)?;
+            body.insert(
+                "rate_limits".into(),
+                if l.is_empty() {
+                    Value::Null
+                } else {
+                    Value::Array(l)
+                },
+            );
+        }
+        Ok(Value::Object(body))
+    });
+    let result = match patch {
+        Ok(body) => ops::update(&ctx.app, &web.caller, &web.actor(), &id, &body)
+            .await
+            .map(|_| ()),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => Ok(see_other(&format!(
+            "/dashboard/keys/{}?done=edited",
+            super::enc(&id)
+        ))),
+        Err(ApiError::Unavailable) => Err(ApiError::Unavailable),
+        Err(ApiError::NotFound) => {
+            let l = layout(&ctx, &web, "Not found", "keys", "/dashboard/keys", None).await;
+            Ok(error_page(l, ApiError::NotFound))
+        }
+        Err(e) => {
+            let (_, message) = e.status_and_message();
+            key_page(&ctx, &web, &id, None, Some(message), None).await
+        }
+    }
+}
+
+/// `POST /dashboard/keys/{id}/roll`: a new key with the same settings, shown once.
+pub async fn roll<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    peer: Option<axum::Extension<Peer>>,
+    Path(id): Path<String>,
+    form: Result<Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
+) -> Result<Response, ApiError> {
+    let web = match signed_in(&ctx, &headers, peer).await? {
+        Ok(w) => w,
+        Err(r) => return Ok(r),
+    };
+    let form = form.map(|f| f.0).unwrap_or_default();
+    let l = layout(&ctx, &web, "Rolled key", "keys", "/dashboard/keys", None).await;
+    if let Err(e) = check_form(&headers, &web, &form) {
+        return Ok(error_page(l, e));
+    }
+    let grace = form
+        .get("grace_seconds")
+        .and_then(|g| g.parse::<u64>().ok())
+        .filter(|g| *g <= 366 * 86_400)
+        .unwrap_or(86_400);
+    match ops::roll(&ctx.app, &web.caller, &web.actor(), &id, grace).await {
+        Ok(key) => Ok(shown(l, "The new key", key, Some(id))),
+        Err(ApiError::Unavailable) => Err(ApiError::Unavailable),
+        Err(ApiError::NotFound) => Ok(error_page(l, ApiError::NotFound)),
+        Err(e) => {
+            let (_, message) = e.status_and_message();
+            key_page(&ctx, &web, &id, None, Some(message), None).await
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "key_revoke.html")]
+struct RevokePage {
+    l: Layout,
+    k: Row,
+}
+
+/// `GET /dashboard/keys/{id}/revoke`: the confirmation.
+pub async fn confirm_revoke<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    peer: Option<axum::Extension<Peer>>,
+    Path(id): Path<String>,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let web = match signed_in(&ctx, &headers, peer).await? {
+        Ok(w) => w,
+        Err(r) => return Ok(r),
+    };
+    let query = query.map(|q| q.0).unwrap_or_default();
+    let l = layout(
+        &ctx,
+        &web,
+        "Revoke key",
+        "keys",
+        "/dashboard/keys",
+        query.get("tenant"),
+    )
+    .await;
+    match ops::visible(&ctx.app, &web.caller, &id).await {
+        Ok(k) => Ok(page(
+            StatusCode::OK,
+            RevokePage {
+                k: row(&k, &ctx.app),
+                l,
+            }
+            .render(),
+        )),
+        Err(e) => Ok(error_page(l, e)),
+    }
+}
+
+/// `POST /dashboard/keys/{id}/revoke` (with `confirm=yes`, from the confirmation page).
+pub async fn revoke<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    peer: Option<axum::Extension<Peer>>,
+    Path(id): Path<String>,
+    form: Result<Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
+) -> Result<Response, ApiError> {
+    let web = match signed_in(&ctx, &headers, peer).await? {
+        Ok(w) => w,
+        Err(r) => return Ok(r),
+    };
+    let form = form.map(|f| f.0).unwrap_or_default();
+    let l = layout(&ctx, &web, "Revoke key", "keys", "/dashboard/keys", None).await;
+    if let Err(e) = check_form(&headers, &web, &form) {
+        return Ok(error_page(l, e));
+    }
+    if form.get("confirm").map(String::as_str) != Some("yes") {
+        return Ok(see_other(&format!(
+            "/dashboard/keys/{}/revoke",
+            super::enc(&id)
+        )));
+    }
+    match ops::revoke(&ctx.app, &web.caller, &web.actor(), &id).await {
+        Ok(()) => Ok(see_other(&format!(
+            "/dashboard/keys/{}?done=revoked",
+            super::enc(&id)
+        ))),
+        Err(ApiError::Unavailable) => Err(ApiError::Unavailable),
+        Err(e) => Ok(error_page(l, e)),
+    }
+}

@@ -1,0 +1,264 @@
+//! The dashboard and the customer portal (SPEC §11): server-rendered pages (askama templates in
+//! `templates/`, escaped by default) over the same operations as the admin API
+//! ([`super::ops`]). Every action is a plain HTML form; `assets/app.js` only enhances.
+//!
+//! The flow: [`session`] (sign-in, sign-out, who is asking, CSRF) → [`keys`], [`usage`],
+//! [`audit`] (one page each) → [`Layout`] and [`page`] (headers every page sends).
+
+mod audit;
+mod keys;
+mod session;
+mod usage;
+
+use super::answer::ApiError;
+use super::api::Ctx;
+use super::store::Store;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+pub use session::Web;
+
+/// Every page's policy: scripts and styles from this origin only (no inline script or style),
+/// forms post here only, never framed.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                   connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// The pages' routes (on the main listener; `/keys` and `/usage` there are Envoy's, so the pages
+/// live under `/dashboard/`).
+pub fn routes<S: Store>() -> Router<Ctx<S>> {
+    Router::new()
+        .route("/", get(session::home::<S>))
+        .route("/sign-in", post(session::sign_in::<S>))
+        .route("/sign-out", post(session::sign_out::<S>))
+        .route(
+            "/dashboard/keys",
+            get(keys::list::<S>).post(keys::create::<S>),
+        )
+        .route(
+            "/dashboard/keys/{id}",
+            get(keys::show::<S>).post(keys::edit::<S>),
+        )
+        .route("/dashboard/keys/{id}/roll", post(keys::roll::<S>))
+        .route(
+            "/dashboard/keys/{id}/revoke",
+            get(keys::confirm_revoke::<S>).post(keys::revoke::<S>),
+        )
+        .route("/dashboard/usage", get(usage::show::<S>))
+        .route("/dashboard/usage.csv", get(usage::csv::<S>))
+        .route("/dashboard/audit", get(audit::show::<S>))
+        .route(
+            "/assets/app.css",
+            get(|| asset("text/css", include_str!("../../../assets/app.css"))),
+        )
+        .route(
+            "/assets/app.js",
+            get(|| asset("text/javascript", include_str!("../../../assets/app.js"))),
+        )
+}
+
+async fn asset(content_type: &'static str, body: &'static str) -> Response {
+    let mut r = body.into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+/// What the frame of every page shows.
+pub struct Layout {
+    pub title: String,
+    /// The section (`keys`, `usage`, `audit`) the navigation marks.
+    pub nav: &'static str,
+    pub signed_in: bool,
+    /// The form token of this session.
+    pub csrf: String,
+    /// A portal session's tenant (the page shows nothing else).
+    pub portal_tenant: Option<String>,
+    /// An operator's chosen tenant (`""`: every tenant).
+    pub tenant: String,
+    /// The tenants an operator may switch to.
+    pub tenants: Vec<String>,
+    /// `?tenant=T` (or nothing): keeps an operator's tenant across links.
+    pub scope: String,
+    /// `&tenant=T` (or nothing): the same after other parameters.
+    pub scope_amp: String,
+    /// This page's path (the tenant switch reloads it).
+    pub path: String,
+}
+
+impl Layout {
+    /// A signed-out page (the sign-in, a message).
+    pub fn anonymous(title: &str) -> Layout {
+        Layout {
+            title: title.into(),
+            nav: "",
+            signed_in: false,
+            csrf: String::new(),
+            portal_tenant: None,
+            tenant: String::new(),
+            tenants: Vec::new(),
+            scope: String::new(),
+            scope_amp: String::new(),
+            path: "/".into(),
+        }
+    }
+}
+
+/// A page: the HTML with the headers every page sends. Pages are never stored by a cache (one
+/// of them shows a new key; all show what only this session may see).
+pub fn page(status: StatusCode, html: Result<String, askama::Error>) -> Response {
+    let html = match html {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("keygate serve: a page did not render: {e}");
+            return ApiError::Unavailable.into_response();
+        }
+    };
+    let mut r = (status, html).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    r
+}
+
+/// A redirect after a form (303: the browser follows with a GET).
+pub fn see_other(location: &str) -> Response {
+    let mut r = StatusCode::SEE_OTHER.into_response();
+    if let Ok(l) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(header::LOCATION, l);
+    }
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// `1234567` → `1,234,567`.
+pub fn thousands(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
+    if n < 0 {
+        out.push('-');
+    }
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Minimal HTML escaping for the few fragments built in Rust (times, the chart).
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A time as `<time>`: UTC in the text (the script shows the viewer's zone and keeps UTC on
+/// hover); `—` when unset. Input is an RFC 3339 time the service wrote.
+pub fn time_html(t: Option<&str>) -> String {
+    match t {
+        None => "<span class=\"muted\">—</span>".into(),
+        Some(t) => {
+            let shown = t.replacen('T', " ", 1).replace('Z', " UTC");
+            format!("<time datetime=\"{}\">{}</time>", esc(t), esc(&shown))
+        }
+    }
+}
+
+/// `application/x-www-form-urlencoded` query part, encoded.
+pub fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The message page (not found, refused, …).
+#[derive(askama::Template)]
+#[template(path = "message.html")]
+pub struct Message {
+    pub l: Layout,
+    pub heading: String,
+    pub text: String,
+}
+
+/// An operation's error as a page: not found is a 404 page; anything else is the API's words.
+pub fn error_page(l: Layout, e: ApiError) -> Response {
+    use askama::Template;
+    let (status, heading, text) = match &e {
+        ApiError::NotFound => (
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "There is no such key here.".to_string(),
+        ),
+        other => {
+            let (status, message) = other.status_and_message();
+            (status, "That did not work", message)
+        }
+    };
+    let m = Message {
+        l,
+        heading: heading.into(),
+        text,
+    };
+    page(status, m.render())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_and_times_are_shown_for_people() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1234567), "1,234,567");
+        assert_eq!(thousands(-1234), "-1,234");
+        assert_eq!(
+            time_html(Some("2025-01-15T10:30:00Z")),
+            "<time datetime=\"2025-01-15T10:30:00Z\">2025-01-15 10:30:00 UTC</time>"
+        );
+        assert_eq!(esc("<script>&\"'"), "&lt;script&gt;&amp;&quot;&#39;");
+    }
+}

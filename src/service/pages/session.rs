@@ -1,0 +1,302 @@
+//! Who is asking (SPEC §11): an operator signed in with the admin token (cookie
+//! `keygate_session`, `SameSite=Strict`, 12 h) or a customer's portal session (cookie
+//! `keygate_portal`, opened by a portal code). Cookies are 192 random bits, stored as SHA-256
+//! digests. Every form carries a token derived from the session's cookie (an attacker's page
+//! cannot read it) and is refused from another origin.
+
+use super::{page, see_other, Layout};
+use crate::keys::digest_hex;
+use crate::mint;
+use crate::service::answer::ApiError;
+use crate::service::api::{now, Ctx};
+use crate::service::auth::Caller;
+use crate::service::portal;
+use crate::service::server::Peer;
+use crate::service::store::{Actor, Store, WebSession};
+use askama::Template;
+use axum::extract::{Form, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use std::collections::HashMap;
+
+/// The operator's session cookie.
+pub const COOKIE: &str = "keygate_session";
+/// An operator's session lasts this long (SPEC §11: 12 h).
+pub const TTL: i64 = 12 * 3600;
+
+/// A signed-in browser: its session, what it may touch, its form token.
+pub struct Web {
+    pub session: WebSession,
+    pub caller: Caller,
+    pub csrf: String,
+    pub ip: Option<String>,
+}
+
+impl Web {
+    /// The audit log's view of this session's changes.
+    pub fn actor(&self) -> Actor {
+        Actor {
+            kind: if self.session.tenant.is_some() {
+                "portal"
+            } else {
+                "admin"
+            },
+            id: Some(self.session.id.clone()),
+            ip: self.ip.clone(),
+            at: now(),
+        }
+    }
+}
+
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v)
+        .filter(|v| v.len() == 32 && v.bytes().all(|b| b.is_ascii_graphic()))
+}
+
+/// The form token of a session: derived from its cookie, which another site's page can neither
+/// read nor guess.
+fn csrf_of(cookie: &str) -> String {
+    let d = digest_hex(format!("keygate-csrf\0{cookie}").as_bytes());
+    d.get(..32).unwrap_or_default().to_string()
+}
+
+/// The session of this request, if any (an operator's cookie first).
+pub async fn current<S: Store>(
+    ctx: &Ctx<S>,
+    headers: &HeaderMap,
+    peer: Option<Peer>,
+) -> Result<Option<Web>, ApiError> {
+    for name in [COOKIE, portal::COOKIE] {
+        let Some(value) = cookie(headers, name) else {
+            continue;
+        };
+        let Some(session) = ctx
+            .app
+            .store
+            .web_session(&digest_hex(value.as_bytes()), now())
+            .await?
+        else {
+            continue;
+        };
+        let caller = match &session.tenant {
+            Some(t) => Caller::Tenant(t.clone()),
+            None => Caller::Admin,
+        };
+        return Ok(Some(Web {
+            session,
+            caller,
+            csrf: csrf_of(value),
+            ip: peer.map(|p| p.0.ip().to_string()),
+        }));
+    }
+    Ok(None)
+}
+
+/// A state-changing form is this site's own: its token matches and, where the browser says
+/// where it came from, it came from here.
+pub fn check_form(
+    headers: &HeaderMap,
+    web: &Web,
+    form: &HashMap<String, String>,
+) -> Result<(), ApiError> {
+    if !same_origin(headers) {
+        return Err(ApiError::Forbidden(
+            "This form was sent from another site and was refused".into(),
+        ));
+    }
+    let given = form.get("csrf").map(String::as_bytes).unwrap_or_default();
+    let expected = web.csrf.as_bytes();
+    let same = given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if !same {
+        return Err(ApiError::Forbidden(
+            "The form has expired or did not come from this page; reload the page and try again"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `Origin` (when sent) names this host; `Sec-Fetch-Site` (when sent) says same origin.
+pub fn same_origin(headers: &HeaderMap) -> bool {
+    let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    if fetch_site.is_some_and(|s| s != "same-origin" && s != "none") {
+        return false;
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let origin_host = origin.to_str().ok().and_then(|o| {
+        o.strip_prefix("http://")
+            .or_else(|| o.strip_prefix("https://"))
+    });
+    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
+}
+
+/// The frame of a signed-in page. `tenant`: an operator's chosen tenant (a portal session's is
+/// its own, whatever is asked).
+pub async fn layout<S: Store>(
+    ctx: &Ctx<S>,
+    web: &Web,
+    title: &str,
+    nav: &'static str,
+    path: &str,
+    tenant: Option<&String>,
+) -> Layout {
+    let (portal_tenant, tenant, tenants) = match &web.session.tenant {
+        Some(t) => (Some(t.clone()), t.clone(), Vec::new()),
+        None => (
+            None,
+            tenant.cloned().unwrap_or_default(),
+            ctx.app.store.tenants().await.unwrap_or_default(),
+        ),
+    };
+    let scoped = portal_tenant.is_none() && !tenant.is_empty();
+    Layout {
+        title: title.into(),
+        nav,
+        signed_in: true,
+        csrf: web.csrf.clone(),
+        scope: if scoped {
+            format!("?tenant={}", super::enc(&tenant))
+        } else {
+            String::new()
+        },
+        scope_amp: if scoped {
+            format!("&tenant={}", super::enc(&tenant))
+        } else {
+            String::new()
+        },
+        portal_tenant,
+        tenant,
+        tenants,
+        path: path.into(),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "signin.html")]
+struct SignIn {
+    l: Layout,
+    error: Option<String>,
+}
+
+/// `GET /`: the keys page when signed in, else the sign-in.
+pub async fn home<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    peer: Option<axum::Extension<Peer>>,
+) -> Result<Response, ApiError> {
+    if current(&ctx, &headers, peer.map(|p| p.0)).await?.is_some() {
+        return Ok(see_other("/dashboard/keys"));
+    }
+    Ok(sign_in_page(StatusCode::OK, None))
+}
+
+pub fn sign_in_page(status: StatusCode, error: Option<String>) -> Response {
+    page(
+        status,
+        SignIn {
+            l: Layout::anonymous("Sign in"),
+            error,
+        }
+        .render(),
+    )
+}
+
+fn set_cookie(r: &mut Response, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+/// `POST /sign-in`: the admin token opens an operator's session.
+pub async fn sign_in<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    peer: Option<axum::Extension<Peer>>,
+    form: Result<Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
+) -> Result<Response, ApiError> {
+    if !same_origin(&headers) {
+        return Ok(sign_in_page(
+            StatusCode::FORBIDDEN,
+            Some("This sign-in was sent from another site and was refused".into()),
+        ));
+    }
+    let token = form
+        .as_ref()
+        .ok()
+        .and_then(|f| f.0.get("token"))
+        .map(|t| t.trim())
+        .unwrap_or_default();
+    if token.is_empty() || !ctx.app.auth.is_admin_token(token.as_bytes()) {
+        return Ok(sign_in_page(
+            StatusCode::UNAUTHORIZED,
+            Some("That is not the admin token of this key service".into()),
+        ));
+    }
+    let fail = |e: String| {
+        eprintln!("keygate serve: {e}");
+        ApiError::Unavailable
+    };
+    let secret = mint::random_secret().map_err(fail)?;
+    let id = format!("os_{}", mint::random_base62(20).map_err(fail)?);
+    let actor = Actor {
+        kind: "admin",
+        id: Some(id.clone()),
+        ip: peer.map(|p| p.0 .0.ip().to_string()),
+        at: now(),
+    };
+    ctx.app
+        .store
+        .sign_in(&id, &digest_hex(secret.as_bytes()), actor.at + TTL, &actor)
+        .await?;
+    let secure = if ctx.app.insecure_cookies {
+        ""
+    } else {
+        "; Secure"
+    };
+    let mut r = see_other("/dashboard/keys");
+    set_cookie(
+        &mut r,
+        &format!("{COOKIE}={secret}; Path=/; HttpOnly; SameSite=Strict; Max-Age={TTL}{secure}"),
+    );
+    Ok(r)
+}
+
+/// `POST /sign-out`: ends the session at once (either kind) and forgets its cookie.
+pub async fn sign_out<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    peer: Option<axum::Extension<Peer>>,
+    form: Result<Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
+) -> Result<Response, ApiError> {
+    let Some(web) = current(&ctx, &headers, peer.map(|p| p.0)).await? else {
+        return Ok(see_other("/"));
+    };
+    let form = form.map(|f| f.0).unwrap_or_default();
+    if let Err(e) = check_form(&headers, &web, &form) {
+        return Ok(super::error_page(Layout::anonymous("Refused"), e));
+    }
+    ctx.app.store.sign_out(&web.session, &web.actor()).await?;
+    let name = if web.session.tenant.is_some() {
+        portal::COOKIE
+    } else {
+        COOKIE
+    };
+    let mut r = see_other("/");
+    set_cookie(&mut r, &format!("{name}=; Path=/; HttpOnly; Max-Age=0"));
+    Ok(r)
+}

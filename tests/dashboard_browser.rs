@@ -1,0 +1,287 @@
+//! The dashboard and the customer portal in a real browser (SPEC §11): Debian's Chromium driven
+//! through WebDriver, against a real `keygate serve` and a real Envoy (two workers) syncing keys
+//! from it and reporting usage to it. An operator signs in, creates a key and reads it once,
+//! uses it through Envoy, sees it in usage, edits its role (Envoy answers 403), rolls it (the old
+//! key stops), revokes the new one after confirming (401); a portal session sees its tenant only;
+//! a cross-site form and a key named like markup change nothing. The screenshots the README
+//! shows are taken here (`make screenshots`).
+mod common;
+use common::browser::Browser;
+use common::service::*;
+use common::*;
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+const INTERVAL: u64 = 1;
+
+fn plugin_config() -> Value {
+    json!({
+        "key_sources": [{"header": "x-api-key"}],
+        "prefixes": [
+            {"prefix": "shop_live_", "environment": "LIVE", "role": "writer"},
+            {"prefix": "shop_test_", "environment": "TEST", "role": "reader"}
+        ],
+        "roles": {"admin": {"methods": ["*"]}, "writer": {"methods": ["GET", "POST"]},
+                  "reader": {"methods": ["GET"], "forbidden_message": "This key can only read"}},
+        "key_sync": {"cluster": "keyservice", "path": "/keys", "interval_seconds": INTERVAL, "timeout_ms": 1000},
+        "usage_report": {"cluster": "keyservice", "path": "/usage", "interval_seconds": INTERVAL, "timeout_ms": 1000},
+        "public_paths": ["/healthz"]
+    })
+}
+
+async fn until(limit: Duration, what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while !cond().await {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn status(e: &Envoy, method: &str, path: &str, key: &str) -> u16 {
+    send(e.port, method, path, &[("x-api-key", key)]).status
+}
+
+/// Another origin on loopback (same site: cookies go along) serving one page: a form that posts
+/// to the dashboard without its token, as an attacker's page would.
+fn attacker(target: String) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        // Bounded: a few connections at most.
+        for stream in listener.incoming().take(8) {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let body = format!(
+                "<!doctype html><title>Win a prize</title><form method=post action=\"{target}\">\
+                 <input type=hidden name=confirm value=yes><button id=go>Claim</button></form>"
+            );
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_and_a_customer_manage_keys_in_a_browser() {
+    let dir = scratch_dir("dashboard-service");
+    let cfg_path = dir.join("plugin.json");
+    let cfg = plugin_config();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let db = format!("sqlite:{}", dir.join("keys.db").display());
+    let s = Service::start_args(
+        ServiceOpts {
+            database: &db,
+            config: &cfg_path,
+            gateway: false,
+            sync_token: false,
+            port: None,
+        },
+        &["--insecure-cookies"],
+    );
+    let up = Upstream::start("api");
+    let cfg_text = cfg.to_string();
+    let mut o = EnvoyOpts::new("dashboard", &cfg_text, up.port);
+    o.key_service = Some(s.port);
+    let e = Envoy::start(&o);
+    let base = s.url();
+
+    // Keys of two customers, made through the API.
+    let make = |tenant: &str, name: &str| {
+        let body = json!({"prefix": "shop_live_", "tenant": tenant, "name": name}).to_string();
+        let (st, b) = s.admin("POST", "/v1/api-keys", Some(&body));
+        assert_eq!(st, 201, "{b}");
+        b["data"]["id"].as_str().unwrap().to_string()
+    };
+    let acme_key = make("org_acme", "Acme checkout");
+    let globex_key = make("org_globex", "Globex billing");
+
+    let b = Browser::start("operator", 1280).await;
+    // Signing in.
+    b.goto(&format!("{base}/")).await;
+    assert_eq!(b.text("h1").await, "Sign in");
+    b.screenshot("signin").await;
+    b.fill("#token", "not the token").await;
+    b.follow("form[action='/sign-in'] button").await;
+    assert!(b.text(".error").await.contains("not the admin token"));
+    b.fill("#token", ADMIN_TOKEN).await;
+    b.follow("form[action='/sign-in'] button").await;
+    assert_eq!(b.path().await, "/dashboard/keys");
+    assert!(b.source().await.contains("Acme checkout"));
+
+    // Creating a key whose name is markup: shown as text, never run.
+    let hostile = "<img src=x onerror=alert(1)> Shop";
+    b.fill("#name", hostile).await;
+    b.fill("#tenant", "org_acme").await;
+    b.follow("#create button[type=submit]").await;
+    assert_eq!(b.text("h1").await, "Your new API key");
+    let key = b.text("#new-key").await;
+    assert!(key.starts_with("shop_live_") && key.len() > 30, "{key}");
+    b.screenshot("key-created").await;
+    let source = b.source().await;
+    assert!(
+        source.contains("&lt;img src=x onerror=alert(1)&gt; Shop"),
+        "escaped"
+    );
+    assert!(!source.contains("<img src=x"), "never markup");
+    let id = b.text("dl.facts dd code").await;
+    // Shown once: its page never shows it again.
+    b.follow("a.button").await;
+    assert!(!b.source().await.contains(&key));
+
+    // Used through Envoy once key sync has it; seen in usage within the report bound.
+    until(
+        Duration::from_secs(10),
+        "the new key admitted",
+        async || status(&e, "POST", "/v1/orders/1", &key) == 200,
+    )
+    .await;
+    let mut sent = 1u64;
+    for _ in 0..4 {
+        assert_eq!(status(&e, "GET", "/orders/7", &key), 200);
+        sent += 1;
+    }
+    let usage = format!("{base}/dashboard/usage?key={id}&r=24h");
+    until(
+        Duration::from_secs(2 * INTERVAL + 1 + 5),
+        "usage on the page",
+        async || {
+            b.goto(&usage).await;
+            b.text(".totals .number").await == sent.to_string()
+        },
+    )
+    .await;
+    assert!(b.exists("svg.chart rect.o-allowed").await);
+    let routes = b.source().await;
+    assert!(
+        routes.contains("<td>orders</td>"),
+        "the named route in by-endpoint"
+    );
+    b.goto(&format!("{base}/dashboard/usage?r=7d")).await;
+    b.screenshot("usage").await;
+
+    // Editing the role: Envoy answers 403 for a write within the sync bound.
+    b.goto(&format!("{base}/dashboard/keys/{id}")).await;
+    b.select("#role", "reader").await;
+    b.follow(&format!(
+        "form[action$='/dashboard/keys/{id}'] button[type=submit]"
+    ))
+    .await;
+    assert!(b.text(".notice").await.starts_with("Saved."));
+    until(
+        Duration::from_secs(INTERVAL + 1 + 2),
+        "the role enforced",
+        async || status(&e, "POST", "/v1/orders/1", &key) == 403,
+    )
+    .await;
+    assert_eq!(status(&e, "GET", "/v1/orders/1", &key), 200);
+    b.screenshot("key").await;
+
+    // Rolling with no grace: a new key shown once, the old one refused.
+    b.select("#grace", "0").await;
+    b.follow("form[action$='/roll'] button").await;
+    assert_eq!(b.text("h1").await, "The new key");
+    let rolled = b.text("#new-key").await;
+    let rolled_id = b.text("dl.facts dd code").await;
+    until(
+        Duration::from_secs(INTERVAL + 1 + 2),
+        "the roll enforced",
+        async || {
+            status(&e, "GET", "/v1/orders/1", &key) == 401
+                && status(&e, "GET", "/v1/orders/1", &rolled) == 200
+        },
+    )
+    .await;
+
+    // Revoking asks first; then Envoy refuses the key.
+    b.goto(&format!("{base}/dashboard/keys/{rolled_id}")).await;
+    b.follow("a.button.danger").await;
+    assert_eq!(b.text("h1").await, "Revoke this key?");
+    b.screenshot("revoke").await;
+    b.follow("form[action$='/revoke'] button.danger").await;
+    assert!(b.text(".notice").await.starts_with("Revoked."));
+    until(
+        Duration::from_secs(INTERVAL + 1 + 2),
+        "the revocation enforced",
+        async || status(&e, "GET", "/v1/orders/1", &rolled) == 401,
+    )
+    .await;
+
+    // The keys list and the audit log, with the session as actor.
+    b.goto(&format!("{base}/dashboard/keys?all=1")).await;
+    b.screenshot("keys").await;
+    b.goto(&format!("{base}/dashboard/audit")).await;
+    let audit = b.source().await;
+    for action in [
+        "login",
+        "key.created",
+        "key.updated",
+        "key.rolled",
+        "key.revoked",
+    ] {
+        assert!(
+            audit.contains(&format!("<td>{action}</td>")),
+            "{action} in the audit page"
+        );
+    }
+    assert!(
+        audit.contains("admin os_"),
+        "the operator's session is the actor"
+    );
+    assert!(!audit.contains(&key) && !audit.contains(&rolled));
+    b.screenshot("audit").await;
+
+    // A cross-site form (same site, another origin: the cookie goes along) changes nothing.
+    let evil = attacker(format!("{base}/dashboard/keys/{acme_key}/revoke"));
+    b.goto(&format!("http://127.0.0.1:{evil}/")).await;
+    b.follow("#go").await;
+    assert!(
+        b.source().await.contains("refused"),
+        "the forged form is refused"
+    );
+    let (_, k) = s.admin("GET", &format!("/v1/api-keys/{acme_key}"), None);
+    assert_eq!(k["data"]["revoked"], json!(false));
+
+    // Signing out ends the session at once.
+    b.goto(&format!("{base}/dashboard/keys")).await;
+    b.follow("form[action='/sign-out'] button").await;
+    b.goto(&format!("{base}/dashboard/keys")).await;
+    assert_eq!(b.text("h1").await, "Sign in");
+    b.quit().await;
+
+    // A customer: a portal session for org_globex, opened from its URL.
+    let (st, p) = s.admin(
+        "POST",
+        "/v1/portal-sessions",
+        Some(r#"{"tenant":"org_globex","ttl_seconds":300}"#),
+    );
+    assert_eq!(st, 201, "{p}");
+    let url = p["data"]["url"].as_str().unwrap();
+    let portal_url = format!("{base}{}", &url[url.find("/portal/open").unwrap()..]);
+    let c = Browser::start("portal", 390).await; // a phone's width
+    c.goto(&portal_url).await;
+    assert_eq!(c.path().await, "/dashboard/keys");
+    let page = c.source().await;
+    assert!(page.contains("Globex billing") && !page.contains("Acme checkout"));
+    assert_eq!(c.text(".badge").await, "org_globex");
+    c.screenshot("portal-keys").await;
+    // Another tenant's key: not found, whatever the URL says.
+    c.goto(&format!("{base}/dashboard/keys/{acme_key}?tenant=org_acme"))
+        .await;
+    assert_eq!(c.text("h1").await, "Not found");
+    c.goto(&format!("{base}/dashboard/usage?tenant=org_acme&r=30d"))
+        .await;
+    assert!(!c.source().await.contains(&acme_key));
+    // The code was single-use.
+    c.goto(&portal_url).await;
+    assert_eq!(c.text("h1").await, "This link cannot be used");
+    c.goto(&format!("{base}/dashboard/keys/{globex_key}")).await;
+    assert!(c.source().await.contains("Globex billing"));
+    c.quit().await;
+}
