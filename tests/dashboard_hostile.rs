@@ -1,0 +1,308 @@
+//! The dashboard's pages against a hostile browser or page (SPEC §11), over raw HTTP against a
+//! real `keygate serve`: cookie flags, forged forms (no token, another origin, a cross-site
+//! fetch), markup in what users type, another tenant's key ids from a portal session, a
+//! signed-out cookie replayed, and no secret in a URL, the audit log or the service's log.
+mod common;
+use common::service::*;
+use common::*;
+use serde_json::{json, Value};
+
+const SAME_ORIGIN: &str = "http://api.test"; // the host header common::send_body sends
+
+fn config(dir: &std::path::Path) -> std::path::PathBuf {
+    let p = dir.join("plugin.json");
+    let cfg = json!({
+        "key_sources": [{"header": "x-api-key"}],
+        "prefixes": [{"prefix": "hz_live_", "environment": "LIVE", "role": "writer"}],
+        "roles": {"writer": {"methods": ["GET", "POST"]}, "reader": {"methods": ["GET"]}}
+    });
+    std::fs::write(&p, cfg.to_string()).unwrap();
+    p
+}
+
+fn post_form(s: &Service, path: &str, headers: &[(&str, &str)], form: &str) -> Response {
+    let mut h = vec![("content-type", "application/x-www-form-urlencoded")];
+    h.extend_from_slice(headers);
+    send_body("127.0.0.1", s.port, "POST", path, &h, form)
+}
+
+fn get(s: &Service, path: &str, cookie: &str) -> Response {
+    send(s.port, "GET", path, &[("cookie", cookie)])
+}
+
+/// The `name=value` of a `Set-Cookie` answer, and the whole header.
+fn set_cookie(r: &Response) -> (String, String) {
+    let h = r.header("set-cookie").expect("set-cookie").to_string();
+    (h.split(';').next().unwrap().to_string(), h)
+}
+
+fn csrf(page: &str) -> String {
+    let at = page.find("name=\"csrf\" value=\"").expect("a form token") + 19;
+    page[at..at + 32].to_string()
+}
+
+fn form_enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn keys(s: &Service) -> Vec<Value> {
+    s.admin("GET", "/v1/api-keys", None).1["data"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn forged_forms_markup_and_other_tenants_get_nowhere() {
+    let dir = scratch_dir("dashboard-hostile");
+    let cfg = config(&dir);
+    let db = format!("sqlite:{}", dir.join("keys.db").display());
+    let s = Service::start(ServiceOpts {
+        database: &db,
+        config: &cfg,
+        gateway: false,
+        sync_token: false,
+        port: None,
+    });
+    let other_tenant_key = {
+        let body = json!({"prefix": "hz_live_", "tenant": "org_a", "name": "A's key"});
+        let (st, b) = s.admin("POST", "/v1/api-keys", Some(&body.to_string()));
+        assert_eq!(st, 201);
+        b["data"]["id"].as_str().unwrap().to_string()
+    };
+
+    // Sign-in: a wrong token gets no cookie; another origin is refused; the cookie's flags.
+    let r = post_form(&s, "/sign-in", &[], "token=wrong");
+    assert_eq!(r.status, 401);
+    assert!(r.header("set-cookie").is_none());
+    let r = post_form(
+        &s,
+        "/sign-in",
+        &[("origin", "http://evil.test")],
+        &format!("token={ADMIN_TOKEN}"),
+    );
+    assert_eq!(r.status, 403);
+    assert!(r.header("set-cookie").is_none());
+    let r = post_form(
+        &s,
+        "/sign-in",
+        &[("origin", SAME_ORIGIN)],
+        &format!("token={ADMIN_TOKEN}"),
+    );
+    assert_eq!(
+        (r.status, r.header("location")),
+        (303, Some("/dashboard/keys"))
+    );
+    let (cookie, header) = set_cookie(&r);
+    assert!(
+        cookie.starts_with("keygate_session=") && cookie.len() == 16 + 32,
+        "{cookie}"
+    );
+    for flag in [
+        "HttpOnly",
+        "SameSite=Strict",
+        "Secure",
+        "Path=/",
+        "Max-Age=43200",
+    ] {
+        assert!(header.contains(flag), "{flag} in {header}");
+    }
+
+    // Every page: a strict CSP, never cached, never framed.
+    let page = get(&s, "/dashboard/keys", &cookie);
+    assert_eq!(page.status, 200);
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    assert!(csp.contains("frame-ancestors 'none'") && csp.contains("form-action 'self'"));
+    assert_eq!(page.header("cache-control"), Some("no-store"));
+    assert_eq!(page.header("x-frame-options"), Some("DENY"));
+    let token = csrf(&page.body);
+    let before = keys(&s).len();
+
+    // Forged forms: no token, another token, another origin, a cross-site fetch.
+    let markup = "<script>alert(1)</script>";
+    let create = format!("prefix=hz_live_&name={}", form_enc(markup));
+    for (headers, form) in [
+        (vec![("origin", SAME_ORIGIN)], create.clone()),
+        (
+            vec![("origin", SAME_ORIGIN)],
+            format!("{create}&csrf=00000000000000000000000000000000"),
+        ),
+        (
+            vec![("origin", "http://evil.test")],
+            format!("{create}&csrf={token}"),
+        ),
+        (vec![("origin", "null")], format!("{create}&csrf={token}")),
+        (
+            vec![("sec-fetch-site", "cross-site")],
+            format!("{create}&csrf={token}"),
+        ),
+        (
+            vec![("sec-fetch-site", "same-site")],
+            format!("{create}&csrf={token}"),
+        ),
+    ] {
+        let mut h = headers.clone();
+        h.push(("cookie", &cookie));
+        let r = post_form(&s, "/dashboard/keys", &h, &form);
+        assert_eq!(r.status, 403, "{headers:?} {form}");
+        assert!(
+            r.body.contains("refused") || r.body.contains("expired"),
+            "{}",
+            r.body
+        );
+    }
+    assert_eq!(keys(&s).len(), before, "no forged form made a key");
+
+    // The real form: the key shown once, never cached; what was typed shown as text.
+    let r = post_form(
+        &s,
+        "/dashboard/keys",
+        &[("origin", SAME_ORIGIN), ("cookie", &cookie)],
+        &format!("{create}&csrf={token}"),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let at = r.body.find("id=\"new-key\">").unwrap() + 13;
+    let key = r.body[at..].split('<').next().unwrap().to_string();
+    assert!(key.starts_with("hz_live_"), "{key}");
+    for body in [r.body.clone(), get(&s, "/dashboard/keys", &cookie).body] {
+        // askama's escaping: numeric references.
+        assert!(
+            body.contains("&#60;script&#62;alert(1)&#60;/script&#62;"),
+            "escaped"
+        );
+        assert!(!body.contains(markup), "never as markup");
+    }
+    assert_eq!(keys(&s).len(), before + 1);
+    let own = keys(&s)
+        .into_iter()
+        .find(|k| k["name"] == json!(markup))
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Shown once: the key's page and list never show it again.
+    assert!(!get(&s, &format!("/dashboard/keys/{own}"), &cookie)
+        .body
+        .contains(&key));
+
+    // A portal session of org_b: its tenant only, whatever ids or tenants it asks for.
+    let (_, p) = s.admin(
+        "POST",
+        "/v1/portal-sessions",
+        Some(r#"{"tenant":"org_b","ttl_seconds":60}"#),
+    );
+    let url = p["data"]["url"].as_str().unwrap();
+    let open = send(
+        s.port,
+        "GET",
+        &url[url.find("/portal/open").unwrap()..],
+        &[],
+    );
+    assert_eq!(open.status, 303);
+    let (portal, header) = set_cookie(&open);
+    assert!(header.contains("SameSite=Lax") && header.contains("HttpOnly"));
+    let page = get(&s, "/dashboard/keys?tenant=org_a", &portal);
+    assert!(!page.body.contains("A&#39;s key") && !page.body.contains(&other_tenant_key));
+    let portal_token = csrf(&page.body);
+    assert_eq!(
+        get(&s, &format!("/dashboard/keys/{other_tenant_key}"), &portal).status,
+        404
+    );
+    assert_eq!(
+        get(
+            &s,
+            &format!("/dashboard/usage?key={other_tenant_key}"),
+            &portal
+        )
+        .status,
+        404
+    );
+    for (path, form) in [
+        (format!("/dashboard/keys/{other_tenant_key}"), "name=mine"),
+        (
+            format!("/dashboard/keys/{other_tenant_key}/roll"),
+            "grace_seconds=0",
+        ),
+        (
+            format!("/dashboard/keys/{other_tenant_key}/revoke"),
+            "confirm=yes",
+        ),
+    ] {
+        let r = post_form(
+            &s,
+            &path,
+            &[("origin", SAME_ORIGIN), ("cookie", &portal)],
+            &format!("{form}&csrf={portal_token}"),
+        );
+        assert_eq!(r.status, 404, "{path}: {}", r.body);
+    }
+    let (_, a) = s.admin("GET", &format!("/v1/api-keys/{other_tenant_key}"), None);
+    assert_eq!(
+        (a["data"]["name"].clone(), a["data"]["revoked"].clone()),
+        (json!("A's key"), json!(false))
+    );
+    let csv = get(&s, "/dashboard/usage.csv?tenant=org_a&r=30d", &portal);
+    assert_eq!(csv.status, 200);
+    assert!(!csv.body.contains(&other_tenant_key));
+    // The operator's form token does not work for the portal session, nor the other way.
+    let r = post_form(
+        &s,
+        "/dashboard/keys",
+        &[("origin", SAME_ORIGIN), ("cookie", &portal)],
+        &format!("prefix=hz_live_&csrf={token}"),
+    );
+    assert_eq!(r.status, 403);
+
+    // Signing out ends the session: the cookie replayed is a stranger's.
+    let r = post_form(
+        &s,
+        "/sign-out",
+        &[("origin", SAME_ORIGIN), ("cookie", &cookie)],
+        &format!("csrf={token}"),
+    );
+    assert_eq!(r.status, 303);
+    assert!(r.header("set-cookie").unwrap().contains("Max-Age=0"));
+    let replay = get(&s, "/dashboard/keys", &cookie);
+    assert_eq!((replay.status, replay.header("location")), (303, Some("/")));
+    assert_eq!(
+        post_form(
+            &s,
+            "/dashboard/keys",
+            &[("origin", SAME_ORIGIN), ("cookie", &cookie)],
+            &format!("prefix=hz_live_&csrf={token}")
+        )
+        .status,
+        303
+    );
+
+    // No secret anywhere it could leak: the audit log names sessions by id only; the
+    // service's log holds no key, cookie, token or code.
+    let (_, log) = s.admin("GET", "/v1/audit-log?limit=1000", None);
+    let log = log.to_string();
+    assert!(log.contains("\"login\"") && log.contains("\"logout\""));
+    let code = &url[url.find("code=").unwrap() + 5..];
+    for secret in [
+        key.as_str(),
+        &cookie[16..],
+        &portal[15..],
+        code,
+        ADMIN_TOKEN,
+        token.as_str(),
+    ] {
+        assert!(!log.contains(secret), "a secret in the audit log");
+        assert!(!s.log().contains(secret), "a secret in the service's log");
+    }
+}
