@@ -101,7 +101,7 @@ if [ -n "$with_service" ]; then
   fi
   KEYGATE_ADMIN_TOKEN_SHA256=$("$KEYGATE" hash <<<"$ADMIN_TOKEN") \
     "$KEYGATE" serve --listen "127.0.0.1:$SERVICE_PORT" --gateway-listen "127.0.0.1:$SERVICE_GATEWAY_PORT" \
-    --database "sqlite:$run/keys.db" --config "$run/envoy.yaml" 2>"$run/service.log" &
+    --database "sqlite:$run/keys.db" --config "$run/envoy.yaml" --insecure-cookies 2>"$run/service.log" &
   service=$!
   pids+=("$service")
 fi
@@ -139,7 +139,7 @@ fi
 if [ -n "$with_service" ]; then
   deadline=$((SECONDS + 30)) seen=0
   while [ "$seen" -lt 6 ]; do
-    code=$(curl -s -o /dev/null -w '%{http_code}' -H 'x-tenant-api-key: mlm_live_startup_probe' "$API/") || true
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H 'x-keygate-demo-probe: 1' -H 'x-tenant-api-key: mlm_live_startup_probe' "$API/") || true
     if [ "$code" = 401 ]; then seen=$((seen + 1)); else seen=0; sleep 0.2; fi
     [ "$SECONDS" -lt "$deadline" ] || fail "Envoy did not receive the key set from the key service within 30 s (see $run/service.log)"
   done
@@ -192,6 +192,13 @@ line "$KEYGATE keys usage acme_key_1" "2 requests, by hour" \
   'total: 2 requests, 2 allowed, 0 rejected'
 line "$KEYGATE keys revoke acme_key_1; sleep 2; curl -i -H \"x-tenant-api-key: \$KEY\" $API/v1/orders" \
   "401 revoked within 2 s" 'revoked successfully*HTTP/1.1 401 *{"error":"API key has been revoked","code":"UNAUTHORIZED"}'
+line "curl -s $SERVICE/ | grep -o '<h1>Sign in</h1>'" "the dashboard answers (open it in a browser)" '<h1>Sign in</h1>'
+
+# A customer portal link for org_acme (single use, an hour): what a provider hands a customer.
+PORTAL=$(curl -s -H "Authorization: Bearer $ADMIN_TOKEN" -H 'content-type: application/json' \
+  -d '{"tenant":"org_acme","ttl_seconds":3600}' "$SERVICE/v1/portal-sessions" |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["data"]["url"])' 2>/dev/null) || PORTAL=""
+case $PORTAL in /*) PORTAL=$SERVICE$PORTAL ;; esac
 
 cat <<MSG
 
@@ -201,6 +208,10 @@ Demo keys (plaintext shown only because this is a demo; the config holds SHA-256
   SANDBOX  $SANDBOX   (5 requests/minute)
 Key service (keygate serve, SQLite in $run): $SERVICE, admin token $ADMIN_TOKEN.
 Envoy syncs its keys every second and reports usage to it.
+
+Dashboard:  $SERVICE/   (sign in with the admin token above)
+Portal:     ${PORTAL:-"(could not be made; see $run/service.log)"}
+            (a customer's view of tenant org_acme: opens once, within the hour)
 
 Try (in order; the last lines are one terminal session):
 MSG
