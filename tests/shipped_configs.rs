@@ -788,15 +788,26 @@ fn the_demo_smoke_checks_every_printed_line_and_envoy_starts_without_warnings() 
     let (out, _, ports) = run_demo(None, None);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{stdout}{stderr}");
-    assert!(stdout.contains("demo smoke: ok (all 14 lines)"), "{stdout}");
+    assert!(stdout.contains("demo smoke: ok (all 15 lines)"), "{stdout}");
     let printed = stdout
         .lines()
         .filter(|l| l.starts_with("  curl ") || l.starts_with("  for "));
-    assert_eq!(printed.count(), 8, "{stdout}");
+    assert_eq!(printed.count(), 9, "{stdout}");
     // Nothing but the access log and the checks: no Envoy warning (e.g. the one about
     // unlimited downstream connections), no shell trace.
     assert_eq!(stderr, "", "{stdout}");
     assert!(!stdout.contains("+ curl"), "{stdout}");
+    // The demo's own readiness probes are not in the access log it prints: the first line is
+    // the first request the reader sends (401 missing), never a 503 or a probe's 401 invalid.
+    let first = stdout
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_default();
+    assert!(first.contains(r#""decision":"missing""#), "{first}");
+    assert!(
+        !stdout.contains("unavailable") && !stdout.contains("startup_probe"),
+        "{stdout}"
+    );
 
     // The README's Quick start shows what it printed (on the default ports).
     let start = stdout.find("keygate demo is up").unwrap();
@@ -815,7 +826,11 @@ fn the_demo_smoke_checks_every_printed_line_and_envoy_starts_without_warnings() 
     }
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
     // The run's directory and admin token are new each run: the README shows one run's.
-    for (start, chars) in [("demo-admin-", "-_"), ("/keygate-demo.", "")] {
+    for (start, chars) in [
+        ("demo-admin-", "-_"),
+        ("/keygate-demo.", ""),
+        ("open?code=", "-_"),
+    ] {
         let shown = readme
             .find(start)
             .map(|i| &readme[i..])
