@@ -217,6 +217,15 @@ fn forged_forms_markup_and_other_tenants_get_nowhere() {
     let page = get(&s, "/dashboard/keys?tenant=org_a", &portal);
     assert!(!page.body.contains("A&#39;s key") && !page.body.contains(&other_tenant_key));
     let portal_token = csrf(&page.body);
+    // Its audit page: its own tenant's entries; the provider's as "provider", no address.
+    let audit = get(&s, "/dashboard/audit", &portal).body;
+    assert!(
+        audit.contains("<td>portal_session.created</td>") && audit.contains("<td>provider</td>")
+    );
+    assert!(
+        !audit.contains("<td>admin") && !audit.contains("A&#39;s key"),
+        "{audit}"
+    );
     assert_eq!(
         get(&s, &format!("/dashboard/keys/{other_tenant_key}"), &portal).status,
         404

@@ -129,7 +129,7 @@ pub(super) fn actor<S>(
 }
 
 /// The body, at most `limit` bytes, within [`BODY_TIMEOUT`].
-async fn body_bytes(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+pub(super) async fn body_bytes(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
     tokio::time::timeout(BODY_TIMEOUT, to_bytes(body, limit))
         .await
         .map_err(|_| ApiError::Timeout)?

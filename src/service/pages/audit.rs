@@ -78,18 +78,25 @@ pub async fn show<S: Store>(
         .last()
         .filter(|_| more)
         .map(|r| format!("/dashboard/audit?before={}{}", r.id, l.scope_amp));
+    // A customer sees its own sessions' entries in full; the provider's changes to its keys as
+    // "provider", without the provider's session ids or addresses.
+    let customer = web.session.tenant.is_some();
     let entries = records
         .into_iter()
-        .map(|r| Entry {
-            time: time_html(Some(&crate::timestamp::format_rfc3339(r.time))),
-            actor: match &r.actor_id {
-                Some(id) => format!("{} {id}", r.actor_type),
-                None => r.actor_type.clone(),
-            },
-            action: r.action,
-            key_id: r.key_id,
-            tenant: r.tenant,
-            ip: r.ip,
+        .map(|r| {
+            let provider = customer && r.actor_type != "portal";
+            Entry {
+                time: time_html(Some(&crate::timestamp::format_rfc3339(r.time))),
+                actor: match (&r.actor_id, provider) {
+                    (_, true) => "provider".to_string(),
+                    (Some(id), false) => format!("{} {id}", r.actor_type),
+                    (None, false) => r.actor_type.clone(),
+                },
+                action: r.action,
+                key_id: r.key_id,
+                tenant: r.tenant,
+                ip: if provider { None } else { r.ip },
+            }
         })
         .collect();
     Ok(page(

@@ -4,6 +4,7 @@
 //! refuses exactly what the API refuses, in the API's words.
 
 use super::session::{check_form, current, layout, Web};
+use super::FormBody;
 use super::{error_page, page, see_other, time_html, Layout};
 use crate::service::answer::ApiError;
 use crate::service::api::{now, Ctx};
@@ -14,7 +15,7 @@ use crate::service::store::Store;
 use crate::service::views::CreatedKey;
 use crate::timestamp::format_rfc3339;
 use askama::Template;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{json, Map, Value};
@@ -282,13 +283,12 @@ pub async fn create<S: Store>(
     State(ctx): State<Ctx<S>>,
     headers: HeaderMap,
     peer: Option<axum::Extension<Peer>>,
-    form: Result<Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
+    FormBody(form): FormBody,
 ) -> Result<Response, ApiError> {
     let web = match signed_in(&ctx, &headers, peer).await? {
         Ok(w) => w,
         Err(r) => return Ok(r),
     };
-    let form = form.map(|f| f.0).unwrap_or_default();
     let l = layout(
         &ctx,
         &web,
@@ -448,13 +448,12 @@ pub async fn edit<S: Store>(
     headers: HeaderMap,
     peer: Option<axum::Extension<Peer>>,
     Path(id): Path<String>,
-    form: Result<Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
+    FormBody(form): FormBody,
 ) -> Result<Response, ApiError> {
     let web = match signed_in(&ctx, &headers, peer).await? {
         Ok(w) => w,
         Err(r) => return Ok(r),
     };
-    let form = form.map(|f| f.0).unwrap_or_default();
     if let Err(e) = check_form(&headers, &web, &form) {
         let l = layout(&ctx, &web, "Refused", "keys", "/dashboard/keys", None).await;
         return Ok(error_page(l, e));
@@ -514,13 +513,12 @@ pub async fn roll<S: Store>(
     headers: HeaderMap,
     peer: Option<axum::Extension<Peer>>,
     Path(id): Path<String>,
-    form: Result<Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
+    FormBody(form): FormBody,
 ) -> Result<Response, ApiError> {
     let web = match signed_in(&ctx, &headers, peer).await? {
         Ok(w) => w,
         Err(r) => return Ok(r),
     };
-    let form = form.map(|f| f.0).unwrap_or_default();
     let l = layout(&ctx, &web, "Rolled key", "keys", "/dashboard/keys", None).await;
     if let Err(e) = check_form(&headers, &web, &form) {
         return Ok(error_page(l, e));
@@ -589,13 +587,12 @@ pub async fn revoke<S: Store>(
     headers: HeaderMap,
     peer: Option<axum::Extension<Peer>>,
     Path(id): Path<String>,
-    form: Result<Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
+    FormBody(form): FormBody,
 ) -> Result<Response, ApiError> {
     let web = match signed_in(&ctx, &headers, peer).await? {
         Ok(w) => w,
         Err(r) => return Ok(r),
     };
-    let form = form.map(|f| f.0).unwrap_or_default();
     let l = layout(&ctx, &web, "Revoke key", "keys", "/dashboard/keys", None).await;
     if let Err(e) = check_form(&headers, &web, &form) {
         return Ok(error_page(l, e));

@@ -11,13 +11,15 @@ mod session;
 mod usage;
 
 use super::answer::ApiError;
-use super::api::Ctx;
+use super::api::{body_bytes, Ctx, ADMIN_BODY_LIMIT};
 use super::store::Store;
+use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 pub use session::Web;
+use std::collections::HashMap;
 
 /// Every page's policy: scripts and styles from this origin only (no inline script or style),
 /// forms post here only, never framed.
@@ -109,6 +111,22 @@ impl Layout {
             scope_amp: String::new(),
             path: "/".into(),
         }
+    }
+}
+
+/// A form's fields (`application/x-www-form-urlencoded`), read as the admin API reads its bodies:
+/// at most 64 KiB, within the body deadline. A body that is not a form reads as no fields (its
+/// form token is then missing, and the form refused).
+pub struct FormBody(pub HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequest<S> for FormBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
+        let bytes = body_bytes(req.into_body(), ADMIN_BODY_LIMIT).await?;
+        Ok(FormBody(
+            serde_urlencoded::from_bytes(&bytes).unwrap_or_default(),
+        ))
     }
 }
 

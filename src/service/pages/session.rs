@@ -4,7 +4,7 @@
 //! digests. Every form carries a token derived from the session's cookie (an attacker's page
 //! cannot read it) and is refused from another origin.
 
-use super::{page, see_other, Layout};
+use super::{page, see_other, FormBody, Layout};
 use crate::keys::digest_hex;
 use crate::mint;
 use crate::service::answer::ApiError;
@@ -14,7 +14,7 @@ use crate::service::portal;
 use crate::service::server::Peer;
 use crate::service::store::{Actor, Store, WebSession};
 use askama::Template;
-use axum::extract::{Form, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use std::collections::HashMap;
@@ -227,7 +227,7 @@ pub async fn sign_in<S: Store>(
     State(ctx): State<Ctx<S>>,
     headers: HeaderMap,
     peer: Option<axum::Extension<Peer>>,
-    form: Result<Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
+    FormBody(form): FormBody,
 ) -> Result<Response, ApiError> {
     if !same_origin(&headers) {
         return Ok(sign_in_page(
@@ -235,12 +235,7 @@ pub async fn sign_in<S: Store>(
             Some("This sign-in was sent from another site and was refused".into()),
         ));
     }
-    let token = form
-        .as_ref()
-        .ok()
-        .and_then(|f| f.0.get("token"))
-        .map(|t| t.trim())
-        .unwrap_or_default();
+    let token = form.get("token").map(|t| t.trim()).unwrap_or_default();
     if token.is_empty() || !ctx.app.auth.is_admin_token(token.as_bytes()) {
         return Ok(sign_in_page(
             StatusCode::UNAUTHORIZED,
@@ -281,12 +276,11 @@ pub async fn sign_out<S: Store>(
     State(ctx): State<Ctx<S>>,
     headers: HeaderMap,
     peer: Option<axum::Extension<Peer>>,
-    form: Result<Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
+    FormBody(form): FormBody,
 ) -> Result<Response, ApiError> {
     let Some(web) = current(&ctx, &headers, peer.map(|p| p.0)).await? else {
         return Ok(see_other("/"));
     };
-    let form = form.map(|f| f.0).unwrap_or_default();
     if let Err(e) = check_form(&headers, &web, &form) {
         return Ok(super::error_page(Layout::anonymous("Refused"), e));
     }
