@@ -278,8 +278,10 @@ async fn an_operator_and_a_customer_manage_keys_in_a_browser() {
     c.goto(&format!("{base}/dashboard/usage?tenant=org_acme&r=30d"))
         .await;
     assert!(!c.source().await.contains(&acme_key));
-    // The code was single-use.
+    // The code was single-use (opened again in a portal session: asked first, then refused).
     c.goto(&portal_url).await;
+    assert_eq!(c.text("h1").await, "Open another portal?");
+    c.follow("form[action='/portal/open'] button").await;
     assert_eq!(c.text("h1").await, "This link cannot be used");
     c.goto(&format!("{base}/dashboard/keys/{globex_key}")).await;
     assert!(c.source().await.contains("Globex billing"));

@@ -14,7 +14,8 @@ fn config(dir: &std::path::Path) -> std::path::PathBuf {
     let cfg = json!({
         "key_sources": [{"header": "x-api-key"}],
         "prefixes": [{"prefix": "hz_live_", "environment": "LIVE", "role": "writer"}],
-        "roles": {"writer": {"methods": ["GET", "POST"]}, "reader": {"methods": ["GET"]}}
+        "roles": {"writer": {"methods": ["GET", "POST"]}, "reader": {"methods": ["GET"]},
+                  "admin": {"methods": ["*"]}}
     });
     std::fs::write(&p, cfg.to_string()).unwrap();
     p
@@ -263,6 +264,56 @@ fn forged_forms_markup_and_other_tenants_get_nowhere() {
         (a["data"]["name"].clone(), a["data"]["revoked"].clone()),
         (json!("A's key"), json!(false))
     );
+    // A customer gives no key the role that manages its tenant (the provider's to give).
+    let r = post_form(
+        &s,
+        "/dashboard/keys",
+        &[("origin", SAME_ORIGIN), ("cookie", &portal)],
+        &format!("prefix=hz_live_&role=admin&csrf={portal_token}"),
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("is given by your provider only"));
+    assert!(!page.body.contains("<option value=\"admin\">"));
+    // Input a database would refuse is a page about nothing, never a 503.
+    assert_eq!(get(&s, "/dashboard/keys/a%00b", &portal).status, 404);
+    assert_eq!(
+        get(&s, "/dashboard/usage?key=a%00b&tenant=%00", &portal).status,
+        200
+    );
+    // Each cookie is a session under its own name only.
+    let swapped = format!("keygate_session={}", &portal[15..]);
+    assert_eq!(get(&s, "/dashboard/keys", &swapped).status, 303);
+    // The link was made for https (the service's cookies are Secure).
+    assert!(url.starts_with("https://"), "{url}");
+    // A second link while in a portal session: asked first, then opened from this origin only.
+    let (_, p2) = s.admin(
+        "POST",
+        "/v1/portal-sessions",
+        Some(r#"{"tenant":"org_c","ttl_seconds":60}"#),
+    );
+    let url2 = p2["data"]["url"].as_str().unwrap();
+    let path2 = &url2[url2.find("/portal/open").unwrap()..];
+    let ask = get(&s, path2, &portal);
+    assert_eq!(ask.status, 200);
+    assert!(ask.body.contains("Open another portal?") && ask.body.contains("org_b"));
+    assert!(ask.header("set-cookie").is_none(), "nothing swapped yet");
+    let code2 = &path2[path2.find("code=").unwrap() + 5..];
+    let r = post_form(
+        &s,
+        "/portal/open",
+        &[("origin", "http://evil.test"), ("cookie", &portal)],
+        &format!("code={code2}"),
+    );
+    assert_eq!(r.status, 403);
+    let r = post_form(
+        &s,
+        "/portal/open",
+        &[("origin", SAME_ORIGIN), ("cookie", &portal)],
+        &format!("code={code2}"),
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let (portal_c, _) = set_cookie(&r);
+    assert!(get(&s, "/dashboard/keys", &portal_c).body.contains("org_c"));
     let csv = get(&s, "/dashboard/usage.csv?tenant=org_a&r=30d", &portal);
     assert_eq!(csv.status, 200);
     assert!(!csv.body.contains(&other_tenant_key));
@@ -275,15 +326,25 @@ fn forged_forms_markup_and_other_tenants_get_nowhere() {
     );
     assert_eq!(r.status, 403);
 
-    // Signing out ends the session: the cookie replayed is a stranger's.
+    // Signing out ends every session the browser holds (here an operator's and a portal's):
+    // the cookies replayed are a stranger's.
+    let both = format!("{cookie}; {portal}");
     let r = post_form(
         &s,
         "/sign-out",
-        &[("origin", SAME_ORIGIN), ("cookie", &cookie)],
+        &[("origin", SAME_ORIGIN), ("cookie", &both)],
         &format!("csrf={token}"),
     );
     assert_eq!(r.status, 303);
-    assert!(r.header("set-cookie").unwrap().contains("Max-Age=0"));
+    let cleared: Vec<&String> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(cleared.len(), 2, "{cleared:?}");
+    assert!(cleared.iter().all(|c| c.contains("Max-Age=0")));
+    assert_eq!(get(&s, "/dashboard/keys", &portal).status, 303);
     let replay = get(&s, "/dashboard/keys", &cookie);
     assert_eq!((replay.status, replay.header("location")), (303, Some("/")));
     assert_eq!(

@@ -311,6 +311,18 @@ fn exercise(s: &Service) {
         json!({"type": "key", "id": "org_a_admin"})
     );
     assert_eq!(entries[0]["ip"], "198.51.100.7", "the address Envoy saw");
+    // The provider's own entries about the tenant: no session id or address for the tenant.
+    let provider: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["actor"]["type"] == "admin")
+        .collect();
+    assert!(!provider.is_empty(), "{log}");
+    for e in provider {
+        assert_eq!(
+            (e["actor"]["id"].clone(), e["ip"].clone()),
+            (Value::Null, Value::Null)
+        );
+    }
     let (_, other) = as_tenant(s, "org_a", "GET", "/v1/audit-log?tenant=org_b", None);
     assert_eq!(other["data"], json!([]));
 }
@@ -348,7 +360,8 @@ fn portal(s: &Service) {
     assert_eq!(d["tenant"], "org_a");
     assert!(d["id"].as_str().unwrap().starts_with("ps_"));
     let url = d["url"].as_str().unwrap().to_string();
-    let prefix = format!("http://127.0.0.1:{}/portal/open?code=", s.port);
+    // https: the service's cookies are Secure (no --insecure-cookies here).
+    let prefix = format!("https://127.0.0.1:{}/portal/open?code=", s.port);
     assert!(url.starts_with(&prefix), "{url}");
     let code = url[prefix.len()..].to_string();
     assert_eq!(code.len(), 32);

@@ -40,6 +40,8 @@ pub struct App<S> {
     pub usage_retention: super::usage::Retention,
     /// Session cookies without `Secure` (`--insecure-cookies`: plain-HTTP localhost only).
     pub insecure_cookies: bool,
+    /// The dashboard's address as customers reach it (`--public-url`): portal links point there.
+    pub public_url: Option<String>,
 }
 
 /// One listener's view of the app: `gateway` = trust keygate's identity headers.
@@ -69,13 +71,17 @@ pub fn router<S: Store>(app: Arc<App<S>>, gateway: bool) -> Router {
         .route("/v1/audit-log", get(audit_log::<S>))
         .route("/v1/usage", get(super::usage::summary::<S>))
         .route("/v1/portal-sessions", post(super::portal::create::<S>))
-        .route("/portal/open", get(super::portal::open::<S>))
         .route("/v1/api-keys/{id}/roll", post(roll::<S>))
         .route("/v1/api-keys/{id}/usage", get(usage::<S>));
     if !gateway {
         r = r
             .route("/keys", get(feed::<S>))
             .route("/usage", post(report::<S>))
+            // Portal links open on the listener the dashboard is on, never the gateway's.
+            .route(
+                "/portal/open",
+                get(super::portal::open::<S>).post(super::portal::open_confirmed::<S>),
+            )
             .merge(super::pages::routes::<S>());
     }
     r.route(
@@ -273,10 +279,23 @@ async fn audit_log<S: Store>(
     let more = entries.len() > limit;
     entries.truncate(limit);
     let next = entries.last().filter(|_| more).map(|e| e.id.clone());
-    Ok(page(entries.into_iter().map(audit_entry).collect(), next))
+    let customer = matches!(caller, Caller::Tenant(_));
+    Ok(page(
+        entries
+            .into_iter()
+            .map(|e| audit_entry(e, customer))
+            .collect(),
+        next,
+    ))
 }
 
-fn audit_entry(e: super::store::AuditRecord) -> AuditEntry {
+/// An entry as shown; to a tenant's caller, the provider's own sessions and addresses are not
+/// shown (its entries read `{"type":"admin","id":null}`, `ip` null).
+fn audit_entry(mut e: super::store::AuditRecord, customer: bool) -> AuditEntry {
+    if customer && e.actor_type == "admin" {
+        e.actor_id = None;
+        e.ip = None;
+    }
     AuditEntry {
         time: crate::timestamp::format_rfc3339(e.time),
         actor: AuditActor {

@@ -40,6 +40,8 @@ pub struct Options {
     pub usage_retention: usage::Retention,
     /// Browser session cookies without `Secure` (for plain-HTTP localhost).
     pub insecure_cookies: bool,
+    /// Where portal links point (`https://keys.example.com`); else the host a request named.
+    pub public_url: Option<String>,
 }
 
 /// Runs the service until SIGINT/SIGTERM. `gate` is the plugin configuration it validates with.
@@ -65,6 +67,7 @@ pub fn serve(options: Options, gate: crate::model::Gate) -> Result<(), String> {
             full_feed: std::sync::Mutex::new(None),
             usage_retention: options.usage_retention,
             insecure_cookies: options.insecure_cookies,
+            public_url: options.public_url.clone(),
         });
         run(app, &options).await
     })

@@ -6,10 +6,12 @@
 use super::answer::{data, ApiError};
 use super::api::{actor, body_json, now, Ctx, ADMIN_BODY_LIMIT};
 use super::auth::Caller;
+use super::pages;
 use super::server::Peer;
 use super::store::{PortalSession, Store};
 use crate::keys::digest_hex;
 use crate::mint;
+use askama::Template;
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -107,18 +109,8 @@ pub async fn create<S: Store>(
         .store
         .create_portal_session(&session, &actor)
         .await?;
-    // The URL of the listener the caller reached (behind keygate: the host Envoy serves).
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty() && h.bytes().all(|b| (0x21..0x7f).contains(&b)));
-    let scheme = headers
-        .get("x-forwarded-proto")
-        .and_then(|p| p.to_str().ok())
-        .filter(|p| ctx.gateway && *p == "https")
-        .unwrap_or("http");
     let path = format!("/portal/open?code={code}");
-    let url = host.map_or(path.clone(), |h| format!("{scheme}://{h}{path}"));
+    let url = link(&ctx, &headers, &path);
     let mut r = data(
         StatusCode::CREATED,
         super::views::PortalSession {
@@ -133,52 +125,114 @@ pub async fn create<S: Store>(
     Ok(r)
 }
 
-fn page(status: StatusCode, title: &str, text: &str) -> Response {
-    let html = format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title></head>\
-         <body><h1>{title}</h1><p>{text}</p></body></html>"
-    );
-    let mut r = (status, html).into_response();
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'"),
-    );
-    r
+/// Where a portal link points: `--public-url` (the dashboard's address as customers reach it),
+/// else the host this request named, `https` unless the service runs with `--insecure-cookies`
+/// (a code must not travel in clear text where cookies are `Secure`).
+fn link<S: Store>(ctx: &Ctx<S>, headers: &HeaderMap, path: &str) -> String {
+    if let Some(base) = &ctx.app.public_url {
+        return format!("{}{path}", base.trim_end_matches('/'));
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| (0x21..0x7f).contains(&b)));
+    let scheme = if ctx.app.insecure_cookies {
+        "http"
+    } else {
+        "https"
+    };
+    host.map_or(path.to_string(), |h| format!("{scheme}://{h}{path}"))
+}
+
+fn refused() -> Response {
+    message(
+        StatusCode::UNAUTHORIZED,
+        "This link cannot be used",
+        "It was used already or has expired. Ask for a new portal link.",
+    )
+}
+
+fn message(status: StatusCode, heading: &str, text: &str) -> Response {
+    let m = pages::Message {
+        l: pages::Layout::anonymous(heading),
+        heading: heading.into(),
+        text: text.into(),
+    };
+    pages::page(status, m.render())
+}
+
+#[derive(Template)]
+#[template(path = "portal_confirm.html")]
+struct Confirm {
+    l: pages::Layout,
+    tenant: String,
+    code: String,
+}
+
+fn code_ok(code: &str) -> bool {
+    code.len() == 32 && code.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// `GET /portal/open?code=…`: the code's one exchange. A session cookie and a redirect to the
 /// session's `return_url` (or `/`); a used, expired or unknown code is `401`, a page saying so.
+/// A browser already in a portal session is asked first (a link from someone else must not
+/// silently swap the customer's session for another tenant's).
 pub async fn open<S: Store>(
     State(ctx): State<Ctx<S>>,
     headers: HeaderMap,
     peer: Option<axum::Extension<Peer>>,
     query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let refused = || {
-        page(
-            StatusCode::UNAUTHORIZED,
-            "This link cannot be used",
-            "It was used already or has expired. Ask for a new portal link.",
-        )
-    };
     let code = query.as_ref().ok().and_then(|q| q.0.get("code"));
-    let Some(code) = code.filter(|c| c.len() == 32 && c.bytes().all(|b| b.is_ascii_graphic()))
-    else {
+    let Some(code) = code.filter(|c| code_ok(c)) else {
         return Ok(refused());
     };
+    let peer = peer.map(|p| p.0);
+    let sessions = pages::session::all(&ctx, &headers, peer).await?;
+    if let Some(t) = sessions.iter().find_map(|w| w.session.tenant.clone()) {
+        let c = Confirm {
+            l: pages::Layout::anonymous("Open another portal"),
+            tenant: t,
+            code: code.clone(),
+        };
+        return Ok(pages::page(StatusCode::OK, c.render()));
+    }
+    exchange(&ctx, &headers, peer, code).await
+}
+
+/// `POST /portal/open` (the confirmation's form): the exchange, from this origin only.
+pub async fn open_confirmed<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    peer: Option<axum::Extension<Peer>>,
+    pages::FormBody(form): pages::FormBody,
+) -> Result<Response, ApiError> {
+    if !pages::session::same_origin(&headers) {
+        return Ok(message(
+            StatusCode::FORBIDDEN,
+            "Refused",
+            "This form was sent from another site and was refused",
+        ));
+    }
+    match form.get("code").filter(|c| code_ok(c)) {
+        Some(code) => exchange(&ctx, &headers, peer.map(|p| p.0), code).await,
+        None => Ok(refused()),
+    }
+}
+
+async fn exchange<S: Store>(
+    ctx: &Ctx<S>,
+    headers: &HeaderMap,
+    peer: Option<Peer>,
+    code: &str,
+) -> Result<Response, ApiError> {
     let session = mint::random_secret().map_err(|e| {
         eprintln!("keygate serve: {e}");
         ApiError::Unavailable
     })?;
     let now = now();
     let caller = Caller::Admin; // the actor is the portal session itself (see the store)
-    let ip = actor(&ctx, &headers, &caller, peer.map(|p| p.0)).ip;
+    let ip = actor(ctx, headers, &caller, peer).ip;
     let opened = ctx
         .app
         .store

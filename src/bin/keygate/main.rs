@@ -113,6 +113,10 @@ enum Command {
         /// the demo; browsers drop `Secure` cookies on plain HTTP elsewhere)
         #[arg(long)]
         insecure_cookies: bool,
+        /// The dashboard's address as customers reach it (https://keys.example.com): portal
+        /// links point there (default: the host a request named, https unless --insecure-cookies)
+        #[arg(long)]
+        public_url: Option<String>,
     },
     /// Run the rate-limit service (SPEC §10): Envoy's rate limit service v3 over gRPC, every
     /// count in Redis, so one limit holds across every Envoy that calls it
@@ -199,6 +203,7 @@ struct ServeSettings {
     limits: keygate::service::server::Limits,
     usage_retention: keygate::service::usage::Retention,
     insecure_cookies: bool,
+    public_url: Option<String>,
 }
 
 fn serve(
@@ -213,7 +218,18 @@ fn serve(
         limits,
         usage_retention,
         insecure_cookies,
+        public_url,
     } = settings;
+    if let Some(u) = &public_url {
+        let ok = (u.starts_with("https://") || u.starts_with("http://"))
+            && !u.contains(['?', '#', ' '])
+            && u.len() <= 2048;
+        if !ok {
+            return Err(format!(
+                "--public-url {u:?}: expected the dashboard's origin, like https://keys.example.com"
+            ));
+        }
+    }
     if limits.max_connections == 0 || limits.header_read.is_zero() {
         return Err("--max-connections and --header-timeout-seconds must be at least 1".into());
     }
@@ -268,6 +284,7 @@ fn serve(
             sync_sha256,
             usage_retention,
             insecure_cookies,
+            public_url,
         },
         gate,
     )?;
@@ -458,6 +475,7 @@ fn main() -> ExitCode {
             usage_hourly_days,
             usage_daily_days,
             insecure_cookies,
+            public_url,
         } => serve(
             &listen,
             &database,
@@ -475,6 +493,7 @@ fn main() -> ExitCode {
                     daily_days: usage_daily_days,
                 },
                 insecure_cookies,
+                public_url,
             },
         )
         .map_err(|e| (2, e)),

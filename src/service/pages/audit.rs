@@ -41,7 +41,7 @@ pub async fn show<S: Store>(
     let Some(web) = current(&ctx, &headers, peer.map(|p| p.0)).await? else {
         return Ok(see_other("/"));
     };
-    let q = query.map(|q| q.0).unwrap_or_default();
+    let q = super::clean(query);
     let l = layout(
         &ctx,
         &web,

@@ -81,8 +81,15 @@ struct KeysPage {
     error: Option<String>,
 }
 
-fn choices<S: Store>(ctx: &Ctx<S>) -> (Vec<PrefixChoice>, Vec<String>) {
+/// The types and roles a session may choose: a customer's never the role that manages a tenant's
+/// keys (the provider's to give), nor a type that carries it.
+fn choices<S: Store>(ctx: &Ctx<S>, web: &Web) -> (Vec<PrefixChoice>, Vec<String>) {
     let gate = &ctx.app.gate;
+    let reserved = web
+        .session
+        .tenant
+        .is_some()
+        .then_some(ctx.app.auth.tenant_admin_role.as_str());
     let prefixes = gate
         .prefixes
         .iter()
@@ -91,9 +98,42 @@ fn choices<S: Store>(ctx: &Ctx<S>) -> (Vec<PrefixChoice>, Vec<String>) {
             environment: p.environment.clone(),
             role: gate.role(p.role).map(|r| r.name.clone()),
         })
+        .filter(|p| p.role.is_none() || p.role.as_deref() != reserved)
         .collect();
-    let roles = gate.roles.iter().map(|r| r.name.clone()).collect();
+    let roles = gate
+        .roles
+        .iter()
+        .map(|r| r.name.clone())
+        .filter(|r| Some(r.as_str()) != reserved)
+        .collect();
     (prefixes, roles)
+}
+
+/// For a customer's session: refuses a role (given, or its type's) that is the provider's to give.
+fn role_allowed<S: Store>(
+    ctx: &Ctx<S>,
+    web: &Web,
+    role: Option<&str>,
+    prefix: Option<&str>,
+) -> Result<(), ApiError> {
+    if web.session.tenant.is_none() {
+        return Ok(());
+    }
+    let gate = &ctx.app.gate;
+    let effective = role.map(str::to_string).or_else(|| {
+        let p = gate
+            .prefixes
+            .iter()
+            .find(|p| Some(p.prefix.as_str()) == prefix)?;
+        gate.role(p.role).map(|r| r.name.clone())
+    });
+    if effective.as_deref() == Some(ctx.app.auth.tenant_admin_role.as_str()) {
+        return Err(ApiError::Forbidden(format!(
+            "role: {:?} is given by your provider only",
+            ctx.app.auth.tenant_admin_role
+        )));
+    }
+    Ok(())
 }
 
 /// Signed in, or the sign-in page.
@@ -112,7 +152,7 @@ async fn keys_page<S: Store>(
     ctx: &Ctx<S>,
     web: &Web,
     query: &HashMap<String, String>,
-    error: Option<String>,
+    error: Option<(StatusCode, String)>,
 ) -> Result<Response, ApiError> {
     let l = layout(
         ctx,
@@ -162,6 +202,7 @@ async fn keys_page<S: Store>(
                     .as_deref()
                     .is_some_and(|t| t.to_lowercase().contains(&needle))
         });
+        all.sort_by_key(|k| std::cmp::Reverse(k.created_at));
         all.truncate(PAGE);
         (all, None)
     };
@@ -170,11 +211,10 @@ async fn keys_page<S: Store>(
         keys.retain(|k| !k.revoked && k.expires_at.is_none_or(|e| e > t));
     }
     let rows = keys.iter().map(|k| row(k, &ctx.app)).collect();
-    let (prefixes, roles) = choices(ctx);
-    let status = if error.is_some() {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::OK
+    let (prefixes, roles) = choices(ctx, web);
+    let (status, error) = match error {
+        Some((status, message)) => (status, Some(message)),
+        None => (StatusCode::OK, None),
     };
     Ok(page(
         status,
@@ -203,7 +243,7 @@ pub async fn list<S: Store>(
         Ok(w) => w,
         Err(r) => return Ok(r),
     };
-    keys_page(&ctx, &web, &query.map(|q| q.0).unwrap_or_default(), None).await
+    keys_page(&ctx, &web, &super::clean(query), None).await
 }
 
 /// A date input (`YYYY-MM-DD`) as the end of that day, UTC; empty: none.
@@ -312,7 +352,13 @@ pub async fn create<S: Store>(
             body.insert("tenant".into(), Value::String(t));
         }
     }
-    let result = match expiry(&form, "expires") {
+    let allowed = role_allowed(
+        &ctx,
+        &web,
+        text(&form, "role").as_deref(),
+        text(&form, "prefix").as_deref(),
+    );
+    let result = match allowed.and_then(|()| expiry(&form, "expires")) {
         Ok(Some(t)) => {
             body.insert("expires_at".into(), Value::String(t));
             ops::create(&ctx.app, &web.caller, &web.actor(), &Value::Object(body)).await
@@ -324,12 +370,12 @@ pub async fn create<S: Store>(
         Ok(key) => Ok(shown(l, "Your new API key", key, None)),
         Err(ApiError::Unavailable) => Err(ApiError::Unavailable),
         Err(e) => {
-            let (_, message) = e.status_and_message();
+            let refused = e.status_and_message();
             let mut query = HashMap::new();
             if let Some(t) = form.get("tenant") {
                 query.insert("tenant".to_string(), t.clone());
             }
-            keys_page(&ctx, &web, &query, Some(message)).await
+            keys_page(&ctx, &web, &query, Some(refused)).await
         }
     }
 }
@@ -392,7 +438,7 @@ async fn key_page<S: Store>(
     } else {
         StatusCode::OK
     };
-    let (_, roles) = choices(ctx);
+    let (_, roles) = choices(ctx, web);
     let p = KeyPage {
         own_role: k.role.clone().unwrap_or_default(),
         name: k.name.clone().unwrap_or_default(),
@@ -425,7 +471,11 @@ pub async fn show<S: Store>(
         Ok(w) => w,
         Err(r) => return Ok(r),
     };
-    let query = query.map(|q| q.0).unwrap_or_default();
+    if !super::id_ok(&id) {
+        let l = layout(&ctx, &web, "Not found", "keys", "/dashboard/keys", None).await;
+        return Ok(error_page(l, ApiError::NotFound));
+    }
+    let query = super::clean(query);
     let notice = query.get("done").map(|d| match d.as_str() {
         "edited" => "Saved. Every Envoy syncing from this service applies it within seconds.",
         "revoked" => "Revoked. Every Envoy syncing from this service refuses it within seconds.",
@@ -454,6 +504,10 @@ pub async fn edit<S: Store>(
         Ok(w) => w,
         Err(r) => return Ok(r),
     };
+    if !super::id_ok(&id) {
+        let l = layout(&ctx, &web, "Not found", "keys", "/dashboard/keys", None).await;
+        return Ok(error_page(l, ApiError::NotFound));
+    }
     if let Err(e) = check_form(&headers, &web, &form) {
         let l = layout(&ctx, &web, "Refused", "keys", "/dashboard/keys", None).await;
         return Ok(error_page(l, e));
@@ -483,6 +537,18 @@ pub async fn edit<S: Store>(
             );
         }
         Ok(Value::Object(body))
+    });
+    // A customer may keep a role it was given, not give a key the provider's own.
+    let old_role = ops::visible(&ctx.app, &web.caller, &id)
+        .await
+        .ok()
+        .and_then(|k| k.role);
+    let patch = patch.and_then(|body| {
+        let role = text(&form, "role");
+        if role != old_role {
+            role_allowed(&ctx, &web, role.as_deref(), None)?;
+        }
+        Ok(body)
     });
     let result = match patch {
         Ok(body) => ops::update(&ctx.app, &web.caller, &web.actor(), &id, &body)
@@ -519,6 +585,10 @@ pub async fn roll<S: Store>(
         Ok(w) => w,
         Err(r) => return Ok(r),
     };
+    if !super::id_ok(&id) {
+        let l = layout(&ctx, &web, "Not found", "keys", "/dashboard/keys", None).await;
+        return Ok(error_page(l, ApiError::NotFound));
+    }
     let l = layout(&ctx, &web, "Rolled key", "keys", "/dashboard/keys", None).await;
     if let Err(e) = check_form(&headers, &web, &form) {
         return Ok(error_page(l, e));
@@ -558,7 +628,11 @@ pub async fn confirm_revoke<S: Store>(
         Ok(w) => w,
         Err(r) => return Ok(r),
     };
-    let query = query.map(|q| q.0).unwrap_or_default();
+    if !super::id_ok(&id) {
+        let l = layout(&ctx, &web, "Not found", "keys", "/dashboard/keys", None).await;
+        return Ok(error_page(l, ApiError::NotFound));
+    }
+    let query = super::clean(query);
     let l = layout(
         &ctx,
         &web,
@@ -593,6 +667,10 @@ pub async fn revoke<S: Store>(
         Ok(w) => w,
         Err(r) => return Ok(r),
     };
+    if !super::id_ok(&id) {
+        let l = layout(&ctx, &web, "Not found", "keys", "/dashboard/keys", None).await;
+        return Ok(error_page(l, ApiError::NotFound));
+    }
     let l = layout(&ctx, &web, "Revoke key", "keys", "/dashboard/keys", None).await;
     if let Err(e) = check_form(&headers, &web, &form) {
         return Ok(error_page(l, e));

@@ -7,11 +7,12 @@
 
 mod audit;
 mod keys;
-mod session;
+pub(super) mod session;
 mod usage;
 
 use super::answer::ApiError;
 use super::api::{body_bytes, Ctx, ADMIN_BODY_LIMIT};
+use super::input::text_ok;
 use super::store::Store;
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -124,10 +125,29 @@ impl<S: Send + Sync> FromRequest<S> for FormBody {
 
     async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
         let bytes = body_bytes(req.into_body(), ADMIN_BODY_LIMIT).await?;
-        Ok(FormBody(
-            serde_urlencoded::from_bytes(&bytes).unwrap_or_default(),
-        ))
+        let mut fields: HashMap<String, String> =
+            serde_urlencoded::from_bytes(&bytes).unwrap_or_default();
+        fields.retain(|k, v| text_ok(k) && text_ok(v));
+        Ok(FormBody(fields))
     }
+}
+
+/// A page's query, without any value a database would refuse (NUL): such a value is dropped,
+/// so bad input is a page about nothing, never a database error.
+pub fn clean(
+    query: Result<
+        axum::extract::Query<HashMap<String, String>>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> HashMap<String, String> {
+    let mut q = query.map(|q| q.0).unwrap_or_default();
+    q.retain(|k, v| text_ok(k) && text_ok(v));
+    q
+}
+
+/// A key id from a page's path that the store can be asked about.
+pub fn id_ok(id: &str) -> bool {
+    text_ok(id) && !id.is_empty() && id.len() <= 128
 }
 
 /// A page: the HTML with the headers every page sends. Pages are never stored by a cache (one

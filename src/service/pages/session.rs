@@ -12,7 +12,7 @@ use crate::service::api::{now, Ctx};
 use crate::service::auth::Caller;
 use crate::service::portal;
 use crate::service::server::Peer;
-use crate::service::store::{Actor, Store, WebSession};
+use crate::service::store::{Actor, SessionKind, Store, WebSession};
 use askama::Template;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -67,20 +67,47 @@ fn csrf_of(cookie: &str) -> String {
     d.get(..32).unwrap_or_default().to_string()
 }
 
+/// The fingerprint of the admin token an operator's session is bound to: a session opened with
+/// a token the service no longer has is no session.
+pub fn admin_fingerprint<S: Store>(ctx: &Ctx<S>) -> String {
+    let d = digest_hex(
+        format!(
+            "keygate-operator-session\0{}",
+            hex::encode(ctx.app.auth.admin_sha256)
+        )
+        .as_bytes(),
+    );
+    d.get(..32).unwrap_or_default().to_string()
+}
+
 /// The session of this request, if any (an operator's cookie first).
 pub async fn current<S: Store>(
     ctx: &Ctx<S>,
     headers: &HeaderMap,
     peer: Option<Peer>,
 ) -> Result<Option<Web>, ApiError> {
-    for name in [COOKIE, portal::COOKIE] {
+    Ok(all(ctx, headers, peer).await?.into_iter().next())
+}
+
+/// Every live session the request carries: an operator's (under `keygate_session` only) and a
+/// portal's (under `keygate_portal` only).
+pub async fn all<S: Store>(
+    ctx: &Ctx<S>,
+    headers: &HeaderMap,
+    peer: Option<Peer>,
+) -> Result<Vec<Web>, ApiError> {
+    let mut found = Vec::new();
+    let operator = SessionKind::Operator {
+        admin_fingerprint: admin_fingerprint(ctx),
+    };
+    for (name, kind) in [(COOKIE, operator), (portal::COOKIE, SessionKind::Portal)] {
         let Some(value) = cookie(headers, name) else {
             continue;
         };
         let Some(session) = ctx
             .app
             .store
-            .web_session(&digest_hex(value.as_bytes()), now())
+            .web_session(&digest_hex(value.as_bytes()), now(), &kind)
             .await?
         else {
             continue;
@@ -89,14 +116,14 @@ pub async fn current<S: Store>(
             Some(t) => Caller::Tenant(t.clone()),
             None => Caller::Admin,
         };
-        return Ok(Some(Web {
+        found.push(Web {
             session,
             caller,
             csrf: csrf_of(value),
             ip: peer.map(|p| p.0.ip().to_string()),
-        }));
+        });
     }
-    Ok(None)
+    Ok(found)
 }
 
 /// A state-changing form is this site's own: its token matches and, where the browser says
@@ -256,7 +283,13 @@ pub async fn sign_in<S: Store>(
     };
     ctx.app
         .store
-        .sign_in(&id, &digest_hex(secret.as_bytes()), actor.at + TTL, &actor)
+        .sign_in(
+            &id,
+            &digest_hex(secret.as_bytes()),
+            &admin_fingerprint(&ctx),
+            actor.at + TTL,
+            &actor,
+        )
         .await?;
     let secure = if ctx.app.insecure_cookies {
         ""
@@ -271,26 +304,28 @@ pub async fn sign_in<S: Store>(
     Ok(r)
 }
 
-/// `POST /sign-out`: ends the session at once (either kind) and forgets its cookie.
+/// `POST /sign-out`: ends every session the browser holds at once (an operator who also opened a
+/// customer's link holds two) and forgets both cookies.
 pub async fn sign_out<S: Store>(
     State(ctx): State<Ctx<S>>,
     headers: HeaderMap,
     peer: Option<axum::Extension<Peer>>,
     FormBody(form): FormBody,
 ) -> Result<Response, ApiError> {
-    let Some(web) = current(&ctx, &headers, peer.map(|p| p.0)).await? else {
+    let sessions = all(&ctx, &headers, peer.map(|p| p.0)).await?;
+    // The form's token is the first session's (the one its page was shown for).
+    let Some(first) = sessions.first() else {
         return Ok(see_other("/"));
     };
-    if let Err(e) = check_form(&headers, &web, &form) {
+    if let Err(e) = check_form(&headers, first, &form) {
         return Ok(super::error_page(Layout::anonymous("Refused"), e));
     }
-    ctx.app.store.sign_out(&web.session, &web.actor()).await?;
-    let name = if web.session.tenant.is_some() {
-        portal::COOKIE
-    } else {
-        COOKIE
-    };
+    for web in &sessions {
+        ctx.app.store.sign_out(&web.session, &web.actor()).await?;
+    }
     let mut r = see_other("/");
-    set_cookie(&mut r, &format!("{name}=; Path=/; HttpOnly; Max-Age=0"));
+    for name in [COOKIE, portal::COOKIE] {
+        set_cookie(&mut r, &format!("{name}=; Path=/; HttpOnly; Max-Age=0"));
+    }
     Ok(r)
 }

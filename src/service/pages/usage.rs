@@ -239,7 +239,7 @@ pub async fn show<S: Store>(
     let Some(web) = current(&ctx, &headers, peer.map(|p| p.0)).await? else {
         return Ok(see_other("/"));
     };
-    let q = query.map(|q| q.0).unwrap_or_default();
+    let q = super::clean(query);
     let l = layout(
         &ctx,
         &web,
@@ -356,7 +356,7 @@ fn empty_summary() -> UsageSummary {
 /// A CSV field: quoted when it holds a separator, a quote or a line break; a leading `=`, `+`,
 /// `-` or `@` is prefixed with `'` (a spreadsheet would run it as a formula).
 fn field(s: &str) -> String {
-    let s = if s.starts_with(['=', '+', '-', '@']) {
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         format!("'{s}")
     } else {
         s.to_string()
@@ -423,7 +423,7 @@ pub async fn csv<S: Store>(
     let Some(web) = current(&ctx, &headers, peer.map(|p| p.0)).await? else {
         return Ok(see_other("/"));
     };
-    let q = query.map(|q| q.0).unwrap_or_default();
+    let q = super::clean(query);
     let tenant = match &web.session.tenant {
         Some(t) => t.clone(),
         None => q.get("tenant").cloned().unwrap_or_default(),

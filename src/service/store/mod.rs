@@ -234,6 +234,16 @@ pub struct WebSession {
     pub tenant: Option<String>,
 }
 
+/// Which cookie a session is looked up for: each kind only under its own name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionKind {
+    /// An operator's: valid only with the fingerprint of the current admin token.
+    Operator {
+        admin_fingerprint: String,
+    },
+    Portal,
+}
+
 /// Everything the service keeps.
 /// Every change is written with its audit-log entry, in one transaction.
 pub trait Store: Send + Sync + 'static {
@@ -275,14 +285,16 @@ pub trait Store: Send + Sync + 'static {
         &self,
         id: &str,
         session_sha256: &str,
+        admin_fingerprint: &str,
         expires_at: i64,
         actor: &Actor,
     ) -> impl Future<Output = Result<()>> + Send;
-    /// The live session whose cookie has this digest.
+    /// The live session of this kind whose cookie has this digest.
     fn web_session(
         &self,
         session_sha256: &str,
         now: i64,
+        kind: &SessionKind,
     ) -> impl Future<Output = Result<Option<WebSession>>> + Send;
     /// Ends a session at once.
     fn sign_out(

@@ -133,10 +133,12 @@ const MIGRATIONS: &[&[&str]] = &[
          GROUP BY key_id, hour - hour % 86400, decision",
         "DROP TABLE usage_hours",
     ],
-    // 7: operators' browser sessions (SPEC §11), by the digest of their cookie.
+    // 7: operators' browser sessions (SPEC §11), by the digest of their cookie; each holds a
+    // fingerprint of the admin token that opened it (a new token ends the old one's sessions).
     &["CREATE TABLE operator_sessions (
         id TEXT PRIMARY KEY,
         session_sha256 TEXT NOT NULL UNIQUE,
+        admin_fingerprint TEXT NOT NULL,
         created_at BIGINT NOT NULL,
         expires_at BIGINT NOT NULL
     )"],

@@ -4,23 +4,25 @@
 //! go into the audit log with the session's id (never the cookie).
 
 use super::audit;
-use super::{Actor, Result, WebSession};
+use super::{Actor, Result, SessionKind, WebSession};
 use sqlx::Row;
 
 pub(super) async fn sign_in(
     pool: &sqlx::AnyPool,
     id: &str,
     session_sha256: &str,
+    admin_fingerprint: &str,
     expires_at: i64,
     actor: &Actor,
 ) -> Result<()> {
     let mut tx = pool.begin().await?;
     sqlx::query(
-        "INSERT INTO operator_sessions (id, session_sha256, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4)",
+        "INSERT INTO operator_sessions (id, session_sha256, admin_fingerprint, created_at, \
+         expires_at) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(id)
     .bind(session_sha256)
+    .bind(admin_fingerprint)
     .bind(actor.at)
     .bind(expires_at)
     .execute(&mut *tx)
@@ -35,24 +37,31 @@ pub(super) async fn sign_in(
     Ok(())
 }
 
-/// The live session whose cookie has this digest: an operator's, else a portal's.
+/// The live session of this kind whose cookie has this digest (an operator's only while the
+/// admin token that opened it is the service's).
 pub(super) async fn find(
     pool: &sqlx::AnyPool,
     session_sha256: &str,
     now: i64,
+    kind: &SessionKind,
 ) -> Result<Option<WebSession>> {
-    let operator = sqlx::query(
-        "SELECT id FROM operator_sessions WHERE session_sha256 = $1 AND expires_at > $2",
-    )
-    .bind(session_sha256)
-    .bind(now)
-    .fetch_optional(pool)
-    .await?;
-    if let Some(row) = operator {
-        return Ok(Some(WebSession {
-            id: row.try_get("id")?,
-            tenant: None,
-        }));
+    if let SessionKind::Operator { admin_fingerprint } = kind {
+        let operator = sqlx::query(
+            "SELECT id FROM operator_sessions WHERE session_sha256 = $1 AND expires_at > $2 \
+             AND admin_fingerprint = $3",
+        )
+        .bind(session_sha256)
+        .bind(now)
+        .bind(admin_fingerprint)
+        .fetch_optional(pool)
+        .await?;
+        return match operator {
+            Some(row) => Ok(Some(WebSession {
+                id: row.try_get("id")?,
+                tenant: None,
+            })),
+            None => Ok(None),
+        };
     }
     let portal = sqlx::query(
         "SELECT id, tenant FROM portal_sessions WHERE session_sha256 = $1 \

@@ -5,7 +5,7 @@ use super::usage;
 use super::{audit, portal, sessions};
 use super::{
     Actor, AuditQuery, AuditRecord, Feed, KeyCursor, OpenedPortal, PortalSession, Pruned, Recorded,
-    Result, Rolled, Store, Updated, UsageQuery, UsageSummary, WebSession,
+    Result, Rolled, SessionKind, Store, Updated, UsageQuery, UsageSummary, WebSession,
 };
 use crate::service::model::{StoredKey, UsageEntry, UsageRow};
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -394,14 +394,28 @@ impl Store for SqlStore {
         &self,
         id: &str,
         session_sha256: &str,
+        admin_fingerprint: &str,
         expires_at: i64,
         actor: &Actor,
     ) -> Result<()> {
-        sessions::sign_in(&self.pool, id, session_sha256, expires_at, actor).await
+        sessions::sign_in(
+            &self.pool,
+            id,
+            session_sha256,
+            admin_fingerprint,
+            expires_at,
+            actor,
+        )
+        .await
     }
 
-    async fn web_session(&self, session_sha256: &str, now: i64) -> Result<Option<WebSession>> {
-        sessions::find(&self.pool, session_sha256, now).await
+    async fn web_session(
+        &self,
+        session_sha256: &str,
+        now: i64,
+        kind: &SessionKind,
+    ) -> Result<Option<WebSession>> {
+        sessions::find(&self.pool, session_sha256, now, kind).await
     }
 
     async fn sign_out(&self, session: &WebSession, actor: &Actor) -> Result<()> {
