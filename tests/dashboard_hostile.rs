@@ -7,7 +7,9 @@ use common::service::*;
 use common::*;
 use serde_json::{json, Value};
 
-const SAME_ORIGIN: &str = "http://api.test"; // the host header common::send_body sends
+// The host header common::send_body sends, over https (the service runs without
+// --insecure-cookies: its pages are meant to be served over https).
+const SAME_ORIGIN: &str = "https://api.test";
 
 fn config(dir: &std::path::Path) -> std::path::PathBuf {
     let p = dir.join("plugin.json");
@@ -145,6 +147,11 @@ fn forged_forms_markup_and_other_tenants_get_nowhere() {
             format!("{create}&csrf={token}"),
         ),
         (vec![("origin", "null")], format!("{create}&csrf={token}")),
+        // The same host over plain http is another origin.
+        (
+            vec![("origin", "http://api.test")],
+            format!("{create}&csrf={token}"),
+        ),
         (
             vec![("sec-fetch-site", "cross-site")],
             format!("{create}&csrf={token}"),

@@ -207,7 +207,7 @@ pub async fn open_confirmed<S: Store>(
     peer: Option<axum::Extension<Peer>>,
     pages::FormBody(form): pages::FormBody,
 ) -> Result<Response, ApiError> {
-    if !pages::session::same_origin(&headers) {
+    if !pages::session::same_origin(&headers, ctx.app.insecure_cookies) {
         return Ok(message(
             StatusCode::FORBIDDEN,
             "Refused",

@@ -338,7 +338,7 @@ pub async fn create<S: Store>(
         form.get("tenant"),
     )
     .await;
-    if let Err(e) = check_form(&headers, &web, &form) {
+    if let Err(e) = check_form(&headers, &web, &form, ctx.app.insecure_cookies) {
         return Ok(error_page(l, e));
     }
     let mut body = Map::new();
@@ -508,7 +508,7 @@ pub async fn edit<S: Store>(
         let l = layout(&ctx, &web, "Not found", "keys", "/dashboard/keys", None).await;
         return Ok(error_page(l, ApiError::NotFound));
     }
-    if let Err(e) = check_form(&headers, &web, &form) {
+    if let Err(e) = check_form(&headers, &web, &form, ctx.app.insecure_cookies) {
         let l = layout(&ctx, &web, "Refused", "keys", "/dashboard/keys", None).await;
         return Ok(error_page(l, e));
     }
@@ -590,7 +590,7 @@ pub async fn roll<S: Store>(
         return Ok(error_page(l, ApiError::NotFound));
     }
     let l = layout(&ctx, &web, "Rolled key", "keys", "/dashboard/keys", None).await;
-    if let Err(e) = check_form(&headers, &web, &form) {
+    if let Err(e) = check_form(&headers, &web, &form, ctx.app.insecure_cookies) {
         return Ok(error_page(l, e));
     }
     let grace = form
@@ -672,7 +672,7 @@ pub async fn revoke<S: Store>(
         return Ok(error_page(l, ApiError::NotFound));
     }
     let l = layout(&ctx, &web, "Revoke key", "keys", "/dashboard/keys", None).await;
-    if let Err(e) = check_form(&headers, &web, &form) {
+    if let Err(e) = check_form(&headers, &web, &form, ctx.app.insecure_cookies) {
         return Ok(error_page(l, e));
     }
     if form.get("confirm").map(String::as_str) != Some("yes") {

@@ -132,8 +132,9 @@ pub fn check_form(
     headers: &HeaderMap,
     web: &Web,
     form: &HashMap<String, String>,
+    insecure: bool,
 ) -> Result<(), ApiError> {
-    if !same_origin(headers) {
+    if !same_origin(headers, insecure) {
         return Err(ApiError::Forbidden(
             "This form was sent from another site and was refused".into(),
         ));
@@ -155,8 +156,9 @@ pub fn check_form(
     Ok(())
 }
 
-/// `Origin` (when sent) names this host; `Sec-Fetch-Site` (when sent) says same origin.
-pub fn same_origin(headers: &HeaderMap) -> bool {
+/// `Origin` (when sent) names this host, over `https` (also `http` with `--insecure-cookies`,
+/// for plain-HTTP localhost); `Sec-Fetch-Site` (when sent) says same origin.
+pub fn same_origin(headers: &HeaderMap, insecure: bool) -> bool {
     let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
     if fetch_site.is_some_and(|s| s != "same-origin" && s != "none") {
         return false;
@@ -166,8 +168,8 @@ pub fn same_origin(headers: &HeaderMap) -> bool {
     };
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
     let origin_host = origin.to_str().ok().and_then(|o| {
-        o.strip_prefix("http://")
-            .or_else(|| o.strip_prefix("https://"))
+        o.strip_prefix("https://")
+            .or_else(|| o.strip_prefix("http://").filter(|_| insecure))
     });
     matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
 }
@@ -256,7 +258,7 @@ pub async fn sign_in<S: Store>(
     peer: Option<axum::Extension<Peer>>,
     FormBody(form): FormBody,
 ) -> Result<Response, ApiError> {
-    if !same_origin(&headers) {
+    if !same_origin(&headers, ctx.app.insecure_cookies) {
         return Ok(sign_in_page(
             StatusCode::FORBIDDEN,
             Some("This sign-in was sent from another site and was refused".into()),
@@ -317,7 +319,7 @@ pub async fn sign_out<S: Store>(
     let Some(first) = sessions.first() else {
         return Ok(see_other("/"));
     };
-    if let Err(e) = check_form(&headers, first, &form) {
+    if let Err(e) = check_form(&headers, first, &form, ctx.app.insecure_cookies) {
         return Ok(super::error_page(Layout::anonymous("Refused"), e));
     }
     for web in &sessions {
