@@ -189,20 +189,33 @@ fn idle_and_half_sent_connections_are_closed_and_limited() {
         &["--max-connections", "8", "--header-timeout-seconds", "2"],
     );
     // Eight connections that never send a byte hold every slot …
-    let idle: Vec<TcpStream> = (0..8)
+    let mut idle: Vec<TcpStream> = (0..8)
         .map(|_| TcpStream::connect(("127.0.0.1", s.port)).unwrap())
         .collect();
     thread::sleep(Duration::from_millis(500)); // let the service accept them all
-                                               // … a ninth is closed at once (never queued behind them) …
-    let mut extra = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
-    extra
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let t = Instant::now();
-    let n = extra.read(&mut [0u8; 16]).unwrap_or(0);
-    assert_eq!(n, 0, "closed");
-    // (Before the idle ones' 2 s header deadline would free a slot: not queued behind them.)
-    assert!(t.elapsed() < Duration::from_millis(1500), "at once");
+                                               // … and one more is closed at once (never queued behind them). A slot the start-up's
+                                               // health check still held when they arrived may free late: a connection that gets it is
+                                               // kept with the idle ones, and the next one tried (at most three).
+    let mut refused_at_once = false;
+    for _ in 0..3 {
+        let mut extra = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+        extra
+            .set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
+        let t = Instant::now();
+        match extra.read(&mut [0u8; 16]) {
+            // Closed before the idle ones' 2 s header deadline could free a slot.
+            Ok(0) if t.elapsed() < Duration::from_millis(1500) => {
+                refused_at_once = true;
+                break;
+            }
+            _ => idle.push(extra),
+        }
+    }
+    assert!(
+        refused_at_once,
+        "a connection over the limit is closed at once"
+    );
     // … and the idle ones are closed after the header deadline.
     for mut c in idle {
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
