@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 pub struct Browser {
     pub client: Client,
+    width: u32,
     driver: Child,
     _profile: PathBuf,
 }
@@ -72,6 +73,7 @@ impl Browser {
         };
         Browser {
             client,
+            width,
             driver,
             _profile: profile,
         }
@@ -176,7 +178,9 @@ impl Browser {
     /// A screenshot of the whole page into `target/screenshots/<name>.png`, and into
     /// `$SCREENSHOTS_DIR` when set (`make screenshots` writes the README's).
     pub async fn screenshot(&self, name: &str) {
-        // The whole page: the window as tall as the document.
+        // The whole page: the window as tall as the document (measured at the usual height
+        // first, so a tall page before does not leave this one padded).
+        let _ = self.client.set_window_size(self.width, 900).await;
         let height = self
             .client
             .execute("return document.documentElement.scrollHeight", vec![])
@@ -185,14 +189,7 @@ impl Browser {
             .and_then(|v| v.as_u64())
             .unwrap_or(900)
             .clamp(400, 4000) as u32;
-        let width = self
-            .client
-            .execute("return window.innerWidth", vec![])
-            .await
-            .ok()
-            .and_then(|v| v.as_u64())
-            .unwrap_or(1280) as u32;
-        let _ = self.client.set_window_size(width, height + 120).await;
+        let _ = self.client.set_window_size(self.width, height + 120).await;
         let png = self.client.screenshot().await.expect("screenshot");
         let mut dirs = vec![repo().join("target/screenshots")];
         if let Ok(d) = std::env::var("SCREENSHOTS_DIR") {
