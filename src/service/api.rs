@@ -3,9 +3,10 @@
 
 use super::answer::{data, json_response, page, ApiError};
 use super::auth::{Auth, Caller};
-use super::input::{json_body, read_report, read_roll, text_ok};
+use super::input::{json_body, read_roll, text_ok};
 use super::model::{feed_answer, usage_answer, StoredKey};
 use super::ops;
+use super::report::read_report;
 use super::server::Peer;
 use super::store::{Actor, AuditQuery, Feed, KeyCursor, Recorded, Store};
 use super::views::{AuditActor, AuditEntry, Done, Key};

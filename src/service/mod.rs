@@ -14,6 +14,7 @@ pub mod openapi;
 pub mod ops;
 pub mod pages;
 pub mod portal;
+pub mod report;
 pub mod server;
 pub mod store;
 pub mod usage;

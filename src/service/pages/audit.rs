@@ -1,7 +1,7 @@
 //! The audit page (SPEC §11): the audit log for what the session may see, newest first.
 
-use super::session::{current, layout};
-use super::{page, see_other, time_html, Layout};
+use super::session::{layout, signed_in};
+use super::{page, time_html, Layout};
 use crate::service::answer::ApiError;
 use crate::service::api::Ctx;
 use crate::service::server::Peer;
@@ -38,8 +38,9 @@ pub async fn show<S: Store>(
     peer: Option<axum::Extension<Peer>>,
     query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Some(web) = current(&ctx, &headers, peer.map(|p| p.0)).await? else {
-        return Ok(see_other("/"));
+    let web = match signed_in(&ctx, &headers, peer).await? {
+        Ok(w) => w,
+        Err(r) => return Ok(r),
     };
     let q = super::clean(query);
     let l = layout(

@@ -1,11 +1,11 @@
-//! The keys pages (SPEC §11): the table (newest first, filterable), create (the key shown once,
-//! `no-store`), a key's page (edit, roll with a chosen grace, revoke after a confirmation). Each
-//! form becomes the admin API's body and goes through the same operation ([`ops`]), so a page
-//! refuses exactly what the API refuses, in the API's words.
+//! The keys pages (SPEC §11): the table (newest first, filterable) and create (the key shown
+//! once, `no-store`); one key's page is [`super::key`]. Each form becomes the admin API's body and
+//! goes through the same operation ([`ops`]), so a page refuses exactly what the API refuses, in
+//! the API's words.
 
-use super::session::{check_form, current, layout, Web};
+use super::session::{check_form, layout, signed_in, Web};
 use super::FormBody;
-use super::{error_page, page, see_other, time_html, Layout};
+use super::{error_page, page, time_html, Layout};
 use crate::service::answer::ApiError;
 use crate::service::api::{now, Ctx};
 use crate::service::model::StoredKey;
@@ -13,9 +13,8 @@ use crate::service::ops;
 use crate::service::server::Peer;
 use crate::service::store::Store;
 use crate::service::views::CreatedKey;
-use crate::timestamp::format_rfc3339;
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{json, Map, Value};
@@ -39,7 +38,7 @@ pub struct Row {
     pub state: &'static str,
 }
 
-fn row(k: &StoredKey, app: &crate::service::api::App<impl Store>) -> Row {
+pub(super) fn row(k: &StoredKey, app: &crate::service::api::App<impl Store>) -> Row {
     let v = k.listed(&app.gate);
     let state = if v.revoked {
         "revoked"
@@ -83,7 +82,7 @@ struct KeysPage {
 
 /// The types and roles a session may choose: a customer's never the role that manages a tenant's
 /// keys (the provider's to give), nor a type that carries it.
-fn choices<S: Store>(ctx: &Ctx<S>, web: &Web) -> (Vec<PrefixChoice>, Vec<String>) {
+pub(super) fn choices<S: Store>(ctx: &Ctx<S>, web: &Web) -> (Vec<PrefixChoice>, Vec<String>) {
     let gate = &ctx.app.gate;
     let reserved = web
         .session
@@ -110,7 +109,7 @@ fn choices<S: Store>(ctx: &Ctx<S>, web: &Web) -> (Vec<PrefixChoice>, Vec<String>
 }
 
 /// For a customer's session: refuses a role (given, or its type's) that is the provider's to give.
-fn role_allowed<S: Store>(
+pub(super) fn role_allowed<S: Store>(
     ctx: &Ctx<S>,
     web: &Web,
     role: Option<&str>,
@@ -134,18 +133,6 @@ fn role_allowed<S: Store>(
         )));
     }
     Ok(())
-}
-
-/// Signed in, or the sign-in page.
-async fn signed_in<S: Store>(
-    ctx: &Ctx<S>,
-    headers: &HeaderMap,
-    peer: Option<axum::Extension<Peer>>,
-) -> Result<Result<Web, Response>, ApiError> {
-    Ok(match current(ctx, headers, peer.map(|p| p.0)).await? {
-        Some(w) => Ok(w),
-        None => Err(see_other("/")),
-    })
 }
 
 async fn keys_page<S: Store>(
@@ -247,7 +234,10 @@ pub async fn list<S: Store>(
 }
 
 /// A date input (`YYYY-MM-DD`) as the end of that day, UTC; empty: none.
-fn expiry(form: &HashMap<String, String>, field: &str) -> Result<Option<String>, ApiError> {
+pub(super) fn expiry(
+    form: &HashMap<String, String>,
+    field: &str,
+) -> Result<Option<String>, ApiError> {
     let Some(d) = form.get(field).map(|d| d.trim()).filter(|d| !d.is_empty()) else {
         return Ok(None);
     };
@@ -257,14 +247,14 @@ fn expiry(form: &HashMap<String, String>, field: &str) -> Result<Option<String>,
         .ok_or_else(|| ApiError::BadRequest(format!("{field}: {d:?} is not a date (2027-01-31)")))
 }
 
-fn text(form: &HashMap<String, String>, field: &str) -> Option<String> {
+pub(super) fn text(form: &HashMap<String, String>, field: &str) -> Option<String> {
     form.get(field)
         .map(|v| v.trim().to_string())
         .filter(|v| !v.is_empty())
 }
 
 /// One entry a line (blank lines dropped).
-fn lines(form: &HashMap<String, String>, field: &str) -> Vec<String> {
+pub(super) fn lines(form: &HashMap<String, String>, field: &str) -> Vec<String> {
     form.get(field)
         .map(|v| {
             v.lines()
@@ -277,7 +267,7 @@ fn lines(form: &HashMap<String, String>, field: &str) -> Vec<String> {
 }
 
 /// `100/minute` lines as the API's `rate_limits`.
-fn limits(form: &HashMap<String, String>) -> Result<Vec<Value>, ApiError> {
+pub(super) fn limits(form: &HashMap<String, String>) -> Result<Vec<Value>, ApiError> {
     lines(form, "rate_limits")
         .iter()
         .map(|l| {
@@ -303,7 +293,12 @@ struct Shown {
     rolled_from: Option<String>,
 }
 
-fn shown(l: Layout, heading: &str, key: CreatedKey, rolled_from: Option<String>) -> Response {
+pub(super) fn shown(
+    l: Layout,
+    heading: &str,
+    key: CreatedKey,
+    rolled_from: Option<String>,
+) -> Response {
     let expires = time_html(key.expires_at.as_deref());
     page(
         StatusCode::CREATED,
@@ -377,316 +372,5 @@ pub async fn create<S: Store>(
             }
             keys_page(&ctx, &web, &query, Some(refused)).await
         }
-    }
-}
-
-#[derive(Template)]
-#[template(path = "key.html")]
-struct KeyPage {
-    l: Layout,
-    k: Row,
-    roles: Vec<String>,
-    own_role: String,
-    name: String,
-    expires_date: String,
-    allowed_ips: String,
-    allowed_referers: String,
-    allowed_paths: String,
-    rate_limits: String,
-    error: Option<String>,
-    notice: Option<String>,
-}
-
-fn list_text(v: &Value, field: &str) -> String {
-    v.get(field)
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .unwrap_or_default()
-}
-
-async fn key_page<S: Store>(
-    ctx: &Ctx<S>,
-    web: &Web,
-    id: &str,
-    tenant: Option<&String>,
-    error: Option<String>,
-    notice: Option<String>,
-) -> Result<Response, ApiError> {
-    let l = layout(ctx, web, "API key", "keys", "/dashboard/keys", tenant).await;
-    let k = match ops::visible(&ctx.app, &web.caller, id).await {
-        Ok(k) => k,
-        Err(e) => return Ok(error_page(l, e)),
-    };
-    let r = &k.restrictions;
-    let rate_limits = r
-        .get("rate_limits")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .map(|l| format!("{}/{}", l["requests"], l["per"].as_str().unwrap_or("")))
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .unwrap_or_default();
-    let status = if error.is_some() {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::OK
-    };
-    let (_, roles) = choices(ctx, web);
-    let p = KeyPage {
-        own_role: k.role.clone().unwrap_or_default(),
-        name: k.name.clone().unwrap_or_default(),
-        expires_date: k
-            .expires_at
-            .map(|t| format_rfc3339(t).get(..10).unwrap_or_default().to_string())
-            .unwrap_or_default(),
-        allowed_ips: list_text(r, "allowed_ips"),
-        allowed_referers: list_text(r, "allowed_referers"),
-        allowed_paths: list_text(r, "allowed_paths"),
-        rate_limits,
-        k: row(&k, &ctx.app),
-        l,
-        roles,
-        error,
-        notice,
-    };
-    Ok(page(status, p.render()))
-}
-
-/// `GET /dashboard/keys/{id}`: a key, its settings and its actions (another tenant's: 404).
-pub async fn show<S: Store>(
-    State(ctx): State<Ctx<S>>,
-    headers: HeaderMap,
-    peer: Option<axum::Extension<Peer>>,
-    Path(id): Path<String>,
-    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
-    let web = match signed_in(&ctx, &headers, peer).await? {
-        Ok(w) => w,
-        Err(r) => return Ok(r),
-    };
-    if !super::id_ok(&id) {
-        let l = layout(&ctx, &web, "Not found", "keys", "/dashboard/keys", None).await;
-        return Ok(error_page(l, ApiError::NotFound));
-    }
-    let query = super::clean(query);
-    let notice = query.get("done").map(|d| match d.as_str() {
-        "edited" => "Saved. Every Envoy syncing from this service applies it within seconds.",
-        "revoked" => "Revoked. Every Envoy syncing from this service refuses it within seconds.",
-        _ => "Done.",
-    });
-    key_page(
-        &ctx,
-        &web,
-        &id,
-        query.get("tenant"),
-        None,
-        notice.map(str::to_string),
-    )
-    .await
-}
-
-/// `POST /dashboard/keys/{id}`: the edit form, as a PATCH of every field it shows.
-pub async fn edit<S: Store>(
-    State(ctx): State<Ctx<S>>,
-    headers: HeaderMap,
-    peer: Option<axum::Extension<Peer>>,
-    Path(id): Path<String>,
-    FormBody(form): FormBody,
-) -> Result<Response, ApiError> {
-    let web = match signed_in(&ctx, &headers, peer).await? {
-        Ok(w) => w,
-        Err(r) => return Ok(r),
-    };
-    if !super::id_ok(&id) {
-        let l = layout(&ctx, &web, "Not found", "keys", "/dashboard/keys", None).await;
-        return Ok(error_page(l, ApiError::NotFound));
-    }
-    if let Err(e) = check_form(&headers, &web, &form, ctx.app.insecure_cookies) {
-        let l = layout(&ctx, &web, "Refused", "keys", "/dashboard/keys", None).await;
-        return Ok(error_page(l, e));
-    }
-    let mut body = Map::new();
-    let opt = |v: Option<String>| v.map_or(Value::Null, Value::String);
-    body.insert("name".into(), opt(text(&form, "name")));
-    body.insert("role".into(), opt(text(&form, "role")));
-    let patch = expiry(&form, "expires").and_then(|e| {
-        body.insert("expires_at".into(), opt(e));
-        for field in ["allowed_ips", "allowed_referers", "allowed_paths"] {
-            let l = lines(&form, field);
-            body.insert(
-                field.into(),
-                if l.is_empty() { Value::Null } else { json!(l) },
-            );
-        }
-        if web.session.tenant.is_none() {
-            let l = limits(&form)?;
-            body.insert(
-                "rate_limits".into(),
-                if l.is_empty() {
-                    Value::Null
-                } else {
-                    Value::Array(l)
-                },
-            );
-        }
-        Ok(Value::Object(body))
-    });
-    // A customer may keep a role it was given, not give a key the provider's own.
-    let old_role = ops::visible(&ctx.app, &web.caller, &id)
-        .await
-        .ok()
-        .and_then(|k| k.role);
-    let patch = patch.and_then(|body| {
-        let role = text(&form, "role");
-        if role != old_role {
-            role_allowed(&ctx, &web, role.as_deref(), None)?;
-        }
-        Ok(body)
-    });
-    let result = match patch {
-        Ok(body) => ops::update(&ctx.app, &web.caller, &web.actor(), &id, &body)
-            .await
-            .map(|_| ()),
-        Err(e) => Err(e),
-    };
-    match result {
-        Ok(()) => Ok(see_other(&format!(
-            "/dashboard/keys/{}?done=edited",
-            super::enc(&id)
-        ))),
-        Err(ApiError::Unavailable) => Err(ApiError::Unavailable),
-        Err(ApiError::NotFound) => {
-            let l = layout(&ctx, &web, "Not found", "keys", "/dashboard/keys", None).await;
-            Ok(error_page(l, ApiError::NotFound))
-        }
-        Err(e) => {
-            let (_, message) = e.status_and_message();
-            key_page(&ctx, &web, &id, None, Some(message), None).await
-        }
-    }
-}
-
-/// `POST /dashboard/keys/{id}/roll`: a new key with the same settings, shown once.
-pub async fn roll<S: Store>(
-    State(ctx): State<Ctx<S>>,
-    headers: HeaderMap,
-    peer: Option<axum::Extension<Peer>>,
-    Path(id): Path<String>,
-    FormBody(form): FormBody,
-) -> Result<Response, ApiError> {
-    let web = match signed_in(&ctx, &headers, peer).await? {
-        Ok(w) => w,
-        Err(r) => return Ok(r),
-    };
-    if !super::id_ok(&id) {
-        let l = layout(&ctx, &web, "Not found", "keys", "/dashboard/keys", None).await;
-        return Ok(error_page(l, ApiError::NotFound));
-    }
-    let l = layout(&ctx, &web, "Rolled key", "keys", "/dashboard/keys", None).await;
-    if let Err(e) = check_form(&headers, &web, &form, ctx.app.insecure_cookies) {
-        return Ok(error_page(l, e));
-    }
-    let grace = form
-        .get("grace_seconds")
-        .and_then(|g| g.parse::<u64>().ok())
-        .filter(|g| *g <= 366 * 86_400)
-        .unwrap_or(86_400);
-    match ops::roll(&ctx.app, &web.caller, &web.actor(), &id, grace).await {
-        Ok(key) => Ok(shown(l, "The new key", key, Some(id))),
-        Err(ApiError::Unavailable) => Err(ApiError::Unavailable),
-        Err(ApiError::NotFound) => Ok(error_page(l, ApiError::NotFound)),
-        Err(e) => {
-            let (_, message) = e.status_and_message();
-            key_page(&ctx, &web, &id, None, Some(message), None).await
-        }
-    }
-}
-
-#[derive(Template)]
-#[template(path = "key_revoke.html")]
-struct RevokePage {
-    l: Layout,
-    k: Row,
-}
-
-/// `GET /dashboard/keys/{id}/revoke`: the confirmation.
-pub async fn confirm_revoke<S: Store>(
-    State(ctx): State<Ctx<S>>,
-    headers: HeaderMap,
-    peer: Option<axum::Extension<Peer>>,
-    Path(id): Path<String>,
-    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
-    let web = match signed_in(&ctx, &headers, peer).await? {
-        Ok(w) => w,
-        Err(r) => return Ok(r),
-    };
-    if !super::id_ok(&id) {
-        let l = layout(&ctx, &web, "Not found", "keys", "/dashboard/keys", None).await;
-        return Ok(error_page(l, ApiError::NotFound));
-    }
-    let query = super::clean(query);
-    let l = layout(
-        &ctx,
-        &web,
-        "Revoke key",
-        "keys",
-        "/dashboard/keys",
-        query.get("tenant"),
-    )
-    .await;
-    match ops::visible(&ctx.app, &web.caller, &id).await {
-        Ok(k) => Ok(page(
-            StatusCode::OK,
-            RevokePage {
-                k: row(&k, &ctx.app),
-                l,
-            }
-            .render(),
-        )),
-        Err(e) => Ok(error_page(l, e)),
-    }
-}
-
-/// `POST /dashboard/keys/{id}/revoke` (with `confirm=yes`, from the confirmation page).
-pub async fn revoke<S: Store>(
-    State(ctx): State<Ctx<S>>,
-    headers: HeaderMap,
-    peer: Option<axum::Extension<Peer>>,
-    Path(id): Path<String>,
-    FormBody(form): FormBody,
-) -> Result<Response, ApiError> {
-    let web = match signed_in(&ctx, &headers, peer).await? {
-        Ok(w) => w,
-        Err(r) => return Ok(r),
-    };
-    if !super::id_ok(&id) {
-        let l = layout(&ctx, &web, "Not found", "keys", "/dashboard/keys", None).await;
-        return Ok(error_page(l, ApiError::NotFound));
-    }
-    let l = layout(&ctx, &web, "Revoke key", "keys", "/dashboard/keys", None).await;
-    if let Err(e) = check_form(&headers, &web, &form, ctx.app.insecure_cookies) {
-        return Ok(error_page(l, e));
-    }
-    if form.get("confirm").map(String::as_str) != Some("yes") {
-        return Ok(see_other(&format!(
-            "/dashboard/keys/{}/revoke",
-            super::enc(&id)
-        )));
-    }
-    match ops::revoke(&ctx.app, &web.caller, &web.actor(), &id).await {
-        Ok(()) => Ok(see_other(&format!(
-            "/dashboard/keys/{}?done=revoked",
-            super::enc(&id)
-        ))),
-        Err(ApiError::Unavailable) => Err(ApiError::Unavailable),
-        Err(e) => Ok(error_page(l, e)),
     }
 }

@@ -6,6 +6,7 @@
 //! [`audit`] (one page each) → [`Layout`] and [`page`] (headers every page sends).
 
 mod audit;
+mod key;
 mod keys;
 pub(super) mod session;
 mod usage;
@@ -40,12 +41,12 @@ pub fn routes<S: Store>() -> Router<Ctx<S>> {
         )
         .route(
             "/dashboard/keys/{id}",
-            get(keys::show::<S>).post(keys::edit::<S>),
+            get(key::show::<S>).post(key::edit::<S>),
         )
-        .route("/dashboard/keys/{id}/roll", post(keys::roll::<S>))
+        .route("/dashboard/keys/{id}/roll", post(key::roll::<S>))
         .route(
             "/dashboard/keys/{id}/revoke",
-            get(keys::confirm_revoke::<S>).post(keys::revoke::<S>),
+            get(key::confirm_revoke::<S>).post(key::revoke::<S>),
         )
         .route("/dashboard/usage", get(usage::show::<S>))
         .route("/dashboard/usage.csv", get(usage::csv::<S>))

@@ -126,6 +126,18 @@ pub async fn all<S: Store>(
     Ok(found)
 }
 
+/// Signed in, or the answer to give instead (a redirect to the sign-in).
+pub async fn signed_in<S: Store>(
+    ctx: &Ctx<S>,
+    headers: &HeaderMap,
+    peer: Option<axum::Extension<Peer>>,
+) -> Result<Result<Web, Response>, ApiError> {
+    Ok(match current(ctx, headers, peer.map(|p| p.0)).await? {
+        Some(w) => Ok(w),
+        None => Err(see_other("/")),
+    })
+}
+
 /// A state-changing form is this site's own: its token matches and, where the browser says
 /// where it came from, it came from here.
 pub fn check_form(

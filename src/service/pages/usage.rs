@@ -2,8 +2,8 @@
 //! no script needed), by key and by endpoint, for the last 24 hours / 7 / 30 days or a range of
 //! days; and the CSV of what is shown. The numbers are `/v1/usage`'s ([`ops::usage_summary`]).
 
-use super::session::{current, layout};
-use super::{esc, page, see_other, thousands, Layout};
+use super::session::{layout, signed_in};
+use super::{esc, page, thousands, Layout};
 use crate::service::answer::ApiError;
 use crate::service::api::{now, Ctx};
 use crate::service::ops;
@@ -236,8 +236,9 @@ pub async fn show<S: Store>(
     peer: Option<axum::Extension<Peer>>,
     query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Some(web) = current(&ctx, &headers, peer.map(|p| p.0)).await? else {
-        return Ok(see_other("/"));
+    let web = match signed_in(&ctx, &headers, peer).await? {
+        Ok(w) => w,
+        Err(r) => return Ok(r),
     };
     let q = super::clean(query);
     let l = layout(
@@ -420,8 +421,9 @@ pub async fn csv<S: Store>(
     peer: Option<axum::Extension<Peer>>,
     query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Some(web) = current(&ctx, &headers, peer.map(|p| p.0)).await? else {
-        return Ok(see_other("/"));
+    let web = match signed_in(&ctx, &headers, peer).await? {
+        Ok(w) => w,
+        Err(r) => return Ok(r),
     };
     let q = super::clean(query);
     let tenant = match &web.session.tenant {

@@ -1,0 +1,329 @@
+//! One key's pages (SPEC §11): its settings and edit form, roll with a chosen grace (the new key
+//! shown once), revoke after a confirmation page. Another tenant's key, or an id the store could
+//! not be asked about, is a 404 page.
+
+use super::keys::{choices, expiry, limits, lines, role_allowed, row, shown, text, Row};
+use super::session::{check_form, layout, signed_in, Web};
+use super::FormBody;
+use super::{error_page, page, see_other, Layout};
+use crate::service::answer::ApiError;
+use crate::service::api::Ctx;
+use crate::service::ops;
+use crate::service::server::Peer;
+use crate::service::store::Store;
+use crate::timestamp::format_rfc3339;
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+
+/// Signed in and asking about an id the store can be asked about; else the sign-in or a 404.
+async fn for_key<S: Store>(
+    ctx: &Ctx<S>,
+    headers: &HeaderMap,
+    peer: Option<axum::Extension<Peer>>,
+    id: &str,
+) -> Result<Result<Web, Response>, ApiError> {
+    let web = match signed_in(ctx, headers, peer).await? {
+        Ok(w) => w,
+        Err(r) => return Ok(Err(r)),
+    };
+    if !super::id_ok(id) {
+        let l = layout(ctx, &web, "Not found", "keys", "/dashboard/keys", None).await;
+        return Ok(Err(error_page(l, ApiError::NotFound)));
+    }
+    Ok(Ok(web))
+}
+
+#[derive(Template)]
+#[template(path = "key.html")]
+struct KeyPage {
+    l: Layout,
+    k: Row,
+    roles: Vec<String>,
+    own_role: String,
+    name: String,
+    expires_date: String,
+    allowed_ips: String,
+    allowed_referers: String,
+    allowed_paths: String,
+    rate_limits: String,
+    error: Option<String>,
+    notice: Option<String>,
+}
+
+fn list_text(v: &Value, field: &str) -> String {
+    v.get(field)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
+async fn key_page<S: Store>(
+    ctx: &Ctx<S>,
+    web: &Web,
+    id: &str,
+    tenant: Option<&String>,
+    error: Option<String>,
+    notice: Option<String>,
+) -> Result<Response, ApiError> {
+    let l = layout(ctx, web, "API key", "keys", "/dashboard/keys", tenant).await;
+    let k = match ops::visible(&ctx.app, &web.caller, id).await {
+        Ok(k) => k,
+        Err(e) => return Ok(error_page(l, e)),
+    };
+    let r = &k.restrictions;
+    let rate_limits = r
+        .get("rate_limits")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|l| format!("{}/{}", l["requests"], l["per"].as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default();
+    let status = if error.is_some() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    let (_, roles) = choices(ctx, web);
+    let p = KeyPage {
+        own_role: k.role.clone().unwrap_or_default(),
+        name: k.name.clone().unwrap_or_default(),
+        expires_date: k
+            .expires_at
+            .map(|t| format_rfc3339(t).get(..10).unwrap_or_default().to_string())
+            .unwrap_or_default(),
+        allowed_ips: list_text(r, "allowed_ips"),
+        allowed_referers: list_text(r, "allowed_referers"),
+        allowed_paths: list_text(r, "allowed_paths"),
+        rate_limits,
+        k: row(&k, &ctx.app),
+        l,
+        roles,
+        error,
+        notice,
+    };
+    Ok(page(status, p.render()))
+}
+
+/// `GET /dashboard/keys/{id}`: a key, its settings and its actions (another tenant's: 404).
+pub async fn show<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    peer: Option<axum::Extension<Peer>>,
+    Path(id): Path<String>,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let web = match for_key(&ctx, &headers, peer, &id).await? {
+        Ok(w) => w,
+        Err(r) => return Ok(r),
+    };
+    let query = super::clean(query);
+    let notice = query.get("done").map(|d| match d.as_str() {
+        "edited" => "Saved. Every Envoy syncing from this service applies it within seconds.",
+        "revoked" => "Revoked. Every Envoy syncing from this service refuses it within seconds.",
+        _ => "Done.",
+    });
+    key_page(
+        &ctx,
+        &web,
+        &id,
+        query.get("tenant"),
+        None,
+        notice.map(str::to_string),
+    )
+    .await
+}
+
+/// `POST /dashboard/keys/{id}`: the edit form, as a PATCH of every field it shows.
+pub async fn edit<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    peer: Option<axum::Extension<Peer>>,
+    Path(id): Path<String>,
+    FormBody(form): FormBody,
+) -> Result<Response, ApiError> {
+    let web = match for_key(&ctx, &headers, peer, &id).await? {
+        Ok(w) => w,
+        Err(r) => return Ok(r),
+    };
+    if let Err(e) = check_form(&headers, &web, &form, ctx.app.insecure_cookies) {
+        let l = layout(&ctx, &web, "Refused", "keys", "/dashboard/keys", None).await;
+        return Ok(error_page(l, e));
+    }
+    let mut body = Map::new();
+    let opt = |v: Option<String>| v.map_or(Value::Null, Value::String);
+    body.insert("name".into(), opt(text(&form, "name")));
+    body.insert("role".into(), opt(text(&form, "role")));
+    let patch = expiry(&form, "expires").and_then(|e| {
+        body.insert("expires_at".into(), opt(e));
+        for field in ["allowed_ips", "allowed_referers", "allowed_paths"] {
+            let l = lines(&form, field);
+            body.insert(
+                field.into(),
+                if l.is_empty() { Value::Null } else { json!(l) },
+            );
+        }
+        if web.session.tenant.is_none() {
+            let l = limits(&form)?;
+            body.insert(
+                "rate_limits".into(),
+                if l.is_empty() {
+                    Value::Null
+                } else {
+                    Value::Array(l)
+                },
+            );
+        }
+        Ok(Value::Object(body))
+    });
+    // A customer may keep a role it was given, not give a key the provider's own.
+    let old_role = ops::visible(&ctx.app, &web.caller, &id)
+        .await
+        .ok()
+        .and_then(|k| k.role);
+    let patch = patch.and_then(|body| {
+        let role = text(&form, "role");
+        if role != old_role {
+            role_allowed(&ctx, &web, role.as_deref(), None)?;
+        }
+        Ok(body)
+    });
+    let result = match patch {
+        Ok(body) => ops::update(&ctx.app, &web.caller, &web.actor(), &id, &body)
+            .await
+            .map(|_| ()),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => Ok(see_other(&format!(
+            "/dashboard/keys/{}?done=edited",
+            super::enc(&id)
+        ))),
+        Err(ApiError::Unavailable) => Err(ApiError::Unavailable),
+        Err(ApiError::NotFound) => {
+            let l = layout(&ctx, &web, "Not found", "keys", "/dashboard/keys", None).await;
+            Ok(error_page(l, ApiError::NotFound))
+        }
+        Err(e) => {
+            let (_, message) = e.status_and_message();
+            key_page(&ctx, &web, &id, None, Some(message), None).await
+        }
+    }
+}
+
+/// `POST /dashboard/keys/{id}/roll`: a new key with the same settings, shown once.
+pub async fn roll<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    peer: Option<axum::Extension<Peer>>,
+    Path(id): Path<String>,
+    FormBody(form): FormBody,
+) -> Result<Response, ApiError> {
+    let web = match for_key(&ctx, &headers, peer, &id).await? {
+        Ok(w) => w,
+        Err(r) => return Ok(r),
+    };
+    let l = layout(&ctx, &web, "Rolled key", "keys", "/dashboard/keys", None).await;
+    if let Err(e) = check_form(&headers, &web, &form, ctx.app.insecure_cookies) {
+        return Ok(error_page(l, e));
+    }
+    let grace = form
+        .get("grace_seconds")
+        .and_then(|g| g.parse::<u64>().ok())
+        .filter(|g| *g <= 366 * 86_400)
+        .unwrap_or(86_400);
+    match ops::roll(&ctx.app, &web.caller, &web.actor(), &id, grace).await {
+        Ok(key) => Ok(shown(l, "The new key", key, Some(id))),
+        Err(ApiError::Unavailable) => Err(ApiError::Unavailable),
+        Err(ApiError::NotFound) => Ok(error_page(l, ApiError::NotFound)),
+        Err(e) => {
+            let (_, message) = e.status_and_message();
+            key_page(&ctx, &web, &id, None, Some(message), None).await
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "key_revoke.html")]
+struct RevokePage {
+    l: Layout,
+    k: Row,
+}
+
+/// `GET /dashboard/keys/{id}/revoke`: the confirmation.
+pub async fn confirm_revoke<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    peer: Option<axum::Extension<Peer>>,
+    Path(id): Path<String>,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let web = match for_key(&ctx, &headers, peer, &id).await? {
+        Ok(w) => w,
+        Err(r) => return Ok(r),
+    };
+    let query = super::clean(query);
+    let l = layout(
+        &ctx,
+        &web,
+        "Revoke key",
+        "keys",
+        "/dashboard/keys",
+        query.get("tenant"),
+    )
+    .await;
+    match ops::visible(&ctx.app, &web.caller, &id).await {
+        Ok(k) => Ok(page(
+            StatusCode::OK,
+            RevokePage {
+                k: row(&k, &ctx.app),
+                l,
+            }
+            .render(),
+        )),
+        Err(e) => Ok(error_page(l, e)),
+    }
+}
+
+/// `POST /dashboard/keys/{id}/revoke` (with `confirm=yes`, from the confirmation page).
+pub async fn revoke<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    peer: Option<axum::Extension<Peer>>,
+    Path(id): Path<String>,
+    FormBody(form): FormBody,
+) -> Result<Response, ApiError> {
+    let web = match for_key(&ctx, &headers, peer, &id).await? {
+        Ok(w) => w,
+        Err(r) => return Ok(r),
+    };
+    let l = layout(&ctx, &web, "Revoke key", "keys", "/dashboard/keys", None).await;
+    if let Err(e) = check_form(&headers, &web, &form, ctx.app.insecure_cookies) {
+        return Ok(error_page(l, e));
+    }
+    if form.get("confirm").map(String::as_str) != Some("yes") {
+        return Ok(see_other(&format!(
+            "/dashboard/keys/{}/revoke",
+            super::enc(&id)
+        )));
+    }
+    match ops::revoke(&ctx.app, &web.caller, &web.actor(), &id).await {
+        Ok(()) => Ok(see_other(&format!(
+            "/dashboard/keys/{}?done=revoked",
+            super::enc(&id)
+        ))),
+        Err(ApiError::Unavailable) => Err(ApiError::Unavailable),
+        Err(e) => Ok(error_page(l, e)),
+    }
+}
