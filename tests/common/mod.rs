@@ -280,6 +280,8 @@ fn serve_echo(conn: TcpStream, name: &str) {
         let method = parts.next().unwrap_or_default().to_string();
         let path = parts.next().unwrap_or_default().to_string();
         let mut headers = serde_json::Map::new();
+        // The header lines as received, in order (byte-identical output tests compare them).
+        let mut raw = vec![];
         let mut content_length = 0usize;
         loop {
             let mut h = String::new();
@@ -290,6 +292,7 @@ fn serve_echo(conn: TcpStream, name: &str) {
             if h.is_empty() {
                 break;
             }
+            raw.push(Value::String(h.to_string()));
             if let Some((k, v)) = h.split_once(':') {
                 let k = k.trim().to_ascii_lowercase();
                 let v = v.trim().to_string();
@@ -309,9 +312,10 @@ fn serve_echo(conn: TcpStream, name: &str) {
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        let report = serde_json::json!({"method": method, "path": path, "headers": headers,
+        let report =
+            serde_json::json!({"method": method, "path": path, "headers": headers, "raw": raw,
                                         "body": String::from_utf8_lossy(&body)})
-        .to_string();
+            .to_string();
         let resp = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-echo-upstream: {name}\r\ncontent-length: {}\r\n\r\n{report}",
             report.len()
