@@ -175,7 +175,7 @@ line "curl -i -H 'x-tenant-api-key: $LIVE' $API/v1/verify" '200 {"key":…,"orga
 line "for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{http_code}\n' -H 'x-tenant-api-key: $SANDBOX' $API/; done" \
   "200 200 200 200 429 429: 5 a minute, and the third line used one" \
   $'200\n200\n200\n200\n429\n429'
-line "curl -s $ADMIN/stats/prometheus | grep ^keygate" "per-key usage" \
+line "sleep 1; curl -s $ADMIN/stats/prometheus | grep ^keygate" "per-key usage (flushed every 0.5 s)" \
   'keygate_allowed{key_id="demo_live"} 2*keygate_rejected{reason="rate_limited",key_id="demo_sandbox"} 2'
 # The key lifecycle with the key service (SPEC §7): create, use, list, usage, revoke.
 SERVICE=http://127.0.0.1:$SERVICE_PORT

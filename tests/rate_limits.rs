@@ -107,7 +107,11 @@ fn exactly_the_limit_is_admitted_across_workers() {
     );
 
     // Usage stats match what was sent.
-    let stats = e.stats_prometheus();
+    let stats = e.stats_prometheus_once(&[
+        "keygate_requests{key_id=\"key_exact\"} 200",
+        "keygate_allowed{key_id=\"key_exact\"} 40",
+        "keygate_rejected{reason=\"rate_limited\",key_id=\"key_exact\"} 160",
+    ]);
     assert!(
         stats.contains("keygate_requests{key_id=\"key_exact\"} 200"),
         "{stats}"

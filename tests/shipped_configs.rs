@@ -472,7 +472,9 @@ fn the_demo_serves_what_make_run_prints() {
         200,
         r#"{"key":{"id":"demo_live","name":"Demo live key","environment":"LIVE","role":null},"organization":{"id":"org_demo"}}"#,
     );
-    let stats = r.envoy.stats_prometheus();
+    let stats = r
+        .envoy
+        .stats_prometheus_once(&["keygate_allowed{key_id=\"demo_live\"} 2"]);
     assert!(
         stats.contains("keygate_allowed{key_id=\"demo_live\"} 2"),
         "{stats}"
@@ -789,9 +791,9 @@ fn the_demo_smoke_checks_every_printed_line_and_envoy_starts_without_warnings() 
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("demo smoke: ok (all 15 lines)"), "{stdout}");
-    let printed = stdout
-        .lines()
-        .filter(|l| l.starts_with("  curl ") || l.starts_with("  for "));
+    let printed = stdout.lines().filter(|l| {
+        l.starts_with("  curl ") || l.starts_with("  for ") || l.starts_with("  sleep 1; curl ")
+    });
     assert_eq!(printed.count(), 9, "{stdout}");
     // Nothing but the access log and the checks: no Envoy warning (e.g. the one about
     // unlimited downstream connections), no shell trace.

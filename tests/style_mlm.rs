@@ -397,7 +397,12 @@ fn audit_trail_is_in_the_access_log_and_the_key_is_nowhere() {
     assert!(e["decision"].is_null(), "public paths are not judged: {e}");
 
     // Usage stats per key id.
-    let stats = s.envoy.stats_prometheus();
+    let stats = s.envoy.stats_prometheus_once(&[
+        "keygate_requests{key_id=\"key_live\"} 1",
+        "keygate_allowed{key_id=\"key_live\"} 1",
+        "keygate_rejected{reason=\"revoked\",key_id=\"key_revoked\"} 1",
+        "keygate_rejected{reason=\"missing\"} 1",
+    ]);
     assert!(
         stats.contains("keygate_requests{key_id=\"key_live\"} 1"),
         "{stats}"

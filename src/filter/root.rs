@@ -33,6 +33,7 @@ impl Context for KeygateRoot {
     /// Envoy is removing this root context (a replaced configuration, shutdown): usage counts
     /// not yet reported are sent first.
     fn on_done(&mut self) -> bool {
+        self.stats.borrow_mut().flush(unix_now());
         match self.reporter.as_mut() {
             Some(r) => r.close(&self.stats),
             None => true,
@@ -140,7 +141,7 @@ impl RootContext for KeygateRoot {
                 self.reporter = None;
             }
         }
-        // The tick flushes last-used gauges and, with key_sync, refreshes the key-set view.
+        // The tick flushes the usage stats and, with key_sync, refreshes the key-set view.
         let _ = abi::set_tick_period_ms(TICK_MS);
         info!(
             "configuration loaded: {} keys, {} prefixes, {} roles",
@@ -153,7 +154,7 @@ impl RootContext for KeygateRoot {
     }
 
     fn on_tick(&mut self) {
-        self.stats.borrow_mut().flush_last_used(unix_now());
+        self.stats.borrow_mut().flush(unix_now());
         if let Some(s) = self.syncer.as_mut() {
             refresh_view(&self.view);
             s.tick(&self.stats);

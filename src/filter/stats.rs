@@ -1,5 +1,9 @@
 //! Usage stats (SPEC §3) as Envoy metrics, defined lazily and cached per VM.
 //!
+//! Per-key counters, keyless rejections and last-used gauges are counted in the VM and flushed
+//! on the root's tick (every 0.5 s; SPEC §3 allows up to one second): no host call per request,
+//! one per changed metric per tick. Operational events are counted at once (they are rare).
+//!
 //! Names carry their tags as `.<tag>.<value>` segments so that Envoy's tag extraction (see the
 //! shipped `stats_config`) turns them into Prometheus labels:
 //! `keygate.requests.key_id.<id>`, `keygate.allowed.key_id.<id>`,
@@ -19,15 +23,21 @@ struct KeyMetrics {
     requests: Option<u32>,
     allowed: Option<u32>,
     last_used: Option<u32>,
-    /// Used since the last flush of the last-used gauges.
+    /// Used since the last flush (its pending counts and last-used gauge are due).
     used: bool,
     rejected: [Option<u32>; REASONS],
+    /// Counted since the last flush: requests, allowed, rejected by reason.
+    pending_requests: u64,
+    pending_allowed: u64,
+    pending_rejected: [u64; REASONS],
 }
 
 #[derive(Default)]
 pub struct Stats {
     per_key: FastMap<String, KeyMetrics>,
     keyless: [Option<u32>; REASONS],
+    /// Rejections without a known key since the last flush, by reason.
+    keyless_pending: [u64; REASONS],
     events: FastMap<&'static str, u32>,
     gauges: FastMap<&'static str, u32>,
     /// Keys used since the last flush.
@@ -44,8 +54,12 @@ fn define(slot: &mut Option<u32>, kind: MetricType, name: impl FnOnce() -> Strin
 }
 
 fn bump(id: Option<u32>) {
-    if let Some(id) = id {
-        abi::increment_metric(id, 1);
+    add(id, 1);
+}
+
+fn add(id: Option<u32>, n: u64) {
+    if let (Some(id), true) = (id, n > 0) {
+        abi::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
     }
 }
 
@@ -72,34 +86,59 @@ impl Stats {
         let Some(m) = self.per_key.get_mut(key_id) else {
             return;
         };
-        bump(define(&mut m.requests, MetricType::Counter, || {
-            format!("keygate.requests.key_id.{key_id}")
-        }));
+        m.pending_requests += 1;
         if decision == Decision::Allowed {
-            bump(define(&mut m.allowed, MetricType::Counter, || {
-                format!("keygate.allowed.key_id.{key_id}")
-            }));
-        } else if let Some(slot) = m.rejected.get_mut(reason_index(decision)) {
-            let reason = decision.as_str();
-            bump(define(slot, MetricType::Counter, || {
-                format!("keygate.rejected.reason.{reason}.key_id.{key_id}")
-            }));
+            m.pending_allowed += 1;
+        } else if let Some(n) = m.pending_rejected.get_mut(reason_index(decision)) {
+            *n += 1;
         }
-        // The last-used gauge is written on the next tick, not per request: at most one
-        // host call per used key per tick instead of a clock read and a write per request.
         if !m.used {
             m.used = true;
             self.used.push(key_id.to_string());
         }
     }
 
-    /// Writes the last-used time of every key used since the previous flush (root tick).
-    pub fn flush_last_used(&mut self, now: u64) {
+    /// The root's tick (and its end): adds what was counted since the previous flush to the
+    /// Envoy metrics and writes the last-used time of every key used since.
+    pub fn flush(&mut self, now: u64) {
         for key_id in self.used.drain(..) {
             let Some(m) = self.per_key.get_mut(&key_id) else {
                 continue;
             };
             m.used = false;
+            let n = std::mem::take(&mut m.pending_requests);
+            add(
+                define(&mut m.requests, MetricType::Counter, || {
+                    format!("keygate.requests.key_id.{key_id}")
+                }),
+                n,
+            );
+            let n = std::mem::take(&mut m.pending_allowed);
+            if n > 0 {
+                add(
+                    define(&mut m.allowed, MetricType::Counter, || {
+                        format!("keygate.allowed.key_id.{key_id}")
+                    }),
+                    n,
+                );
+            }
+            for (i, d) in Decision::ALL.iter().enumerate() {
+                let (Some(slot), Some(pending)) =
+                    (m.rejected.get_mut(i), m.pending_rejected.get_mut(i))
+                else {
+                    continue;
+                };
+                let n = std::mem::take(pending);
+                if n > 0 {
+                    let reason = d.as_str();
+                    add(
+                        define(slot, MetricType::Counter, || {
+                            format!("keygate.rejected.reason.{reason}.key_id.{key_id}")
+                        }),
+                        n,
+                    );
+                }
+            }
             let gauge = define(&mut m.last_used, MetricType::Gauge, || {
                 format!("keygate.last_used.key_id.{key_id}")
             });
@@ -107,15 +146,29 @@ impl Stats {
                 abi::record_metric(g, now);
             }
         }
+        for (i, d) in Decision::ALL.iter().enumerate() {
+            let (Some(slot), Some(pending)) =
+                (self.keyless.get_mut(i), self.keyless_pending.get_mut(i))
+            else {
+                continue;
+            };
+            let n = std::mem::take(pending);
+            if n > 0 {
+                let reason = d.as_str();
+                add(
+                    define(slot, MetricType::Counter, || {
+                        format!("keygate.rejected.reason.{reason}")
+                    }),
+                    n,
+                );
+            }
+        }
     }
 
     /// Counts a rejection with no known key (missing, invalid, …).
     pub fn keyless_rejection(&mut self, decision: Decision) {
-        if let Some(slot) = self.keyless.get_mut(reason_index(decision)) {
-            let reason = decision.as_str();
-            bump(define(slot, MetricType::Counter, || {
-                format!("keygate.rejected.reason.{reason}")
-            }));
+        if let Some(n) = self.keyless_pending.get_mut(reason_index(decision)) {
+            *n += 1;
         }
     }
 
@@ -133,9 +186,7 @@ impl Stats {
 
     /// Adds `n` to an operational counter (`keygate.<name>`).
     pub fn add(&mut self, name: &'static str, n: u64) {
-        if let Some(id) = cached(&mut self.events, name, MetricType::Counter) {
-            abi::increment_metric(id, n as i64);
-        }
+        add(cached(&mut self.events, name, MetricType::Counter), n);
     }
 }
 

@@ -715,6 +715,17 @@ impl Envoy {
             .unwrap_or_default()
     }
 
+    /// `/stats/prometheus` once it holds every given sample line (bounded: 5 s). keygate's
+    /// usage stats are flushed on each worker's tick (SPEC §3: within one second).
+    pub fn stats_prometheus_once(&self, samples: &[&str]) -> String {
+        let mut stats = String::new();
+        wait_until(5, || {
+            stats = self.stats_prometheus();
+            samples.iter().all(|s| stats.lines().any(|l| l == *s))
+        });
+        stats
+    }
+
     /// Bytes Envoy's allocator has handed out (admin `/memory`).
     pub fn allocated_bytes(&self) -> u64 {
         admin_get(self.admin, "/memory")
