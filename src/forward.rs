@@ -9,7 +9,6 @@
 //! - With `hide_credentials`, the key-source headers that held a key are removed.
 
 use crate::credentials::strip_query_params;
-use crate::decide::Verdict;
 use crate::header_names::{folds_to, METHOD_OVERRIDES, PATH_OVERRIDES};
 use crate::host_wire::Header;
 use crate::model::Gate;
@@ -124,51 +123,6 @@ pub fn plan(gate: &Gate, raw: &str, judged: Option<&str>, headers: &[Header], fa
         path: new_path(gate, raw, judged, Some(judged), gate.hide_credentials),
         remove,
     }
-}
-
-/// The identity headers an allowed request carries upstream (SPEC §2), in the order they are
-/// set: environment, key id, tenant, role. Client values of these names were removed by the plan.
-pub fn identity<'a>(gate: &'a Gate, v: &'a Verdict) -> Vec<(&'a str, &'a str)> {
-    let key = v.key.as_deref();
-    let up = &gate.upstream_headers;
-    [
-        (gate.environment_header.as_deref(), v.environment()),
-        (up.key_id.as_deref(), key.map(|k| k.id.as_str())),
-        (up.tenant.as_deref(), key.and_then(|k| k.tenant.as_deref())),
-        (up.role.as_deref(), v.role.map(|r| r.name.as_str())),
-    ]
-    .into_iter()
-    .filter_map(|(name, value)| Some((name?, value?)))
-    .collect()
-}
-
-/// Host calls the changes take one at a time (a replace or remove each).
-pub fn separate_calls(edits: &Edits, set: &[(&str, &str)]) -> usize {
-    usize::from(edits.path.is_some()) + edits.remove.len() + set.len()
-}
-
-/// A header map with changes applied, as Envoy applies them one at a time: `:path` replaced,
-/// every value of a removed name gone, and each name in `set` replacing every value it had
-/// with one at the end (Envoy's replace removes, then appends). Written back whole in one call
-/// (`proxy_set_header_map_pairs`), this is the same map the separate calls leave.
-pub fn rewritten<'a>(
-    headers: &[Header<'a>],
-    path: Option<&'a str>,
-    remove: &[impl AsRef<str>],
-    set: &[(&'a str, &'a [u8])],
-) -> Vec<Header<'a>> {
-    let gone = |name: &str| {
-        remove.iter().any(|r| r.as_ref().eq_ignore_ascii_case(name))
-            || set.iter().any(|(s, _)| s.eq_ignore_ascii_case(name))
-            || (path.is_some() && name == ":path")
-    };
-    let mut out: Vec<Header<'a>> = Vec::with_capacity(headers.len() + set.len() + 1);
-    out.extend(headers.iter().filter(|(n, _)| !gone(n)).copied());
-    if let Some(p) = path {
-        out.push((":path", p.as_bytes()));
-    }
-    out.extend(set.iter().copied());
-    out
 }
 
 #[cfg(test)]
@@ -386,40 +340,5 @@ mod tests {
             Fate::Upstream { sources: 1 },
         );
         assert!(e.remove.is_empty());
-    }
-
-    #[test]
-    fn a_rewritten_map_is_what_the_separate_calls_leave() {
-        let headers: Vec<Header> = vec![
-            (":authority", b"api.test"),
-            (":path", b"/a/../b?api_key=k"),
-            (":method", b"GET"),
-            ("x-api-key", b"secret"),
-            ("x-environment", b"SANDBOX"),
-            ("x-other", b"kept"),
-            ("x-api-key", b"second"),
-            ("x-request-id", b"r"),
-        ];
-        let set: [(&str, &[u8]); 2] = [("x-environment", b"LIVE"), ("x-api-key-id", b"k1")];
-        let out = rewritten(&headers, Some("/b"), &["X-API-KEY"], &set);
-        let want: Vec<Header> = vec![
-            (":authority", b"api.test"),
-            (":method", b"GET"),
-            ("x-other", b"kept"),
-            ("x-request-id", b"r"),
-            (":path", b"/b"),
-            ("x-environment", b"LIVE"),
-            ("x-api-key-id", b"k1"),
-        ];
-        assert_eq!(out, want);
-        // Nothing to change: the same map.
-        let none: [&str; 0] = [];
-        assert_eq!(rewritten(&headers, None, &none, &[]), headers);
-        let e = Edits {
-            path: Some("/b".into()),
-            remove: vec!["x-api-key".into()],
-        };
-        assert_eq!(separate_calls(&e, &[("a", "1"), ("b", "2")]), 4);
-        assert_eq!(separate_calls(&Edits::default(), &[]), 0);
     }
 }

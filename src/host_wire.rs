@@ -31,22 +31,22 @@ pub fn decode_pairs(bytes: &[u8]) -> Option<Vec<Header<'_>>> {
     Some(out)
 }
 
-/// The serialised form of `pairs` (local replies, HTTP calls, a whole header map written back).
-pub fn encode_pairs<V: AsRef<[u8]>>(pairs: &[(&str, V)]) -> Vec<u8> {
+/// The serialised form of `pairs` (for local replies and HTTP calls).
+pub fn encode_pairs(pairs: &[(&str, &str)]) -> Vec<u8> {
     let size = 4 + pairs
         .iter()
-        .map(|(k, v)| k.len() + v.as_ref().len() + 10)
+        .map(|(k, v)| k.len() + v.len() + 10)
         .sum::<usize>();
     let mut out = Vec::with_capacity(size);
     out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
     for (k, v) in pairs {
         out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(v.as_ref().len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
     }
     for (k, v) in pairs {
         out.extend_from_slice(k.as_bytes());
         out.push(0);
-        out.extend_from_slice(v.as_ref());
+        out.extend_from_slice(v.as_bytes());
         out.push(0);
     }
     out
@@ -69,7 +69,7 @@ mod tests {
         let want: Vec<Header> = pairs.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
         assert_eq!(back, want);
         assert_eq!(decode_pairs(&[]), Some(vec![]));
-        assert_eq!(decode_pairs(&encode_pairs::<&str>(&[])), Some(vec![]));
+        assert_eq!(decode_pairs(&encode_pairs(&[])), Some(vec![]));
     }
 
     #[test]

@@ -37,7 +37,6 @@ mod sys {
             data: *mut *mut u8,
             size: *mut usize,
         ) -> u32;
-        pub fn proxy_set_header_map_pairs(map: MapType, data: *const u8, size: usize) -> u32;
         pub fn proxy_get_header_map_value(
             map: MapType,
             key: *const u8,
@@ -198,14 +197,6 @@ pub fn header_pairs(map: MapType) -> Result<Vec<u8>, Status> {
     // SAFETY: valid pointers to locals.
     let status = unsafe { sys::proxy_get_header_map_pairs(map, &mut data, &mut size) };
     Ok(owned(status, data, size)?.unwrap_or_default())
-}
-
-/// Replaces a whole header map with `pairs` (serialised with
-/// [`crate::host_wire::encode_pairs`]) in one call: Envoy removes every header, then adds each.
-pub fn set_header_pairs(map: MapType, pairs: &[u8]) -> Result<(), Status> {
-    counted!();
-    // SAFETY: a valid pointer and length for the duration of the call.
-    ok(unsafe { sys::proxy_set_header_map_pairs(map, pairs.as_ptr(), pairs.len()) })
 }
 
 /// One header's value; `None` if absent (or the host has no such map, e.g. a failed call).

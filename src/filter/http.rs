@@ -9,7 +9,7 @@ use crate::credentials::find_key;
 use crate::decide::{count_locally, decide, Decision, Host, Request, Verdict};
 use crate::fleet::Windows;
 use crate::forward::{self, Edits, Fate};
-use crate::host_wire::{decode_pairs, encode_pairs, Header};
+use crate::host_wire::decode_pairs;
 use crate::model::{Gate, KeyRecord, OnFailure, RoleId};
 use crate::reply::{self, Reply};
 use log::{debug, error};
@@ -117,47 +117,10 @@ fn apply(edits: &Edits) -> Result<(), abi::Status> {
     Ok(())
 }
 
-/// Carries out a forwarded request's header changes in the fewest host calls Envoy honours
-/// exactly: one at a time when that is a single call (or none), otherwise the whole map,
-/// rewritten as those calls would leave it, in one `proxy_set_header_map_pairs`.
-fn write_request_headers(
-    headers: &[Header],
-    edits: &Edits,
-    set: &[(&str, &str)],
-) -> Result<(), abi::Status> {
-    if forward::separate_calls(edits, set) <= 1 {
-        apply(edits)?;
-        for (name, value) in set {
-            abi::set_header(MapType::HttpRequestHeaders, name, value)?;
-        }
-        return Ok(());
-    }
-    let set: Vec<Header> = set.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
-    let map = forward::rewritten(headers, edits.path.as_deref(), &edits.remove, &set);
-    abi::set_header_pairs(MapType::HttpRequestHeaders, &encode_pairs(&map))
-}
-
-/// Headers added to the upstream's response: each replaces what the upstream sent under its
-/// name. Up to two are two calls; more are the map read and written back (two calls).
-fn write_response_headers(add: &[(String, String)]) {
-    if add.len() > 2 {
-        if let Ok(raw) = abi::header_pairs(MapType::HttpResponseHeaders) {
-            if let Some(headers) = decode_pairs(&raw) {
-                let set: Vec<Header> = add
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), v.as_bytes()))
-                    .collect();
-                let none: [&str; 0] = [];
-                let map = forward::rewritten(&headers, None, &none, &set);
-                if abi::set_header_pairs(MapType::HttpResponseHeaders, &encode_pairs(&map)).is_ok()
-                {
-                    return;
-                }
-            }
-        }
-    }
-    for (k, v) in add {
-        let _ = abi::set_header(MapType::HttpResponseHeaders, k, v);
+fn set_request_header(name: Option<&str>, value: Option<&str>) -> Result<(), abi::Status> {
+    match (name, value) {
+        (Some(n), Some(v)) => abi::set_header(MapType::HttpRequestHeaders, n, v),
+        _ => Ok(()),
     }
 }
 
@@ -236,8 +199,10 @@ impl HttpContext for KeygateHttp {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         ledger::start();
-        if !self.replied && !self.response_headers.is_empty() {
-            write_response_headers(&self.response_headers);
+        if !self.replied {
+            for (k, v) in &self.response_headers {
+                let _ = abi::set_header(MapType::HttpResponseHeaders, k, v);
+            }
         }
         ledger::report();
         Action::Continue
@@ -327,19 +292,6 @@ impl KeygateHttp {
         } else {
             None
         };
-        // An allowed request that goes on now: every header change (path, removals, identity)
-        // in as few calls as possible.
-        if let Some(v) = verdict
-            .as_ref()
-            .filter(|v| v.decision == Decision::Allowed && !v.verify && !waits)
-        {
-            if write_request_headers(&headers, &edits, &forward::identity(&gate, v)).is_err() {
-                return self.fail_closed("the request could not be rewritten as judged");
-            }
-            self.record(v);
-            self.response_headers = reply::identity_headers(&gate, v);
-            return Action::Continue;
-        }
         if apply(&edits).is_err() && fate != Fate::Local {
             // Never forward a request whose path or headers could not be made what was judged.
             return self.fail_closed("the request could not be rewritten as judged");
@@ -494,12 +446,14 @@ impl KeygateHttp {
         );
     }
 
-    /// An allowed request that waited for the rate-limit service: identity headers in (client
-    /// values were removed by the plan before the call).
+    /// An allowed request: identity headers in (client values were removed by the plan).
     fn forward(&mut self, gate: &Gate, v: &Verdict) -> Result<(), abi::Status> {
-        for (name, value) in forward::identity(gate, v) {
-            abi::set_header(MapType::HttpRequestHeaders, name, value)?;
-        }
+        let key = v.key.as_deref();
+        let up = &gate.upstream_headers;
+        set_request_header(gate.environment_header.as_deref(), v.environment())?;
+        set_request_header(up.key_id.as_deref(), key.map(|k| k.id.as_str()))?;
+        set_request_header(up.tenant.as_deref(), key.and_then(|k| k.tenant.as_deref()))?;
+        set_request_header(up.role.as_deref(), v.role.map(|r| r.name.as_str()))?;
         self.response_headers = reply::identity_headers(gate, v);
         Ok(())
     }
