@@ -77,6 +77,66 @@ fn other_wasm(path: &std::path::Path) -> serde_json::Value {
     }])
 }
 
+/// The minimal filter making `n` extra host calls of one kind per request (its configuration
+/// `"<call> <n>"`, see `bench/minimal-filter/src/lib.rs`).
+fn minimal_calling(path: &std::path::Path, call: &str) -> serde_json::Value {
+    let mut f = other_wasm(path);
+    f[0]["typed_config"]["config"]["configuration"] = json!({
+        "@type": "type.googleapis.com/google.protobuf.StringValue",
+        "value": format!("{call} {CALLS_PER_REQUEST}")
+    });
+    f[0]["typed_config"]["config"]["vm_config"]["vm_id"] = json!(format!("minimal-{call}"));
+    f
+}
+
+/// Extra host calls per request in the per-call price variants.
+const CALLS_PER_REQUEST: u32 = 10;
+
+/// The host calls priced: (the minimal filter's name for it, what keygate uses it for).
+const PRICED_CALLS: [(&str, &str); 11] = [
+    (
+        "header",
+        "`proxy_get_header_map_value`: one request header (the floor reads one)",
+    ),
+    (
+        "header_pairs",
+        "`proxy_get_header_map_pairs`: every request header (keygate's one read)",
+    ),
+    (
+        "set_header",
+        "`proxy_replace_header_map_value`: set a request header",
+    ),
+    (
+        "remove_header",
+        "`proxy_remove_header_map_value`: remove a request header",
+    ),
+    (
+        "set_header_pairs",
+        "`proxy_set_header_map_pairs`: write the whole request map back (+1/10 of a read)",
+    ),
+    (
+        "set_property",
+        "`proxy_set_property`: one filter-state value (SPEC §3 audit fields)",
+    ),
+    (
+        "get_property",
+        "`proxy_get_property` `xds.route_name` (usage by route)",
+    ),
+    ("increment_metric", "`proxy_increment_metric`: a counter"),
+    (
+        "clock",
+        "`proxy_get_current_time_nanoseconds` (rate-limit windows)",
+    ),
+    (
+        "get_shared_data",
+        "`proxy_get_shared_data`: a 16-byte value (the rate-limit record)",
+    ),
+    (
+        "set_shared_data",
+        "`proxy_set_shared_data` with compare-and-swap (the record's update)",
+    ),
+];
+
 /// keygate on a direct-response route, one worker; `wasm` replaces the release build.
 fn keygate_envoy(name: &str, config: &str, wasm: Option<std::path::PathBuf>) -> Envoy {
     let mut o = EnvoyOpts::new(name, config, 1);
@@ -233,12 +293,50 @@ fn request_cost() {
         want: 200,
         samples: vec![],
     });
+    // keygate as it was before an optimisation (KEYGATE_BASELINE_WASM: a .wasm built from an
+    // earlier commit), beside the current one in the same rounds.
+    if let Some(before) = std::env::var_os("KEYGATE_BASELINE_WASM").filter(|p| !p.is_empty()) {
+        for (name, config, key, want) in keygate_variants() {
+            let label = match name {
+                "keygate, allowed, no limit" => "baseline build: allowed, no limit",
+                "keygate, allowed, 1 rate limit" => "baseline build: allowed, 1 rate limit",
+                "keygate, 401 (random key)" => "baseline build: 401 (random key)",
+                "keygate, public path" => "baseline build: public path",
+                _ => continue,
+            };
+            variants.push(Variant {
+                name: label,
+                envoy: keygate_envoy(
+                    &format!("bench-baseline-{}", variants.len()),
+                    &config,
+                    Some(std::path::PathBuf::from(&before)),
+                ),
+                headers: key_hdr(key),
+                want,
+                samples: vec![],
+            });
+        }
+    }
+    let first_priced = variants.len();
+    for (call, _) in PRICED_CALLS {
+        variants.push(Variant {
+            name: call,
+            envoy: start_raw_envoy(
+                &format!("bench-call-{call}"),
+                minimal_calling(&minimal, call),
+            ),
+            headers: hdr("x-api-key", "bk_live_3"),
+            want: 200,
+            samples: vec![],
+        });
+    }
     let tck = ticks_per_sec();
     for _ in 0..ROUNDS {
         for v in variants.iter_mut() {
             v.measure(tck);
         }
     }
+    let priced = variants.split_off(first_priced);
     let base = variants[0].median();
     let floor = variants[1].median() - base;
     println!("\n## Envoy CPU per request ({REQUESTS} keep-alive requests × {ROUNDS} interleaved rounds, --concurrency {COST_CONCURRENCY}, direct-response route, median)\n");
@@ -254,6 +352,15 @@ fn request_cost() {
             v.median(),
             over,
             over / floor
+        );
+    }
+    let floor_cpu = variants[1].median();
+    println!("\n## What one host call costs (the minimal filter plus {CALLS_PER_REQUEST} calls of one kind per request, same rounds: (its CPU − the floor's) ÷ {CALLS_PER_REQUEST})\n");
+    println!("| host call | µs per call |\n|---|---:|");
+    for (v, (_, what)) in priced.iter().zip(PRICED_CALLS) {
+        println!(
+            "| {what} | {:.2} |",
+            (v.median() - floor_cpu) / f64::from(CALLS_PER_REQUEST)
         );
     }
     hostcall_ledger();
