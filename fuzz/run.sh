@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 SECONDS_EACH=${FUZZ_SECONDS:-60}
 HOST=$(rustc -vV | sed -n 's/^host: //p')
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(config key_set credentials path referer_cidr shard)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(config key_set binary_set credentials path referer_cidr shard)
 export CARGO_TARGET_DIR=../target/fuzz
 # --target keeps these flags off build scripts, as cargo-fuzz does.
 RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \

@@ -260,6 +260,15 @@ impl Pattern {
         Self::parse_with(raw, |p| canonical_path(p).map_err(|e| e.to_string()))
     }
 
+    /// The pattern as a configuration writes it (parses back to the same pattern).
+    pub fn source(&self) -> String {
+        match self {
+            Pattern::Any => "*".into(),
+            Pattern::Exact(s) => s.clone(),
+            Pattern::Below(s) => format!("{s}/*"),
+        }
+    }
+
     /// Parses a URL pattern for `Referer`.
     pub fn parse_url(raw: &str) -> Result<Pattern, String> {
         Self::parse_with(raw, |p| {

@@ -702,6 +702,17 @@ fn a_key_the_configuration_no_longer_accepts_is_served_revoked() {
         Some(r#"{"prefix":"mlm_live_","id":"ok1"}"#),
     );
     let ok_sha = sha(body["data"]["key"].as_str().unwrap());
+    let (st, _) = s.admin(
+        "POST",
+        "/v1/api-keys",
+        Some(
+            r#"{"prefix":"mlm_sandbox_","id":"rich","name":"Ä \"q\"","tenant":"org_9","expires_at":"2031-02-03T04:05:06Z",
+                "rate_limits":[{"requests":5,"per":"minute"},{"requests":900,"per":"day"}],
+                "allowed_ips":["203.0.113.0/24","2001:db8::/32"],"allowed_referers":["https://app.example.com/*"],
+                "allowed_paths":["/v1/users/*","/v1/me"]}"#,
+        ),
+    );
+    assert_eq!(st, 201);
     drop(s);
     // The role is gone from the configuration: every Envoy would refuse the whole answer.
     let mut c = plugin_config();
@@ -729,4 +740,87 @@ fn a_key_the_configuration_no_longer_accepts_is_served_revoked() {
     let keys: Vec<keygate::json::Value> = keys.iter().map(Into::into).collect();
     keygate::config::read_keys("$.keys", &keys, &ctx, &mut errors);
     assert!(errors.is_empty(), "{:?}", errors.0);
+
+    // keygate asks for the compact form (issue 20): the same set, shard for shard.
+    let json_body = call_raw(&s.url(), "GET", "/keys", None, &[]).2;
+    let (st, headers, compact) = get_bytes(s.port, "/keys", COMPACT_ACCEPT);
+    assert_eq!(st, 200);
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(
+        header("content-type"),
+        Some("application/vnd.keygate.keyset.v1")
+    );
+    assert_eq!(
+        header("etag"),
+        Some(format!("\"{}\"", feed["version"].as_str().unwrap()).as_str())
+    );
+    assert!(compact.starts_with(b"KGKSET1\n"));
+    assert!(compact.len() < json_body.len());
+    let blobs = |set: keygate::keyset::Fetched| {
+        let keygate::keyset::Fetched::Set(set) = set else {
+            panic!("not a full set: {set:?}");
+        };
+        let mut out = vec![];
+        set.for_each_shard::<()>(1, |i, b| {
+            out.push((i, b.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        (set.version.clone(), set.len(), out)
+    };
+    let from_json =
+        keygate::keyset::parse_key_set(&mut json_body.as_bytes(), json_body.len(), &gate, None)
+            .unwrap();
+    let from_compact =
+        keygate::keyset::parse_binary_set(&mut &compact[..], compact.len(), &gate, None).unwrap();
+    let (from_json, from_compact) = (blobs(from_json), blobs(from_compact));
+    assert_eq!(from_json.1, 3);
+    assert_eq!(from_compact, from_json);
+    // JSON for every other client, for a refusal of the compact form, and for deltas.
+    for accept in [
+        "application/json",
+        "application/vnd.keygate.keyset.v1;q=0, application/json",
+        "*/*",
+    ] {
+        let (st, headers, body) = get_bytes(s.port, "/keys", accept);
+        assert_eq!(st, 200, "{accept}");
+        assert!(
+            headers.contains(&("content-type".into(), "application/json".into())),
+            "{accept}: {headers:?}"
+        );
+        assert_eq!(body, json_body.as_bytes(), "{accept}");
+    }
+    let (st, headers, _) = get_bytes(s.port, "/keys?since=elsewhere-1", COMPACT_ACCEPT);
+    assert_eq!(st, 200);
+    assert!(headers.contains(&("content-type".into(), "application/json".into())));
+}
+
+/// What keygate's key fetch sends.
+const COMPACT_ACCEPT: &str = "application/vnd.keygate.keyset.v1, application/json;q=0.9";
+
+/// A GET whose body may be binary: (status, headers lowercased, body).
+fn get_bytes(port: u16, path: &str, accept: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nhost: ks\r\naccept: {accept}\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = vec![];
+    c.read_to_end(&mut raw).unwrap();
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&raw[..end]).to_string();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap()[9..12].parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, raw[end + 4..].to_vec())
 }

@@ -145,6 +145,12 @@ fn create_use_list_revoke_roll_and_exact_usage_over_both_workers() {
         },
     );
     eprintln!("created → admitted: {took:?}");
+    // keygate's key service answers the full set in its compact form (issue 20).
+    assert!(
+        e.log().contains("keys, ") && e.log().contains("(compact answer read in"),
+        "no compact answer published:\n{}",
+        e.log()
+    );
     let r = get(e.port, "/v1/things", &[("x-api-key", &writer)]);
     allowed_w += 1;
     assert_eq!(

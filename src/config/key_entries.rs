@@ -31,12 +31,7 @@ pub fn read_key_entry(
     let mut o = Obj::new(path, item, errors)?;
     let id = o.req_str("id", errors);
     if let Some(id) = id {
-        let ok = !id.is_empty()
-            && id.len() <= MAX_ID_LEN
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
-        if !ok {
+        if !valid_id(id) {
             errors.push(
                 &o.field_path("id"),
                 format!(
@@ -175,6 +170,72 @@ pub fn read_key_entry(
         allowed_paths,
     };
     Some((digest?, record))
+}
+
+/// A key id: 1-128 characters of A-Z a-z 0-9 _ - . : (it is sent in headers and metric names).
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+}
+
+/// The rules [`read_key_entry`] applies to a key entry's values, checked on a record that
+/// arrived already in binary form (a key service's compact answer): `Err((field, why))` for
+/// the first it breaks. Structure, the role's name and IP blocks were checked by decoding it.
+pub fn check_record(rec: &KeyRecord) -> Result<(), (&'static str, String)> {
+    if !valid_id(&rec.id) {
+        return Err((
+            "id",
+            format!("must be 1-{MAX_ID_LEN} characters of A-Z a-z 0-9 _ - . :"),
+        ));
+    }
+    for (field, value) in [("tenant", &rec.tenant), ("environment", &rec.environment)] {
+        if value.as_deref().is_some_and(|v| !is_header_safe(v)) {
+            return Err((
+                field,
+                "must be non-empty printable ASCII without surrounding spaces".into(),
+            ));
+        }
+    }
+    if rec.expires_at.is_some_and(|t| !(0..=MAX_TIME).contains(&t)) {
+        return Err((
+            "expires_at",
+            "must be between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z".into(),
+        ));
+    }
+    if let Some(limits) = &rec.rate_limits {
+        if limits.len() > super::MAX_LIMITS || limits.iter().any(|l| l.requests == 0) {
+            return Err((
+                "rate_limits",
+                format!(
+                    "at most {} limits, each of at least 1 request",
+                    super::MAX_LIMITS
+                ),
+            ));
+        }
+    }
+    // A pattern is what parsing its written form gives: nothing a configuration could not say.
+    let same = |p: &Pattern, parse: fn(&str) -> Result<Pattern, String>| {
+        parse(&p.source()).as_ref() == Ok(p)
+    };
+    for (field, patterns, parse) in [
+        (
+            "allowed_referers",
+            &rec.allowed_referers,
+            Pattern::parse_url as fn(&str) -> Result<Pattern, String>,
+        ),
+        ("allowed_paths", &rec.allowed_paths, Pattern::parse_path),
+    ] {
+        if patterns.iter().flatten().any(|p| !same(p, parse)) {
+            return Err((
+                field,
+                "holds a pattern that is not in canonical form".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Reads a list of key entries into a table, rejecting duplicate ids and digests.

@@ -9,7 +9,7 @@ mod key_entries;
 mod sources;
 
 pub use fields::check_prefix;
-pub use key_entries::{read_key_entry, read_keys, KeyContext};
+pub use key_entries::{check_record, read_key_entry, read_keys, KeyContext};
 
 use crate::json::Value;
 use crate::json_reader::{q, ConfigError, Errors, Obj};

@@ -9,17 +9,30 @@ use crate::json::Source;
 use crate::json_reader::q;
 use crate::keys::Digest;
 use crate::keyset::{
-    config_fingerprint, decode_record, find_in_shard, parse_key_set, records_in_blob, shard_key,
-    shard_of, DecodeError, Delta, Fetched, Lease, Meta, ParsedSet, CONFIG_KEY, LEASE_KEY, META_KEY,
-    VM_SEQ_KEY,
+    config_fingerprint, decode_record, find_in_shard, parse_binary_set, parse_key_set,
+    records_in_blob, shard_key, shard_of, DecodeError, Delta, Fetched, Lease, Meta, ParsedSet,
+    BINARY_MEDIA_TYPE, CONFIG_KEY, LEASE_KEY, META_KEY, VM_SEQ_KEY,
 };
 use crate::model::{Gate, KeySync};
 use crate::ratelimit::{ensure_entry, CasStore};
 use log::{error, info, warn};
 use proxy_wasm::hostcalls;
+use proxy_wasm::types::MapType;
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::time::Duration;
+
+/// The answers keygate reads: the compact form first, JSON otherwise.
+const ACCEPT: &str = "application/vnd.keygate.keyset.v1, application/json;q=0.9";
+
+/// The answer is the compact form (its `content-type`, parameters and case aside).
+fn call_response_is_binary() -> bool {
+    abi::header(MapType::HttpCallResponseHeaders, "content-type").is_some_and(|v| {
+        let t = v.split(|b| *b == b';').next().unwrap_or_default();
+        t.trim_ascii()
+            .eq_ignore_ascii_case(BINARY_MEDIA_TYPE.as_bytes())
+    })
+}
 
 /// How often every VM re-reads the published meta (new sets are seen within this) and the
 /// fetching VM checks whether an interval has passed.
@@ -222,7 +235,9 @@ impl Syncer {
             (":method", "GET"),
             (":path", path.as_str()),
             (":authority", self.cfg.authority.as_str()),
-            ("accept", "application/json"),
+            // keygate's own key service answers a full set in its compact form; JSON is what
+            // any other key service sends (SPEC §4).
+            ("accept", ACCEPT),
         ];
         if let Some(tag) = etag.as_deref() {
             headers.push(("if-none-match", tag));
@@ -290,25 +305,28 @@ impl Syncer {
         };
         let current = (meta.gen != 0).then_some(meta.version.as_str());
         let started = abi::now_ns().unwrap_or(0);
-        match parse_key_set(
-            &mut CallBody {
-                pos: 0,
-                size: body_size,
-            },
-            body_size,
-            gate,
-            current,
-        ) {
+        let mut body = CallBody {
+            pos: 0,
+            size: body_size,
+        };
+        let binary = call_response_is_binary();
+        let parsed = if binary {
+            parse_binary_set(&mut body, body_size, gate, current)
+        } else {
+            parse_key_set(&mut body, body_size, gate, current)
+        };
+        let form = if binary { "compact" } else { "JSON" };
+        match parsed {
             Ok(Fetched::Unchanged) => stats.borrow_mut().event("sync_unchanged"),
             Ok(Fetched::Delta(delta)) => match apply_delta(delta, &meta) {
-                Ok(set) => self.publish_and_report(&set, started, view, stats),
+                Ok(set) => self.publish_and_report(&set, (started, "delta"), view, stats),
                 Err(e) => {
                     self.full_next = true;
                     stats.borrow_mut().event("sync_failures");
                     warn!("key sync: delta not applied: {e}; asking for the full set next");
                 }
             },
-            Ok(Fetched::Set(set)) => self.publish_and_report(&set, started, view, stats),
+            Ok(Fetched::Set(set)) => self.publish_and_report(&set, (started, form), view, stats),
             Err(errors) => {
                 stats.borrow_mut().event("sync_failures");
                 for e in &errors {
@@ -320,11 +338,11 @@ impl Syncer {
     }
 
     /// Publishes a new set (full or delta-applied) and tells the view, stats and log.
-    /// `started`: when the answer's parse began (ns), for the log's timings.
+    /// `started`: when the answer's parse began (ns), and the answer's form, for the log.
     fn publish_and_report(
         &mut self,
         set: &ParsedSet,
-        started: u64,
+        (started, form): (u64, &str),
         view: &RefCell<View>,
         stats: &RefCell<Stats>,
     ) {
@@ -349,7 +367,7 @@ impl Syncer {
                 s.gauge("sync_shared_bytes", bytes);
                 let ms = |from: u64, to: u64| to.saturating_sub(from) / 1_000_000;
                 info!(
-                    "key sync: published version {}: {} keys, {} bytes in {} shards (read in {} ms, written in {} ms)",
+                    "key sync: published version {}: {} keys, {} bytes in {} shards ({form} answer read in {} ms, written in {} ms)",
                     q(&m.version),
                     m.count,
                     set.encoded_bytes(),

@@ -83,7 +83,7 @@ struct Parse<'g> {
 
 /// FNV-1a of the id: as collision-free as SipHash for ids (64 bits either way) and several
 /// times cheaper per entry of a million-key answer.
-fn id_hash(id: &str) -> u64 {
+pub(super) fn id_hash(id: &str) -> u64 {
     crate::keys::fnv(id.as_bytes())
 }
 
@@ -120,6 +120,25 @@ impl Parse<'_> {
         self.ids.push((id_hash(&rec.id), i as u32));
         self.set.push(&digest, &rec, &self.gate.roles);
     }
+}
+
+pub(super) const VERSION_RULE: &str =
+    "must be 1-256 printable ASCII characters without spaces or '\"'";
+
+/// A set's version is sent back in If-None-Match, so it must be a valid header token.
+pub(super) fn valid_version(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 256 && v.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b'"')
+}
+
+/// Two entries with the same id: their indexes (first, second). Ids are compared by a 64-bit
+/// hash: two different ids colliding (odds ~3e-8 for a million ids) would be reported as a
+/// duplicate and the answer refused, never merged.
+pub(super) fn duplicate_id(ids: &mut [(u64, u32)]) -> Option<(u32, u32)> {
+    ids.sort_unstable();
+    let w = ids
+        .windows(2)
+        .find(|w| w.first().map(|x| x.0) == w.get(1).map(|x| x.0))?;
+    Some((w.first().map_or(0, |x| x.1), w.get(1).map_or(0, |x| x.1)))
 }
 
 const TOP_EXPECTED: &str = "expected an object {\"version\": …, \"keys\": […]}";
@@ -161,17 +180,7 @@ impl Parse<'_> {
             seen |= bit;
             match k.as_ref() {
                 "version" => match p.value()? {
-                    // It is sent back in If-None-Match, so it must be a valid header token.
-                    Value::String(v)
-                        if v.is_empty()
-                            || v.len() > 256
-                            || !v.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b'"') =>
-                    {
-                        self.error(
-                            "$.version",
-                            "must be 1-256 printable ASCII characters without spaces or '\"'",
-                        )
-                    }
+                    Value::String(v) if !valid_version(&v) => self.error("$.version", VERSION_RULE),
                     Value::String(v) => {
                         if !self.saw_keys && self.current == Some(v.as_str()) {
                             self.unchanged = true;
@@ -297,15 +306,7 @@ pub fn parse_key_set(
     if current == Some(version.as_str()) {
         return Ok(Fetched::Unchanged);
     }
-    // Ids are compared by a 64-bit hash: two different ids colliding (odds ~3e-8 for a
-    // million ids) would be reported as a duplicate and the answer refused, never merged.
-    p.ids.sort_unstable();
-    if let Some(w) = p
-        .ids
-        .windows(2)
-        .find(|w| w.first().map(|x| x.0) == w.get(1).map(|x| x.0))
-    {
-        let (first, second) = (w.first().map_or(0, |x| x.1), w.get(1).map_or(0, |x| x.1));
+    if let Some((first, second)) = duplicate_id(&mut p.ids) {
         let field = if delta { "upserts" } else { "keys" };
         return Err(vec![ConfigError {
             path: format!("$.{field}[{second}].id"),

@@ -15,7 +15,8 @@
 //!
 //! The steps, one file each: `records.rs` (a key's binary record), `shards.rs` (a set split into
 //! shard blobs), `answer.rs` (a key-service answer: a full set, or a delta applied on top of the
-//! published one), `lease.rs` (the meta and lease records).
+//! published one), `binary.rs` (the compact full-set answer keygate's key service offers),
+//! `lease.rs` (the meta and lease records).
 
 use crate::config::{read_key_entry, KeyContext};
 use crate::ip::Cidr;
@@ -63,11 +64,13 @@ impl fmt::Display for DecodeError {
 }
 
 mod answer;
+mod binary;
 mod lease;
 mod records;
 mod shards;
 
 pub use answer::*;
+pub use binary::*;
 pub use lease::*;
 pub use records::*;
 pub use shards::*;

@@ -10,6 +10,7 @@ use super::report::read_report;
 use super::server::Peer;
 use super::store::{Actor, AuditQuery, Feed, KeyCursor, Recorded, Store};
 use super::views::{AuditActor, AuditEntry, Done, Key};
+use crate::keyset::{encode_binary_set, BINARY_MEDIA_TYPE};
 use crate::model::Gate;
 use crate::timestamp::parse_rfc3339;
 use axum::body::{to_bytes, Body};
@@ -37,6 +38,8 @@ pub struct App<S> {
     /// The last full `/keys` answer and its version: a version names one state, so the same
     /// bytes serve every Envoy that asks for it (and are rebuilt only when the set changes).
     pub full_feed: std::sync::Mutex<Option<(String, axum::body::Bytes)>>,
+    /// The same in the compact form (`Accept: application/vnd.keygate.keyset.v1`).
+    pub full_feed_binary: std::sync::Mutex<Option<(String, axum::body::Bytes)>>,
     /// How long usage is kept by the hour (`/v1/usage` by the hour reaches no further back).
     pub usage_retention: super::usage::Retention,
     /// Session cookies without `Secure` (`--insecure-cookies`: plain-HTTP localhost only).
@@ -433,11 +436,17 @@ async fn feed<S: Store>(
         r.headers_mut().insert(header::ETAG, etag(version));
         r
     };
-    let with_etag = |body: axum::body::Bytes, version: &str| {
+    // keygate asks for the compact form of a full set; deltas and other clients get JSON.
+    let binary = since.is_none() && accepts_binary(&headers);
+    let with_etag = |body: axum::body::Bytes, version: &str, binary: bool| {
         let mut r = (StatusCode::OK, body).into_response();
         r.headers_mut().insert(
             header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
+            HeaderValue::from_static(if binary {
+                BINARY_MEDIA_TYPE
+            } else {
+                "application/json"
+            }),
         );
         r.headers_mut().insert(header::ETAG, etag(version));
         r
@@ -455,25 +464,31 @@ async fn feed<S: Store>(
     if matches || since == Some(current.as_str()) {
         return Ok(not_modified(&current));
     }
-    let cached = ctx
-        .app
-        .full_feed
+    let cache = if binary {
+        &ctx.app.full_feed_binary
+    } else {
+        &ctx.app.full_feed
+    };
+    let cached = cache
         .lock()
         .ok()
         .and_then(|c| c.clone())
         .filter(|(v, _)| *v == current);
     if let (Some((version, body)), None) = (&cached, since) {
-        return Ok(with_etag(body.clone(), version));
+        return Ok(with_etag(body.clone(), version, binary));
     }
     match ctx.app.store.feed(since).await? {
         Feed::Unchanged { version } => Ok(not_modified(&version)),
         Feed::Full { version, keys } => {
-            let keys = servable(keys, &ctx.app.gate);
-            let body = axum::body::Bytes::from(feed_answer(&version, None, &keys));
-            if let Ok(mut c) = ctx.app.full_feed.lock() {
+            let body = axum::body::Bytes::from(if binary {
+                binary_answer(&version, keys, &ctx.app.gate)
+            } else {
+                feed_answer(&version, None, &servable(keys, &ctx.app.gate)).into_bytes()
+            });
+            if let Ok(mut c) = cache.lock() {
                 *c = Some((version.clone(), body.clone()));
             }
-            Ok(with_etag(body, &version))
+            Ok(with_etag(body, &version, binary))
         }
         Feed::Delta {
             version,
@@ -482,9 +497,41 @@ async fn feed<S: Store>(
         } => {
             let keys = servable(keys, &ctx.app.gate);
             let body = feed_answer(&version, Some(&since), &keys);
-            Ok(with_etag(body.into(), &version))
+            Ok(with_etag(body.into(), &version, false))
         }
     }
+}
+
+/// The client takes the compact key-set form (listed in `Accept` without `q=0`).
+fn accepts_binary(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            parts
+                .next()
+                .is_some_and(|t| t.eq_ignore_ascii_case(BINARY_MEDIA_TYPE))
+                && !parts.any(|p| {
+                    p.strip_prefix("q=")
+                        .is_some_and(|q| q.parse::<f32>().is_ok_and(|q| q <= 0.0))
+                })
+        })
+}
+
+/// A full set in the compact form: each key's record as the filter would make it of its JSON
+/// entry (one the configuration no longer accepts served revoked, as in [`servable`]).
+fn binary_answer(version: &str, keys: Vec<StoredKey>, gate: &Gate) -> Vec<u8> {
+    let records: Vec<_> = keys
+        .into_iter()
+        .filter_map(|k| {
+            k.record_under(gate)
+                .or_else(|| k.disabled().entry_record(gate))
+        })
+        .collect();
+    encode_binary_set(version, records.iter().map(|(d, r)| (d, r)), &gate.roles)
 }
 
 /// `POST /usage`: a usage report (SPEC §8); a report id seen before is acknowledged again and

@@ -66,6 +66,7 @@ pub fn serve(options: Options, gate: crate::model::Gate) -> Result<(), String> {
             gate,
             auth,
             full_feed: std::sync::Mutex::new(None),
+            full_feed_binary: std::sync::Mutex::new(None),
             usage_retention: options.usage_retention,
             insecure_cookies: options.insecure_cookies,
             public_url: options.public_url.clone(),

@@ -60,16 +60,35 @@ impl StoredKey {
 
     /// Whether the filter accepts this key's entry under `gate` (as `key_sync` will read it).
     pub fn valid_under(&self, gate: &Gate) -> bool {
+        self.record_under(gate).is_some()
+    }
+
+    /// The record the filter makes of this key's entry under `gate` (as `key_sync` reads it);
+    /// `None` if it would refuse the entry.
+    pub fn record_under(
+        &self,
+        gate: &Gate,
+    ) -> Option<(crate::keys::Digest, crate::model::KeyRecord)> {
+        let known_prefix =
+            gate.prefixes.is_empty() || gate.prefixes.iter().any(|p| p.prefix == self.prefix);
+        if !known_prefix {
+            return None;
+        }
+        self.entry_record(gate)
+    }
+
+    /// The record the filter makes of this key's feed entry, its prefix aside (a synced
+    /// entry carries only the digest); `None` if it would refuse the entry.
+    pub fn entry_record(
+        &self,
+        gate: &Gate,
+    ) -> Option<(crate::keys::Digest, crate::model::KeyRecord)> {
         let mut errors = crate::json_reader::Errors::default();
         let ctx = crate::config::KeyContext {
             roles: &gate.roles,
             prefixes: &gate.prefixes,
         };
-        let known_prefix =
-            gate.prefixes.is_empty() || gate.prefixes.iter().any(|p| p.prefix == self.prefix);
-        known_prefix
-            && crate::config::read_key_entry("$", &self.feed_entry().into(), &ctx, &mut errors)
-                .is_some()
+        crate::config::read_key_entry("$", &self.feed_entry().into(), &ctx, &mut errors)
     }
 
     /// The same key, reduced to "revoked": what is served for a key the configuration no
