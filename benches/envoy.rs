@@ -93,7 +93,7 @@ fn minimal_calling(path: &std::path::Path, call: &str) -> serde_json::Value {
 const CALLS_PER_REQUEST: u32 = 10;
 
 /// The host calls priced: (the minimal filter's name for it, what keygate uses it for).
-const PRICED_CALLS: [(&str, &str); 11] = [
+const PRICED_CALLS: [(&str, &str); 12] = [
     (
         "header",
         "`proxy_get_header_map_value`: one request header (the floor reads one)",
@@ -109,6 +109,10 @@ const PRICED_CALLS: [(&str, &str); 11] = [
     (
         "remove_header",
         "`proxy_remove_header_map_value`: remove a request header",
+    ),
+    (
+        "add_header",
+        "`proxy_add_header_map_value`: add a request header",
     ),
     (
         "set_header_pairs",
@@ -401,9 +405,12 @@ type DeltaAnswer = Arc<Mutex<Option<(String, Arc<Vec<u8>>)>>>;
 
 /// A key service that answers its current set, 304 to an If-None-Match of its version, or its
 /// delta to `?since=<the delta's base version>` (SPEC §4 delta answers).
+/// (ETag, JSON body, the compact body when the service offers one).
+type Bodies = (String, Arc<Vec<u8>>, Option<Arc<Vec<u8>>>);
+
 struct KeyService {
     port: u16,
-    body: Arc<Mutex<(String, Arc<Vec<u8>>)>>,
+    body: Arc<Mutex<Bodies>>,
     /// (the `since=` query it answers, the delta body)
     delta: DeltaAnswer,
     fetched: Arc<Mutex<Vec<Instant>>>,
@@ -413,7 +420,7 @@ impl KeyService {
     fn start(version: &str, body: Vec<u8>) -> KeyService {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
-        let body = Arc::new(Mutex::new((format!("\"{version}\""), Arc::new(body))));
+        let body = Arc::new(Mutex::new((format!("\"{version}\""), Arc::new(body), None)));
         let fetched = Arc::new(Mutex::new(vec![]));
         let delta: DeltaAnswer = Arc::default();
         let (b, f, d) = (body.clone(), fetched.clone(), delta.clone());
@@ -426,6 +433,7 @@ impl KeyService {
                     loop {
                         let mut line = String::new();
                         let mut inm = String::new();
+                        let mut compact_ok = false;
                         let mut request_line = String::new();
                         loop {
                             line.clear();
@@ -442,22 +450,30 @@ impl KeyService {
                                 if k.eq_ignore_ascii_case("if-none-match") {
                                     inm = v.trim().to_string();
                                 }
+                                if k.eq_ignore_ascii_case("accept") {
+                                    compact_ok = v.contains(keygate::keyset::BINARY_MEDIA_TYPE);
+                                }
                             }
                         }
                         f.lock().unwrap().push(Instant::now());
-                        let (etag, body) = b.lock().unwrap().clone();
+                        let (etag, body, compact) = b.lock().unwrap().clone();
                         let delta =
                             d.lock().unwrap().clone().filter(|(since, _)| {
                                 request_line.contains(&format!("since={since} "))
                             });
                         let fresh = inm != etag;
-                        let body = match delta {
-                            Some((_, delta)) if fresh => delta,
+                        let mut kind = "application/json";
+                        let body = match (delta, compact) {
+                            (Some((_, delta)), _) if fresh => delta,
+                            (None, Some(compact)) if fresh && compact_ok => {
+                                kind = keygate::keyset::BINARY_MEDIA_TYPE;
+                                compact
+                            }
                             _ if fresh => body,
                             _ => Arc::new(Vec::new()),
                         };
                         let status = if fresh { "200 OK" } else { "304 Not Modified" };
-                        let head = format!("HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
+                        let head = format!("HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\n\r\n", body.len());
                         if w.write_all(head.as_bytes())
                             .and_then(|_| w.write_all(&body))
                             .is_err()
@@ -479,8 +495,13 @@ impl KeyService {
     fn set_delta(&self, since: &str, delta: Vec<u8>) {
         *self.delta.lock().unwrap() = Some((since.to_string(), Arc::new(delta)));
     }
-    fn set(&self, version: &str, body: Vec<u8>) {
-        *self.body.lock().unwrap() = (format!("\"{version}\""), Arc::new(body));
+    /// Serves `body` (JSON) and, to a client that asks for it, `compact`.
+    fn set(&self, version: &str, body: Vec<u8>, compact: Option<Vec<u8>>) {
+        *self.body.lock().unwrap() = (
+            format!("\"{version}\""),
+            Arc::new(body),
+            compact.map(Arc::new),
+        );
     }
     fn last_fetch(&self) -> Option<Instant> {
         self.fetched.lock().unwrap().last().copied()
@@ -512,6 +533,25 @@ fn key_set(version: &str, n: usize, revoked: Option<usize>) -> Vec<u8> {
     out
 }
 
+/// The same set as [`key_set`] in keygate's compact form (what `keygate serve` sends keygate).
+fn compact_set(version: &str, n: usize, revoked: Option<usize>) -> Vec<u8> {
+    let records: Vec<(keygate::keys::Digest, keygate::model::KeyRecord)> = (0..n)
+        .map(|i| {
+            let rec = keygate::model::KeyRecord {
+                id: format!("key_{i}"),
+                tenant: Some(format!("org_{}", i % 1000)),
+                revoked: revoked == Some(i),
+                ..Default::default()
+            };
+            (
+                keygate::keys::digest(format!("ks_live_{i}").as_bytes()),
+                rec,
+            )
+        })
+        .collect();
+    keygate::keyset::encode_binary_set(version, records.iter().map(|(d, r)| (d, r)), &[])
+}
+
 fn sync_config(interval: u64) -> String {
     json!({
         "key_sources": [{"header": "x-api-key"}],
@@ -530,20 +570,21 @@ fn key_sync_scale(up: &Upstream) {
     let raw_per_key = big.len() as f64 / N as f64;
     println!("- key-service answer: {:.1} MB ({raw_per_key:.0} bytes per key as served; built in {:.1} s)", big.len() as f64 / 1e6, t.elapsed().as_secs_f64());
 
+    let t = Instant::now();
+    let big_compact = compact_set("big-1", N, None);
+    println!("- the same set in keygate's compact form: {:.1} MB ({:.0} bytes per key; built in {:.1} s)", big_compact.len() as f64 / 1e6, big_compact.len() as f64 / N as f64, t.elapsed().as_secs_f64());
+
     let mut rows = vec![];
     let mut cost_envoys = vec![];
-    for concurrency in [2u32, 4] {
+    for (compact, concurrency) in [(false, 2u32), (false, 4), (true, 2), (true, 4)] {
+        let form = if compact { "compact" } else { "JSON" };
         let ks = KeyService::start("small", small.clone());
         let cfg = sync_config(2);
-        let mut o = EnvoyOpts::new(
-            if concurrency == 2 {
-                "bench-sync-c2"
-            } else {
-                "bench-sync-c4"
-            },
-            &cfg,
-            up.port,
+        let name = format!(
+            "bench-sync-{}-c{concurrency}",
+            if compact { "compact" } else { "json" }
         );
+        let mut o = EnvoyOpts::new(&name, &cfg, up.port);
         o.key_service = Some(ks.port);
         o.concurrency = concurrency;
         let e = Envoy::start(&o);
@@ -555,7 +596,7 @@ fn key_sync_scale(up: &Upstream) {
         );
         let rss_before = rss_kb(e.pid());
         let alloc_before = e.allocated_bytes();
-        ks.set("big-1", big.clone());
+        ks.set("big-1", big.clone(), compact.then(|| big_compact.clone()));
         let changed = Instant::now();
         let probe = format!("ks_live_{}", N - 7);
         assert!(
@@ -581,14 +622,17 @@ fn key_sync_scale(up: &Upstream) {
             .find(|l| l.contains("published version \"big-1\""))
         {
             let at = l.find("key sync:").unwrap_or(0);
-            println!("- --concurrency {concurrency}, Envoy's log: {}", &l[at..]);
+            println!(
+                "- {form} answer, --concurrency {concurrency}, Envoy's log: {}",
+                &l[at..]
+            );
         }
         let rss_after = rss_kb(e.pid());
         let alloc_growth_mb =
             e.allocated_bytes().saturating_sub(alloc_before) as f64 / 1e6 * 1e6 / 1048576.0;
         let growth_mb = (rss_after.saturating_sub(rss_before)) as f64 / 1024.0;
         rows.push(format!(
-            "| {concurrency} | {:.0} MB | {:.0} MB | {growth_mb:.0} MB | {alloc_growth_mb:.0} MB | {:.2}× | {:.1} s |",
+            "| {form} | {concurrency} | {:.0} MB | {:.0} MB | {growth_mb:.0} MB | {alloc_growth_mb:.0} MB | {:.2}× | {:.1} s |",
             rss_before as f64 / 1024.0,
             rss_after as f64 / 1024.0,
             growth_mb * 1024.0 * 1024.0 / big.len() as f64,
@@ -596,12 +640,16 @@ fn key_sync_scale(up: &Upstream) {
         ));
         if concurrency == 2 {
             // Revocation: time from the key service's change to the first 401 at Envoy.
-            ks.set("big-2", key_set("big-2", N, Some(N - 7)));
+            ks.set(
+                "big-2",
+                key_set("big-2", N, Some(N - 7)),
+                compact.then(|| compact_set("big-2", N, Some(N - 7))),
+            );
             let t = Instant::now();
             wait_until(60, || {
                 get(e.port, "/", &[("x-api-key", &probe)]).status == 401
             });
-            println!("- revocation of one key in the 1M set by a full answer, interval_seconds 2: enforced {:.1} s after the key service changed", t.elapsed().as_secs_f64());
+            println!("- revocation of one key in the 1M set by a full {form} answer, interval_seconds 2: enforced {:.1} s after the key service changed", t.elapsed().as_secs_f64());
             // The same by a delta answer: keygate asks ?since=big-2 and gets one upsert.
             let probe2 = format!("ks_live_{}", N - 11);
             assert_eq!(get(e.port, "/", &[("x-api-key", &probe2)]).status, 200);
@@ -609,17 +657,19 @@ fn key_sync_scale(up: &Upstream) {
                 {"id": format!("key_{}", N - 11), "sha256": sha(&probe2), "tenant": format!("org_{}", (N - 11) % 1000), "revoked": true}
             ], "removed": []});
             ks.set_delta("big-2", revoke.to_string().into_bytes());
-            ks.set("big-3", key_set("big-3", N, Some(N - 11)));
+            ks.set("big-3", key_set("big-3", N, Some(N - 11)), None);
             let t = Instant::now();
             let applied = wait_until(60, || {
                 get(e.port, "/", &[("x-api-key", &probe2)]).status == 401
             });
             println!("- revocation of one key in the 1M set by a delta answer, interval_seconds 2: enforced {:.1} s after the key service changed{}", t.elapsed().as_secs_f64(), if applied { "" } else { " (never, within 60 s)" });
-            cost_envoys.push((e, ks));
+            if !compact {
+                cost_envoys.push((e, ks));
+            }
         }
     }
-    println!("\n| --concurrency | RSS with 10 keys | RSS with 1M keys | RSS growth | Envoy heap growth | RSS growth ÷ answer size | fetch → first admitted request |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!("\n| answer | --concurrency | RSS with 10 keys | RSS with 1M keys | RSS growth | Envoy heap growth | RSS growth ÷ JSON answer size | fetch → first admitted request |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!("{r}");
     }

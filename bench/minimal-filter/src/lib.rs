@@ -27,6 +27,8 @@ enum Call {
     SetHeader,
     /// `proxy_remove_header_map_value` (a request header that is not there).
     RemoveHeader,
+    /// `proxy_add_header_map_value` (a request header added).
+    AddHeader,
     /// `proxy_set_header_map_pairs`: the request's headers, read once, written back `n` times.
     SetHeaderPairs,
     /// `proxy_set_property` (filter state).
@@ -51,6 +53,7 @@ fn parse(config: &[u8]) -> Option<(Call, u32)> {
         "header_pairs" => Call::HeaderPairs,
         "set_header" => Call::SetHeader,
         "remove_header" => Call::RemoveHeader,
+        "add_header" => Call::AddHeader,
         "set_header_pairs" => Call::SetHeaderPairs,
         "set_property" => Call::SetProperty,
         "get_property" => Call::GetProperty,
@@ -144,6 +147,9 @@ impl Filter {
                 }
                 Call::RemoveHeader => {
                     let _ = hostcalls::set_map_value(req, "x-bench-absent", None);
+                }
+                Call::AddHeader => {
+                    let _ = hostcalls::add_map_value(req, "x-bench", "1");
                 }
                 Call::SetHeaderPairs => {
                     let p: Vec<(&str, &str)> =
