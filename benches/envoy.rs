@@ -276,6 +276,20 @@ fn request_cost() {
             samples: vec![],
         });
     }
+    // The same configuration in a second Envoy: how far two identical processes differ (each
+    // V8 instance compiles and lays out the filter on its own) — differences below that are noise.
+    let twin = keygate_variants()
+        .into_iter()
+        .find(|v| v.0 == "keygate, allowed, no limit")
+        .map(|v| v.1)
+        .unwrap_or_default();
+    variants.push(Variant {
+        name: "keygate, allowed, no limit (a second Envoy, same configuration)",
+        envoy: keygate_envoy("bench-keygate-twin", &twin, None),
+        headers: key_hdr("bk_live_3"),
+        want: 200,
+        samples: vec![],
+    });
     // The shipped filter is rustc's output optimised once more by wasm-opt -O2 (`make wasm`):
     // the same request with rustc's output alone shows what that pass costs or saves.
     let limited = keygate_variants()
