@@ -241,7 +241,13 @@ fn record(e: &Envoy, up: u16) -> String {
         let r = send_body("127.0.0.1", e.port, method, path, &h, body);
         out.push_str(&format!("### {id}\n> {method} {path}\n< {}\n", r.status));
         for (k, v) in &r.headers {
-            out.push_str(&format!("< {}\n", mask_header(k, v, e.port, up)));
+            // A 429's body counts down the seconds to the window's end: its length varies too.
+            let line = if r.status == 429 && k.eq_ignore_ascii_case("content-length") {
+                format!("{k}: <varies>")
+            } else {
+                mask_header(k, v, e.port, up)
+            };
+            out.push_str(&format!("< {line}\n"));
         }
         if r.reached_upstream() {
             let j = r.json();
