@@ -34,13 +34,13 @@ pub(super) fn optional_header(
     }
 }
 
-/// Text that goes into a header value: visible ASCII and spaces, no control characters.
-/// (`path` is formatted only for an error: a million-key answer calls this per key.)
 /// Non-empty printable ASCII without surrounding spaces: a value that can be sent in a header.
 pub(super) fn is_header_safe(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| (0x20..0x7f).contains(&b)) && s.trim() == s
 }
 
+/// Text that goes into a header value: visible ASCII and spaces, no control characters.
+/// (`path` is formatted only for an error: a million-key answer calls this per key.)
 pub(super) fn header_safe(path: impl FnOnce() -> String, s: &str, errors: &mut Errors) -> bool {
     let ok = is_header_safe(s);
     if !ok {

@@ -63,6 +63,21 @@ fn add(id: Option<u32>, n: u64) {
     }
 }
 
+/// Adds the rejections counted since the last flush to their counters, by reason (`name`
+/// gives a reason's metric name), and clears them.
+fn flush_rejections(
+    slots: &mut [Option<u32>; REASONS],
+    pending: &mut [u64; REASONS],
+    name: impl Fn(&str) -> String,
+) {
+    for ((slot, pending), d) in slots.iter_mut().zip(pending.iter_mut()).zip(Decision::ALL) {
+        let n = std::mem::take(pending);
+        if n > 0 {
+            add(define(slot, MetricType::Counter, || name(d.as_str())), n);
+        }
+    }
+}
+
 fn reason_index(d: Decision) -> usize {
     Decision::ALL.iter().position(|x| *x == d).unwrap_or(0)
 }
@@ -122,23 +137,9 @@ impl Stats {
                     n,
                 );
             }
-            for (i, d) in Decision::ALL.iter().enumerate() {
-                let (Some(slot), Some(pending)) =
-                    (m.rejected.get_mut(i), m.pending_rejected.get_mut(i))
-                else {
-                    continue;
-                };
-                let n = std::mem::take(pending);
-                if n > 0 {
-                    let reason = d.as_str();
-                    add(
-                        define(slot, MetricType::Counter, || {
-                            format!("keygate.rejected.reason.{reason}.key_id.{key_id}")
-                        }),
-                        n,
-                    );
-                }
-            }
+            flush_rejections(&mut m.rejected, &mut m.pending_rejected, |reason| {
+                format!("keygate.rejected.reason.{reason}.key_id.{key_id}")
+            });
             let gauge = define(&mut m.last_used, MetricType::Gauge, || {
                 format!("keygate.last_used.key_id.{key_id}")
             });
@@ -146,23 +147,9 @@ impl Stats {
                 abi::record_metric(g, now);
             }
         }
-        for (i, d) in Decision::ALL.iter().enumerate() {
-            let (Some(slot), Some(pending)) =
-                (self.keyless.get_mut(i), self.keyless_pending.get_mut(i))
-            else {
-                continue;
-            };
-            let n = std::mem::take(pending);
-            if n > 0 {
-                let reason = d.as_str();
-                add(
-                    define(slot, MetricType::Counter, || {
-                        format!("keygate.rejected.reason.{reason}")
-                    }),
-                    n,
-                );
-            }
-        }
+        flush_rejections(&mut self.keyless, &mut self.keyless_pending, |reason| {
+            format!("keygate.rejected.reason.{reason}")
+        });
     }
 
     /// Counts a rejection with no known key (missing, invalid, …).

@@ -312,6 +312,47 @@ mod tests {
         assert!(matches!(parse(&g, &empty), Ok(Fetched::Set(s)) if s.is_empty()));
     }
 
+    /// Every record of a set, sorted (sets of one size may shard differently by form).
+    fn all_records(set: &ParsedSet) -> Vec<Vec<u8>> {
+        let mut out = vec![];
+        set.for_each_shard::<()>(1, |_, blob| {
+            out.extend(
+                records_in_blob(blob, 1)
+                    .unwrap()
+                    .into_iter()
+                    .map(<[u8]>::to_vec),
+            );
+            Ok(())
+        })
+        .unwrap();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_larger_compact_answer_holds_the_same_records_as_the_json_one() {
+        let g = gate();
+        let entries: Vec<serde_json::Value> = (0..300)
+            .map(|i| {
+                json!({"id": format!("k{i}"), "key": format!("sk_{i}"), "tenant": format!("org_{}", i % 7),
+                       "rate_limits": [{"requests": i + 1, "per": "hour"}]})
+            })
+            .collect();
+        let entries = serde_json::Value::Array(entries);
+        let json_body = json!({"version": "big", "keys": entries}).to_string();
+        let Ok(Fetched::Set(from_json)) =
+            parse_key_set(&mut json_body.as_bytes(), json_body.len(), &g, None)
+        else {
+            panic!("the JSON answer is valid");
+        };
+        let body = binary("big", &records(&g, &entries), &g.roles);
+        let Ok(Fetched::Set(compact)) = parse(&g, &body) else {
+            panic!("the compact answer is valid");
+        };
+        assert_eq!(compact.len(), 300);
+        assert_eq!(all_records(&compact), all_records(&from_json));
+    }
+
     fn refused(g: &Gate, body: &[u8]) -> Vec<String> {
         match parse(g, body) {
             Err(errors) => errors.iter().map(|e| e.to_string()).collect(),

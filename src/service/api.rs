@@ -431,9 +431,13 @@ async fn feed<S: Store>(
     ctx.app.auth.sync(&headers)?;
     let query = query_map(query)?;
     let since = query.get("since").map(String::as_str);
+    // The answer's form depends on Accept (one ETag, the version, names both forms): a shared
+    // cache in front of the service must keep them apart.
     let not_modified = |version: &str| {
         let mut r = StatusCode::NOT_MODIFIED.into_response();
         r.headers_mut().insert(header::ETAG, etag(version));
+        r.headers_mut()
+            .insert(header::VARY, HeaderValue::from_static("accept"));
         r
     };
     // keygate asks for the compact form of a full set; deltas and other clients get JSON.
@@ -449,6 +453,8 @@ async fn feed<S: Store>(
             }),
         );
         r.headers_mut().insert(header::ETAG, etag(version));
+        r.headers_mut()
+            .insert(header::VARY, HeaderValue::from_static("accept"));
         r
     };
     // Revalidation first, from the version alone: no keys are read for a 304.
@@ -515,14 +521,18 @@ fn accepts_binary(headers: &HeaderMap) -> bool {
                 .next()
                 .is_some_and(|t| t.eq_ignore_ascii_case(BINARY_MEDIA_TYPE))
                 && !parts.any(|p| {
+                    let p = p.to_ascii_lowercase();
                     p.strip_prefix("q=")
-                        .is_some_and(|q| q.parse::<f32>().is_ok_and(|q| q <= 0.0))
+                        .is_some_and(|q| !q.trim_matches('"').parse::<f32>().is_ok_and(|q| q > 0.0))
                 })
         })
 }
 
 /// A full set in the compact form: each key's record as the filter would make it of its JSON
-/// entry (one the configuration no longer accepts served revoked, as in [`servable`]).
+/// entry (one the configuration no longer accepts served revoked, as in [`servable`]). A key
+/// whose revoked form is invalid too (a corrupt stored id or digest: the store never writes
+/// one) is left out, where its JSON entry would make Envoy refuse the whole answer: either
+/// way it admits nothing.
 fn binary_answer(version: &str, keys: Vec<StoredKey>, gate: &Gate) -> Vec<u8> {
     let records: Vec<_> = keys
         .into_iter()
