@@ -119,7 +119,7 @@ demo-smoke: build envoy ## Start the demo as `make run` does, run and check each
 
 test: lint unit demo-smoke integration ## Everything CI runs: lint, unit tests, the demo, integration tests
 
-screenshots: build envoy chromium ## Retake the README's dashboard screenshots (docs/screenshots/) with the browser tests
+screenshots: build envoy chromium ## Retake the dashboard screenshots (docs/screenshots/, shown in docs/dashboard.md) with the browser tests
 	SCREENSHOTS_DIR=docs/screenshots cargo test --test dashboard_browser
 
 CONFIG ?= envoy/demo.yaml

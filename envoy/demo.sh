@@ -151,7 +151,7 @@ if [ "$CONFIG" != envoy/demo.yaml ]; then
   echo
   echo "keygate is up with $CONFIG: Envoy on $API (admin $ADMIN)."
   grep '^#' "$CONFIG"
-  echo "The README's walk-through for this style has the curl lines. Ctrl-C stops it."
+  echo "docs/examples.md has the curl lines for this style. Ctrl-C stops it."
   [ "${DEMO_SMOKE:-}" = 1 ] && exit 0 # its walk-through is tested by tests/shipped_configs.rs
   wait
   exit 0

@@ -89,7 +89,7 @@ mod tests {
 
     #[test]
     fn keys_check() {
-        // As Python computes it: the scanner recipe in the README.
+        // As Python computes it: the scanner recipe in docs/configuration.md.
         let k = append("mlm_live_4cTq9ZrW2yXb7Ke1");
         assert_eq!(k, "mlm_live_4cTq9ZrW2yXb7Ke105HeR0");
         assert!(valid(k.as_bytes()));

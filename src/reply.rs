@@ -131,8 +131,9 @@ mod tests {
     use crate::decide::Denial;
 
     #[test]
-    fn the_readme_lists_every_error_body() {
-        let readme = include_str!("../README.md");
+    fn the_error_catalogue_lists_every_error_body_and_no_other() {
+        let readme = include_str!("../docs/errors.md");
+        let mut produced = vec![format!("| 500 | `{}` |", internal_error().body)];
         for d in Decision::ALL
             .into_iter()
             .filter(|d| *d != Decision::Allowed)
@@ -149,12 +150,37 @@ mod tests {
                 v.denial = denial;
                 let (status, message, code) = rejection(&v);
                 let body = error_body(&message, code).replace("in 1 seconds", "in N seconds");
+                let row = format!("| {status} | `{body}` |");
                 assert!(
-                    readme.contains(&format!("| {status} | `{body}` |")),
-                    "README.md lacks {status} {body}"
+                    readme.contains(&row),
+                    "docs/errors.md lacks {status} {body}"
                 );
+                produced.push(row);
             }
         }
-        assert!(readme.contains(&format!("| 500 | `{}` |", internal_error().body)));
+        // The two answers that need more than a decision to be produced.
+        let mut down = Verdict::new(Decision::Unavailable);
+        down.rate_service_down = true;
+        let mut env = Verdict::new(Decision::Forbidden);
+        env.denial = Some(Denial::Environment);
+        env.prefix_environment = Some("LIVE");
+        for v in [down, env] {
+            let (status, message, code) = rejection(&v);
+            produced.push(format!("| {status} | `{}` |", error_body(&message, code)));
+        }
+        assert!(readme.contains(&produced[0]));
+        // And the other way: every body the catalogue documents is one keygate produces.
+        let documented: Vec<&str> = readme
+            .lines()
+            .filter(|l| l.starts_with("| 4") || l.starts_with("| 5"))
+            .filter_map(|l| Some(&l[..l.find("}` |")? + 4]))
+            .collect();
+        assert!(documented.len() >= 14, "{documented:?}");
+        for row in documented {
+            assert!(
+                produced.iter().any(|p| p == row),
+                "docs/errors.md documents an answer keygate does not give: {row}"
+            );
+        }
     }
 }

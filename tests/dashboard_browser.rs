@@ -3,7 +3,7 @@
 //! from it and reporting usage to it. An operator signs in, creates a key and reads it once,
 //! uses it through Envoy, sees it in usage, edits its role (Envoy answers 403), rolls it (the old
 //! key stops), revokes the new one after confirming (401); a portal session sees its tenant only;
-//! a cross-site form and a key named like markup change nothing. The screenshots the README
+//! a cross-site form and a key named like markup change nothing. The screenshots docs/dashboard.md
 //! shows are taken here (`make screenshots`).
 mod common;
 use common::browser::Browser;

@@ -565,7 +565,7 @@ mod tests {
     }
 
     #[test]
-    fn the_readme_documents_every_field() {
+    fn the_reference_documents_every_field_and_no_other() {
         crate::json_reader::fields_read::take();
         // One of each kind of object: the parser asks for every field it knows on each.
         gate_from_value(&json!({
@@ -575,6 +575,7 @@ mod tests {
             "keys": [{"id": "k", "sha256": hash(), "rate_limits": [{"requests": 1, "per": "day"}]}],
             "key_sync": {"cluster": "ks", "path": "/keys"},
             "usage_report": {"cluster": "ks", "path": "/usage"},
+            "rate_limit_service": {"cluster": "rl"},
             "upstream_headers": {}
         }))
         .unwrap();
@@ -589,14 +590,33 @@ mod tests {
         fields.sort();
         fields.dedup();
         assert!(fields.len() > 40, "{fields:?}");
-        let readme = include_str!("../../README.md");
+        let reference = include_str!("../../docs/configuration.md");
         let missing: Vec<&String> = fields
             .iter()
-            .filter(|f| !readme.contains(&format!("| `{f}` |")))
+            .filter(|f| !reference.contains(&format!("| `{f}` |")))
             .collect();
         assert!(
             missing.is_empty(),
-            "README.md's configuration reference lacks {missing:?}"
+            "docs/configuration.md's reference lacks {missing:?}"
+        );
+        // And the other way: every field the reference documents is one the parser reads.
+        let documented: Vec<&str> = reference
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `")?.split_once("` |"))
+            .map(|(field, _)| field)
+            .filter(|f| {
+                f.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b"_.[]<>".contains(&b))
+            })
+            .collect();
+        assert!(documented.len() > 40, "{documented:?}");
+        let unknown: Vec<&&str> = documented
+            .iter()
+            .filter(|f| !fields.iter().any(|x| x == **f))
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "docs/configuration.md documents fields the parser does not read: {unknown:?}"
         );
     }
 

@@ -176,7 +176,7 @@ impl Browser {
     }
 
     /// A screenshot of the whole page into `target/screenshots/<name>.png`, and into
-    /// `$SCREENSHOTS_DIR` when set (`make screenshots` writes the README's).
+    /// `$SCREENSHOTS_DIR` when set (`make screenshots` writes docs/dashboard.md's).
     pub async fn screenshot(&self, name: &str) {
         // The whole page: the window as tall as the document (measured at the usual height
         // first, so a tall page before does not leave this one padded).

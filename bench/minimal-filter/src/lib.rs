@@ -3,7 +3,7 @@
 //!
 //! With a plugin configuration `"<call> <n>"` it also makes `n` host calls of one kind per
 //! request: `make bench` divides the extra CPU by `n` to price each kind of call (the
-//! README's per-host-call cost table). The calls' outputs are chosen so the response stays the
+//! per-host-call cost table in docs/performance.md). The calls' outputs are chosen so the response stays the
 //! same (headers nobody reads, a filter-state name nobody logs, a metric nobody reads).
 
 use proxy_wasm::hostcalls;

@@ -1,0 +1,188 @@
+//! The docs tell the truth (issue 21): a metric name or a CLI flag the documentation shows must
+//! exist in the code. (Configuration fields and error bodies are held both ways by unit tests
+//! beside their code: `config::tests`, `reply::tests`.)
+mod common;
+use common::repo;
+
+/// Every Markdown file a reader is sent to.
+fn docs() -> Vec<(String, String)> {
+    let mut out = vec![];
+    for name in ["README.md", "ARCHITECTURE.md"] {
+        out.push((name.to_string(), read(name)));
+    }
+    let mut entries: Vec<_> = std::fs::read_dir(repo().join("docs"))
+        .expect("docs/")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .collect();
+    entries.sort();
+    for p in entries {
+        let name = format!(
+            "docs/{}",
+            p.file_name().unwrap_or_default().to_string_lossy()
+        );
+        out.push((name.clone(), read(&name)));
+    }
+    out
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// All Rust source of a directory, concatenated.
+fn source(dir: &str) -> String {
+    let mut out = String::new();
+    let mut stack = vec![repo().join(dir)];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push_str(&std::fs::read_to_string(&p).unwrap_or_default());
+            }
+        }
+    }
+    out
+}
+
+fn backticked(cell: &str) -> Vec<String> {
+    cell.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
+}
+
+/// The metric names a table row documents: its Envoy stat names (second cell), or, where those
+/// are a wildcard, its Prometheus names (first cell; `_x` replaces the first name's last part).
+fn row_metrics(row: &str) -> Vec<String> {
+    let cells: Vec<&str> = row.split(" | ").collect();
+    let (Some(prom), Some(envoy)) = (cells.first(), cells.get(1)) else {
+        return vec![];
+    };
+    let stats = backticked(envoy);
+    if !stats.is_empty() && stats.iter().all(|s| !s.contains('*')) {
+        return stats
+            .iter()
+            .map(|s| {
+                let s = s
+                    .strip_prefix('…')
+                    .map(|rest| format!("wasmcustom.keygate.{rest}"))
+                    .unwrap_or_else(|| s.clone());
+                let name = s.strip_prefix("wasmcustom.keygate.").unwrap_or(&s);
+                // The family: `requests.key_id.<id>` → `requests`, `rejected.reason.…` → `rejected`.
+                name.split('.').next().unwrap_or_default().to_string()
+            })
+            .collect();
+    }
+    let names = backticked(prom);
+    let Some(first) = names
+        .first()
+        .map(|n| n.trim_start_matches("keygate_").to_string())
+    else {
+        return vec![];
+    };
+    let base = first.rsplit_once('_').map_or(first.as_str(), |(b, _)| b);
+    names
+        .iter()
+        .map(|n| match n.strip_prefix('_') {
+            Some(rest) => format!("{base}_{rest}"),
+            None => n.trim_start_matches("keygate_").to_string(),
+        })
+        .collect()
+}
+
+#[test]
+fn every_documented_filter_metric_is_one_the_filter_defines() {
+    let ops = read("docs/operations.md");
+    let filter = source("src/filter");
+    let rows: Vec<&str> = ops
+        .lines()
+        .filter(|l| l.starts_with("| `keygate_"))
+        .collect();
+    assert!(rows.len() >= 10, "the metrics table moved: {rows:?}");
+    let mut checked = 0;
+    for row in rows {
+        for name in row_metrics(row) {
+            // An operational metric is named by a literal (`event("sync_fetches")`), a usage
+            // family by the format that builds it (`keygate.requests.key_id.{id}`).
+            let defined = filter.contains(&format!("\"{name}\""))
+                || filter.contains(&format!("keygate.{name}."));
+            assert!(defined, "docs/operations.md documents metric {name:?}, which src/filter/ never defines\nrow: {row}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 15, "{checked}");
+}
+
+#[test]
+fn every_documented_rate_limit_service_metric_exists() {
+    let service = source("src/ratelimit_service");
+    let mut checked = 0;
+    for (file, text) in docs() {
+        for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("keygate_ratelimit_")
+                && (word.ends_with("_total") || word.ends_with("_seconds"))
+            {
+                // Registered under the registry's prefix; counters gain `_total` on export.
+                let name = word.trim_start_matches("keygate_ratelimit_");
+                let name = name.strip_suffix("_total").unwrap_or(name);
+                assert!(
+                    service.contains("with_prefix(\"keygate_ratelimit\")")
+                        && service.contains(&format!("\"{name}\"")),
+                    "{file} documents {word}, which keygate ratelimit does not export"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 3, "{checked}");
+}
+
+#[test]
+fn every_documented_cli_flag_exists() {
+    let cli = source("src/bin/keygate") + &source("src/service") + &source("src/ratelimit_service");
+    let mut checked = 0;
+    for (file, text) in docs() {
+        for line in text.lines() {
+            // The part of a line that is a keygate command, up to the next command.
+            let Some(at) = line.find("keygate ") else {
+                continue;
+            };
+            let command = line[at..]
+                .split([';', '|', '#', ')'])
+                .next()
+                .unwrap_or_default();
+            if ![
+                "keygate new",
+                "keygate hash",
+                "keygate check",
+                "keygate keys",
+                "keygate serve",
+                "keygate ratelimit",
+            ]
+            .iter()
+            .any(|c| command.starts_with(c))
+            {
+                continue;
+            }
+            for word in command.split([' ', '`', '=', ',', '[', ']']) {
+                let Some(flag) = word.strip_prefix("--").filter(|f| {
+                    !f.is_empty() && f.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+                }) else {
+                    continue;
+                };
+                let field = flag.replace('-', "_");
+                let defined = cli.contains(&format!("long = \"{flag}\""))
+                    || cli.contains(&format!(" {field}: "))
+                    || cli.contains(&format!("\"--{flag}\""));
+                assert!(defined, "{file} shows `{command}`: the CLI has no --{flag}");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 20, "{checked}");
+}
