@@ -10,7 +10,7 @@ CLI := target/release/keygate
 WASM_TARGET_STAMP := target/.wasm32-wasip1-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help build wasm wasm-faults cli toolchain envoy openapi-tools chromium screenshots postgres redis binaryen test unit integration demo-smoke lint fmt run bench soak fuzz compose clean distclean
+.PHONY: help build wasm wasm-faults cli toolchain envoy openapi-tools alerts chromium screenshots postgres redis binaryen test unit integration demo-smoke lint fmt run bench soak fuzz compose clean distclean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -36,6 +36,23 @@ $(OPENAPI_TOOLS): $(ENVOY)
 	$(VENV)/bin/pip install --disable-pip-version-check -q openapi-spec-validator==0.7.2 schemathesis==4.32.5
 
 openapi-tools: $(OPENAPI_TOOLS) ## Install openapi-spec-validator and schemathesis (pinned) into .venv
+
+# The alert rules (ops/prometheus/) are checked and unit-tested with Debian's promtool. Only the
+# binary is taken from the `prometheus` package (apt-get download, unpacked into .venv): no
+# Prometheus server is installed or started.
+PROMTOOL := $(VENV)/bin/promtool
+$(PROMTOOL):
+	@echo "Taking promtool from Debian's prometheus package (into $(VENV)/bin; no server installed)"
+	@mkdir -p target/promtool $(VENV)/bin
+	@if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
+	  $$sudo apt-get update -qq && cd target/promtool && rm -f prometheus_*.deb && apt-get download -qq prometheus 2>/dev/null
+	dpkg-deb -x target/promtool/prometheus_*.deb target/promtool/x
+	cp target/promtool/x/usr/bin/promtool $(PROMTOOL)
+	@$(PROMTOOL) --version >/dev/null
+
+alerts: $(PROMTOOL) ## Check the Prometheus alert rules and run their unit tests (promtool)
+	$(PROMTOOL) check rules ops/prometheus/keygate-alerts.yml
+	cd ops/prometheus && ../../$(PROMTOOL) test rules keygate-alerts.test.yml
 
 # The key-service tests start their own PostgreSQL server (in a temporary directory, on a
 # loopback port) from Debian's package; this installs it when it is missing.
@@ -117,7 +134,7 @@ integration: build wasm-faults envoy openapi-tools postgres redis chromium ## In
 demo-smoke: build envoy ## Start the demo as `make run` does, run and check each curl line it prints, stop it
 	DEMO_SMOKE=1 ./envoy/demo.sh
 
-test: lint unit demo-smoke integration ## Everything CI runs: lint, unit tests, the demo, integration tests
+test: lint unit alerts demo-smoke integration ## Everything CI runs: lint, unit tests, the alert rules, the demo, integration tests
 
 screenshots: build envoy chromium ## Retake the dashboard screenshots (docs/screenshots/, shown in docs/dashboard.md) with the browser tests
 	SCREENSHOTS_DIR=docs/screenshots cargo test --test dashboard_browser

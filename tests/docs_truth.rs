@@ -186,3 +186,55 @@ fn every_documented_cli_flag_exists() {
     }
     assert!(checked >= 20, "{checked}");
 }
+
+#[test]
+fn every_alert_has_a_runbook_entry_and_uses_metrics_that_exist() {
+    let rules = read("ops/prometheus/keygate-alerts.yml");
+    let runbook = read("docs/alerts.md");
+    let code = source("src/filter") + &source("src/ratelimit_service");
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .collect();
+    assert!(alerts.len() >= 8, "{alerts:?}");
+    for a in &alerts {
+        assert!(
+            runbook.contains(&format!("\n## {a}\n")),
+            "docs/alerts.md has no entry for {a}"
+        );
+        assert!(
+            rules.contains(&format!("docs/alerts.md#{}", a.to_ascii_lowercase())),
+            "{a}'s runbook annotation does not point at its entry"
+        );
+    }
+    // Every keygate metric an expression reads is one the filter or the service defines.
+    let mut checked = 0;
+    let expressions: String = rules
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for word in expressions.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        let Some(name) = word.strip_prefix("keygate_").filter(|n| !n.ends_with('_')) else {
+            continue;
+        };
+        let name = name.strip_suffix("_bucket").unwrap_or(name);
+        let defined = if let Some(svc) = name
+            .strip_prefix("ratelimit_")
+            .filter(|n| n.ends_with("_total") || n.ends_with("_seconds"))
+        {
+            code.contains(&format!(
+                "\"{}\"",
+                svc.strip_suffix("_total").unwrap_or(svc)
+            ))
+        } else {
+            code.contains(&format!("\"{name}\"")) || code.contains(&format!("keygate.{name}."))
+        };
+        assert!(
+            defined,
+            "the alert rules read keygate_{name}, which no code defines"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 10, "{checked}");
+}
