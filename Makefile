@@ -153,7 +153,7 @@ soak: build envoy ## Ten minutes of mixed traffic (SOAK_SECONDS=…): RSS and sh
 	$(VENV)/bin/python bench/plot_soak.py
 
 FUZZ_SECONDS ?= 60
-fuzz: ## Coverage-guided fuzzing (libFuzzer, stable Rust): each target FUZZ_SECONDS (60); corpora in fuzz/corpus
+fuzz: ## Coverage-guided fuzzing (libFuzzer, stable Rust): each target FUZZ_SECONDS (60); seeds in fuzz/seeds, working corpora in target/fuzz/corpus (FUZZ_SEEDS=1 repacks the seeds)
 	FUZZ_SECONDS=$(FUZZ_SECONDS) ./fuzz/run.sh
 
 compose: build ## docker compose harness: Envoy, key service, upstreams (needs a Docker engine)
