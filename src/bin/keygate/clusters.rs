@@ -1,7 +1,9 @@
 //! `keygate check` warnings about the clusters a configuration calls on its own (`key_sync`,
 //! `usage_report`, `rate_limit_service`): a name the file's static clusters lack, or a gRPC
 //! cluster without HTTP/2, fails every call (the filter then keeps its last key set, retries
-//! its reports, or applies `on_failure`: nothing breaks loudly, so `check` says it).
+//! its reports, or applies `on_failure`: nothing breaks loudly, so `check` says it). In an Istio
+//! WasmPlugin the proxy's clusters are Istio's: a name not in its `outbound|<port>|<subset>|<host>`
+//! form is none of them.
 
 use crate::found::{Found, Host};
 use crate::hardening::Warning;
@@ -25,8 +27,54 @@ fn contains_key(v: &Value, key: &str) -> bool {
     }
 }
 
-/// Warnings for every keygate configuration of an Envoy file whose clusters it can see.
+/// The fields of a plugin configuration that name a cluster, and whether it speaks gRPC.
+const CLUSTER_FIELDS: [(&str, bool); 3] = [
+    ("key_sync", false),
+    ("usage_report", false),
+    ("rate_limit_service", true),
+];
+
+/// Istio's name for a mesh service's cluster: `outbound|<port>|<subset>|<host>`.
+fn is_istio_cluster(name: &str) -> bool {
+    let parts: Vec<&str> = name.split('|').collect();
+    matches!(parts.as_slice(), ["outbound", port, _subset, host]
+        if port.parse::<u16>().is_ok_and(|p| p > 0) && !host.is_empty())
+}
+
+/// WasmPlugins: every cluster a configuration calls must be named the way Istio names them.
+fn istio_warnings(found: &[Found]) -> Vec<Warning> {
+    let mut out = Vec::new();
+    for f in found {
+        let (Host::Istio { .. }, Ok(config)) = (&f.host, &f.config) else {
+            continue;
+        };
+        for (field, _) in CLUSTER_FIELDS {
+            let Some(name) = config
+                .get(field)
+                .and_then(|e| e.get("cluster"))
+                .and_then(Value::as_str)
+                .filter(|n| !is_istio_cluster(n))
+            else {
+                continue;
+            };
+            out.push(Warning {
+                at: format!("{}: $.{field}.cluster", f.location),
+                message: format!(
+                    "{name:?} is not an Istio cluster name: every call fails; Istio names a service's cluster outbound|<port>||<host> (e.g. outbound|8090||keygate-serve.keygate.svc.cluster.local)"
+                ),
+            });
+        }
+    }
+    out
+}
+
+/// Warnings for every keygate configuration of an Envoy file whose clusters it can see, and
+/// for Istio cluster names in WasmPlugins.
 pub fn warnings(docs: &[Value], found: &[Found]) -> Vec<Warning> {
+    let istio = istio_warnings(found);
+    if !istio.is_empty() {
+        return istio;
+    }
     let clusters: Vec<&Value> = docs
         .iter()
         .filter_map(|d| d.pointer("/static_resources/clusters")?.as_array())
@@ -40,11 +88,7 @@ pub fn warnings(docs: &[Value], found: &[Found]) -> Vec<Warning> {
         let (Host::Envoy { .. }, Ok(config)) = (&f.host, &f.config) else {
             continue;
         };
-        for (field, grpc) in [
-            ("key_sync", false),
-            ("usage_report", false),
-            ("rate_limit_service", true),
-        ] {
+        for (field, grpc) in CLUSTER_FIELDS {
             let Some(name) = config
                 .get(field)
                 .and_then(|e| e.get("cluster"))
@@ -101,6 +145,39 @@ mod tests {
             include_str!("../../../envoy/compose-envoy.yaml"),
         ] {
             assert_eq!(check(text), Vec::<String>::new());
+        }
+    }
+
+    #[test]
+    fn a_wasmplugin_names_clusters_the_way_istio_does() {
+        let manifest = include_str!("../../../envoy/istio/wasmplugin.yaml");
+        assert!(manifest
+            .contains("cluster: \"outbound|8090||keygate-serve.keygate.svc.cluster.local\""));
+        assert_eq!(check(manifest), Vec::<String>::new());
+        let plain = manifest.replace(
+            "cluster: \"outbound|8090||keygate-serve.keygate.svc.cluster.local\"",
+            "cluster: keyservice",
+        );
+        let w = check(&plain);
+        assert_eq!(w.len(), 2, "{w:?}"); // key_sync and usage_report
+        assert!(
+            w[0].starts_with("\"keyservice\" is not an Istio cluster name"),
+            "{w:?}"
+        );
+        for name in [
+            "outbound|8090||a.b",
+            "outbound|8082|v1|rl.keygate.svc.cluster.local",
+        ] {
+            assert!(is_istio_cluster(name), "{name}");
+        }
+        for name in [
+            "outbound|0||a",
+            "outbound|8090||",
+            "inbound|8090||a",
+            "outbound|x||a",
+            "a",
+        ] {
+            assert!(!is_istio_cluster(name), "{name}");
         }
     }
 
