@@ -702,6 +702,10 @@ fn a_key_the_configuration_no_longer_accepts_is_served_revoked() {
         Some(r#"{"prefix":"mlm_live_","id":"ok1"}"#),
     );
     let ok_sha = sha(body["data"]["key"].as_str().unwrap());
+    let before_rich = call(&s.url(), "GET", "/keys", None, None).1["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (st, _) = s.admin(
         "POST",
         "/v1/api-keys",
@@ -799,9 +803,23 @@ fn a_key_the_configuration_no_longer_accepts_is_served_revoked() {
         );
         assert_eq!(body, json_body.as_bytes(), "{accept}");
     }
-    let (st, headers, _) = get_bytes(s.port, "/keys?since=elsewhere-1", COMPACT_ACCEPT);
+    // A delta stays JSON; a full set answering a version this database never issued is compact.
+    let (st, headers, delta) = get_bytes(
+        s.port,
+        &format!("/keys?since={before_rich}"),
+        COMPACT_ACCEPT,
+    );
     assert_eq!(st, 200);
     assert!(headers.contains(&("content-type".into(), "application/json".into())));
+    let delta: Value = serde_json::from_slice(&delta).unwrap();
+    assert_eq!(delta["since"], before_rich.as_str());
+    let (st, headers, full) = get_bytes(s.port, "/keys?since=elsewhere-1", COMPACT_ACCEPT);
+    assert_eq!(st, 200);
+    assert!(headers.contains(&(
+        "content-type".into(),
+        "application/vnd.keygate.keyset.v1".into()
+    )));
+    assert_eq!(full, compact);
 }
 
 /// What keygate's key fetch sends.

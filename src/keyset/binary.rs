@@ -205,20 +205,11 @@ pub fn parse_binary_set(
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::gate;
     use super::*;
-    use crate::config::{gate_from_value, read_key_entry, KeyContext};
-    use crate::keys::{digest, digest_hex};
+    use crate::config::{read_key_entry, KeyContext};
+    use crate::keys::digest;
     use serde_json::json;
-
-    fn gate() -> Gate {
-        gate_from_value(&crate::json::Value::from(json!({
-            "prefixes": [{"prefix": "sk_", "environment": "LIVE"}],
-            "roles": {"reader": {"methods": ["GET"]}, "admin": {"methods": ["*"]}},
-            "keys": [{"id": "inline_1", "sha256": digest_hex(b"sk_inline")}],
-            "key_sync": {"cluster": "ks", "path": "/keys"}
-        })))
-        .unwrap()
-    }
 
     fn entries() -> serde_json::Value {
         json!([

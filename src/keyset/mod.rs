@@ -83,7 +83,9 @@ mod tests {
     use serde_json::json;
     use std::collections::HashMap;
 
-    fn gate() -> Gate {
+    /// A configuration with a prefix, two roles, an inline key and key_sync (the binary
+    /// answer's tests use it too).
+    pub(super) fn gate() -> Gate {
         gate_from_value(&crate::json::Value::from(json!({
             "prefixes": [{"prefix": "sk_", "environment": "LIVE"}],
             "roles": {"reader": {"methods": ["GET"]}, "admin": {"methods": ["*"]}},

@@ -440,8 +440,9 @@ async fn feed<S: Store>(
             .insert(header::VARY, HeaderValue::from_static("accept"));
         r
     };
-    // keygate asks for the compact form of a full set; deltas and other clients get JSON.
-    let binary = since.is_none() && accepts_binary(&headers);
+    // keygate asks for the compact form of a full set (also one answering a `since=` this
+    // database never issued); deltas and other clients get JSON.
+    let binary = accepts_binary(&headers);
     let with_etag = |body: axum::body::Bytes, version: &str, binary: bool| {
         let mut r = (StatusCode::OK, body).into_response();
         r.headers_mut().insert(

@@ -41,31 +41,43 @@ fn is_istio_cluster(name: &str) -> bool {
         if port.parse::<u16>().is_ok_and(|p| p > 0) && !host.is_empty())
 }
 
+/// Each cluster a configuration calls: (where it was found, the field, gRPC?, the name).
+fn called_clusters(f: &Found) -> Vec<(&'static str, bool, &str)> {
+    let Ok(config) = &f.config else {
+        return Vec::new();
+    };
+    CLUSTER_FIELDS
+        .iter()
+        .filter_map(|&(field, grpc)| {
+            let name = config.get(field)?.get("cluster")?.as_str()?;
+            Some((field, grpc, name))
+        })
+        .collect()
+}
+
+/// Where a cluster field is, for a warning.
+fn field_location(f: &Found, field: &str) -> String {
+    match f.location.as_str() {
+        "" => format!("$.{field}.cluster"),
+        location => format!("{location}: $.{field}.cluster"),
+    }
+}
+
 /// WasmPlugins: every cluster a configuration calls must be named the way Istio names them.
 fn istio_warnings(found: &[Found]) -> Vec<Warning> {
-    let mut out = Vec::new();
-    for f in found {
-        let (Host::Istio { .. }, Ok(config)) = (&f.host, &f.config) else {
-            continue;
-        };
-        for (field, _) in CLUSTER_FIELDS {
-            let Some(name) = config
-                .get(field)
-                .and_then(|e| e.get("cluster"))
-                .and_then(Value::as_str)
-                .filter(|n| !is_istio_cluster(n))
-            else {
-                continue;
-            };
-            out.push(Warning {
-                at: format!("{}: $.{field}.cluster", f.location),
-                message: format!(
-                    "{name:?} is not an Istio cluster name: every call fails; Istio names a service's cluster outbound|<port>||<host> (e.g. outbound|8090||keygate-serve.keygate.svc.cluster.local)"
-                ),
-            });
-        }
-    }
-    out
+    let istio = found
+        .iter()
+        .filter(|f| matches!(f.host, Host::Istio { .. }));
+    istio
+        .flat_map(|f| called_clusters(f).into_iter().map(move |c| (f, c)))
+        .filter(|(_, (_, _, name))| !is_istio_cluster(name))
+        .map(|(f, (field, _, name))| Warning {
+            at: field_location(f, field),
+            message: format!(
+                "{name:?} is not an Istio cluster name: every call fails; Istio names a service's cluster outbound|<port>||<host> (e.g. outbound|8090||keygate-serve.keygate.svc.cluster.local)"
+            ),
+        })
+        .collect()
 }
 
 /// Warnings for every keygate configuration of an Envoy file whose clusters it can see, and
@@ -85,21 +97,11 @@ pub fn warnings(docs: &[Value], found: &[Found]) -> Vec<Warning> {
     }
     let mut out = Vec::new();
     for f in found {
-        let (Host::Envoy { .. }, Ok(config)) = (&f.host, &f.config) else {
+        if !matches!(f.host, Host::Envoy { .. }) {
             continue;
-        };
-        for (field, grpc) in CLUSTER_FIELDS {
-            let Some(name) = config
-                .get(field)
-                .and_then(|e| e.get("cluster"))
-                .and_then(Value::as_str)
-            else {
-                continue;
-            };
-            let at = match f.location.as_str() {
-                "" => format!("$.{field}.cluster"),
-                location => format!("{location}: $.{field}.cluster"),
-            };
+        }
+        for (field, grpc, name) in called_clusters(f) {
+            let at = field_location(f, field);
             let cluster = clusters
                 .iter()
                 .find(|c| c.get("name").and_then(Value::as_str) == Some(name));
