@@ -1,16 +1,15 @@
 //! The audit page (SPEC §11): the audit log for what the session may see, newest first.
 
-use super::session::{layout, signed_in};
+use super::session::{layout, SignedIn};
+use super::CleanQuery;
 use super::{page, time_html, Layout};
 use crate::service::answer::ApiError;
 use crate::service::api::Ctx;
-use crate::service::server::Peer;
 use crate::service::store::{AuditQuery, Store};
 use askama::Template;
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::Response;
-use std::collections::HashMap;
 
 pub struct Entry {
     pub time: String,
@@ -34,15 +33,9 @@ const PAGE: usize = 100;
 /// `GET /dashboard/audit[?tenant=T][&before=C]`.
 pub async fn show<S: Store>(
     State(ctx): State<Ctx<S>>,
-    headers: HeaderMap,
-    peer: Option<axum::Extension<Peer>>,
-    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+    SignedIn(web): SignedIn,
+    CleanQuery(q): CleanQuery,
 ) -> Result<Response, ApiError> {
-    let web = match signed_in(&ctx, &headers, peer).await? {
-        Ok(w) => w,
-        Err(r) => return Ok(r),
-    };
-    let q = super::clean(query);
     let l = layout(
         &ctx,
         &web,

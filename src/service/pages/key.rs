@@ -3,38 +3,28 @@
 //! not be asked about, is a 404 page.
 
 use super::keys::{choices, expiry, limits, lines, role_allowed, row, shown, text, Row};
-use super::session::{check_form, layout, signed_in, Web};
+use super::session::{check_form, layout, SignedIn, Web};
+use super::CleanQuery;
 use super::FormBody;
 use super::{error_page, page, see_other, Layout};
 use crate::service::answer::ApiError;
 use crate::service::api::Ctx;
 use crate::service::ops;
-use crate::service::server::Peer;
 use crate::service::store::Store;
 use crate::timestamp::format_rfc3339;
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{json, Map, Value};
-use std::collections::HashMap;
 
 /// Signed in and asking about an id the store can be asked about; else the sign-in or a 404.
-async fn for_key<S: Store>(
-    ctx: &Ctx<S>,
-    headers: &HeaderMap,
-    peer: Option<axum::Extension<Peer>>,
-    id: &str,
-) -> Result<Result<Web, Response>, ApiError> {
-    let web = match signed_in(ctx, headers, peer).await? {
-        Ok(w) => w,
-        Err(r) => return Ok(Err(r)),
-    };
-    if !super::id_ok(id) {
-        let l = layout(ctx, &web, "Not found", "keys", "/dashboard/keys", None).await;
-        return Ok(Err(error_page(l, ApiError::NotFound)));
+async fn known_id<S: Store>(ctx: &Ctx<S>, web: &Web, id: &str) -> Result<(), Response> {
+    if super::id_ok(id) {
+        return Ok(());
     }
-    Ok(Ok(web))
+    let l = layout(ctx, web, "Not found", "keys", "/dashboard/keys", None).await;
+    Err(error_page(l, ApiError::NotFound))
 }
 
 #[derive(Template)]
@@ -119,16 +109,13 @@ async fn key_page<S: Store>(
 /// `GET /dashboard/keys/{id}`: a key, its settings and its actions (another tenant's: 404).
 pub async fn show<S: Store>(
     State(ctx): State<Ctx<S>>,
-    headers: HeaderMap,
-    peer: Option<axum::Extension<Peer>>,
+    SignedIn(web): SignedIn,
     Path(id): Path<String>,
-    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+    CleanQuery(query): CleanQuery,
 ) -> Result<Response, ApiError> {
-    let web = match for_key(&ctx, &headers, peer, &id).await? {
-        Ok(w) => w,
-        Err(r) => return Ok(r),
-    };
-    let query = super::clean(query);
+    if let Err(r) = known_id(&ctx, &web, &id).await {
+        return Ok(r);
+    }
     let notice = query.get("done").map(|d| match d.as_str() {
         "edited" => "Saved. Every Envoy syncing from this service applies it within seconds.",
         "revoked" => "Revoked. Every Envoy syncing from this service refuses it within seconds.",
@@ -149,14 +136,13 @@ pub async fn show<S: Store>(
 pub async fn edit<S: Store>(
     State(ctx): State<Ctx<S>>,
     headers: HeaderMap,
-    peer: Option<axum::Extension<Peer>>,
+    SignedIn(web): SignedIn,
     Path(id): Path<String>,
     FormBody(form): FormBody,
 ) -> Result<Response, ApiError> {
-    let web = match for_key(&ctx, &headers, peer, &id).await? {
-        Ok(w) => w,
-        Err(r) => return Ok(r),
-    };
+    if let Err(r) = known_id(&ctx, &web, &id).await {
+        return Ok(r);
+    }
     if let Err(e) = check_form(&headers, &web, &form, ctx.app.insecure_cookies) {
         let l = layout(&ctx, &web, "Refused", "keys", "/dashboard/keys", None).await;
         return Ok(error_page(l, e));
@@ -226,14 +212,13 @@ pub async fn edit<S: Store>(
 pub async fn roll<S: Store>(
     State(ctx): State<Ctx<S>>,
     headers: HeaderMap,
-    peer: Option<axum::Extension<Peer>>,
+    SignedIn(web): SignedIn,
     Path(id): Path<String>,
     FormBody(form): FormBody,
 ) -> Result<Response, ApiError> {
-    let web = match for_key(&ctx, &headers, peer, &id).await? {
-        Ok(w) => w,
-        Err(r) => return Ok(r),
-    };
+    if let Err(r) = known_id(&ctx, &web, &id).await {
+        return Ok(r);
+    }
     let l = layout(&ctx, &web, "Rolled key", "keys", "/dashboard/keys", None).await;
     if let Err(e) = check_form(&headers, &web, &form, ctx.app.insecure_cookies) {
         return Ok(error_page(l, e));
@@ -264,16 +249,13 @@ struct RevokePage {
 /// `GET /dashboard/keys/{id}/revoke`: the confirmation.
 pub async fn confirm_revoke<S: Store>(
     State(ctx): State<Ctx<S>>,
-    headers: HeaderMap,
-    peer: Option<axum::Extension<Peer>>,
+    SignedIn(web): SignedIn,
     Path(id): Path<String>,
-    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+    CleanQuery(query): CleanQuery,
 ) -> Result<Response, ApiError> {
-    let web = match for_key(&ctx, &headers, peer, &id).await? {
-        Ok(w) => w,
-        Err(r) => return Ok(r),
-    };
-    let query = super::clean(query);
+    if let Err(r) = known_id(&ctx, &web, &id).await {
+        return Ok(r);
+    }
     let l = layout(
         &ctx,
         &web,
@@ -300,14 +282,13 @@ pub async fn confirm_revoke<S: Store>(
 pub async fn revoke<S: Store>(
     State(ctx): State<Ctx<S>>,
     headers: HeaderMap,
-    peer: Option<axum::Extension<Peer>>,
+    SignedIn(web): SignedIn,
     Path(id): Path<String>,
     FormBody(form): FormBody,
 ) -> Result<Response, ApiError> {
-    let web = match for_key(&ctx, &headers, peer, &id).await? {
-        Ok(w) => w,
-        Err(r) => return Ok(r),
-    };
+    if let Err(r) = known_id(&ctx, &web, &id).await {
+        return Ok(r);
+    }
     let l = layout(&ctx, &web, "Revoke key", "keys", "/dashboard/keys", None).await;
     if let Err(e) = check_form(&headers, &web, &form, ctx.app.insecure_cookies) {
         return Ok(error_page(l, e));

@@ -3,18 +3,18 @@
 //! goes through the same operation ([`ops`]), so a page refuses exactly what the API refuses, in
 //! the API's words.
 
-use super::session::{check_form, layout, signed_in, Web};
+use super::session::{check_form, layout, SignedIn, Web};
+use super::CleanQuery;
 use super::FormBody;
 use super::{error_page, page, time_html, Layout};
 use crate::service::answer::ApiError;
 use crate::service::api::{now, Ctx};
 use crate::service::model::StoredKey;
 use crate::service::ops;
-use crate::service::server::Peer;
 use crate::service::store::Store;
 use crate::service::views::CreatedKey;
 use askama::Template;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{json, Map, Value};
@@ -222,15 +222,10 @@ async fn keys_page<S: Store>(
 /// `GET /dashboard/keys[?tenant=T][&q=…][&all=1]`.
 pub async fn list<S: Store>(
     State(ctx): State<Ctx<S>>,
-    headers: HeaderMap,
-    peer: Option<axum::Extension<Peer>>,
-    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+    SignedIn(web): SignedIn,
+    CleanQuery(query): CleanQuery,
 ) -> Result<Response, ApiError> {
-    let web = match signed_in(&ctx, &headers, peer).await? {
-        Ok(w) => w,
-        Err(r) => return Ok(r),
-    };
-    keys_page(&ctx, &web, &super::clean(query), None).await
+    keys_page(&ctx, &web, &query, None).await
 }
 
 /// A date input (`YYYY-MM-DD`) as the end of that day, UTC; empty: none.
@@ -317,13 +312,9 @@ pub(super) fn shown(
 pub async fn create<S: Store>(
     State(ctx): State<Ctx<S>>,
     headers: HeaderMap,
-    peer: Option<axum::Extension<Peer>>,
+    SignedIn(web): SignedIn,
     FormBody(form): FormBody,
 ) -> Result<Response, ApiError> {
-    let web = match signed_in(&ctx, &headers, peer).await? {
-        Ok(w) => w,
-        Err(r) => return Ok(r),
-    };
     let l = layout(
         &ctx,
         &web,

@@ -15,7 +15,8 @@ use super::answer::ApiError;
 use super::api::{body_bytes, Ctx, ADMIN_BODY_LIMIT};
 use super::input::text_ok;
 use super::store::Store;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -134,16 +135,20 @@ impl<S: Send + Sync> FromRequest<S> for FormBody {
 }
 
 /// A page's query, without any value a database would refuse (NUL): such a value is dropped,
-/// so bad input is a page about nothing, never a database error.
-pub fn clean(
-    query: Result<
-        axum::extract::Query<HashMap<String, String>>,
-        axum::extract::rejection::QueryRejection,
-    >,
-) -> HashMap<String, String> {
-    let mut q = query.map(|q| q.0).unwrap_or_default();
-    q.retain(|k, v| text_ok(k) && text_ok(v));
-    q
+/// so bad input is a page about nothing, never a database error. A query that cannot be read
+/// at all is an empty one.
+pub struct CleanQuery(pub HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for CleanQuery {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let mut q = axum::extract::Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
+            .map(|q| q.0)
+            .unwrap_or_default();
+        q.retain(|k, v| text_ok(k) && text_ok(v));
+        Ok(CleanQuery(q))
+    }
 }
 
 /// A key id from a page's path that the store can be asked about.

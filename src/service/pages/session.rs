@@ -14,9 +14,10 @@ use crate::service::portal;
 use crate::service::server::Peer;
 use crate::service::store::{Actor, SessionKind, Store, WebSession};
 use askama::Template;
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
 
 /// The operator's session cookie.
@@ -126,16 +127,21 @@ pub async fn all<S: Store>(
     Ok(found)
 }
 
-/// Signed in, or the answer to give instead (a redirect to the sign-in).
-pub async fn signed_in<S: Store>(
-    ctx: &Ctx<S>,
-    headers: &HeaderMap,
-    peer: Option<axum::Extension<Peer>>,
-) -> Result<Result<Web, Response>, ApiError> {
-    Ok(match current(ctx, headers, peer.map(|p| p.0)).await? {
-        Some(w) => Ok(w),
-        None => Err(see_other("/")),
-    })
+/// A signed-in session, as a page handler's argument: a request without one is answered with
+/// a redirect to the sign-in (`/`), and a store that cannot answer with its error.
+pub struct SignedIn(pub Web);
+
+impl<S: Store> FromRequestParts<Ctx<S>> for SignedIn {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, ctx: &Ctx<S>) -> Result<Self, Response> {
+        let peer = parts.extensions.get::<Peer>().copied();
+        match current(ctx, &parts.headers, peer).await {
+            Ok(Some(web)) => Ok(SignedIn(web)),
+            Ok(None) => Err(see_other("/")),
+            Err(e) => Err(e.into_response()),
+        }
+    }
 }
 
 /// A state-changing form is this site's own: its token matches and, where the browser says

@@ -2,18 +2,18 @@
 //! no script needed), by key and by endpoint, for the last 24 hours / 7 / 30 days or a range of
 //! days; and the CSV of what is shown. The numbers are `/v1/usage`'s ([`ops::usage_summary`]).
 
-use super::session::{layout, signed_in};
+use super::session::{layout, SignedIn};
+use super::CleanQuery;
 use super::{esc, page, thousands, Layout};
 use crate::service::answer::ApiError;
 use crate::service::api::{now, Ctx};
 use crate::service::ops;
-use crate::service::server::Peer;
 use crate::service::store::Store;
 use crate::service::views::{Bucket, UsageSummary};
 use crate::timestamp::{format_rfc3339, parse_rfc3339};
 use askama::Template;
-use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write;
@@ -232,15 +232,9 @@ fn shares<'a>(rows: impl Iterator<Item = (&'a str, i64, i64, i64)>) -> Vec<Share
 /// `GET /dashboard/usage[?r=24h|7d|30d][&from=D&to=D][&key=ID][&tenant=T]`.
 pub async fn show<S: Store>(
     State(ctx): State<Ctx<S>>,
-    headers: HeaderMap,
-    peer: Option<axum::Extension<Peer>>,
-    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+    SignedIn(web): SignedIn,
+    CleanQuery(q): CleanQuery,
 ) -> Result<Response, ApiError> {
-    let web = match signed_in(&ctx, &headers, peer).await? {
-        Ok(w) => w,
-        Err(r) => return Ok(r),
-    };
-    let q = super::clean(query);
     let l = layout(
         &ctx,
         &web,
@@ -417,15 +411,9 @@ fn csv_of(s: &UsageSummary) -> String {
 /// `GET /dashboard/usage.csv` (the page's parameters).
 pub async fn csv<S: Store>(
     State(ctx): State<Ctx<S>>,
-    headers: HeaderMap,
-    peer: Option<axum::Extension<Peer>>,
-    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+    SignedIn(web): SignedIn,
+    CleanQuery(q): CleanQuery,
 ) -> Result<Response, ApiError> {
-    let web = match signed_in(&ctx, &headers, peer).await? {
-        Ok(w) => w,
-        Err(r) => return Ok(r),
-    };
-    let q = super::clean(query);
     let tenant = match &web.session.tenant {
         Some(t) => t.clone(),
         None => q.get("tenant").cloned().unwrap_or_default(),
