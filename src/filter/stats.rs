@@ -94,12 +94,10 @@ impl Stats {
         if let Some(u) = self.usage.as_mut() {
             u.record(key_id, decision, &String::from_utf8_lossy(&route()));
         }
-        if !self.per_key.contains_key(key_id) {
-            self.per_key
-                .insert(key_id.to_string(), KeyMetrics::default());
-        }
-        let Some(m) = self.per_key.get_mut(key_id) else {
-            return;
+        // One lookup for a key seen before (every request but the key's first in this VM).
+        let m = match self.per_key.get_mut(key_id) {
+            Some(m) => m,
+            None => self.per_key.entry(key_id.to_string()).or_default(),
         };
         m.pending_requests += 1;
         if decision == Decision::Allowed {
