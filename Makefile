@@ -96,9 +96,10 @@ binaryen: ## Install wasm-opt (Debian's binaryen), if missing
 WASM_OPT := wasm-opt -O2 --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
 	--enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types
 
-# `cargo rustc --crate-type cdylib`: the crate is also an rlib (the CLI and the tests use its
-# core), and building both types at once leaves LTO less to remove: 315 KB instead of 272 KB.
-WASM_BUILD := cargo rustc --release --target wasm32-wasip1 --lib --crate-type cdylib
+# `cargo rustc --crate-type cdylib`: the crate is also an rlib (the native crates and the tests
+# use its core), and building both types at once leaves LTO less to remove: 315 KB instead of
+# 272 KB. `-p keygate`: the root package, the filter (the workspace's other crates are native).
+WASM_BUILD := cargo rustc -p keygate --release --target wasm32-wasip1 --lib --crate-type cdylib
 wasm: $(WASM_TARGET_STAMP) binaryen ## Build the filter: target/wasm32-wasip1/release/keygate.wasm
 	$(WASM_BUILD)
 	$(WASM_OPT) $(WASM) -o $(WASM)
@@ -110,8 +111,8 @@ wasm-faults: $(WASM_TARGET_STAMP) binaryen ## Build the fault-injection filter f
 	CARGO_TARGET_DIR=target/faults $(WASM_BUILD) --features fault-injection --quiet
 	$(WASM_OPT) $(WASM_FAULTS) -o $(WASM_FAULTS)
 
-cli: ## Build the CLI: target/release/keygate
-	cargo build --release --bin keygate
+cli: ## Build the CLI and the services it runs: target/release/keygate (crates/cli)
+	cargo build --release -p keygate-cli
 
 build: wasm cli ## Build the filter and the CLI
 
@@ -120,16 +121,16 @@ fmt: ## Format the code
 
 lint: $(WASM_TARGET_STAMP) ## rustfmt check, clippy (wasm and native) with warnings denied
 	cargo fmt --check
-	cargo clippy --release --target wasm32-wasip1 --lib -- -D warnings
-	CARGO_TARGET_DIR=target/faults cargo clippy --release --target wasm32-wasip1 --lib --features fault-injection -- -D warnings
-	CARGO_TARGET_DIR=target/hostcalls cargo clippy --release --target wasm32-wasip1 --lib --features hostcall-count -- -D warnings
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy -p keygate --release --target wasm32-wasip1 --lib -- -D warnings
+	CARGO_TARGET_DIR=target/faults cargo clippy -p keygate --release --target wasm32-wasip1 --lib --features fault-injection -- -D warnings
+	CARGO_TARGET_DIR=target/hostcalls cargo clippy -p keygate --release --target wasm32-wasip1 --lib --features hostcall-count -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings
 
-unit: ## Unit tests of the pure core (native cargo test)
-	cargo test --lib --bins
+unit: ## Unit tests: the pure core, the key service, the rate-limit service, the CLI (native cargo test)
+	cargo test --workspace --exclude keygate-tests --lib --bins
 
 integration: build wasm-faults envoy openapi-tools postgres redis chromium ## Integration tests: real Envoy + built .wasm + real upstreams + key service (SQLite, PostgreSQL) + rate-limit service (Redis, Redis Cluster)
-	cargo test --test '*' -- --test-threads 2
+	cargo test -p keygate-tests --tests -- --test-threads 2
 
 demo-smoke: build envoy ## Start the demo as `make run` does, run and check each curl line it prints, stop it
 	DEMO_SMOKE=1 ./envoy/demo.sh
@@ -137,7 +138,7 @@ demo-smoke: build envoy ## Start the demo as `make run` does, run and check each
 test: lint unit alerts demo-smoke integration ## Everything CI runs: lint, unit tests, the alert rules, the demo, integration tests
 
 screenshots: build envoy chromium ## Retake the dashboard screenshots (docs/screenshots/, shown in docs/dashboard.md) with the browser tests
-	SCREENSHOTS_DIR=docs/screenshots cargo test --test dashboard_browser
+	SCREENSHOTS_DIR=docs/screenshots cargo test -p keygate-tests --test dashboard_browser
 
 CONFIG ?= envoy/demo.yaml
 run: build envoy ## Start the demo on localhost (CONFIG=envoy/examples/<style>.yaml: a provider example; KEYGATE_PORT=…: other ports, see envoy/demo.sh)
@@ -149,7 +150,7 @@ bench: build envoy postgres redis ## Benchmarks: Envoy CPU per request with and 
 
 soak: build envoy ## Ten minutes of mixed traffic (SOAK_SECONDS=…): RSS and shared data sampled; bench/SOAK.md, bench/soak.png
 	$(VENV)/bin/python -c 'import matplotlib' 2>/dev/null || $(VENV)/bin/pip install --disable-pip-version-check --progress-bar on matplotlib
-	CARGO_TARGET_DIR=target/bench-build cargo bench --bench soak
+	CARGO_TARGET_DIR=target/bench-build cargo bench -p keygate-tests --bench soak
 	$(VENV)/bin/python bench/plot_soak.py
 
 FUZZ_SECONDS ?= 60

@@ -9,13 +9,13 @@ cd "$(dirname "$0")/.."
 # target dir; the bench profile would otherwise collide with release artefacts too.
 CARGO_TARGET_DIR=target/minimal-filter cargo build --quiet --release --target wasm32-wasip1 \
   --manifest-path bench/minimal-filter/Cargo.toml
-CARGO_TARGET_DIR=target/hostcalls cargo rustc --quiet --release --target wasm32-wasip1 --lib \
+CARGO_TARGET_DIR=target/hostcalls cargo rustc -p keygate --quiet --release --target wasm32-wasip1 --lib \
   --crate-type cdylib --features hostcall-count
 # rustc's own output, before `make wasm`'s wasm-opt pass: the cost section runs both.
-CARGO_TARGET_DIR=target/noopt cargo rustc --quiet --release --target wasm32-wasip1 --lib \
+CARGO_TARGET_DIR=target/noopt cargo rustc -p keygate --quiet --release --target wasm32-wasip1 --lib \
   --crate-type cdylib
 export CARGO_TARGET_DIR=target/bench-build
-cargo bench --no-run --bench envoy --bench fleet --quiet
+cargo bench -p keygate-tests --no-run --bench envoy --bench fleet --quiet
 # Envoy on CPU 0, the load generator on the others, where the machine has more than one.
 pin=()
 if [ "$(nproc)" -gt 1 ] && command -v taskset >/dev/null; then
@@ -23,10 +23,10 @@ if [ "$(nproc)" -gt 1 ] && command -v taskset >/dev/null; then
   pin=(taskset -c "1-$(( $(nproc) - 1 ))")
 fi
 if [ $# -eq 0 ]; then
-  "${pin[@]}" cargo bench --bench envoy | tee bench/RESULTS.md
-  "${pin[@]}" cargo bench --bench fleet | tee -a bench/RESULTS.md
+  "${pin[@]}" cargo bench -p keygate-tests --bench envoy | tee bench/RESULTS.md
+  "${pin[@]}" cargo bench -p keygate-tests --bench fleet | tee -a bench/RESULTS.md
 elif [ "$*" = fleet ]; then
-  "${pin[@]}" cargo bench --bench fleet
+  "${pin[@]}" cargo bench -p keygate-tests --bench fleet
 else
-  "${pin[@]}" cargo bench --bench envoy -- "$@"
+  "${pin[@]}" cargo bench -p keygate-tests --bench envoy -- "$@"
 fi

@@ -7,6 +7,11 @@
 //! goes on) or [`reply`] (status, headers, JSON body). Only [`filter`] talks to Envoy.
 //! With `rate_limit_service`, [`fleet`] turns the limits into a call ([`rls_wire`]) and its
 //! answer into the same outcome a local limit gives.
+//!
+//! This crate is what goes into `keygate.wasm`: its dependencies are the filter's (proxy-wasm,
+//! sha2, hex, log). The native programs around it are crates of their own under `crates/` (the
+//! key service, the rate-limit service, the `keygate` CLI); they read keys, entries and
+//! configurations with this crate's code.
 
 #![cfg_attr(
     not(test),
@@ -26,8 +31,6 @@ pub mod json;
 pub mod json_reader;
 pub mod keys;
 pub mod keyset;
-#[cfg(not(target_arch = "wasm32"))]
-pub mod mint;
 pub mod model;
 pub mod path;
 pub mod ratelimit;
@@ -38,9 +41,3 @@ pub mod usage;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;
-/// The rate-limit service (`keygate ratelimit`, SPEC §10): native only, never in the `.wasm`.
-#[cfg(not(target_arch = "wasm32"))]
-pub mod ratelimit_service;
-/// The key service (`keygate serve`, SPEC §7 and §8): native only, never in the `.wasm`.
-#[cfg(not(target_arch = "wasm32"))]
-pub mod service;

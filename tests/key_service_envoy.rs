@@ -66,7 +66,7 @@ fn service(dir: &Path, cfg: &Value, gateway: bool, sync_token: bool) -> Service 
 
 /// `keygate keys …` against `s`: (exit code, stdout).
 fn cli(s: &Service, args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
+    let out = Command::new(common::keygate_bin())
         .arg("keys")
         .args(args)
         .env("KEYGATE_SERVER", s.url())

@@ -45,7 +45,7 @@ fn the_service_reaches_postgres_over_tls_and_refuses_a_certificate_it_cannot_ver
     // A certificate another CA signed: the service does not start (and says why).
     let other = pg.dir().join("other-ca.pem");
     let url = format!("{db}?sslmode=verify-full&sslrootcert={}", other.display());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
+    let mut child = Command::new(common::keygate_bin())
         .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
         .args(["--database", &url])
         .arg("--config")

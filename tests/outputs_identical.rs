@@ -6,7 +6,7 @@
 //! saves host calls must leave this file unchanged; only values that vary from run to run
 //! (dates, times, ports, request ids, seconds to a window's end) are masked.
 //!
-//! `KEYGATE_BLESS=1 cargo test --test outputs_identical` rewrites the file (a deliberate
+//! `KEYGATE_BLESS=1 cargo test -p keygate-tests --test outputs_identical` rewrites the file (a deliberate
 //! output change, reviewed in its diff).
 mod common;
 use common::*;

@@ -4,7 +4,7 @@
 mod common;
 use common::fleet::*;
 use common::wait_until;
-use keygate::ratelimit_service::proto::*;
+use keygate_rate_limit_service::proto::*;
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 use tonic::Code;

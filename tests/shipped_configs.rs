@@ -18,7 +18,7 @@ const EXAMPLES: [&str; 6] = [
 ];
 
 fn cli() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_keygate"))
+    Command::new(common::keygate_bin())
 }
 
 /// A shipped Envoy YAML with its fixed addresses replaced by free loopback ports and files

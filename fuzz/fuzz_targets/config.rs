@@ -1,10 +1,12 @@
 //! Plugin configurations: the filter's reader (`parse_config`, bytes) and `keygate check`'s
-//! (serde_json's document, converted, and the filter's own parse of the text) agree; the
+//! (serde_json's document, converted as `keygate check` converts it, and the filter's own parse
+//! of the text) agree; the
 //! filter's JSON parser reads what serde_json reads, refusing only an object with a field
 //! twice (or nesting past its limit), accepting beyond it only numbers too large for an f64;
 //! and a configuration that validates validates again after a round trip through its JSON text.
 #![no_main]
 use keygate::config::{gate_from_value, parse_config};
+use keygate_key_service::json::core_value;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -22,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
     };
     match &ours {
         Ok(v) => assert!(
-            same(v, &keygate::json::Value::from(&value)),
+            same(v, &core_value(&value)),
             "our parser read another value: {v:?}"
         ),
         Err(e) => assert!(
@@ -31,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
             "our parser refused what serde_json reads: {e}"
         ),
     }
-    let check = ours.as_ref().ok().map(|_| gate_from_value(&(&value).into()));
+    let check = ours.as_ref().ok().map(|_| gate_from_value(&core_value(&value)));
     assert_eq!(
         filter.is_ok(),
         matches!(check, Some(Ok(_))),

@@ -79,6 +79,18 @@ impl From<u64> for Number {
     }
 }
 
+/// A number that is not an integer (serde_json's `f64`): its whole value if it has one.
+impl From<f64> for Number {
+    fn from(f: f64) -> Number {
+        let whole = f.fract() == 0.0 && f.abs() < 1.8e19;
+        Number {
+            magnitude: whole.then_some(f.abs() as u64),
+            negative: f.is_sign_negative() && f != 0.0,
+            integer: false,
+        }
+    }
+}
+
 impl From<i64> for Number {
     fn from(n: i64) -> Number {
         Number {
@@ -143,9 +155,8 @@ impl Map {
     }
 }
 
-/// An object from fields already known to be distinct (native: the key service builds small
-/// objects while reading a report one entry at a time).
-#[cfg(not(target_arch = "wasm32"))]
+/// An object from fields already known to be distinct (the key service builds small objects
+/// while reading a report one entry at a time).
 impl Map {
     pub fn from_distinct(fields: Vec<(Name, Value)>) -> Map {
         Map(fields)
@@ -236,9 +247,10 @@ pub fn quote(s: &str) -> String {
     out
 }
 
-/// The filter's values from serde_json's, for the native tools (the CLI, the key service and
-/// tests build configurations with serde_json).
-#[cfg(not(target_arch = "wasm32"))]
+/// The filter's values from serde_json's: test support (the unit tests write configurations
+/// with serde_json's `json!`, and the parser is tested against serde_json's). The key service
+/// has its own (`core_value`): this crate depends on nothing but the filter's dependencies.
+#[cfg(test)]
 impl From<&serde_json::Value> for Value {
     fn from(v: &serde_json::Value) -> Value {
         match v {
@@ -247,15 +259,7 @@ impl From<&serde_json::Value> for Value {
             serde_json::Value::Number(n) => Value::Number(match (n.as_u64(), n.as_i64()) {
                 (Some(u), _) => Number::from(u),
                 (None, Some(i)) => Number::from(i),
-                _ => {
-                    let f = n.as_f64().unwrap_or(f64::NAN);
-                    let whole = f.fract() == 0.0 && f.abs() < 1.8e19;
-                    Number {
-                        magnitude: whole.then_some(f.abs() as u64),
-                        negative: f.is_sign_negative() && f != 0.0,
-                        integer: false,
-                    }
-                }
+                _ => Number::from(n.as_f64().unwrap_or(f64::NAN)),
             }),
             serde_json::Value::String(s) => Value::String(s.clone()),
             serde_json::Value::Array(a) => Value::Array(a.iter().map(Value::from).collect()),
@@ -267,7 +271,7 @@ impl From<&serde_json::Value> for Value {
     }
 }
 
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(test)]
 impl From<serde_json::Value> for Value {
     fn from(v: serde_json::Value) -> Value {
         Value::from(&v)

@@ -196,7 +196,7 @@ impl RateLimitProc {
     fn spawn(&mut self) {
         let log = std::fs::File::create(&self.log).expect("ratelimit log");
         self.child = Some(
-            Command::new(env!("CARGO_BIN_EXE_keygate"))
+            Command::new(super::keygate_bin())
                 .args(["ratelimit", "--listen", &format!("127.0.0.1:{}", self.port)])
                 .args(["--redis", &self.redis])
                 .args([

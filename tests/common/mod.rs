@@ -18,8 +18,15 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// The repository's root (this package is `tests/`).
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent().map(Path::to_path_buf).unwrap_or(here)
+}
+
+/// The `keygate` binary `make build` leaves (the CLI and both services), as a user runs it.
+pub fn keygate_bin() -> PathBuf {
+    built("target/release/keygate", "make build")
 }
 
 pub fn wasm_path() -> PathBuf {

@@ -72,7 +72,7 @@ impl Service {
     }
 
     fn spawn(&mut self) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keygate"));
+        let mut cmd = Command::new(super::keygate_bin());
         cmd.args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
             .args(["--database", &self.database])
             .arg("--config")

@@ -12,7 +12,7 @@
 
 use super::schema::Backend;
 use super::{Pruned, Recorded, Result, StoreError, UsageQuery, UsageSummary};
-use crate::service::model::{hour_of, UsageEntry, UsageRow};
+use crate::model::{hour_of, UsageEntry, UsageRow};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AnyPool, Row};
 use std::collections::{BTreeMap, BTreeSet};

@@ -3,9 +3,9 @@
 use super::session::{layout, SignedIn};
 use super::CleanQuery;
 use super::{page, time_html, Layout};
-use crate::service::answer::ApiError;
-use crate::service::api::Ctx;
-use crate::service::store::{AuditQuery, Store};
+use crate::answer::ApiError;
+use crate::api::Ctx;
+use crate::store::{AuditQuery, Store};
 use askama::Template;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -80,7 +80,7 @@ pub async fn show<S: Store>(
         .map(|r| {
             let provider = customer && r.actor_type != "portal";
             Entry {
-                time: time_html(Some(&crate::timestamp::format_rfc3339(r.time))),
+                time: time_html(Some(&keygate::timestamp::format_rfc3339(r.time))),
                 actor: match (&r.actor_id, provider) {
                     (_, true) => "provider".to_string(),
                     (Some(id), false) => format!("{} {id}", r.actor_type),

@@ -5,19 +5,19 @@
 //! cannot read it) and is refused from another origin.
 
 use super::{page, see_other, FormBody, Layout};
-use crate::keys::digest_hex;
+use crate::answer::ApiError;
+use crate::api::{now, Ctx};
+use crate::auth::Caller;
 use crate::mint;
-use crate::service::answer::ApiError;
-use crate::service::api::{now, Ctx};
-use crate::service::auth::Caller;
-use crate::service::portal;
-use crate::service::server::Peer;
-use crate::service::store::{Actor, SessionKind, Store, WebSession};
+use crate::portal;
+use crate::server::Peer;
+use crate::store::{Actor, SessionKind, Store, WebSession};
 use askama::Template;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use keygate::keys::digest_hex;
 use std::collections::HashMap;
 
 /// The operator's session cookie.

@@ -2,8 +2,8 @@
 //! gateway listener only), or Envoy fetching keys and reporting usage (sync token).
 
 use super::answer::ApiError;
-use crate::keys::digest;
 use axum::http::HeaderMap;
+use keygate::keys::digest;
 
 /// Token digests and the names of keygate's identity headers.
 pub struct Auth {

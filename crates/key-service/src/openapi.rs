@@ -6,7 +6,7 @@
 #![allow(dead_code)] // the functions exist for their `#[utoipa::path]` descriptions
 
 use super::views::*;
-use crate::model::Gate;
+use keygate::model::Gate;
 use serde_json::{json, Value};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};

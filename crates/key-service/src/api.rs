@@ -10,9 +10,6 @@ use super::report::read_report;
 use super::server::Peer;
 use super::store::{Actor, AuditQuery, Feed, KeyCursor, Recorded, Store};
 use super::views::{AuditActor, AuditEntry, Done, Key};
-use crate::keyset::{encode_binary_set, BINARY_MEDIA_TYPE};
-use crate::model::Gate;
-use crate::timestamp::parse_rfc3339;
 use axum::body::{to_bytes, Body};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -20,6 +17,9 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use keygate::keyset::{encode_binary_set, BINARY_MEDIA_TYPE};
+use keygate::model::Gate;
+use keygate::timestamp::parse_rfc3339;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -301,7 +301,7 @@ fn audit_entry(mut e: super::store::AuditRecord, customer: bool) -> AuditEntry {
         e.ip = None;
     }
     AuditEntry {
-        time: crate::timestamp::format_rfc3339(e.time),
+        time: keygate::timestamp::format_rfc3339(e.time),
         actor: AuditActor {
             kind: e.actor_type,
             id: e.actor_id,

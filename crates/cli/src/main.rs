@@ -13,6 +13,7 @@ mod found;
 mod hardening;
 mod keys;
 mod order;
+mod signals;
 
 use clap::{Parser, Subcommand};
 use found::{configs_in, Found};
@@ -20,6 +21,7 @@ use keygate::config::{check_prefix, gate_from_value, read_key_entry, KeyContext}
 use keygate::json_reader::Errors;
 use keygate::keys::digest_hex;
 use keygate::model::{Checksum, Prefix, Role};
+use keygate_key_service::json::core_value;
 use serde_json::{json, Value};
 use std::io::Read;
 use std::net::SocketAddr;
@@ -200,8 +202,8 @@ fn token_digest(var: &str) -> Result<Option<[u8; 32]>, String> {
 
 /// `keygate serve`'s settings beyond its addresses, database and configuration.
 struct ServeSettings {
-    limits: keygate::service::server::Limits,
-    usage_retention: keygate::service::usage::Retention,
+    limits: keygate_key_service::server::Limits,
+    usage_retention: keygate_key_service::usage::Retention,
     insecure_cookies: bool,
     public_url: Option<String>,
 }
@@ -263,7 +265,9 @@ fn serve(
         return Err(format!("--config {config}: {}", errors.join("; ")));
     }
     let gate = match &first.config {
-        Ok(v) => gate_from_value(&v.into()).map_err(|_| format!("--config {config}: invalid"))?,
+        Ok(v) => {
+            gate_from_value(&core_value(v)).map_err(|_| format!("--config {config}: invalid"))?
+        }
         Err(e) => return Err(format!("--config {config}: {e}")),
     };
     if found.len() > 1 {
@@ -273,8 +277,8 @@ fn serve(
             if first.location.is_empty() { "top level" } else { &first.location }
         );
     }
-    keygate::service::serve(
-        keygate::service::Options {
+    keygate_key_service::serve(
+        keygate_key_service::Options {
             listen,
             gateway_listen,
             database: database.to_string(),
@@ -287,6 +291,7 @@ fn serve(
             public_url,
         },
         gate,
+        signals::shutdown,
     )?;
     Ok(true)
 }
@@ -315,7 +320,7 @@ fn new_key(
     checksum: bool,
 ) -> Result<(), String> {
     check_prefix(prefix).map_err(|e| format!("--prefix {e}"))?;
-    let key = keygate::mint::new_key(prefix, checksum)?;
+    let key = keygate_key_service::mint::new_key(prefix, checksum)?;
     let mut entry = serde_json::Map::new();
     entry.insert("id".into(), json!(id));
     entry.insert("sha256".into(), json!(digest_hex(key.as_bytes())));
@@ -350,7 +355,7 @@ fn new_key(
     let mut errors = Errors::default();
     read_key_entry(
         "$",
-        &(&entry).into(),
+        &core_value(&entry),
         &KeyContext {
             roles: &roles,
             prefixes: &prefixes,
@@ -390,7 +395,7 @@ fn hash_stdin() -> Result<(), String> {
 
 /// The errors of a found configuration (none: it is valid), in the order of its text.
 fn config_errors(f: &Found) -> Vec<String> {
-    match f.config.as_ref().map(|v| gate_from_value(&v.into())) {
+    match f.config.as_ref().map(|v| gate_from_value(&core_value(v))) {
         Ok(Ok(_)) => vec![],
         Ok(Err(mut errors)) => {
             if let Some(source) = &f.source {
@@ -483,12 +488,12 @@ fn main() -> ExitCode {
             gateway_listen.as_deref(),
             tenant_admin_role,
             ServeSettings {
-                limits: keygate::service::server::Limits {
+                limits: keygate_key_service::server::Limits {
                     max_connections,
                     header_read: std::time::Duration::from_secs(header_timeout_seconds),
                     shutdown_grace: std::time::Duration::from_secs(shutdown_grace_seconds),
                 },
-                usage_retention: keygate::service::usage::Retention {
+                usage_retention: keygate_key_service::usage::Retention {
                     hourly_days: usage_hourly_days,
                     daily_days: usage_daily_days,
                 },
@@ -501,11 +506,14 @@ fn main() -> ExitCode {
             listen,
             redis,
             metrics_listen,
-        } => keygate::ratelimit_service::run(keygate::ratelimit_service::Options {
-            listen,
-            redis,
-            metrics_listen,
-        })
+        } => keygate_rate_limit_service::run(
+            keygate_rate_limit_service::Options {
+                listen,
+                redis,
+                metrics_listen,
+            },
+            signals::shutdown,
+        )
         .map(|()| true)
         .map_err(|e| (2, e)),
         Command::Keys {

@@ -4,10 +4,10 @@
 
 use super::input::{first_error, text_ok};
 use super::model::{rejection_name, RouteUsage, UsageEntry};
-use crate::json;
-use crate::json_reader::{index, Errors, Obj};
+use keygate::json;
+use keygate::json_reader::{index, Errors, Obj};
 /// The longest route name kept (the filter sends longer ones as `(other)`).
-use crate::usage::MAX_ROUTE_NAME;
+use keygate::usage::MAX_ROUTE_NAME;
 
 /// Most keys in one report (a filter splits larger batches).
 pub const MAX_REPORT_KEYS: usize = 100_000;

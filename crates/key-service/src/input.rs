@@ -3,11 +3,12 @@
 //! `<field path>: <problem>` (the first, in field order).
 
 use super::model::{StoredKey, RESTRICTIONS};
-use crate::config::{read_key_entry, KeyContext};
-use crate::json;
-use crate::json_reader::{Errors, Obj};
-use crate::keys::digest_hex;
-use crate::model::Gate;
+use crate::json::core_value;
+use keygate::config::{read_key_entry, KeyContext};
+use keygate::json;
+use keygate::json_reader::{Errors, Obj};
+use keygate::keys::digest_hex;
+use keygate::model::Gate;
 use serde_json::{Map, Value};
 
 /// A 400's message: the error's path without the root marker (`allowed_ips[0]: …`).
@@ -103,7 +104,7 @@ pub fn read_create(body: &Value, gate: &Gate) -> Result<CreateRequest, String> {
     let crc32 = match configured {
         Some(p) => p.checksum.is_some(),
         None if gate.prefixes.is_empty() => {
-            crate::config::check_prefix(&prefix).map_err(|e| format!("prefix: {e}"))?;
+            keygate::config::check_prefix(&prefix).map_err(|e| format!("prefix: {e}"))?;
             false
         }
         None => {
@@ -152,7 +153,7 @@ impl CreateRequest {
             roles: &gate.roles,
             prefixes: &gate.prefixes,
         };
-        let Some((_, record)) = read_key_entry("$", &entry.into(), &ctx, &mut errors) else {
+        let Some((_, record)) = read_key_entry("$", &core_value(&entry), &ctx, &mut errors) else {
             return Err(first_error(errors));
         };
         let restrictions: Map<String, Value> = RESTRICTIONS
@@ -261,7 +262,7 @@ pub fn read_patch(body: &Value, old: &StoredKey, gate: &Gate) -> Result<StoredKe
 /// A roll's `grace_seconds` (default one day; at most a year).
 pub fn read_roll(body: &Value) -> Result<u64, String> {
     let mut errors = Errors::default();
-    let body = json::Value::from(body);
+    let body = json::parse(body.to_string().as_bytes()).map_err(|e| format!("$: {e}"))?;
     let Some(mut o) = Obj::new("$", &body, &mut errors) else {
         return Err(first_error(errors));
     };

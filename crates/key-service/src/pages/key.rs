@@ -7,15 +7,15 @@ use super::session::{check_form, layout, SignedIn, Web};
 use super::CleanQuery;
 use super::FormBody;
 use super::{error_page, page, see_other, Layout};
-use crate::service::answer::ApiError;
-use crate::service::api::Ctx;
-use crate::service::ops;
-use crate::service::store::Store;
-use crate::timestamp::format_rfc3339;
+use crate::answer::ApiError;
+use crate::api::Ctx;
+use crate::ops;
+use crate::store::Store;
 use askama::Template;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use keygate::timestamp::format_rfc3339;
 use serde_json::{json, Map, Value};
 
 /// Signed in and asking about an id the store can be asked about; else the sign-in or a 404.

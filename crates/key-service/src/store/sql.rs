@@ -7,7 +7,7 @@ use super::{
     Actor, AuditQuery, AuditRecord, Feed, KeyCursor, OpenedPortal, PortalSession, Pruned, Recorded,
     Result, Rolled, SessionKind, Store, Updated, UsageQuery, UsageSummary, WebSession,
 };
-use crate::service::model::{StoredKey, UsageEntry, UsageRow};
+use crate::model::{StoredKey, UsageEntry, UsageRow};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 

@@ -10,8 +10,8 @@ use super::model::StoredKey;
 use super::store::{Actor, Rolled, Store, Updated, UsageQuery, UsageSummary};
 use super::usage::{summary_answer, Range};
 use super::views::{CreatedKey, Key};
-use crate::keys::digest_hex;
 use crate::mint;
+use keygate::keys::digest_hex;
 use serde_json::Value;
 use std::collections::HashMap;
 

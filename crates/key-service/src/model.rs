@@ -2,9 +2,10 @@
 //! entries and hourly usage rows, and their JSON forms (SPEC §7, §8).
 
 use super::views;
-use crate::decide::Decision;
-use crate::model::Gate;
-use crate::timestamp::format_rfc3339;
+use crate::json::core_value;
+use keygate::decide::Decision;
+use keygate::model::Gate;
+use keygate::timestamp::format_rfc3339;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
@@ -68,7 +69,7 @@ impl StoredKey {
     pub fn record_under(
         &self,
         gate: &Gate,
-    ) -> Option<(crate::keys::Digest, crate::model::KeyRecord)> {
+    ) -> Option<(keygate::keys::Digest, keygate::model::KeyRecord)> {
         let known_prefix =
             gate.prefixes.is_empty() || gate.prefixes.iter().any(|p| p.prefix == self.prefix);
         if !known_prefix {
@@ -82,13 +83,13 @@ impl StoredKey {
     pub fn entry_record(
         &self,
         gate: &Gate,
-    ) -> Option<(crate::keys::Digest, crate::model::KeyRecord)> {
-        let mut errors = crate::json_reader::Errors::default();
-        let ctx = crate::config::KeyContext {
+    ) -> Option<(keygate::keys::Digest, keygate::model::KeyRecord)> {
+        let mut errors = keygate::json_reader::Errors::default();
+        let ctx = keygate::config::KeyContext {
             roles: &gate.roles,
             prefixes: &gate.prefixes,
         };
-        crate::config::read_key_entry("$", &self.feed_entry().into(), &ctx, &mut errors)
+        keygate::config::read_key_entry("$", &core_value(&self.feed_entry()), &ctx, &mut errors)
     }
 
     /// The same key, reduced to "revoked": what is served for a key the configuration no

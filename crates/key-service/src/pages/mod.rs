@@ -54,11 +54,11 @@ pub fn routes<S: Store>() -> Router<Ctx<S>> {
         .route("/dashboard/audit", get(audit::show::<S>))
         .route(
             "/assets/app.css",
-            get(|| asset("text/css", include_str!("../../../assets/app.css"))),
+            get(|| asset("text/css", include_str!("../../assets/app.css"))),
         )
         .route(
             "/assets/app.js",
-            get(|| asset("text/javascript", include_str!("../../../assets/app.js"))),
+            get(|| asset("text/javascript", include_str!("../../assets/app.js"))),
         )
 }
 

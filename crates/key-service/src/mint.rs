@@ -1,7 +1,7 @@
 //! Minting new keys (native only: the OS random generator). Used by `keygate new` and the key
 //! service, so both make keys of the same shape.
 
-use crate::checksum;
+use keygate::checksum;
 
 /// 24 bytes from the OS CSPRNG, URL-safe base64 without padding: 192 bits in 32 characters.
 pub fn random_secret() -> Result<String, String> {
@@ -50,6 +50,6 @@ mod tests {
         let b = super::new_key("sk_live_", false).unwrap();
         assert!(a.starts_with("sk_live_") && a.len() == 8 + 32 && a != b);
         let c = super::new_key("mf_", true).unwrap();
-        assert!(crate::checksum::valid(c.as_bytes()) && c.len() == 3 + 36);
+        assert!(keygate::checksum::valid(c.as_bytes()) && c.len() == 3 + 36);
     }
 }

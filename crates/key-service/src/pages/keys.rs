@@ -7,12 +7,12 @@ use super::session::{check_form, layout, SignedIn, Web};
 use super::CleanQuery;
 use super::FormBody;
 use super::{error_page, page, time_html, Layout};
-use crate::service::answer::ApiError;
-use crate::service::api::{now, Ctx};
-use crate::service::model::StoredKey;
-use crate::service::ops;
-use crate::service::store::Store;
-use crate::service::views::CreatedKey;
+use crate::answer::ApiError;
+use crate::api::{now, Ctx};
+use crate::model::StoredKey;
+use crate::ops;
+use crate::store::Store;
+use crate::views::CreatedKey;
 use askama::Template;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -38,7 +38,7 @@ pub struct Row {
     pub state: &'static str,
 }
 
-pub(super) fn row(k: &StoredKey, app: &crate::service::api::App<impl Store>) -> Row {
+pub(super) fn row(k: &StoredKey, app: &crate::api::App<impl Store>) -> Row {
     let v = k.listed(&app.gate);
     let state = if v.revoked {
         "revoked"
@@ -158,7 +158,7 @@ async fn keys_page<S: Store>(
     let show_all = query.get("all").is_some_and(|v| v == "1");
     let after = query
         .get("after")
-        .and_then(|c| crate::service::store::KeyCursor::decode(c));
+        .and_then(|c| crate::store::KeyCursor::decode(c));
     // Newest first, a page at a time; a filter reads the tenant's keys and keeps the matches.
     let (mut keys, next) = if q.is_empty() {
         let page = ctx
@@ -237,7 +237,7 @@ pub(super) fn expiry(
         return Ok(None);
     };
     let t = format!("{d}T23:59:59Z");
-    crate::timestamp::parse_rfc3339(&t)
+    keygate::timestamp::parse_rfc3339(&t)
         .map(|_| Some(t))
         .ok_or_else(|| ApiError::BadRequest(format!("{field}: {d:?} is not a date (2027-01-31)")))
 }

@@ -9,13 +9,13 @@ use super::auth::Caller;
 use super::pages;
 use super::server::Peer;
 use super::store::{PortalSession, Store};
-use crate::keys::digest_hex;
 use crate::mint;
 use askama::Template;
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use keygate::keys::digest_hex;
 use serde_json::Value;
 use std::collections::HashMap;
 
@@ -117,7 +117,7 @@ pub async fn create<S: Store>(
             id: session.id,
             url,
             tenant: session.tenant,
-            expires_at: crate::timestamp::format_rfc3339(session.code_expires_at),
+            expires_at: keygate::timestamp::format_rfc3339(session.code_expires_at),
         },
     );
     r.headers_mut()

@@ -5,16 +5,16 @@
 use super::session::{layout, SignedIn};
 use super::CleanQuery;
 use super::{esc, page, thousands, Layout};
-use crate::service::answer::ApiError;
-use crate::service::api::{now, Ctx};
-use crate::service::ops;
-use crate::service::store::Store;
-use crate::service::views::{Bucket, UsageSummary};
-use crate::timestamp::{format_rfc3339, parse_rfc3339};
+use crate::answer::ApiError;
+use crate::api::{now, Ctx};
+use crate::ops;
+use crate::store::Store;
+use crate::views::{Bucket, UsageSummary};
 use askama::Template;
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use keygate::timestamp::{format_rfc3339, parse_rfc3339};
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write;
 
@@ -443,7 +443,7 @@ pub async fn csv<S: Store>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::views::{KeyShare, RouteShare, Totals};
+    use crate::views::{KeyShare, RouteShare, Totals};
     use std::collections::BTreeMap;
 
     fn bucket(start: &str, allowed: i64, limited: i64) -> Bucket {

@@ -5,10 +5,17 @@
 //! The flow: [`api`] (routes) → [`auth`] (who may) → [`input`] (bodies, read with the filter's
 //! own code) → [`store`] (SQLite or PostgreSQL) → [`model`] (the JSON shown) / [`answer`].
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod answer;
 pub mod api;
 pub mod auth;
 pub mod input;
+pub mod json;
+pub mod mint;
 pub mod model;
 pub mod openapi;
 pub mod ops;
@@ -45,8 +52,16 @@ pub struct Options {
     pub public_url: Option<String>,
 }
 
-/// Runs the service until SIGINT/SIGTERM. `gate` is the plugin configuration it validates with.
-pub fn serve(options: Options, gate: crate::model::Gate) -> Result<(), String> {
+/// What ends a service: a future the program makes (the CLI's resolves on SIGINT/SIGTERM).
+pub type Shutdown = fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Runs the service until `shutdown` resolves. `gate` is the plugin configuration it validates
+/// with.
+pub fn serve(
+    options: Options,
+    gate: keygate::model::Gate,
+    shutdown: Shutdown,
+) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -71,11 +86,15 @@ pub fn serve(options: Options, gate: crate::model::Gate) -> Result<(), String> {
             insecure_cookies: options.insecure_cookies,
             public_url: options.public_url.clone(),
         });
-        run(app, &options).await
+        run(app, &options, shutdown).await
     })
 }
 
-async fn run<S: Store>(app: Arc<App<S>>, options: &Options) -> Result<(), String> {
+async fn run<S: Store>(
+    app: Arc<App<S>>,
+    options: &Options,
+    shutdown: Shutdown,
+) -> Result<(), String> {
     let bind = |addr: SocketAddr| async move {
         tokio::net::TcpListener::bind(addr)
             .await
@@ -110,25 +129,4 @@ async fn run<S: Store>(app: Arc<App<S>>, options: &Options) -> Result<(), String
     };
     retention.abort();
     served
-}
-
-pub(crate) async fn shutdown() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
 }

@@ -5,6 +5,11 @@
 //! The flow: [`grpc`] (the tonic service) → [`plan`] (a call's counters, checked) → [`store`]
 //! (one atomic Redis script) → [`plan::respond`]; [`metrics`] counts; gRPC health follows Redis.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod grpc;
 pub mod metrics;
 pub mod plan;
@@ -25,16 +30,19 @@ pub struct Options {
     pub metrics_listen: Option<SocketAddr>,
 }
 
-/// Runs the service until SIGINT/SIGTERM.
-pub fn run(options: Options) -> Result<(), String> {
+/// What ends the service: a future the program makes (the CLI's resolves on SIGINT/SIGTERM).
+pub type Shutdown = fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Runs the service until `shutdown` resolves.
+pub fn run(options: Options, shutdown: Shutdown) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(serve(options))
+    runtime.block_on(serve(options, shutdown))
 }
 
-async fn serve(options: Options) -> Result<(), String> {
+async fn serve(options: Options, shutdown: Shutdown) -> Result<(), String> {
     let limiter = Arc::new(RateLimiter::new(RedisStore::new(&options.redis)?));
     let (reporter, health) = tonic_health::server::health_reporter();
     // Health follows Redis: NOT_SERVING while it does not answer a PING, so Envoy's gRPC
@@ -82,7 +90,7 @@ async fn serve(options: Options) -> Result<(), String> {
         );
         tokio::spawn(async move {
             let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(crate::service::shutdown())
+                .with_graceful_shutdown(shutdown())
                 .await;
         });
     }
@@ -97,7 +105,7 @@ async fn serve(options: Options) -> Result<(), String> {
     tonic::transport::Server::builder()
         .add_service(health)
         .add_service(RateLimitServer(limiter))
-        .serve_with_incoming_shutdown(incoming, crate::service::shutdown())
+        .serve_with_incoming_shutdown(incoming, shutdown())
         .await
         .map_err(|e| format!("serving failed: {e}"))
 }

@@ -1,7 +1,7 @@
 //! `keygate keys …`: the key service's client (SPEC §5, §7). Tables for people, `--json` for
 //! scripts; the admin token comes from `KEYGATE_ADMIN_TOKEN`, never from an argument.
 
-use keygate::service::views::{AuditEntry, CreatedKey, Done, Envelope, Key, KeyUsage, Page};
+use keygate_key_service::views::{AuditEntry, CreatedKey, Done, Envelope, Key, KeyUsage, Page};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
