@@ -126,8 +126,8 @@ lint: $(WASM_TARGET_STAMP) ## rustfmt check, clippy (wasm and native) with warni
 	CARGO_TARGET_DIR=target/hostcalls cargo clippy -p keygate --release --target wasm32-wasip1 --lib --features hostcall-count -- -D warnings
 	cargo clippy --workspace --all-targets -- -D warnings
 
-unit: ## Unit tests: the pure core, the key service, the rate-limit service, the CLI (native cargo test)
-	cargo test --workspace --exclude keygate-tests --lib --bins
+unit: ## Unit tests: the pure core, the key service (and its layering), the rate-limit service, the CLI (native cargo test)
+	cargo test --workspace --exclude keygate-tests --lib --bins --tests
 
 integration: build wasm-faults envoy openapi-tools postgres redis chromium ## Integration tests: real Envoy + built .wasm + real upstreams + key service (SQLite, PostgreSQL) + rate-limit service (Redis, Redis Cluster)
 	cargo test -p keygate-tests --tests -- --test-threads 2

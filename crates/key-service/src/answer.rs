@@ -16,7 +16,7 @@ pub enum ApiError {
     TenantNotFound,
     Conflict(String),
     TooLarge(usize),
-    /// The body did not arrive within [`super::api::BODY_TIMEOUT`].
+    /// The body did not arrive within [`super::server::BODY_TIMEOUT`].
     Timeout,
     MethodNotAllowed,
     /// The database failed: 503, never a 500, and never for bad input.
@@ -55,7 +55,7 @@ impl ApiError {
                 "REQUEST_TIMEOUT",
                 format!(
                     "The request body did not arrive within {} seconds",
-                    super::api::BODY_TIMEOUT.as_secs()
+                    super::server::BODY_TIMEOUT.as_secs()
                 ),
             ),
             ApiError::TooLarge(limit) => (

@@ -2,15 +2,17 @@
 //! (`/usage`). Handlers only read the request, ask the store and shape the answer.
 
 use super::answer::{data, json_response, page, ApiError};
-use super::auth::{Auth, Caller};
-use super::input::{json_body, read_roll, text_ok};
+use super::auth::Caller;
+use super::input::{read_roll, text_ok};
 use super::model::{feed_answer, usage_answer, StoredKey};
 use super::ops;
 use super::report::read_report;
-use super::server::Peer;
-use super::store::{Actor, AuditQuery, Feed, KeyCursor, Recorded, Store};
+use super::request::{body_bytes, body_json, query_map, time_param};
+use super::server::{Peer, ADMIN_BODY_LIMIT, REPORT_BODY_LIMIT};
+use super::state::{actor, now, tenant_scope, App, Ctx};
+use super::store::{AuditQuery, Feed, KeyCursor, Recorded, Store};
 use super::views::{AuditActor, AuditEntry, Done, Key};
-use axum::body::{to_bytes, Body};
+use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -19,49 +21,9 @@ use axum::routing::{get, post};
 use axum::Router;
 use keygate::keyset::{encode_binary_set, BINARY_MEDIA_TYPE};
 use keygate::model::Gate;
-use keygate::timestamp::parse_rfc3339;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
-
-/// Admin bodies are small; a usage report may list many keys.
-pub const ADMIN_BODY_LIMIT: usize = 64 * 1024;
-pub const REPORT_BODY_LIMIT: usize = 16 * 1024 * 1024;
-/// The longest a body may take to arrive (a slow sender holds a connection, not the service).
-pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// What every handler shares.
-pub struct App<S> {
-    pub store: S,
-    pub gate: Gate,
-    pub auth: Auth,
-    /// The last full `/keys` answer and its version: a version names one state, so the same
-    /// bytes serve every Envoy that asks for it (and are rebuilt only when the set changes).
-    pub full_feed: std::sync::Mutex<Option<(String, axum::body::Bytes)>>,
-    /// The same in the compact form (`Accept: application/vnd.keygate.keyset.v1`).
-    pub full_feed_binary: std::sync::Mutex<Option<(String, axum::body::Bytes)>>,
-    /// How long usage is kept by the hour (`/v1/usage` by the hour reaches no further back).
-    pub usage_retention: super::usage::Retention,
-    /// Session cookies without `Secure` (`--insecure-cookies`: plain-HTTP localhost only).
-    pub insecure_cookies: bool,
-    /// The dashboard's address as customers reach it (`--public-url`): portal links point there.
-    pub public_url: Option<String>,
-}
-
-/// One listener's view of the app: `gateway` = trust keygate's identity headers.
-pub struct Ctx<S> {
-    pub(super) app: Arc<App<S>>,
-    pub(super) gateway: bool,
-}
-
-impl<S> Clone for Ctx<S> {
-    fn clone(&self) -> Self {
-        Ctx {
-            app: self.app.clone(),
-            gateway: self.gateway,
-        }
-    }
-}
 
 /// The routes of one listener. The gateway listener (for Envoy, trusting keygate's identity
 /// headers) serves the admin API only: never the feed or the usage endpoint.
@@ -73,7 +35,7 @@ pub fn router<S: Store>(app: Arc<App<S>>, gateway: bool) -> Router {
             get(show::<S>).delete(revoke::<S>).patch(update::<S>),
         )
         .route("/v1/audit-log", get(audit_log::<S>))
-        .route("/v1/usage", get(super::usage::summary::<S>))
+        .route("/v1/usage", get(usage_summary::<S>))
         .route("/v1/portal-sessions", post(super::portal::create::<S>))
         .route("/v1/api-keys/{id}/roll", post(roll::<S>))
         .route("/v1/api-keys/{id}/usage", get(usage::<S>));
@@ -106,48 +68,6 @@ pub fn router<S: Store>(app: Arc<App<S>>, gateway: bool) -> Router {
     })
     .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
     .with_state(Ctx { app, gateway })
-}
-
-pub(super) fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-/// The audit log's view of a caller: who, from which address (on the gateway listener, the
-/// client address Envoy appended to `X-Forwarded-For`), when.
-pub(super) fn actor<S>(
-    ctx: &Ctx<S>,
-    headers: &HeaderMap,
-    caller: &Caller,
-    peer: Option<Peer>,
-) -> Actor {
-    let (kind, id) = ctx.app.auth.actor_of(headers, caller);
-    let forwarded = ctx
-        .gateway
-        .then(|| headers.get("x-forwarded-for")?.to_str().ok())
-        .flatten()
-        .and_then(|v| v.rsplit(',').next())
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty() && v.len() <= 64 && text_ok(v));
-    Actor {
-        kind,
-        id,
-        ip: forwarded.or_else(|| peer.map(|p| p.0.ip().to_string())),
-        at: now(),
-    }
-}
-
-/// The body, at most `limit` bytes, within [`BODY_TIMEOUT`].
-pub(super) async fn body_bytes(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
-    tokio::time::timeout(BODY_TIMEOUT, to_bytes(body, limit))
-        .await
-        .map_err(|_| ApiError::Timeout)?
-        .map_err(|_| ApiError::TooLarge(limit))
-}
-
-pub(super) async fn body_json(body: Body, limit: usize) -> Result<Value, ApiError> {
-    json_body(&body_bytes(body, limit).await?).map_err(ApiError::BadRequest)
 }
 
 async fn create<S: Store>(
@@ -196,20 +116,6 @@ async fn list<S: Store>(
     let next = keys.last().filter(|_| more).map(|(_, c)| c.encode());
     let listed: Vec<Key> = keys.iter().map(|(k, _)| k.listed(&ctx.app.gate)).collect();
     Ok(page(listed, next))
-}
-
-/// Which tenant a call's `?tenant=` may see: the admin any (or all: `Some(None)`), a tenant
-/// admin key its own; `None`: another tenant's, so nothing.
-pub(super) fn tenant_scope<'a>(
-    caller: &'a Caller,
-    asked: Option<&'a String>,
-) -> Option<Option<&'a str>> {
-    match (caller, asked.map(String::as_str)) {
-        (Caller::Admin, t) => Some(t),
-        (Caller::Tenant(t), None) => Some(Some(t.as_str())),
-        (Caller::Tenant(t), Some(a)) if a == t => Some(Some(a)),
-        (Caller::Tenant(_), Some(_)) => None,
-    }
 }
 
 /// `limit`: 1–1000 (`default` when absent; `None` and no default: not paged).
@@ -365,32 +271,6 @@ fn key_id(id: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
         .map(|p| p.0)
         .filter(|id| text_ok(id))
         .ok_or_else(|| ApiError::BadRequest("id: not a valid key id".into()))
-}
-
-pub(super) fn query_map(
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Result<HashMap<String, String>, ApiError> {
-    query
-        .ok()
-        .map(|q| q.0)
-        .filter(|q| q.iter().all(|(k, v)| text_ok(k) && text_ok(v)))
-        .ok_or_else(|| ApiError::BadRequest("$query: not a valid query string".into()))
-}
-
-pub(super) fn time_param(
-    query: &HashMap<String, String>,
-    name: &str,
-) -> Result<Option<i64>, ApiError> {
-    query
-        .get(name)
-        .map(|v| {
-            parse_rfc3339(v).ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "{name}: {v:?} is not an RFC 3339 time (2025-01-15T10:30:00Z)"
-                ))
-            })
-        })
-        .transpose()
 }
 
 async fn usage<S: Store>(
@@ -570,4 +450,16 @@ async fn report<S: Store>(
         Recorded::Seen => json!({"success": true, "report_id": report_id, "counted": false}),
     };
     Ok(json_response(StatusCode::OK, &answer))
+}
+
+/// `GET /v1/usage[?tenant=T][&key=ID][&from=T1&to=T2][&granularity=hour|day]`.
+async fn usage_summary<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let caller = ctx.app.auth.admin(&headers, ctx.gateway)?;
+    let query = query_map(query)?;
+    let (_, summary) = ops::usage_summary(&ctx.app, &caller, &query).await?;
+    Ok(data(StatusCode::OK, summary))
 }

@@ -2,8 +2,11 @@
 //! with their last use, revoked and rolled; the feed `key_sync` reads; the endpoint usage
 //! reports go to. Native only.
 //!
-//! The flow: [`api`] (routes) → [`auth`] (who may) → [`input`] (bodies, read with the filter's
-//! own code) → [`store`] (SQLite or PostgreSQL) → [`model`] (the JSON shown) / [`answer`].
+//! Layered one way (each file imports only files below it; `tests/layering.rs` holds it): the
+//! HTTP adapters [`api`], [`pages`], [`portal`] and [`openapi`] → the operations, [`ops`] → the
+//! context, [`state`] → reading requests: [`request`], [`input`], [`report`], [`auth`] →
+//! answers and records: [`answer`], [`usage`], [`views`], [`model`] → [`store`] (SQLite or
+//! PostgreSQL) → [`server`] (HTTP/1.1 with limits).
 
 #![cfg_attr(
     not(test),
@@ -22,16 +25,20 @@ pub mod ops;
 pub mod pages;
 pub mod portal;
 pub mod report;
+pub mod request;
 pub mod server;
+pub mod state;
 pub mod store;
 pub mod usage;
 pub mod views;
 
-use api::App;
 use auth::Auth;
+use state::now;
+use state::App;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use store::{SqlStore, Store};
+use usage::Retention;
 
 /// How `keygate serve` was started.
 pub struct Options {
@@ -117,7 +124,7 @@ async fn run<S: Store>(
     let retention = {
         let app = app.clone();
         let retention = options.usage_retention;
-        tokio::spawn(async move { usage::prune_hourly(&app.store, retention).await })
+        tokio::spawn(async move { prune_hourly(&app.store, retention).await })
     };
     let main = server::serve(main, api::router(app.clone(), false), limits, shutdown());
     let served = match gateway {
@@ -129,4 +136,24 @@ async fn run<S: Store>(
     };
     retention.abort();
     served
+}
+
+/// Prunes usage past its retention now and then every hour, until the service stops. A
+/// failure is logged and tried again at the next hour.
+async fn prune_hourly<S: Store>(store: &S, retention: Retention) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        every.tick().await;
+        let (hours_before, days_before) = retention.horizons(now());
+        match store.prune_usage(hours_before, days_before).await {
+            Ok(r) if r.hourly_rows_deleted + r.daily_rows_deleted > 0 => eprintln!(
+                "keygate serve: usage retention: {} hourly and {} daily rows deleted",
+                r.hourly_rows_deleted, r.daily_rows_deleted
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("keygate serve: usage retention failed (tried again in an hour): {e:?}")
+            }
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! `GET /openapi.json`: the OpenAPI 3.1 document of the admin API (SPEC §7), derived by utoipa
 //! from the types the answers are serialised from ([`super::views`]). The functions below carry
-//! only each call's description; the handlers are in [`super::api`], [`super::usage`] and
+//! only each call's description; the handlers are in [`super::api`] and
 //! [`super::portal`]. `make test` validates the document and runs schemathesis against a live
 //! service with it.
 #![allow(dead_code)] // the functions exist for their `#[utoipa::path]` descriptions

@@ -3,10 +3,10 @@
 //! the answer types. Nothing here knows how the request arrived.
 
 use super::answer::ApiError;
-use super::api::{now, tenant_scope, App};
 use super::auth::Caller;
 use super::input::{read_create, read_patch, CreateRequest};
 use super::model::StoredKey;
+use super::state::{now, tenant_scope, App};
 use super::store::{Actor, Rolled, Store, Updated, UsageQuery, UsageSummary};
 use super::usage::{summary_answer, Range};
 use super::views::{CreatedKey, Key};

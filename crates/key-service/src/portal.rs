@@ -4,10 +4,13 @@
 //! SHA-256 digests; neither is ever logged or put in the audit log.
 
 use super::answer::{data, ApiError};
-use super::api::{actor, body_json, now, Ctx, ADMIN_BODY_LIMIT};
 use super::auth::Caller;
 use super::pages;
+use super::pages::session::PORTAL_COOKIE;
+use super::request::body_json;
 use super::server::Peer;
+use super::server::ADMIN_BODY_LIMIT;
+use super::state::{actor, now, Ctx};
 use super::store::{PortalSession, Store};
 use crate::mint;
 use askama::Template;
@@ -24,8 +27,6 @@ pub const DEFAULT_TTL: u64 = 900;
 pub const MAX_TTL: u64 = 3600;
 /// A portal session lasts this long once opened (SPEC §11: at most 24 h).
 pub const SESSION_TTL: i64 = 12 * 3600;
-/// The cookie of a portal session.
-pub const COOKIE: &str = "keygate_portal";
 
 /// `{"tenant", "ttl_seconds"?, "return_url"?}`, checked.
 fn read_request(body: &Value) -> Result<(String, u64, Option<String>), String> {
@@ -153,18 +154,18 @@ fn refused() -> Response {
 }
 
 fn message(status: StatusCode, heading: &str, text: &str) -> Response {
-    let m = pages::Message {
-        l: pages::Layout::anonymous(heading),
+    let m = pages::html::Message {
+        l: pages::html::Layout::anonymous(heading),
         heading: heading.into(),
         text: text.into(),
     };
-    pages::page(status, m.render())
+    pages::html::page(status, m.render())
 }
 
 #[derive(Template)]
 #[template(path = "portal_confirm.html")]
 struct Confirm {
-    l: pages::Layout,
+    l: pages::html::Layout,
     tenant: String,
     code: String,
 }
@@ -191,11 +192,11 @@ pub async fn open<S: Store>(
     let sessions = pages::session::all(&ctx, &headers, peer).await?;
     if let Some(t) = sessions.iter().find_map(|w| w.session.tenant.clone()) {
         let c = Confirm {
-            l: pages::Layout::anonymous("Open another portal"),
+            l: pages::html::Layout::anonymous("Open another portal"),
             tenant: t,
             code: code.clone(),
         };
-        return Ok(pages::page(StatusCode::OK, c.render()));
+        return Ok(pages::html::page(StatusCode::OK, c.render()));
     }
     exchange(&ctx, &headers, peer, code).await
 }
@@ -205,7 +206,7 @@ pub async fn open_confirmed<S: Store>(
     State(ctx): State<Ctx<S>>,
     headers: HeaderMap,
     peer: Option<axum::Extension<Peer>>,
-    pages::FormBody(form): pages::FormBody,
+    pages::html::FormBody(form): pages::html::FormBody,
 ) -> Result<Response, ApiError> {
     if !pages::session::same_origin(&headers, ctx.app.insecure_cookies) {
         return Ok(message(
@@ -253,7 +254,7 @@ async fn exchange<S: Store>(
         "; Secure"
     };
     let cookie = format!(
-        "{COOKIE}={session}; Path=/; HttpOnly; SameSite=Lax; Max-Age={SESSION_TTL}{secure}"
+        "{PORTAL_COOKIE}={session}; Path=/; HttpOnly; SameSite=Lax; Max-Age={SESSION_TTL}{secure}"
     );
     let location = opened.return_url.unwrap_or_else(|| "/".into());
     let mut r = StatusCode::SEE_OTHER.into_response();

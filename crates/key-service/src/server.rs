@@ -15,6 +15,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
+/// Admin bodies are small; a usage report may list many keys.
+pub const ADMIN_BODY_LIMIT: usize = 64 * 1024;
+pub const REPORT_BODY_LIMIT: usize = 16 * 1024 * 1024;
+/// The longest a body may take to arrive (a slow sender holds a connection, not the service).
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The client's address, on every request (a request extension).
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub std::net::SocketAddr);

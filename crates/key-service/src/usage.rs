@@ -1,15 +1,12 @@
-//! `GET /v1/usage` (SPEC §7): usage over time, by key and by route, for one tenant, one key or
-//! everything the caller may see; and the retention that prunes hourly and daily rows.
+//! Usage over time, by key and by route (SPEC §7's `GET /v1/usage`, answered in [`crate::api`]):
+//! the range a call asks for, the summary it gets, and the retention that prunes hourly and daily
+//! rows.
 
-use super::answer::{data, ApiError};
-use super::api::{now, query_map, time_param, Ctx};
+use super::answer::ApiError;
 use super::model::Tally;
-use super::store::{ByDecision, Store, UsageSummary};
+use super::request::time_param;
+use super::store::{ByDecision, UsageSummary};
 use super::views::{self, Totals};
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
 use std::collections::HashMap;
 
 const HOUR: i64 = 3600;
@@ -40,26 +37,6 @@ impl Retention {
     pub fn horizons(&self, now: i64) -> (i64, i64) {
         let day = |days: u32| (now - i64::from(days) * DAY).div_euclid(DAY) * DAY;
         (day(self.hourly_days), day(self.daily_days))
-    }
-}
-
-/// Prunes usage past its retention now and then every hour, until the service stops. A
-/// failure is logged and tried again at the next hour.
-pub async fn prune_hourly<S: Store>(store: &S, retention: Retention) {
-    let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
-    loop {
-        every.tick().await;
-        let (hours_before, days_before) = retention.horizons(now());
-        match store.prune_usage(hours_before, days_before).await {
-            Ok(r) if r.hourly_rows_deleted + r.daily_rows_deleted > 0 => eprintln!(
-                "keygate serve: usage retention: {} hourly and {} daily rows deleted",
-                r.hourly_rows_deleted, r.daily_rows_deleted
-            ),
-            Ok(_) => {}
-            Err(e) => {
-                eprintln!("keygate serve: usage retention failed (tried again in an hour): {e:?}")
-            }
-        }
     }
 }
 
@@ -164,18 +141,6 @@ pub fn summary_answer(range: &Range, s: &UsageSummary) -> views::UsageSummary {
             rejected: t.rejected,
         }),
     }
-}
-
-/// `GET /v1/usage[?tenant=T][&key=ID][&from=T1&to=T2][&granularity=hour|day]`.
-pub async fn summary<S: Store>(
-    State(ctx): State<Ctx<S>>,
-    headers: HeaderMap,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Result<Response, ApiError> {
-    let caller = ctx.app.auth.admin(&headers, ctx.gateway)?;
-    let query = query_map(query)?;
-    let (_, summary) = super::ops::usage_summary(&ctx.app, &caller, &query).await?;
-    Ok(data(StatusCode::OK, summary))
 }
 
 #[cfg(test)]

@@ -1,10 +1,10 @@
 //! The audit page (SPEC §11): the audit log for what the session may see, newest first.
 
+use super::html::CleanQuery;
+use super::html::{page, time_html, Layout};
 use super::session::{layout, SignedIn};
-use super::CleanQuery;
-use super::{page, time_html, Layout};
 use crate::answer::ApiError;
-use crate::api::Ctx;
+use crate::state::Ctx;
 use crate::store::{AuditQuery, Store};
 use askama::Template;
 use axum::extract::State;

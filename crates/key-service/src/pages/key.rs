@@ -2,14 +2,14 @@
 //! shown once), revoke after a confirmation page. Another tenant's key, or an id the store could
 //! not be asked about, is a 404 page.
 
+use super::html::CleanQuery;
+use super::html::FormBody;
+use super::html::{error_page, page, see_other, Layout};
 use super::keys::{choices, expiry, limits, lines, role_allowed, row, shown, text, Row};
 use super::session::{check_form, layout, SignedIn, Web};
-use super::CleanQuery;
-use super::FormBody;
-use super::{error_page, page, see_other, Layout};
 use crate::answer::ApiError;
-use crate::api::Ctx;
 use crate::ops;
+use crate::state::Ctx;
 use crate::store::Store;
 use askama::Template;
 use axum::extract::{Path, State};
@@ -20,7 +20,7 @@ use serde_json::{json, Map, Value};
 
 /// Signed in and asking about an id the store can be asked about; else the sign-in or a 404.
 async fn known_id<S: Store>(ctx: &Ctx<S>, web: &Web, id: &str) -> Result<(), Response> {
-    if super::id_ok(id) {
+    if super::html::id_ok(id) {
         return Ok(());
     }
     let l = layout(ctx, web, "Not found", "keys", "/dashboard/keys", None).await;
@@ -194,7 +194,7 @@ pub async fn edit<S: Store>(
     match result {
         Ok(()) => Ok(see_other(&format!(
             "/dashboard/keys/{}?done=edited",
-            super::enc(&id)
+            super::html::enc(&id)
         ))),
         Err(ApiError::Unavailable) => Err(ApiError::Unavailable),
         Err(ApiError::NotFound) => {
@@ -296,13 +296,13 @@ pub async fn revoke<S: Store>(
     if form.get("confirm").map(String::as_str) != Some("yes") {
         return Ok(see_other(&format!(
             "/dashboard/keys/{}/revoke",
-            super::enc(&id)
+            super::html::enc(&id)
         )));
     }
     match ops::revoke(&ctx.app, &web.caller, &web.actor(), &id).await {
         Ok(()) => Ok(see_other(&format!(
             "/dashboard/keys/{}?done=revoked",
-            super::enc(&id)
+            super::html::enc(&id)
         ))),
         Err(ApiError::Unavailable) => Err(ApiError::Unavailable),
         Err(e) => Ok(error_page(l, e)),

@@ -3,14 +3,14 @@
 //! goes through the same operation ([`ops`]), so a page refuses exactly what the API refuses, in
 //! the API's words.
 
+use super::html::CleanQuery;
+use super::html::FormBody;
+use super::html::{error_page, page, time_html, Layout};
 use super::session::{check_form, layout, SignedIn, Web};
-use super::CleanQuery;
-use super::FormBody;
-use super::{error_page, page, time_html, Layout};
 use crate::answer::ApiError;
-use crate::api::{now, Ctx};
 use crate::model::StoredKey;
 use crate::ops;
+use crate::state::{now, Ctx};
 use crate::store::Store;
 use crate::views::CreatedKey;
 use askama::Template;
@@ -38,7 +38,7 @@ pub struct Row {
     pub state: &'static str,
 }
 
-pub(super) fn row(k: &StoredKey, app: &crate::api::App<impl Store>) -> Row {
+pub(super) fn row(k: &StoredKey, app: &crate::state::App<impl Store>) -> Row {
     let v = k.listed(&app.gate);
     let state = if v.revoked {
         "revoked"

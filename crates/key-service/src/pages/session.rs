@@ -4,13 +4,12 @@
 //! digests. Every form carries a token derived from the session's cookie (an attacker's page
 //! cannot read it) and is refused from another origin.
 
-use super::{page, see_other, FormBody, Layout};
+use super::html::{page, see_other, FormBody, Layout};
 use crate::answer::ApiError;
-use crate::api::{now, Ctx};
 use crate::auth::Caller;
 use crate::mint;
-use crate::portal;
 use crate::server::Peer;
+use crate::state::{now, Ctx};
 use crate::store::{Actor, SessionKind, Store, WebSession};
 use askama::Template;
 use axum::extract::{FromRequestParts, State};
@@ -22,6 +21,8 @@ use std::collections::HashMap;
 
 /// The operator's session cookie.
 pub const COOKIE: &str = "keygate_session";
+/// The cookie of a portal session (opened by [`crate::portal`]).
+pub const PORTAL_COOKIE: &str = "keygate_portal";
 /// An operator's session lasts this long (SPEC §11: 12 h).
 pub const TTL: i64 = 12 * 3600;
 
@@ -101,7 +102,7 @@ pub async fn all<S: Store>(
     let operator = SessionKind::Operator {
         admin_fingerprint: admin_fingerprint(ctx),
     };
-    for (name, kind) in [(COOKIE, operator), (portal::COOKIE, SessionKind::Portal)] {
+    for (name, kind) in [(COOKIE, operator), (PORTAL_COOKIE, SessionKind::Portal)] {
         let Some(value) = cookie(headers, name) else {
             continue;
         };
@@ -217,12 +218,12 @@ pub async fn layout<S: Store>(
         signed_in: true,
         csrf: web.csrf.clone(),
         scope: if scoped {
-            format!("?tenant={}", super::enc(&tenant))
+            format!("?tenant={}", super::html::enc(&tenant))
         } else {
             String::new()
         },
         scope_amp: if scoped {
-            format!("&tenant={}", super::enc(&tenant))
+            format!("&tenant={}", super::html::enc(&tenant))
         } else {
             String::new()
         },
@@ -338,13 +339,13 @@ pub async fn sign_out<S: Store>(
         return Ok(see_other("/"));
     };
     if let Err(e) = check_form(&headers, first, &form, ctx.app.insecure_cookies) {
-        return Ok(super::error_page(Layout::anonymous("Refused"), e));
+        return Ok(super::html::error_page(Layout::anonymous("Refused"), e));
     }
     for web in &sessions {
         ctx.app.store.sign_out(&web.session, &web.actor()).await?;
     }
     let mut r = see_other("/");
-    for name in [COOKIE, portal::COOKIE] {
+    for name in [COOKIE, PORTAL_COOKIE] {
         set_cookie(&mut r, &format!("{name}=; Path=/; HttpOnly; Max-Age=0"));
     }
     Ok(r)

@@ -2,12 +2,12 @@
 //! no script needed), by key and by endpoint, for the last 24 hours / 7 / 30 days or a range of
 //! days; and the CSV of what is shown. The numbers are `/v1/usage`'s ([`ops::usage_summary`]).
 
+use super::html::CleanQuery;
+use super::html::{esc, page, thousands, Layout};
 use super::session::{layout, SignedIn};
-use super::CleanQuery;
-use super::{esc, page, thousands, Layout};
 use crate::answer::ApiError;
-use crate::api::{now, Ctx};
 use crate::ops;
+use crate::state::{now, Ctx};
 use crate::store::Store;
 use crate::views::{Bucket, UsageSummary};
 use askama::Template;
@@ -248,13 +248,13 @@ pub async fn show<S: Store>(
     let key_amp = if key.is_empty() {
         String::new()
     } else {
-        format!("&key={}", super::enc(&key))
+        format!("&key={}", super::html::enc(&key))
     };
     let (asked, summary, error) = match asked(&q, &l.tenant) {
         Ok(a) => match ops::usage_summary(&ctx.app, &web.caller, &a.query).await {
             Ok((_, s)) => (Some(a), s, None),
             Err(ApiError::Unavailable) => return Err(ApiError::Unavailable),
-            Err(ApiError::NotFound) => return Ok(super::error_page(l, ApiError::NotFound)),
+            Err(ApiError::NotFound) => return Ok(super::html::error_page(l, ApiError::NotFound)),
             Err(e) => (Some(a), empty_summary(), Some(e.status_and_message().1)),
         },
         Err(e) => (None, empty_summary(), Some(e.status_and_message().1)),

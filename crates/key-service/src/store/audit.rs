@@ -1,7 +1,7 @@
 //! The audit log's statements (SPEC §7): an entry is written in the transaction of the change
 //! it records (a change and its entry commit together or not at all), and read newest first.
 
-use super::{Actor, AuditQuery, AuditRecord, Result};
+use super::interface::{Actor, AuditQuery, AuditRecord, Result};
 use sqlx::Row;
 
 /// An entry's id: the time in nanoseconds, then random bits (hex, so ids sort by time).

@@ -2,7 +2,7 @@
 //! only an unused, unexpired code matches, so of any number of concurrent exchanges one wins.
 
 use super::audit;
-use super::{Actor, OpenedPortal, PortalSession, Result};
+use super::interface::{Actor, OpenedPortal, PortalSession, Result};
 use sqlx::Row;
 
 pub(super) async fn create(pool: &sqlx::AnyPool, s: &PortalSession, actor: &Actor) -> Result<()> {

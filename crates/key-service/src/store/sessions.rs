@@ -4,7 +4,7 @@
 //! go into the audit log with the session's id (never the cookie).
 
 use super::audit;
-use super::{Actor, Result, SessionKind, WebSession};
+use super::interface::{Actor, Result, SessionKind, WebSession};
 use sqlx::Row;
 
 pub(super) async fn sign_in(

@@ -1,12 +1,12 @@
 //! [`SqlStore`]: the statements, the same on both databases.
 
-use super::schema::{ensure_epoch, migrate, Backend};
-use super::usage;
-use super::{audit, portal, sessions};
-use super::{
+use super::interface::{
     Actor, AuditQuery, AuditRecord, Feed, KeyCursor, OpenedPortal, PortalSession, Pruned, Recorded,
     Result, Rolled, SessionKind, Store, Updated, UsageQuery, UsageSummary, WebSession,
 };
+use super::schema::{ensure_epoch, migrate, Backend};
+use super::usage;
+use super::{audit, portal, sessions};
 use crate::model::{StoredKey, UsageEntry, UsageRow};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};

@@ -10,8 +10,8 @@
 //! report a second upsert per row, and spares every roll-up (no row is ever moved, so none can be
 //! counted twice by replicas pruning at once).
 
+use super::interface::{Pruned, Recorded, Result, StoreError, UsageQuery, UsageSummary};
 use super::schema::Backend;
-use super::{Pruned, Recorded, Result, StoreError, UsageQuery, UsageSummary};
 use crate::model::{hour_of, UsageEntry, UsageRow};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AnyPool, Row};
