@@ -248,25 +248,15 @@ pub fn quote(s: &str) -> String {
 }
 
 /// The filter's values from serde_json's: test support (the unit tests write configurations
-/// with serde_json's `json!`, and the parser is tested against serde_json's). The key service
-/// has its own (`core_value`): this crate depends on nothing but the filter's dependencies.
+/// with serde_json's `json!`). Printed and read back with [`parse`], as Envoy hands the filter
+/// its configuration; this crate depends on nothing but the filter's dependencies. The key
+/// service converts field for field (`core_value`) and tests that against this parser.
 #[cfg(test)]
 impl From<&serde_json::Value> for Value {
     fn from(v: &serde_json::Value) -> Value {
-        match v {
-            serde_json::Value::Null => Value::Null,
-            serde_json::Value::Bool(b) => Value::Bool(*b),
-            serde_json::Value::Number(n) => Value::Number(match (n.as_u64(), n.as_i64()) {
-                (Some(u), _) => Number::from(u),
-                (None, Some(i)) => Number::from(i),
-                _ => Number::from(n.as_f64().unwrap_or(f64::NAN)),
-            }),
-            serde_json::Value::String(s) => Value::String(s.clone()),
-            serde_json::Value::Array(a) => Value::Array(a.iter().map(Value::from).collect()),
-            serde_json::Value::Object(m) => Value::Object(Map(m
-                .iter()
-                .map(|(k, v)| (Cow::Owned(k.clone()), Value::from(v)))
-                .collect())),
+        match parse(v.to_string().as_bytes()) {
+            Ok(v) => v,
+            Err(e) => panic!("serde_json printed what the parser refuses: {e}"),
         }
     }
 }

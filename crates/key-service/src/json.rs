@@ -35,5 +35,14 @@ mod tests {
         let v = json!({"id": "k", "n": [1, -2, 1.5, 5000.0, 1e300, null, true], "o": {"x": "y"}});
         let read = keygate::json::parse(v.to_string().as_bytes()).unwrap();
         assert_eq!(core_value(&v), read);
+        for doc in [
+            r#"{"a":[1,-2,3.5,true,false,null,"x\"y\\z\/\n\t\u00e9\ud83d\ude00"],"b":{"c":{}},"d":[]}"#,
+            r#"  [ 0 , 1e3 , 2E-2 , -7, 12345678901234567890, "" ] "#,
+            "\"caf\u{e9} \u{1F600}\"",
+        ] {
+            let theirs: serde_json::Value = serde_json::from_str(doc).unwrap();
+            let ours = keygate::json::parse(doc.as_bytes()).unwrap();
+            assert_eq!(core_value(&theirs), ours, "{doc}");
+        }
     }
 }
