@@ -9,6 +9,13 @@ WASM := target/wasm32-wasip1/release/keygate.wasm
 CLI := target/release/keygate
 WASM_TARGET_STAMP := target/.wasm32-wasip1-installed
 
+# The source revision the filter logs, `keygate --version` prints and the images' labels carry:
+# the commit, with -dirty when the tree has uncommitted changes (src/version.rs).
+ifndef KEYGATE_REVISION
+KEYGATE_REVISION := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$(shell git diff --quiet HEAD -- 2>/dev/null || echo -dirty)
+endif
+export KEYGATE_REVISION
+
 .DEFAULT_GOAL := help
 .PHONY: help build wasm wasm-faults cli toolchain envoy openapi-tools alerts chromium screenshots postgres redis binaryen test unit integration demo-smoke lint fmt run bench soak fuzz compose clean distclean
 

@@ -38,6 +38,7 @@ pub mod reply;
 pub mod rls_wire;
 pub mod timestamp;
 pub mod usage;
+pub mod version;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;

@@ -926,3 +926,23 @@ fn the_demo_reports_envoy_dying_at_startup_with_its_error() {
         assert!(stderr.contains(envoy_says), "{name}: {stderr}");
     }
 }
+
+#[test]
+fn keygate_version_prints_the_version_and_the_revision() {
+    let out = Command::new(keygate_bin())
+        .arg("--version")
+        .output()
+        .unwrap();
+    let revision = std::env::var("KEYGATE_REVISION")
+        .ok()
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| "unknown".into());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "keygate {} (revision {revision})\n",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+    assert!(out.status.success());
+}

@@ -144,7 +144,9 @@ impl RootContext for KeygateRoot {
         // The tick flushes the usage stats and, with key_sync, refreshes the key-set view.
         let _ = abi::set_tick_period_ms(TICK_MS);
         info!(
-            "configuration loaded: {} keys, {} prefixes, {} roles",
+            "keygate {} (revision {}): configuration loaded: {} keys, {} prefixes, {} roles",
+            crate::version::VERSION,
+            crate::version::REVISION,
             gate.keys.len(),
             gate.prefixes.len(),
             gate.roles.len()

@@ -30,12 +30,24 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(
     name = "keygate",
-    version,
+    version = version_line(),
     about = "Mint, hash and check API keys and keygate configurations"
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// `keygate --version`: the version and the source revision it was built from.
+fn version_line() -> &'static str {
+    static LINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    LINE.get_or_init(|| {
+        format!(
+            "{} (revision {})",
+            keygate::version::VERSION,
+            keygate::version::REVISION
+        )
+    })
 }
 
 #[derive(Subcommand)]
