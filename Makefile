@@ -17,7 +17,7 @@ endif
 export KEYGATE_REVISION
 
 .DEFAULT_GOAL := help
-.PHONY: help build wasm wasm-faults cli toolchain envoy openapi-tools alerts chromium screenshots postgres redis binaryen test unit integration demo-smoke lint fmt run bench soak fuzz compose clean distclean
+.PHONY: images containers help build wasm wasm-faults cli toolchain envoy openapi-tools alerts chromium screenshots postgres redis binaryen test unit integration demo-smoke lint fmt run bench soak fuzz compose clean distclean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -91,6 +91,16 @@ chromium: ## Install Chromium and chromedriver (Debian's packages) for the brows
 	  command -v chromedriver >/dev/null || { echo "chromium-driver did not install"; exit 1; }; \
 	fi
 
+# The image tests (tests/images.rs) run podman (with runc), skopeo and a local registry, all
+# Debian's packages; this installs them when missing.
+containers: ## Install podman, runc, skopeo and docker-registry (Debian's packages) for the image tests, if missing
+	@if command -v podman >/dev/null && command -v runc >/dev/null && command -v skopeo >/dev/null && command -v docker-registry >/dev/null; then :; else \
+	  echo "Installing Debian's podman, runc, skopeo and docker-registry (the image tests)"; \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq podman runc skopeo docker-registry >/dev/null; \
+	  command -v skopeo >/dev/null || { echo "the container tools did not install"; exit 1; }; \
+	fi
+
 # wasm-opt (Debian's binaryen) optimises rustc's output once more: 265 → 234 KB, so the filter
 # with the fleet-limit client stays under 250 KB. The features are the ones rustc emits.
 binaryen: ## Install wasm-opt (Debian's binaryen), if missing
@@ -136,13 +146,22 @@ lint: $(WASM_TARGET_STAMP) ## rustfmt check, clippy (wasm and native) with warni
 unit: ## Unit tests: the pure core, the key service (and its layering), the rate-limit service, the CLI (native cargo test)
 	cargo test --workspace --exclude keygate-tests --lib --bins --tests
 
-integration: build wasm-faults envoy openapi-tools postgres redis chromium ## Integration tests: real Envoy + built .wasm + real upstreams + key service (SQLite, PostgreSQL) + rate-limit service (Redis, Redis Cluster)
+integration: build images wasm-faults envoy openapi-tools postgres redis chromium ## Integration tests: real Envoy + built .wasm + real upstreams + key service (SQLite, PostgreSQL) + rate-limit service (Redis, Redis Cluster)
 	cargo test -p keygate-tests --tests -- --test-threads 2
 
 demo-smoke: build envoy ## Start the demo as `make run` does, run and check each curl line it prints, stop it
 	DEMO_SMOKE=1 ./envoy/demo.sh
 
 test: lint unit alerts demo-smoke integration ## Everything CI runs: lint, unit tests, the alert rules, the demo, integration tests
+
+# Images (SPEC §12) as OCI layouts in target/images, written by deploy/images/build.py without a
+# container engine; reproducible: every time in them is the commit's.
+KEYGATE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+KEYGATE_SOURCE ?= $(shell git config --get remote.origin.url 2>/dev/null || echo unknown)
+images: build containers ## The filter's image (Istio's compat variant) and the services' image as OCI layouts in target/images, plus keygate.wasm and its SHA-256
+	python3 deploy/images/build.py --wasm $(WASM) --keygate $(CLI) --out target/images \
+	  --version $(KEYGATE_VERSION) --revision $(KEYGATE_REVISION) --source "$(KEYGATE_SOURCE)" \
+	  --epoch $$(git log -1 --format=%ct 2>/dev/null || echo 0)
 
 screenshots: build envoy chromium ## Retake the dashboard screenshots (docs/screenshots/, shown in docs/dashboard.md) with the browser tests
 	SCREENSHOTS_DIR=docs/screenshots cargo test -p keygate-tests --test dashboard_browser

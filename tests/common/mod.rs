@@ -29,6 +29,21 @@ pub fn keygate_bin() -> PathBuf {
     built("target/release/keygate", "make build")
 }
 
+/// `keygate {version} (revision {r})` as the build says it: `r` is `KEYGATE_REVISION` when
+/// the tests run under `make` (which built with it), else any revision.
+pub fn is_version_line(line: &str) -> bool {
+    let start = format!("keygate {} (revision ", env!("CARGO_PKG_VERSION"));
+    match std::env::var("KEYGATE_REVISION")
+        .ok()
+        .filter(|r| !r.is_empty())
+    {
+        Some(r) => line == format!("{start}{r})"),
+        None => line.strip_prefix(&start).is_some_and(|r| {
+            r.ends_with(')') && r.len() > 1 && !r[..r.len() - 1].contains([' ', '(', ')'])
+        }),
+    }
+}
+
 pub fn wasm_path() -> PathBuf {
     built("target/wasm32-wasip1/release/keygate.wasm", "make build")
 }
