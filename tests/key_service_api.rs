@@ -849,3 +849,49 @@ fn get_bytes(port: u16, path: &str, accept: &str) -> (u16, Vec<(String, String)>
         .collect();
     (status, headers, raw[end + 4..].to_vec())
 }
+
+/// Readiness follows the database (a Kubernetes readiness probe, SPEC §12): `/readyz` answers
+/// 503 while PostgreSQL is away, with the reason in the log, and 200 again once it is back;
+/// `/healthz` (liveness) stays 200 throughout, so nothing restarts the replica.
+#[test]
+fn readiness_fails_while_the_database_is_away_and_returns_with_it() {
+    let mut pg = Postgres::start("ready");
+    let dir = scratch("ready");
+    let cfg = write_config(&dir);
+    let s = Service::on(&pg.database("keygate_ready"), &cfg);
+    let status = |path: &str| call(&s.url(), "GET", path, None, None).0;
+    assert_eq!(
+        call(&s.url(), "GET", "/readyz", None, None),
+        (200, json!({"success": true}))
+    );
+
+    pg.stop();
+    let gone = std::time::Instant::now();
+    let mut seen = vec![];
+    let failed = wait_until(15, || {
+        seen.push(status("/readyz"));
+        seen.last() == Some(&503)
+    });
+    assert!(failed, "/readyz answered {seen:?}\n{}\n{}", s.log(), pg.log());
+    println!(
+        "readiness failed {} ms after the database went away",
+        gone.elapsed().as_millis()
+    );
+    assert_eq!(
+        call(&s.url(), "GET", "/readyz", None, None),
+        (
+            503,
+            json!({"success": false, "error": "The key store is unavailable; try again", "code": "UNAVAILABLE"})
+        )
+    );
+    assert_eq!(status("/healthz"), 200);
+    assert!(
+        s.log().contains("keygate serve: database error:")
+            || s.log().contains("keygate serve: not ready:"),
+        "no reason in the log:\n{}",
+        s.log()
+    );
+
+    pg.start_again();
+    assert!(wait_until(30, || status("/readyz") == 200), "{}", s.log());
+}

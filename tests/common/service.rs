@@ -271,6 +271,7 @@ pub fn call_raw(
 pub struct Postgres {
     pub port: u16,
     dir: PathBuf,
+    tls: bool,
     child: Option<Child>,
 }
 
@@ -449,11 +450,29 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = free_port();
-        let log = std::fs::File::create(dir.join("postgres.log")).expect("pg log");
-        let mut server = as_postgres_user(pg_bin("postgres"));
         if tls {
             make_certificates(&dir);
+        }
+        let mut pg = Postgres {
+            port: free_port(),
+            dir,
+            tls,
+            child: None,
+        };
+        pg.start_again();
+        pg
+    }
+
+    /// Starts the server (again) on its port and data directory, and waits until it answers.
+    pub fn start_again(&mut self) {
+        let (dir, port) = (&self.dir, self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("postgres.log"))
+            .expect("pg log");
+        let mut server = as_postgres_user(pg_bin("postgres"));
+        if self.tls {
             server
                 .args(["-c", "ssl=on"])
                 .arg("-c")
@@ -466,27 +485,38 @@ impl Postgres {
         }
         let child = server
             .arg("-D")
-            .arg(&data)
+            .arg(dir.join("data"))
             .args(["-p", &port.to_string(), "-k"])
-            .arg(&dir)
+            .arg(dir)
             .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start postgres");
-        let pg = Postgres {
-            port,
-            dir,
-            child: Some(child),
-        };
+        self.child = Some(child);
         let ready = wait_until(30, || {
             pg_client("pg_isready", port)
                 .output()
                 .map(|o| o.status.success())
                 .unwrap_or(false)
         });
-        assert!(ready, "postgres did not start: {}", pg.log());
-        pg
+        assert!(ready, "postgres did not start: {}", self.log());
+    }
+
+    /// Stops the server (fast shutdown: every connection is closed), keeping its data.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // pg_ctl signals the postmaster itself (the child may be runuser, which does not
+            // pass SIGINT on); kill what lingers.
+            let _ = as_postgres_user(pg_bin("pg_ctl"))
+                .args(["stop", "-m", "fast", "-w", "-D"])
+                .arg(self.data_dir())
+                .output();
+            if !wait_until(10, || matches!(c.try_wait(), Ok(Some(_)))) {
+                let _ = c.kill();
+            }
+            let _ = c.wait();
+        }
     }
 
     pub fn log(&self) -> String {
@@ -524,16 +554,7 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SIGTERM to the postmaster = smart shutdown; kill if it lingers.
-            let _ = Command::new("kill")
-                .args(["-INT", &c.id().to_string()])
-                .status();
-            if !wait_until(10, || matches!(c.try_wait(), Ok(Some(_)))) {
-                let _ = c.kill();
-            }
-            let _ = c.wait();
-        }
+        self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

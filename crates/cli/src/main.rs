@@ -92,8 +92,14 @@ enum Command {
         /// Address of the admin API, the feed and the usage endpoint
         #[arg(long, default_value = "127.0.0.1:8081")]
         listen: String,
-        /// sqlite:PATH (created if missing) or postgres://user@host:port/db
-        #[arg(long, default_value = "sqlite:keygate.db")]
+        /// sqlite:PATH (created if missing) or postgres://user@host:port/db (or from
+        /// KEYGATE_DATABASE_URL, which keeps a password off the command line)
+        #[arg(
+            long,
+            env = "KEYGATE_DATABASE_URL",
+            hide_env_values = true,
+            default_value = "sqlite:keygate.db"
+        )]
         database: String,
         /// The keygate plugin configuration (JSON or an Envoy YAML holding one): its prefixes
         /// and roles validate created keys

@@ -60,6 +60,7 @@ pub fn router<S: Store>(app: Arc<App<S>>, gateway: bool) -> Router {
         "/healthz",
         get(|| async { json_response(StatusCode::OK, &json!({"success": true})) }),
     )
+    .route("/readyz", get(readyz::<S>))
     .fallback(|| async {
         json_response(
             StatusCode::NOT_FOUND,
@@ -463,3 +464,23 @@ async fn usage_summary<S: Store>(
     let (_, summary) = ops::usage_summary(&ctx.app, &caller, &query).await?;
     Ok(data(StatusCode::OK, summary))
 }
+
+/// `GET /readyz`: 200 while the database answers a query within [`READY_TIMEOUT`], else 503
+/// with the reason logged (a readiness probe takes a replica out of its Service meanwhile;
+/// `/healthz` stays 200, so nothing restarts it).
+async fn readyz<S: Store>(State(ctx): State<Ctx<S>>) -> Result<Response, ApiError> {
+    match tokio::time::timeout(READY_TIMEOUT, ctx.app.store.version()).await {
+        Ok(Ok(_)) => Ok(json_response(StatusCode::OK, &json!({"success": true}))),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => {
+            eprintln!(
+                "keygate serve: not ready: the database did not answer within {} s",
+                READY_TIMEOUT.as_secs()
+            );
+            Err(ApiError::Unavailable)
+        }
+    }
+}
+
+/// How long `/readyz` waits for the database.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
