@@ -872,7 +872,12 @@ fn readiness_fails_while_the_database_is_away_and_returns_with_it() {
         seen.push(status("/readyz"));
         seen.last() == Some(&503)
     });
-    assert!(failed, "/readyz answered {seen:?}\n{}\n{}", s.log(), pg.log());
+    assert!(
+        failed,
+        "/readyz answered {seen:?}\n{}\n{}",
+        s.log(),
+        pg.log()
+    );
     println!(
         "readiness failed {} ms after the database went away",
         gone.elapsed().as_millis()
