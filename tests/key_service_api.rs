@@ -900,3 +900,61 @@ fn readiness_fails_while_the_database_is_away_and_returns_with_it() {
     pg.start_again();
     assert!(wait_until(30, || status("/readyz") == 200), "{}", s.log());
 }
+
+/// A database away when the service starts (a wrong URL, PostgreSQL not up yet): the service
+/// stays up and unready — `/healthz` 200, `/readyz` and the API 503 — logging the cause on each
+/// try, and serves once the database answers; no crash loop (SPEC §12).
+#[test]
+fn a_database_away_at_start_leaves_the_service_alive_unready_until_it_answers() {
+    let mut pg = Postgres::start("late");
+    let url = pg.database("keygate_late");
+    pg.stop();
+    let dir = scratch("late");
+    let cfg = write_config(&dir);
+    let s = Service::on(&url, &cfg);
+    let status = |path: &str| call(&s.url(), "GET", path, None, None).0;
+    assert_eq!(status("/healthz"), 200);
+    assert_eq!(
+        call(&s.url(), "GET", "/readyz", None, None),
+        (
+            503,
+            json!({"success": false, "error": "The key store is unavailable; try again", "code": "UNAVAILABLE"})
+        )
+    );
+    assert_eq!(s.admin("GET", "/v1/api-keys", None).0, 503);
+    assert!(
+        wait_until(10, || s
+            .log()
+            .contains("keygate serve: not ready: cannot open the database:")
+            && s.log().contains("attempt 2;")),
+        "{}",
+        s.log()
+    );
+    assert!(
+        s.log().to_lowercase().contains("connection refused"),
+        "the log does not name the cause:\n{}",
+        s.log()
+    );
+
+    pg.start_again();
+    assert!(wait_until(30, || status("/readyz") == 200), "{}", s.log());
+    assert_eq!(s.admin("GET", "/v1/api-keys", None).0, 200);
+
+    // A URL of the wrong form is a configuration error: the service exits at once, saying so.
+    let out = std::process::Command::new(keygate_bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            "mysql://x",
+        ])
+        .arg("--config")
+        .arg(&cfg)
+        .env("KEYGATE_ADMIN_TOKEN_SHA256", sha_hex(ADMIN_TOKEN))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("the database URL must start with sqlite: or postgres://"));
+}

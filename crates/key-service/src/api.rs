@@ -25,6 +25,17 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// What a listener answers while the service cannot open its database yet: `/healthz` (the
+/// process is alive), everything else `503 UNAVAILABLE` (`/readyz` too: not ready).
+pub fn starting() -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { json_response(StatusCode::OK, &json!({"success": true})) }),
+        )
+        .fallback(|| async { ApiError::Unavailable })
+}
+
 /// The routes of one listener. The gateway listener (for Envoy, trusting keygate's identity
 /// headers) serves the admin API only: never the feed or the usage endpoint.
 pub fn router<S: Store>(app: Arc<App<S>>, gateway: bool) -> Router {

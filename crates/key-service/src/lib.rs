@@ -37,7 +37,8 @@ use state::now;
 use state::App;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use store::{SqlStore, Store};
+use std::time::Duration;
+use store::{OpenError, SqlStore, Store};
 use usage::Retention;
 
 /// How `keygate serve` was started.
@@ -74,7 +75,10 @@ pub fn serve(
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
-        let store = SqlStore::open(&options.database).await?;
+        let (main, gateway) = listen(&options).await?;
+        let Some(store) = open_store(&options, &main, gateway.as_ref(), shutdown).await? else {
+            return Ok(());
+        };
         let auth = Auth {
             admin_sha256: options.admin_sha256,
             sync_sha256: options.sync_sha256,
@@ -93,18 +97,16 @@ pub fn serve(
             insecure_cookies: options.insecure_cookies,
             public_url: options.public_url.clone(),
         });
-        run(app, &options, shutdown).await
+        run(app, main, gateway, &options, shutdown).await
     })
 }
 
-async fn run<S: Store>(
-    app: Arc<App<S>>,
-    options: &Options,
-    shutdown: Shutdown,
-) -> Result<(), String> {
+/// The listeners, bound before anything else (a port in use is an error at once).
+async fn listen(options: &Options) -> Result<(Listener, Option<Listener>), String> {
     let bind = |addr: SocketAddr| async move {
         tokio::net::TcpListener::bind(addr)
             .await
+            .map(Arc::new)
             .map_err(|e| format!("cannot listen on {addr}: {e}"))
     };
     let main = bind(options.listen).await?;
@@ -120,6 +122,74 @@ async fn run<S: Store>(
             .map(|g| format!(" (gateway listener for Envoy: {g})"))
             .unwrap_or_default()
     );
+    Ok((main, gateway))
+}
+
+type Listener = Arc<tokio::net::TcpListener>;
+
+/// The longest wait between two tries to open the database.
+const RETRY_AT_MOST: Duration = Duration::from_secs(10);
+
+/// Opens the database, trying again (after 1 s, 2 s, … at most [`RETRY_AT_MOST`]) while it
+/// cannot, each failure logged with its cause; a URL of the wrong form is an error at once.
+/// Meanwhile the listeners answer `/healthz` and `503` for everything else ([`api::starting`]):
+/// an orchestrator sees the process alive and not ready. `None`: shut down while waiting.
+async fn open_store(
+    options: &Options,
+    main: &Listener,
+    gateway: Option<&Listener>,
+    shutdown: Shutdown,
+) -> Result<Option<SqlStore>, String> {
+    let (opened, wait) = tokio::sync::watch::channel(false);
+    let answering: Vec<_> = std::iter::once(main)
+        .chain(gateway)
+        .map(|l| {
+            let mut wait = wait.clone();
+            let until_open = async move {
+                let _ = wait.wait_for(|open| *open).await;
+            };
+            tokio::spawn(server::serve(
+                l.clone(),
+                api::starting(),
+                options.limits,
+                until_open,
+            ))
+        })
+        .collect();
+    let mut pause = Duration::from_secs(1);
+    let mut attempt = 1u32;
+    let store = loop {
+        match SqlStore::open(&options.database).await {
+            Ok(store) => break Ok(Some(store)),
+            Err(OpenError::Invalid(e)) => break Err(e),
+            Err(OpenError::Unreachable(e)) => {
+                eprintln!(
+                    "keygate serve: not ready: {e} (attempt {attempt}; trying again in {} s)",
+                    pause.as_secs()
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = shutdown() => break Ok(None),
+                }
+                pause = (pause * 2).min(RETRY_AT_MOST);
+                attempt += 1;
+            }
+        }
+    };
+    let _ = opened.send(true);
+    for a in answering {
+        let _ = a.await;
+    }
+    store
+}
+
+async fn run<S: Store>(
+    app: Arc<App<S>>,
+    main: Listener,
+    gateway: Option<Listener>,
+    options: &Options,
+    shutdown: Shutdown,
+) -> Result<(), String> {
     let limits = options.limits;
     let retention = {
         let app = app.clone();

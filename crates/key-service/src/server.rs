@@ -50,7 +50,7 @@ impl Default for Limits {
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting, lets requests
 /// in flight finish within the grace and closes every connection.
 pub async fn serve(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     app: Router,
     limits: Limits,
     shutdown: impl Future<Output = ()>,

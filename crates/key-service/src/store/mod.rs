@@ -24,4 +24,4 @@ mod usage;
 
 pub use interface::*;
 pub use schema::Backend;
-pub use sql::SqlStore;
+pub use sql::{OpenError, SqlStore};

@@ -9,12 +9,26 @@ use super::usage;
 use super::{audit, portal, sessions};
 use crate::model::{StoredKey, UsageEntry, UsageRow};
 use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::AnyConnection;
+use sqlx::Connection;
 use sqlx::{AnyPool, Row};
 
 /// The columns of a key and where they come from (`k`: api_keys, `u`: key_last_used).
 const KEY_COLUMNS: &str = "k.id, k.sha256, k.prefix, k.name, k.tenant, k.role, k.environment, \
                            k.created_at, k.expires_at, k.revoked, k.restrictions, u.t AS last_used";
 const KEYS_FROM: &str = "api_keys k LEFT JOIN key_last_used u ON u.key_id = k.id";
+
+/// Why [`SqlStore::open`] did not open the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenError {
+    /// The URL is not one this service can use: trying again cannot help.
+    Invalid(String),
+    /// The database did not answer, refused, or failed a step: it may later.
+    Unreachable(String),
+}
+
+/// How long opening waits for the database's first answer.
+const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct SqlStore {
     pool: AnyPool,
@@ -25,19 +39,22 @@ pub struct SqlStore {
 
 impl SqlStore {
     /// Connects to `sqlite:PATH` (created if missing) or `postgres://…` and migrates the schema.
-    pub async fn open(url: &str) -> std::result::Result<SqlStore, String> {
+    pub async fn open(url: &str) -> std::result::Result<SqlStore, OpenError> {
+        use OpenError::{Invalid, Unreachable};
         sqlx::any::install_default_drivers();
         let (backend, url) = if let Some(path) = url.strip_prefix("sqlite:") {
             let path = path.strip_prefix("//").unwrap_or(path);
             if path.is_empty() {
-                return Err("sqlite: needs a file path (sqlite:keys.db)".into());
+                return Err(Invalid("sqlite: needs a file path (sqlite:keys.db)".into()));
             }
             let sep = if path.contains('?') { '&' } else { '?' };
             (Backend::Sqlite, format!("sqlite://{path}{sep}mode=rwc"))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             (Backend::Postgres, url.to_string())
         } else {
-            return Err("the database URL must start with sqlite: or postgres://".into());
+            return Err(Invalid(
+                "the database URL must start with sqlite: or postgres://".into(),
+            ));
         };
         let mut options = AnyPoolOptions::new().max_connections(8);
         if backend == Backend::Sqlite {
@@ -57,16 +74,30 @@ impl SqlStore {
                 })
             });
         }
+        // One connection first: its error names the cause (refused, unknown host, password,
+        // no such database), where the pool's would only say it timed out.
+        match tokio::time::timeout(OPEN_TIMEOUT, AnyConnection::connect(&url)).await {
+            Ok(Ok(c)) => {
+                let _ = c.close().await;
+            }
+            Ok(Err(e)) => return Err(Unreachable(format!("cannot open the database: {e}"))),
+            Err(_) => {
+                return Err(Unreachable(format!(
+                    "cannot open the database: no answer within {} s",
+                    OPEN_TIMEOUT.as_secs()
+                )))
+            }
+        }
         let pool = options
             .connect(&url)
             .await
-            .map_err(|e| format!("cannot open the database: {e}"))?;
+            .map_err(|e| Unreachable(format!("cannot open the database: {e}")))?;
         migrate(&pool, backend)
             .await
-            .map_err(|e| format!("schema migration failed: {e}"))?;
+            .map_err(|e| Unreachable(format!("schema migration failed: {e}")))?;
         let epoch = ensure_epoch(&pool)
             .await
-            .map_err(|e| format!("cannot read the database epoch: {e}"))?;
+            .map_err(|e| Unreachable(format!("cannot read the database epoch: {e}")))?;
         Ok(SqlStore {
             pool,
             backend,
