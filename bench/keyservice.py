@@ -48,7 +48,7 @@ class Service:
         self.url = f"http://127.0.0.1:{self.port}"
         for _ in range(300):
             try:
-                if call(self.url + "/healthz")[0] == 200:
+                if call(self.url + "/readyz")[0] == 200:
                     return
             except OSError:
                 pass

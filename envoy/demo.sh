@@ -128,7 +128,7 @@ API=http://127.0.0.1:$PORT
 # The key service answers once Envoy is up (if it died, Envoy's own error, above, came first).
 if [ -n "$with_service" ]; then
   deadline=$((SECONDS + 30))
-  until curl -sf -o /dev/null --max-time 1 "http://127.0.0.1:$SERVICE_PORT/healthz"; do
+  until curl -sf -o /dev/null --max-time 1 "http://127.0.0.1:$SERVICE_PORT/readyz"; do
     kill -0 "$service" 2>/dev/null || died "the key service (keygate serve)" "$run/service.log"
     [ "$SECONDS" -lt "$deadline" ] || fail "the key service did not answer within 30 s"
     sleep 0.1

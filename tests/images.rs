@@ -426,7 +426,7 @@ fn podman_runs_the_services_image_as_the_cli_the_key_service_and_the_rate_limit_
         .unwrap();
     assert!(!no_shell.status.success(), "the image has a shell");
 
-    // keygate serve: a configuration mounted read-only, SQLite in a volume; /healthz answers.
+    // keygate serve: a configuration mounted read-only, SQLite in a volume; ready (/readyz).
     let cfg = scratch_dir("images-serve-config");
     std::fs::write(
         cfg.join("keygate.json"),
@@ -461,7 +461,7 @@ fn podman_runs_the_services_image_as_the_cli_the_key_service_and_the_rate_limit_
             "/config/keygate.json",
         ],
     );
-    let healthy = wait_until(30, || answers(port, "/healthz"));
+    let healthy = wait_until(30, || answers(port, "/readyz"));
     assert!(
         healthy,
         "keygate serve did not answer:\n{}",

@@ -911,7 +911,7 @@ fn a_database_away_at_start_leaves_the_service_alive_unready_until_it_answers() 
     pg.stop();
     let dir = scratch("late");
     let cfg = write_config(&dir);
-    let s = Service::on(&url, &cfg);
+    let s = Service::on_starting(&url, &cfg);
     let status = |path: &str| call(&s.url(), "GET", path, None, None).0;
     assert_eq!(status("/healthz"), 200);
     assert_eq!(

@@ -4,7 +4,6 @@ mod common;
 use common::service::*;
 use common::*;
 use std::path::PathBuf;
-use std::process::Command;
 
 fn scratch(name: &str) -> PathBuf {
     scratch_dir(&format!("svc-tls-{name}"))
@@ -42,28 +41,16 @@ fn the_service_reaches_postgres_over_tls_and_refuses_a_certificate_it_cannot_ver
         );
         assert!(ssl.trim().parse::<u64>().unwrap() >= 1, "{mode}: {ssl}");
     }
-    // A certificate another CA signed: the service does not start (and says why).
+    // A certificate another CA signed: the service never opens the database; it stays up and
+    // unready, saying why on every try (SPEC §12: no crash loop, a log line that names it).
     let other = pg.dir().join("other-ca.pem");
     let url = format!("{db}?sslmode=verify-full&sslrootcert={}", other.display());
-    let mut child = Command::new(common::keygate_bin())
-        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--database", &url])
-        .arg("--config")
-        .arg(&cfg)
-        .env("KEYGATE_ADMIN_TOKEN_SHA256", sha_hex(ADMIN_TOKEN))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let exited = wait_until(30, || matches!(child.try_wait(), Ok(Some(_))));
-    if !exited {
-        let _ = child.kill();
-    }
-    assert!(
-        exited,
-        "the service started with a certificate it cannot verify"
-    );
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    let s = Service::on_starting(&url, &cfg);
+    let said = wait_until(30, || s.log().to_lowercase().contains("certificate"));
+    assert!(said, "no word of the certificate:\n{}", s.log());
+    assert!(s
+        .log()
+        .contains("keygate serve: not ready: cannot open the database:"));
+    assert_eq!(call(&s.url(), "GET", "/readyz", None, None).0, 503);
+    assert_eq!(call(&s.url(), "GET", "/healthz", None, None).0, 200);
 }

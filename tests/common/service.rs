@@ -26,6 +26,8 @@ pub struct Service {
     sync_token: bool,
     /// More `keygate serve` arguments (limits and deadlines).
     args: Vec<String>,
+    /// What a start waits for: `/readyz` (the database is open), or only `/healthz`.
+    until: &'static str,
 }
 
 pub struct ServiceOpts<'a> {
@@ -52,8 +54,28 @@ impl Service {
         Self::start_args(o, &[])
     }
 
+    /// [`Service::on`], waiting only until the process answers (`/healthz`), not until its
+    /// database is open (`/readyz`).
+    pub fn on_starting(database: &str, config: &Path) -> Service {
+        Self::start_until(
+            ServiceOpts {
+                database,
+                config,
+                gateway: false,
+                sync_token: false,
+                port: None,
+            },
+            &[],
+            "/healthz",
+        )
+    }
+
     /// [`Service::start`] with more `keygate serve` arguments.
     pub fn start_args(o: ServiceOpts, args: &[&str]) -> Service {
+        Self::start_until(o, args, "/readyz")
+    }
+
+    fn start_until(o: ServiceOpts, args: &[&str], until: &'static str) -> Service {
         let port = o.port.unwrap_or_else(free_port);
         let gateway_port = o.gateway.then(free_port);
         let log = o.config.with_extension(format!("serve-{port}.log"));
@@ -66,6 +88,7 @@ impl Service {
             log,
             sync_token: o.sync_token,
             args: args.iter().map(|a| a.to_string()).collect(),
+            until,
         };
         s.spawn();
         s
@@ -89,9 +112,9 @@ impl Service {
         let log = std::fs::File::create(&self.log).expect("service log");
         cmd.stdout(Stdio::null()).stderr(log);
         self.child = Some(cmd.spawn().expect("start keygate serve"));
-        let port = self.port;
+        let (port, until) = (self.port, self.until);
         let up = wait_until(30, || {
-            ureq_get(&format!("http://127.0.0.1:{port}/healthz"), None).0 == 200
+            ureq_get(&format!("http://127.0.0.1:{port}{until}"), None).0 == 200
         });
         assert!(up, "keygate serve did not come up:\n{}", self.log());
     }
