@@ -99,13 +99,13 @@ chromium: ## Install Chromium and chromedriver (Debian's packages) for the brows
 	  command -v chromedriver >/dev/null || { echo "chromium-driver did not install"; exit 1; }; \
 	fi
 
-# The image tests (tests/images.rs) run podman (with runc), skopeo and a local registry, all
-# Debian's packages; this installs them when missing.
-containers: ## Install podman, runc, skopeo and docker-registry (Debian's packages) for the image tests, if missing
-	@if command -v podman >/dev/null && command -v runc >/dev/null && command -v skopeo >/dev/null && command -v docker-registry >/dev/null; then :; else \
-	  echo "Installing Debian's podman, runc, skopeo and docker-registry (the image tests)"; \
+# The image and compose tests (tests/images.rs, tests/compose.rs) run podman (with runc),
+# podman-compose, skopeo and a local registry, all Debian's packages; this installs them when missing.
+containers: ## Install podman, runc, podman-compose, skopeo and docker-registry (Debian's packages) for the image and compose tests, if missing
+	@if command -v podman >/dev/null && command -v runc >/dev/null && command -v podman-compose >/dev/null && command -v skopeo >/dev/null && command -v docker-registry >/dev/null; then :; else \
+	  echo "Installing Debian's podman, runc, podman-compose, skopeo and docker-registry (the image and compose tests)"; \
 	  if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
-	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq podman runc skopeo docker-registry >/dev/null; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq podman runc podman-compose skopeo docker-registry >/dev/null; \
 	  command -v skopeo >/dev/null || { echo "the container tools did not install"; exit 1; }; \
 	fi
 
@@ -191,8 +191,17 @@ FUZZ_SECONDS ?= 60
 fuzz: ## Coverage-guided fuzzing (libFuzzer, stable Rust): each target FUZZ_SECONDS (60); seeds in fuzz/seeds, working corpora in target/fuzz/corpus (FUZZ_SEEDS=1 repacks the seeds)
 	FUZZ_SECONDS=$(FUZZ_SECONDS) ./fuzz/run.sh
 
-compose: build ## docker compose harness: Envoy, key service, upstreams (needs a Docker engine)
-	docker compose -f envoy/docker-compose.yaml up
+# The compose harness (envoy/docker-compose.yaml) with Docker Compose, or Debian's podman-compose:
+# the keygate image is loaded into the engine first. Set KEYGATE_ADMIN_TOKEN_SHA256 (the file's
+# top says how); tests/compose.rs runs it with locally built stand-ins for the official images.
+compose: images ## Run the compose harness (Docker Compose or podman-compose): Envoy, keygate serve, keygate ratelimit, Redis, the demo upstreams
+	@if docker compose version >/dev/null 2>&1; then \
+	  skopeo copy -q oci:target/images/keygate:$(KEYGATE_VERSION) docker-daemon:keygate:$(KEYGATE_VERSION) && \
+	  cd envoy && docker compose up; \
+	elif command -v podman-compose >/dev/null; then \
+	  id=$$(podman pull -q oci:target/images/keygate:$(KEYGATE_VERSION)) && podman tag "$$id" keygate:$(KEYGATE_VERSION) && \
+	  cd envoy && podman-compose up; \
+	else echo "make compose needs Docker Compose or podman-compose (make containers installs podman-compose)"; exit 1; fi
 
 clean: ## Remove build output (target/)
 	cargo clean

@@ -2,7 +2,9 @@
 # `make run`: the demo. Starts two echo upstreams and Envoy with keygate, prints curl lines to try,
 # and stops everything on Ctrl-C. CONFIG=envoy/examples/<style>.yaml runs a provider example
 # instead. With DEMO_SMOKE=1 it runs the printed curl lines itself, checks what each answers, and
-# exits (non-zero, saying why, if one did not answer as printed).
+# exits (non-zero, saying why, if one did not answer as printed). With DEMO_ATTACH=1 it starts
+# nothing: it checks the same lines against a demo already running on those ports (the compose
+# harness, envoy/docker-compose.yaml), whose admin token is KEYGATE_ADMIN_TOKEN.
 #
 # Ports, when the defaults are taken: KEYGATE_PORT (10000, the API), KEYGATE_ADMIN_PORT (9901,
 # Envoy's admin), KEYGATE_LIVE_PORT and KEYGATE_SANDBOX_PORT (18080, 18081: the echo upstreams),
@@ -40,6 +42,8 @@ s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null
 need_free() { # PORT WHAT VARIABLE
   is_free "$1" || fail "port $1 ($2) is in use by another process: stop it, or choose another port with $3=<port> (e.g. $3=$(($1 + 1000)) make run)"
 }
+ATTACH=${DEMO_ATTACH:-}
+if [ -z "$ATTACH" ]; then
 need_free "$PORT" "the API listener" KEYGATE_PORT
 need_free "$ADMIN_PORT" "Envoy's admin" KEYGATE_ADMIN_PORT
 need_free "$LIVE_PORT" "the live echo upstream" KEYGATE_LIVE_PORT
@@ -53,6 +57,10 @@ if grep -Eq 'port_value: 18090([^0-9]|$)' "$CONFIG"; then
   with_service=1
   need_free "$SERVICE_PORT" "the key service" KEYGATE_SERVICE_PORT
   need_free "$SERVICE_GATEWAY_PORT" "the key service's listener for Envoy" KEYGATE_SERVICE_GATEWAY_PORT
+fi
+else
+  with_service=1
+  ADMIN_TOKEN=${KEYGATE_ADMIN_TOKEN:?DEMO_ATTACH needs the admin token of the running key service in KEYGATE_ADMIN_TOKEN}
 fi
 
 run=$(mktemp -d "${TMPDIR:-/tmp}/keygate-demo.XXXXXX")
@@ -70,14 +78,18 @@ else
 fi
 
 # The config on the chosen ports.
-python3 - "$CONFIG" "$run/envoy.yaml" 10000="$PORT" 9901="$ADMIN_PORT" 18080="$LIVE_PORT" \
-  18081="$SANDBOX_PORT" 10001="$GATEWAY_PORT" 18090="$SERVICE_PORT" 18091="$SERVICE_GATEWAY_PORT" <<'PY'
+rewrite_ports=$(
+  cat <<'PY'
 import re, sys
 src, dst, *pairs = sys.argv[1:]
 ports = dict(p.split("=") for p in pairs)
 text = open(src).read()
 open(dst, "w").write(re.sub(r"port_value: (\d+)\b", lambda m: "port_value: " + ports.get(m[1], m[1]), text))
 PY
+)
+if [ -z "$ATTACH" ]; then
+python3 -c "$rewrite_ports" "$CONFIG" "$run/envoy.yaml" 10000="$PORT" 9901="$ADMIN_PORT" 18080="$LIVE_PORT" \
+  18081="$SANDBOX_PORT" 10001="$GATEWAY_PORT" 18090="$SERVICE_PORT" 18091="$SERVICE_GATEWAY_PORT"
 
 python3 envoy/echo_upstream.py "live:$LIVE_PORT" "sandbox:$SANDBOX_PORT" 2>"$run/upstreams.log" &
 upstreams=$!
@@ -112,11 +124,15 @@ fi
 envoy=$!
 pids+=("$envoy")
 
+fi
+[ -n "$ATTACH" ] && echo "127.0.0.1:$ADMIN_PORT" >"$run/admin"
 ready() { [ -s "$run/admin" ] && curl -sf -o /dev/null --max-time 1 "http://$(cat "$run/admin")/ready"; }
 deadline=$((SECONDS + 60))
 until ready; do
-  kill -0 "$envoy" 2>/dev/null || died Envoy "$run/envoy.log"
-  kill -0 "$upstreams" 2>/dev/null || died "the echo upstream (envoy/echo_upstream.py)" "$run/upstreams.log"
+  if [ -z "$ATTACH" ]; then
+    kill -0 "$envoy" 2>/dev/null || died Envoy "$run/envoy.log"
+    kill -0 "$upstreams" 2>/dev/null || died "the echo upstream (envoy/echo_upstream.py)" "$run/upstreams.log"
+  fi
   if [ "$SECONDS" -ge "$deadline" ]; then
     tail -n 20 "$run/envoy.log" >&2
     fail "Envoy did not become ready within 60 s (its last log lines are above)"
@@ -129,7 +145,7 @@ API=http://127.0.0.1:$PORT
 if [ -n "$with_service" ]; then
   deadline=$((SECONDS + 30))
   until curl -sf -o /dev/null --max-time 1 "http://127.0.0.1:$SERVICE_PORT/readyz"; do
-    kill -0 "$service" 2>/dev/null || died "the key service (keygate serve)" "$run/service.log"
+    [ -n "$ATTACH" ] || kill -0 "$service" 2>/dev/null || died "the key service (keygate serve)" "$run/service.log"
     [ "$SECONDS" -lt "$deadline" ] || fail "the key service did not answer within 30 s"
     sleep 0.1
   done
@@ -144,8 +160,10 @@ if [ -n "$with_service" ]; then
     [ "$SECONDS" -lt "$deadline" ] || fail "Envoy did not receive the key set from the key service within 30 s (see $run/service.log)"
   done
 fi
-tail -n +1 -f "$run/envoy.log" >&2 &
-pids+=($!)
+if [ -z "$ATTACH" ]; then
+  tail -n +1 -f "$run/envoy.log" >&2 &
+  pids+=($!)
+fi
 
 if [ "$CONFIG" != envoy/demo.yaml ]; then
   echo

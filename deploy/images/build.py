@@ -98,12 +98,12 @@ class Tar:
         info.size = len(data)
         self.tar.addfile(info, io.BytesIO(data))
 
-    def layer(self) -> tuple:
+    def layer(self, level: int = 9) -> tuple:
         """(the gzip-compressed tar, the uncompressed tar's digest: the config's diff_id)."""
         self.tar.close()
         raw = self.buf.getvalue()
         out = io.BytesIO()
-        with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=9) as z:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=level) as z:
             z.write(raw)
         return out.getvalue(), digest(raw)
 
