@@ -890,6 +890,12 @@ fn readiness_fails_while_the_database_is_away_and_returns_with_it() {
         )
     );
     assert_eq!(status("/healthz"), 200);
+    let metrics = call_raw(&s.url(), "GET", "/metrics", None, &[]).2;
+    let errors = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("keygate_serve_database_errors_total "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(errors.is_some_and(|n| n >= 1), "{metrics}");
     assert!(
         s.log().contains("keygate serve: database error:")
             || s.log().contains("keygate serve: not ready:"),
@@ -957,4 +963,49 @@ fn a_database_away_at_start_leaves_the_service_alive_unready_until_it_answers() 
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("the database URL must start with sqlite: or postgres://"));
+}
+
+/// `GET /metrics` (SPEC §12): requests by route pattern and status, key_sync answers by form,
+/// usage reports by outcome, database errors; exact counts after known calls.
+#[test]
+fn the_service_serves_its_own_metrics() {
+    let dir = scratch("metrics");
+    let cfg = write_config(&dir);
+    let s = Service::on(&format!("sqlite:{}", dir.join("keys.db").display()), &cfg);
+    let (status, created) = s.admin("POST", "/v1/api-keys", Some(r#"{"prefix": "mlm_live_"}"#));
+    assert_eq!(status, 201, "{created}");
+    let id = created["data"]["id"].as_str().unwrap().to_string();
+    assert_eq!(s.admin("GET", &format!("/v1/api-keys/{id}"), None).0, 200);
+    let (_, headers, _) = call_raw(&s.url(), "GET", "/keys", None, &[]);
+    let etag = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("etag"))
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let again = call_raw(&s.url(), "GET", "/keys", None, &[("if-none-match", etag)]);
+    assert_eq!(again.0, 304);
+    assert_eq!(call(&s.url(), "POST", "/usage", Some("{}"), None).0, 400);
+    assert_eq!(call(&s.url(), "GET", "/no/such/path", None, None).0, 404);
+
+    let (status, headers, text) = call_raw(&s.url(), "GET", "/metrics", None, &[]);
+    assert_eq!(status, 200);
+    assert!(headers
+        .iter()
+        .any(|(k, v)| k == "content-type" && v.starts_with("application/openmetrics-text")));
+    for line in [
+        r#"keygate_serve_requests_total{route="/v1/api-keys",status="201"} 1"#,
+        r#"keygate_serve_requests_total{route="/v1/api-keys/{id}",status="200"} 1"#,
+        r#"keygate_serve_requests_total{route="/keys",status="200"} 1"#,
+        r#"keygate_serve_requests_total{route="/keys",status="304"} 1"#,
+        r#"keygate_serve_requests_total{route="/usage",status="400"} 1"#,
+        r#"keygate_serve_requests_total{route="unmatched",status="404"} 1"#,
+        r#"keygate_serve_key_sync_answers_total{form="full_json"} 1"#,
+        r#"keygate_serve_key_sync_answers_total{form="not_modified"} 1"#,
+        r#"keygate_serve_usage_reports_total{outcome="refused"} 1"#,
+        r#"keygate_serve_request_duration_seconds_count{route="/v1/api-keys"} 1"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+    }
+    // Paths never become labels: an id is its route's pattern.
+    assert!(!text.contains(&id), "{text}");
 }

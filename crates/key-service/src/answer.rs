@@ -105,6 +105,7 @@ impl From<super::store::StoreError> for ApiError {
                 ApiError::Conflict("An API key with this id already exists".into())
             }
             super::store::StoreError::Unavailable(reason) => {
+                super::metrics::metrics().database_error();
                 eprintln!("keygate serve: database error: {reason}");
                 ApiError::Unavailable
             }

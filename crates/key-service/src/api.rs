@@ -4,6 +4,7 @@
 use super::answer::{data, json_response, page, ApiError};
 use super::auth::Caller;
 use super::input::{read_roll, text_ok};
+use super::metrics::{metrics, Answer, Report};
 use super::model::{feed_answer, usage_answer, StoredKey};
 use super::ops;
 use super::report::read_report;
@@ -72,6 +73,18 @@ pub fn router<S: Store>(app: Arc<App<S>>, gateway: bool) -> Router {
         get(|| async { json_response(StatusCode::OK, &json!({"success": true})) }),
     )
     .route("/readyz", get(readyz::<S>))
+    .route(
+        "/metrics",
+        get(|| async {
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )],
+                metrics().render(),
+            )
+        }),
+    )
     .fallback(|| async {
         json_response(
             StatusCode::NOT_FOUND,
@@ -79,6 +92,7 @@ pub fn router<S: Store>(app: Arc<App<S>>, gateway: bool) -> Router {
         )
     })
     .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+    .layer(axum::middleware::from_fn(measured))
     .with_state(Ctx { app, gateway })
 }
 
@@ -326,6 +340,7 @@ async fn feed<S: Store>(
     // The answer's form depends on Accept (one ETag, the version, names both forms): a shared
     // cache in front of the service must keep them apart.
     let not_modified = |version: &str| {
+        metrics().answer(Answer::not_modified);
         let mut r = StatusCode::NOT_MODIFIED.into_response();
         r.headers_mut().insert(header::ETAG, etag(version));
         r.headers_mut()
@@ -335,7 +350,8 @@ async fn feed<S: Store>(
     // keygate asks for the compact form of a full set (also one answering a `since=` this
     // database never issued); deltas and other clients get JSON.
     let binary = accepts_binary(&headers);
-    let with_etag = |body: axum::body::Bytes, version: &str, binary: bool| {
+    let with_etag = |body: axum::body::Bytes, version: &str, binary: bool, form: Answer| {
+        metrics().answer(form);
         let mut r = (StatusCode::OK, body).into_response();
         r.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -374,7 +390,7 @@ async fn feed<S: Store>(
         .and_then(|c| c.clone())
         .filter(|(v, _)| *v == current);
     if let (Some((version, body)), None) = (&cached, since) {
-        return Ok(with_etag(body.clone(), version, binary));
+        return Ok(with_etag(body.clone(), version, binary, full(binary)));
     }
     match ctx.app.store.feed(since).await? {
         Feed::Unchanged { version } => Ok(not_modified(&version)),
@@ -387,7 +403,7 @@ async fn feed<S: Store>(
             if let Ok(mut c) = cache.lock() {
                 *c = Some((version.clone(), body.clone()));
             }
-            Ok(with_etag(body, &version, binary))
+            Ok(with_etag(body, &version, binary, full(binary)))
         }
         Feed::Delta {
             version,
@@ -396,8 +412,17 @@ async fn feed<S: Store>(
         } => {
             let keys = servable(keys, &ctx.app.gate);
             let body = feed_answer(&version, Some(&since), &keys);
-            Ok(with_etag(body.into(), &version, false))
+            Ok(with_etag(body.into(), &version, false, Answer::delta))
         }
+    }
+}
+
+/// The form of a full answer, for the metrics.
+fn full(binary: bool) -> Answer {
+    if binary {
+        Answer::full_compact
+    } else {
+        Answer::full_json
     }
 }
 
@@ -447,7 +472,10 @@ async fn report<S: Store>(
     ctx.app.auth.sync(&headers)?;
     let body = body_bytes(body, REPORT_BODY_LIMIT).await?;
     let now = now();
-    let (report_id, entries) = read_report(&body, now).map_err(ApiError::BadRequest)?;
+    let (report_id, entries) = read_report(&body, now).map_err(|e| {
+        metrics().report(Report::refused);
+        ApiError::BadRequest(e)
+    })?;
     // Counted in a task of its own: a client that gives up (a filter's timeout) does not roll
     // the report back, so its retry finds it counted.
     let app = ctx.app.clone();
@@ -457,9 +485,13 @@ async fn report<S: Store>(
         .map_err(|_| ApiError::Unavailable)??;
     let answer = match recorded {
         Recorded::Counted { dropped } => {
+            metrics().report(Report::counted);
             json!({"success": true, "report_id": report_id, "counted": true, "dropped": dropped})
         }
-        Recorded::Seen => json!({"success": true, "report_id": report_id, "counted": false}),
+        Recorded::Seen => {
+            metrics().report(Report::duplicate);
+            json!({"success": true, "report_id": report_id, "counted": false})
+        }
     };
     Ok(json_response(StatusCode::OK, &answer))
 }
@@ -484,6 +516,7 @@ async fn readyz<S: Store>(State(ctx): State<Ctx<S>>) -> Result<Response, ApiErro
         Ok(Ok(_)) => Ok(json_response(StatusCode::OK, &json!({"success": true}))),
         Ok(Err(e)) => Err(e.into()),
         Err(_) => {
+            metrics().database_error();
             eprintln!(
                 "keygate serve: not ready: the database did not answer within {} s",
                 READY_TIMEOUT.as_secs()
@@ -495,3 +528,19 @@ async fn readyz<S: Store>(State(ctx): State<Ctx<S>>) -> Result<Response, ApiErro
 
 /// How long `/readyz` waits for the database.
 const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Counts and times every request by its route's pattern (never its path) and status.
+async fn measured(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    metrics().request(
+        &route,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}

@@ -18,6 +18,7 @@ pub mod api;
 pub mod auth;
 pub mod input;
 pub mod json;
+pub mod metrics;
 pub mod mint;
 pub mod model;
 pub mod openapi;

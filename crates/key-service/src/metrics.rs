@@ -1,0 +1,150 @@
+//! Prometheus metrics of `keygate serve` (`GET /metrics` on its listener):
+//! `keygate_serve_requests_total{route,status}` and `keygate_serve_request_duration_seconds{route}`
+//! (route: the route's pattern, e.g. `/v1/api-keys/{id}`, or `unmatched`: bounded by the
+//! routes, never by paths), `keygate_serve_database_errors_total` (calls answered 503 because
+//! the database failed), `keygate_serve_usage_reports_total{outcome}` (counted, duplicate,
+//! refused) and `keygate_serve_key_sync_answers_total{form}` (full_json, full_compact, delta,
+//! not_modified). One set per process.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::OnceLock;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Request {
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Route {
+    route: String,
+}
+
+/// What became of a usage report.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Report {
+    counted,
+    duplicate,
+    refused,
+}
+
+/// The form of a `/keys` answer.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Answer {
+    full_json,
+    full_compact,
+    delta,
+    not_modified,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: Report,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Form {
+    form: Answer,
+}
+
+type Durations = Family<Route, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<Request, Counter>,
+    durations: Durations,
+    database_errors: Counter,
+    reports: Family<Outcome, Counter>,
+    answers: Family<Form, Counter>,
+}
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("keygate_serve");
+        let requests = Family::<Request, Counter>::default();
+        // 1 ms … ~16 s
+        let durations: Durations =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 15)));
+        let database_errors = Counter::default();
+        let reports = Family::<Outcome, Counter>::default();
+        let answers = Family::<Form, Counter>::default();
+        registry.register(
+            "requests",
+            "HTTP requests by route and status",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time to answer an HTTP request, by route",
+            durations.clone(),
+        );
+        registry.register(
+            "database_errors",
+            "Requests answered 503 because the database failed",
+            database_errors.clone(),
+        );
+        registry.register(
+            "usage_reports",
+            "Usage reports from Envoy, by outcome",
+            reports.clone(),
+        );
+        registry.register(
+            "key_sync_answers",
+            "Answers to key_sync (/keys), by form",
+            answers.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            durations,
+            database_errors,
+            reports,
+            answers,
+        }
+    }
+
+    pub fn request(&self, route: &str, status: u16, seconds: f64) {
+        let route = route.to_string();
+        self.durations
+            .get_or_create(&Route {
+                route: route.clone(),
+            })
+            .observe(seconds);
+        self.requests
+            .get_or_create(&Request { route, status })
+            .inc();
+    }
+
+    pub fn database_error(&self) {
+        self.database_errors.inc();
+    }
+
+    pub fn report(&self, outcome: Report) {
+        self.reports.get_or_create(&Outcome { outcome }).inc();
+    }
+
+    pub fn answer(&self, form: Answer) {
+        self.answers.get_or_create(&Form { form }).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
