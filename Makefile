@@ -56,14 +56,25 @@ kube-tools: $(KUBE_TOOLS) ## Install kubernetes-validate (pinned) into .venv
 # binary is taken from the `prometheus` package (apt-get download, unpacked into .venv): no
 # Prometheus server is installed or started.
 PROMTOOL := $(VENV)/bin/promtool
-$(PROMTOOL):
-	@echo "Taking promtool from Debian's prometheus package (into $(VENV)/bin; no server installed)"
-	@mkdir -p target/promtool $(VENV)/bin
+PROMETHEUS_DEB := target/promtool/x/usr/bin/prometheus
+$(PROMETHEUS_DEB):
+	@echo "Taking promtool and prometheus from Debian's prometheus package (into $(VENV)/bin; nothing installed, no server started)"
+	@mkdir -p target/promtool
 	@if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
 	  $$sudo apt-get update -qq && cd target/promtool && rm -f prometheus_*.deb && apt-get download -qq prometheus 2>/dev/null
 	dpkg-deb -x target/promtool/prometheus_*.deb target/promtool/x
+$(PROMTOOL): | $(PROMETHEUS_DEB)
+	@mkdir -p $(VENV)/bin
 	cp target/promtool/x/usr/bin/promtool $(PROMTOOL)
 	@$(PROMTOOL) --version >/dev/null
+
+# tests/mesh_metrics.rs scrapes an Envoy with Istio's stats settings through a real Prometheus
+# server, run in a temporary directory: its binary is taken from the same package.
+PROMETHEUS := $(VENV)/bin/prometheus
+$(PROMETHEUS): | $(PROMETHEUS_DEB)
+	@mkdir -p $(VENV)/bin
+	cp target/promtool/x/usr/bin/prometheus $(PROMETHEUS)
+	@$(PROMETHEUS) --version >/dev/null
 
 alerts: $(PROMTOOL) ## Check the Prometheus alert rules and run their unit tests (promtool)
 	$(PROMTOOL) check rules ops/prometheus/keygate-alerts.yml
@@ -154,7 +165,7 @@ lint: $(WASM_TARGET_STAMP) ## rustfmt check, clippy (wasm and native) with warni
 unit: ## Unit tests: the pure core, the key service (and its layering), the rate-limit service, the CLI (native cargo test)
 	cargo test --workspace --exclude keygate-tests --lib --bins --tests
 
-integration: build images wasm-faults envoy openapi-tools kube-tools $(PROMTOOL) postgres redis chromium ## Integration tests: real Envoy + built .wasm + real upstreams + key service (SQLite, PostgreSQL) + rate-limit service (Redis, Redis Cluster)
+integration: build images wasm-faults envoy openapi-tools kube-tools $(PROMTOOL) $(PROMETHEUS) postgres redis chromium ## Integration tests: real Envoy + built .wasm + real upstreams + key service (SQLite, PostgreSQL) + rate-limit service (Redis, Redis Cluster)
 	cargo test -p keygate-tests --tests -- --test-threads 2
 
 demo-smoke: build envoy ## Start the demo as `make run` does, run and check each curl line it prints, stop it

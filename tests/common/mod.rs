@@ -371,6 +371,8 @@ pub struct EnvoyOpts<'a> {
     pub rate_limit_service: Vec<u16>,
     /// HTTP filters placed before keygate (e.g. Envoy's own ratelimit filter in benches).
     pub filters_before: Vec<Value>,
+    /// The bootstrap's `stats_config` (default: [`stats_config`], keygate's tags).
+    pub stats_config: Option<Value>,
 }
 
 impl<'a> EnvoyOpts<'a> {
@@ -387,6 +389,7 @@ impl<'a> EnvoyOpts<'a> {
             direct_response: false,
             rate_limit_service: vec![],
             filters_before: vec![],
+            stats_config: None,
         }
     }
 }
@@ -573,7 +576,7 @@ impl Envoy {
             "node": {"id": "keygate-test", "cluster": "keygate-test"},
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
             "static_resources": {"clusters": clusters},
-            "stats_config": stats_config(),
+            "stats_config": o.stats_config.clone().unwrap_or_else(stats_config),
             // Key-service answers are buffered by Envoy's async HTTP client, capped at 32 MiB
             // by default: a million-key set needs more.
             "layered_runtime": {"layers": [{"name": "static", "static_layer": {
