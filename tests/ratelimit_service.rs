@@ -242,6 +242,14 @@ fn a_service_starts_without_redis_and_serves_once_it_is_there() {
     let e = call(svc.port, req(vec![desc("k", "minute", 10, 2)])).unwrap_err();
     assert_eq!(e.code(), Code::Unavailable);
     assert!(wait_until(20, || health(svc.port) == Some(NOT_SERVING)));
+    // The log says why it is not ready (once), and when it is.
+    assert!(
+        wait_until(5, || svc
+            .log()
+            .contains("keygate ratelimit: not ready: Redis does not answer: ")),
+        "{}",
+        svc.log()
+    );
     let _redis = Redis::start_at("rls-late", port);
     assert!(wait_until(20, || call(
         svc.port,
@@ -249,6 +257,13 @@ fn a_service_starts_without_redis_and_serves_once_it_is_there() {
     )
     .is_ok()));
     assert!(wait_until(20, || health(svc.port) == Some(SERVING)));
+    assert!(
+        wait_until(5, || svc
+            .log()
+            .contains("keygate ratelimit: ready: Redis answers")),
+        "{}",
+        svc.log()
+    );
 }
 
 #[test]

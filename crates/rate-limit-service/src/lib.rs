@@ -51,11 +51,19 @@ async fn serve(options: Options, shutdown: Shutdown) -> Result<(), String> {
     tokio::spawn(async move {
         let mut last = None;
         loop {
-            let status = match pinger.store.ping().await {
-                Ok(()) => ServingStatus::Serving,
-                Err(_) => ServingStatus::NotServing,
+            let (status, why) = match pinger.store.ping().await {
+                Ok(()) => (ServingStatus::Serving, None),
+                Err(e) => (ServingStatus::NotServing, Some(e.0)),
             };
             if last != Some(status) {
+                // Said once per change, with the cause: an orchestrator's log shows why a
+                // replica is not ready (its gRPC health, which readiness probes read).
+                match why {
+                    Some(why) => {
+                        eprintln!("keygate ratelimit: not ready: Redis does not answer: {why}")
+                    }
+                    None => eprintln!("keygate ratelimit: ready: Redis answers"),
+                }
                 reporter.set_service_status("", status).await;
                 reporter
                     .set_service_status(grpc::SERVICE_NAME, status)
