@@ -5,7 +5,7 @@
 //! `keygate --version`, `keygate serve` and `keygate ratelimit` against Redis. Builds are
 //! reproducible: the same inputs, the same digests.
 mod common;
-use common::fleet::Redis;
+use common::fleet::{grpc_health, Redis};
 use common::service::sha_hex;
 use common::*;
 use serde_json::{json, Value};
@@ -491,7 +491,7 @@ fn podman_runs_the_services_image_as_the_cli_the_key_service_and_the_rate_limit_
         "keygate ratelimit did not answer:\n{}",
         podman.logs("keygate-ratelimit")
     );
-    let serving = wait_until(30, || health(grpc) == Some(1));
+    let serving = wait_until(30, || grpc_health(grpc) == Some(1));
     assert!(
         serving,
         "keygate ratelimit is not SERVING:\n{}",
@@ -503,26 +503,4 @@ fn podman_runs_the_services_image_as_the_cli_the_key_service_and_the_rate_limit_
 fn answers(port: u16, path: &str) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         && send(port, "GET", path, &[]).status == 200
-}
-
-fn health(port: u16) -> Option<i32> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .ok()?
-        .block_on(async move {
-            let channel =
-                tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
-                    .ok()?
-                    .connect()
-                    .await
-                    .ok()?;
-            let mut c = tonic_health::pb::health_client::HealthClient::new(channel);
-            c.check(tonic_health::pb::HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .ok()
-            .map(|r| r.into_inner().status)
-        })
 }

@@ -54,23 +54,6 @@ fn call_within<M: prost::Message + Send + Sync + 'static>(
     })
 }
 
-fn health(port: u16) -> Option<i32> {
-    runtime().block_on(async move {
-        let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
-            .ok()?
-            .connect()
-            .await
-            .ok()?;
-        let mut c = tonic_health::pb::health_client::HealthClient::new(channel);
-        c.check(tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .ok()
-        .map(|r| r.into_inner().status)
-    })
-}
-
 const SERVING: i32 = 1;
 const NOT_SERVING: i32 = 2;
 
@@ -104,7 +87,7 @@ struct Garbage {
 fn counts_all_windows_or_none_and_reports_each() {
     let redis = Redis::start("rls-count");
     let svc = RateLimitProc::start(&redis.url());
-    assert!(wait_until(20, || health(svc.port) == Some(SERVING)));
+    assert!(wait_until(20, || grpc_health(svc.port) == Some(SERVING)));
     // A minute of 100 and a day of 2: the day binds; the refused call consumes no minute.
     let two = || req(vec![desc("k", "minute", 100, 2), desc("k", "day", 2, 4)]);
     for left in [1, 0] {
@@ -226,10 +209,10 @@ fn redis_away_is_unavailable_and_not_serving_until_it_returns() {
     redis.stop();
     let e = call(svc.port, one()).unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
-    assert!(wait_until(20, || health(svc.port) == Some(NOT_SERVING)));
+    assert!(wait_until(20, || grpc_health(svc.port) == Some(NOT_SERVING)));
     assert!(svc.metric("keygate_ratelimit_redis_errors_total") >= 1);
     redis.restart();
-    assert!(wait_until(20, || health(svc.port) == Some(SERVING)));
+    assert!(wait_until(20, || grpc_health(svc.port) == Some(SERVING)));
     assert!(wait_until(20, || call(svc.port, one()).is_ok()));
     // Redis came back empty: counting starts again.
     assert!(call(svc.port, one()).unwrap().statuses[0].limit_remaining >= 8);
@@ -241,7 +224,7 @@ fn a_service_starts_without_redis_and_serves_once_it_is_there() {
     let svc = RateLimitProc::start(&format!("redis://127.0.0.1:{port}"));
     let e = call(svc.port, req(vec![desc("k", "minute", 10, 2)])).unwrap_err();
     assert_eq!(e.code(), Code::Unavailable);
-    assert!(wait_until(20, || health(svc.port) == Some(NOT_SERVING)));
+    assert!(wait_until(20, || grpc_health(svc.port) == Some(NOT_SERVING)));
     // The log says why it is not ready (once), and when it is.
     assert!(
         wait_until(5, || svc
@@ -256,7 +239,7 @@ fn a_service_starts_without_redis_and_serves_once_it_is_there() {
         req(vec![desc("k", "minute", 10, 2)])
     )
     .is_ok()));
-    assert!(wait_until(20, || health(svc.port) == Some(SERVING)));
+    assert!(wait_until(20, || grpc_health(svc.port) == Some(SERVING)));
     assert!(
         wait_until(5, || svc
             .log()

@@ -259,3 +259,27 @@ impl Drop for RateLimitProc {
         self.kill();
     }
 }
+
+/// A gRPC service's health (`grpc.health.v1`, service `""`): 1 SERVING, 2 NOT_SERVING; `None`
+/// when it does not answer.
+pub fn grpc_health(port: u16) -> Option<i32> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?
+        .block_on(async move {
+            let channel =
+                tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+                    .ok()?
+                    .connect()
+                    .await
+                    .ok()?;
+            let mut c = tonic_health::pb::health_client::HealthClient::new(channel);
+            c.check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .ok()
+            .map(|r| r.into_inner().status)
+        })
+}
