@@ -166,7 +166,7 @@ unit: ## Unit tests: the pure core, the key service (and its layering), the rate
 	cargo test --workspace --exclude keygate-tests --lib --bins --tests
 
 integration: build images wasm-faults envoy openapi-tools kube-tools $(PROMTOOL) $(PROMETHEUS) postgres redis chromium ## Integration tests: real Envoy + built .wasm + real upstreams + key service (SQLite, PostgreSQL) + rate-limit service (Redis, Redis Cluster)
-	cargo test -p keygate-tests --tests -- --test-threads 2
+	cargo test -p keygate-tests --tests --no-fail-fast -- --test-threads 2
 
 demo-smoke: build envoy ## Start the demo as `make run` does, run and check each curl line it prints, stop it
 	DEMO_SMOKE=1 ./envoy/demo.sh

@@ -17,6 +17,7 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// in one temporary directory, removed at the end.
 struct Engine {
     dir: PathBuf,
+    run_root: PathBuf,
     project: String,
     env: Vec<(String, String)>,
 }
@@ -25,6 +26,9 @@ impl Engine {
     fn new() -> Engine {
         let dir = scratch_dir("compose-engine");
         let d = dir.display();
+        // podman's run root: short, whatever the checkout's path.
+        let run_root = short_scratch_dir("compose-run");
+        let r = run_root.display();
         std::fs::write(
             dir.join("containers.conf"),
             format!(
@@ -35,7 +39,7 @@ impl Engine {
         std::fs::write(
             dir.join("storage.conf"),
             format!(
-                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{d}/root\"\nrunroot = \"{d}/run\"\n"
+                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{d}/root\"\nrunroot = \"{r}\"\n"
             ),
         )
         .unwrap();
@@ -49,6 +53,7 @@ impl Engine {
                 ),
             ],
             dir,
+            run_root,
         }
     }
 
@@ -102,6 +107,7 @@ impl Drop for Engine {
         let _ = self.podman(&["network", "prune", "-f"]);
         let _ = self.podman(&["rmi", "-a", "-f"]);
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.run_root);
     }
 }
 

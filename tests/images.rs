@@ -322,6 +322,8 @@ fn the_filter_image_goes_through_a_registry_and_comes_back_by_digest() {
 /// these machines (runc, cgroupfs, no default ulimits); the image pulled from its layout.
 struct Podman {
     dir: PathBuf,
+    /// podman's run root: short, whatever the checkout's path (podman refuses one over 50 bytes).
+    run_root: PathBuf,
     image: String,
     containers: Vec<String>,
 }
@@ -336,6 +338,7 @@ impl Podman {
         .unwrap();
         let mut p = Podman {
             dir,
+            run_root: short_scratch_dir("run"),
             image: String::new(),
             containers: vec![],
         };
@@ -351,7 +354,7 @@ impl Podman {
             .arg("--root")
             .arg(self.dir.join("root"))
             .arg("--runroot")
-            .arg(self.dir.join("run"))
+            .arg(&self.run_root)
             .args([
                 "--storage-driver",
                 "vfs",
@@ -399,6 +402,7 @@ impl Drop for Podman {
         }
         let _ = self.command(&["rmi", "-a", "-f"]).output();
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.run_root);
     }
 }
 

@@ -89,6 +89,16 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     d
 }
 
+/// A short directory under the system's temporary directory, for paths with a length limit
+/// (podman refuses a `--runroot` over 50 characters; a Unix socket path holds 107 bytes), which a
+/// checkout in a deep directory would exceed under `target/itest`.
+pub fn short_scratch_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kg-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("short scratch dir");
+    d
+}
+
 /// An HTTP response as the client saw it.
 #[derive(Debug, Clone)]
 pub struct Response {
