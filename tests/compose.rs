@@ -38,9 +38,7 @@ impl Engine {
         .unwrap();
         std::fs::write(
             dir.join("storage.conf"),
-            format!(
-                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{d}/root\"\nrunroot = \"{r}\"\n"
-            ),
+            format!("[storage]\ndriver = \"vfs\"\ngraphroot = \"{d}/root\"\nrunroot = \"{r}\"\n"),
         )
         .unwrap();
         Engine {
