@@ -383,6 +383,10 @@ pub struct EnvoyOpts<'a> {
     pub filters_before: Vec<Value>,
     /// The bootstrap's `stats_config` (default: [`stats_config`], keygate's tags).
     pub stats_config: Option<Value>,
+    /// The request log (SPEC §13): Envoy's OpenTelemetry access logger as the shipped
+    /// configurations set it ([`request_log_logger`]), sending to a key service on this port
+    /// (the HTTP/2 cluster `keygate_request_log`) with this sync token, if any.
+    pub request_log: Option<(u16, Option<String>)>,
 }
 
 impl<'a> EnvoyOpts<'a> {
@@ -400,6 +404,7 @@ impl<'a> EnvoyOpts<'a> {
             rate_limit_service: vec![],
             filters_before: vec![],
             stats_config: None,
+            request_log: None,
         }
     }
 }
@@ -437,6 +442,61 @@ pub fn rate_limit_cluster(ports: &[u16]) -> Value {
                            "grpc_health_check": {}}],
         "load_assignment": {"cluster_name": "ratelimit", "endpoints": [{"lb_endpoints": endpoints}]}
     })
+}
+
+/// The request log's access logger, as every shipped Envoy file configures it (envoy/demo.yaml
+/// and the others; tests/shipped_configs.rs holds them to this): one OTLP record per request
+/// keygate judged, its attributes read from keygate's filter state and Envoy's own facts.
+pub fn request_log_logger(cluster: &str, token: Option<&str>) -> Value {
+    let attributes = [
+        ("key_id", "%FILTER_STATE(wasm.keygate.key_id:PLAIN)%"),
+        ("tenant", "%FILTER_STATE(wasm.keygate.tenant:PLAIN)%"),
+        (
+            "environment",
+            "%FILTER_STATE(wasm.keygate.environment:PLAIN)%",
+        ),
+        ("decision", "%FILTER_STATE(wasm.keygate.decision:PLAIN)%"),
+        ("method", "%REQ(:METHOD)%"),
+        ("path", "%PATH(NQ:ORIG_OR_PATH):1024%"),
+        ("route", "%ROUTE_NAME%"),
+        ("status", "%RESPONSE_CODE%"),
+        ("client_ip", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
+        ("duration_ms", "%DURATION%"),
+        ("user_agent", "%REQ(USER-AGENT):256%"),
+    ]
+    .map(|(k, v)| json!({"key": k, "value": {"string_value": v}}));
+    let mut grpc = json!({"envoy_grpc": {"cluster_name": cluster}, "timeout": "2s"});
+    if let Some(t) = token {
+        grpc["initial_metadata"] =
+            json!([{"key": "authorization", "value": format!("Bearer {t}")}]);
+    }
+    json!({
+        "name": "envoy.access_loggers.open_telemetry",
+        "filter": {"extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                "expression": "'wasm.keygate.decision' in filter_state"
+            }
+        }},
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
+            "log_name": "keygate",
+            "stat_prefix": "keygate_request_log",
+            "grpc_service": grpc,
+            "buffer_flush_interval": "0.5s",
+            "attributes": {"values": attributes}
+        }
+    })
+}
+
+/// A plain HTTP/2 (prior knowledge) cluster, for gRPC.
+pub fn grpc_cluster(name: &str, port: u16) -> Value {
+    let mut c = cluster(name, port);
+    c["typed_extension_protocol_options"] = json!({"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}}}});
+    c
 }
 
 /// The keygate HTTP filter entry for a plugin configuration.
@@ -496,6 +556,10 @@ fn listener(o: &EnvoyOpts, dir: &Path, port: u16, plugin_config: &str) -> Value 
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
         ]).collect::<Vec<_>>()
     });
+    if let Some((_, token)) = &o.request_log {
+        let logs = hcm["access_log"].as_array_mut().expect("access_log");
+        logs.push(request_log_logger("keygate_request_log", token.as_deref()));
+    }
     if o.hardened {
         for (k, v) in [
             ("normalize_path", json!(true)),
@@ -580,6 +644,9 @@ impl Envoy {
         }
         if !o.rate_limit_service.is_empty() {
             clusters.push(rate_limit_cluster(&o.rate_limit_service));
+        }
+        if let Some((p, _)) = &o.request_log {
+            clusters.push(grpc_cluster("keygate_request_log", *p));
         }
         let l = listener(o, &dir, port, o.plugin_config);
         let mut bootstrap = json!({

@@ -129,6 +129,9 @@ enum Command {
         /// Days usage is kept by the day; older days are deleted
         #[arg(long, default_value_t = 365)]
         usage_daily_days: u32,
+        /// Days the request log is kept (whole days are dropped as they age); 0 keeps it forever
+        #[arg(long, default_value_t = 90)]
+        request_log_days: u32,
         /// Dashboard and portal cookies without `Secure` (only for plain-HTTP localhost, as in
         /// the demo; browsers drop `Secure` cookies on plain HTTP elsewhere)
         #[arg(long)]
@@ -224,6 +227,7 @@ struct ServeSettings {
     usage_retention: keygate_key_service::usage::Retention,
     insecure_cookies: bool,
     public_url: Option<String>,
+    request_log_days: u32,
 }
 
 fn serve(
@@ -239,6 +243,7 @@ fn serve(
         usage_retention,
         insecure_cookies,
         public_url,
+        request_log_days,
     } = settings;
     if let Some(u) = &public_url {
         let ok = (u.starts_with("https://") || u.starts_with("http://"))
@@ -259,6 +264,9 @@ fn serve(
             "--usage-hourly-days must be at least 1 and --usage-daily-days at least as many (at most 36500)"
                 .into(),
         );
+    }
+    if request_log_days > 36_500 {
+        return Err("--request-log-days: at most 36500 (0 keeps the log forever)".into());
     }
     let parse_addr = |flag: &str, a: &str| {
         a.parse::<std::net::SocketAddr>().map_err(|_| {
@@ -307,6 +315,7 @@ fn serve(
             usage_retention,
             insecure_cookies,
             public_url,
+            request_log_days,
         },
         gate,
         signals::shutdown,
@@ -497,6 +506,7 @@ fn main() -> ExitCode {
             shutdown_grace_seconds,
             usage_hourly_days,
             usage_daily_days,
+            request_log_days,
             insecure_cookies,
             public_url,
         } => serve(
@@ -517,6 +527,7 @@ fn main() -> ExitCode {
                 },
                 insecure_cookies,
                 public_url,
+                request_log_days,
             },
         )
         .map_err(|e| (2, e)),

@@ -12,7 +12,7 @@ use super::request::{body_bytes, body_json, query_map, time_param};
 use super::server::{Peer, ADMIN_BODY_LIMIT, REPORT_BODY_LIMIT};
 use super::state::{actor, now, tenant_scope, App, Ctx};
 use super::store::{AuditQuery, Feed, KeyCursor, Recorded, Store};
-use super::views::{AuditActor, AuditEntry, Done, Key};
+use super::views::{AuditActor, AuditEntry, Done, Key, KeyRequestsPage};
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -50,7 +50,9 @@ pub fn router<S: Store>(app: Arc<App<S>>, gateway: bool) -> Router {
         .route("/v1/usage", get(usage_summary::<S>))
         .route("/v1/portal-sessions", post(super::portal::create::<S>))
         .route("/v1/api-keys/{id}/roll", post(roll::<S>))
-        .route("/v1/api-keys/{id}/usage", get(usage::<S>));
+        .route("/v1/api-keys/{id}/usage", get(usage::<S>))
+        .route("/v1/requests", get(requests::<S>))
+        .route("/v1/api-keys/{id}/requests", get(key_requests::<S>));
     if !gateway {
         r = r
             .route("/keys", get(feed::<S>))
@@ -62,38 +64,40 @@ pub fn router<S: Store>(app: Arc<App<S>>, gateway: bool) -> Router {
             )
             .merge(super::pages::routes::<S>());
     }
-    r.route(
-        "/openapi.json",
-        get(|State(ctx): State<Ctx<S>>| async move {
-            json_response(StatusCode::OK, &super::openapi::document(&ctx.app.gate))
-        }),
-    )
-    .route(
-        "/healthz",
-        get(|| async { json_response(StatusCode::OK, &json!({"success": true})) }),
-    )
-    .route("/readyz", get(readyz::<S>))
-    .route(
-        "/metrics",
-        get(|| async {
-            (
-                [(
-                    header::CONTENT_TYPE,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                )],
-                metrics().render(),
-            )
-        }),
-    )
-    .fallback(|| async {
-        json_response(
-            StatusCode::NOT_FOUND,
-            &json!({"success": false, "error": "No such endpoint", "code": "NOT_FOUND"}),
+    // Envoy's access logger, on either listener (the sync token when the service has one).
+    r.route(super::otlp::EXPORT_PATH, post(super::otlp::export::<S>))
+        .route(
+            "/openapi.json",
+            get(|State(ctx): State<Ctx<S>>| async move {
+                json_response(StatusCode::OK, &super::openapi::document(&ctx.app.gate))
+            }),
         )
-    })
-    .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-    .layer(axum::middleware::from_fn(measured))
-    .with_state(Ctx { app, gateway })
+        .route(
+            "/healthz",
+            get(|| async { json_response(StatusCode::OK, &json!({"success": true})) }),
+        )
+        .route("/readyz", get(readyz::<S>))
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics().render(),
+                )
+            }),
+        )
+        .fallback(|| async {
+            json_response(
+                StatusCode::NOT_FOUND,
+                &json!({"success": false, "error": "No such endpoint", "code": "NOT_FOUND"}),
+            )
+        })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn(measured))
+        .with_state(Ctx { app, gateway })
 }
 
 async fn create<S: Store>(
@@ -313,6 +317,47 @@ async fn usage<S: Store>(
     let (hourly_from, _) = ctx.app.usage_retention.horizons(now());
     let rows = ctx.app.store.usage(&id, from, to, hourly_from).await?;
     Ok(data(StatusCode::OK, usage_answer(&id, &rows)))
+}
+
+/// `GET /v1/requests`: the request log, newest first, filtered and paged (SPEC §13).
+async fn requests<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let caller = ctx.app.auth.admin(&headers, ctx.gateway)?;
+    let query = query_map(query)?;
+    let (rows, next) = ops::requests(&ctx.app, &caller, &query, 100).await?;
+    Ok(page(
+        rows.into_iter().map(ops::request_entry).collect(),
+        next,
+    ))
+}
+
+/// The client addresses listed with a key's requests at most.
+const CLIENT_IPS: usize = 1000;
+
+/// `GET /v1/api-keys/{id}/requests`: as `/v1/requests` for one key, with its client addresses.
+async fn key_requests<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let caller = ctx.app.auth.admin(&headers, ctx.gateway)?;
+    let id = key_id(id)?;
+    let query = query_map(query)?;
+    let (rows, next) = ops::key_requests(&ctx.app, &caller, &id, &query, 100).await?;
+    let ips = ops::client_ips(&ctx.app, &caller, &id, CLIENT_IPS).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &KeyRequestsPage {
+            success: true,
+            data: rows.into_iter().map(ops::request_entry).collect(),
+            next_cursor: next,
+            client_ips: ips.into_iter().map(ops::client_ip_entry).collect(),
+        },
+    ))
 }
 
 /// Keys as Envoy may read them: one the configuration no longer accepts (its role or prefix

@@ -16,6 +16,7 @@
 pub mod answer;
 pub mod api;
 pub mod auth;
+pub mod ingest;
 pub mod input;
 pub mod json;
 pub mod metrics;
@@ -23,10 +24,12 @@ pub mod mint;
 pub mod model;
 pub mod openapi;
 pub mod ops;
+pub mod otlp;
 pub mod pages;
 pub mod portal;
 pub mod report;
 pub mod request;
+pub mod request_log;
 pub mod server;
 pub mod state;
 pub mod store;
@@ -59,6 +62,8 @@ pub struct Options {
     pub insecure_cookies: bool,
     /// Where portal links point (`https://keys.example.com`); else the host a request named.
     pub public_url: Option<String>,
+    /// Days the request log is kept (`0`: forever).
+    pub request_log_days: u32,
 }
 
 /// What ends a service: a future the program makes (the CLI's resolves on SIGINT/SIGTERM).
@@ -88,6 +93,7 @@ pub fn serve(
             key_id_header: gate.upstream_headers.key_id.clone(),
             tenant_admin_role: options.tenant_admin_role.clone(),
         };
+        let (request_log, writer) = ingest::request_log();
         let app = Arc::new(App {
             store,
             gate,
@@ -97,8 +103,9 @@ pub fn serve(
             usage_retention: options.usage_retention,
             insecure_cookies: options.insecure_cookies,
             public_url: options.public_url.clone(),
+            request_log,
         });
-        run(app, main, gateway, &options, shutdown).await
+        run(app, writer, main, gateway, &options, shutdown).await
     })
 }
 
@@ -186,6 +193,7 @@ async fn open_store(
 
 async fn run<S: Store>(
     app: Arc<App<S>>,
+    writer: ingest::Writer,
     main: Listener,
     gateway: Option<Listener>,
     options: &Options,
@@ -195,7 +203,12 @@ async fn run<S: Store>(
     let retention = {
         let app = app.clone();
         let retention = options.usage_retention;
-        tokio::spawn(async move { prune_hourly(&app.store, retention).await })
+        let days = options.request_log_days;
+        tokio::spawn(async move { prune_hourly(&app.store, retention, days).await })
+    };
+    let writing = {
+        let app = app.clone();
+        tokio::spawn(async move { ingest::write_batches(&app.store, writer).await })
     };
     let main = server::serve(main, api::router(app.clone(), false), limits, shutdown());
     let served = match gateway {
@@ -206,15 +219,27 @@ async fn run<S: Store>(
         None => main.await,
     };
     retention.abort();
+    writing.abort();
     served
 }
 
-/// Prunes usage past its retention now and then every hour, until the service stops. A
-/// failure is logged and tried again at the next hour.
-async fn prune_hourly<S: Store>(store: &S, retention: Retention) {
+/// Prunes usage and the request log past their retention now and then every hour, until the
+/// service stops. A failure is logged and tried again at the next hour.
+async fn prune_hourly<S: Store>(store: &S, retention: Retention, request_log_days: u32) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
     loop {
         every.tick().await;
+        if request_log_days > 0 {
+            // Today and the `days - 1` before it are kept.
+            let before_day = now().div_euclid(86_400) - i64::from(request_log_days) + 1;
+            match store.prune_requests(before_day).await {
+                Ok(0) => {}
+                Ok(n) => eprintln!("keygate serve: request log retention: {n} dropped (days on PostgreSQL, rows on SQLite)"),
+                Err(e) => eprintln!(
+                    "keygate serve: request log retention failed (tried again in an hour): {e:?}"
+                ),
+            }
+        }
         let (hours_before, days_before) = retention.horizons(now());
         match store.prune_usage(hours_before, days_before).await {
             Ok(r) if r.hourly_rows_deleted + r.daily_rows_deleted > 0 => eprintln!(

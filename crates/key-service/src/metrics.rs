@@ -4,7 +4,9 @@
 //! routes, never by paths), `keygate_serve_database_errors_total` (calls answered 503 because
 //! the database failed), `keygate_serve_usage_reports_total{outcome}` (counted, duplicate,
 //! refused) and `keygate_serve_key_sync_answers_total{form}` (full_json, full_compact, delta,
-//! not_modified). One set per process.
+//! not_modified), `keygate_serve_request_log_records_total{outcome}` (stored, not_judged: a
+//! record without keygate's decision, skipped; refused: in an export refused as invalid;
+//! dropped: accepted by no write, the queue full or the database failing). One set per process.
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -43,6 +45,21 @@ pub enum Answer {
     not_modified,
 }
 
+/// What became of a request-log record.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Logged {
+    stored,
+    not_judged,
+    refused,
+    dropped,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LogOutcome {
+    outcome: Logged,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Outcome {
     outcome: Report,
@@ -62,6 +79,7 @@ pub struct Metrics {
     database_errors: Counter,
     reports: Family<Outcome, Counter>,
     answers: Family<Form, Counter>,
+    logged: Family<LogOutcome, Counter>,
 }
 
 /// The process's metrics.
@@ -80,6 +98,7 @@ impl Metrics {
         let database_errors = Counter::default();
         let reports = Family::<Outcome, Counter>::default();
         let answers = Family::<Form, Counter>::default();
+        let logged = Family::<LogOutcome, Counter>::default();
         registry.register(
             "requests",
             "HTTP requests by route and status",
@@ -105,6 +124,11 @@ impl Metrics {
             "Answers to key_sync (/keys), by form",
             answers.clone(),
         );
+        registry.register(
+            "request_log_records",
+            "Request-log records from Envoy, by outcome",
+            logged.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -112,6 +136,7 @@ impl Metrics {
             database_errors,
             reports,
             answers,
+            logged,
         }
     }
 
@@ -137,6 +162,10 @@ impl Metrics {
 
     pub fn answer(&self, form: Answer) {
         self.answers.get_or_create(&Form { form }).inc();
+    }
+
+    pub fn logged(&self, outcome: Logged, n: u64) {
+        self.logged.get_or_create(&LogOutcome { outcome }).inc_by(n);
     }
 
     /// The Prometheus text exposition.

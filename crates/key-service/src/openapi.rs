@@ -29,16 +29,17 @@ impl Modify for AdminToken {
 #[openapi(
     info(
         title = "keygate key service",
-        description = "The admin API of `keygate serve` (SPEC §7): API keys (created and shown once, listed, edited, revoked, rolled), usage, the audit log and portal sessions. Every answer is JSON; errors are `{\"success\":false,\"error\",\"code\"}`.",
+        description = "The admin API of `keygate serve` (SPEC §7): API keys (created and shown once, listed, edited, revoked, rolled), usage, the audit log, the request log and portal sessions. Every answer is JSON; errors are `{\"success\":false,\"error\",\"code\"}`.",
         license(name = "Apache-2.0")
     ),
-    paths(create_key, list_keys, show_key, update_key, revoke_key, roll_key, key_usage, usage, audit_log, create_portal_session),
+    paths(create_key, list_keys, show_key, update_key, revoke_key, roll_key, key_usage, usage, audit_log, requests, key_requests, create_portal_session),
     modifiers(&AdminToken),
     security(("admin_token" = [])),
     tags(
         (name = "keys", description = "API keys"),
         (name = "usage", description = "Usage by key, route and time"),
         (name = "audit", description = "Who changed what"),
+        (name = "requests", description = "Every request made with a key (the request log)"),
         (name = "portal", description = "Customer portal sessions")
     )
 )]
@@ -46,12 +47,13 @@ pub struct ApiDoc;
 
 /// Operations that take the `id` a create or roll answers with (OpenAPI links: clients and
 /// schemathesis follow them from a new key to its calls).
-const KEY_OPERATIONS: [&str; 5] = [
+const KEY_OPERATIONS: [&str; 6] = [
     "show_key",
     "update_key",
     "revoke_key",
     "roll_key",
     "key_usage",
+    "key_requests",
 ];
 
 /// The document as served: the derived one, plus what only the configuration knows (the
@@ -229,6 +231,50 @@ fn usage() {}
         (status = 503, description = "The database is unavailable", body = ErrorBody)
     ))]
 fn audit_log() {}
+
+/// The request log, newest first (a tenant admin key: its tenant's only)
+#[utoipa::path(get, path = "/v1/requests", tag = "requests",
+    params(
+        ("key_id" = Option<String>, Query, description = "One key's requests"),
+        ("tenant" = Option<String>, Query, description = "One tenant's requests"),
+        ("from" = Option<String>, Query, format = DateTime, description = "RFC 3339, inclusive"),
+        ("to" = Option<String>, Query, format = DateTime, description = "RFC 3339, exclusive"),
+        ("status" = Option<u16>, Query, description = "The status the client got (0, or 100 to 599)"),
+        ("decision" = Option<String>, Query, pattern = "^(allowed|missing|invalid|revoked|expired|forbidden|rate_limited|unavailable|bad_request)$", description = "keygate's decision"),
+        ("client_ip" = Option<String>, Query, description = "One client address"),
+        ("path_prefix" = Option<String>, Query, description = "Paths that start with this (no wildcards)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 100)"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")
+    ),
+    responses(
+        (status = 200, description = "Requests", body = Page<RequestEntry>),
+        (status = 400, description = "Bad input", body = ErrorBody),
+        (status = 401, description = "No valid admin token", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody)
+    ))]
+fn requests() {}
+
+/// One key's requests, newest first, and its client addresses with first and last seen
+#[utoipa::path(get, path = "/v1/api-keys/{id}/requests", tag = "requests",
+    params(
+        ("id" = String, Path, description = "The key's id"),
+        ("from" = Option<String>, Query, format = DateTime, description = "RFC 3339, inclusive"),
+        ("to" = Option<String>, Query, format = DateTime, description = "RFC 3339, exclusive"),
+        ("status" = Option<u16>, Query, description = "The status the client got (0, or 100 to 599)"),
+        ("decision" = Option<String>, Query, pattern = "^(allowed|missing|invalid|revoked|expired|forbidden|rate_limited|unavailable|bad_request)$", description = "keygate's decision"),
+        ("client_ip" = Option<String>, Query, description = "One client address"),
+        ("path_prefix" = Option<String>, Query, description = "Paths that start with this (no wildcards)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 100)"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")
+    ),
+    responses(
+        (status = 200, description = "The key's requests and addresses", body = KeyRequestsPage),
+        (status = 400, description = "Bad input", body = ErrorBody),
+        (status = 401, description = "No valid admin token", body = ErrorBody),
+        (status = 404, description = "No such key", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody)
+    ))]
+fn key_requests() {}
 
 /// A single-use link that opens a customer portal session for one tenant
 #[utoipa::path(post, path = "/v1/portal-sessions", tag = "portal",

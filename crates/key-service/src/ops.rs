@@ -9,8 +9,11 @@ use super::model::StoredKey;
 use super::state::{now, tenant_scope, App};
 use super::store::{Actor, Rolled, Store, Updated, UsageQuery, UsageSummary};
 use super::usage::{summary_answer, Range};
-use super::views::{CreatedKey, Key};
+use super::views::{ClientIpEntry, CreatedKey, Key, RequestEntry};
 use crate::mint;
+use crate::request_log::{
+    format_time_ms, parse_query, ClientIp, Cursor, RequestQuery, StoredRequest,
+};
 use keygate::keys::digest_hex;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -190,4 +193,93 @@ pub async fn usage_summary<S: Store>(
         })
         .await?;
     Ok((range, summary_answer(&range, &s)))
+}
+
+/// A page of the request log as `caller` may see it: a tenant's caller, its tenant only (another
+/// tenant asked for: nothing). `Err` for a bad filter.
+pub async fn requests<S: Store>(
+    app: &App<S>,
+    caller: &Caller,
+    params: &HashMap<String, String>,
+    default_limit: usize,
+) -> Result<(Vec<StoredRequest>, Option<String>), ApiError> {
+    let mut q = parse_query(params, default_limit).map_err(ApiError::BadRequest)?;
+    let Some(tenant) = tenant_scope(caller, q.tenant.as_ref()) else {
+        return Ok((vec![], None));
+    };
+    q.tenant = tenant.map(str::to_string);
+    page_of(app, q).await
+}
+
+/// A page of one key's requests (the key visible to `caller`, else `NotFound`).
+pub async fn key_requests<S: Store>(
+    app: &App<S>,
+    caller: &Caller,
+    id: &str,
+    params: &HashMap<String, String>,
+    default_limit: usize,
+) -> Result<(Vec<StoredRequest>, Option<String>), ApiError> {
+    visible(app, caller, id).await?;
+    let mut q = parse_query(params, default_limit).map_err(ApiError::BadRequest)?;
+    q.key_id = Some(id.to_string());
+    // The key's own records: a tenant filter beside it narrows nothing a caller may not see.
+    q.tenant = None;
+    page_of(app, q).await
+}
+
+async fn page_of<S: Store>(
+    app: &App<S>,
+    mut q: RequestQuery,
+) -> Result<(Vec<StoredRequest>, Option<String>), ApiError> {
+    let limit = q.limit;
+    q.limit = limit + 1;
+    let mut rows = app.store.requests(&q).await?;
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let next = rows.last().filter(|_| more).map(|r| {
+        Cursor {
+            time_ms: r.record.time_ms,
+            id: r.id,
+        }
+        .encode()
+    });
+    Ok((rows, next))
+}
+
+/// A key's client addresses (the key visible to `caller`).
+pub async fn client_ips<S: Store>(
+    app: &App<S>,
+    caller: &Caller,
+    id: &str,
+    limit: usize,
+) -> Result<Vec<ClientIp>, ApiError> {
+    visible(app, caller, id).await?;
+    Ok(app.store.client_ips(id, limit).await?)
+}
+
+pub fn request_entry(r: StoredRequest) -> RequestEntry {
+    let r = r.record;
+    RequestEntry {
+        time: format_time_ms(r.time_ms),
+        key_id: r.key_id,
+        tenant: r.tenant,
+        environment: r.environment,
+        decision: r.decision,
+        method: r.method,
+        path: r.path,
+        route: r.route,
+        status: r.status,
+        client_ip: r.client_ip,
+        duration_ms: r.duration_ms,
+        user_agent: r.user_agent,
+    }
+}
+
+pub fn client_ip_entry(c: ClientIp) -> ClientIpEntry {
+    ClientIpEntry {
+        client_ip: c.client_ip,
+        first_seen: format_time_ms(c.first_seen_ms),
+        last_seen: format_time_ms(c.last_seen_ms),
+        requests: c.requests,
+    }
 }

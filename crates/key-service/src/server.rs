@@ -1,12 +1,13 @@
-//! The HTTP/1.1 server under `keygate serve`'s routes, with the limits a service facing hostile
+//! The HTTP server under `keygate serve`'s routes (HTTP/1.1, and HTTP/2 with prior knowledge
+//! for gRPC clients: Envoy's access logger, [`crate::otlp`]), with the limits a service facing hostile
 //! clients needs (axum's `serve` has none of them): a connection limit below the open-files
 //! limit (connections over it are closed at once, never queued), a deadline for request
 //! headers that also closes idle keep-alive connections, a deadline for bodies (in the routes),
 //! and a shutdown that waits for requests in flight at most [`Limits::shutdown_grace`].
 
 use axum::Router;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
 use std::sync::Arc;
@@ -97,10 +98,21 @@ pub async fn serve(
         let header_read = limits.header_read;
         connections.spawn(async move {
             let _permit = permit;
-            let conn = http1::Builder::new()
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(header_read)
-                .serve_connection(TokioIo::new(stream), service);
+                .header_read_timeout(header_read);
+            // HTTP/2 (a gRPC client's long-lived connection): bounded streams and headers, and
+            // pings that find a peer gone quiet.
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(64)
+                .max_header_list_size(16 * 1024)
+                .keep_alive_interval(Some(Duration::from_secs(30)))
+                .keep_alive_timeout(Duration::from_secs(10));
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}

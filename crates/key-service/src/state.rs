@@ -3,6 +3,7 @@
 //! may see.
 
 use crate::auth::{Auth, Caller};
+use crate::ingest::RequestLog;
 use crate::input::text_ok;
 use crate::server::Peer;
 use crate::store::Actor;
@@ -27,6 +28,8 @@ pub struct App<S> {
     pub insecure_cookies: bool,
     /// The dashboard's address as customers reach it (`--public-url`): portal links point there.
     pub public_url: Option<String>,
+    /// Where request-log exports are written (in batches, by one task).
+    pub request_log: RequestLog,
 }
 
 /// One listener's view of the app: `gateway` = trust keygate's identity headers.
@@ -48,6 +51,13 @@ pub fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The audit log's view of a caller: who, from which address (on the gateway listener, the

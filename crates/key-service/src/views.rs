@@ -161,6 +161,50 @@ pub struct AuditEntry {
     pub ip: Option<String>,
 }
 
+/// One request of the request log (SPEC §13): never key material.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RequestEntry {
+    /// The request's start, RFC 3339 with milliseconds.
+    #[schema(example = "2026-12-06T10:30:00.123Z")]
+    pub time: String,
+    /// The key's id; `null` when no key was found (decision `missing` or `invalid`).
+    pub key_id: Option<String>,
+    pub tenant: Option<String>,
+    pub environment: Option<String>,
+    #[schema(example = "allowed")]
+    pub decision: String,
+    pub method: String,
+    /// The judged path, without the query.
+    pub path: String,
+    /// The Envoy route's name.
+    pub route: Option<String>,
+    /// The status the client got (`0`: the client went away before an answer).
+    pub status: u16,
+    pub client_ip: Option<String>,
+    pub duration_ms: Option<i64>,
+    pub user_agent: Option<String>,
+}
+
+/// A client address of a key, over the log's retention.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ClientIpEntry {
+    pub client_ip: String,
+    pub first_seen: String,
+    pub last_seen: String,
+    pub requests: i64,
+}
+
+/// `GET /v1/api-keys/{id}/requests`: a page of the key's requests, and its client addresses.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct KeyRequestsPage {
+    pub success: bool,
+    pub data: Vec<RequestEntry>,
+    /// Given back as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+    /// The key's distinct client addresses, the most recently seen first (at most 1000).
+    pub client_ips: Vec<ClientIpEntry>,
+}
+
 /// A portal session just created: `url` opens it once, before `expires_at`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct PortalSession {

@@ -2,6 +2,7 @@
 //! answers, and its errors. [`super::sql`] implements it on SQLite and PostgreSQL.
 
 use crate::model::{StoredKey, UsageEntry, UsageRow};
+use crate::request_log::{ClientIp, RequestQuery, RequestRecord, StoredRequest};
 use std::collections::BTreeMap;
 use std::future::Future;
 
@@ -323,4 +324,18 @@ pub trait Store: Send + Sync + 'static {
         hours_before: i64,
         days_before: i64,
     ) -> impl Future<Output = Result<Pruned>> + Send;
+    /// Appends request-log records (SPEC §13) in one transaction.
+    fn record_requests(&self, records: &[RequestRecord])
+        -> impl Future<Output = Result<()>> + Send;
+    /// A page of the request log, newest first.
+    fn requests(&self, q: &RequestQuery)
+        -> impl Future<Output = Result<Vec<StoredRequest>>> + Send;
+    /// A key's client addresses with first and last seen, the latest first.
+    fn client_ips(
+        &self,
+        key_id: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<ClientIp>>> + Send;
+    /// Drops the request log's days before `before_day` (days since the epoch).
+    fn prune_requests(&self, before_day: i64) -> impl Future<Output = Result<u64>> + Send;
 }

@@ -12,11 +12,12 @@
 
 //!
 //! The steps: [`interface`] (the trait and its records), [`schema`] (the two backends,
-//! migrations, the epoch), [`sql`] (the statements).
+//! migrations, the epoch), [`sql`] (the statements; [`requests`]: the request log's).
 
 mod audit;
 mod interface;
 mod portal;
+mod requests;
 mod schema;
 mod sessions;
 mod sql;

@@ -30,7 +30,8 @@ impl Backend {
 }
 
 /// Schema migrations, applied in order at start; each runs once (recorded in
-/// `keygate_schema`). Portable SQL: both backends run the same statements.
+/// `keygate_schema`). Portable SQL: both backends run the same statements (but for migration 8,
+/// [`request_log_migration`]).
 const MIGRATIONS: &[&[&str]] = &[
     &[
         "CREATE TABLE keygate_meta (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
@@ -144,6 +145,66 @@ const MIGRATIONS: &[&[&str]] = &[
     )"],
 ];
 
+/// Migration 8: the request log (SPEC §13, store/requests.rs), the one migration whose
+/// statements differ: PostgreSQL partitions the log by day (an aged day is dropped whole), with
+/// ids from a sequence (a partitioned table has no identity column before PostgreSQL 17).
+const REQUEST_LOG_COLUMNS: &str = "time BIGINT NOT NULL,
+        key_id TEXT,
+        tenant TEXT,
+        environment TEXT,
+        decision TEXT NOT NULL,
+        method TEXT NOT NULL,
+        path TEXT NOT NULL,
+        route TEXT,
+        status INTEGER NOT NULL,
+        client_ip TEXT,
+        duration_ms BIGINT,
+        user_agent TEXT";
+
+fn request_log_migration(backend: Backend) -> Vec<String> {
+    let table = match backend {
+        Backend::Sqlite => {
+            format!("CREATE TABLE request_log (id INTEGER PRIMARY KEY, {REQUEST_LOG_COLUMNS})")
+        }
+        Backend::Postgres => format!(
+            "CREATE TABLE request_log (id BIGINT NOT NULL DEFAULT nextval('request_log_ids'), \
+             {REQUEST_LOG_COLUMNS}) PARTITION BY RANGE (time)"
+        ),
+    };
+    let mut steps = Vec::new();
+    if backend == Backend::Postgres {
+        steps.push("CREATE SEQUENCE request_log_ids".to_string());
+    }
+    steps.push(table);
+    steps.extend(
+        [
+            "CREATE INDEX request_log_time ON request_log (time, id)",
+            "CREATE INDEX request_log_key ON request_log (key_id, time, id)",
+            "CREATE INDEX request_log_tenant ON request_log (tenant, time, id)",
+            "CREATE TABLE request_log_ips (
+        key_id TEXT NOT NULL,
+        client_ip TEXT NOT NULL,
+        first_seen BIGINT NOT NULL,
+        last_seen BIGINT NOT NULL,
+        n BIGINT NOT NULL,
+        PRIMARY KEY (key_id, client_ip)
+    )",
+        ]
+        .map(String::from),
+    );
+    steps
+}
+
+/// Every migration's statements on `backend`, in order.
+fn migrations(backend: Backend) -> Vec<Vec<String>> {
+    let mut all: Vec<Vec<String>> = MIGRATIONS
+        .iter()
+        .map(|steps| steps.iter().map(|s| s.to_string()).collect())
+        .collect();
+    all.push(request_log_migration(backend));
+    all
+}
+
 pub(super) async fn migrate(
     pool: &AnyPool,
     backend: Backend,
@@ -159,12 +220,12 @@ pub(super) async fn migrate(
         .fetch_one(&mut *tx)
         .await?
         .try_get("n")?;
-    for (i, steps) in MIGRATIONS.iter().enumerate() {
+    for (i, steps) in migrations(backend).iter().enumerate() {
         let version = i as i64 + 1;
         if version <= applied {
             continue;
         }
-        for step in *steps {
+        for step in steps {
             sqlx::query(step).execute(&mut *tx).await?;
         }
         sqlx::query("INSERT INTO keygate_schema (version) VALUES ($1)")

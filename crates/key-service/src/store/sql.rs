@@ -4,10 +4,12 @@ use super::interface::{
     Actor, AuditQuery, AuditRecord, Feed, KeyCursor, OpenedPortal, PortalSession, Pruned, Recorded,
     Result, Rolled, SessionKind, Store, Updated, UsageQuery, UsageSummary, WebSession,
 };
+use super::requests::{self, Partitions};
 use super::schema::{ensure_epoch, migrate, Backend};
 use super::usage;
 use super::{audit, portal, sessions};
 use crate::model::{StoredKey, UsageEntry, UsageRow};
+use crate::request_log::{ClientIp, RequestQuery, RequestRecord, StoredRequest};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::AnyConnection;
 use sqlx::Connection;
@@ -35,6 +37,8 @@ pub struct SqlStore {
     backend: Backend,
     /// Random, made with the database: part of every version.
     epoch: String,
+    /// The request log's days made so far (PostgreSQL).
+    partitions: Partitions,
 }
 
 impl SqlStore {
@@ -102,6 +106,7 @@ impl SqlStore {
             pool,
             backend,
             epoch,
+            partitions: Partitions::default(),
         })
     }
 
@@ -534,5 +539,21 @@ impl Store for SqlStore {
 
     async fn prune_usage(&self, hours_before: i64, days_before: i64) -> Result<Pruned> {
         usage::prune(&self.pool, hours_before, days_before).await
+    }
+
+    async fn record_requests(&self, records: &[RequestRecord]) -> Result<()> {
+        requests::record(&self.pool, self.backend, &self.partitions, records).await
+    }
+
+    async fn requests(&self, q: &RequestQuery) -> Result<Vec<StoredRequest>> {
+        requests::read(&self.pool, q).await
+    }
+
+    async fn client_ips(&self, key_id: &str, limit: usize) -> Result<Vec<ClientIp>> {
+        requests::client_ips(&self.pool, key_id, limit).await
+    }
+
+    async fn prune_requests(&self, before_day: i64) -> Result<u64> {
+        requests::prune(&self.pool, self.backend, &self.partitions, before_day).await
     }
 }
