@@ -35,7 +35,7 @@ fn service(dir: &Path, database: &str) -> Service {
     Service::start(ServiceOpts {
         database,
         config: &cfg,
-        gateway: false,
+        gateway: true,
         sync_token: true,
         port: None,
     })
@@ -60,21 +60,19 @@ fn create(s: &Service, body: Value) -> (String, String) {
 }
 
 /// Waits (bounded) until Envoy's workers let `key` (allowed to GET) through: the key set has
-/// arrived. The probes are logged too (user agent `probe`).
-fn wait_for_key(e: &Envoy, key: &str) {
+/// arrived. The probes are logged too (user agent `probe`). Answers how many were let through.
+fn wait_for_key(e: &Envoy, key: &str) -> u64 {
+    let mut allowed = 0;
     let ok = wait_until(15, || {
         (0..4).all(|_| {
-            send(
-                e.port,
-                "GET",
-                "/probe",
-                &[("x-api-key", key), ("user-agent", "probe")],
-            )
-            .status
-                == 200
+            let h = [("x-api-key", key), ("user-agent", "probe")];
+            let ok = send(e.port, "GET", "/probe", &h).status == 200;
+            allowed += u64::from(ok);
+            ok
         })
     });
     assert!(ok, "the key never reached Envoy");
+    allowed
 }
 
 /// Every record in the log (all pages), newest first.
@@ -142,6 +140,13 @@ fn every_judged_request_once(database: &str, dir: &Path, name: &str, db_file: Op
         ("GET", "/v1/things", vec![], 401),
         ("GET", "/v1/things", vec![("x-api-key", invalid)], 401),
         ("GET", "/v1/sandbox", vec![("x-api-key", &reader)], 200),
+        // A client's own x-envoy-original-path is not the path logged.
+        (
+            "GET",
+            "/v1/real",
+            vec![("x-api-key", &reader), ("x-envoy-original-path", "/forged")],
+            200,
+        ),
     ];
     let tag = format!("reqlog-{}", std::process::id());
     for (i, (method, path, headers, want)) in cases.iter().enumerate() {
@@ -185,6 +190,7 @@ fn every_judged_request_once(database: &str, dir: &Path, name: &str, db_file: Op
         // The environment of the prefix the unknown key has (SPEC §2's X-Environment).
         json!({"key_id": null, "tenant": null, "environment": "LIVE", "decision": "invalid", "method": "GET", "path": "/v1/things", "route": null, "status": 401}),
         json!({"key_id": reader_id, "tenant": null, "environment": "SANDBOX", "decision": "allowed", "method": "GET", "path": "/v1/sandbox", "route": null, "status": 200}),
+        json!({"key_id": reader_id, "tenant": null, "environment": "SANDBOX", "decision": "allowed", "method": "GET", "path": "/v1/real", "route": null, "status": 200}),
     ];
     for (i, want) in expect.iter().enumerate() {
         let got = by_ua(i);
@@ -278,6 +284,42 @@ fn every_judged_request_once(database: &str, dir: &Path, name: &str, db_file: Op
     }
     assert_eq!(paged, all_records(&s, "decision=allowed").len());
 
+    // A customer (a tenant admin key, through the gateway listener) sees its tenant only.
+    let (st, v) = as_tenant(&s, "org_b", "GET", "/v1/requests?limit=1000", None);
+    assert_eq!(st, 200, "{v}");
+    let mine = v["data"].as_array().unwrap();
+    assert_eq!(mine.len(), 2, "{v:#}");
+    assert!(mine.iter().all(|r| r["tenant"] == json!("org_b")));
+    let (st, v) = as_tenant(&s, "org_b", "GET", "/v1/requests?tenant=org_a", None);
+    assert_eq!((st, v["data"].as_array().map(Vec::len)), (200, Some(0)));
+    let (st, v) = as_tenant(
+        &s,
+        "org_b",
+        "GET",
+        &format!("/v1/api-keys/{live_id}/requests"),
+        None,
+    );
+    assert_eq!((st, v["code"].as_str()), (404, Some("NOT_FOUND")));
+    let (st, v) = as_tenant(
+        &s,
+        "org_b",
+        "GET",
+        &format!("/v1/api-keys/{limited_id}/requests"),
+        None,
+    );
+    assert_eq!((st, v["data"].as_array().map(Vec::len)), (200, Some(2)));
+    // Bad filters: 400 with the parameter named.
+    let (st, v) = s.admin("GET", "/v1/requests?status=abc", None);
+    assert_eq!(
+        (st, v),
+        (
+            400,
+            json!({"success": false, "error": "status: \"abc\" is not an HTTP status", "code": "BAD_REQUEST"})
+        )
+    );
+    let (st, _) = call(&s.url(), "GET", "/v1/requests", None, None);
+    assert_eq!(st, 401);
+
     // No key material: neither a plaintext key (valid or not) nor the query string anywhere.
     if let Some(f) = db_file {
         let mut bytes = std::fs::read(f).unwrap_or_default();
@@ -313,4 +355,406 @@ fn postgres_every_judged_request_appears_once_with_its_fields() {
     let pg = Postgres::start("reqlog");
     let dir = scratch("pg");
     every_judged_request_once(&pg.database("keygate_reqlog"), &dir, "reqlog-pg", None);
+}
+
+/// All of Envoy's stats whose name holds `part`, as text (for messages).
+fn stats_with(e: &Envoy, part: &str) -> String {
+    let body = admin_get(e.admin, "/stats")
+        .map(|r| r.body)
+        .unwrap_or_default();
+    body.lines()
+        .filter(|l| l.contains(part))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// One of the request logger's counters in Envoy
+/// (`access_logs.open_telemetry_access_log.<stat_prefix>.<name>`).
+fn logger_stat(e: &Envoy, name: &str) -> u64 {
+    e.counter(&format!(
+        "access_logs.open_telemetry_access_log.keygate_request_log.{name}"
+    ))
+}
+
+#[test]
+fn the_service_away_for_ten_seconds_loses_records_counted_by_envoy_and_slows_nothing() {
+    let dir = scratch("outage");
+    let db = dir.join("keys.db");
+    let mut s = service(&dir, &format!("sqlite:{}", db.display()));
+    let up = Upstream::start("reqlog-outage");
+    let cfg = plugin_config().to_string();
+    let (id, key) = create(&s, json!({"prefix": "mlm_live_"}));
+    let e = envoy("reqlog-outage-envoy", &s, up.port, &cfg);
+    // The key's usage so far: the probes let through.
+    let probes = wait_for_key(&e, &key);
+    let usage = |s: &Service| {
+        s.admin("GET", &format!("/v1/api-keys/{id}/usage"), None).1["data"]["total"]["requests"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert!(wait_until(10, || usage(&s) == probes));
+    let dropped_before = logger_stat(&e, "logs_dropped");
+
+    s.kill();
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut slowest = Duration::ZERO;
+    while start.elapsed() < Duration::from_secs(10) {
+        let t = Instant::now();
+        let r = send(
+            e.port,
+            "GET",
+            "/v1/outage",
+            &[("x-api-key", &key), ("user-agent", "outage")],
+        );
+        slowest = slowest.max(t.elapsed());
+        assert_eq!(r.status, 200, "{r:?}");
+        sent += 1;
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Nothing waited for the logger: no request took a flush interval, let alone a timeout.
+    assert!(slowest < Duration::from_millis(500), "slowest {slowest:?}");
+    let dropped = logger_stat(&e, "logs_dropped") - dropped_before;
+    s.restart();
+    // After: every request is logged again.
+    for _ in 0..5 {
+        assert_eq!(
+            send(
+                e.port,
+                "GET",
+                "/v1/after",
+                &[("x-api-key", &key), ("user-agent", "after")]
+            )
+            .status,
+            200
+        );
+    }
+    let (_, after) = wait_for_records(&s, "after", 5, Duration::from_secs(10));
+    assert_eq!(after.len(), 5, "{}", stats_with(&e, "keygate_request_log"));
+    let outage: Vec<Value> = all_records(&s, "")
+        .into_iter()
+        .filter(|r| r["user_agent"] == json!("outage"))
+        .collect();
+    let stored = outage.len() as u64;
+    let mut times: Vec<&str> = outage.iter().map(|r| r["time"].as_str().unwrap()).collect();
+    times.sort_unstable();
+    times.dedup();
+    assert_eq!(times.len(), outage.len(), "a record stored twice");
+    // Records were lost, and every one not stored is counted by Envoy (the last half second's,
+    // still in Envoy's buffer when the service came back, arrive late; Envoy may count some of
+    // those as dropped too: its count is an upper bound).
+    println!("sent {sent}, stored {stored}, dropped {dropped}, slowest {slowest:?}");
+    assert!(
+        stored < sent && dropped > 0 && dropped <= sent,
+        "{}",
+        stats_with(&e, "keygate_request_log")
+    );
+    assert!(
+        stored + dropped >= sent,
+        "{}",
+        stats_with(&e, "keygate_request_log")
+    );
+    // Usage stays exact: every request of the outage is counted (reports are retried).
+    let total = probes + sent + 5;
+    assert!(
+        wait_until(15, || usage(&s) == total),
+        "usage {} != {total}",
+        usage(&s)
+    );
+}
+
+/// Calls to `LogsService/Export` on one HTTP/2 connection, as Envoy makes them.
+mod otlp_client {
+    use keygate_key_service::otlp::ExportLogsServiceResponse;
+    use tonic::codegen::http::uri::PathAndQuery;
+    use tonic::transport::Channel;
+
+    pub struct Client {
+        pub runtime: tokio::runtime::Runtime,
+        channel: Channel,
+    }
+
+    impl Client {
+        pub fn connect(port: u16) -> Client {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let channel = runtime.block_on(async {
+                Channel::from_shared(format!("http://127.0.0.1:{port}"))
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap()
+            });
+            Client { runtime, channel }
+        }
+
+        pub fn export<M: prost::Message + Send + Sync + 'static>(
+            &self,
+            message: M,
+            token: Option<&str>,
+        ) -> Result<ExportLogsServiceResponse, tonic::Status> {
+            let channel = self.channel.clone();
+            let token = token.map(|t| format!("Bearer {t}"));
+            self.runtime.block_on(async move {
+                let mut grpc = tonic::client::Grpc::new(channel);
+                grpc.ready().await.unwrap();
+                let mut request = tonic::Request::new(message);
+                if let Some(t) = token {
+                    request
+                        .metadata_mut()
+                        .insert("authorization", t.parse().unwrap());
+                }
+                grpc.unary(
+                    request,
+                    PathAndQuery::from_static(
+                        "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+                    ),
+                    tonic_prost::ProstCodec::<M, ExportLogsServiceResponse>::default(),
+                )
+                .await
+                .map(|r| r.into_inner())
+            })
+        }
+    }
+}
+
+/// Not an OTLP export: field 1 as a number where a message belongs.
+#[derive(Clone, PartialEq, prost::Message)]
+struct NotAnExport {
+    #[prost(uint64, tag = "1")]
+    resource_logs: u64,
+}
+
+fn export_of(
+    records: Vec<Vec<(&str, &str)>>,
+) -> keygate_key_service::otlp::ExportLogsServiceRequest {
+    use keygate_key_service::otlp::*;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            scope_logs: vec![ScopeLogs {
+                log_records: records
+                    .into_iter()
+                    .map(|attrs| LogRecord {
+                        time_unix_nano: now,
+                        observed_time_unix_nano: 0,
+                        attributes: attrs
+                            .into_iter()
+                            .map(|(k, v)| KeyValue {
+                                key: k.as_bytes().to_vec(),
+                                value: Some(AnyValue {
+                                    value: Some(Value::String(v.as_bytes().to_vec())),
+                                }),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            }],
+        }],
+    }
+}
+
+#[test]
+fn exports_need_the_sync_token_and_bad_ones_are_refused_whole_on_a_connection_that_stays_up() {
+    let dir = scratch("grpc");
+    let s = service(&dir, &format!("sqlite:{}", dir.join("keys.db").display()));
+    let client = otlp_client::Client::connect(s.port);
+    let good = |ua: &'static str| {
+        vec![
+            ("decision", "allowed"),
+            ("method", "GET"),
+            ("path", "/v1/x"),
+            ("status", "200"),
+            ("key_id", "k1"),
+            ("user_agent", ua),
+        ]
+    };
+    let stored = |ua: &str| {
+        all_records(&s, "")
+            .iter()
+            .filter(|r| r["user_agent"] == json!(ua))
+            .count()
+    };
+    // The sync token: none, or another, is refused.
+    for token in [None, Some("not-the-token")] {
+        let e = client
+            .export(export_of(vec![good("no-token")]), token)
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    }
+    // One bad record refuses the whole export, naming it.
+    let mut bad = good("bad");
+    bad[3] = ("status", "600");
+    let e = client
+        .export(export_of(vec![good("bad-batch"), bad]), Some(SYNC_TOKEN))
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert_eq!(e.message(), "log record 1: status: out of range");
+    // Not protobuf of an export.
+    let e = client
+        .export(NotAnExport { resource_logs: 7 }, Some(SYNC_TOKEN))
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    // Over the size limit (4 MiB).
+    let huge: &'static str = Box::leak("a".repeat(5 << 20).into_boxed_str());
+    let e = client
+        .export(export_of(vec![good(huge)]), Some(SYNC_TOKEN))
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::OutOfRange, "{e:?}");
+    // The same connection still takes a good export, and only that was stored.
+    client
+        .export(
+            export_of(vec![good("ok-1"), good("ok-2")]),
+            Some(SYNC_TOKEN),
+        )
+        .unwrap();
+    assert_eq!((stored("ok-1"), stored("ok-2")), (1, 1));
+    assert_eq!(stored("no-token") + stored("bad-batch") + stored("bad"), 0);
+    // Records keygate did not judge (no decision) are skipped, not refused.
+    client
+        .export(
+            export_of(vec![
+                vec![("method", "GET"), ("path", "/public")],
+                good("ok-3"),
+            ]),
+            Some(SYNC_TOKEN),
+        )
+        .unwrap();
+    assert_eq!(stored("ok-3"), 1);
+    assert_eq!(all_records(&s, "").len(), 3);
+    // The service's own count of what became of records.
+    let (_, _, metrics) = call_raw(&s.url(), "GET", "/metrics", None, &[]);
+    for line in [
+        "keygate_serve_request_log_records_total{outcome=\"stored\"} 3",
+        "keygate_serve_request_log_records_total{outcome=\"refused\"} 2",
+        "keygate_serve_request_log_records_total{outcome=\"not_judged\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    }
+}
+
+/// Records of days before today written straight into a store (Envoy never sends a record a day
+/// old; a database that has run for days has them).
+fn seed_old_days(database: &str, days_back: &[i64]) {
+    use keygate_key_service::request_log::RequestRecord;
+    use keygate_key_service::store::{SqlStore, Store};
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let records: Vec<RequestRecord> = days_back
+        .iter()
+        .map(|d| RequestRecord {
+            time_ms: now_ms - d * 86_400_000,
+            key_id: Some("old".into()),
+            tenant: None,
+            environment: None,
+            decision: "allowed".into(),
+            method: "GET".into(),
+            path: format!("/day-{d}"),
+            route: None,
+            status: 200,
+            client_ip: Some("192.0.2.1".into()),
+            duration_ms: Some(1),
+            user_agent: None,
+        })
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = SqlStore::open(database).await.unwrap();
+        store.record_requests(&records).await.unwrap();
+    });
+}
+
+fn retention_drops_whole_days(database: &str, dir: &Path) {
+    // Today, and 1, 2, 5 and 40 days ago.
+    seed_old_days(database, &[0, 1, 2, 5, 40]);
+    let cfg = dir.join("plugin.json");
+    std::fs::write(&cfg, plugin_config().to_string()).unwrap();
+    let opts = || ServiceOpts {
+        database,
+        config: &cfg,
+        gateway: false,
+        sync_token: true,
+        port: None,
+    };
+    let paths = |s: &Service| -> Vec<String> {
+        all_records(s, "")
+            .iter()
+            .map(|r| r["path"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // `0` keeps everything.
+    let s = Service::start_args(opts(), &["--request-log-days", "0"]);
+    assert_eq!(
+        paths(&s),
+        ["/day-0", "/day-1", "/day-2", "/day-5", "/day-40"]
+    );
+    drop(s);
+    // 3 days: today and the two before it; the pruning runs at start, then hourly.
+    let s = Service::start_args(opts(), &["--request-log-days", "3"]);
+    assert!(
+        wait_until(10, || paths(&s) == ["/day-0", "/day-1", "/day-2"]),
+        "{:?}\n{}",
+        paths(&s),
+        s.log()
+    );
+    // The key's address, last seen within the kept days, stays; one last seen before goes.
+    let (_, v) = s.admin("GET", "/v1/requests?key_id=old", None);
+    assert_eq!(v["data"].as_array().unwrap().len(), 3);
+    drop(s);
+    let s = Service::start_args(opts(), &["--request-log-days", "1"]);
+    assert!(
+        wait_until(10, || paths(&s) == ["/day-0"]),
+        "{:?}",
+        paths(&s)
+    );
+}
+
+#[test]
+fn sqlite_retention_drops_whole_days() {
+    let dir = scratch("retention-sqlite");
+    retention_drops_whole_days(&format!("sqlite:{}", dir.join("keys.db").display()), &dir);
+}
+
+#[test]
+fn postgres_retention_drops_whole_days_as_partitions() {
+    let pg = Postgres::start("reqlog-retention");
+    let dir = scratch("retention-pg");
+    let url = pg.database("keygate_retention");
+    retention_drops_whole_days(&url, &dir);
+    // What is left on PostgreSQL is today's partition (and no other).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let parts: Vec<String> = rt.block_on(async {
+        use sqlx::Row;
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+        sqlx::query(
+            "SELECT CAST(c.relname AS TEXT) AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'request_log'",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<String, _>("name"))
+        .collect()
+    });
+    let today = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400;
+    assert_eq!(parts, [format!("request_log_d{today}")]);
 }

@@ -289,7 +289,7 @@ pub(super) async fn prune(
     match backend {
         Backend::Postgres => {
             let rows = sqlx::query(
-                "SELECT c.relname AS name FROM pg_inherits i \
+                "SELECT CAST(c.relname AS TEXT) AS name FROM pg_inherits i \
                  JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent \
                  WHERE p.relname = 'request_log'",
             )
