@@ -284,6 +284,47 @@ fn every_judged_request_once(database: &str, dir: &Path, name: &str, db_file: Op
     }
     assert_eq!(paged, all_records(&s, "decision=allowed").len());
 
+    // The CLI: the key's requests since an hour ago, and its addresses.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(keygate_bin())
+            .args(["keys", "requests"])
+            .args(args)
+            .env("KEYGATE_SERVER", s.url())
+            .env("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = cli(&[&limited_id, "--since", "1h"]);
+    assert_eq!(code, Some(0), "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("TIME") && lines[0].contains("DECISION"),
+        "{out}"
+    );
+    assert!(
+        lines[1].contains(" 429 ") && lines[1].contains("rate_limited"),
+        "{out}"
+    );
+    assert!(
+        lines[2].contains(" 200 ") && lines[2].contains("allowed"),
+        "{out}"
+    );
+    assert!(
+        out.contains("CLIENT IP") && out.contains("127.0.0.1"),
+        "{out}"
+    );
+    let (code, out) = cli(&[&limited_id, "--json", "--decision", "allowed"]);
+    assert_eq!(code, Some(0), "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["data"].as_array().unwrap().len(), 1, "{v:#}");
+    assert_eq!(v["client_ips"][0]["requests"], json!(2));
+    let (code, _) = cli(&[&limited_id, "--since", "1 week"]);
+    assert_eq!(code, Some(1));
+
     // A customer (a tenant admin key, through the gateway listener) sees its tenant only.
     let (st, v) = as_tenant(&s, "org_b", "GET", "/v1/requests?limit=1000", None);
     assert_eq!(st, 200, "{v}");

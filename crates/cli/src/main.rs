@@ -195,6 +195,9 @@ enum KeysCommand {
         #[arg(long)]
         grace_seconds: Option<u64>,
     },
+    /// A key's requests from the request log, newest first, and the client addresses it was
+    /// used from (first and last seen)
+    Requests(keys::Requests),
     /// A key's usage by hour
     Usage {
         id: String,
@@ -331,6 +334,7 @@ fn keys_command(server: &str, json: bool, command: KeysCommand) -> Result<(), St
         KeysCommand::Update(u) => keys::update(server, u, json),
         KeysCommand::Audit(a) => keys::audit(server, a, json),
         KeysCommand::Roll { id, grace_seconds } => keys::roll(server, &id, grace_seconds, json),
+        KeysCommand::Requests(r) => keys::requests(server, r, json),
         KeysCommand::Usage { id, from, to } => {
             keys::usage(server, &id, from.as_deref(), to.as_deref(), json)
         }
