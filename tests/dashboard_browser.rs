@@ -89,6 +89,8 @@ async fn an_operator_and_a_customer_manage_keys_in_a_browser() {
     let cfg_text = cfg.to_string();
     let mut o = EnvoyOpts::new("dashboard", &cfg_text, up.port);
     o.key_service = Some(s.port);
+    // The request log (SPEC §13): the Requests page and the key's latest requests.
+    o.request_log = Some((s.port, None));
     let e = Envoy::start(&o);
     let base = s.url();
 
@@ -166,6 +168,42 @@ async fn an_operator_and_a_customer_manage_keys_in_a_browser() {
     b.goto(&format!("{base}/dashboard/usage?r=7d")).await;
     b.screenshot("usage").await;
 
+    // The Requests page: the key's requests, newest first, filtered with the form.
+    b.goto(&format!("{base}/dashboard/requests?key_id={id}")).await;
+    let requests = b.source().await;
+    assert!(requests.contains("<code>POST /v1/orders/1</code>"), "the first request");
+    assert_eq!(requests.matches("<code>GET /orders/7</code>").count(), 4);
+    b.select("#decision", "allowed").await;
+    b.follow("form.filters button").await;
+    assert!(b.path().await.contains("decision=allowed"));
+    assert!(b.source().await.contains("<code>GET /orders/7</code>"));
+    b.select("#decision", "forbidden").await;
+    b.follow("form.filters button").await;
+    assert_eq!(b.text(".empty h2").await, "No requests");
+    b.fill("#status", "abc").await;
+    b.client
+        .execute("document.getElementById('status').removeAttribute('pattern'); return null", vec![])
+        .await
+        .unwrap();
+    b.follow("form.filters button").await;
+    assert!(b.text(".error").await.starts_with("status:"));
+    b.goto(&format!("{base}/dashboard/requests")).await;
+    b.screenshot("requests").await;
+    // The CSV, with the session's cookie: a header and a line per request, no markup.
+    let cookie = b.client.get_named_cookie("keygate_session").await.unwrap();
+    let csv = send(
+        s.port,
+        "GET",
+        &format!("/dashboard/requests.csv?key_id={id}"),
+        &[("cookie", &format!("keygate_session={}", cookie.value()))],
+    );
+    assert_eq!(csv.status, 200);
+    assert_eq!(csv.header("content-type"), Some("text/csv; charset=utf-8"));
+    let lines: Vec<&str> = csv.body.lines().collect();
+    assert!(lines[0].starts_with("time,key_id,tenant,"), "{}", csv.body);
+    assert_eq!(lines.len(), 1 + sent as usize, "{}", csv.body);
+    assert!(lines[1..].iter().all(|l| l.contains(&id) && l.contains(",allowed,")));
+
     // Editing the role: Envoy answers 403 for a write within the sync bound.
     b.goto(&format!("{base}/dashboard/keys/{id}")).await;
     b.select("#role", "reader").await;
@@ -181,6 +219,19 @@ async fn an_operator_and_a_customer_manage_keys_in_a_browser() {
     )
     .await;
     assert_eq!(status(&e, "GET", "/v1/orders/1", &key), 200);
+    // The key's page: its latest requests (the 403 first) and the address it was used from.
+    until(
+        Duration::from_secs(5),
+        "the refused write on the key's page",
+        async || {
+            b.goto(&format!("{base}/dashboard/keys/{id}")).await;
+            b.source().await.contains("<td>forbidden</td>")
+                || b.source().await.contains("</span>forbidden</td>")
+        },
+    )
+    .await;
+    assert!(b.source().await.contains("<td><a href=\"/dashboard/requests?key_id="));
+    assert!(b.source().await.contains(">127.0.0.1</a>"));
     b.screenshot("key").await;
 
     // Rolling with no grace: a new key shown once, the old one refused.
@@ -278,6 +329,13 @@ async fn an_operator_and_a_customer_manage_keys_in_a_browser() {
     c.goto(&format!("{base}/dashboard/usage?tenant=org_acme&r=30d"))
         .await;
     assert!(!c.source().await.contains(&acme_key));
+    // The customer's Requests page: its tenant's only, whatever the URL asks.
+    c.goto(&format!("{base}/dashboard/requests?tenant=org_acme&key_id={id}"))
+        .await;
+    assert_eq!(c.text(".empty h2").await, "No requests");
+    c.goto(&format!("{base}/dashboard/requests")).await;
+    assert!(!c.source().await.contains(&id));
+    c.screenshot("portal-requests").await;
     // The code was single-use (opened again in a portal session: asked first, then refused).
     c.goto(&portal_url).await;
     assert_eq!(c.text("h1").await, "Open another portal?");

@@ -31,6 +31,10 @@ async fn known_id<S: Store>(ctx: &Ctx<S>, web: &Web, id: &str) -> Result<(), Res
 #[template(path = "key.html")]
 struct KeyPage {
     l: Layout,
+    /// Its latest requests and client addresses (the request log).
+    recent: super::requests::Recent,
+    /// The request table's rows (the shared table template reads `rows`).
+    rows: Vec<super::requests::Row>,
     k: Row,
     roles: Vec<String>,
     own_role: String,
@@ -86,7 +90,11 @@ async fn key_page<S: Store>(
         StatusCode::OK
     };
     let (_, roles) = choices(ctx, web);
+    let mut recent = super::requests::recent_for_key(ctx, web, id).await;
+    let rows = std::mem::take(&mut recent.rows);
     let p = KeyPage {
+        recent,
+        rows,
         own_role: k.role.clone().unwrap_or_default(),
         name: k.name.clone().unwrap_or_default(),
         expires_date: k

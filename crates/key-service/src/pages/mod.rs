@@ -3,12 +3,13 @@
 //! ([`super::ops`]). Every action is a plain HTML form; `assets/app.js` only enhances.
 //!
 //! The flow: [`session`] (sign-in, sign-out, who is asking, CSRF) → [`keys`], [`usage`],
-//! [`audit`] (one page each) → [`html`] (the frame and the headers every page sends).
+//! [`requests`], [`audit`] (one page each) → [`html`] (the frame and the headers every page sends).
 
 mod audit;
 pub(crate) mod html;
 mod key;
 mod keys;
+mod requests;
 pub(crate) mod session;
 mod usage;
 
@@ -42,6 +43,8 @@ pub fn routes<S: Store>() -> Router<Ctx<S>> {
         .route("/dashboard/usage", get(usage::show::<S>))
         .route("/dashboard/usage.csv", get(usage::csv::<S>))
         .route("/dashboard/audit", get(audit::show::<S>))
+        .route("/dashboard/requests", get(requests::show::<S>))
+        .route("/dashboard/requests.csv", get(requests::csv::<S>))
         .route(
             "/assets/app.css",
             get(|| asset("text/css", include_str!("../../assets/app.css"))),
