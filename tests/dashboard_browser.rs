@@ -169,9 +169,13 @@ async fn an_operator_and_a_customer_manage_keys_in_a_browser() {
     b.screenshot("usage").await;
 
     // The Requests page: the key's requests, newest first, filtered with the form.
-    b.goto(&format!("{base}/dashboard/requests?key_id={id}")).await;
+    b.goto(&format!("{base}/dashboard/requests?key_id={id}"))
+        .await;
     let requests = b.source().await;
-    assert!(requests.contains("<code>POST /v1/orders/1</code>"), "the first request");
+    assert!(
+        requests.contains("<code>POST /v1/orders/1</code>"),
+        "the first request"
+    );
     assert_eq!(requests.matches("<code>GET /orders/7</code>").count(), 4);
     b.select("#decision", "allowed").await;
     b.follow("form.filters button").await;
@@ -182,7 +186,10 @@ async fn an_operator_and_a_customer_manage_keys_in_a_browser() {
     assert_eq!(b.text(".empty h2").await, "No requests");
     b.fill("#status", "abc").await;
     b.client
-        .execute("document.getElementById('status').removeAttribute('pattern'); return null", vec![])
+        .execute(
+            "document.getElementById('status').removeAttribute('pattern'); return null",
+            vec![],
+        )
         .await
         .unwrap();
     b.follow("form.filters button").await;
@@ -202,7 +209,9 @@ async fn an_operator_and_a_customer_manage_keys_in_a_browser() {
     let lines: Vec<&str> = csv.body.lines().collect();
     assert!(lines[0].starts_with("time,key_id,tenant,"), "{}", csv.body);
     assert_eq!(lines.len(), 1 + sent as usize, "{}", csv.body);
-    assert!(lines[1..].iter().all(|l| l.contains(&id) && l.contains(",allowed,")));
+    assert!(lines[1..]
+        .iter()
+        .all(|l| l.contains(&id) && l.contains(",allowed,")));
 
     // Editing the role: Envoy answers 403 for a write within the sync bound.
     b.goto(&format!("{base}/dashboard/keys/{id}")).await;
@@ -230,7 +239,10 @@ async fn an_operator_and_a_customer_manage_keys_in_a_browser() {
         },
     )
     .await;
-    assert!(b.source().await.contains("<td><a href=\"/dashboard/requests?key_id="));
+    assert!(b
+        .source()
+        .await
+        .contains("<td><a href=\"/dashboard/requests?key_id="));
     assert!(b.source().await.contains(">127.0.0.1</a>"));
     b.screenshot("key").await;
 
@@ -330,8 +342,10 @@ async fn an_operator_and_a_customer_manage_keys_in_a_browser() {
         .await;
     assert!(!c.source().await.contains(&acme_key));
     // The customer's Requests page: its tenant's only, whatever the URL asks.
-    c.goto(&format!("{base}/dashboard/requests?tenant=org_acme&key_id={id}"))
-        .await;
+    c.goto(&format!(
+        "{base}/dashboard/requests?tenant=org_acme&key_id={id}"
+    ))
+    .await;
     assert_eq!(c.text(".empty h2").await, "No requests");
     c.goto(&format!("{base}/dashboard/requests")).await;
     assert!(!c.source().await.contains(&id));

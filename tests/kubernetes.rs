@@ -52,18 +52,7 @@ fn build(overlay: &str) -> String {
 
 /// The documents of a YAML stream, as JSON values.
 fn objects(yaml: &str) -> Vec<Value> {
-    let mut cmd = Command::new(python());
-    cmd.args([
-        "-c",
-        "import json,sys,yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))",
-    ]);
-    let out = piped(cmd, yaml);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    yaml_documents(yaml)
 }
 
 fn validate(yaml: &str) -> Result<(), String> {

@@ -35,15 +35,10 @@ fn relabel_configs() -> Value {
         .output()
         .expect("kubectl");
     assert!(out.status.success());
-    let mut cmd = Command::new(repo().join(".venv/bin/python"));
-    cmd.args(["-c", "import json,sys,yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d and d['kind']=='PodMonitor']))"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(&out.stdout).unwrap();
-    let monitors: Value =
-        serde_json::from_slice(&child.wait_with_output().unwrap().stdout).unwrap();
+    let monitors: Vec<Value> = yaml_documents(&String::from_utf8_lossy(&out.stdout))
+        .into_iter()
+        .filter(|d| d["kind"] == "PodMonitor")
+        .collect();
     let rules = monitors[0]["spec"]["podMetricsEndpoints"][0]["metricRelabelings"]
         .as_array()
         .expect("the PodMonitor's metricRelabelings")

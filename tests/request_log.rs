@@ -112,6 +112,9 @@ fn wait_for_records(s: &Service, tag: &str, n: usize, limit: Duration) -> (Durat
     }
 }
 
+/// A request: method, path, headers, the status it gets.
+type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, u16);
+
 /// One judged request of each kind, each exactly once with its fields, within 2 s; a public path
 /// not at all; no key material anywhere in the database.
 fn every_judged_request_once(database: &str, dir: &Path, name: &str, db_file: Option<&Path>) {
@@ -127,7 +130,7 @@ fn every_judged_request_once(database: &str, dir: &Path, name: &str, db_file: Op
     let e = envoy(name, &s, up.port, &cfg);
     wait_for_key(&e, &reader);
     let invalid = "mlm_live_00000000000000000000000000000000";
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, u16)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "GET",
             "/orders/1?secret=query",

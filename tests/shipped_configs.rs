@@ -940,3 +940,47 @@ fn keygate_version_prints_the_version_and_the_revision() {
     );
     assert!(out.status.success());
 }
+
+/// The shipped Envoy files that talk to `keygate serve` send it the request log (SPEC §13) with
+/// the logger the tests run ([`request_log_logger`]): the same attributes, filter and stats
+/// prefix, to an HTTP/2 cluster of the service.
+#[test]
+fn shipped_envoy_files_with_a_key_service_send_it_the_request_log() {
+    for file in ["envoy/demo.yaml", "envoy/compose-envoy.yaml"] {
+        let text = std::fs::read_to_string(repo().join(file)).unwrap();
+        let doc = &yaml_documents(&text)[0];
+        let hcm = &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"];
+        let loggers: Vec<&serde_json::Value> = hcm["access_log"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["name"] == "envoy.access_loggers.open_telemetry")
+            .collect();
+        assert_eq!(loggers.len(), 1, "{file}");
+        let want = request_log_logger("keyservice_request_log", Some("demo-sync-token-7Qm2"));
+        assert_eq!(loggers[0], &want, "{file}");
+        let cluster = doc["static_resources"]["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "keyservice_request_log")
+            .unwrap_or_else(|| panic!("{file}: no cluster keyservice_request_log"));
+        assert!(
+            cluster["typed_extension_protocol_options"]
+                .to_string()
+                .contains("http2_protocol_options"),
+            "{file}: HTTP/2"
+        );
+        let keyservice = doc["static_resources"]["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "keyservice")
+            .unwrap();
+        assert_eq!(
+            cluster["load_assignment"]["endpoints"], keyservice["load_assignment"]["endpoints"],
+            "{file}: the key service's address"
+        );
+    }
+}

@@ -89,6 +89,40 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     d
 }
 
+/// The documents of a YAML stream as JSON values (PyYAML in the project's venv, which
+/// `make kube-tools` installs).
+pub fn yaml_documents(yaml: &str) -> Vec<Value> {
+    let python = repo().join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: `make kube-tools`",
+        python.display()
+    );
+    let mut child = Command::new(python)
+        .args([
+            "-c",
+            "import json,sys,yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(yaml.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("ran");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
 /// A short directory under the system's temporary directory, for paths with a length limit
 /// (podman refuses a `--runroot` over 50 characters; a Unix socket path holds 107 bytes), which a
 /// checkout in a deep directory would exceed under `target/itest`.

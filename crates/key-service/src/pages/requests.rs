@@ -74,7 +74,14 @@ struct RequestsPage {
 /// the end of the day named (both UTC).
 fn api_query(q: &HashMap<String, String>, tenant: &str) -> HashMap<String, String> {
     let mut out = HashMap::new();
-    for name in ["key_id", "status", "decision", "client_ip", "path_prefix", "cursor"] {
+    for name in [
+        "key_id",
+        "status",
+        "decision",
+        "client_ip",
+        "path_prefix",
+        "cursor",
+    ] {
         if let Some(v) = q.get(name).map(|v| v.trim()).filter(|v| !v.is_empty()) {
             out.insert(name.to_string(), v.to_string());
         }
@@ -97,7 +104,15 @@ fn api_query(q: &HashMap<String, String>, tenant: &str) -> HashMap<String, Strin
 /// The filters as a query string (without the cursor), for the next page and the CSV.
 fn filters_query(q: &HashMap<String, String>, tenant: &str) -> String {
     let mut parts = Vec::new();
-    for name in ["key_id", "status", "decision", "client_ip", "path_prefix", "from", "to"] {
+    for name in [
+        "key_id",
+        "status",
+        "decision",
+        "client_ip",
+        "path_prefix",
+        "from",
+        "to",
+    ] {
         if let Some(v) = q.get(name).filter(|v| !v.is_empty()) {
             parts.push(format!("{name}={}", super::html::enc(v)));
         }
