@@ -209,7 +209,7 @@ line "sleep 3; $KEYGATE keys list" "LAST USED is set (usage reports)" \
 line "$KEYGATE keys usage acme_key_1" "2 requests, by hour" \
   'total: 2 requests, 2 allowed, 0 rejected'
 line "$KEYGATE keys requests acme_key_1" "the request log: each call, then the addresses it came from" \
-  '/v1/api-keys*200*allowed*/v1/orders*200*allowed*CLIENT IP*127.0.0.1*2'
+  '/v1/api-keys*200*allowed*/v1/orders*200*allowed*CLIENT IP*FIRST SEEN*LAST SEEN*REQUESTS*Z  2'
 line "$KEYGATE keys revoke acme_key_1; sleep 2; curl -i -H \"x-tenant-api-key: \$KEY\" $API/v1/orders" \
   "401 revoked within 2 s" 'revoked successfully*HTTP/1.1 401 *{"error":"API key has been revoked","code":"UNAUTHORIZED"}'
 line "curl -s $SERVICE/ | grep -o '<h1>Sign in</h1>'" "the dashboard answers (open it in a browser)" '<h1>Sign in</h1>'

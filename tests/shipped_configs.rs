@@ -790,7 +790,7 @@ fn the_demo_smoke_checks_every_printed_line_and_envoy_starts_without_warnings() 
     let (out, _, ports) = run_demo(None, None);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{stdout}{stderr}");
-    assert!(stdout.contains("demo smoke: ok (all 15 lines)"), "{stdout}");
+    assert!(stdout.contains("demo smoke: ok (all 16 lines)"), "{stdout}");
     let printed = stdout.lines().filter(|l| {
         l.starts_with("  curl ") || l.starts_with("  for ") || l.starts_with("  sleep 1; curl ")
     });
