@@ -7,7 +7,7 @@
 //! every query passes promtool; the WasmPlugin pulls by digest and passes `keygate check`.
 mod common;
 use common::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -147,7 +147,7 @@ fn pods_have_meaningful_probes_resources_and_a_restricted_security_context() {
                 .map(|p| p["name"].as_str().unwrap().to_string())
                 .collect()
         };
-        assert_eq!(ports("keygate-serve"), ["http"]);
+        assert_eq!(ports("keygate-serve"), ["http", "grpc-otlp"]);
         assert_eq!(ports("keygate-ratelimit"), ["grpc", "http-metrics"]);
         let pdb = find(&objs, "PodDisruptionBudget", "keygate-ratelimit");
         assert_eq!(pdb["spec"]["minAvailable"], 1);
@@ -320,4 +320,40 @@ fn the_istio_overlay_pulls_the_filter_by_digest_with_the_shipped_plugin_configur
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("spec.pluginConfig: ok"));
+}
+
+/// The istio overlay sends the proxies' request log to keygate serve (SPEC §13): its EnvoyFilter
+/// appends the logger the shipped Envoy files carry (the tests' [`request_log_logger`]) to the
+/// selected workloads' connection manager, to Istio's cluster of the Service's `grpc-otlp` port,
+/// with the WasmPlugin's sync token; the Service's port is HTTP/2 for the mesh.
+#[test]
+fn the_istio_overlay_sends_the_request_log_to_the_key_service_over_http2() {
+    let objs = objects(&build("istio"));
+    let filter = find(&objs, "EnvoyFilter", "keygate-request-log");
+    let plugin = find(&objs, "WasmPlugin", "keygate");
+    assert_eq!(
+        filter["spec"]["workloadSelector"]["labels"],
+        plugin["spec"]["selector"]["matchLabels"]
+    );
+    let patch = &filter["spec"]["configPatches"][0];
+    assert_eq!(patch["applyTo"], "NETWORK_FILTER");
+    assert_eq!(patch["patch"]["operation"], "MERGE");
+    let logger = &patch["patch"]["value"]["typed_config"]["access_log"][0];
+    let token = plugin["spec"]["pluginConfig"]["key_sync"]["token"]
+        .as_str()
+        .unwrap();
+    let host = "keygate-serve.keygate.svc.cluster.local";
+    let mut want = request_log_logger(&format!("outbound|4317||{host}"), Some(token));
+    want["typed_config"]["grpc_service"]["envoy_grpc"]["authority"] = json!(host);
+    assert_eq!(logger, &want);
+    let port = find(&objs, "Service", "keygate-serve")["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "grpc-otlp")
+        .cloned()
+        .unwrap();
+    assert_eq!(port["port"], 4317);
+    assert_eq!(port["appProtocol"], "grpc");
+    assert_eq!(port["targetPort"], "http");
 }
