@@ -290,6 +290,32 @@ fn request_cost() {
         want: 200,
         samples: vec![],
     });
+    // The request log on (SPEC §13): the same configuration with Envoy's OpenTelemetry logger
+    // sending every judged request to a real keygate serve (SQLite): what producing and sending
+    // the records costs Envoy (keygate's filter does no more work: it is Envoy's logger).
+    let sink_dir = scratch_dir("bench-request-log");
+    let sink_cfg = sink_dir.join("plugin.json");
+    std::fs::write(&sink_cfg, &twin).expect("plugin.json");
+    let sink = common::service::Service::start(common::service::ServiceOpts {
+        database: &format!("sqlite:{}", sink_dir.join("keys.db").display()),
+        config: &sink_cfg,
+        gateway: false,
+        sync_token: true,
+        port: None,
+    });
+    variants.push(Variant {
+        name: "keygate, allowed, no limit, request log on (OTLP to keygate serve)",
+        envoy: {
+            let mut o = EnvoyOpts::new("bench-keygate-request-log", &twin, 1);
+            o.direct_response = true;
+            o.concurrency = COST_CONCURRENCY;
+            o.request_log = Some((sink.port, Some(common::service::SYNC_TOKEN.to_string())));
+            Envoy::start(&o)
+        },
+        headers: key_hdr("bk_live_3"),
+        want: 200,
+        samples: vec![],
+    });
     // The shipped filter is rustc's output optimised once more by wasm-opt -O2 (`make wasm`):
     // the same request with rustc's output alone shows what that pass costs or saves.
     let limited = keygate_variants()

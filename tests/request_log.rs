@@ -539,10 +539,23 @@ mod otlp_client {
             message: M,
             token: Option<&str>,
         ) -> Result<ExportLogsServiceResponse, tonic::Status> {
+            self.export_with(message, token, false)
+        }
+
+        /// [`Client::export`], gzip-compressed when `gzip` (as a collector sends).
+        pub fn export_with<M: prost::Message + Send + Sync + 'static>(
+            &self,
+            message: M,
+            token: Option<&str>,
+            gzip: bool,
+        ) -> Result<ExportLogsServiceResponse, tonic::Status> {
             let channel = self.channel.clone();
             let token = token.map(|t| format!("Bearer {t}"));
             self.runtime.block_on(async move {
                 let mut grpc = tonic::client::Grpc::new(channel);
+                if gzip {
+                    grpc = grpc.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+                }
                 grpc.ready().await.unwrap();
                 let mut request = tonic::Request::new(message);
                 if let Some(t) = token {
@@ -658,6 +671,11 @@ fn exports_need_the_sync_token_and_bad_ones_are_refused_whole_on_a_connection_th
         )
         .unwrap();
     assert_eq!((stored("ok-1"), stored("ok-2")), (1, 1));
+    // gzip, as an OpenTelemetry Collector sends by default.
+    client
+        .export_with(export_of(vec![good("ok-gzip")]), Some(SYNC_TOKEN), true)
+        .unwrap();
+    assert_eq!(stored("ok-gzip"), 1);
     assert_eq!(stored("no-token") + stored("bad-batch") + stored("bad"), 0);
     // Records keygate did not judge (no decision) are skipped, not refused.
     client
@@ -670,11 +688,11 @@ fn exports_need_the_sync_token_and_bad_ones_are_refused_whole_on_a_connection_th
         )
         .unwrap();
     assert_eq!(stored("ok-3"), 1);
-    assert_eq!(all_records(&s, "").len(), 3);
+    assert_eq!(all_records(&s, "").len(), 4);
     // The service's own count of what became of records.
     let (_, _, metrics) = call_raw(&s.url(), "GET", "/metrics", None, &[]);
     for line in [
-        "keygate_serve_request_log_records_total{outcome=\"stored\"} 3",
+        "keygate_serve_request_log_records_total{outcome=\"stored\"} 4",
         "keygate_serve_request_log_records_total{outcome=\"refused\"} 2",
         "keygate_serve_request_log_records_total{outcome=\"not_judged\"} 1",
     ] {

@@ -984,3 +984,34 @@ fn shipped_envoy_files_with_a_key_service_send_it_the_request_log() {
         );
     }
 }
+
+/// The OpenTelemetry Collector configuration docs/request-log.md ships for installations past
+/// one database is whole (no collector runs offline here): every component a pipeline names is
+/// configured, it receives OTLP/gRPC on 4317, and it sends on to keygate serve with the sync
+/// token, uncompressed or gzip (both taken: tests/request_log.rs).
+#[test]
+fn the_collector_configuration_for_the_request_log_is_whole() {
+    let text = std::fs::read_to_string(repo().join("ops/otel-collector/request-log.yaml")).unwrap();
+    let c = &yaml_documents(&text)[0];
+    let pipeline = &c["service"]["pipelines"]["logs"];
+    for (kind, list) in [
+        ("receivers", "receivers"),
+        ("processors", "processors"),
+        ("exporters", "exporters"),
+    ] {
+        for name in pipeline[list].as_array().unwrap() {
+            let name = name.as_str().unwrap();
+            assert!(c[kind][name].is_object(), "{kind}.{name} is not configured");
+        }
+    }
+    assert_eq!(
+        c["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"],
+        "0.0.0.0:4317"
+    );
+    let keygate = &c["exporters"]["otlp/keygate"];
+    assert_eq!(
+        keygate["headers"]["authorization"],
+        "Bearer ${env:KEYGATE_SYNC_TOKEN}"
+    );
+    assert!(keygate["endpoint"].as_str().unwrap().ends_with(":4317"));
+}

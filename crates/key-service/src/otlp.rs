@@ -1,7 +1,7 @@
 //! The request log's way in (SPEC §13): OpenTelemetry's `LogsService/Export` (OTLP/gRPC), as
 //! Envoy's `envoy.access_loggers.open_telemetry` sends it, served on the service's listeners
 //! over HTTP/2. The sync token is required when the service has one (as for `/keys` and
-//! `/usage`); every record of an export is checked ([`crate::request_log::check`]) and one bad
+//! `/usage`); gzip-compressed exports are taken; every record of an export is checked ([`crate::request_log::check`]) and one bad
 //! record refuses the export (`INVALID_ARGUMENT`, nothing stored); the connection stays up.
 //!
 //! The messages are prost derives written out by hand (no protoc): the fields of
@@ -230,7 +230,10 @@ pub async fn export<S: Store>(State(ctx): State<Ctx<S>>, request: Request) -> Re
             .into_http::<tonic::body::Body>()
             .into_response();
     }
-    let mut grpc = Grpc::new(OtlpCodec).apply_max_message_size_config(Some(MAX_MESSAGE), None);
+    // gzip: an OpenTelemetry Collector's exporter compresses by default (Envoy does not).
+    let mut grpc = Grpc::new(OtlpCodec)
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .apply_max_message_size_config(Some(MAX_MESSAGE), None);
     grpc.unary(Export(ctx.app.clone()), request)
         .await
         .into_response()
