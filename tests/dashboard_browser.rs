@@ -25,8 +25,8 @@ fn plugin_config() -> Value {
         ],
         "roles": {"admin": {"methods": ["*"]}, "writer": {"methods": ["GET", "POST"]},
                   "reader": {"methods": ["GET"], "forbidden_message": "This key can only read"}},
-        "key_sync": {"cluster": "keyservice", "path": "/keys", "interval_seconds": INTERVAL, "timeout_ms": 1000},
-        "usage_report": {"cluster": "keyservice", "path": "/usage", "interval_seconds": INTERVAL, "timeout_ms": 1000},
+        "key_sync": {"cluster": "keyservice", "path": "/keys", "interval_seconds": INTERVAL, "timeout_ms": 1000, "token": SYNC_TOKEN},
+        "usage_report": {"cluster": "keyservice", "path": "/usage", "interval_seconds": INTERVAL, "timeout_ms": 1000, "token": SYNC_TOKEN},
         "public_paths": ["/healthz"]
     })
 }
@@ -80,7 +80,8 @@ async fn an_operator_and_a_customer_manage_keys_in_a_browser() {
             database: &db,
             config: &cfg_path,
             gateway: false,
-            sync_token: false,
+            // The request log takes records from the proxies only, with the sync token.
+            sync_token: true,
             port: None,
         },
         &["--insecure-cookies"],
@@ -90,7 +91,7 @@ async fn an_operator_and_a_customer_manage_keys_in_a_browser() {
     let mut o = EnvoyOpts::new("dashboard", &cfg_text, up.port);
     o.key_service = Some(s.port);
     // The request log (SPEC §13): the Requests page and the key's latest requests.
-    o.request_log = Some((s.port, None));
+    o.request_log = Some((s.port, Some(SYNC_TOKEN.to_string())));
     let e = Envoy::start(&o);
     let base = s.url();
 

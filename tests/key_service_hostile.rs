@@ -245,6 +245,25 @@ fn idle_and_half_sent_connections_are_closed_and_limited() {
         None
     )
     .0 == 200));
+    // HTTP/2 (the request log's gRPC): a client that sends only the start of the preface, or
+    // the whole preface and its settings and then nothing, is closed by the same deadline; the
+    // server's own SETTINGS and GOAWAY may come first.
+    for opening in [
+        &b"PR"[..],
+        &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"[..],
+    ] {
+        let mut h2 = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+        h2.write_all(opening).unwrap();
+        h2.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let t = Instant::now();
+        let mut sink = Vec::new();
+        let _ = h2.read_to_end(&mut sink);
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "an HTTP/2 connection without a request is closed ({} bytes sent)",
+            opening.len()
+        );
+    }
     // A keep-alive connection left idle after an answer is closed too.
     let mut ka = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
     ka.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")

@@ -9,12 +9,16 @@
 use crate::metrics::{metrics, Logged};
 use crate::request_log::RequestRecord;
 use crate::store::Store;
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-/// Exports waiting for the writer at most.
+/// Exports waiting for the writer at most, and records.
 const QUEUE: usize = 256;
+const QUEUED_RECORDS: usize = 200_000;
 /// Records per transaction at most.
 const MAX_BATCH: usize = 5_000;
+/// The longest a write may take (a database that hangs is a failed write, not a stalled log).
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Why records were not stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,11 +32,14 @@ pub enum NotStored {
 struct Batch {
     records: Vec<RequestRecord>,
     done: oneshot::Sender<Result<(), NotStored>>,
+    /// The batch's place among the queued records, given back once it is written.
+    _room: OwnedSemaphorePermit,
 }
 
 /// The handle exports write through.
 pub struct RequestLog {
     queue: mpsc::Sender<Batch>,
+    room: Arc<Semaphore>,
 }
 
 /// The writer's end, run by [`write_batches`].
@@ -40,7 +47,13 @@ pub struct Writer(mpsc::Receiver<Batch>);
 
 pub fn request_log() -> (RequestLog, Writer) {
     let (queue, rx) = mpsc::channel(QUEUE);
-    (RequestLog { queue }, Writer(rx))
+    (
+        RequestLog {
+            queue,
+            room: Arc::new(Semaphore::new(QUEUED_RECORDS)),
+        },
+        Writer(rx),
+    )
 }
 
 impl RequestLog {
@@ -51,7 +64,22 @@ impl RequestLog {
         }
         let n = records.len() as u64;
         let (done, stored) = oneshot::channel();
-        if self.queue.try_send(Batch { records, done }).is_err() {
+        let room = u32::try_from(records.len())
+            .ok()
+            .and_then(|n| self.room.clone().try_acquire_many_owned(n).ok());
+        let Some(room) = room else {
+            metrics().logged(Logged::dropped, n);
+            return Err(NotStored::Busy);
+        };
+        if self
+            .queue
+            .try_send(Batch {
+                records,
+                done,
+                _room: room,
+            })
+            .is_err()
+        {
             metrics().logged(Logged::dropped, n);
             return Err(NotStored::Busy);
         }
@@ -79,7 +107,14 @@ pub async fn write_batches<S: Store>(store: &S, mut writer: Writer) {
             .iter_mut()
             .flat_map(|b| std::mem::take(&mut b.records))
             .collect();
-        let outcome = match store.record_requests(&records).await {
+        let written = tokio::time::timeout(WRITE_TIMEOUT, store.record_requests(&records))
+            .await
+            .unwrap_or_else(|_| {
+                Err(crate::store::StoreError::Unavailable(
+                    "the write took longer than 30 s".into(),
+                ))
+            });
+        let outcome = match written {
             Ok(()) => {
                 metrics().logged(Logged::stored, records.len() as u64);
                 Ok(())

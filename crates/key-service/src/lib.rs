@@ -229,10 +229,16 @@ async fn prune_hourly<S: Store>(store: &S, retention: Retention, request_log_day
     let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
     loop {
         every.tick().await;
-        if request_log_days > 0 {
-            // Today and the `days - 1` before it are kept.
-            let before_day = now().div_euclid(86_400) - i64::from(request_log_days) + 1;
-            match store.prune_requests(before_day).await {
+        {
+            // Today and the `days` before it are kept (as usage's retention counts days);
+            // `0`: every day.
+            let today = now().div_euclid(86_400);
+            let before_day = if request_log_days == 0 {
+                i64::MIN / 2
+            } else {
+                today - i64::from(request_log_days)
+            };
+            match store.prune_requests(before_day, today).await {
                 Ok(0) => {}
                 Ok(n) => eprintln!("keygate serve: request log retention: {n} dropped (days on PostgreSQL, rows on SQLite)"),
                 Err(e) => eprintln!(

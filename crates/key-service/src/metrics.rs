@@ -5,7 +5,8 @@
 //! the database failed), `keygate_serve_usage_reports_total{outcome}` (counted, duplicate,
 //! refused) and `keygate_serve_key_sync_answers_total{form}` (full_json, full_compact, delta,
 //! not_modified), `keygate_serve_request_log_records_total{outcome}` (stored, not_judged: a
-//! record without keygate's decision, skipped; refused: in an export refused as invalid;
+//! record without keygate's decision, skipped; stale: a request started over a day ago,
+//! skipped; refused: in an export refused as invalid;
 //! dropped: accepted by no write, the queue full or the database failing). One set per process.
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
@@ -51,6 +52,7 @@ pub enum Answer {
 pub enum Logged {
     stored,
     not_judged,
+    stale,
     refused,
     dropped,
 }

@@ -12,7 +12,7 @@
 
 use crate::ingest::NotStored;
 use crate::metrics::{metrics, Logged};
-use crate::request_log::{check, AttributeValue, Attributes, RequestRecord};
+use crate::request_log::{check, AttributeValue, Attributes, Fate, RequestRecord};
 use crate::state::{App, Ctx};
 use crate::store::Store;
 use axum::extract::{Request, State};
@@ -27,8 +27,13 @@ use tonic::Status;
 /// The path Envoy's OpenTelemetry access logger posts to.
 pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
 
-/// The largest export taken (Envoy sends one per flush, 16 KiB by default).
-pub const MAX_MESSAGE: usize = 4 * 1024 * 1024;
+/// The largest export taken, decompressed (Envoy sends one per flush, 16 KiB by default; an
+/// OpenTelemetry Collector's batch of 2,000 records is about 600 KiB).
+pub const MAX_MESSAGE: usize = 2 * 1024 * 1024;
+
+/// Exports read and decoded at once, at most (each holds up to [`MAX_MESSAGE`] and its records):
+/// the rest wait, within the body deadline.
+static DECODING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(16);
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ExportLogsServiceRequest {
@@ -106,14 +111,21 @@ pub struct ExportLogsPartialSuccess {
     pub error_message: String,
 }
 
-/// An export's records, checked; `Err` names the first bad one. Also answers how many were
-/// skipped as not judged by keygate.
-pub fn records_of(
-    export: &ExportLogsServiceRequest,
-    now_ms: i64,
-) -> Result<(Vec<RequestRecord>, u64), String> {
-    let mut kept = Vec::new();
-    let mut skipped = 0;
+/// An export's records, checked; `Err` names the first bad one.
+pub struct Checked {
+    pub kept: Vec<RequestRecord>,
+    /// Records keygate did not judge (skipped).
+    pub not_judged: u64,
+    /// Records of requests that started more than a day ago (skipped).
+    pub stale: u64,
+}
+
+pub fn records_of(export: &ExportLogsServiceRequest, now_ms: i64) -> Result<Checked, String> {
+    let mut out = Checked {
+        kept: Vec::new(),
+        not_judged: 0,
+        stale: 0,
+    };
     let all = export
         .resource_logs
         .iter()
@@ -144,11 +156,12 @@ pub fn records_of(
             values,
         };
         match check(&a, now_ms).map_err(|e| format!("log record {i}: {e}"))? {
-            Some(rec) => kept.push(rec),
-            None => skipped += 1,
+            Fate::Keep(rec) => out.kept.push(*rec),
+            Fate::NotJudged => out.not_judged += 1,
+            Fate::Stale => out.stale += 1,
         }
     }
-    Ok((kept, skipped))
+    Ok(out)
 }
 
 fn count(export: &ExportLogsServiceRequest) -> u64 {
@@ -209,34 +222,66 @@ impl<S: Store> UnaryService<ExportLogsServiceRequest> for Export<S> {
         let app = self.0.clone();
         Box::pin(async move {
             let export = request.into_inner();
-            let (records, skipped) = records_of(&export, crate::state::now_ms()).map_err(|e| {
+            let checked = records_of(&export, crate::state::now_ms()).map_err(|e| {
                 metrics().logged(Logged::refused, count(&export));
                 Status::invalid_argument(e)
             })?;
-            metrics().logged(Logged::not_judged, skipped);
-            app.request_log.write(records).await.map_err(|e| match e {
-                NotStored::Busy => Status::unavailable("the request log is behind: not stored"),
-                NotStored::Failed => Status::unavailable("the database failed: not stored"),
-            })?;
+            metrics().logged(Logged::not_judged, checked.not_judged);
+            metrics().logged(Logged::stale, checked.stale);
+            app.request_log
+                .write(checked.kept)
+                .await
+                .map_err(|e| match e {
+                    NotStored::Busy => Status::unavailable("the request log is behind: not stored"),
+                    NotStored::Failed => Status::unavailable("the database failed: not stored"),
+                })?;
             Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
         })
     }
 }
 
+fn refuse(status: Status) -> Response {
+    status.into_http::<tonic::body::Body>().into_response()
+}
+
 /// `POST /opentelemetry.proto.collector.logs.v1.LogsService/Export`.
 pub async fn export<S: Store>(State(ctx): State<Ctx<S>>, request: Request) -> Response {
+    // A gRPC call only (a browser's cross-site form or fetch cannot send this type).
+    let grpc_call = request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if !grpc_call {
+        return refuse(Status::invalid_argument(
+            "not a gRPC call (content-type application/grpc)",
+        ));
+    }
+    // Records are taken from the proxies only: the sync token is required, and a service
+    // without one takes none (anyone reaching the listener could write any tenant's log).
+    if ctx.app.auth.sync_sha256.is_none() {
+        return refuse(Status::unauthenticated(
+            "the request log needs the sync token: start keygate serve with KEYGATE_SYNC_TOKEN_SHA256",
+        ));
+    }
     if ctx.app.auth.sync(request.headers()).is_err() {
-        return Status::unauthenticated("the sync token is required")
-            .into_http::<tonic::body::Body>()
-            .into_response();
+        return refuse(Status::unauthenticated("the sync token is required"));
     }
     // gzip: an OpenTelemetry Collector's exporter compresses by default (Envoy does not).
     let mut grpc = Grpc::new(OtlpCodec)
         .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
         .apply_max_message_size_config(Some(MAX_MESSAGE), None);
-    grpc.unary(Export(ctx.app.clone()), request)
-        .await
-        .into_response()
+    let export = async {
+        let _decoding = DECODING.acquire().await;
+        grpc.unary(Export(ctx.app.clone()), request).await
+    };
+    // A body that trickles in holds a connection, not the service.
+    match tokio::time::timeout(crate::server::BODY_TIMEOUT, export).await {
+        Ok(r) => r.into_response(),
+        Err(_) => refuse(Status::deadline_exceeded(
+            "the export did not arrive in time",
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -281,8 +326,9 @@ mod tests {
         let bytes =
             export(vec![record("allowed"), record("-"), record("forbidden")]).encode_to_vec();
         let back = ExportLogsServiceRequest::decode(bytes.as_slice()).unwrap();
-        let (records, skipped) = records_of(&back, NOW).unwrap();
-        assert_eq!(skipped, 1);
+        let c = records_of(&back, NOW).unwrap();
+        let records = c.kept;
+        assert_eq!(c.not_judged, 1);
         assert_eq!(records.len(), 2);
         assert_eq!(records[0].time_ms, NOW - 5);
         assert_eq!(records[0].status, 201);
@@ -295,8 +341,8 @@ mod tests {
         let mut bad = record("allowed");
         bad.attributes.push(kv("status", Value::Double(1.0)));
         bad.attributes.remove(3);
-        let e = records_of(&export(vec![record("allowed"), bad]), NOW).unwrap_err();
-        assert_eq!(e, "log record 1: status: not a number");
+        let e = records_of(&export(vec![record("allowed"), bad]), NOW).err();
+        assert_eq!(e.as_deref(), Some("log record 1: status: not a number"));
     }
 
     #[test]
@@ -305,7 +351,7 @@ mod tests {
         r.time_unix_nano = 0;
         r.observed_time_unix_nano = NOW as u64 * 1_000_000;
         assert_eq!(
-            records_of(&export(vec![r.clone()]), NOW).unwrap().0[0].time_ms,
+            records_of(&export(vec![r.clone()]), NOW).unwrap().kept[0].time_ms,
             NOW
         );
         r.observed_time_unix_nano = 0;
@@ -319,7 +365,7 @@ mod tests {
             .push(kv("user_agent", Value::String(b"\xff\xfe".to_vec())));
         let bytes = export(vec![r]).encode_to_vec();
         let back = ExportLogsServiceRequest::decode(bytes.as_slice()).unwrap();
-        let (records, _) = records_of(&back, NOW).unwrap();
+        let records = records_of(&back, NOW).unwrap().kept;
         assert_eq!(records[0].user_agent.as_deref(), Some("\u{fffd}\u{fffd}"));
     }
 }

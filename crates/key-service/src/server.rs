@@ -1,13 +1,14 @@
 //! The HTTP server under `keygate serve`'s routes (HTTP/1.1, and HTTP/2 with prior knowledge
-//! for gRPC clients: Envoy's access logger, [`crate::otlp`]), with the limits a service facing hostile
+//! for gRPC clients: Envoy's access logger, [`crate::otlp`]; a connection says which within the
+//! header deadline, and an HTTP/2 one without a request for that long is closed), with the limits a service facing hostile
 //! clients needs (axum's `serve` has none of them): a connection limit below the open-files
 //! limit (connections over it are closed at once, never queued), a deadline for request
 //! headers that also closes idle keep-alive connections, a deadline for bodies (in the routes),
 //! and a shutdown that waits for requests in flight at most [`Limits::shutdown_grace`].
 
 use axum::Router;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
 use std::sync::Arc;
@@ -92,35 +93,71 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone().layer(axum::Extension(Peer(peer))));
+        let activity = Arc::new(Activity::default());
+        let app = app.clone().layer(axum::Extension(Peer(peer)));
         let mut stopping = stopping.clone();
         let grace = limits.shutdown_grace;
         let header_read = limits.header_read;
         connections.spawn(async move {
             let _permit = permit;
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
+            // Which protocol: a client has the header deadline to say (a silent one is closed).
+            let Ok(Ok(http2)) = tokio::time::timeout(header_read, is_http2(&stream)).await else {
+                return;
+            };
+            if !http2 {
+                let service = TowerToHyperService::new(app);
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_read)
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = stopping.changed() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(grace, conn).await;
+                    }
+                }
+                return;
+            }
+            // HTTP/2 with prior knowledge (a gRPC client: Envoy's access logger). Bounded
+            // streams and headers; closed when no request has been open for the header
+            // deadline, as an idle HTTP/1.1 keep-alive connection is.
+            let counted = activity.clone();
+            let app = app.layer(axum::middleware::from_fn(
+                move |req: axum::extract::Request, next: axum::middleware::Next| {
+                    let open = Activity::begin(counted.clone());
+                    async move {
+                        let r = next.run(req).await;
+                        drop(open);
+                        r
+                    }
+                },
+            ));
+            let conn = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
-                .header_read_timeout(header_read);
-            // HTTP/2 (a gRPC client's long-lived connection): bounded streams and headers, and
-            // pings that find a peer gone quiet.
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(64)
+                .max_concurrent_streams(16)
                 .max_header_list_size(16 * 1024)
                 .keep_alive_interval(Some(Duration::from_secs(30)))
-                .keep_alive_timeout(Duration::from_secs(10));
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
+                .keep_alive_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
             tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stopping.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(grace, conn).await;
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            // Stopping: requests in flight get the grace; idle: nothing is in flight, so the
+            // GOAWAY gets a moment, then the connection is closed.
+            let wait = loop {
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    _ = stopping.changed() => break grace,
+                    _ = tick.tick() => {
+                        if activity.idle_for() >= header_read {
+                            break Duration::from_secs(1);
+                        }
+                    }
                 }
-            }
+            };
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(wait, conn).await;
         });
     }
     drop(listener);
@@ -134,4 +171,70 @@ pub async fn serve(
         connections.abort_all();
     }
     Ok(())
+}
+
+/// HTTP/2's connection preface begins with `PRI`, which no HTTP/1.1 request does.
+const PREFACE: &[u8] = b"PRI";
+
+/// Whether the client opens with HTTP/2's preface, read without taking it from the stream.
+/// Waits for its first bytes (the caller bounds the wait).
+async fn is_http2(stream: &tokio::net::TcpStream) -> std::io::Result<bool> {
+    let mut buf = [0u8; 3];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if buf[..n] != PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == PREFACE.len() {
+            return Ok(true);
+        }
+        // The first byte or two of `PRI`: the rest is on its way.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Requests open on an HTTP/2 connection, and when the last one ended.
+struct Activity {
+    open: std::sync::atomic::AtomicUsize,
+    since: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            open: std::sync::atomic::AtomicUsize::new(0),
+            since: std::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+}
+
+/// One open request; it ends when dropped (also when the client resets the stream).
+struct Open(Arc<Activity>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.0.since.lock() {
+            *s = tokio::time::Instant::now();
+        }
+        self.0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Activity {
+    fn begin(a: Arc<Activity>) -> Open {
+        a.open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Open(a)
+    }
+    /// How long no request has been open (zero while one is).
+    fn idle_for(&self) -> Duration {
+        if self.open.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            return Duration::ZERO;
+        }
+        self.since.lock().map(|s| s.elapsed()).unwrap_or_default()
+    }
 }

@@ -185,7 +185,8 @@ pub struct RequestEntry {
     pub user_agent: Option<String>,
 }
 
-/// A client address of a key, over the log's retention.
+/// A client address of a key: first and last seen and its requests since first seen (an address
+/// not seen within the kept days is forgotten).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ClientIpEntry {
     pub client_ip: String,

@@ -336,6 +336,11 @@ pub trait Store: Send + Sync + 'static {
         key_id: &str,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<ClientIp>>> + Send;
-    /// Drops the request log's days before `before_day` (days since the epoch).
-    fn prune_requests(&self, before_day: i64) -> impl Future<Output = Result<u64>> + Send;
+    /// Drops the request log's days before `before_day` (days since the epoch); readies
+    /// `today`'s and the next.
+    fn prune_requests(
+        &self,
+        before_day: i64,
+        today: i64,
+    ) -> impl Future<Output = Result<u64>> + Send;
 }

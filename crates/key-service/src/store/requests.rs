@@ -46,6 +46,12 @@ impl Partitions {
             s.retain(|d| *d >= day);
         }
     }
+    /// After a failed write: a day another replica dropped is made again on the next.
+    fn forget_all(&self) {
+        if let Ok(mut s) = self.0.lock() {
+            s.clear();
+        }
+    }
 }
 
 fn partition_name(day: i64) -> String {
@@ -55,9 +61,8 @@ fn partition_name(day: i64) -> String {
 async fn ensure_partitions(
     pool: &AnyPool,
     partitions: &Partitions,
-    records: &[RequestRecord],
+    days: impl IntoIterator<Item = i64>,
 ) -> Result<()> {
-    let days: BTreeSet<i64> = records.iter().map(|r| day_of(r.time_ms)).collect();
     for day in days {
         if partitions.known(day) {
             continue;
@@ -89,8 +94,17 @@ pub(super) async fn record(
         return Ok(());
     }
     if backend == Backend::Postgres {
-        ensure_partitions(pool, partitions, records).await?;
+        let days: BTreeSet<i64> = records.iter().map(|r| day_of(r.time_ms)).collect();
+        ensure_partitions(pool, partitions, days).await?;
     }
+    let written = insert(pool, records).await;
+    if written.is_err() {
+        partitions.forget_all();
+    }
+    written
+}
+
+async fn insert(pool: &AnyPool, records: &[RequestRecord]) -> Result<()> {
     let mut tx = pool.begin().await?;
     for chunk in records.chunks(ROWS_PER_INSERT) {
         let sql = format!(
@@ -170,7 +184,11 @@ fn stored(r: &AnyRow) -> std::result::Result<StoredRequest, sqlx::Error> {
 }
 
 /// A page of records, newest first.
-pub(super) async fn read(pool: &AnyPool, q: &RequestQuery) -> Result<Vec<StoredRequest>> {
+pub(super) async fn read(
+    pool: &AnyPool,
+    backend: Backend,
+    q: &RequestQuery,
+) -> Result<Vec<StoredRequest>> {
     let mut clauses: Vec<String> = Vec::new();
     let mut n = 0;
     let mut next = || {
@@ -223,9 +241,9 @@ pub(super) async fn read(pool: &AnyPool, q: &RequestQuery) -> Result<Vec<StoredR
         binds.push(Bind::Text(p));
     }
     if let Some(c) = q.before {
-        let (t1, t2, i) = (next(), next(), next());
-        clauses.push(format!("(time < {t1} OR (time = {t2} AND id < {i}))"));
-        binds.push(Bind::Int(c.time_ms));
+        // A row comparison: both databases seek the (…, time, id) index to it.
+        let (t, i) = (next(), next());
+        clauses.push(format!("(time, id) < ({t}, {i})"));
         binds.push(Bind::Int(c.time_ms));
         binds.push(Bind::Int(c.id));
     }
@@ -245,7 +263,20 @@ pub(super) async fn read(pool: &AnyPool, q: &RequestQuery) -> Result<Vec<StoredR
             Bind::Int(i) => query.bind(i),
         };
     }
-    let rows = query.fetch_all(pool).await?;
+    // On PostgreSQL a read of the log gives up after 5 s: a filter no index serves must not
+    // hold the connections key sync and usage reports need.
+    let rows = match backend {
+        Backend::Postgres => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("SET LOCAL statement_timeout = 5000")
+                .execute(&mut *tx)
+                .await?;
+            let rows = query.fetch_all(&mut *tx).await?;
+            tx.commit().await?;
+            rows
+        }
+        Backend::Sqlite => query.fetch_all(pool).await?,
+    };
     Ok(rows
         .iter()
         .map(stored)
@@ -277,17 +308,20 @@ pub(super) async fn client_ips(
 }
 
 /// Drops the days before `before_day`: the records, and the addresses last seen then.
-/// Answers how many days (PostgreSQL) or rows (SQLite) went.
+/// Answers how many days (PostgreSQL) or rows (SQLite) went. On PostgreSQL it also makes
+/// today's and tomorrow's partitions, so that no write waits for a day to be made.
 pub(super) async fn prune(
     pool: &AnyPool,
     backend: Backend,
     partitions: &Partitions,
     before_day: i64,
+    today: i64,
 ) -> Result<u64> {
     let cutoff = before_day.saturating_mul(DAY_MS);
     let mut gone = 0u64;
     match backend {
         Backend::Postgres => {
+            ensure_partitions(pool, partitions, [today, today + 1]).await?;
             let rows = sqlx::query(
                 "SELECT CAST(c.relname AS TEXT) AS name FROM pg_inherits i \
                  JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent \
@@ -302,9 +336,16 @@ pub(super) async fn prune(
                     .strip_prefix("request_log_d")
                     .and_then(|d| d.parse::<i64>().ok());
                 if let Some(day) = day.filter(|d| *d < before_day) {
-                    sqlx::query(&format!("DROP TABLE IF EXISTS {}", partition_name(day)))
-                        .execute(pool)
+                    // Dropping locks the whole log for a moment: it waits at most 2 s for
+                    // reads in flight (then it is tried again at the next hour).
+                    let mut tx = pool.begin().await?;
+                    sqlx::query("SET LOCAL lock_timeout = 2000")
+                        .execute(&mut *tx)
                         .await?;
+                    sqlx::query(&format!("DROP TABLE IF EXISTS {}", partition_name(day)))
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
                     gone += 1;
                 }
             }

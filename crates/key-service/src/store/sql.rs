@@ -546,14 +546,21 @@ impl Store for SqlStore {
     }
 
     async fn requests(&self, q: &RequestQuery) -> Result<Vec<StoredRequest>> {
-        requests::read(&self.pool, q).await
+        requests::read(&self.pool, self.backend, q).await
     }
 
     async fn client_ips(&self, key_id: &str, limit: usize) -> Result<Vec<ClientIp>> {
         requests::client_ips(&self.pool, key_id, limit).await
     }
 
-    async fn prune_requests(&self, before_day: i64) -> Result<u64> {
-        requests::prune(&self.pool, self.backend, &self.partitions, before_day).await
+    async fn prune_requests(&self, before_day: i64, today: i64) -> Result<u64> {
+        requests::prune(
+            &self.pool,
+            self.backend,
+            &self.partitions,
+            before_day,
+            today,
+        )
+        .await
     }
 }
