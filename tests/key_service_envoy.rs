@@ -715,6 +715,92 @@ fn an_edited_role_is_enforced_by_envoy_within_the_interval() {
     let (_, json_out) = cli(&s, &["audit", "--key", &id, "--json"]);
     let entries: Value = serde_json::from_str(json_out.trim()).unwrap();
     assert_eq!(entries[0]["actor"], json!({"type": "admin", "id": null}));
+
+    // One flag language: update takes create's spellings (a list flag repeated replaces the
+    // key's list); the old ones still work, with a note.
+    let (code, out) = cli(
+        &s,
+        &[
+            "update",
+            &id,
+            "--rate-limit",
+            "3/minute",
+            "--allowed-ip",
+            "10.0.0.0/8",
+            "--allowed-ip",
+            "192.0.2.1",
+            "--allowed-path",
+            "/v1/*",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let k = s.admin("GET", &format!("/v1/api-keys/{id}"), None).1;
+    let (_, feed) = call(&s.url(), "GET", "/keys", None, None);
+    let entry = feed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == json!(id))
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        entry["rate_limits"],
+        json!([{"requests": 3, "per": "minute"}]),
+        "{k}"
+    );
+    assert_eq!(entry["allowed_ips"], json!(["10.0.0.0/8", "192.0.2.1"]));
+    assert_eq!(entry["allowed_paths"], json!(["/v1/*"]));
+    let out = std::process::Command::new(common::keygate_bin())
+        .args([
+            "keys",
+            "update",
+            &id,
+            "--allowed-ips",
+            "10.1.0.0/16,192.0.2.2",
+        ])
+        .env("KEYGATE_SERVER", s.url())
+        .env("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--allowed-ips is deprecated"));
+    // Exit codes: 2 for what the command line or environment gets wrong, 1 for what the
+    // service refuses.
+    let code_of = |args: &[&str], token: bool| {
+        let mut c = std::process::Command::new(common::keygate_bin());
+        c.arg("keys").args(args).env("KEYGATE_SERVER", s.url());
+        if token {
+            c.env("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN);
+        } else {
+            c.env_remove("KEYGATE_ADMIN_TOKEN");
+        }
+        c.output().unwrap().status.code()
+    };
+    assert_eq!(code_of(&["list"], false), Some(2), "no admin token");
+    assert_eq!(
+        code_of(&["update", &id, "--rate-limit", "3"], true),
+        Some(2)
+    );
+    assert_eq!(
+        code_of(&["update", &id, "--clear", "colour"], true),
+        Some(2)
+    );
+    assert_eq!(
+        code_of(&["update", &id], true),
+        Some(2),
+        "nothing to change"
+    );
+    assert_eq!(
+        code_of(&["update", &id, "--frobnicate"], true),
+        Some(2),
+        "clap's own"
+    );
+    assert_eq!(code_of(&["revoke", "no_such_key"], true), Some(1), "404");
+    assert_eq!(
+        code_of(&["update", &id, "--role", "no_such_role"], true),
+        Some(1),
+        "400"
+    );
 }
 
 #[test]

@@ -341,8 +341,9 @@ fn every_judged_request_once(database: &str, dir: &Path, name: &str, db_file: Op
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["data"].as_array().unwrap().len(), 1, "{v:#}");
     assert_eq!(v["client_ips"][0]["requests"], json!(2));
+    // A bad flag value is a usage error (2), as clap's own are.
     let (code, _) = cli(&[&limited_id, "--since", "1 week"]);
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(2));
 
     // A customer (a tenant admin key, through the gateway listener) sees its tenant only.
     let (st, v) = as_tenant(&s, "org_b", "GET", "/v1/requests?limit=1000", None);

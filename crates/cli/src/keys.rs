@@ -8,6 +8,35 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
 
+/// Why a `keys` command failed, and so its exit status: `Usage` (2) for what the command line
+/// or the environment gets wrong (a flag's value, no admin token), `Refused` (1) for what the
+/// service refused or could not answer.
+#[derive(Debug)]
+pub enum Fail {
+    Usage(String),
+    Refused(String),
+}
+
+impl From<String> for Fail {
+    fn from(e: String) -> Self {
+        Fail::Refused(e)
+    }
+}
+
+impl Fail {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Fail::Usage(_) => 2,
+            Fail::Refused(_) => 1,
+        }
+    }
+    pub fn message(self) -> String {
+        match self {
+            Fail::Usage(m) | Fail::Refused(m) => m,
+        }
+    }
+}
+
 /// An answer read into the service's own answer types (a field missing or of another type is
 /// an error, never a silent "-").
 fn typed<T: DeserializeOwned>(answer: Value, what: &str) -> Result<T, String> {
@@ -24,9 +53,10 @@ fn or_dash(v: &Option<String>) -> String {
 }
 
 /// A call's outcome: the answer's JSON, or a message for stderr.
-fn call(server: &str, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
-    let token = std::env::var("KEYGATE_ADMIN_TOKEN")
-        .map_err(|_| "set KEYGATE_ADMIN_TOKEN to the key service's admin token".to_string())?;
+fn call(server: &str, method: &str, path: &str, body: Option<&Value>) -> Result<Value, Fail> {
+    let token = std::env::var("KEYGATE_ADMIN_TOKEN").map_err(|_| {
+        Fail::Usage("set KEYGATE_ADMIN_TOKEN to the key service's admin token".to_string())
+    })?;
     let agent = ureq::Agent::new_with_config(
         ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -49,7 +79,7 @@ fn call(server: &str, method: &str, path: &str, body: Option<&Value>) -> Result<
             .header("content-type", "application/json")
             .send(body.map(Value::to_string).unwrap_or_default()),
     };
-    let mut response = response.map_err(|e| format!("{url}: {e}"))?;
+    let mut response = response.map_err(|e| Fail::Refused(format!("{url}: {e}")))?;
     let status = response.status().as_u16();
     // A list of many keys is large: no 10 MiB cap here.
     let text = response
@@ -57,17 +87,20 @@ fn call(server: &str, method: &str, path: &str, body: Option<&Value>) -> Result<
         .with_config()
         .limit(u64::MAX)
         .read_to_string()
-        .map_err(|e| format!("{url}: reading the answer: {e}"))?;
-    let value: Value = serde_json::from_str(&text)
-        .map_err(|_| format!("{url}: answered {status} with a body that is not JSON"))?;
+        .map_err(|e| Fail::Refused(format!("{url}: reading the answer: {e}")))?;
+    let value: Value = serde_json::from_str(&text).map_err(|_| {
+        Fail::Refused(format!(
+            "{url}: answered {status} with a body that is not JSON"
+        ))
+    })?;
     if (200..300).contains(&status) {
         return Ok(value);
     }
-    Err(format!(
+    Err(Fail::Refused(format!(
         "{status} {}: {}",
         value["code"].as_str().unwrap_or("ERROR"),
         value["error"].as_str().unwrap_or("(no message)")
-    ))
+    )))
 }
 
 /// Percent-encodes a query value.
@@ -136,17 +169,19 @@ pub struct NewKey {
     pub allowed_paths: Vec<String>,
 }
 
-fn rate_limit(s: &str) -> Result<Value, String> {
-    let (n, per) = s
-        .split_once('/')
-        .ok_or_else(|| format!("--rate-limit {s:?}: expected REQUESTS/PER, e.g. 100/minute"))?;
+fn rate_limit(s: &str) -> Result<Value, Fail> {
+    let (n, per) = s.split_once('/').ok_or_else(|| {
+        Fail::Usage(format!(
+            "--rate-limit {s:?}: expected REQUESTS/PER, e.g. 100/minute"
+        ))
+    })?;
     let n: u64 = n
         .parse()
-        .map_err(|_| format!("--rate-limit {s:?}: {n:?} is not a number"))?;
+        .map_err(|_| Fail::Usage(format!("--rate-limit {s:?}: {n:?} is not a number")))?;
     Ok(json!({"requests": n, "per": per}))
 }
 
-fn print_created(answer: Value, as_json: bool) -> Result<(), String> {
+fn print_created(answer: Value, as_json: bool) -> Result<(), Fail> {
     let k = typed::<Envelope<CreatedKey>>(answer, "a create")?.data;
     if as_json {
         println!("{}", json_text(&k));
@@ -169,7 +204,7 @@ fn print_created(answer: Value, as_json: bool) -> Result<(), String> {
     Ok(())
 }
 
-pub fn create(server: &str, k: NewKey, as_json: bool) -> Result<(), String> {
+pub fn create(server: &str, k: NewKey, as_json: bool) -> Result<(), Fail> {
     let mut body = Map::new();
     body.insert("prefix".into(), json!(k.prefix));
     for (field, v) in [
@@ -184,7 +219,7 @@ pub fn create(server: &str, k: NewKey, as_json: bool) -> Result<(), String> {
         }
     }
     if !k.rate_limits.is_empty() {
-        let limits: Result<Vec<Value>, String> =
+        let limits: Result<Vec<Value>, Fail> =
             k.rate_limits.iter().map(|s| rate_limit(s)).collect();
         body.insert("rate_limits".into(), Value::Array(limits?));
     }
@@ -201,7 +236,7 @@ pub fn create(server: &str, k: NewKey, as_json: bool) -> Result<(), String> {
     print_created(answer, as_json)
 }
 
-pub fn list(server: &str, tenant: Option<&str>, as_json: bool) -> Result<(), String> {
+pub fn list(server: &str, tenant: Option<&str>, as_json: bool) -> Result<(), Fail> {
     let path = match tenant {
         Some(t) => format!("/v1/api-keys?tenant={}", enc(t)),
         None => "/v1/api-keys".into(),
@@ -244,7 +279,7 @@ pub fn list(server: &str, tenant: Option<&str>, as_json: bool) -> Result<(), Str
     Ok(())
 }
 
-pub fn revoke(server: &str, id: &str, as_json: bool) -> Result<(), String> {
+pub fn revoke(server: &str, id: &str, as_json: bool) -> Result<(), Fail> {
     let answer = call(server, "DELETE", &format!("/v1/api-keys/{}", enc(id)), None)?;
     let done: Done = typed(answer, "a revocation")?;
     if as_json {
@@ -255,12 +290,7 @@ pub fn revoke(server: &str, id: &str, as_json: bool) -> Result<(), String> {
     Ok(())
 }
 
-pub fn roll(
-    server: &str,
-    id: &str,
-    grace_seconds: Option<u64>,
-    as_json: bool,
-) -> Result<(), String> {
+pub fn roll(server: &str, id: &str, grace_seconds: Option<u64>, as_json: bool) -> Result<(), Fail> {
     let body = match grace_seconds {
         Some(g) => json!({"grace_seconds": g}),
         None => json!({}),
@@ -284,7 +314,7 @@ pub fn usage(
     from: Option<&str>,
     to: Option<&str>,
     as_json: bool,
-) -> Result<(), String> {
+) -> Result<(), Fail> {
     let mut query = Vec::new();
     if let Some(f) = from {
         query.push(format!("from={}", enc(f)));
@@ -334,7 +364,8 @@ pub fn usage(
     Ok(())
 }
 
-/// `keygate keys update`: what a PATCH changes.
+/// `keygate keys update`: what a PATCH changes. The same spellings as `keys create`; a list
+/// flag given replaces that list.
 #[derive(clap::Args)]
 pub struct Update {
     pub id: String,
@@ -343,30 +374,73 @@ pub struct Update {
     /// A role of the configuration
     #[arg(long)]
     pub role: Option<String>,
-    /// RFC 3339 (2027-01-01T00:00:00Z)
+    /// Expiry, RFC 3339 (2027-01-01T00:00:00Z)
     #[arg(long)]
     pub expires: Option<String>,
-    /// Limits as JSON: '[{"requests":100,"per":"minute"}]'
-    #[arg(long)]
-    pub rate_limits: Option<String>,
-    /// Comma-separated CIDRs or addresses
-    #[arg(long, value_delimiter = ',')]
-    pub allowed_ips: Option<Vec<String>>,
-    /// Comma-separated URL patterns
-    #[arg(long, value_delimiter = ',')]
-    pub allowed_referers: Option<Vec<String>>,
-    /// Comma-separated path patterns
-    #[arg(long, value_delimiter = ',')]
-    pub allowed_paths: Option<Vec<String>>,
+    /// A rate limit, REQUESTS/PER (second, minute, hour, day); repeatable; replaces the key's
+    #[arg(long = "rate-limit")]
+    pub rate_limit: Vec<String>,
+    /// An allowed caller address or CIDR; repeatable; replaces the key's
+    #[arg(long = "allowed-ip")]
+    pub allowed_ip: Vec<String>,
+    /// An allowed Referer pattern; repeatable; replaces the key's
+    #[arg(long = "allowed-referer")]
+    pub allowed_referer: Vec<String>,
+    /// An allowed path pattern; repeatable; replaces the key's
+    #[arg(long = "allowed-path")]
+    pub allowed_path: Vec<String>,
     /// Clear a field (name, role, expires_at, rate_limits, allowed_ips, allowed_referers,
     /// allowed_paths); repeatable
     #[arg(long)]
     pub clear: Vec<String>,
+    /// Deprecated: --rate-limit N/PER, repeated
+    #[arg(long, hide = true)]
+    pub rate_limits: Option<String>,
+    /// Deprecated: --allowed-ip, repeated
+    #[arg(long, value_delimiter = ',', hide = true)]
+    pub allowed_ips: Option<Vec<String>>,
+    /// Deprecated: --allowed-referer, repeated
+    #[arg(long, value_delimiter = ',', hide = true)]
+    pub allowed_referers: Option<Vec<String>>,
+    /// Deprecated: --allowed-path, repeated
+    #[arg(long, value_delimiter = ',', hide = true)]
+    pub allowed_paths: Option<Vec<String>>,
 }
 
-pub fn update(server: &str, u: Update, as_json: bool) -> Result<(), String> {
+/// A list flag and its deprecated comma-separated spelling, as one list (`None`: neither given).
+fn list_flag(
+    new: Vec<String>,
+    old: Option<Vec<String>>,
+    old_name: &str,
+    new_name: &str,
+) -> Option<Vec<String>> {
+    if old.is_some() {
+        eprintln!("keygate: {old_name} is deprecated; repeat {new_name} instead");
+    }
+    match (new.is_empty(), old) {
+        (true, None) => None,
+        (_, old) => Some(new.into_iter().chain(old.unwrap_or_default()).collect()),
+    }
+}
+
+pub fn update(server: &str, u: Update, as_json: bool) -> Result<(), Fail> {
+    const FIELDS: [&str; 7] = [
+        "name",
+        "role",
+        "expires_at",
+        "rate_limits",
+        "allowed_ips",
+        "allowed_referers",
+        "allowed_paths",
+    ];
     let mut body = Map::new();
     for field in &u.clear {
+        if !FIELDS.contains(&field.as_str()) {
+            return Err(Fail::Usage(format!(
+                "--clear {field:?}: not a field; one of {}",
+                FIELDS.join(", ")
+            )));
+        }
         body.insert(field.clone(), Value::Null);
     }
     let mut set = |field: &str, v: Option<Value>| {
@@ -377,16 +451,45 @@ pub fn update(server: &str, u: Update, as_json: bool) -> Result<(), String> {
     set("name", u.name.map(Value::String));
     set("role", u.role.map(Value::String));
     set("expires_at", u.expires.map(Value::String));
-    set("allowed_ips", u.allowed_ips.map(|v| json!(v)));
-    set("allowed_referers", u.allowed_referers.map(|v| json!(v)));
-    set("allowed_paths", u.allowed_paths.map(|v| json!(v)));
+    set(
+        "allowed_ips",
+        list_flag(u.allowed_ip, u.allowed_ips, "--allowed-ips", "--allowed-ip").map(|v| json!(v)),
+    );
+    set(
+        "allowed_referers",
+        list_flag(
+            u.allowed_referer,
+            u.allowed_referers,
+            "--allowed-referers",
+            "--allowed-referer",
+        )
+        .map(|v| json!(v)),
+    );
+    set(
+        "allowed_paths",
+        list_flag(
+            u.allowed_path,
+            u.allowed_paths,
+            "--allowed-paths",
+            "--allowed-path",
+        )
+        .map(|v| json!(v)),
+    );
+    if !u.rate_limit.is_empty() {
+        let limits: Result<Vec<Value>, Fail> = u.rate_limit.iter().map(|s| rate_limit(s)).collect();
+        set("rate_limits", Some(Value::Array(limits?)));
+    }
     if let Some(limits) = u.rate_limits {
-        let v: Value =
-            serde_json::from_str(&limits).map_err(|e| format!("--rate-limits: not JSON: {e}"))?;
+        eprintln!("keygate: --rate-limits is deprecated; repeat --rate-limit N/PER instead");
+        let v: Value = serde_json::from_str(&limits)
+            .map_err(|e| Fail::Usage(format!("--rate-limits: not JSON: {e}")))?;
         set("rate_limits", Some(v));
     }
     if body.is_empty() {
-        return Err("nothing to change: give --name, --role, --expires, … or --clear FIELD".into());
+        return Err(Fail::Usage(
+            "nothing to change: give --name, --role, --expires, --rate-limit, --allowed-ip, … or --clear FIELD"
+                .into(),
+        ));
     }
     let answer = call(
         server,
@@ -428,7 +531,7 @@ pub struct Audit {
     pub limit: u32,
 }
 
-pub fn audit(server: &str, a: Audit, as_json: bool) -> Result<(), String> {
+pub fn audit(server: &str, a: Audit, as_json: bool) -> Result<(), Fail> {
     let mut query = vec![format!("limit={}", a.limit)];
     for (name, v) in [
         ("tenant", &a.tenant),
@@ -525,7 +628,7 @@ pub fn since_time(v: &str, now: i64) -> Result<String, String> {
     Ok(keygate::timestamp::format_rfc3339(now - n * seconds))
 }
 
-pub fn requests(server: &str, r: Requests, as_json: bool) -> Result<(), String> {
+pub fn requests(server: &str, r: Requests, as_json: bool) -> Result<(), Fail> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
@@ -535,13 +638,13 @@ pub fn requests(server: &str, r: Requests, as_json: bool) -> Result<(), String> 
         .as_deref()
         .map(|v| since_time(v, now))
         .transpose()
-        .map_err(|e| format!("--since {e}"))?;
+        .map_err(|e| Fail::Usage(format!("--since {e}")))?;
     let until = r
         .until
         .as_deref()
         .map(|v| since_time(v, now))
         .transpose()
-        .map_err(|e| format!("--until {e}"))?;
+        .map_err(|e| Fail::Usage(format!("--until {e}")))?;
     for (name, v) in [
         ("from", since),
         ("to", until),

@@ -326,7 +326,7 @@ fn serve(
     Ok(true)
 }
 
-fn keys_command(server: &str, json: bool, command: KeysCommand) -> Result<(), String> {
+fn keys_command(server: &str, json: bool, command: KeysCommand) -> Result<(), keys::Fail> {
     match command {
         KeysCommand::Create(k) => keys::create(server, k, json),
         KeysCommand::List { tenant } => keys::list(server, tenant.as_deref(), json),
@@ -555,7 +555,7 @@ fn main() -> ExitCode {
             command,
         } => keys_command(&server, json, command)
             .map(|()| true)
-            .map_err(|e| (1, e)),
+            .map_err(|e| (e.exit_code(), e.message())),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
