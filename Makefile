@@ -17,7 +17,7 @@ endif
 export KEYGATE_REVISION
 
 .DEFAULT_GOAL := help
-.PHONY: images containers kube-tools upgrade-test help build wasm wasm-faults cli toolchain envoy openapi-tools alerts chromium screenshots postgres redis binaryen test unit integration demo-smoke lint fmt run bench soak fuzz compose clean distclean
+.PHONY: install cli-docs images containers kube-tools upgrade-test help build wasm wasm-faults cli toolchain envoy openapi-tools alerts chromium screenshots postgres redis binaryen test unit integration demo-smoke lint fmt run bench soak fuzz compose clean distclean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -199,6 +199,15 @@ upgrade-test: build postgres $(PREVIOUS_CLI) ## The previous release and this on
 
 screenshots: build envoy chromium ## Retake the dashboard screenshots (docs/screenshots/, shown in docs/dashboard.md) with the browser tests
 	SCREENSHOTS_DIR=docs/screenshots cargo test -p keygate-tests --test dashboard_browser
+
+PREFIX ?= $(HOME)/.local
+install: build ## Copy the CLI and services (target/release/keygate) to $(PREFIX)/bin (default ~/.local/bin; PREFIX=/usr/local for all users)
+	install -d $(PREFIX)/bin
+	install -m 0755 target/release/keygate $(PREFIX)/bin/keygate
+	@echo "keygate installed at $(PREFIX)/bin/keygate; the filter is $(WASM)"
+
+cli-docs: build ## Rewrite docs/cli.md's command reference from the binary (keygate reference)
+	python3 -c 'import re,subprocess,sys; p="docs/cli.md"; s=open(p).read(); out=subprocess.run(["target/release/keygate","reference"],capture_output=True,text=True,check=True).stdout; open(p,"w").write(re.sub(r"(<!-- keygate reference: begin -->\n).*?(<!-- keygate reference: end -->)", lambda m: m.group(1)+out+m.group(2), s, flags=re.S))'
 
 CONFIG ?= envoy/demo.yaml
 run: build envoy ## Start the demo on localhost (CONFIG=envoy/examples/<style>.yaml: a provider example; KEYGATE_PORT=…: other ports, see envoy/demo.sh)

@@ -189,6 +189,52 @@ fn every_documented_cli_flag_exists() {
     assert!(checked >= 20, "{checked}");
 }
 
+/// docs/cli.md's reference of every command and flag is what the binary says of itself
+/// (`keygate reference`, clap's definition): it cannot drift. `make cli-docs` rewrites it.
+#[test]
+fn the_cli_reference_is_the_binarys_own() {
+    let out = std::process::Command::new(common::keygate_bin())
+        .arg("reference")
+        .output()
+        .expect("keygate reference");
+    assert!(out.status.success());
+    let generated = String::from_utf8(out.stdout).unwrap();
+    let doc = read("docs/cli.md");
+    let begin = "<!-- keygate reference: begin -->\n";
+    let start = doc.find(begin).expect("the reference's begin marker") + begin.len();
+    let end = doc
+        .find("<!-- keygate reference: end -->")
+        .expect("its end marker");
+    assert!(
+        doc[start..end] == generated,
+        "docs/cli.md's reference differs from `keygate reference`: run `make cli-docs`"
+    );
+    // Every command is in it, and the keys commands' list flags are spelled alike.
+    for c in [
+        "new",
+        "hash",
+        "check",
+        "serve",
+        "ratelimit",
+        "keys create",
+        "keys update",
+        "keys requests",
+    ] {
+        assert!(generated.contains(&format!("#### `keygate {c}`")), "{c}");
+    }
+    for flag in [
+        "--rate-limit <N/PER>",
+        "--allowed-ip <IP_OR_CIDR>",
+        "--allowed-path <PATTERN>",
+    ] {
+        assert_eq!(
+            generated.matches(flag).count(),
+            2,
+            "{flag} in create and update"
+        );
+    }
+}
+
 #[test]
 fn every_alert_has_a_runbook_entry_and_uses_metrics_that_exist() {
     let rules = read("ops/prometheus/keygate-alerts.yml");

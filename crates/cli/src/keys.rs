@@ -146,26 +146,29 @@ pub struct NewKey {
     /// Key id (default: generated)
     #[arg(long)]
     pub id: Option<String>,
+    /// Human-readable name
     #[arg(long)]
     pub name: Option<String>,
+    /// The tenant (organisation) the key belongs to
     #[arg(long)]
     pub tenant: Option<String>,
+    /// A role of the configuration (default: the prefix's)
     #[arg(long)]
     pub role: Option<String>,
-    /// Expiry, RFC 3339
-    #[arg(long)]
+    /// Expiry, RFC 3339 (2027-01-01T00:00:00Z)
+    #[arg(long, value_name = "RFC3339")]
     pub expires: Option<String>,
-    /// A rate limit, REQUESTS/PER (second, minute, hour, day); repeatable
-    #[arg(long = "rate-limit")]
+    /// A rate limit, REQUESTS/PER (second, minute, hour, day), e.g. 100/minute
+    #[arg(long = "rate-limit", value_name = "N/PER")]
     pub rate_limits: Vec<String>,
-    /// An allowed caller address or CIDR; repeatable
-    #[arg(long = "allowed-ip")]
+    /// An allowed caller address or CIDR
+    #[arg(long = "allowed-ip", value_name = "IP_OR_CIDR")]
     pub allowed_ips: Vec<String>,
-    /// An allowed Referer pattern; repeatable
-    #[arg(long = "allowed-referer")]
+    /// An allowed Referer pattern
+    #[arg(long = "allowed-referer", value_name = "PATTERN")]
     pub allowed_referers: Vec<String>,
-    /// An allowed path pattern; repeatable
-    #[arg(long = "allowed-path")]
+    /// An allowed path pattern (/v1/orders/*)
+    #[arg(long = "allowed-path", value_name = "PATTERN")]
     pub allowed_paths: Vec<String>,
 }
 
@@ -368,30 +371,32 @@ pub fn usage(
 /// flag given replaces that list.
 #[derive(clap::Args)]
 pub struct Update {
+    /// The key's id
     pub id: String,
+    /// Human-readable name
     #[arg(long)]
     pub name: Option<String>,
     /// A role of the configuration
     #[arg(long)]
     pub role: Option<String>,
     /// Expiry, RFC 3339 (2027-01-01T00:00:00Z)
-    #[arg(long)]
+    #[arg(long, value_name = "RFC3339")]
     pub expires: Option<String>,
-    /// A rate limit, REQUESTS/PER (second, minute, hour, day); repeatable; replaces the key's
-    #[arg(long = "rate-limit")]
+    /// A rate limit, REQUESTS/PER (second, minute, hour, day); the ones given replace the key's
+    #[arg(long = "rate-limit", value_name = "N/PER")]
     pub rate_limit: Vec<String>,
-    /// An allowed caller address or CIDR; repeatable; replaces the key's
-    #[arg(long = "allowed-ip")]
+    /// An allowed caller address or CIDR; the ones given replace the key's
+    #[arg(long = "allowed-ip", value_name = "IP_OR_CIDR")]
     pub allowed_ip: Vec<String>,
-    /// An allowed Referer pattern; repeatable; replaces the key's
-    #[arg(long = "allowed-referer")]
+    /// An allowed Referer pattern; the ones given replace the key's
+    #[arg(long = "allowed-referer", value_name = "PATTERN")]
     pub allowed_referer: Vec<String>,
-    /// An allowed path pattern; repeatable; replaces the key's
-    #[arg(long = "allowed-path")]
+    /// An allowed path pattern; the ones given replace the key's
+    #[arg(long = "allowed-path", value_name = "PATTERN")]
     pub allowed_path: Vec<String>,
     /// Clear a field (name, role, expires_at, rate_limits, allowed_ips, allowed_referers,
-    /// allowed_paths); repeatable
-    #[arg(long)]
+    /// allowed_paths)
+    #[arg(long, value_name = "FIELD")]
     pub clear: Vec<String>,
     /// Deprecated: --rate-limit N/PER, repeated
     #[arg(long, hide = true)]
@@ -579,6 +584,7 @@ pub fn audit(server: &str, a: Audit, as_json: bool) -> Result<(), Fail> {
 /// client addresses.
 #[derive(clap::Args)]
 pub struct Requests {
+    /// The key's id
     pub id: String,
     /// From: RFC 3339 (2026-12-01T00:00:00Z), or a time ago (90m, 24h, 7d)
     #[arg(long)]

@@ -13,6 +13,7 @@ mod found;
 mod hardening;
 mod keys;
 mod order;
+mod reference;
 mod signals;
 
 use clap::{Parser, Subcommand};
@@ -79,6 +80,9 @@ enum Command {
     },
     /// Read one key on stdin (never from arguments) and print its SHA-256 hex
     Hash,
+    /// Every command and flag as Markdown (docs/cli.md's reference is this)
+    #[command(hide = true)]
+    Reference,
     /// Validate keygate configurations: plugin JSON, Envoy YAML/JSON, or Istio WasmPlugin;
     /// warn (exit 0) about unhardened proxy settings and plaintext keys
     Check {
@@ -178,11 +182,15 @@ enum KeysCommand {
     Create(keys::NewKey),
     /// List keys with their last use (never a key or digest)
     List {
+        /// One tenant's keys
         #[arg(long)]
         tenant: Option<String>,
     },
     /// Revoke a key
-    Revoke { id: String },
+    Revoke {
+        /// The key's id
+        id: String,
+    },
     /// Change a key's name, role, expiry, limits or restrictions (enforced by every syncing
     /// Envoy within interval_seconds + 1 s)
     Update(keys::Update),
@@ -190,6 +198,7 @@ enum KeysCommand {
     Audit(keys::Audit),
     /// Replace a key: a new key with the same settings; the old one expires after the grace period
     Roll {
+        /// The key's id
         id: String,
         /// Seconds the old key keeps working (default 86400)
         #[arg(long)]
@@ -200,6 +209,7 @@ enum KeysCommand {
     Requests(keys::Requests),
     /// A key's usage by hour
     Usage {
+        /// The key's id
         id: String,
         /// From (RFC 3339)
         #[arg(long)]
@@ -498,6 +508,11 @@ fn main() -> ExitCode {
             .map(|()| true)
             .map_err(|e| (1, e)),
         Command::Hash => hash_stdin().map(|()| true).map_err(|e| (2, e)),
+        Command::Reference => {
+            use clap::CommandFactory;
+            print!("{}", reference::markdown(&Cli::command()));
+            Ok(true)
+        }
         Command::Check { files } => check(&files).map_err(|e| (2, e)),
         Command::Serve {
             listen,
