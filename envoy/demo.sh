@@ -11,9 +11,14 @@
 # KEYGATE_GATEWAY_PORT (10001: the MLM example's second listener), KEYGATE_SERVICE_PORT and
 # KEYGATE_SERVICE_GATEWAY_PORT (18090, 18091: the key service and its listener for Envoy).
 # E.g. KEYGATE_PORT=10100 make run.
+#
+# From prebuilt binaries, without the toolchain (`make run` builds first; this script does not):
+# KEYGATE_BIN (target/release/keygate, or `keygate` on PATH after make install), KEYGATE_WASM
+# (target/wasm32-wasip1/release/keygate.wasm) and ENVOY_BIN (.venv/bin/envoy, or envoy on PATH):
+#   KEYGATE_BIN=keygate KEYGATE_WASM=/opt/keygate/keygate.wasm ENVOY_BIN=envoy ./envoy/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ENVOY=.venv/bin/envoy
+ENVOY=${ENVOY_BIN:-.venv/bin/envoy}
 CONFIG=${CONFIG:-envoy/demo.yaml}
 PORT=${KEYGATE_PORT:-10000}
 ADMIN_PORT=${KEYGATE_ADMIN_PORT:-9901}
@@ -22,14 +27,16 @@ SANDBOX_PORT=${KEYGATE_SANDBOX_PORT:-18081}
 GATEWAY_PORT=${KEYGATE_GATEWAY_PORT:-10001}
 SERVICE_PORT=${KEYGATE_SERVICE_PORT:-18090}
 SERVICE_GATEWAY_PORT=${KEYGATE_SERVICE_GATEWAY_PORT:-18091}
-KEYGATE=target/release/keygate
+KEYGATE=${KEYGATE_BIN:-target/release/keygate}
+WASM=${KEYGATE_WASM:-target/wasm32-wasip1/release/keygate.wasm}
 LIVE=mlm_live_demo_4cTq9ZrW2yXb7Ke1
 SANDBOX=mlm_sandbox_demo_8Hn3Lp5Vx0Qa6Ms2
 
 fail() { echo "keygate demo: $*" >&2; exit 1; }
 
-[ -x "$ENVOY" ] || fail "$ENVOY is missing: run \`make envoy\` (make run does)"
-[ -x "$KEYGATE" ] || fail "$KEYGATE is missing: run \`make cli\` (make run does)"
+ENVOY=$(command -v "$ENVOY") || fail "${ENVOY_BIN:-.venv/bin/envoy} is missing: run \`make envoy\` (make run does), or set ENVOY_BIN"
+command -v "$KEYGATE" >/dev/null || fail "$KEYGATE is missing: run \`make cli\` (make run does), or set KEYGATE_BIN"
+[ -f "$WASM" ] || fail "$WASM is missing: run \`make wasm\` (make run does), or set KEYGATE_WASM"
 [ -f "$CONFIG" ] || fail "CONFIG=$CONFIG: no such file (envoy/demo.yaml or envoy/examples/<style>.yaml)"
 
 # Another process on one of the ports would answer in keygate's place (Envoy shares listener
@@ -84,12 +91,16 @@ import re, sys
 src, dst, *pairs = sys.argv[1:]
 ports = dict(p.split("=") for p in pairs)
 text = open(src).read()
-open(dst, "w").write(re.sub(r"port_value: (\d+)\b", lambda m: "port_value: " + ports.get(m[1], m[1]), text))
+text = re.sub(r"port_value: (\d+)\b", lambda m: "port_value: " + ports.get(m[1], m[1]), text)
+wasm = ports.get("wasm")
+if wasm:
+    text = text.replace("filename: target/wasm32-wasip1/release/keygate.wasm", "filename: " + wasm)
+open(dst, "w").write(text)
 PY
 )
 if [ -z "$ATTACH" ]; then
 python3 -c "$rewrite_ports" "$CONFIG" "$run/envoy.yaml" 10000="$PORT" 9901="$ADMIN_PORT" 18080="$LIVE_PORT" \
-  18081="$SANDBOX_PORT" 10001="$GATEWAY_PORT" 18090="$SERVICE_PORT" 18091="$SERVICE_GATEWAY_PORT"
+  18081="$SANDBOX_PORT" 10001="$GATEWAY_PORT" 18090="$SERVICE_PORT" 18091="$SERVICE_GATEWAY_PORT" wasm="$WASM"
 
 python3 envoy/echo_upstream.py "live:$LIVE_PORT" "sandbox:$SANDBOX_PORT" 2>"$run/upstreams.log" &
 upstreams=$!

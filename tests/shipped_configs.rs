@@ -1015,3 +1015,51 @@ fn the_collector_configuration_for_the_request_log_is_whole() {
     );
     assert!(keygate["endpoint"].as_str().unwrap().ends_with(":4317"));
 }
+
+/// The demo runs from prebuilt binaries anywhere (KEYGATE_BIN, KEYGATE_WASM, ENVOY_BIN), as a
+/// user without the toolchain has them: every printed line checked, naming the binary given.
+#[test]
+fn the_demo_runs_from_prebuilt_binaries_elsewhere() {
+    let dir = scratch_dir("demo-prebuilt");
+    let (keygate, wasm, envoy) = (
+        dir.join("keygate"),
+        dir.join("keygate.wasm"),
+        dir.join("envoy"),
+    );
+    std::fs::copy(keygate_bin(), &keygate).unwrap();
+    std::fs::copy(wasm_path(), &wasm).unwrap();
+    std::os::unix::fs::symlink(envoy_bin(), &envoy).unwrap();
+    let mut demo = Command::new(repo().join("envoy/demo.sh"));
+    demo.env("DEMO_SMOKE", "1")
+        .env_remove("CONFIG")
+        .env("KEYGATE_BIN", &keygate)
+        .env("KEYGATE_WASM", &wasm)
+        .env("ENVOY_BIN", &envoy);
+    for var in [
+        "KEYGATE_PORT",
+        "KEYGATE_ADMIN_PORT",
+        "KEYGATE_LIVE_PORT",
+        "KEYGATE_SANDBOX_PORT",
+        "KEYGATE_GATEWAY_PORT",
+        "KEYGATE_SERVICE_PORT",
+        "KEYGATE_SERVICE_GATEWAY_PORT",
+    ] {
+        demo.env(var, free_port().to_string());
+    }
+    let out = demo.output().unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("demo smoke: ok (all 16 lines)"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{} keys usage acme_key_1", keygate.display())),
+        "the printed lines name the binary given"
+    );
+    // A binary that is not there is named, with what to set.
+    let out = Command::new(repo().join("envoy/demo.sh"))
+        .env("KEYGATE_WASM", dir.join("nowhere.wasm"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr)
+        .contains("nowhere.wasm is missing: run `make wasm` (make run does), or set KEYGATE_WASM"));
+}
