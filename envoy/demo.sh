@@ -9,7 +9,9 @@
 # Ports, when the defaults are taken: KEYGATE_PORT (10000, the API), KEYGATE_ADMIN_PORT (9901,
 # Envoy's admin), KEYGATE_LIVE_PORT and KEYGATE_SANDBOX_PORT (18080, 18081: the echo upstreams),
 # KEYGATE_GATEWAY_PORT (10001: the MLM example's second listener), KEYGATE_SERVICE_PORT and
-# KEYGATE_SERVICE_GATEWAY_PORT (18090, 18091: the key service and its listener for Envoy).
+# KEYGATE_SERVICE_GATEWAY_PORT (18090, 18091: the key service and its listener for Envoy),
+# KEYGATE_RATELIMIT_PORT (8082: where envoy/examples/fleet.yaml finds `keygate ratelimit`, which
+# you start; the demo does not).
 # E.g. KEYGATE_PORT=10100 make run.
 #
 # From prebuilt binaries, without the toolchain (`make run` builds first; this script does not):
@@ -27,6 +29,7 @@ SANDBOX_PORT=${KEYGATE_SANDBOX_PORT:-18081}
 GATEWAY_PORT=${KEYGATE_GATEWAY_PORT:-10001}
 SERVICE_PORT=${KEYGATE_SERVICE_PORT:-18090}
 SERVICE_GATEWAY_PORT=${KEYGATE_SERVICE_GATEWAY_PORT:-18091}
+RATELIMIT_PORT=${KEYGATE_RATELIMIT_PORT:-8082}
 KEYGATE=${KEYGATE_BIN:-target/release/keygate}
 WASM=${KEYGATE_WASM:-target/wasm32-wasip1/release/keygate.wasm}
 LIVE=mlm_live_demo_4cTq9ZrW2yXb7Ke1
@@ -100,7 +103,7 @@ PY
 )
 if [ -z "$ATTACH" ]; then
 python3 -c "$rewrite_ports" "$CONFIG" "$run/envoy.yaml" 10000="$PORT" 9901="$ADMIN_PORT" 18080="$LIVE_PORT" \
-  18081="$SANDBOX_PORT" 10001="$GATEWAY_PORT" 18090="$SERVICE_PORT" 18091="$SERVICE_GATEWAY_PORT" wasm="$WASM"
+  18081="$SANDBOX_PORT" 10001="$GATEWAY_PORT" 18090="$SERVICE_PORT" 18091="$SERVICE_GATEWAY_PORT" 8082="$RATELIMIT_PORT" wasm="$WASM"
 
 python3 envoy/echo_upstream.py "live:$LIVE_PORT" "sandbox:$SANDBOX_PORT" 2>"$run/upstreams.log" &
 upstreams=$!
