@@ -574,8 +574,16 @@ fn the_fleet_walkthrough_in_the_docs_runs_as_written() {
     });
     // Everything the block started, stopped (the demo's own trap stops its Envoy and upstreams).
     let _ = Command::new("kill")
-        .args(["-TERM", &format!("-{pgid}")])
+        .args(["-TERM", "--", &format!("-{pgid}")])
         .status();
+    // … and waited for (bounded), so that nothing outlives the test.
+    let gone = wait_until(15, || {
+        !Command::new("kill")
+            .args(["-0", "--", &format!("-{pgid}")])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
     let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
     let logs = [
         "walkthrough.err",
@@ -588,6 +596,7 @@ fn the_fleet_walkthrough_in_the_docs_runs_as_written() {
         status.is_some_and(|s| s.success()),
         "{status:?}: {stdout}\n{logs}"
     );
+    assert!(gone, "processes of the walkthrough still run");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(
         lines[0].trim(),
