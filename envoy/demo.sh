@@ -183,7 +183,11 @@ if [ "$CONFIG" != envoy/demo.yaml ]; then
   echo
   echo "keygate is up with $CONFIG: Envoy on $API (admin $ADMIN)."
   grep '^#' "$CONFIG"
-  echo "docs/examples.md has the curl lines for this style. Ctrl-C stops it."
+  case $CONFIG in
+    *fleet.yaml) echo "docs/fleet-limits.md (Try it) has the walkthrough: Redis, keygate ratelimit, a second Envoy. Ctrl-C stops it." ;;
+    *minimal.yaml) echo "docs/getting-started.md (Loading keygate into Envoy) walks through this file. Ctrl-C stops it." ;;
+    *) echo "docs/examples.md has the curl lines for this style. Ctrl-C stops it." ;;
+  esac
   [ "${DEMO_SMOKE:-}" = 1 ] && exit 0 # its walk-through is tested by tests/shipped_configs.rs
   wait
   exit 0

@@ -8,8 +8,9 @@ use std::net::TcpListener;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const EXAMPLES: [&str; 6] = [
+const EXAMPLES: [&str; 7] = [
     "envoy/demo.yaml",
+    "envoy/examples/minimal.yaml",
     "envoy/examples/mlm.yaml",
     "envoy/examples/bearer.yaml",
     "envoy/examples/marginfront.yaml",
@@ -1062,4 +1063,76 @@ fn the_demo_runs_from_prebuilt_binaries_elsewhere() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr)
         .contains("nowhere.wasm is missing: run `make wasm` (make run does), or set KEYGATE_WASM"));
+}
+
+/// docs/getting-started.md's "Loading keygate into Envoy", as written: the file it shows is
+/// envoy/examples/minimal.yaml byte for byte; `keygate new`'s second line put in place of the
+/// example key; `keygate check`; Envoy (2 workers) with an upstream; the new key let through,
+/// none refused, the per-key stat as a label.
+#[test]
+fn getting_started_loads_keygate_into_envoy_as_written() {
+    let doc = std::fs::read_to_string(repo().join("docs/getting-started.md")).unwrap();
+    let file = std::fs::read_to_string(repo().join("envoy/examples/minimal.yaml")).unwrap();
+    let begin = "<!-- envoy/examples/minimal.yaml: begin -->\n```yaml\n";
+    let start = doc.find(begin).expect("the file in the doc") + begin.len();
+    let end = doc
+        .find("```\n<!-- envoy/examples/minimal.yaml: end -->")
+        .unwrap();
+    assert!(
+        doc[start..end] == file,
+        "docs/getting-started.md shows another minimal.yaml"
+    );
+    // keygate new: line 1 the key, line 2 its entry, into "keys" for the example_key line.
+    let out = cli()
+        .args(["new", "--prefix", "sk_live_", "--id", "my_key"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = text(&out.stdout);
+    let mut lines = stdout.lines();
+    let (key, entry) = (lines.next().unwrap(), lines.next().unwrap());
+    let example = file
+        .lines()
+        .find(|l| l.contains("\"id\":\"example_key\""))
+        .expect("the example_key line");
+    let indent = &example[..example.len() - example.trim_start().len()];
+    let mine = file.replace(example, &format!("{indent}{entry}"));
+    let dir = scratch_dir("getting-started");
+    let my = dir.join("my-envoy.yaml");
+    std::fs::write(&my, &mine).unwrap();
+    let check = cli().arg("check").arg(&my).output().unwrap();
+    assert!(check.status.success(), "{}", text(&check.stderr));
+    assert!(text(&check.stdout).contains("configuration.value: ok"));
+    // Envoy on free ports (the file's 10000, 9901 and 18080 moved), from the checkout.
+    let up = Upstream::start("live");
+    let (port, admin) = (free_port(), free_port());
+    let cfg = dir.join("envoy.yaml");
+    std::fs::write(
+        &cfg,
+        localize(my.to_str().unwrap(), port, admin, up.port, free_port()),
+    )
+    .unwrap();
+    let envoy = Envoy::launch(&cfg, &dir, port, admin, 2)
+        .unwrap_or_else(|log| panic!("my-envoy.yaml did not start:\n{log}"));
+    let ok = get(port, "/v1/hello", &[("x-api-key", key)]);
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(ok.header("x-environment"), Some("LIVE"));
+    assert_json(&get(port, "/v1/hello", &[]), 401, MISSING);
+    assert_eq!(
+        get(
+            port,
+            "/v1/hello",
+            &[("x-api-key", "sk_live_example_5Jq8Wn2Rt6Yc0Pz4")]
+        )
+        .status,
+        401,
+        "the example key is gone"
+    );
+    assert!(
+        wait_until(5, || envoy
+            .stats_prometheus()
+            .contains("keygate_allowed{key_id=\"my_key\"} 1")),
+        "{}",
+        envoy.stats_prometheus()
+    );
 }
