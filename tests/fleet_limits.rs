@@ -5,7 +5,6 @@ mod common;
 use common::fleet::*;
 use common::*;
 use serde_json::json;
-use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -491,112 +490,39 @@ fn a_refused_request_leaves_no_key_in_the_access_log() {
 /// envoy/examples/fleet.yaml through envoy/demo.sh, six requests alternating between them.
 #[test]
 fn the_fleet_walkthrough_in_the_docs_runs_as_written() {
-    let doc = std::fs::read_to_string(repo().join("docs/fleet-limits.md")).unwrap();
-    let from = doc
-        .find("## Try it: two Envoys, one limit")
-        .expect("the walkthrough");
-    let start = doc[from..].find("```sh\n").unwrap() + from + "```sh\n".len();
-    let end = doc[start..].find("```").unwrap() + start;
-    let mut block = doc[start..end].to_string();
     let dir = scratch_dir("fleet-walkthrough");
-    block = block.replace("/tmp/", &format!("{}/", dir.display()));
-    // Every fixed port the block or the demo's defaults use, moved to a free one.
-    let mut env = vec![];
-    for (port, var) in [
-        (6379, None),
-        (8082, Some("KEYGATE_RATELIMIT_PORT")),
-        (9102, None),
-        (10000, Some("KEYGATE_PORT")),
-        (9901, Some("KEYGATE_ADMIN_PORT")),
-        (18080, Some("KEYGATE_LIVE_PORT")),
-        (18081, Some("KEYGATE_SANDBOX_PORT")),
-        (10001, Some("KEYGATE_GATEWAY_PORT")),
-        (10010, None),
-        (9911, None),
-        (18180, None),
-        (18181, None),
-    ] {
-        let free = free_port();
-        let re_word = |text: &str, from: &str, to: &str| -> String {
-            // Whole numbers only (10000 is not the start of 100001).
-            let mut out = String::new();
-            let mut rest = text;
-            while let Some(i) = rest.find(from) {
-                let before = rest[..i].chars().last();
-                let after = rest[i + from.len()..].chars().next();
-                out.push_str(&rest[..i]);
-                if before.is_some_and(|c| c.is_ascii_digit())
-                    || after.is_some_and(|c| c.is_ascii_digit())
-                {
-                    out.push_str(from);
-                } else {
-                    out.push_str(to);
-                }
-                rest = &rest[i + from.len()..];
-            }
-            out.push_str(rest);
-            out
-        };
-        block = re_word(&block, &port.to_string(), &free.to_string());
-        if let Some(v) = var {
-            env.push((v, free.to_string()));
-        }
-    }
     // Inside one minute's window (the limit is five a minute).
     assert!(wait_until(15, || now() % 60 < 45));
-    // Output to files: the block's background processes hold whatever it had open.
-    let (out_path, err_path) = (dir.join("walkthrough.out"), dir.join("walkthrough.err"));
-    let mut child = Command::new("setsid")
-        .args(["bash", "-c"])
-        .arg(format!("set -e\n{block}"))
-        .current_dir(repo())
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                repo().join("target/release").display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        )
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .spawn()
-        .expect("bash");
-    let pgid = child.id();
-    let status = (0..1200).find_map(|_| {
-        let s = child.try_wait().ok().flatten();
-        if s.is_none() {
-            thread::sleep(std::time::Duration::from_millis(50));
-        }
-        s
-    });
-    // Everything the block started, stopped (the demo's own trap stops its Envoy and upstreams).
-    let _ = Command::new("kill")
-        .args(["-TERM", "--", &format!("-{pgid}")])
-        .status();
-    // … and waited for (bounded), so that nothing outlives the test.
-    let gone = wait_until(15, || {
-        !Command::new("kill")
-            .args(["-0", "--", &format!("-{pgid}")])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
-    let logs = [
-        "walkthrough.err",
-        "keygate-envoy-1.log",
-        "keygate-ratelimit.log",
-    ]
-    .map(|f| std::fs::read_to_string(dir.join(f)).unwrap_or_default())
-    .join("\n");
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "{status:?}: {stdout}\n{logs}"
+    let run = run_doc_block(
+        "docs/fleet-limits.md",
+        "## Try it: two Envoys, one limit",
+        &[
+            (6379, None),
+            (8082, Some("KEYGATE_RATELIMIT_PORT")),
+            (9102, None),
+            (10000, Some("KEYGATE_PORT")),
+            (9901, Some("KEYGATE_ADMIN_PORT")),
+            (18080, Some("KEYGATE_LIVE_PORT")),
+            (18081, Some("KEYGATE_SANDBOX_PORT")),
+            (10001, Some("KEYGATE_GATEWAY_PORT")),
+            (10010, None),
+            (9911, None),
+            (18180, None),
+            (18181, None),
+        ],
+        &dir,
     );
-    assert!(gone, "processes of the walkthrough still run");
+    let logs = ["keygate-envoy-1.log", "keygate-ratelimit.log"]
+        .map(|f| std::fs::read_to_string(dir.join(f)).unwrap_or_default())
+        .join("\n");
+    let stdout = &run.stdout;
+    assert!(
+        run.status.is_some_and(|s| s.success()),
+        "{:?}: {stdout}\n{}\n{logs}",
+        run.status,
+        run.stderr
+    );
+    assert!(run.cleaned_up, "processes of the walkthrough still run");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(
         lines[0].trim(),

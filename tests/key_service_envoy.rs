@@ -858,3 +858,50 @@ fn usage_stays_exact_across_a_swap_while_the_service_is_down() {
         "{sent} requests, a swap while the service was down"
     );
 }
+
+/// docs/key-service.md's "The lifecycle, from the CLI", run as written: the service started
+/// from nothing, a key created, listed, updated, rolled, revoked, and the audit log.
+#[test]
+fn the_cli_lifecycle_in_the_docs_runs_as_written() {
+    let dir = scratch("cli-lifecycle");
+    let run = common::run_doc_block(
+        "docs/key-service.md",
+        "## The lifecycle, from the CLI",
+        &[(18090, None)],
+        &dir,
+    );
+    let log = std::fs::read_to_string(dir.join("keygate-serve.log")).unwrap_or_default();
+    assert!(
+        run.status.is_some_and(|s| s.success()),
+        "{:?}: {}\n{}\n{log}",
+        run.status,
+        run.stdout,
+        run.stderr
+    );
+    assert!(run.cleaned_up, "the service still runs");
+    let out = &run.stdout;
+    assert!(
+        out.lines().any(|l| l.starts_with("acme_prod ")
+            && l.contains("Production")
+            && l.contains("org_42")
+            && l.ends_with("active")),
+        "{out}"
+    );
+    assert!(
+        out.contains("acme_prod: API key revoked successfully"),
+        "{out}"
+    );
+    let audit: Vec<&str> = out.lines().skip_while(|l| !l.starts_with("TIME")).collect();
+    for (line, action) in
+        audit[1..]
+            .iter()
+            .zip(["key.revoked", "key.rolled", "key.updated", "key.created"])
+    {
+        assert!(line.contains(action), "{out}");
+    }
+    assert!(
+        run.stderr.contains("this key is shown once"),
+        "{}",
+        run.stderr
+    );
+}

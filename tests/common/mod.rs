@@ -123,6 +123,100 @@ pub fn yaml_documents(yaml: &str) -> Vec<Value> {
     serde_json::from_slice(&out.stdout).expect("JSON")
 }
 
+/// A shell block of a doc, run as written (docs that are tested by running them).
+pub struct DocBlock {
+    /// Whether bash ended, and how.
+    pub status: Option<std::process::ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+    /// Whether every process it started has stopped since.
+    pub cleaned_up: bool,
+}
+
+/// Runs the first ```sh block after `heading` in the repository's `doc` with bash (`set -e`),
+/// from the checkout, `target/release` first on `PATH`: each fixed port in `ports` moved to a
+/// free one (whole numbers only; and exported under the variable named, for the defaults of a
+/// script the block runs), `/tmp/` moved to `dir`. Everything it started in the background is
+/// stopped afterwards, as a process group.
+pub fn run_doc_block(
+    doc: &str,
+    heading: &str,
+    ports: &[(u16, Option<&str>)],
+    dir: &Path,
+) -> DocBlock {
+    let text = std::fs::read_to_string(repo().join(doc)).expect("the doc");
+    let from = text
+        .find(heading)
+        .unwrap_or_else(|| panic!("{doc}: no {heading:?}"));
+    let start = text[from..].find("```sh\n").expect("a sh block") + from + "```sh\n".len();
+    let end = text[start..].find("```").expect("its end") + start;
+    let mut block = text[start..end].replace("/tmp/", &format!("{}/", dir.display()));
+    let mut env = vec![];
+    for (port, var) in ports {
+        let (from, to) = (port.to_string(), free_port().to_string());
+        let mut out = String::new();
+        let mut rest = block.as_str();
+        while let Some(i) = rest.find(&from) {
+            let digit = |c: Option<char>| c.is_some_and(|c| c.is_ascii_digit());
+            out.push_str(&rest[..i]);
+            if digit(rest[..i].chars().last()) || digit(rest[i + from.len()..].chars().next()) {
+                out.push_str(&from);
+            } else {
+                out.push_str(&to);
+            }
+            rest = &rest[i + from.len()..];
+        }
+        out.push_str(rest);
+        block = out;
+        if let Some(v) = var {
+            env.push((v.to_string(), to));
+        }
+    }
+    // Output to files: the block's background processes hold whatever it had open.
+    let (out_path, err_path) = (dir.join("block.out"), dir.join("block.err"));
+    let mut child = Command::new("setsid")
+        .args(["bash", "-c"])
+        .arg(format!("set -e\n{block}"))
+        .current_dir(repo())
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                repo().join("target/release").display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).expect("out"))
+        .stderr(std::fs::File::create(&err_path).expect("err"))
+        .spawn()
+        .expect("bash");
+    let pgid = child.id();
+    let status = (0..1200).find_map(|_| {
+        let s = child.try_wait().ok().flatten();
+        if s.is_none() {
+            thread::sleep(Duration::from_millis(50));
+        }
+        s
+    });
+    let group = format!("-{pgid}");
+    let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
+    let cleaned_up = wait_until(15, || {
+        !Command::new("kill")
+            .args(["-0", "--", &group])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    DocBlock {
+        status,
+        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
+        cleaned_up,
+    }
+}
+
 /// A short directory under the system's temporary directory, for paths with a length limit
 /// (podman refuses a `--runroot` over 50 characters; a Unix socket path holds 107 bytes), which a
 /// checkout in a deep directory would exceed under `target/itest`.
