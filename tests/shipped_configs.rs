@@ -754,9 +754,21 @@ fn run_demo(
     config: Option<&str>,
     busy: Option<(&str, u16)>,
 ) -> (Output, Duration, Vec<(&'static str, u16)>) {
+    run_demo_with(config, busy, &[])
+}
+
+/// [`run_demo`] with more of the demo's environment (its binaries, say).
+fn run_demo_with(
+    config: Option<&str>,
+    busy: Option<(&str, u16)>,
+    env: &[(&str, &std::path::Path)],
+) -> (Output, Duration, Vec<(&'static str, u16)>) {
     let (_, _) = (wasm_path(), envoy_bin());
     let mut demo = Command::new(repo().join("envoy/demo.sh"));
     demo.env("DEMO_SMOKE", "1").env_remove("CONFIG");
+    for (k, v) in env {
+        demo.env(k, v);
+    }
     let mut ports = Vec::new();
     for var in [
         "KEYGATE_PORT",
@@ -1030,24 +1042,15 @@ fn the_demo_runs_from_prebuilt_binaries_elsewhere() {
     std::fs::copy(keygate_bin(), &keygate).unwrap();
     std::fs::copy(wasm_path(), &wasm).unwrap();
     std::os::unix::fs::symlink(envoy_bin(), &envoy).unwrap();
-    let mut demo = Command::new(repo().join("envoy/demo.sh"));
-    demo.env("DEMO_SMOKE", "1")
-        .env_remove("CONFIG")
-        .env("KEYGATE_BIN", &keygate)
-        .env("KEYGATE_WASM", &wasm)
-        .env("ENVOY_BIN", &envoy);
-    for var in [
-        "KEYGATE_PORT",
-        "KEYGATE_ADMIN_PORT",
-        "KEYGATE_LIVE_PORT",
-        "KEYGATE_SANDBOX_PORT",
-        "KEYGATE_GATEWAY_PORT",
-        "KEYGATE_SERVICE_PORT",
-        "KEYGATE_SERVICE_GATEWAY_PORT",
-    ] {
-        demo.env(var, free_port().to_string());
-    }
-    let out = demo.output().unwrap();
+    let (out, _, _) = run_demo_with(
+        None,
+        None,
+        &[
+            ("KEYGATE_BIN", &keygate),
+            ("KEYGATE_WASM", &wasm),
+            ("ENVOY_BIN", &envoy),
+        ],
+    );
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     assert!(stdout.contains("demo smoke: ok (all 16 lines)"), "{stdout}");

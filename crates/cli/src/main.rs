@@ -8,12 +8,14 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+mod client;
 mod clusters;
 mod found;
 mod hardening;
 mod keys;
 mod order;
 mod reference;
+mod requests;
 mod signals;
 
 use clap::{Parser, Subcommand};
@@ -206,7 +208,7 @@ enum KeysCommand {
     },
     /// A key's requests from the request log, newest first, and the client addresses it was
     /// used from (first and last seen)
-    Requests(keys::Requests),
+    Requests(requests::Requests),
     /// A key's usage by hour
     Usage {
         /// The key's id
@@ -336,7 +338,7 @@ fn serve(
     Ok(true)
 }
 
-fn keys_command(server: &str, json: bool, command: KeysCommand) -> Result<(), keys::Fail> {
+fn keys_command(server: &str, json: bool, command: KeysCommand) -> Result<(), client::Fail> {
     match command {
         KeysCommand::Create(k) => keys::create(server, k, json),
         KeysCommand::List { tenant } => keys::list(server, tenant.as_deref(), json),
@@ -344,7 +346,7 @@ fn keys_command(server: &str, json: bool, command: KeysCommand) -> Result<(), ke
         KeysCommand::Update(u) => keys::update(server, u, json),
         KeysCommand::Audit(a) => keys::audit(server, a, json),
         KeysCommand::Roll { id, grace_seconds } => keys::roll(server, &id, grace_seconds, json),
-        KeysCommand::Requests(r) => keys::requests(server, r, json),
+        KeysCommand::Requests(r) => requests::requests(server, r, json),
         KeysCommand::Usage { id, from, to } => {
             keys::usage(server, &id, from.as_deref(), to.as_deref(), json)
         }

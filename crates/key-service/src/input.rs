@@ -223,7 +223,7 @@ impl CreateRequest {
 }
 
 /// What a `PATCH` may change.
-const PATCH_FIELDS: [&str; 7] = [
+pub const PATCH_FIELDS: [&str; 7] = [
     "name",
     "role",
     "expires_at",

@@ -93,7 +93,6 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let activity = Arc::new(Activity::default());
         let app = app.clone().layer(axum::Extension(Peer(peer)));
         let mut stopping = stopping.clone();
         let grace = limits.shutdown_grace;
@@ -123,6 +122,7 @@ pub async fn serve(
             // HTTP/2 with prior knowledge (a gRPC client: Envoy's access logger). Bounded
             // streams and headers; closed when no request has been open for the header
             // deadline, as an idle HTTP/1.1 keep-alive connection is.
+            let activity = Arc::new(Activity::default());
             let counted = activity.clone();
             let app = app.layer(axum::middleware::from_fn(
                 move |req: axum::extract::Request, next: axum::middleware::Next| {

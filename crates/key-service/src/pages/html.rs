@@ -184,6 +184,25 @@ pub fn time_html(t: Option<&str>) -> String {
     }
 }
 
+/// A CSV file to download: not cached, not sniffed.
+pub fn csv_download(body: String, filename: &str) -> Response {
+    let mut r = (StatusCode::OK, body).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
 /// `application/x-www-form-urlencoded` query part, encoded.
 pub fn enc(s: &str) -> String {
     s.bytes()

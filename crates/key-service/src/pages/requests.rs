@@ -3,7 +3,7 @@
 //! at a time, and as CSV. A key's page shows its latest requests and addresses
 //! ([`recent_for_key`]).
 
-use super::html::{page, time_html, CleanQuery, Layout};
+use super::html::{csv_download, page, time_html, CleanQuery, Layout};
 use super::session::{layout, SignedIn, Web};
 use crate::answer::ApiError;
 use crate::ops;
@@ -12,8 +12,8 @@ use crate::state::Ctx;
 use crate::store::Store;
 use askama::Template;
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use std::collections::HashMap;
 
 /// One row of the table.
@@ -123,14 +123,6 @@ fn filters_query(q: &HashMap<String, String>, tenant: &str) -> String {
     parts.join("&")
 }
 
-/// Which tenant the session's page shows (`""`: every tenant).
-fn tenant_of(web: &Web, q: &HashMap<String, String>) -> String {
-    match &web.session.tenant {
-        Some(t) => t.clone(),
-        None => q.get("tenant").cloned().unwrap_or_default(),
-    }
-}
-
 const PAGE: usize = 100;
 
 /// `GET /dashboard/requests[?key_id&status&decision&client_ip&path_prefix&from&to&cursor]`.
@@ -148,7 +140,7 @@ pub async fn show<S: Store>(
         q.get("tenant"),
     )
     .await;
-    let tenant = tenant_of(&web, &q);
+    let tenant = web.tenant(&q);
     let filters = filters_query(&q, &tenant);
     let (rows, next, error) =
         match ops::requests(&ctx.app, &web.caller, &api_query(&q, &tenant), PAGE).await {
@@ -190,7 +182,7 @@ pub async fn csv<S: Store>(
     SignedIn(web): SignedIn,
     CleanQuery(q): CleanQuery,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant_of(&web, &q);
+    let tenant = web.tenant(&q);
     let mut query = api_query(&q, &tenant);
     let mut body = String::from(CSV_HEADER);
     let mut n = 0;
@@ -205,22 +197,7 @@ pub async fn csv<S: Store>(
             None => break,
         };
     }
-    let mut r = (StatusCode::OK, body).into_response();
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/csv; charset=utf-8"),
-    );
-    h.insert(
-        header::CONTENT_DISPOSITION,
-        HeaderValue::from_static("attachment; filename=\"keygate-requests.csv\""),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    Ok(r)
+    Ok(csv_download(body, "keygate-requests.csv"))
 }
 
 /// A key's latest requests and its client addresses, for its page.

@@ -35,6 +35,15 @@ pub struct Web {
 }
 
 impl Web {
+    /// The tenant a page shows: a portal session's own, else the operator's `?tenant=` (`""`:
+    /// every tenant).
+    pub fn tenant(&self, q: &HashMap<String, String>) -> String {
+        match &self.session.tenant {
+            Some(t) => t.clone(),
+            None => q.get("tenant").cloned().unwrap_or_default(),
+        }
+    }
+
     /// The audit log's view of this session's changes.
     pub fn actor(&self) -> Actor {
         Actor {

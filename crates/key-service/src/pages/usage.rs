@@ -3,7 +3,7 @@
 //! days; and the CSV of what is shown. The numbers are `/v1/usage`'s ([`ops::usage_summary`]).
 
 use super::html::CleanQuery;
-use super::html::{esc, page, thousands, Layout};
+use super::html::{csv_download, esc, page, thousands, Layout};
 use super::session::{layout, SignedIn};
 use crate::answer::ApiError;
 use crate::ops;
@@ -12,8 +12,8 @@ use crate::store::Store;
 use crate::views::{Bucket, UsageSummary};
 use askama::Template;
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use keygate::timestamp::{format_rfc3339, parse_rfc3339};
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write;
@@ -414,30 +414,13 @@ pub async fn csv<S: Store>(
     SignedIn(web): SignedIn,
     CleanQuery(q): CleanQuery,
 ) -> Result<Response, ApiError> {
-    let tenant = match &web.session.tenant {
-        Some(t) => t.clone(),
-        None => q.get("tenant").cloned().unwrap_or_default(),
-    };
+    let tenant = web.tenant(&q);
     let a = asked(&q, &tenant)?;
     let (_, s) = ops::usage_summary(&ctx.app, &web.caller, &a.query).await?;
-    let mut r = (StatusCode::OK, csv_of(&s)).into_response();
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/csv; charset=utf-8"),
-    );
-    if let Ok(v) = HeaderValue::from_str(&format!(
-        "attachment; filename=\"keygate-usage-{}-{}.csv\"",
-        a.from_date, a.to_date
-    )) {
-        h.insert(header::CONTENT_DISPOSITION, v);
-    }
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    Ok(r)
+    Ok(csv_download(
+        csv_of(&s),
+        &format!("keygate-usage-{}-{}.csv", a.from_date, a.to_date),
+    ))
 }
 
 #[cfg(test)]
