@@ -130,6 +130,43 @@ pub struct Prefix {
     pub role: Option<RoleId>,
     pub rate_limits: Option<Vec<Limit>>,
     pub checksum: Option<Checksum>,
+    /// What the key service does when a key of this prefix is reported leaked (SPEC §15);
+    /// `None`: the default for its environment ([`LeakPolicy::default_for`]). The filter reads
+    /// it (so a configuration holding it is understood) and never acts on it.
+    pub leak_policy: Option<LeakPolicy>,
+}
+
+/// What a leak report does to a live key of a prefix (SPEC §15, `prefixes[].leak_policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeakPolicy {
+    /// Revoked at once, no grace.
+    Revoke,
+    /// Recorded, audited and announced; the key keeps working.
+    Notify,
+}
+
+impl LeakPolicy {
+    /// The default: `revoke` for a production environment (`LIVE`, `production`, `prod`, in
+    /// any case), `notify` otherwise.
+    pub fn default_for(environment: Option<&str>) -> LeakPolicy {
+        match environment {
+            Some(e)
+                if ["live", "production", "prod"]
+                    .iter()
+                    .any(|p| e.eq_ignore_ascii_case(p)) =>
+            {
+                LeakPolicy::Revoke
+            }
+            _ => LeakPolicy::Notify,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeakPolicy::Revoke => "revoke",
+            LeakPolicy::Notify => "notify",
+        }
+    }
 }
 
 /// One API key, as stored: never its plaintext.

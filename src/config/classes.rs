@@ -97,6 +97,18 @@ pub(super) fn read_prefixes(root: &mut Obj, roles: &[Role], errors: &mut Errors)
                 None
             }
         };
+        let leak_policy = match o.opt_str("leak_policy", errors) {
+            None => None,
+            Some("revoke") => Some(LeakPolicy::Revoke),
+            Some("notify") => Some(LeakPolicy::Notify),
+            Some(other) => {
+                errors.push(
+                    &o.field_path("leak_policy"),
+                    format!("{} is not \"revoke\" or \"notify\"", q(other)),
+                );
+                None
+            }
+        };
         o.finish(errors);
         let Some(prefix) = prefix else { continue };
         if let Err(e) = check_prefix(prefix) {
@@ -113,6 +125,7 @@ pub(super) fn read_prefixes(root: &mut Obj, roles: &[Role], errors: &mut Errors)
             role,
             rate_limits,
             checksum,
+            leak_policy,
         });
     }
     // Longest first (the first match wins). An insertion sort: a handful of prefixes, and no

@@ -329,6 +329,34 @@ mod tests {
     }
 
     #[test]
+    fn leak_policy_is_read_and_checked() {
+        let g = gate_from_value(&json!({
+            "key_sources": [{"header": "x-api-key"}],
+            "prefixes": [
+                {"prefix": "sk_live_", "environment": "LIVE"},
+                {"prefix": "sk_test_", "environment": "TEST", "leak_policy": "revoke"},
+                {"prefix": "pk_live_", "environment": "LIVE", "leak_policy": "notify"}
+            ]
+        }))
+        .unwrap();
+        let policy = |p: &str| {
+            let p = g.prefixes.iter().find(|x| x.prefix == p).unwrap();
+            (p.leak_policy, crate::model::LeakPolicy::default_for(p.environment.as_deref()))
+        };
+        use crate::model::LeakPolicy::{Notify, Revoke};
+        assert_eq!(policy("sk_live_"), (None, Revoke));
+        assert_eq!(policy("sk_test_"), (Some(Revoke), Notify));
+        assert_eq!(policy("pk_live_"), (Some(Notify), Revoke));
+        assert_eq!(
+            errors_of(json!({
+                "key_sources": [{"header": "x-api-key"}],
+                "prefixes": [{"prefix": "sk_", "leak_policy": "delete"}]
+            })),
+            vec!["$.prefixes[0].leak_policy: \"delete\" is not \"revoke\" or \"notify\""]
+        );
+    }
+
+    #[test]
     fn full_example_parses() {
         let g = gate_from_value(&json!({
             "key_sources": [{"header": "X-Tenant-Api-Key"}, {"header": "authorization", "scheme": "Bearer"}, {"query": "api_key"}],
