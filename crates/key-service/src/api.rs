@@ -52,7 +52,9 @@ pub fn router<S: Store>(app: Arc<App<S>>, gateway: bool) -> Router {
         .route("/v1/api-keys/{id}/roll", post(roll::<S>))
         .route("/v1/api-keys/{id}/usage", get(usage::<S>))
         .route("/v1/requests", get(requests::<S>))
-        .route("/v1/api-keys/{id}/requests", get(key_requests::<S>));
+        .route("/v1/api-keys/{id}/requests", get(key_requests::<S>))
+        .route("/v1/leaks/check", post(check_fingerprints::<S>))
+        .route("/v1/webhook-deliveries", get(webhook_deliveries::<S>));
     if !gateway {
         r = r
             .route("/keys", get(feed::<S>))
@@ -65,7 +67,16 @@ pub fn router<S: Store>(app: Arc<App<S>>, gateway: bool) -> Router {
             .merge(super::pages::routes::<S>());
     }
     // Envoy's access logger, on either listener (the sync token when the service has one).
+    // Leak reports come from GitHub and GitLab (on either listener: the public one is wherever
+    // the operator exposes the service).
     r.route(super::otlp::EXPORT_PATH, post(super::otlp::export::<S>))
+        .route("/v1/leaks/github", post(super::partners::github::<S>))
+        .route("/v1/leaks/gitlab", post(super::partners::gitlab::<S>))
+        .route(
+            "/v1/revocable_token_types",
+            get(super::partners::revocable_token_types::<S>),
+        )
+        .route("/v1/revoke_tokens", post(super::partners::revoke_tokens::<S>))
         .route(
             "/openapi.json",
             get(|State(ctx): State<Ctx<S>>| async move {
@@ -125,7 +136,7 @@ async fn list<S: Store>(
     };
     let Some(limit) = limit_param(&query, None)? else {
         let keys = ctx.app.store.list(tenant).await?;
-        let listed: Vec<Key> = keys.iter().map(|k| k.listed(&ctx.app.gate)).collect();
+        let listed: Vec<Key> = ops::with_leaks(&ctx.app, &keys, tenant).await?;
         return Ok(data(StatusCode::OK, listed));
     };
     let after = query
@@ -144,7 +155,8 @@ async fn list<S: Store>(
     let more = keys.len() > limit;
     keys.truncate(limit);
     let next = keys.last().filter(|_| more).map(|(_, c)| c.encode());
-    let listed: Vec<Key> = keys.iter().map(|(k, _)| k.listed(&ctx.app.gate)).collect();
+    let keys: Vec<StoredKey> = keys.into_iter().map(|(k, _)| k).collect();
+    let listed: Vec<Key> = ops::with_leaks(&ctx.app, &keys, tenant).await?;
     Ok(page(listed, next))
 }
 
@@ -246,6 +258,7 @@ fn audit_entry(mut e: super::store::AuditRecord, customer: bool) -> AuditEntry {
         key_id: e.key_id,
         tenant: e.tenant,
         ip: e.ip,
+        details: e.details.and_then(|d| serde_json::from_str(&d).ok()),
     }
 }
 
@@ -257,7 +270,64 @@ async fn show<S: Store>(
     let caller = ctx.app.auth.admin(&headers, ctx.gateway)?;
     let id = key_id(id)?;
     let key = ops::visible(&ctx.app, &caller, &id).await?;
-    Ok(data(StatusCode::OK, key.listed(&ctx.app.gate)))
+    let mut listed = ops::with_leaks(&ctx.app, std::slice::from_ref(&key), None).await?;
+    Ok(data(StatusCode::OK, listed.pop()))
+}
+
+/// `POST /v1/leaks/check`: which fingerprints (SHA-256 digests) are live keys
+/// (`keygate scan --check`; only digests travel).
+async fn check_fingerprints<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let caller = ctx.app.auth.admin(&headers, ctx.gateway)?;
+    let body = body_json(body, super::partners::LEAK_BODY_LIMIT).await?;
+    let list = body
+        .get("fingerprints")
+        .and_then(serde_json::Value::as_array)
+        .ok_or_else(|| ApiError::BadRequest("fingerprints: must be an array".into()))?;
+    if list.len() > 10_000 {
+        return Err(ApiError::BadRequest(
+            "fingerprints: at most 10000 at once".into(),
+        ));
+    }
+    let mut fingerprints = Vec::with_capacity(list.len());
+    for (i, f) in list.iter().enumerate() {
+        match f.as_str() {
+            Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) => {
+                fingerprints.push(h.to_string())
+            }
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "fingerprints[{i}]: must be a lowercase hex SHA-256 (64 characters)"
+                )))
+            }
+        }
+    }
+    let checked = ops::check_fingerprints(&ctx.app, &caller, &fingerprints).await?;
+    Ok(data(StatusCode::OK, checked))
+}
+
+/// `GET /v1/webhook-deliveries`: the latest deliveries, newest first (the provider's admin).
+async fn webhook_deliveries<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let caller = ctx.app.auth.admin(&headers, ctx.gateway)?;
+    if caller != Caller::Admin {
+        return Err(ApiError::Forbidden(
+            "Only the provider's admin reads the webhook deliveries".into(),
+        ));
+    }
+    let query = query_map(query)?;
+    let limit = limit_param(&query, Some(100))?.unwrap_or(100);
+    let list = ctx.app.store.deliveries(limit).await?;
+    Ok(data(
+        StatusCode::OK,
+        list.iter().map(ops::delivery_entry).collect::<Vec<_>>(),
+    ))
 }
 
 async fn revoke<S: Store>(

@@ -17,6 +17,9 @@ pub struct Auth {
     pub key_id_header: Option<String>,
     /// The role whose keys manage their own tenant's keys.
     pub tenant_admin_role: String,
+    /// GitLab's token revocation API (`/v1/revoke_tokens`): the SHA-256 of the token GitLab
+    /// sends in `Authorization`; `None`: the API is off.
+    pub gitlab_revocation_sha256: Option<[u8; 32]>,
 }
 
 /// What a caller may touch.
@@ -101,6 +104,25 @@ impl Auth {
         }
     }
 
+    /// GitLab's token revocation API: `Ok(false)` when it is off; the token may come bare or
+    /// as a bearer token (GitLab sends what it was configured with).
+    pub fn gitlab_revocation(&self, headers: &HeaderMap) -> Result<bool, ApiError> {
+        let Some(want) = &self.gitlab_revocation_sha256 else {
+            return Ok(false);
+        };
+        let given = bearer(headers).or_else(|| {
+            headers
+                .get("authorization")
+                .map(|v| v.as_bytes().trim_ascii())
+                .filter(|t| !t.is_empty())
+        });
+        if given.is_some_and(|t| same(&digest(t), want)) {
+            Ok(true)
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+
     /// `/keys` and `/usage`: the sync token when one is configured.
     pub fn sync(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         match &self.sync_sha256 {
@@ -123,6 +145,7 @@ mod tests {
             role_header: Some("x-api-key-role".into()),
             key_id_header: Some("x-api-key-id".into()),
             tenant_admin_role: "admin".into(),
+            gitlab_revocation_sha256: None,
         }
     }
 

@@ -19,6 +19,7 @@ pub mod auth;
 pub mod ingest;
 pub mod input;
 pub mod json;
+pub mod leaks;
 pub mod metrics;
 pub mod mint;
 pub mod model;
@@ -26,15 +27,18 @@ pub mod openapi;
 pub mod ops;
 pub mod otlp;
 pub mod pages;
+pub mod partners;
 pub mod portal;
 pub mod report;
 pub mod request;
 pub mod request_log;
 pub mod server;
+pub mod signing_keys;
 pub mod state;
 pub mod store;
 pub mod usage;
 pub mod views;
+pub mod webhooks;
 
 use auth::Auth;
 use state::now;
@@ -64,6 +68,14 @@ pub struct Options {
     pub public_url: Option<String>,
     /// Days the request log is kept (`0`: forever).
     pub request_log_days: u32,
+    /// Where GitHub's secret-scanning keys are fetched (SPEC §15).
+    pub github_keys_url: String,
+    /// Where GitLab's are (`None`: `/v1/leaks/gitlab` is off).
+    pub gitlab_keys_url: Option<String>,
+    /// The SHA-256 of the token GitLab's revocation API calls carry (`None`: off).
+    pub gitlab_revocation_sha256: Option<[u8; 32]>,
+    /// Where key events are sent (`None`: no webhooks).
+    pub webhook: Option<webhooks::Webhook>,
 }
 
 /// What ends a service: a future the program makes (the CLI's resolves on SIGINT/SIGTERM).
@@ -92,7 +104,9 @@ pub fn serve(
             role_header: gate.upstream_headers.role.clone(),
             key_id_header: gate.upstream_headers.key_id.clone(),
             tenant_admin_role: options.tenant_admin_role.clone(),
+            gitlab_revocation_sha256: options.gitlab_revocation_sha256,
         };
+        let store = store.with_webhooks(options.webhook.is_some());
         let (request_log, writer) = ingest::request_log();
         let app = Arc::new(App {
             store,
@@ -104,6 +118,9 @@ pub fn serve(
             insecure_cookies: options.insecure_cookies,
             public_url: options.public_url.clone(),
             request_log,
+            github_keys: signing_keys::KeySource::new(options.github_keys_url.clone()),
+            gitlab_keys: options.gitlab_keys_url.clone().map(signing_keys::KeySource::new),
+            webhooks: options.webhook.is_some(),
         });
         run(app, writer, main, gateway, &options, shutdown).await
     })
@@ -210,6 +227,10 @@ async fn run<S: Store>(
         let app = app.clone();
         tokio::spawn(async move { ingest::write_batches(&app.store, writer).await })
     };
+    let delivering = options.webhook.clone().map(|webhook| {
+        let app = app.clone();
+        tokio::spawn(async move { webhooks::deliver(&app.store, webhook).await })
+    });
     let main = server::serve(main, api::router(app.clone(), false), limits, shutdown());
     let served = match gateway {
         Some(g) => {
@@ -220,6 +241,9 @@ async fn run<S: Store>(
     };
     retention.abort();
     writing.abort();
+    if let Some(d) = delivering {
+        d.abort();
+    }
     served
 }
 
@@ -245,6 +269,10 @@ async fn prune_hourly<S: Store>(store: &S, retention: Retention, request_log_day
                     "keygate serve: request log retention failed (tried again in an hour): {e:?}"
                 ),
             }
+        }
+        // Finished webhook deliveries are kept 30 days (the delivery log operators read).
+        if let Err(e) = store.prune_deliveries(now() - 30 * 86_400).await {
+            eprintln!("keygate serve: webhook log retention failed (tried again in an hour): {e:?}");
         }
         let (hours_before, days_before) = retention.horizons(now());
         match store.prune_usage(hours_before, days_before).await {

@@ -7,7 +7,10 @@
 //! not_modified), `keygate_serve_request_log_records_total{outcome}` (stored, not_judged: a
 //! record without keygate's decision, skipped; stale: a request started over a day ago,
 //! skipped; refused: in an export refused as invalid;
-//! dropped: accepted by no write, the queue full or the database failing). One set per process.
+//! dropped: accepted by no write, the queue full or the database failing),
+//! `keygate_serve_leak_reports_total{origin,outcome}`, `keygate_serve_leaked_keys_total{origin,action}`,
+//! `keygate_serve_leak_key_fetches_total{origin,outcome}` and
+//! `keygate_serve_webhook_deliveries_total{outcome}` (SPEC §15). One set per process.
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -57,6 +60,56 @@ pub enum Logged {
     dropped,
 }
 
+/// What became of a leak report (SPEC §15).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum LeakReport {
+    /// Signed, read, every token looked up (answered 200 / 204).
+    accepted,
+    /// No signature headers (404).
+    unsigned,
+    /// A signature that does not verify, or an unknown key (400).
+    bad_signature,
+    /// A body that is not a report (400).
+    bad_body,
+    /// Over 1 MiB (413).
+    too_large,
+    /// The keys could not be fetched, or the database failed (503).
+    unavailable,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LeakOutcome {
+    origin: String,
+    outcome: LeakReport,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LeakAction {
+    origin: String,
+    action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyFetch {
+    origin: String,
+    outcome: String,
+}
+
+/// How a webhook delivery attempt ended.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Delivered {
+    delivered,
+    retried,
+    given_up,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryOutcome {
+    outcome: Delivered,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LogOutcome {
     outcome: Logged,
@@ -82,6 +135,10 @@ pub struct Metrics {
     reports: Family<Outcome, Counter>,
     answers: Family<Form, Counter>,
     logged: Family<LogOutcome, Counter>,
+    leak_reports: Family<LeakOutcome, Counter>,
+    leaked_keys: Family<LeakAction, Counter>,
+    key_fetches: Family<KeyFetch, Counter>,
+    webhooks: Family<DeliveryOutcome, Counter>,
 }
 
 /// The process's metrics.
@@ -101,6 +158,30 @@ impl Metrics {
         let reports = Family::<Outcome, Counter>::default();
         let answers = Family::<Form, Counter>::default();
         let logged = Family::<LogOutcome, Counter>::default();
+        let leak_reports = Family::<LeakOutcome, Counter>::default();
+        let leaked_keys = Family::<LeakAction, Counter>::default();
+        let key_fetches = Family::<KeyFetch, Counter>::default();
+        let webhooks = Family::<DeliveryOutcome, Counter>::default();
+        registry.register(
+            "leak_reports",
+            "Leak reports (GitHub, GitLab) by origin and outcome",
+            leak_reports.clone(),
+        );
+        registry.register(
+            "leaked_keys",
+            "Keys reported leaked by origin and the action taken (revoked, notified, none, repeated)",
+            leaked_keys.clone(),
+        );
+        registry.register(
+            "leak_key_fetches",
+            "Fetches of a partner's signing keys by origin and outcome (ok, failed)",
+            key_fetches.clone(),
+        );
+        registry.register(
+            "webhook_deliveries",
+            "Webhook delivery attempts by outcome",
+            webhooks.clone(),
+        );
         registry.register(
             "requests",
             "HTTP requests by route and status",
@@ -133,6 +214,10 @@ impl Metrics {
         );
         Metrics {
             registry,
+            leak_reports,
+            leaked_keys,
+            key_fetches,
+            webhooks,
             requests,
             durations,
             database_errors,
@@ -171,6 +256,29 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
+    pub fn leak_report(&self, origin: &str, outcome: LeakReport) {
+        self.leak_reports
+            .get_or_create(&LeakOutcome { origin: origin.to_string(), outcome })
+            .inc();
+    }
+
+    pub fn leaked_key(&self, origin: &str, action: &str) {
+        self.leaked_keys
+            .get_or_create(&LeakAction { origin: origin.to_string(), action: action.to_string() })
+            .inc();
+    }
+
+    pub fn key_fetch(&self, origin: &str, ok: bool) {
+        let outcome = if ok { "ok" } else { "failed" }.to_string();
+        self.key_fetches
+            .get_or_create(&KeyFetch { origin: origin.to_string(), outcome })
+            .inc();
+    }
+
+    pub fn webhook(&self, outcome: Delivered) {
+        self.webhooks.get_or_create(&DeliveryOutcome { outcome }).inc();
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {

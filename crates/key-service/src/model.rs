@@ -121,6 +121,7 @@ impl StoredKey {
             last_used: self.last_used.map(format_rfc3339),
             expires_at: self.expires_at.map(format_rfc3339),
             revoked: self.revoked,
+            leak: None,
         }
     }
 

@@ -9,7 +9,12 @@ use super::model::StoredKey;
 use super::state::{now, tenant_scope, App};
 use super::store::{Actor, Rolled, Store, Updated, UsageQuery, UsageSummary};
 use super::usage::{summary_answer, Range};
-use super::views::{ClientIpEntry, CreatedKey, Key, RequestEntry};
+use super::views::{ClientIpEntry, CreatedKey, DeliveryEntry, FingerprintCheck, Key, LeakView, RequestEntry};
+use super::store::{Delivery, Leak, LeakReport};
+use crate::leaks::{revokes, Origin, Reported};
+use crate::metrics::metrics;
+use keygate::timestamp::format_rfc3339;
+use std::collections::HashSet;
 use crate::mint;
 use crate::request_log::{
     format_time_ms, parse_query, ClientIp, Cursor, RequestQuery, StoredRequest,
@@ -281,5 +286,122 @@ pub fn client_ip_entry(c: ClientIp) -> ClientIpEntry {
         first_seen: format_time_ms(c.first_seen_ms),
         last_seen: format_time_ms(c.last_seen_ms),
         requests: c.requests,
+    }
+}
+
+/// Acts on a leak report (SPEC §15): every reported token that is a key of this service is
+/// recorded against it (once: a key reported again is a no-op), and a live one is revoked when
+/// its prefix's policy says so. Answers the digests of the keys the service knows.
+pub async fn report_leaks<S: Store>(
+    app: &App<S>,
+    origin: Origin,
+    actor: &Actor,
+    reported: &[Reported],
+) -> Result<HashSet<String>, ApiError> {
+    let mut digests: Vec<String> = reported.iter().map(|r| r.digest.clone()).collect();
+    digests.sort_unstable();
+    digests.dedup();
+    let keys = app.store.keys_by_digest(&digests).await?;
+    for key in &keys {
+        let Some(first) = reported.iter().find(|r| r.digest == key.sha256) else {
+            continue;
+        };
+        let (environment, _) = key.effective(&app.gate);
+        let revoke = revokes(&app.gate, &key.prefix, environment.as_deref());
+        let report = LeakReport {
+            origin: origin.as_str(),
+            url: first.url.clone(),
+            source: first.source.clone(),
+        };
+        match app.store.record_leak(&key.id, &report, revoke, actor).await? {
+            Some(action) => {
+                metrics().leaked_key(origin.as_str(), action);
+                eprintln!(
+                    "keygate serve: key {} reported leaked by {} ({}): {action}",
+                    key.id,
+                    origin.as_str(),
+                    first.url.as_deref().unwrap_or("no url")
+                );
+            }
+            None => metrics().leaked_key(origin.as_str(), "repeated"),
+        }
+    }
+    Ok(keys.into_iter().map(|k| k.sha256).collect())
+}
+
+/// Which of `fingerprints` (SHA-256 digests) are live keys the caller may see.
+pub async fn check_fingerprints<S: Store>(
+    app: &App<S>,
+    caller: &Caller,
+    fingerprints: &[String],
+) -> Result<Vec<FingerprintCheck>, ApiError> {
+    let at = now();
+    let live: HashSet<String> = app
+        .store
+        .keys_by_digest(fingerprints)
+        .await?
+        .into_iter()
+        .filter(|k| caller.may_see(k.tenant.as_deref()))
+        .filter(|k| !k.revoked && k.expires_at.is_none_or(|t| t > at))
+        .map(|k| k.sha256)
+        .collect();
+    Ok(fingerprints
+        .iter()
+        .map(|f| FingerprintCheck {
+            fingerprint: f.clone(),
+            live: live.contains(f),
+        })
+        .collect())
+}
+
+pub fn leak_view(l: &Leak) -> LeakView {
+    LeakView {
+        reported_at: format_rfc3339(l.reported_at),
+        origin: l.origin.clone(),
+        url: l.url.clone(),
+        source: l.source.clone(),
+        action: l.action.clone(),
+    }
+}
+
+/// `keys` as listed, each with its leak report if it has one.
+pub async fn with_leaks<S: Store>(
+    app: &App<S>,
+    keys: &[StoredKey],
+    tenant: Option<&str>,
+) -> Result<Vec<Key>, ApiError> {
+    let leaks = if let [one] = keys {
+        app.store.leaks(Some(&one.id), None).await?
+    } else if keys.is_empty() {
+        vec![]
+    } else {
+        app.store.leaks(None, tenant).await?
+    };
+    Ok(keys
+        .iter()
+        .map(|k| {
+            let mut listed = k.listed(&app.gate);
+            listed.leak = leaks.iter().find(|l| l.key_id == k.id).map(leak_view);
+            listed
+        })
+        .collect())
+}
+
+pub fn delivery_entry(d: &Delivery) -> DeliveryEntry {
+    let status = match (d.delivered_at, d.next_attempt_at) {
+        (Some(_), _) => "delivered",
+        (None, Some(_)) => "pending",
+        (None, None) => "failed",
+    };
+    DeliveryEntry {
+        id: d.id.clone(),
+        event: d.event.clone(),
+        created_at: format_rfc3339(d.created_at),
+        status: status.into(),
+        attempts: d.attempts,
+        next_attempt_at: d.next_attempt_at.map(format_rfc3339),
+        delivered_at: d.delivered_at.map(format_rfc3339),
+        last_status: d.last_status,
+        last_error: d.last_error.clone(),
     }
 }

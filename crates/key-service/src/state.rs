@@ -6,6 +6,7 @@ use crate::auth::{Auth, Caller};
 use crate::ingest::RequestLog;
 use crate::input::text_ok;
 use crate::server::Peer;
+use crate::signing_keys::KeySource;
 use crate::store::Actor;
 use crate::usage::Retention;
 use axum::http::HeaderMap;
@@ -30,6 +31,12 @@ pub struct App<S> {
     pub public_url: Option<String>,
     /// Where request-log exports are written (in batches, by one task).
     pub request_log: RequestLog,
+    /// The keys GitHub's leak reports are signed with (SPEC §15).
+    pub github_keys: KeySource,
+    /// GitLab's (`None`: no `--gitlab-keys-url`, its endpoint is off).
+    pub gitlab_keys: Option<KeySource>,
+    /// Key events are sent to a webhook.
+    pub webhooks: bool,
 }
 
 /// One listener's view of the app: `gateway` = trust keygate's identity headers.

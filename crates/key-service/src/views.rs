@@ -60,6 +60,47 @@ pub struct Key {
     pub last_used: Option<String>,
     pub expires_at: Option<String>,
     pub revoked: bool,
+    /// Present only for a key reported leaked (SPEC §15): who reported it, where, and what the
+    /// service did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leak: Option<LeakView>,
+}
+
+/// A key's leak report.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LeakView {
+    #[schema(example = "2025-01-15T10:30:00Z")]
+    pub reported_at: String,
+    /// `github` or `gitlab`.
+    pub origin: String,
+    /// Where the key was found.
+    pub url: Option<String>,
+    /// What the partner says it was found in (`content`, `commit`, …).
+    pub source: Option<String>,
+    /// `revoked`, `notified`, or `none` (revoked or expired already).
+    pub action: String,
+}
+
+/// Whether a fingerprint is a live key's (`POST /v1/leaks/check`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FingerprintCheck {
+    pub fingerprint: String,
+    pub live: bool,
+}
+
+/// One webhook delivery (`GET /v1/webhook-deliveries`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeliveryEntry {
+    pub id: String,
+    pub event: String,
+    pub created_at: String,
+    /// `pending`, `delivered` or `failed` (given up).
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_at: Option<String>,
+    pub delivered_at: Option<String>,
+    pub last_status: Option<i64>,
+    pub last_error: Option<String>,
 }
 
 /// A key just created or rolled: the only answer that ever holds the plaintext key.
@@ -159,6 +200,10 @@ pub struct AuditEntry {
     pub key_id: Option<String>,
     pub tenant: Option<String>,
     pub ip: Option<String>,
+    /// What a `key.leaked` entry adds: `origin`, `url`, `source`, `action` (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<serde_json::Value>,
 }
 
 /// One request of the request log (SPEC §13): never key material.

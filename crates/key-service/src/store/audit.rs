@@ -23,11 +23,27 @@ pub(super) async fn append(
     tenant: Option<&str>,
     time: i64,
 ) -> std::result::Result<(), sqlx::Error> {
+    append_with(conn, actor, action, key_id, tenant, time, None)
+        .await
+        .map(|_| ())
+}
+
+/// Appends one entry with `details` (a JSON object's text); answers the entry's id.
+pub(super) async fn append_with(
+    conn: &mut sqlx::AnyConnection,
+    actor: &Actor,
+    action: &str,
+    key_id: Option<&str>,
+    tenant: Option<&str>,
+    time: i64,
+    details: Option<&str>,
+) -> std::result::Result<String, sqlx::Error> {
+    let id = entry_id();
     sqlx::query(
-        "INSERT INTO audit_log (id, time, actor_type, actor_id, action, key_id, tenant, ip) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO audit_log (id, time, actor_type, actor_id, action, key_id, tenant, ip, details) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
-    .bind(entry_id())
+    .bind(&id)
     .bind(time)
     .bind(actor.kind)
     .bind(&actor.id)
@@ -35,15 +51,16 @@ pub(super) async fn append(
     .bind(key_id)
     .bind(tenant)
     .bind(&actor.ip)
+    .bind(details)
     .execute(conn)
     .await
-    .map(|_| ())
+    .map(|_| id)
 }
 
 /// Entries matching `q`, newest first, at most `q.limit`.
 pub(super) async fn read(pool: &sqlx::AnyPool, q: &AuditQuery<'_>) -> Result<Vec<AuditRecord>> {
     let mut sql = String::from(
-        "SELECT id, time, actor_type, actor_id, action, key_id, tenant, ip FROM audit_log \
+        "SELECT id, time, actor_type, actor_id, action, key_id, tenant, ip, details FROM audit_log \
          WHERE time >= $1 AND time < $2",
     );
     let mut n = 2;
@@ -79,6 +96,7 @@ pub(super) async fn read(pool: &sqlx::AnyPool, q: &AuditQuery<'_>) -> Result<Vec
                 key_id: r.try_get("key_id")?,
                 tenant: r.try_get("tenant")?,
                 ip: r.try_get("ip")?,
+                details: r.try_get("details")?,
             })
         })
         .collect::<std::result::Result<_, sqlx::Error>>()

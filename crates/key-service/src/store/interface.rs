@@ -86,6 +86,8 @@ pub struct AuditRecord {
     pub key_id: Option<String>,
     pub tenant: Option<String>,
     pub ip: Option<String>,
+    /// A JSON object's text: what a `key.leaked` entry adds (origin, url, source, action).
+    pub details: Option<String>,
 }
 
 /// Which entries: all filters optional; `before` an entry id (the page after it).
@@ -195,6 +197,51 @@ impl UsageSummary {
     pub fn add_route(&mut self, route: String, decision: String, n: i64) {
         add(self.by_route.entry(route).or_default(), decision, n);
     }
+}
+
+/// A leak report of one key (SPEC §15): where it came from, never the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeakReport {
+    /// `github` or `gitlab`.
+    pub origin: &'static str,
+    pub url: Option<String>,
+    pub source: Option<String>,
+}
+
+/// A key's (first) leak report and the action taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leak {
+    pub key_id: String,
+    pub reported_at: i64,
+    pub origin: String,
+    pub url: Option<String>,
+    pub source: Option<String>,
+    /// `revoked`, `notified`, or `none` (the key was revoked or expired already).
+    pub action: String,
+}
+
+/// One webhook delivery (SPEC §15): its event and where its attempts stand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub id: String,
+    pub event: String,
+    /// The JSON sent, as sent.
+    pub body: String,
+    pub created_at: i64,
+    pub attempts: i64,
+    /// `None`: delivered, or given up.
+    pub next_attempt_at: Option<i64>,
+    pub delivered_at: Option<i64>,
+    pub last_status: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+/// How an attempt to deliver ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    Delivered { status: i64 },
+    Retry { at: i64, status: Option<i64>, error: String },
+    GaveUp { status: Option<i64>, error: String },
 }
 
 /// What pruning usage did.
@@ -336,6 +383,43 @@ pub trait Store: Send + Sync + 'static {
         key_id: &str,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<ClientIp>>> + Send;
+    /// The keys (live or not) whose digests are among `digests`.
+    fn keys_by_digest(
+        &self,
+        digests: &[String],
+    ) -> impl Future<Output = Result<Vec<StoredKey>>> + Send;
+    /// Records a leak report of key `id`, revoking it if `revoke` and it is live, with its
+    /// audit entry: the action taken, or `None` when the key was reported before (a no-op).
+    fn record_leak(
+        &self,
+        id: &str,
+        report: &LeakReport,
+        revoke: bool,
+        actor: &Actor,
+    ) -> impl Future<Output = Result<Option<&'static str>>> + Send;
+    /// Leak reports of one key, a tenant's keys, or every key.
+    fn leaks(
+        &self,
+        key: Option<&str>,
+        tenant: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<Leak>>> + Send;
+    /// Claims webhook deliveries due at `now` (at most `limit`) for this replica.
+    fn claim_deliveries(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Delivery>>> + Send;
+    /// Records how a delivery attempt ended.
+    fn finish_delivery(
+        &self,
+        id: &str,
+        outcome: &DeliveryOutcome,
+        now: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// The latest webhook deliveries, newest first.
+    fn deliveries(&self, limit: usize) -> impl Future<Output = Result<Vec<Delivery>>> + Send;
+    /// Deletes finished deliveries made before `before`.
+    fn prune_deliveries(&self, before: i64) -> impl Future<Output = Result<u64>> + Send;
     /// Drops the request log's days before `before_day` (days since the epoch); readies
     /// `today`'s and the next.
     fn prune_requests(

@@ -12,17 +12,21 @@
 
 //!
 //! The steps: [`interface`] (the trait and its records), [`schema`] (the two backends,
-//! migrations, the epoch), [`sql`] (the statements; [`requests`]: the request log's).
+//! migrations, the epoch), [`sql`] (the statements; [`requests`]: the request log's; [`leaks`]:
+//! leak reports; [`webhooks`]: the deliveries queued with the changes they announce).
 
 mod audit;
 mod interface;
+mod leaks;
 mod portal;
 mod requests;
 mod schema;
 mod sessions;
 mod sql;
 mod usage;
+mod webhooks;
 
 pub use interface::*;
 pub use schema::Backend;
 pub use sql::{OpenError, SqlStore};
+pub use webhooks::EVENTS as WEBHOOK_EVENTS;

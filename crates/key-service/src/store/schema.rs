@@ -202,8 +202,38 @@ fn migrations(backend: Backend) -> Vec<Vec<String>> {
         .map(|steps| steps.iter().map(|s| s.to_string()).collect())
         .collect();
     all.push(request_log_migration(backend));
+    all.push(LEAKS_AND_WEBHOOKS.iter().map(|s| s.to_string()).collect());
     all
 }
+
+/// Migration 9 (SPEC §15): what the audit log says beyond its columns (a leak report's origin,
+/// url, source and action, as JSON); a key's first leak report (one per key: a report again is
+/// a no-op); webhook deliveries, written in the transaction of the change they announce
+/// (`next_attempt_at` NULL: delivered or given up).
+const LEAKS_AND_WEBHOOKS: &[&str] = &[
+    "ALTER TABLE audit_log ADD COLUMN details TEXT",
+    "CREATE TABLE key_leaks (
+        key_id TEXT PRIMARY KEY,
+        reported_at BIGINT NOT NULL,
+        origin TEXT NOT NULL,
+        url TEXT,
+        source TEXT,
+        action TEXT NOT NULL
+    )",
+    "CREATE TABLE webhook_deliveries (
+        id TEXT PRIMARY KEY,
+        event TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        attempts BIGINT NOT NULL,
+        next_attempt_at BIGINT,
+        delivered_at BIGINT,
+        last_status BIGINT,
+        last_error TEXT
+    )",
+    "CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at)",
+    "CREATE INDEX webhook_deliveries_created ON webhook_deliveries (created_at, id)",
+];
 
 pub(super) async fn migrate(
     pool: &AnyPool,

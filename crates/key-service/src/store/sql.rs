@@ -7,7 +7,9 @@ use super::interface::{
 use super::requests::{self, Partitions};
 use super::schema::{ensure_epoch, migrate, Backend};
 use super::usage;
-use super::{audit, portal, sessions};
+use super::{audit, leaks, portal, sessions, webhooks};
+use super::interface::{Delivery, DeliveryOutcome, Leak, LeakReport};
+use serde_json::json;
 use crate::model::{StoredKey, UsageEntry, UsageRow};
 use crate::request_log::{ClientIp, RequestQuery, RequestRecord, StoredRequest};
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -39,6 +41,8 @@ pub struct SqlStore {
     epoch: String,
     /// The request log's days made so far (PostgreSQL).
     partitions: Partitions,
+    /// Key events are queued for webhook delivery (`--webhook-url`).
+    webhooks: bool,
 }
 
 impl SqlStore {
@@ -107,7 +111,14 @@ impl SqlStore {
             backend,
             epoch,
             partitions: Partitions::default(),
+            webhooks: false,
         })
+    }
+
+    /// Queues key events for webhook delivery from now on (SPEC §15).
+    pub fn with_webhooks(mut self, on: bool) -> SqlStore {
+        self.webhooks = on;
+        self
     }
 
     pub fn backend(&self) -> Backend {
@@ -139,6 +150,35 @@ async fn current_seq(conn: &mut sqlx::AnyConnection) -> std::result::Result<i64,
         .fetch_one(conn)
         .await?
         .try_get("value")
+}
+
+/// What a key event says of a key and of who acted (never a key or digest).
+fn event_data(key: &StoredKey, actor: &Actor) -> serde_json::Value {
+    json!({
+        "key_id": key.id, "tenant": key.tenant, "prefix": key.prefix, "name": key.name,
+        "environment": key.environment,
+        "actor": {"type": actor.kind, "id": actor.id},
+    })
+}
+
+/// Queues `event` about key `id` (as it is in this transaction), with `extra` fields.
+async fn announce(
+    tx: &mut AnyConnection,
+    event: &str,
+    id: &str,
+    actor: &Actor,
+    extra: serde_json::Value,
+) -> std::result::Result<(), sqlx::Error> {
+    let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM {KEYS_FROM} WHERE k.id = $1"))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some(row) = row else { return Ok(()) };
+    let mut data = event_data(&key_from_row(&row)?, actor);
+    if let (Some(d), Some(e)) = (data.as_object_mut(), extra.as_object()) {
+        d.extend(e.clone());
+    }
+    webhooks::enqueue(tx, event, data, actor.at).await
 }
 
 fn key_from_row(row: &AnyRow) -> std::result::Result<StoredKey, sqlx::Error> {
@@ -196,6 +236,9 @@ impl Store for SqlStore {
         insert_key(&mut tx, key, seq).await?;
         let (id, tenant) = (Some(key.id.as_str()), key.tenant.as_deref());
         audit::append(&mut tx, actor, "key.created", id, tenant, actor.at).await?;
+        if self.webhooks {
+            webhooks::enqueue(&mut tx, "key.created", event_data(key, actor), actor.at).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -370,6 +413,9 @@ impl Store for SqlStore {
             actor.at,
         )
         .await?;
+        if self.webhooks {
+            announce(&mut tx, "key.revoked", id, actor, json!({})).await?;
+        }
         tx.commit().await?;
         Ok(true)
     }
@@ -387,20 +433,27 @@ impl Store for SqlStore {
         // after it can start, until this roll ends (one roll of a key wins; a revoke is either
         // before it, and refuses it, or after it).
         let seq = next_seq(&mut tx).await?;
-        let found =
-            sqlx::query("SELECT revoked, expires_at, rolled_to FROM api_keys WHERE id = $1")
-                .bind(old_id)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let found = sqlx::query(
+            "SELECT revoked, expires_at, rolled_to, \
+             (SELECT COUNT(*) FROM key_leaks l WHERE l.key_id = api_keys.id) AS leaked \
+             FROM api_keys WHERE id = $1",
+        )
+        .bind(old_id)
+        .fetch_optional(&mut *tx)
+        .await?;
         let Some(row) = found else {
             tx.rollback().await?;
             return Ok(Rolled::NotFound);
         };
         let current: Option<i64> = row.try_get("expires_at")?;
         let rolled_to: Option<String> = row.try_get("rolled_to")?;
-        let refused = if row.try_get::<i64, _>("revoked")? != 0 {
+        // A key revoked because it leaked may be rolled: its successor is the replacement the
+        // owner needs (the leaked key stays revoked).
+        let revoked = row.try_get::<i64, _>("revoked")? != 0;
+        let leaked = row.try_get::<i64, _>("leaked")? != 0;
+        let refused = if revoked && !leaked {
             Some(Rolled::Revoked)
-        } else if current.is_some_and(|t| t <= now) {
+        } else if !revoked && current.is_some_and(|t| t <= now) {
             Some(Rolled::Expired)
         } else if rolled_to.is_some() {
             Some(Rolled::AlreadyRolled)
@@ -422,6 +475,10 @@ impl Store for SqlStore {
         insert_key(&mut tx, new, seq).await?;
         let tenant = new.tenant.as_deref();
         audit::append(&mut tx, actor, "key.rolled", Some(old_id), tenant, now).await?;
+        if self.webhooks {
+            let extra = json!({"new_key_id": new.id});
+            announce(&mut tx, "key.rolled", old_id, actor, extra).await?;
+        }
         tx.commit().await?;
         Ok(Rolled::Done)
     }
@@ -562,5 +619,63 @@ impl Store for SqlStore {
             today,
         )
         .await
+    }
+
+    async fn keys_by_digest(&self, digests: &[String]) -> Result<Vec<StoredKey>> {
+        let mut keys = Vec::new();
+        for chunk in digests.chunks(500) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT {KEY_COLUMNS} FROM {KEYS_FROM} WHERE k.sha256 IN ({})",
+                marks.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for d in chunk {
+                q = q.bind(d);
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                keys.push(key_from_row(&row)?);
+            }
+        }
+        Ok(keys)
+    }
+
+    async fn record_leak(
+        &self,
+        id: &str,
+        report: &LeakReport,
+        revoke: bool,
+        actor: &Actor,
+    ) -> Result<Option<&'static str>> {
+        let mut tx = self.pool.begin().await?;
+        let seq = next_seq(&mut tx).await?;
+        let action = leaks::record(&mut tx, seq, id, report, revoke, actor, self.webhooks).await?;
+        if action.is_some() {
+            tx.commit().await?;
+        } else {
+            // Reported before (or no such key): no change, no new version.
+            tx.rollback().await?;
+        }
+        Ok(action)
+    }
+
+    async fn leaks(&self, key: Option<&str>, tenant: Option<&str>) -> Result<Vec<Leak>> {
+        leaks::reported(&self.pool, key, tenant).await
+    }
+
+    async fn claim_deliveries(&self, now: i64, limit: usize) -> Result<Vec<Delivery>> {
+        webhooks::claim_due(&self.pool, now, limit).await
+    }
+
+    async fn finish_delivery(&self, id: &str, outcome: &DeliveryOutcome, now: i64) -> Result<()> {
+        webhooks::finish(&self.pool, id, outcome, now).await
+    }
+
+    async fn deliveries(&self, limit: usize) -> Result<Vec<Delivery>> {
+        webhooks::latest(&self.pool, limit).await
+    }
+
+    async fn prune_deliveries(&self, before: i64) -> Result<u64> {
+        webhooks::prune(&self.pool, before).await
     }
 }
