@@ -1,7 +1,7 @@
 //! `keygate`: mint, hash and check API keys and keygate configurations.
 //!
 //! Exit codes: 0 success (warnings, if any, on stderr); 1 the input is invalid (each error on
-//! stderr with its JSON path); 2 usage error or unreadable input.
+//! stderr with its JSON path), or `keygate scan` found a key; 2 usage error or unreadable input.
 
 #![cfg_attr(
     not(test),
@@ -16,6 +16,8 @@ mod keys;
 mod order;
 mod reference;
 mod requests;
+mod rules;
+mod scan;
 mod signals;
 
 use clap::{Parser, Subcommand};
@@ -160,6 +162,48 @@ enum Command {
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
     },
+    /// Find keys of the configured prefixes in files, or in every blob of a git repository's
+    /// history (SPEC §15). Prints the prefix, a masked form and the SHA-256 fingerprint, never
+    /// a whole key. Exit 1 when a key is found, 0 when none, 2 on error.
+    Scan {
+        /// Files and directories to scan (default: .); with --git-history, a directory inside
+        /// the repository
+        paths: Vec<std::path::PathBuf>,
+        /// Scan every blob reachable in the repository (each once, with the commit that first
+        /// brought it in) instead of the files
+        #[arg(long)]
+        git_history: bool,
+        /// Output format
+        #[arg(long, value_enum, default_value = "text")]
+        format: scan::Format,
+        /// The keygate plugin configuration (JSON or an Envoy YAML holding one), read as
+        /// `keygate serve --config` reads it: its prefixes are what is looked for
+        #[arg(long, env = "KEYGATE_CONFIG")]
+        config: String,
+        /// Ask the key service which keys found are live (only fingerprints are sent; admin
+        /// token from KEYGATE_ADMIN_TOKEN)
+        #[arg(long)]
+        check: bool,
+        /// The key service's URL, for --check
+        #[arg(
+            long,
+            alias = "service",
+            env = "KEYGATE_SERVER",
+            default_value = "http://127.0.0.1:8081"
+        )]
+        server: String,
+    },
+    /// Detection rules for the configured prefixes that other scanners load: a gitleaks 8
+    /// configuration or a detect-secrets 1.x plugin, with sample keys to send GitHub's secret
+    /// scanning partner program
+    Rules {
+        /// The scanner
+        #[arg(long, value_enum)]
+        format: rules::RulesFormat,
+        /// The keygate plugin configuration (JSON or an Envoy YAML holding one)
+        #[arg(long, env = "KEYGATE_CONFIG")]
+        config: String,
+    },
     /// Manage keys at a key service (admin token from KEYGATE_ADMIN_TOKEN)
     Keys {
         /// The key service's URL
@@ -296,28 +340,7 @@ fn serve(
         "set KEYGATE_ADMIN_TOKEN_SHA256 to the SHA-256 of the admin token (echo -n TOKEN | keygate hash)",
     )?;
     let sync_sha256 = token_digest("KEYGATE_SYNC_TOKEN_SHA256")?;
-    let text = std::fs::read_to_string(config).map_err(|e| format!("--config {config}: {e}"))?;
-    let found = configs_in(config, &text).map_err(|e| format!("--config {config}: {e}"))?;
-    let Some(first) = found.first() else {
-        return Err(format!("--config {config}: no keygate configuration found"));
-    };
-    let errors = config_errors(first);
-    if !errors.is_empty() {
-        return Err(format!("--config {config}: {}", errors.join("; ")));
-    }
-    let gate = match &first.config {
-        Ok(v) => {
-            gate_from_value(&core_value(v)).map_err(|_| format!("--config {config}: invalid"))?
-        }
-        Err(e) => return Err(format!("--config {config}: {e}")),
-    };
-    if found.len() > 1 {
-        eprintln!(
-            "keygate serve: {config} holds {} keygate configurations; validating keys with the first ({})",
-            found.len(),
-            if first.location.is_empty() { "top level" } else { &first.location }
-        );
-    }
+    let gate = read_gate(config, "keygate serve", "validating keys with")?;
     keygate_key_service::serve(
         keygate_key_service::Options {
             listen,
@@ -336,6 +359,93 @@ fn serve(
         signals::shutdown,
     )?;
     Ok(true)
+}
+
+/// The plugin configuration at `config` (JSON, or the first one an Envoy YAML holds), validated
+/// as the filter validates it. `who` and `using` name the command in the note about a file
+/// holding several.
+fn read_gate(config: &str, who: &str, using: &str) -> Result<keygate::model::Gate, String> {
+    let text = std::fs::read_to_string(config).map_err(|e| format!("--config {config}: {e}"))?;
+    let found = configs_in(config, &text).map_err(|e| format!("--config {config}: {e}"))?;
+    let Some(first) = found.first() else {
+        return Err(format!("--config {config}: no keygate configuration found"));
+    };
+    let errors = config_errors(first);
+    if !errors.is_empty() {
+        return Err(format!("--config {config}: {}", errors.join("; ")));
+    }
+    let gate = match &first.config {
+        Ok(v) => {
+            gate_from_value(&core_value(v)).map_err(|_| format!("--config {config}: invalid"))?
+        }
+        Err(e) => return Err(format!("--config {config}: {e}")),
+    };
+    if found.len() > 1 {
+        eprintln!(
+            "{who}: {config} holds {} keygate configurations; {using} the first ({})",
+            found.len(),
+            if first.location.is_empty() {
+                "top level"
+            } else {
+                &first.location
+            }
+        );
+    }
+    Ok(gate)
+}
+
+/// The configured prefixes as the scanner and the rules need them (longest first).
+fn patterns(config: &str, who: &str) -> Result<Vec<scan::matcher::Pattern>, String> {
+    let gate = read_gate(config, who, "scanning for the prefixes of")?;
+    if gate.prefixes.is_empty() {
+        return Err(format!(
+            "--config {config}: no prefixes configured, so keys cannot be told from other text"
+        ));
+    }
+    Ok(gate
+        .prefixes
+        .iter()
+        .map(scan::matcher::Pattern::from_prefix)
+        .collect())
+}
+
+fn scan_command(
+    paths: Vec<std::path::PathBuf>,
+    git_history: bool,
+    format: scan::Format,
+    config: &str,
+    check: Option<String>,
+) -> Result<bool, String> {
+    let matcher = scan::matcher::Matcher::new(patterns(config, "keygate scan")?)?;
+    scan::run(
+        &matcher,
+        scan::Options {
+            paths,
+            git_history,
+            format,
+            check,
+        },
+    )
+}
+
+fn rules_command(format: rules::RulesFormat, config: &str) -> Result<(), String> {
+    let patterns = patterns(config, "keygate rules")?;
+    let samples = patterns
+        .iter()
+        .map(|p| {
+            (0..rules::SAMPLES)
+                .map(|_| keygate_key_service::mint::new_key(&p.prefix, p.crc32))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    print!(
+        "{}",
+        match format {
+            rules::RulesFormat::Gitleaks => rules::gitleaks(&patterns, &samples),
+            rules::RulesFormat::DetectSecrets => rules::detect_secrets(&patterns, &samples),
+        }
+    );
+    Ok(())
 }
 
 fn keys_command(server: &str, json: bool, command: KeysCommand) -> Result<(), client::Fail> {
@@ -566,6 +676,18 @@ fn main() -> ExitCode {
         )
         .map(|()| true)
         .map_err(|e| (2, e)),
+        Command::Scan {
+            paths,
+            git_history,
+            format,
+            config,
+            check,
+            server,
+        } => scan_command(paths, git_history, format, &config, check.then_some(server))
+            .map_err(|e| (2, e)),
+        Command::Rules { format, config } => rules_command(format, &config)
+            .map(|()| true)
+            .map_err(|e| (2, e)),
         Command::Keys {
             server,
             json,
