@@ -126,7 +126,7 @@ pub fn read_blobs(
     let mut header = Vec::new();
     let mut data = Vec::new();
     let mut result = Ok(());
-    for index in 0..blobs.len() {
+    for (index, blob) in blobs.iter().enumerate() {
         header.clear();
         if let Err(e) = reader.read_until(b'\n', &mut header) {
             result = Err(git_failed("cat-file", e));
@@ -141,7 +141,7 @@ pub fn read_blobs(
         let Some(size) = size else {
             result = Err(format!(
                 "git cat-file: unexpected answer for {}: {:?}",
-                blobs[index].id,
+                blob.id,
                 line.trim()
             ));
             break;
