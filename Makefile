@@ -17,7 +17,7 @@ endif
 export KEYGATE_REVISION
 
 .DEFAULT_GOAL := help
-.PHONY: install cli-docs images containers kube-tools upgrade-test help build wasm wasm-faults cli toolchain envoy openapi-tools alerts chromium screenshots postgres redis binaryen test unit integration demo-smoke lint fmt run bench soak fuzz compose clean distclean
+.PHONY: install cli-docs images containers kube-tools upgrade-test help build wasm wasm-faults cli toolchain envoy openapi-tools secrets-tools alerts chromium screenshots postgres redis binaryen test unit integration demo-smoke lint fmt run bench soak fuzz compose clean distclean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,6 +43,14 @@ $(OPENAPI_TOOLS): $(ENVOY)
 	$(VENV)/bin/pip install --disable-pip-version-check -q openapi-spec-validator==0.7.2 schemathesis==4.32.5
 
 openapi-tools: $(OPENAPI_TOOLS) ## Install openapi-spec-validator and schemathesis (pinned) into .venv
+
+# `keygate rules --format detect-secrets` is loaded by the real detect-secrets in the scan tests
+# (tests/scan.rs), pinned, from PyPI, into the same venv.
+SECRETS_TOOLS := $(VENV)/bin/detect-secrets
+$(SECRETS_TOOLS): $(ENVOY)
+	$(VENV)/bin/pip install --disable-pip-version-check -q detect-secrets==1.5.0
+
+secrets-tools: $(SECRETS_TOOLS) ## Install detect-secrets (pinned) into .venv
 
 # The Kubernetes kit's tests (tests/kubernetes.rs) validate every object with kubernetes-validate
 # (Kubernetes' schemas, bundled; pinned) from the same venv.
@@ -165,7 +173,7 @@ lint: $(WASM_TARGET_STAMP) ## rustfmt check, clippy (wasm and native) with warni
 unit: ## Unit tests: the pure core, the key service (and its layering), the rate-limit service, the CLI (native cargo test)
 	cargo test --workspace --exclude keygate-tests --lib --bins --tests
 
-integration: build images wasm-faults envoy openapi-tools kube-tools $(PROMTOOL) $(PROMETHEUS) postgres redis chromium ## Integration tests: real Envoy + built .wasm + real upstreams + key service (SQLite, PostgreSQL) + rate-limit service (Redis, Redis Cluster)
+integration: build images wasm-faults envoy openapi-tools secrets-tools kube-tools $(PROMTOOL) $(PROMETHEUS) postgres redis chromium ## Integration tests: real Envoy + built .wasm + real upstreams + key service (SQLite, PostgreSQL) + rate-limit service (Redis, Redis Cluster)
 	cargo test -p keygate-tests --tests --no-fail-fast -- --test-threads 2
 
 demo-smoke: build envoy ## Start the demo as `make run` does, run and check each curl line it prints, stop it
