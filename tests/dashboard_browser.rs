@@ -367,3 +367,134 @@ async fn an_operator_and_a_customer_manage_keys_in_a_browser() {
     assert!(c.source().await.contains("Globex billing"));
     c.quit().await;
 }
+
+/// A leaked key in the browser (SPEC §15): GitHub reports a live key and a test key of one
+/// customer; the operator sees both badged in the list (the revoked one without asking for
+/// revoked keys), the report's address, source and action on the key's page, and rolls it from
+/// there; the webhook page lists the deliveries; the customer's portal shows the same, at a
+/// phone's width, and no webhook page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaked_key_stands_out_for_the_operator_and_the_customer() {
+    use common::partners::*;
+    let dir = scratch_dir("dashboard-leaks");
+    let cfg_path = dir.join("plugin.json");
+    std::fs::write(&cfg_path, plugin_config().to_string()).unwrap();
+    let github = Partner::new(11);
+    let keys = Http::start(keys_answer(key_list(&[&github])));
+    let receiver = Http::start(Box::new(|_, _| (204, String::new(), Duration::ZERO)));
+    let db = format!("sqlite:{}", dir.join("keys.db").display());
+    let s = Service::start_args(
+        ServiceOpts {
+            database: &db,
+            config: &cfg_path,
+            gateway: false,
+            sync_token: true,
+            port: None,
+        },
+        &[
+            "--insecure-cookies",
+            "--github-keys-url",
+            &keys.url("/keys"),
+            "--webhook-url",
+            &receiver.url("/hooks"),
+            "--webhook-secret",
+            "whsec_browser_0123456789",
+        ],
+    );
+    let base = s.url();
+    let make = |prefix: &str, name: &str| {
+        let body = json!({"prefix": prefix, "tenant": "org_acme", "name": name}).to_string();
+        let (st, b) = s.admin("POST", "/v1/api-keys", Some(&body));
+        assert_eq!(st, 201, "{b}");
+        (
+            b["data"]["id"].as_str().unwrap().to_string(),
+            b["data"]["key"].as_str().unwrap().to_string(),
+        )
+    };
+    let (live_id, live) = make("shop_live_", "Acme checkout");
+    let (test_id, test) = make("shop_test_", "Acme CI");
+    let report = json!([
+        {"token": live, "type": "keygate_shop_live", "url": "https://github.com/acme/shop/blob/4f2a/settings.py#L12", "source": "content"},
+        {"token": test, "type": "keygate_shop_test", "url": "javascript:alert(1)", "source": "commit"}
+    ])
+    .to_string();
+    let (st, _, text) = call_raw(
+        &base,
+        "POST",
+        "/v1/leaks/github",
+        Some(&report),
+        &[
+            ("Github-Public-Key-Identifier", github.id.clone()),
+            ("Github-Public-Key-Signature", github.sign(report.as_bytes())),
+        ],
+    );
+    assert_eq!(st, 200, "{text}");
+
+    let b = Browser::start("leaks-operator", 1280).await;
+    b.goto(&format!("{base}/")).await;
+    b.fill("#token", ADMIN_TOKEN).await;
+    b.follow("form[action='/sign-in'] button").await;
+    assert_eq!(b.path().await, "/dashboard/keys");
+    let list = b.source().await;
+    assert!(list.contains("Acme checkout") && list.contains("Acme CI"), "the revoked leaked key is listed");
+    assert_eq!(list.matches(r#"<span class="state state-leaked">leaked</span>"#).count(), 2);
+    b.screenshot("keys-leaked").await;
+
+    b.goto(&format!("{base}/dashboard/keys/{live_id}")).await;
+    assert!(b.text(".leak h2").await.contains("This key was found in public"));
+    let leak = b.text(".leak").await;
+    assert!(leak.contains("Reported by GitHub secret scanning"), "{leak}");
+    assert!(leak.contains("found in content"), "{leak}");
+    assert!(leak.contains("Action taken: revoked at once."), "{leak}");
+    assert!(b.source().await.contains(
+        r#"<a class="url" href="https://github.com/acme/shop/blob/4f2a/settings.py#L12" rel="noopener noreferrer nofollow">"#
+    ));
+    b.screenshot("key-leaked").await;
+    // The test key: its policy is notify, and a report's address that is not http(s) is text.
+    b.goto(&format!("{base}/dashboard/keys/{test_id}")).await;
+    let leak = b.text(".leak").await;
+    assert!(leak.contains("the key still works"), "{leak}");
+    assert!(!b.source().await.contains("href=\"javascript:"));
+    assert!(b.exists("#leak-grace").await, "a live key's roll asks for a grace period");
+    // Rolled from the leak card: the replacement is shown once.
+    b.goto(&format!("{base}/dashboard/keys/{live_id}")).await;
+    b.follow(".leak button[type=submit]").await;
+    assert_eq!(b.text("h1").await, "The new key");
+    assert!(b.text("#new-key").await.starts_with("shop_live_"));
+
+    // The webhook page: every event delivered.
+    until(Duration::from_secs(10), "deliveries listed", async || {
+        b.goto(&format!("{base}/dashboard/webhooks")).await;
+        let page = b.source().await;
+        // created ×2, leaked ×2, revoked ×1, rolled ×1
+        page.matches("state-delivered").count() == 6
+    })
+    .await;
+    let page = b.source().await;
+    assert!(page.contains("<code>key.leaked</code>") && page.contains("<code>key.rolled</code>"));
+    b.screenshot("webhooks").await;
+    b.goto(&format!("{base}/dashboard/audit")).await;
+    assert!(b.source().await.contains("(github: revoked)"));
+    b.quit().await;
+
+    // The customer's portal, at a phone's width.
+    let (st, p) = s.admin(
+        "POST",
+        "/v1/portal-sessions",
+        Some(r#"{"tenant":"org_acme","ttl_seconds":300}"#),
+    );
+    assert_eq!(st, 201, "{p}");
+    let url = p["data"]["url"].as_str().unwrap();
+    let c = Browser::start("leaks-portal", 390).await;
+    c.goto(&format!("{base}{}", &url[url.find("/portal/open").unwrap()..]))
+        .await;
+    assert_eq!(c.path().await, "/dashboard/keys");
+    assert!(c.source().await.contains(r#"<span class="state state-leaked">leaked</span>"#));
+    c.goto(&format!("{base}/dashboard/keys/{test_id}")).await;
+    assert!(c.text(".leak").await.contains("Reported by GitHub secret scanning"));
+    c.screenshot("portal-key-leaked").await;
+    c.goto(&format!("{base}/dashboard/webhooks")).await;
+    assert_eq!(c.text("h1").await, "Not found");
+    assert!(!c.source().await.contains("/dashboard/webhooks\""), "no webhook link in the portal");
+    c.quit().await;
+}

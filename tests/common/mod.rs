@@ -5,6 +5,7 @@
 pub mod browser;
 pub mod fleet;
 pub mod key_service;
+pub mod partners;
 pub mod readers;
 pub mod service;
 

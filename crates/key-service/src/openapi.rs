@@ -32,7 +32,7 @@ impl Modify for AdminToken {
         description = "The admin API of `keygate serve` (SPEC §7): API keys (created and shown once, listed, edited, revoked, rolled), usage, the audit log, the request log and portal sessions. Every answer is JSON; errors are `{\"success\":false,\"error\",\"code\"}`.",
         license(name = "Apache-2.0")
     ),
-    paths(create_key, list_keys, show_key, update_key, revoke_key, roll_key, key_usage, usage, audit_log, requests, key_requests, create_portal_session),
+    paths(create_key, list_keys, show_key, update_key, revoke_key, roll_key, key_usage, usage, audit_log, requests, key_requests, create_portal_session, check_fingerprints, webhook_deliveries),
     modifiers(&AdminToken),
     security(("admin_token" = [])),
     tags(
@@ -40,7 +40,8 @@ impl Modify for AdminToken {
         (name = "usage", description = "Usage by key, route and time"),
         (name = "audit", description = "Who changed what"),
         (name = "requests", description = "Every request made with a key (the request log)"),
-        (name = "portal", description = "Customer portal sessions")
+        (name = "portal", description = "Customer portal sessions"),
+        (name = "leaks", description = "Leaked keys (SPEC §15): which fingerprints are live keys; the webhook deliveries of key events")
     )
 )]
 pub struct ApiDoc;
@@ -289,3 +290,31 @@ fn key_requests() {}
         (status = 503, description = "The database is unavailable", body = ErrorBody)
     ))]
 fn create_portal_session() {}
+
+/// Which fingerprints (SHA-256 digests, as `keygate scan` prints them) are live keys the caller
+/// may see: only digests travel
+#[utoipa::path(post, path = "/v1/leaks/check", tag = "leaks",
+    request_body = FingerprintsBody,
+    responses(
+        (status = 200, description = "Each fingerprint, in order, and whether it is a live key", body = Envelope<Vec<FingerprintCheck>>),
+        (status = 400, description = "Bad input", body = ErrorBody),
+        (status = 401, description = "No valid admin token", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody)
+    ))]
+fn check_fingerprints() {}
+
+/// The latest webhook deliveries of key events, newest first (the provider's admin only)
+#[utoipa::path(get, path = "/v1/webhook-deliveries", tag = "leaks",
+    params(
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "How many (default 100)")
+    ),
+    responses(
+        (status = 200, description = "Deliveries", body = Envelope<Vec<DeliveryEntry>>),
+        (status = 400, description = "Bad input", body = ErrorBody),
+        (status = 401, description = "No valid admin token", body = ErrorBody),
+        (status = 403, description = "A tenant admin key", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody)
+    ))]
+fn webhook_deliveries() {}

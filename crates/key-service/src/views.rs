@@ -304,6 +304,21 @@ pub struct PatchBody {
     pub allowed_paths: Option<Vec<String>>,
 }
 
+/// `POST /v1/leaks/check`.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct FingerprintsBody {
+    /// Lowercase hex SHA-256 digests of keys (`keygate scan`'s fingerprints), at most 10,000.
+    #[schema(max_items = 10000, inline)]
+    pub fingerprints: Vec<Fingerprint>,
+}
+
+/// A lowercase hex SHA-256 digest.
+#[derive(Debug, ToSchema)]
+#[schema(pattern = "^[0-9a-f]{64}$")]
+#[allow(dead_code)]
+pub struct Fingerprint(String);
+
 /// `POST /v1/api-keys/{id}/roll`.
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)]

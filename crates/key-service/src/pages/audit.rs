@@ -15,6 +15,8 @@ pub struct Entry {
     pub time: String,
     pub actor: String,
     pub action: String,
+    /// What a `key.leaked` entry adds, in words.
+    pub detail: Option<String>,
     pub key_id: Option<String>,
     pub tenant: Option<String>,
     pub ip: Option<String>,
@@ -78,7 +80,17 @@ pub async fn show<S: Store>(
     let entries = records
         .into_iter()
         .map(|r| {
-            let provider = customer && r.actor_type != "portal";
+            // Leak reports name their origin (GitHub, GitLab) to everyone.
+            let provider =
+                customer && !matches!(r.actor_type.as_str(), "portal" | "github" | "gitlab");
+            let detail = r
+                .details
+                .as_deref()
+                .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+                .map(|d| {
+                    let s = |f: &str| d.get(f).and_then(|v| v.as_str()).unwrap_or("").to_string();
+                    format!("{}: {}", s("origin"), s("action"))
+                });
             Entry {
                 time: time_html(Some(&keygate::timestamp::format_rfc3339(r.time))),
                 actor: match (&r.actor_id, provider) {
@@ -87,6 +99,7 @@ pub async fn show<S: Store>(
                     (None, false) => r.actor_type.clone(),
                 },
                 action: r.action,
+                detail,
                 key_id: r.key_id,
                 tenant: r.tenant,
                 ip: if provider { None } else { r.ip },

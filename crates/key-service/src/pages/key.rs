@@ -46,6 +46,45 @@ struct KeyPage {
     rate_limits: String,
     error: Option<String>,
     notice: Option<String>,
+    /// Its leak report, if it was reported leaked.
+    leak: Option<Leaked>,
+}
+
+/// A leak report as the key's page tells it.
+struct Leaked {
+    origin: &'static str,
+    reported: String,
+    /// Where it was found: a link only for an http(s) URL.
+    url: Option<String>,
+    href: Option<String>,
+    source: Option<String>,
+    action: &'static str,
+    /// The key still works: rolling it is urgent.
+    live: bool,
+}
+
+fn leaked(l: &crate::store::Leak, state: &str) -> Leaked {
+    let href = l
+        .url
+        .clone()
+        .filter(|u| u.starts_with("https://") || u.starts_with("http://"));
+    Leaked {
+        origin: match l.origin.as_str() {
+            "github" => "GitHub secret scanning",
+            "gitlab" => "GitLab secret detection",
+            _ => "a scanner",
+        },
+        reported: super::html::time_html(Some(&format_rfc3339(l.reported_at))),
+        url: l.url.clone(),
+        href,
+        source: l.source.clone(),
+        action: match l.action.as_str() {
+            "revoked" => "revoked at once",
+            "notified" => "recorded and announced; the key still works (its type's leak policy is \"notify\")",
+            _ => "none: the key was already revoked or expired",
+        },
+        live: state == "active",
+    }
 }
 
 fn list_text(v: &Value, field: &str) -> String {
@@ -90,6 +129,14 @@ async fn key_page<S: Store>(
         StatusCode::OK
     };
     let (_, roles) = choices(ctx, web);
+    let k_row = row(&k, &ctx.app);
+    let leak = ctx
+        .app
+        .store
+        .leaks(Some(id), None)
+        .await?
+        .first()
+        .map(|l| leaked(l, k_row.state));
     let mut recent = super::requests::recent_for_key(ctx, web, id).await;
     let rows = std::mem::take(&mut recent.rows);
     let p = KeyPage {
@@ -105,11 +152,12 @@ async fn key_page<S: Store>(
         allowed_referers: list_text(r, "allowed_referers"),
         allowed_paths: list_text(r, "allowed_paths"),
         rate_limits,
-        k: row(&k, &ctx.app),
+        k: k_row,
         l,
         roles,
         error,
         notice,
+        leak,
     };
     Ok(page(status, p.render()))
 }

@@ -36,6 +36,8 @@ pub struct Row {
     pub expires: String,
     /// `active`, `expired` or `revoked`.
     pub state: &'static str,
+    /// Reported leaked (SPEC §15): shown with a badge, and listed even when revoked.
+    pub leaked: bool,
 }
 
 pub(super) fn row(k: &StoredKey, app: &crate::state::App<impl Store>) -> Row {
@@ -58,6 +60,7 @@ pub(super) fn row(k: &StoredKey, app: &crate::state::App<impl Store>) -> Row {
         tenant: v.tenant,
         role: v.role,
         state,
+        leaked: false,
     }
 }
 
@@ -194,10 +197,25 @@ async fn keys_page<S: Store>(
         (all, None)
     };
     let t = now();
+    let leaked: std::collections::HashSet<String> = ctx
+        .app
+        .store
+        .leaks(None, tenant.as_deref())
+        .await?
+        .into_iter()
+        .map(|l| l.key_id)
+        .collect();
     if !show_all {
-        keys.retain(|k| !k.revoked && k.expires_at.is_none_or(|e| e > t));
+        // A leaked key stays in sight until it is dealt with, revoked or not.
+        keys.retain(|k| leaked.contains(&k.id) || !k.revoked && k.expires_at.is_none_or(|e| e > t));
     }
-    let rows = keys.iter().map(|k| row(k, &ctx.app)).collect();
+    let rows = keys
+        .iter()
+        .map(|k| Row {
+            leaked: leaked.contains(&k.id),
+            ..row(k, &ctx.app)
+        })
+        .collect();
     let (prefixes, roles) = choices(ctx, web);
     let (status, error) = match error {
         Some((status, message)) => (status, Some(message)),

@@ -3,7 +3,7 @@
 //! ([`super::ops`]). Every action is a plain HTML form; `assets/app.js` only enhances.
 //!
 //! The flow: [`session`] (sign-in, sign-out, who is asking, CSRF) → [`keys`], [`usage`],
-//! [`requests`], [`audit`] (one page each) → [`html`] (the frame and the headers every page sends).
+//! [`requests`], [`audit`], [`webhooks`] (one page each) → [`html`] (the frame and the headers every page sends).
 
 mod audit;
 pub(crate) mod html;
@@ -12,6 +12,7 @@ mod keys;
 mod requests;
 pub(crate) mod session;
 mod usage;
+mod webhooks;
 
 use crate::state::Ctx;
 use crate::store::Store;
@@ -45,6 +46,7 @@ pub fn routes<S: Store>() -> Router<Ctx<S>> {
         .route("/dashboard/audit", get(audit::show::<S>))
         .route("/dashboard/requests", get(requests::show::<S>))
         .route("/dashboard/requests.csv", get(requests::csv::<S>))
+        .route("/dashboard/webhooks", get(webhooks::show::<S>))
         .route(
             "/assets/app.css",
             get(|| asset("text/css", include_str!("../../assets/app.css"))),
