@@ -148,6 +148,20 @@ enum Command {
         /// links point there (default: the host a request named, https unless --insecure-cookies)
         #[arg(long)]
         public_url: Option<String>,
+        /// Where GitHub's secret-scanning public keys are fetched (leak reports at
+        /// /v1/leaks/github are verified with them)
+        #[arg(long, default_value = keygate_key_service::leaks::GITHUB_KEYS_URL)]
+        github_keys_url: String,
+        /// Where GitLab's public keys are fetched; without it /v1/leaks/gitlab is off
+        #[arg(long)]
+        gitlab_keys_url: Option<String>,
+        /// Where key events (key.created, key.revoked, key.rolled, key.leaked) are POSTed,
+        /// signed with --webhook-secret
+        #[arg(long, requires = "webhook_secret")]
+        webhook_url: Option<String>,
+        /// The secret webhook signatures are made with (Keygate-Signature: t=…,v1=<HMAC-SHA256>)
+        #[arg(long, env = "KEYGATE_WEBHOOK_SECRET", hide_env_values = true)]
+        webhook_secret: Option<String>,
     },
     /// Run the rate-limit service (SPEC §10): Envoy's rate limit service v3 over gRPC, every
     /// count in Redis, so one limit holds across every Envoy that calls it
@@ -287,6 +301,10 @@ struct ServeSettings {
     insecure_cookies: bool,
     public_url: Option<String>,
     request_log_days: u32,
+    github_keys_url: String,
+    gitlab_keys_url: Option<String>,
+    webhook_url: Option<String>,
+    webhook_secret: Option<String>,
 }
 
 fn serve(
@@ -303,7 +321,36 @@ fn serve(
         insecure_cookies,
         public_url,
         request_log_days,
+        github_keys_url,
+        gitlab_keys_url,
+        webhook_url,
+        webhook_secret,
     } = settings;
+    let url_ok = |u: &str| {
+        (u.starts_with("https://") || u.starts_with("http://"))
+            && !u.contains(' ')
+            && u.len() <= 2048
+    };
+    for (flag, u) in [
+        ("--github-keys-url", Some(&github_keys_url)),
+        ("--gitlab-keys-url", gitlab_keys_url.as_ref()),
+        ("--webhook-url", webhook_url.as_ref()),
+    ] {
+        if let Some(u) = u.filter(|u| !url_ok(u)) {
+            return Err(format!("{flag} {u:?}: expected an http:// or https:// URL"));
+        }
+    }
+    let webhook = match (webhook_url, webhook_secret) {
+        (Some(url), Some(secret)) if secret.len() >= 16 => {
+            Some(keygate_key_service::webhooks::Webhook { url, secret })
+        }
+        (Some(_), _) => {
+            return Err(
+                "--webhook-secret (or KEYGATE_WEBHOOK_SECRET): at least 16 characters".into(),
+            )
+        }
+        (None, _) => None,
+    };
     if let Some(u) = &public_url {
         let ok = (u.starts_with("https://") || u.starts_with("http://"))
             && !u.contains(['?', '#', ' '])
@@ -340,6 +387,7 @@ fn serve(
         "set KEYGATE_ADMIN_TOKEN_SHA256 to the SHA-256 of the admin token (echo -n TOKEN | keygate hash)",
     )?;
     let sync_sha256 = token_digest("KEYGATE_SYNC_TOKEN_SHA256")?;
+    let gitlab_revocation_sha256 = token_digest("KEYGATE_GITLAB_REVOCATION_TOKEN_SHA256")?;
     let gate = read_gate(config, "keygate serve", "validating keys with")?;
     keygate_key_service::serve(
         keygate_key_service::Options {
@@ -354,6 +402,10 @@ fn serve(
             insecure_cookies,
             public_url,
             request_log_days,
+            github_keys_url,
+            gitlab_keys_url,
+            gitlab_revocation_sha256,
+            webhook,
         },
         gate,
         signals::shutdown,
@@ -504,6 +556,7 @@ fn new_key(
         role: None,
         rate_limits: None,
         checksum: checksum.then_some(Checksum::Crc32),
+        leak_policy: None,
     }];
     let mut errors = Errors::default();
     read_key_entry(
@@ -640,6 +693,10 @@ fn main() -> ExitCode {
             request_log_days,
             insecure_cookies,
             public_url,
+            github_keys_url,
+            gitlab_keys_url,
+            webhook_url,
+            webhook_secret,
         } => serve(
             &listen,
             &database,
@@ -659,6 +716,10 @@ fn main() -> ExitCode {
                 insecure_cookies,
                 public_url,
                 request_log_days,
+                github_keys_url,
+                gitlab_keys_url,
+                webhook_url,
+                webhook_secret,
             },
         )
         .map_err(|e| (2, e)),
