@@ -425,7 +425,10 @@ async fn a_leaked_key_stands_out_for_the_operator_and_the_customer() {
         Some(&report),
         &[
             ("Github-Public-Key-Identifier", github.id.clone()),
-            ("Github-Public-Key-Signature", github.sign(report.as_bytes())),
+            (
+                "Github-Public-Key-Signature",
+                github.sign(report.as_bytes()),
+            ),
         ],
     );
     assert_eq!(st, 200, "{text}");
@@ -436,14 +439,27 @@ async fn a_leaked_key_stands_out_for_the_operator_and_the_customer() {
     b.follow("form[action='/sign-in'] button").await;
     assert_eq!(b.path().await, "/dashboard/keys");
     let list = b.source().await;
-    assert!(list.contains("Acme checkout") && list.contains("Acme CI"), "the revoked leaked key is listed");
-    assert_eq!(list.matches(r#"<span class="state state-leaked">leaked</span>"#).count(), 2);
+    assert!(
+        list.contains("Acme checkout") && list.contains("Acme CI"),
+        "the revoked leaked key is listed"
+    );
+    assert_eq!(
+        list.matches(r#"<span class="state state-leaked">leaked</span>"#)
+            .count(),
+        2
+    );
     b.screenshot("keys-leaked").await;
 
     b.goto(&format!("{base}/dashboard/keys/{live_id}")).await;
-    assert!(b.text(".leak h2").await.contains("This key was found in public"));
+    assert!(b
+        .text(".leak h2")
+        .await
+        .contains("This key was found in public"));
     let leak = b.text(".leak").await;
-    assert!(leak.contains("Reported by GitHub secret scanning"), "{leak}");
+    assert!(
+        leak.contains("Reported by GitHub secret scanning"),
+        "{leak}"
+    );
     assert!(leak.contains("found in content"), "{leak}");
     assert!(leak.contains("Action taken: revoked at once."), "{leak}");
     assert!(b.source().await.contains(
@@ -455,7 +471,10 @@ async fn a_leaked_key_stands_out_for_the_operator_and_the_customer() {
     let leak = b.text(".leak").await;
     assert!(leak.contains("the key still works"), "{leak}");
     assert!(!b.source().await.contains("href=\"javascript:"));
-    assert!(b.exists("#leak-grace").await, "a live key's roll asks for a grace period");
+    assert!(
+        b.exists("#leak-grace").await,
+        "a live key's roll asks for a grace period"
+    );
     // Rolled from the leak card: the replacement is shown once.
     b.goto(&format!("{base}/dashboard/keys/{live_id}")).await;
     b.follow(".leak button[type=submit]").await;
@@ -486,15 +505,27 @@ async fn a_leaked_key_stands_out_for_the_operator_and_the_customer() {
     assert_eq!(st, 201, "{p}");
     let url = p["data"]["url"].as_str().unwrap();
     let c = Browser::start("leaks-portal", 390).await;
-    c.goto(&format!("{base}{}", &url[url.find("/portal/open").unwrap()..]))
-        .await;
+    c.goto(&format!(
+        "{base}{}",
+        &url[url.find("/portal/open").unwrap()..]
+    ))
+    .await;
     assert_eq!(c.path().await, "/dashboard/keys");
-    assert!(c.source().await.contains(r#"<span class="state state-leaked">leaked</span>"#));
+    assert!(c
+        .source()
+        .await
+        .contains(r#"<span class="state state-leaked">leaked</span>"#));
     c.goto(&format!("{base}/dashboard/keys/{test_id}")).await;
-    assert!(c.text(".leak").await.contains("Reported by GitHub secret scanning"));
+    assert!(c
+        .text(".leak")
+        .await
+        .contains("Reported by GitHub secret scanning"));
     c.screenshot("portal-key-leaked").await;
     c.goto(&format!("{base}/dashboard/webhooks")).await;
     assert_eq!(c.text("h1").await, "Not found");
-    assert!(!c.source().await.contains("/dashboard/webhooks\""), "no webhook link in the portal");
+    assert!(
+        !c.source().await.contains("/dashboard/webhooks\""),
+        "no webhook link in the portal"
+    );
     c.quit().await;
 }

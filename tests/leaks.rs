@@ -56,15 +56,28 @@ fn post_report(
         path,
         Some(body),
         &[
-            (&format!("{prefix}-Public-Key-Identifier"), identifier.to_string()),
-            (&format!("{prefix}-Public-Key-Signature"), signature.to_string()),
+            (
+                &format!("{prefix}-Public-Key-Identifier"),
+                identifier.to_string(),
+            ),
+            (
+                &format!("{prefix}-Public-Key-Signature"),
+                signature.to_string(),
+            ),
         ],
     );
     (status, text)
 }
 
 fn report_github(s: &Service, p: &Partner, body: &str) -> (u16, String) {
-    post_report(s, "/v1/leaks/github", "Github", &p.id, &p.sign(body.as_bytes()), body)
+    post_report(
+        s,
+        "/v1/leaks/github",
+        "Github",
+        &p.id,
+        &p.sign(body.as_bytes()),
+        body,
+    )
 }
 
 fn sha(s: &str) -> String {
@@ -173,7 +186,14 @@ fn a_github_report_revokes_a_live_key_at_every_worker_within_the_sync_bound() {
     let (pub_id, publishable) = create(&s, "pk_live_", "browser");
     for k in [&live, &test, &publishable] {
         assert!(
-            wait_until(INTERVAL + 2, || send(e.port, "GET", "/v1/x", &[("x-api-key", k)]).status == 200),
+            wait_until(INTERVAL + 2, || send(
+                e.port,
+                "GET",
+                "/v1/x",
+                &[("x-api-key", k)]
+            )
+            .status
+                == 200),
             "a created key admitted"
         );
     }
@@ -219,23 +239,35 @@ fn a_github_report_revokes_a_live_key_at_every_worker_within_the_sync_bound() {
                 }
                 continue;
             }
-            assert!(reported_at.elapsed() < limit, "the leaked key still admitted after {limit:?}");
+            assert!(
+                reported_at.elapsed() < limit,
+                "the leaked key still admitted after {limit:?}"
+            );
             thread::sleep(Duration::from_millis(20));
         }
     };
     eprintln!("reported → refused by Envoy: {took:?}");
     let workers = per_worker_connections(&e);
-    assert!(workers.iter().filter(|n| **n > 0).count() >= 2, "both workers served: {workers:?}");
+    assert!(
+        workers.iter().filter(|n| **n > 0).count() >= 2,
+        "both workers served: {workers:?}"
+    );
     // "notify": recorded, still working.
     for k in [&test, &publishable] {
-        assert_eq!(send(e.port, "GET", "/v1/x", &[("x-api-key", k)]).status, 200);
+        assert_eq!(
+            send(e.port, "GET", "/v1/x", &[("x-api-key", k)]).status,
+            200
+        );
     }
 
     let (_, shown) = s.admin("GET", &format!("/v1/api-keys/{live_id}"), None);
     assert_eq!(shown["data"]["revoked"], json!(true));
     let leak = &shown["data"]["leak"];
     assert_eq!(leak["origin"], json!("github"));
-    assert_eq!(leak["url"], json!("https://github.com/o/r/blob/abc/config.py#L3"));
+    assert_eq!(
+        leak["url"],
+        json!("https://github.com/o/r/blob/abc/config.py#L3")
+    );
     assert_eq!(leak["source"], json!("content"));
     assert_eq!(leak["action"], json!("revoked"));
     let (_, shown) = s.admin("GET", &format!("/v1/api-keys/{test_id}"), None);
@@ -261,11 +293,21 @@ fn a_github_report_revokes_a_live_key_at_every_worker_within_the_sync_bound() {
     assert_eq!(entry["details"]["action"], json!("notified"));
 
     // The same report again (GitHub retries): the same answer, no new entry, no new event.
-    let audit_before: usize = [&live_id, &test_id, &pub_id].iter().map(|id| audit_of(&s, id).len()).sum();
-    assert!(wait_until(10, || events(&receiver).len() == 3 + 3 + 1), "events: {:?}", events(&receiver));
+    let audit_before: usize = [&live_id, &test_id, &pub_id]
+        .iter()
+        .map(|id| audit_of(&s, id).len())
+        .sum();
+    assert!(
+        wait_until(10, || events(&receiver).len() == 3 + 3 + 1),
+        "events: {:?}",
+        events(&receiver)
+    );
     let (st, again) = report_github(&s, &github, &body);
     assert_eq!((st, again), (200, answer));
-    let audit_after: usize = [&live_id, &test_id, &pub_id].iter().map(|id| audit_of(&s, id).len()).sum();
+    let audit_after: usize = [&live_id, &test_id, &pub_id]
+        .iter()
+        .map(|id| audit_of(&s, id).len())
+        .sum();
     assert_eq!(audit_before, audit_after);
 
     // Webhooks: created ×3, leaked ×3, revoked ×1, each signed, none holding a key.
@@ -273,7 +315,11 @@ fn a_github_report_revokes_a_live_key_at_every_worker_within_the_sync_bound() {
     let got = events(&receiver);
     let count = |t: &str| got.iter().filter(|(ty, _)| ty == t).count();
     assert_eq!(
-        (count("key.created"), count("key.leaked"), count("key.revoked")),
+        (
+            count("key.created"),
+            count("key.leaked"),
+            count("key.revoked")
+        ),
         (3, 3, 1),
         "{got:?}"
     );
@@ -293,7 +339,11 @@ fn a_github_report_revokes_a_live_key_at_every_worker_within_the_sync_bound() {
     let (_, d) = s.admin("GET", "/v1/webhook-deliveries", None);
     let d = d["data"].as_array().unwrap();
     assert_eq!(d.len(), 7);
-    assert!(d.iter().all(|x| x["status"] == "delivered" && x["attempts"] == 1), "{d:?}");
+    assert!(
+        d.iter()
+            .all(|x| x["status"] == "delivered" && x["attempts"] == 1),
+        "{d:?}"
+    );
 
     // A leaked key that was revoked may still be rolled: its replacement, with its settings.
     let (st, rolled) = s.admin(
@@ -304,8 +354,18 @@ fn a_github_report_revokes_a_live_key_at_every_worker_within_the_sync_bound() {
     assert_eq!(st, 201, "{rolled}");
     assert_eq!(rolled["data"]["name"], json!("server"));
     let new_key = rolled["data"]["key"].as_str().unwrap().to_string();
-    assert!(wait_until(INTERVAL + 2, || send(e.port, "GET", "/v1/x", &[("x-api-key", &new_key)]).status == 200));
-    assert_eq!(send(e.port, "GET", "/v1/x", &[("x-api-key", &live)]).status, 401);
+    assert!(wait_until(INTERVAL + 2, || send(
+        e.port,
+        "GET",
+        "/v1/x",
+        &[("x-api-key", &new_key)]
+    )
+    .status
+        == 200));
+    assert_eq!(
+        send(e.port, "GET", "/v1/x", &[("x-api-key", &live)]).status,
+        401
+    );
 
     // Nothing the service wrote holds a reported key.
     let db = std::fs::read(dir.join("keys.db")).unwrap();
@@ -314,10 +374,34 @@ fn a_github_report_revokes_a_live_key_at_every_worker_within_the_sync_bound() {
         assert!(!db.contains(k.as_str()));
     }
     assert!(!s.log().contains(live.as_str()));
-    assert_eq!(metric(&s, "keygate_serve_leak_reports_total{origin=\"github\",outcome=\"accepted\"}"), 2);
-    assert_eq!(metric(&s, "keygate_serve_leaked_keys_total{origin=\"github\",action=\"revoked\"}"), 1);
-    assert_eq!(metric(&s, "keygate_serve_leaked_keys_total{origin=\"github\",action=\"repeated\"}"), 3);
-    assert_eq!(metric(&s, "keygate_serve_leak_key_fetches_total{origin=\"github\",outcome=\"ok\"}"), 1);
+    assert_eq!(
+        metric(
+            &s,
+            "keygate_serve_leak_reports_total{origin=\"github\",outcome=\"accepted\"}"
+        ),
+        2
+    );
+    assert_eq!(
+        metric(
+            &s,
+            "keygate_serve_leaked_keys_total{origin=\"github\",action=\"revoked\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        metric(
+            &s,
+            "keygate_serve_leaked_keys_total{origin=\"github\",action=\"repeated\"}"
+        ),
+        3
+    );
+    assert_eq!(
+        metric(
+            &s,
+            "keygate_serve_leak_key_fetches_total{origin=\"github\",outcome=\"ok\"}"
+        ),
+        1
+    );
 }
 
 /// Forged, replayed, oversized, malformed and flooding reports, a key list that rotates
@@ -335,7 +419,8 @@ fn hostile_reports_open_nothing_and_stall_nothing() {
         &["--github-keys-url", &keys.url("/keys.json")],
     );
     let (victim_id, victim) = create(&s, "sk_live_", "victim");
-    let report = json!([{"token": victim, "type": "t", "url": "https://x", "source": "content"}]).to_string();
+    let report = json!([{"token": victim, "type": "t", "url": "https://x", "source": "content"}])
+        .to_string();
     let not_revoked = |s: &Service| {
         let (_, v) = s.admin("GET", &format!("/v1/api-keys/{victim_id}"), None);
         v["data"]["revoked"] == json!(false) && v["data"].get("leak").is_none()
@@ -344,17 +429,37 @@ fn hostile_reports_open_nothing_and_stall_nothing() {
 
     // No signature headers: as if there were no such endpoint.
     let (st, _, text) = call_raw(&s.url(), "POST", "/v1/leaks/github", Some(&report), &[]);
-    assert_eq!((st, error(&text)["code"].clone()), (404, json!("NOT_FOUND")));
+    assert_eq!(
+        (st, error(&text)["code"].clone()),
+        (404, json!("NOT_FOUND"))
+    );
     let (st, _) = post_report(&s, "/v1/leaks/github", "Github", &github.id, "", &report);
     assert_eq!(st, 404);
     // GitLab is not set up on this service: its endpoint is off.
-    let (st, _) = post_report(&s, "/v1/leaks/gitlab", "Gitlab", &github.id, &github.sign(report.as_bytes()), &report);
+    let (st, _) = post_report(
+        &s,
+        "/v1/leaks/gitlab",
+        "Gitlab",
+        &github.id,
+        &github.sign(report.as_bytes()),
+        &report,
+    );
     assert_eq!(st, 404);
 
     // Forged: signed by another key under GitHub's identifier; a malformed signature; a valid
     // signature over other bytes.
-    let (st, text) = post_report(&s, "/v1/leaks/github", "Github", &github.id, &forger.sign(report.as_bytes()), &report);
-    assert_eq!((st, error(&text)["code"].clone()), (400, json!("BAD_REQUEST")));
+    let (st, text) = post_report(
+        &s,
+        "/v1/leaks/github",
+        "Github",
+        &github.id,
+        &forger.sign(report.as_bytes()),
+        &report,
+    );
+    assert_eq!(
+        (st, error(&text)["code"].clone()),
+        (400, json!("BAD_REQUEST"))
+    );
     for sig in ["not base64 at all!", "AAAA", &github.sign(b"[]")] {
         let (st, _) = post_report(&s, "/v1/leaks/github", "Github", &github.id, sig, &report);
         assert_eq!(st, 400, "signature {sig:?}");
@@ -363,7 +468,14 @@ fn hostile_reports_open_nothing_and_stall_nothing() {
     // made-up ones) fetch it again at most once per 10 s, however many come.
     assert_eq!(keys.received().len(), 1);
     for id in std::iter::once(forger.id.clone()).chain((0..50).map(|i| format!("made-up-{i}"))) {
-        let (st, _) = post_report(&s, "/v1/leaks/github", "Github", &id, &forger.sign(report.as_bytes()), &report);
+        let (st, _) = post_report(
+            &s,
+            "/v1/leaks/github",
+            "Github",
+            &id,
+            &forger.sign(report.as_bytes()),
+            &report,
+        );
         assert_eq!(st, 400);
     }
     assert_eq!(keys.received().len(), 1, "no fetch per report");
@@ -378,12 +490,19 @@ fn hostile_reports_open_nothing_and_stall_nothing() {
     let padded = |n: usize| {
         let base = json!([{"token": "sk_live_x", "type": "t", "url": ""}]).to_string();
         let pad = n - base.len();
-        base.replacen("\"url\":\"\"", &format!("\"url\":\"{}\"", "u".repeat(pad)), 1)
+        base.replacen(
+            "\"url\":\"\"",
+            &format!("\"url\":\"{}\"", "u".repeat(pad)),
+            1,
+        )
     };
     let big = padded(1024 * 1024 + 1);
     assert_eq!(big.len(), 1024 * 1024 + 1);
     let (st, text) = report_github(&s, &github, &big);
-    assert_eq!((st, error(&text)["code"].clone()), (413, json!("PAYLOAD_TOO_LARGE")));
+    assert_eq!(
+        (st, error(&text)["code"].clone()),
+        (413, json!("PAYLOAD_TOO_LARGE"))
+    );
     let (st, _) = report_github(&s, &github, &padded(1024 * 1024));
     assert_eq!(st, 200);
 
@@ -403,7 +522,13 @@ fn hostile_reports_open_nothing_and_stall_nothing() {
     let feedback: Vec<Value> = serde_json::from_str(&text).unwrap();
     assert_eq!(feedback.len(), 10_000);
     assert_eq!(feedback[5_000]["label"], json!("true_positive"));
-    assert_eq!(feedback.iter().filter(|f| f["label"] == "true_positive").count(), 1);
+    assert_eq!(
+        feedback
+            .iter()
+            .filter(|f| f["label"] == "true_positive")
+            .count(),
+        1
+    );
     let (_, v) = s.admin("GET", &format!("/v1/api-keys/{flood_id}"), None);
     assert_eq!(v["data"]["revoked"], json!(true));
 
@@ -414,7 +539,11 @@ fn hostile_reports_open_nothing_and_stall_nothing() {
     thread::sleep(Duration::from_millis(10_100)); // the refetch bound since the last fetch
     let (st, text) = report_github(&s, &rotated, &report);
     assert_eq!(st, 200, "{text}");
-    assert_eq!(keys.received().len(), 2, "fetched again for the new identifier");
+    assert_eq!(
+        keys.received().len(),
+        2,
+        "fetched again for the new identifier"
+    );
     let (_, v) = s.admin("GET", &format!("/v1/api-keys/{victim_id}"), None);
     assert_eq!(v["data"]["revoked"], json!(true));
 
@@ -433,7 +562,10 @@ fn hostile_reports_open_nothing_and_stall_nothing() {
             "POST",
             "/v1/leaks/github",
             Some(&body),
-            &[("Github-Public-Key-Identifier", id), ("Github-Public-Key-Signature", sig)],
+            &[
+                ("Github-Public-Key-Identifier", id),
+                ("Github-Public-Key-Signature", sig),
+            ],
         );
         (st, t.elapsed())
     });
@@ -441,7 +573,10 @@ fn hostile_reports_open_nothing_and_stall_nothing() {
     let t = Instant::now();
     let (st, _) = s.admin("GET", "/v1/api-keys", None);
     assert_eq!(st, 200);
-    assert!(t.elapsed() < Duration::from_secs(2), "the admin API waited for the key list");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "the admin API waited for the key list"
+    );
     let (st, waited) = slow.join().unwrap();
     assert_eq!(st, 503);
     assert!(waited < Duration::from_secs(8), "{waited:?}");
@@ -477,7 +612,14 @@ fn gitlab_reports_and_the_revocation_api_on_postgres() {
     let (b_id, b) = create(&s, "sk_test_", "b");
 
     let body = json!([{"token": a, "type": "gitleaks_rule_id_keygate_sk_live", "url": "https://gitlab.example.com/g/p/-/blob/main/x.rb", "source": "commit"}]).to_string();
-    let (st, text) = post_report(&s, "/v1/leaks/gitlab", "Gitlab", &gitlab.id, &gitlab.sign(body.as_bytes()), &body);
+    let (st, text) = post_report(
+        &s,
+        "/v1/leaks/gitlab",
+        "Gitlab",
+        &gitlab.id,
+        &gitlab.sign(body.as_bytes()),
+        &body,
+    );
     assert_eq!(st, 200, "{text}");
     assert_eq!(
         serde_json::from_str::<Value>(&text).unwrap(),
@@ -491,34 +633,79 @@ fn gitlab_reports_and_the_revocation_api_on_postgres() {
     let auth = |t: &str| vec![("authorization", t.to_string())];
     let (st, _, _) = call_raw(&s.url(), "GET", "/v1/revocable_token_types", None, &[]);
     assert_eq!(st, 401);
-    let (st, _, _) = call_raw(&s.url(), "GET", "/v1/revocable_token_types", None, &auth("wrong"));
+    let (st, _, _) = call_raw(
+        &s.url(),
+        "GET",
+        "/v1/revocable_token_types",
+        None,
+        &auth("wrong"),
+    );
     assert_eq!(st, 401);
-    let (st, _, text) = call_raw(&s.url(), "GET", "/v1/revocable_token_types", None, &auth(GITLAB_TOKEN));
+    let (st, _, text) = call_raw(
+        &s.url(),
+        "GET",
+        "/v1/revocable_token_types",
+        None,
+        &auth(GITLAB_TOKEN),
+    );
     assert_eq!(st, 200);
     assert_eq!(
         serde_json::from_str::<Value>(&text).unwrap(),
         json!({"types": ["gitleaks_rule_id_keygate_sk_live", "gitleaks_rule_id_keygate_sk_test", "gitleaks_rule_id_keygate_pk_live"]})
     );
     let revoke = json!([{"type": "gitleaks_rule_id_keygate_sk_test", "token": b, "location": "https://gitlab.example.com/g/p/-/blob/main/y.rb"}]).to_string();
-    let (st, _, _) = call_raw(&s.url(), "POST", "/v1/revoke_tokens", Some(&revoke), &auth("Bearer wrong"));
+    let (st, _, _) = call_raw(
+        &s.url(),
+        "POST",
+        "/v1/revoke_tokens",
+        Some(&revoke),
+        &auth("Bearer wrong"),
+    );
     assert_eq!(st, 401);
     let unknown = json!([{"type": "aws_key_id", "token": b}]).to_string();
-    let (st, _, text) = call_raw(&s.url(), "POST", "/v1/revoke_tokens", Some(&unknown), &auth(GITLAB_TOKEN));
+    let (st, _, text) = call_raw(
+        &s.url(),
+        "POST",
+        "/v1/revoke_tokens",
+        Some(&unknown),
+        &auth(GITLAB_TOKEN),
+    );
     assert_eq!(st, 400, "{text}");
     let (_, v) = s.admin("GET", &format!("/v1/api-keys/{b_id}"), None);
     assert!(v["data"].get("leak").is_none());
-    let (st, _, text) = call_raw(&s.url(), "POST", "/v1/revoke_tokens", Some(&revoke), &auth(GITLAB_TOKEN));
+    let (st, _, text) = call_raw(
+        &s.url(),
+        "POST",
+        "/v1/revoke_tokens",
+        Some(&revoke),
+        &auth(GITLAB_TOKEN),
+    );
     assert_eq!((st, text.as_str()), (204, ""));
     let (_, v) = s.admin("GET", &format!("/v1/api-keys/{b_id}"), None);
     // A test key's policy is notify: recorded, not revoked.
     assert_eq!(v["data"]["leak"]["action"], json!("notified"));
-    assert_eq!(v["data"]["leak"]["url"], json!("https://gitlab.example.com/g/p/-/blob/main/y.rb"));
+    assert_eq!(
+        v["data"]["leak"]["url"],
+        json!("https://gitlab.example.com/g/p/-/blob/main/y.rb")
+    );
     assert_eq!(v["data"]["revoked"], json!(false));
-    let (st, _, _) = call_raw(&s.url(), "POST", "/v1/revoke_tokens", Some(&revoke), &auth(GITLAB_TOKEN));
+    let (st, _, _) = call_raw(
+        &s.url(),
+        "POST",
+        "/v1/revoke_tokens",
+        Some(&revoke),
+        &auth(GITLAB_TOKEN),
+    );
     assert_eq!(st, 204, "idempotent");
-    let leaked: Vec<Value> = audit_of(&s, &b_id).into_iter().filter(|e| e["action"] == "key.leaked").collect();
+    let leaked: Vec<Value> = audit_of(&s, &b_id)
+        .into_iter()
+        .filter(|e| e["action"] == "key.leaked")
+        .collect();
     assert_eq!(leaked.len(), 1);
-    assert_eq!(leaked[0]["actor"], json!({"type": "gitlab", "id": "revocation_api"}));
+    assert_eq!(
+        leaked[0]["actor"],
+        json!({"type": "gitlab", "id": "revocation_api"})
+    );
 
     // `keygate scan --check`'s question: which fingerprints are live keys (digests only).
     let (st, v) = s.admin(
@@ -535,12 +722,25 @@ fn gitlab_reports_and_the_revocation_api_on_postgres() {
             {"fingerprint": sha("sk_live_nobody"), "live": false}
         ])
     );
-    let (st, v) = s.admin("POST", "/v1/leaks/check", Some(r#"{"fingerprints": ["ABC"]}"#));
+    let (st, v) = s.admin(
+        "POST",
+        "/v1/leaks/check",
+        Some(r#"{"fingerprints": ["ABC"]}"#),
+    );
     assert_eq!(
         (st, v),
-        (400, json!({"success": false, "error": "fingerprints[0]: must be a lowercase hex SHA-256 (64 characters)", "code": "BAD_REQUEST"}))
+        (
+            400,
+            json!({"success": false, "error": "fingerprints[0]: must be a lowercase hex SHA-256 (64 characters)", "code": "BAD_REQUEST"})
+        )
     );
-    let (st, _, _) = call_raw(&s.url(), "POST", "/v1/leaks/check", Some(r#"{"fingerprints": []}"#), &[]);
+    let (st, _, _) = call_raw(
+        &s.url(),
+        "POST",
+        "/v1/leaks/check",
+        Some(r#"{"fingerprints": []}"#),
+        &[],
+    );
     assert_eq!(st, 401);
 }
 
@@ -562,13 +762,25 @@ fn webhooks_are_retried_and_survive_a_restart() {
     let mut s = start_service(
         &dir,
         &db,
-        &["--webhook-url", &receiver.url("/a"), "--webhook-secret", WEBHOOK_SECRET],
+        &[
+            "--webhook-url",
+            &receiver.url("/a"),
+            "--webhook-secret",
+            WEBHOOK_SECRET,
+        ],
     );
     let (id, _) = create(&s, "sk_test_", "retried");
     // 503, 503 (after 2 s), then 200 (after 4 s more).
-    assert!(wait_until(15, || events(&receiver).len() == 3), "{:?}", receiver.received());
+    assert!(
+        wait_until(15, || events(&receiver).len() == 3),
+        "{:?}",
+        receiver.received()
+    );
     let got = receiver.received();
-    assert!(got.iter().all(|r| r.body == got[0].body), "the same event each time");
+    assert!(
+        got.iter().all(|r| r.body == got[0].body),
+        "the same event each time"
+    );
     assert_eq!(got[0].header("keygate-event"), Some("key.created"));
     let body: Value = serde_json::from_str(&got[0].body).unwrap();
     assert_eq!(body["data"]["key_id"], json!(id));
@@ -604,7 +816,10 @@ fn webhooks_are_retried_and_survive_a_restart() {
         Box::new(|_, _| (204, String::new(), Duration::ZERO)),
     );
     s.restart();
-    assert!(wait_until(15, || !second.received().is_empty()), "delivered after the restart");
+    assert!(
+        wait_until(15, || !second.received().is_empty()),
+        "delivered after the restart"
+    );
     let (t, v) = &events(&second)[0];
     assert_eq!(t, "key.revoked");
     assert_eq!(v["data"]["key_id"], json!(id));

@@ -341,7 +341,10 @@ mod tests {
         .unwrap();
         let policy = |p: &str| {
             let p = g.prefixes.iter().find(|x| x.prefix == p).unwrap();
-            (p.leak_policy, crate::model::LeakPolicy::default_for(p.environment.as_deref()))
+            (
+                p.leak_policy,
+                crate::model::LeakPolicy::default_for(p.environment.as_deref()),
+            )
         };
         use crate::model::LeakPolicy::{Notify, Revoke};
         assert_eq!(policy("sk_live_"), (None, Revoke));

@@ -142,7 +142,10 @@ impl Partner {
         let mut bytes = [seed; 32];
         bytes[0] = 1;
         let key = SigningKey::from_slice(&bytes).unwrap();
-        let pem = key.verifying_key().to_public_key_pem(LineEnding::LF).unwrap();
+        let pem = key
+            .verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap();
         Partner {
             id: hex(&Sha256::digest(pem.as_bytes())),
             key,
@@ -176,4 +179,3 @@ pub fn key_list(partners: &[&Partner]) -> String {
 pub fn keys_answer(list: String) -> Answer {
     Box::new(move |_, _| (200, list.clone(), Duration::ZERO))
 }
-

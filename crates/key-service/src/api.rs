@@ -76,7 +76,10 @@ pub fn router<S: Store>(app: Arc<App<S>>, gateway: bool) -> Router {
             "/v1/revocable_token_types",
             get(super::partners::revocable_token_types::<S>),
         )
-        .route("/v1/revoke_tokens", post(super::partners::revoke_tokens::<S>))
+        .route(
+            "/v1/revoke_tokens",
+            post(super::partners::revoke_tokens::<S>),
+        )
         .route(
             "/openapi.json",
             get(|State(ctx): State<Ctx<S>>| async move {
@@ -295,7 +298,11 @@ async fn check_fingerprints<S: Store>(
     let mut fingerprints = Vec::with_capacity(list.len());
     for (i, f) in list.iter().enumerate() {
         match f.as_str() {
-            Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) => {
+            Some(h)
+                if h.len() == 64
+                    && h.bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+            {
                 fingerprints.push(h.to_string())
             }
             _ => {

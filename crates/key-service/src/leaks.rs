@@ -70,7 +70,12 @@ fn clean(s: &str, max: usize) -> String {
         .collect()
 }
 
-fn opt_text(o: &serde_json::Map<String, Value>, field: &str, i: usize, max: usize) -> Result<Option<String>, String> {
+fn opt_text(
+    o: &serde_json::Map<String, Value>,
+    field: &str,
+    i: usize,
+    max: usize,
+) -> Result<Option<String>, String> {
     match o.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
@@ -83,8 +88,7 @@ fn opt_text(o: &serde_json::Map<String, Value>, field: &str, i: usize, max: usiz
 /// partner reports) or, with `location_field`, of `{"token","type","location"}` (GitLab's
 /// revocation API). Other fields are ignored (partners may add some). The error names the path.
 pub fn read_report(body: &[u8], location_field: &str) -> Result<Vec<Reported>, String> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| format!("$: not JSON ({e})"))?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| format!("$: not JSON ({e})"))?;
     let Value::Array(items) = value else {
         return Err("$: must be an array of reported tokens".into());
     };
@@ -120,8 +124,7 @@ pub struct PublicKey {
 /// Reads a partner's key list, `{"public_keys":[{"key_identifier","key"(PEM),"is_current"}]}`.
 /// Entries that are not P-256 public keys are skipped; no usable key at all is an error.
 pub fn read_public_keys(body: &[u8]) -> Result<Vec<PublicKey>, String> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| format!("not JSON ({e})"))?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON ({e})"))?;
     let keys = value
         .get("public_keys")
         .and_then(Value::as_array)
@@ -204,7 +207,10 @@ pub fn revocable_types(gate: &Gate) -> Vec<String> {
 
 /// The gitleaks rule id of a prefix.
 pub fn rule_id(prefix: &str) -> String {
-    format!("keygate-{}", slug(prefix).trim_matches('_').replace('_', "-"))
+    format!(
+        "keygate-{}",
+        slug(prefix).trim_matches('_').replace('_', "-")
+    )
 }
 
 fn slug(s: &str) -> String {
@@ -238,15 +244,25 @@ mod tests {
     #[test]
     fn a_signature_over_the_raw_body_verifies_and_nothing_else_does() {
         let key = signing_key();
-        let body = br#"[{"token":"sk_live_x","type":"keygate","url":"https://x","source":"content"}]"#;
+        let body =
+            br#"[{"token":"sk_live_x","type":"keygate","url":"https://x","source":"content"}]"#;
         let sig = sign(&key, body);
         let verifying = *key.verifying_key();
         assert_eq!(verify(&verifying, body, &sig), Ok(()));
         let mut other = body.to_vec();
         other[3] ^= 1;
-        assert_eq!(verify(&verifying, &other, &sig), Err(BadSignature::Mismatch));
-        assert_eq!(verify(&verifying, body, "not base64!"), Err(BadSignature::Malformed));
-        assert_eq!(verify(&verifying, body, "AAAA"), Err(BadSignature::Malformed));
+        assert_eq!(
+            verify(&verifying, &other, &sig),
+            Err(BadSignature::Mismatch)
+        );
+        assert_eq!(
+            verify(&verifying, body, "not base64!"),
+            Err(BadSignature::Malformed)
+        );
+        assert_eq!(
+            verify(&verifying, body, "AAAA"),
+            Err(BadSignature::Malformed)
+        );
         let stranger = SigningKey::from_slice(&[9u8; 32]).unwrap();
         assert_eq!(
             verify(&verifying, body, &sign(&stranger, body)),
@@ -282,17 +298,37 @@ mod tests {
         assert_eq!(r[0].digest, digest_hex(b"sk_live_a"));
         assert_eq!(r[0].source.as_deref(), Some("content"));
         assert_eq!(r[1].url, None);
-        assert_eq!(read_report(b"{}", "url").unwrap_err(), "$: must be an array of reported tokens");
-        assert_eq!(read_report(br#"[{"token":""}]"#, "url").unwrap_err(), "$[0].token: must be a non-empty string");
-        assert_eq!(read_report(br#"[1]"#, "url").unwrap_err(), "$[0]: must be an object");
-        assert_eq!(read_report(br#"[{"token":"a","url":5}]"#, "url").unwrap_err(), "$[0].url: must be a string");
-        let r = read_report(br#"[{"token":"a","location":"https://gitlab/x\u0007"}]"#, "location").unwrap();
+        assert_eq!(
+            read_report(b"{}", "url").unwrap_err(),
+            "$: must be an array of reported tokens"
+        );
+        assert_eq!(
+            read_report(br#"[{"token":""}]"#, "url").unwrap_err(),
+            "$[0].token: must be a non-empty string"
+        );
+        assert_eq!(
+            read_report(br#"[1]"#, "url").unwrap_err(),
+            "$[0]: must be an object"
+        );
+        assert_eq!(
+            read_report(br#"[{"token":"a","url":5}]"#, "url").unwrap_err(),
+            "$[0].url: must be a string"
+        );
+        let r = read_report(
+            br#"[{"token":"a","location":"https://gitlab/x\u0007"}]"#,
+            "location",
+        )
+        .unwrap();
         assert_eq!(r[0].url.as_deref(), Some("https://gitlab/x\u{FFFD}"));
     }
 
     #[test]
     fn feedback_holds_digests_and_labels() {
-        let r = read_report(br#"[{"token":"a","type":"t"},{"token":"b","type":"t"}]"#, "url").unwrap();
+        let r = read_report(
+            br#"[{"token":"a","type":"t"},{"token":"b","type":"t"}]"#,
+            "url",
+        )
+        .unwrap();
         let a = digest_hex(b"a");
         let f = feedback(&r, &|d| d == a);
         assert_eq!(
@@ -315,12 +351,19 @@ mod tests {
         .unwrap();
         assert!(revokes(&gate, "sk_live_", Some("LIVE")));
         assert!(!revokes(&gate, "sk_test_", Some("TEST")));
-        assert!(revokes(&gate, "sk_test_", Some("production")), "a key's own environment counts");
+        assert!(
+            revokes(&gate, "sk_test_", Some("production")),
+            "a key's own environment counts"
+        );
         assert!(!revokes(&gate, "pk_live_", Some("LIVE")));
         assert_eq!(rule_id("sk_live_"), "keygate-sk-live");
         assert_eq!(
             revocable_types(&gate),
-            vec!["gitleaks_rule_id_keygate_sk_live", "gitleaks_rule_id_keygate_sk_test", "gitleaks_rule_id_keygate_pk_live"]
+            vec![
+                "gitleaks_rule_id_keygate_sk_live",
+                "gitleaks_rule_id_keygate_sk_test",
+                "gitleaks_rule_id_keygate_pk_live"
+            ]
         );
     }
 }

@@ -119,7 +119,10 @@ pub fn serve(
             public_url: options.public_url.clone(),
             request_log,
             github_keys: signing_keys::KeySource::new(options.github_keys_url.clone()),
-            gitlab_keys: options.gitlab_keys_url.clone().map(signing_keys::KeySource::new),
+            gitlab_keys: options
+                .gitlab_keys_url
+                .clone()
+                .map(signing_keys::KeySource::new),
             webhooks: options.webhook.is_some(),
         });
         run(app, writer, main, gateway, &options, shutdown).await
@@ -272,7 +275,9 @@ async fn prune_hourly<S: Store>(store: &S, retention: Retention, request_log_day
         }
         // Finished webhook deliveries are kept 30 days (the delivery log operators read).
         if let Err(e) = store.prune_deliveries(now() - 30 * 86_400).await {
-            eprintln!("keygate serve: webhook log retention failed (tried again in an hour): {e:?}");
+            eprintln!(
+                "keygate serve: webhook log retention failed (tried again in an hour): {e:?}"
+            );
         }
         let (hours_before, days_before) = retention.horizons(now());
         match store.prune_usage(hours_before, days_before).await {

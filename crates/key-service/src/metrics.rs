@@ -258,25 +258,36 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn leak_report(&self, origin: &str, outcome: LeakReport) {
         self.leak_reports
-            .get_or_create(&LeakOutcome { origin: origin.to_string(), outcome })
+            .get_or_create(&LeakOutcome {
+                origin: origin.to_string(),
+                outcome,
+            })
             .inc();
     }
 
     pub fn leaked_key(&self, origin: &str, action: &str) {
         self.leaked_keys
-            .get_or_create(&LeakAction { origin: origin.to_string(), action: action.to_string() })
+            .get_or_create(&LeakAction {
+                origin: origin.to_string(),
+                action: action.to_string(),
+            })
             .inc();
     }
 
     pub fn key_fetch(&self, origin: &str, ok: bool) {
         let outcome = if ok { "ok" } else { "failed" }.to_string();
         self.key_fetches
-            .get_or_create(&KeyFetch { origin: origin.to_string(), outcome })
+            .get_or_create(&KeyFetch {
+                origin: origin.to_string(),
+                outcome,
+            })
             .inc();
     }
 
     pub fn webhook(&self, outcome: Delivered) {
-        self.webhooks.get_or_create(&DeliveryOutcome { outcome }).inc();
+        self.webhooks
+            .get_or_create(&DeliveryOutcome { outcome })
+            .inc();
     }
 
     pub fn render(&self) -> String {

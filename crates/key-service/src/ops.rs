@@ -8,20 +8,22 @@ use super::input::{read_create, read_patch, CreateRequest};
 use super::model::StoredKey;
 use super::state::{now, tenant_scope, App};
 use super::store::{Actor, Rolled, Store, Updated, UsageQuery, UsageSummary};
-use super::usage::{summary_answer, Range};
-use super::views::{ClientIpEntry, CreatedKey, DeliveryEntry, FingerprintCheck, Key, LeakView, RequestEntry};
 use super::store::{Delivery, Leak, LeakReport};
+use super::usage::{summary_answer, Range};
+use super::views::{
+    ClientIpEntry, CreatedKey, DeliveryEntry, FingerprintCheck, Key, LeakView, RequestEntry,
+};
 use crate::leaks::{revokes, Origin, Reported};
 use crate::metrics::metrics;
-use keygate::timestamp::format_rfc3339;
-use std::collections::HashSet;
 use crate::mint;
 use crate::request_log::{
     format_time_ms, parse_query, ClientIp, Cursor, RequestQuery, StoredRequest,
 };
 use keygate::keys::digest_hex;
+use keygate::timestamp::format_rfc3339;
 use serde_json::Value;
 use std::collections::HashMap;
+use std::collections::HashSet;
 
 /// The key `id` if the caller may see it (else "not found": no probing other tenants' ids).
 pub async fn visible<S: Store>(
@@ -313,7 +315,11 @@ pub async fn report_leaks<S: Store>(
             url: first.url.clone(),
             source: first.source.clone(),
         };
-        match app.store.record_leak(&key.id, &report, revoke, actor).await? {
+        match app
+            .store
+            .record_leak(&key.id, &report, revoke, actor)
+            .await?
+        {
             Some(action) => {
                 metrics().leaked_key(origin.as_str(), action);
                 eprintln!(

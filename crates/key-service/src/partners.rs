@@ -86,7 +86,9 @@ async fn partner<S: Store>(
         )
     };
     let key = match source
-        .lookup(identifier, |f| metrics().key_fetch(origin.as_str(), f.is_ok()))
+        .lookup(identifier, |f| {
+            metrics().key_fetch(origin.as_str(), f.is_ok())
+        })
         .await
     {
         Lookup::Found(k) => k,
@@ -152,7 +154,13 @@ pub async fn revoke_tokens<S: Store>(
     };
     let reported: Vec<Reported> = match read_report(&body, "location") {
         Ok(r) => r,
-        Err(e) => return refused(Origin::GitLab, LeakReport::bad_body, ApiError::BadRequest(e)),
+        Err(e) => {
+            return refused(
+                Origin::GitLab,
+                LeakReport::bad_body,
+                ApiError::BadRequest(e),
+            )
+        }
     };
     let types = revocable_types(&ctx.app.gate);
     if let Some((i, r)) = reported

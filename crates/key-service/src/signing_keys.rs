@@ -93,7 +93,10 @@ impl KeySource {
                 self.kept(identifier).map_or(Lookup::Unknown, Lookup::Found)
             }
             Err(e) => {
-                eprintln!("keygate serve: cannot fetch the leak reports' keys from {}: {e}", self.url);
+                eprintln!(
+                    "keygate serve: cannot fetch the leak reports' keys from {}: {e}",
+                    self.url
+                );
                 *last = Some((Instant::now(), false));
                 Lookup::Unavailable
             }

@@ -44,7 +44,9 @@ fn outcome(d: &Delivery, answered: Result<u16, String>, now: i64) -> DeliveryOut
     let failed = d.attempts + 1;
     let (status, error) = match answered {
         Ok(s) if (200..300).contains(&s) => {
-            return DeliveryOutcome::Delivered { status: i64::from(s) }
+            return DeliveryOutcome::Delivered {
+                status: i64::from(s),
+            }
         }
         Ok(s) => (Some(i64::from(s)), format!("answered {s}")),
         Err(e) => (None, e),
@@ -53,7 +55,11 @@ fn outcome(d: &Delivery, answered: Result<u16, String>, now: i64) -> DeliveryOut
         DeliveryOutcome::GaveUp { status, error }
     } else {
         let wait = (1i64 << failed.min(12)).min(3600);
-        DeliveryOutcome::Retry { at: now + wait, status, error }
+        DeliveryOutcome::Retry {
+            at: now + wait,
+            status,
+            error,
+        }
     }
 }
 
@@ -179,19 +185,34 @@ mod tests {
         );
         assert_eq!(
             outcome(&delivery(0), Ok(500), 100),
-            DeliveryOutcome::Retry { at: 102, status: Some(500), error: "answered 500".into() }
+            DeliveryOutcome::Retry {
+                at: 102,
+                status: Some(500),
+                error: "answered 500".into()
+            }
         );
         assert_eq!(
             outcome(&delivery(3), Err("refused".into()), 100),
-            DeliveryOutcome::Retry { at: 116, status: None, error: "refused".into() }
+            DeliveryOutcome::Retry {
+                at: 116,
+                status: None,
+                error: "refused".into()
+            }
         );
         assert_eq!(
             outcome(&delivery(13), Ok(502), 0),
-            DeliveryOutcome::Retry { at: 3600, status: Some(502), error: "answered 502".into() }
+            DeliveryOutcome::Retry {
+                at: 3600,
+                status: Some(502),
+                error: "answered 502".into()
+            }
         );
         assert_eq!(
             outcome(&delivery(ATTEMPTS - 1), Ok(410), 0),
-            DeliveryOutcome::GaveUp { status: Some(410), error: "answered 410".into() }
+            DeliveryOutcome::GaveUp {
+                status: Some(410),
+                error: "answered 410".into()
+            }
         );
     }
 }

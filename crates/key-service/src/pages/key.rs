@@ -80,7 +80,9 @@ fn leaked(l: &crate::store::Leak, state: &str) -> Leaked {
         source: l.source.clone(),
         action: match l.action.as_str() {
             "revoked" => "revoked at once",
-            "notified" => "recorded and announced; the key still works (its type's leak policy is \"notify\")",
+            "notified" => {
+                "recorded and announced; the key still works (its type's leak policy is \"notify\")"
+            }
             _ => "none: the key was already revoked or expired",
         },
         live: state == "active",

@@ -37,7 +37,15 @@ pub async fn show<S: Store>(
     State(ctx): State<Ctx<S>>,
     SignedIn(web): SignedIn,
 ) -> Result<Response, ApiError> {
-    let l = layout(&ctx, &web, "Webhooks", "webhooks", "/dashboard/webhooks", None).await;
+    let l = layout(
+        &ctx,
+        &web,
+        "Webhooks",
+        "webhooks",
+        "/dashboard/webhooks",
+        None,
+    )
+    .await;
     if web.session.tenant.is_some() {
         return Ok(error_page(l, ApiError::NotFound));
     }

@@ -239,9 +239,18 @@ pub struct Delivery {
 /// How an attempt to deliver ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeliveryOutcome {
-    Delivered { status: i64 },
-    Retry { at: i64, status: Option<i64>, error: String },
-    GaveUp { status: Option<i64>, error: String },
+    Delivered {
+        status: i64,
+    },
+    Retry {
+        at: i64,
+        status: Option<i64>,
+        error: String,
+    },
+    GaveUp {
+        status: Option<i64>,
+        error: String,
+    },
 }
 
 /// What pruning usage did.

@@ -19,12 +19,11 @@ pub(super) async fn record(
     actor: &Actor,
     webhooks_on: bool,
 ) -> Result<Option<&'static str>> {
-    let Some(row) = sqlx::query(
-        "SELECT revoked, expires_at, tenant, prefix, name FROM api_keys WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?
+    let Some(row) =
+        sqlx::query("SELECT revoked, expires_at, tenant, prefix, name FROM api_keys WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
     else {
         return Ok(None);
     };
@@ -43,8 +42,7 @@ pub(super) async fn record(
         return Ok(None);
     }
     let expires_at: Option<i64> = row.try_get("expires_at")?;
-    let live =
-        row.try_get::<i64, _>("revoked")? == 0 && expires_at.is_none_or(|t| t > actor.at);
+    let live = row.try_get::<i64, _>("revoked")? == 0 && expires_at.is_none_or(|t| t > actor.at);
     let action = match (live, revoke) {
         (false, _) => "none",
         (true, true) => "revoked",

@@ -4,14 +4,14 @@ use super::interface::{
     Actor, AuditQuery, AuditRecord, Feed, KeyCursor, OpenedPortal, PortalSession, Pruned, Recorded,
     Result, Rolled, SessionKind, Store, Updated, UsageQuery, UsageSummary, WebSession,
 };
+use super::interface::{Delivery, DeliveryOutcome, Leak, LeakReport};
 use super::requests::{self, Partitions};
 use super::schema::{ensure_epoch, migrate, Backend};
 use super::usage;
 use super::{audit, leaks, portal, sessions, webhooks};
-use super::interface::{Delivery, DeliveryOutcome, Leak, LeakReport};
-use serde_json::json;
 use crate::model::{StoredKey, UsageEntry, UsageRow};
 use crate::request_log::{ClientIp, RequestQuery, RequestRecord, StoredRequest};
+use serde_json::json;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::AnyConnection;
 use sqlx::Connection;
@@ -169,10 +169,12 @@ async fn announce(
     actor: &Actor,
     extra: serde_json::Value,
 ) -> std::result::Result<(), sqlx::Error> {
-    let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM {KEYS_FROM} WHERE k.id = $1"))
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
+    let row = sqlx::query(&format!(
+        "SELECT {KEY_COLUMNS} FROM {KEYS_FROM} WHERE k.id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
     let Some(row) = row else { return Ok(()) };
     let mut data = event_data(&key_from_row(&row)?, actor);
     if let (Some(d), Some(e)) = (data.as_object_mut(), extra.as_object()) {

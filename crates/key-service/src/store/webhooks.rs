@@ -64,7 +64,11 @@ fn delivery(r: &sqlx::any::AnyRow) -> std::result::Result<Delivery, sqlx::Error>
 /// Claims up to `limit` deliveries due at `now` for this replica: each one's next attempt is
 /// moved [`CLAIM_SECONDS`] ahead by a compare-and-set, so another replica skips it (and takes
 /// it again if this one dies mid-delivery).
-pub(super) async fn claim_due(pool: &sqlx::AnyPool, now: i64, limit: usize) -> Result<Vec<Delivery>> {
+pub(super) async fn claim_due(
+    pool: &sqlx::AnyPool,
+    now: i64,
+    limit: usize,
+) -> Result<Vec<Delivery>> {
     let rows = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM webhook_deliveries WHERE next_attempt_at <= $1 \
          ORDER BY next_attempt_at, id LIMIT {limit}"
