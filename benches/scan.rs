@@ -119,11 +119,20 @@ fn main() {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     let (hsecs, hfound, hsummary) = time_scan(&["--git-history", "."], &config, &repo);
-    // "read N blobs" from the summary line keygate scan prints on stderr.
-    let blobs: u64 = hsummary
-        .split_whitespace()
-        .skip_while(|w| *w != "read")
+    // "scanned N blobs, … M skipped" from the summary line keygate scan prints on stderr.
+    let number_after = |word: &str| -> u64 {
+        let words: Vec<&str> = hsummary.split_whitespace().collect();
+        words
+            .windows(2)
+            .find(|w| w[0] == word)
+            .and_then(|w| w[1].parse().ok())
+            .unwrap_or(0)
+    };
+    let blobs = number_after("scanned");
+    let skipped: u64 = hsummary
+        .split("; ")
         .nth(1)
+        .and_then(|s| s.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     let _ = std::fs::remove_dir_all(&tree);
@@ -142,7 +151,7 @@ fn main() {
         bytes as f64 / 1e6 / secs
     );
     println!(
-        "| --git-history of this repository | {commits} commits, {blobs} unique blobs | {hsecs:.2} | {:.0} blobs/s | {} |",
+        "| --git-history of this repository | {commits} commits, {blobs} unique text blobs scanned ({skipped} binary skipped) | {hsecs:.2} | {:.0} blobs/s | {} |",
         blobs as f64 / hsecs,
         hfound["findings"].as_array().map_or(0, Vec::len)
     );

@@ -87,8 +87,7 @@ pub fn run(matcher: &Matcher, opts: Options) -> Result<bool, String> {
     let files = counts.files.load(Ordering::Relaxed);
     let bytes = counts.bytes.load(Ordering::Relaxed);
     eprintln!(
-        "keygate scan: {} {files} {}, {:.1} MB in {secs:.2} s ({:.0}/s); {} skipped (binary or over 50 MiB){}; {} {}",
-        if opts.git_history { "read" } else { "scanned" },
+        "keygate scan: scanned {files} {}, {:.1} MB in {secs:.2} s ({:.0}/s); {} skipped (binary or over 50 MiB){}; {} {}",
         if opts.git_history { "blobs" } else { "files" },
         bytes as f64 / 1e6,
         files as f64 / secs.max(1e-9),
