@@ -128,7 +128,7 @@ pub fn gitleaks(patterns: &[Pattern], samples: &[Vec<String>]) -> String {
     for p in patterns {
         out.push_str(&format!(
             "\n[[rules]]\nid = {}\ndescription = {}\nregex = {}\nsecretGroup = 1\nkeywords = [{}]\ntags = [{}]\n",
-            toml_str(&format!("keygate-{}", ident(&p.prefix))),
+            toml_str(&keygate_key_service::leaks::rule_id(&p.prefix)),
             toml_str(&describe(p)),
             toml_str(&re2_regex(p)),
             toml_str(&p.prefix),
@@ -266,7 +266,7 @@ mod tests {
         let samples = vec![vec!["sk_live_S1".into()], vec!["sk.S2".into()]];
         let t = gitleaks(&patterns(), &samples);
         assert_eq!(t.matches("[[rules]]").count(), 2);
-        assert!(t.contains("id = \"keygate-sk_live_\""));
+        assert!(t.contains("id = \"keygate-sk-live\""));
         assert!(t.contains("regex = \"(?:^|[^A-Za-z0-9_-])(sk\\\\.[0-9A-Za-z]{36})"));
         assert!(t.contains("keywords = [\"sk.\"]"));
         assert!(t.contains("#     sk_live_S1  (keygate:allow"));
