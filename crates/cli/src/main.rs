@@ -149,9 +149,13 @@ enum Command {
         #[arg(long)]
         public_url: Option<String>,
         /// Where GitHub's secret-scanning public keys are fetched (leak reports at
-        /// /v1/leaks/github are verified with them)
+        /// /v1/leaks/github are verified with them); "" turns /v1/leaks/github off
         #[arg(long, default_value = keygate_key_service::leaks::GITHUB_KEYS_URL)]
         github_keys_url: String,
+        /// Seconds between two fetches of a partner's key list at least (an unknown key
+        /// identifier fetches it again)
+        #[arg(long, default_value_t = 60, hide = true)]
+        leak_keys_refetch_seconds: u64,
         /// Where GitLab's public keys are fetched; without it /v1/leaks/gitlab is off
         #[arg(long)]
         gitlab_keys_url: Option<String>,
@@ -302,6 +306,7 @@ struct ServeSettings {
     public_url: Option<String>,
     request_log_days: u32,
     github_keys_url: String,
+    leak_keys_refetch_seconds: u64,
     gitlab_keys_url: Option<String>,
     webhook_url: Option<String>,
     webhook_secret: Option<String>,
@@ -322,17 +327,19 @@ fn serve(
         public_url,
         request_log_days,
         github_keys_url,
+        leak_keys_refetch_seconds,
         gitlab_keys_url,
         webhook_url,
         webhook_secret,
     } = settings;
+    let github_keys_url = Some(github_keys_url).filter(|u| !u.is_empty());
     let url_ok = |u: &str| {
         (u.starts_with("https://") || u.starts_with("http://"))
             && !u.contains(' ')
             && u.len() <= 2048
     };
     for (flag, u) in [
-        ("--github-keys-url", Some(&github_keys_url)),
+        ("--github-keys-url", github_keys_url.as_ref()),
         ("--gitlab-keys-url", gitlab_keys_url.as_ref()),
         ("--webhook-url", webhook_url.as_ref()),
     ] {
@@ -403,6 +410,7 @@ fn serve(
             public_url,
             request_log_days,
             github_keys_url,
+            leak_keys_refetch: std::time::Duration::from_secs(leak_keys_refetch_seconds.max(1)),
             gitlab_keys_url,
             gitlab_revocation_sha256,
             webhook,
@@ -694,6 +702,7 @@ fn main() -> ExitCode {
             insecure_cookies,
             public_url,
             github_keys_url,
+            leak_keys_refetch_seconds,
             gitlab_keys_url,
             webhook_url,
             webhook_secret,
@@ -717,6 +726,7 @@ fn main() -> ExitCode {
                 public_url,
                 request_log_days,
                 github_keys_url,
+                leak_keys_refetch_seconds,
                 gitlab_keys_url,
                 webhook_url,
                 webhook_secret,

@@ -156,13 +156,18 @@ pub enum BadSignature {
     Mismatch,
 }
 
-/// Whether `signature` (base64 of a DER ECDSA P-256 signature) signs SHA-256 of `body`.
-pub fn verify(key: &VerifyingKey, body: &[u8], signature: &str) -> Result<(), BadSignature> {
+/// A signature header's value: base64 of a DER ECDSA P-256 signature.
+pub fn parse_signature(header: &str) -> Result<Signature, BadSignature> {
     let der = base64::engine::general_purpose::STANDARD
-        .decode(signature.trim())
+        .decode(header.trim())
         .map_err(|_| BadSignature::Malformed)?;
-    let sig = Signature::from_der(&der).map_err(|_| BadSignature::Malformed)?;
-    key.verify(body, &sig).map_err(|_| BadSignature::Mismatch)
+    Signature::from_der(&der).map_err(|_| BadSignature::Malformed)
+}
+
+/// Whether `signature` signs SHA-256 of `body` (the raw bytes, as received) with `key`.
+pub fn verify(key: &VerifyingKey, body: &[u8], signature: &Signature) -> Result<(), BadSignature> {
+    key.verify(body, signature)
+        .map_err(|_| BadSignature::Mismatch)
 }
 
 /// Whether a live key of `prefix` with `environment` (the key's effective one) is revoked when
@@ -248,24 +253,16 @@ mod tests {
             br#"[{"token":"sk_live_x","type":"keygate","url":"https://x","source":"content"}]"#;
         let sig = sign(&key, body);
         let verifying = *key.verifying_key();
-        assert_eq!(verify(&verifying, body, &sig), Ok(()));
+        let check = |body: &[u8], sig: &str| verify(&verifying, body, &parse_signature(sig)?);
+        assert_eq!(check(body, &sig), Ok(()));
         let mut other = body.to_vec();
         other[3] ^= 1;
-        assert_eq!(
-            verify(&verifying, &other, &sig),
-            Err(BadSignature::Mismatch)
-        );
-        assert_eq!(
-            verify(&verifying, body, "not base64!"),
-            Err(BadSignature::Malformed)
-        );
-        assert_eq!(
-            verify(&verifying, body, "AAAA"),
-            Err(BadSignature::Malformed)
-        );
+        assert_eq!(check(&other, &sig), Err(BadSignature::Mismatch));
+        assert_eq!(check(body, "not base64!"), Err(BadSignature::Malformed));
+        assert_eq!(check(body, "AAAA"), Err(BadSignature::Malformed));
         let stranger = SigningKey::from_slice(&[9u8; 32]).unwrap();
         assert_eq!(
-            verify(&verifying, body, &sign(&stranger, body)),
+            check(body, &sign(&stranger, body)),
             Err(BadSignature::Mismatch)
         );
     }

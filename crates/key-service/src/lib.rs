@@ -68,8 +68,11 @@ pub struct Options {
     pub public_url: Option<String>,
     /// Days the request log is kept (`0`: forever).
     pub request_log_days: u32,
-    /// Where GitHub's secret-scanning keys are fetched (SPEC §15).
-    pub github_keys_url: String,
+    /// Where GitHub's secret-scanning keys are fetched (SPEC §15; `None`: `/v1/leaks/github`
+    /// is off).
+    pub github_keys_url: Option<String>,
+    /// The shortest time between two fetches of a partner's key list.
+    pub leak_keys_refetch: Duration,
     /// Where GitLab's are (`None`: `/v1/leaks/gitlab` is off).
     pub gitlab_keys_url: Option<String>,
     /// The SHA-256 of the token GitLab's revocation API calls carry (`None`: off).
@@ -118,11 +121,14 @@ pub fn serve(
             insecure_cookies: options.insecure_cookies,
             public_url: options.public_url.clone(),
             request_log,
-            github_keys: signing_keys::KeySource::new(options.github_keys_url.clone()),
+            github_keys: options
+                .github_keys_url
+                .clone()
+                .map(|u| signing_keys::KeySource::new(u, options.leak_keys_refetch)),
             gitlab_keys: options
                 .gitlab_keys_url
                 .clone()
-                .map(signing_keys::KeySource::new),
+                .map(|u| signing_keys::KeySource::new(u, options.leak_keys_refetch)),
             webhooks: options.webhook.is_some(),
         });
         run(app, writer, main, gateway, &options, shutdown).await

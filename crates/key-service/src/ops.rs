@@ -383,11 +383,12 @@ pub async fn with_leaks<S: Store>(
     } else {
         app.store.leaks(None, tenant).await?
     };
+    let by_key: HashMap<&str, &Leak> = leaks.iter().map(|l| (l.key_id.as_str(), l)).collect();
     Ok(keys
         .iter()
         .map(|k| {
             let mut listed = k.listed(&app.gate);
-            listed.leak = leaks.iter().find(|l| l.key_id == k.id).map(leak_view);
+            listed.leak = by_key.get(k.id.as_str()).map(|l| leak_view(l));
             listed
         })
         .collect())

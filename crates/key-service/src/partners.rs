@@ -5,7 +5,9 @@
 //! acts.
 
 use crate::answer::{json_response, ApiError};
-use crate::leaks::{feedback, read_report, revocable_types, verify, Origin, Reported};
+use crate::leaks::{
+    feedback, parse_signature, read_report, revocable_types, verify, Origin, Reported,
+};
 use crate::metrics::{metrics, LeakReport};
 use crate::ops;
 use crate::request::body_bytes;
@@ -62,7 +64,7 @@ async fn partner<S: Store>(
     body: Body,
 ) -> Response {
     let source = match origin {
-        Origin::GitHub => Some(&ctx.app.github_keys),
+        Origin::GitHub => ctx.app.github_keys.as_ref(),
         Origin::GitLab => ctx.app.gitlab_keys.as_ref(),
     };
     // Unsigned (or this partner not set up): as if there were no such endpoint.
@@ -73,11 +75,6 @@ async fn partner<S: Store>(
     ) else {
         return refused(origin, LeakReport::unsigned, ApiError::NotFound);
     };
-    let body = match body_bytes(body, LEAK_BODY_LIMIT).await {
-        Ok(b) => b,
-        Err(e @ ApiError::TooLarge(_)) => return refused(origin, LeakReport::too_large, e),
-        Err(e) => return refused(origin, LeakReport::bad_body, e),
-    };
     let bad_signature = || {
         refused(
             origin,
@@ -85,8 +82,12 @@ async fn partner<S: Store>(
             ApiError::BadRequest("signature: does not verify with the named public key".into()),
         )
     };
+    // A header that is no signature at all costs no fetch and no body.
+    let Ok(signature) = parse_signature(signature) else {
+        return bad_signature();
+    };
     let key = match source
-        .lookup(identifier, |f| {
+        .lookup(identifier, move |f| {
             metrics().key_fetch(origin.as_str(), f.is_ok())
         })
         .await
@@ -97,7 +98,12 @@ async fn partner<S: Store>(
             return refused(origin, LeakReport::unavailable, ApiError::Unavailable)
         }
     };
-    if verify(&key, &body, signature).is_err() {
+    let body = match body_bytes(body, LEAK_BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(e @ ApiError::TooLarge(_)) => return refused(origin, LeakReport::too_large, e),
+        Err(e) => return refused(origin, LeakReport::bad_body, e),
+    };
+    if verify(&key, &body, &signature).is_err() {
         return bad_signature();
     }
     let reported = match read_report(&body, "url") {

@@ -2,6 +2,7 @@
 //! (`--github-keys-url`, `--gitlab-keys-url`), kept, and fetched again only for an identifier
 //! the kept list lacks, at most once per [`REFETCH_AFTER`] (a flood of made-up identifiers
 //! costs one fetch, not one per report), one fetch at a time, each within [`FETCH_TIMEOUT`].
+//! Nothing is fetched before the first report: a service that never gets one never calls out.
 
 use crate::leaks::{read_public_keys, PublicKey};
 use p256::ecdsa::VerifyingKey;
@@ -10,8 +11,9 @@ use std::time::{Duration, Instant};
 
 /// How long a fetch may take, answer included.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
-/// The shortest time between two fetches of a list.
-pub const REFETCH_AFTER: Duration = Duration::from_secs(10);
+/// The shortest time between two fetches of a list, by default (`--leak-keys-refetch-seconds`):
+/// GitHub allows 60 unauthenticated calls an hour per address.
+pub const REFETCH_AFTER: Duration = Duration::from_secs(60);
 /// The largest key list read (GitHub's is a few KB).
 const LIST_LIMIT: u64 = 256 * 1024;
 /// The most keys kept from a list.
@@ -30,20 +32,23 @@ pub enum Lookup {
 /// One partner's keys.
 pub struct KeySource {
     url: String,
-    keys: RwLock<Arc<Vec<PublicKey>>>,
+    keys: Arc<RwLock<Arc<Vec<PublicKey>>>>,
     /// When the list was last fetched (or tried), and whether that worked: one fetch at a time.
     fetching: tokio::sync::Mutex<Option<(Instant, bool)>>,
+    /// The shortest time between two fetches.
+    refetch_after: Duration,
 }
 
 /// What happened to the last fetch (for metrics and logs).
 pub type Fetched = Result<usize, String>;
 
 impl KeySource {
-    pub fn new(url: String) -> KeySource {
+    pub fn new(url: String, refetch_after: Duration) -> KeySource {
         KeySource {
             url,
-            keys: RwLock::new(Arc::new(Vec::new())),
+            keys: Arc::new(RwLock::new(Arc::new(Vec::new()))),
             fetching: tokio::sync::Mutex::new(None),
+            refetch_after,
         }
     }
 
@@ -59,7 +64,11 @@ impl KeySource {
     }
 
     /// The key named `identifier`; `on_fetch` is told of each fetch made.
-    pub async fn lookup(&self, identifier: &str, on_fetch: impl FnOnce(&Fetched)) -> Lookup {
+    pub async fn lookup(
+        &self,
+        identifier: &str,
+        on_fetch: impl FnOnce(&Fetched) + Send + 'static,
+    ) -> Lookup {
         if let Some(k) = self.kept(identifier) {
             return Lookup::Found(k);
         }
@@ -69,7 +78,7 @@ impl KeySource {
             return Lookup::Found(k);
         }
         if let Some((at, worked)) = *last {
-            if at.elapsed() < REFETCH_AFTER {
+            if at.elapsed() < self.refetch_after {
                 return if worked {
                     Lookup::Unknown
                 } else {
@@ -77,29 +86,40 @@ impl KeySource {
                 };
             }
         }
-        let url = self.url.clone();
-        let fetched = tokio::task::spawn_blocking(move || fetch(&url))
-            .await
-            .unwrap_or_else(|e| Err(format!("the fetch failed: {e}")));
-        let outcome: Fetched = fetched.as_ref().map(Vec::len).map_err(Clone::clone);
-        on_fetch(&outcome);
-        match fetched {
-            Ok(mut keys) => {
-                keys.truncate(KEYS_KEPT);
-                if let Ok(mut kept) = self.keys.write() {
-                    *kept = Arc::new(keys);
+        // Counted before the fetch starts: a report abandoned mid-fetch (its client gone) still
+        // leaves the next fetch `refetch_after` away.
+        *last = Some((Instant::now(), false));
+        // The fetch and the list's update run on their own: an abandoned report does not
+        // abandon them.
+        let (url, keys) = (self.url.clone(), self.keys.clone());
+        let fetching = tokio::spawn(async move {
+            let shown = url.clone();
+            let fetched = tokio::task::spawn_blocking(move || fetch(&url))
+                .await
+                .unwrap_or_else(|e| Err(format!("the fetch failed: {e}")));
+            on_fetch(&fetched.as_ref().map(Vec::len).map_err(Clone::clone));
+            match fetched {
+                Ok(mut list) => {
+                    list.truncate(KEYS_KEPT);
+                    if let Ok(mut kept) = keys.write() {
+                        *kept = Arc::new(list);
+                    }
+                    true
                 }
-                *last = Some((Instant::now(), true));
-                self.kept(identifier).map_or(Lookup::Unknown, Lookup::Found)
+                Err(e) => {
+                    eprintln!(
+                        "keygate serve: cannot fetch the leak reports' keys from {shown}: {e}"
+                    );
+                    false
+                }
             }
-            Err(e) => {
-                eprintln!(
-                    "keygate serve: cannot fetch the leak reports' keys from {}: {e}",
-                    self.url
-                );
-                *last = Some((Instant::now(), false));
-                Lookup::Unavailable
-            }
+        });
+        let worked = fetching.await.unwrap_or(false);
+        *last = Some((Instant::now(), worked));
+        match (worked, self.kept(identifier)) {
+            (_, Some(k)) => Lookup::Found(k),
+            (true, None) => Lookup::Unknown,
+            (false, None) => Lookup::Unavailable,
         }
     }
 }

@@ -31,8 +31,8 @@ pub struct App<S> {
     pub public_url: Option<String>,
     /// Where request-log exports are written (in batches, by one task).
     pub request_log: RequestLog,
-    /// The keys GitHub's leak reports are signed with (SPEC §15).
-    pub github_keys: KeySource,
+    /// The keys GitHub's leak reports are signed with (SPEC §15; `None`: its endpoint is off).
+    pub github_keys: Option<KeySource>,
     /// GitLab's (`None`: no `--gitlab-keys-url`, its endpoint is off).
     pub gitlab_keys: Option<KeySource>,
     /// Key events are sent to a webhook.

@@ -70,6 +70,10 @@ pub fn blobs(dir: &Path) -> Result<Vec<Blob>, String> {
         .args([
             "-c",
             "core.quotePath=false",
+            // The scanned repository's own settings must not run anything (a signature check
+            // runs gpg.program).
+            "-c",
+            "log.showSignature=false",
             "log",
             "--all",
             "-m",

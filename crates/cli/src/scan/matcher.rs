@@ -9,6 +9,9 @@ use keygate::model::{Checksum, Prefix};
 
 /// Characters after a prefix without a checksum for a token to count: keygate mints 32.
 pub const MIN_BODY: usize = 20;
+/// The most characters after the prefix a key has (keygate mints 32 or 36; the key service reads
+/// no reported token over 512 characters): a longer run is no key.
+pub const MAX_BODY: usize = 480;
 
 /// The marker that skips a line.
 pub const ALLOW: &[u8] = b"keygate:allow";
@@ -53,6 +56,8 @@ pub struct Hit {
 pub struct Matcher {
     patterns: Vec<Pattern>,
     automaton: AhoCorasick,
+    /// Per pattern: its prefix is all key characters.
+    key_prefix: Vec<bool>,
 }
 
 impl Matcher {
@@ -64,9 +69,14 @@ impl Matcher {
             .match_kind(MatchKind::LeftmostLongest)
             .build(patterns.iter().map(|p| p.prefix.as_bytes()))
             .map_err(|e| format!("the prefixes: {e}"))?;
+        let key_prefix = patterns
+            .iter()
+            .map(|p| p.prefix.bytes().all(is_key_byte))
+            .collect();
         Ok(Matcher {
             patterns,
             automaton,
+            key_prefix,
         })
     }
 
@@ -93,14 +103,22 @@ impl Matcher {
             let pattern = &self.patterns[m.pattern().as_usize()];
             let token = &buf[start..end];
             let counts = !(start > 0 && is_key_byte(buf[start - 1]))
+                && body_len <= MAX_BODY
                 && if pattern.crc32 {
                     keygate::checksum::valid(token)
                 } else {
                     body_len >= MIN_BODY
                 };
             if !counts {
-                // Another prefix may start inside this one.
-                pos = start + 1;
+                // Another prefix may start inside this one, unless this prefix is all key
+                // characters: then any match starting inside the run is preceded by a key
+                // character and counts no more than this one (one pass over a long run, never
+                // one per position: `xsk_sk_sk_…` stays linear).
+                pos = if self.key_prefix[m.pattern().as_usize()] {
+                    end.max(start + 1)
+                } else {
+                    start + 1
+                };
                 continue;
             }
             pos = end;
@@ -169,6 +187,26 @@ mod tests {
 
     fn crc_key() -> String {
         keygate::checksum::append("mf_0123456789abcdefghijABCDEFGHIJ")
+    }
+
+    #[test]
+    fn a_long_run_of_prefixes_inside_a_word_is_one_pass_and_no_key() {
+        // 400,000 candidates inside one word: each would re-read the rest of the run if the
+        // scan restarted one byte on; none is a key, and the key after the run is found.
+        let mut buf = "x".to_string() + &"sk_".repeat(400_000) + &"mf_".repeat(1000);
+        buf.push(' ');
+        buf.push_str(LIVE);
+        let hits = matcher().find(buf.as_bytes());
+        assert_eq!(hits.len(), 1);
+        assert_eq!(
+            hits[0].fingerprint,
+            keygate::keys::digest_hex(LIVE.as_bytes())
+        );
+        // Longer than any key: not one.
+        let long = format!("sk_live_{}", "a".repeat(MAX_BODY + 1));
+        assert!(matcher().find(long.as_bytes()).is_empty());
+        let longest = format!("sk_live_{}", "a".repeat(MAX_BODY));
+        assert_eq!(matcher().find(longest.as_bytes()).len(), 1);
     }
 
     #[test]

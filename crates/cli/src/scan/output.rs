@@ -36,7 +36,14 @@ pub fn sort(findings: &mut [Finding]) {
 pub fn text(findings: &[Finding]) -> String {
     let mut out = String::new();
     for f in findings {
-        out.push_str(&format!("{}:{}: {}", f.path, f.line, f.masked));
+        // A path is printed without its control characters: a file named with escape
+        // sequences or a newline cannot forge lines on a terminal.
+        let path: String = f
+            .path
+            .chars()
+            .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+            .collect();
+        out.push_str(&format!("{path}:{}: {}", f.line, f.masked));
         if let Some(e) = &f.environment {
             out.push_str(&format!(" ({e})"));
         }

@@ -1,4 +1,5 @@
-//! The audit page (SPEC §11): the audit log for what the session may see, newest first.
+//! The audit page (SPEC §11): the audit log for what the session may see, newest first (one
+//! key's with `?key=`).
 
 use super::html::CleanQuery;
 use super::html::{page, time_html, Layout};
@@ -61,7 +62,10 @@ pub async fn show<S: Store>(
         .store
         .audit(&AuditQuery {
             tenant: tenant.as_deref(),
-            key: None,
+            key: q
+                .get("key")
+                .map(String::as_str)
+                .filter(|k| super::html::id_ok(k)),
             from: None,
             to: None,
             before,
@@ -70,10 +74,15 @@ pub async fn show<S: Store>(
         .await?;
     let more = records.len() > PAGE;
     records.truncate(PAGE);
-    let next = records
-        .last()
-        .filter(|_| more)
-        .map(|r| format!("/dashboard/audit?before={}{}", r.id, l.scope_amp));
+    let next = records.last().filter(|_| more).map(|r| {
+        let key = q
+            .get("key")
+            .filter(|k| super::html::id_ok(k))
+            .and_then(|k| serde_urlencoded::to_string([("key", k)]).ok())
+            .map(|k| format!("&{k}"))
+            .unwrap_or_default();
+        format!("/dashboard/audit?before={}{key}{}", r.id, l.scope_amp)
+    });
     // A customer sees its own sessions' entries in full; the provider's changes to its keys as
     // "provider", without the provider's session ids or addresses.
     let customer = web.session.tenant.is_some();

@@ -61,6 +61,10 @@ struct Leaked {
     action: &'static str,
     /// The key still works: rolling it is urgent.
     live: bool,
+    /// It may be rolled from here: live, or revoked by this report, and not rolled yet.
+    rollable: bool,
+    /// Its successor, once rolled.
+    rolled_to: Option<String>,
 }
 
 fn leaked(l: &crate::store::Leak, state: &str) -> Leaked {
@@ -86,6 +90,8 @@ fn leaked(l: &crate::store::Leak, state: &str) -> Leaked {
             _ => "none: the key was already revoked or expired",
         },
         live: state == "active",
+        rollable: l.rolled_to.is_none() && (state == "active" || l.action == "revoked"),
+        rolled_to: l.rolled_to.clone(),
     }
 }
 

@@ -197,22 +197,23 @@ async fn keys_page<S: Store>(
         (all, None)
     };
     let t = now();
-    let leaked: std::collections::HashSet<String> = ctx
-        .app
-        .store
-        .leaks(None, tenant.as_deref())
-        .await?
-        .into_iter()
-        .map(|l| l.key_id)
+    let leaks = ctx.app.store.leaks(None, tenant.as_deref()).await?;
+    let leaked: std::collections::HashSet<&str> = leaks.iter().map(|l| l.key_id.as_str()).collect();
+    // A leaked key stays in sight, revoked or not, until it is rolled.
+    let unreplaced: std::collections::HashSet<&str> = leaks
+        .iter()
+        .filter(|l| l.rolled_to.is_none())
+        .map(|l| l.key_id.as_str())
         .collect();
     if !show_all {
-        // A leaked key stays in sight until it is dealt with, revoked or not.
-        keys.retain(|k| leaked.contains(&k.id) || !k.revoked && k.expires_at.is_none_or(|e| e > t));
+        keys.retain(|k| {
+            unreplaced.contains(k.id.as_str()) || !k.revoked && k.expires_at.is_none_or(|e| e > t)
+        });
     }
     let rows = keys
         .iter()
         .map(|k| Row {
-            leaked: leaked.contains(&k.id),
+            leaked: leaked.contains(k.id.as_str()),
             ..row(k, &ctx.app)
         })
         .collect();

@@ -218,6 +218,8 @@ pub struct Leak {
     pub source: Option<String>,
     /// `revoked`, `notified`, or `none` (the key was revoked or expired already).
     pub action: String,
+    /// The key's successor, once it was rolled.
+    pub rolled_to: Option<String>,
 }
 
 /// One webhook delivery (SPEC §15): its event and where its attempts stand.

@@ -435,9 +435,11 @@ impl Store for SqlStore {
         // after it can start, until this roll ends (one roll of a key wins; a revoke is either
         // before it, and refuses it, or after it).
         let seq = next_seq(&mut tx).await?;
+        // Revoked by a leak report (not by hand, and not reported after it was revoked).
         let found = sqlx::query(
             "SELECT revoked, expires_at, rolled_to, \
-             (SELECT COUNT(*) FROM key_leaks l WHERE l.key_id = api_keys.id) AS leaked \
+             (SELECT COUNT(*) FROM key_leaks l WHERE l.key_id = api_keys.id \
+              AND l.action = 'revoked') AS leaked \
              FROM api_keys WHERE id = $1",
         )
         .bind(old_id)
@@ -650,15 +652,33 @@ impl Store for SqlStore {
         actor: &Actor,
     ) -> Result<Option<&'static str>> {
         let mut tx = self.pool.begin().await?;
-        let seq = next_seq(&mut tx).await?;
-        let action = leaks::record(&mut tx, seq, id, report, revoke, actor, self.webhooks).await?;
-        if action.is_some() {
-            tx.commit().await?;
-        } else {
-            // Reported before (or no such key): no change, no new version.
+        let Some(action) = leaks::record(&mut tx, id, report, revoke, actor).await? else {
+            // Reported before (or no such key): no change.
             tx.rollback().await?;
+            return Ok(None);
+        };
+        // Only a revocation changes the key set (a new version); a report that notifies, or
+        // finds the key dead already, changes no key.
+        if action == "revoked" {
+            let seq = next_seq(&mut tx).await?;
+            sqlx::query("UPDATE api_keys SET revoked = 1, seq = $1 WHERE id = $2")
+                .bind(seq)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
         }
-        Ok(action)
+        if self.webhooks {
+            let extra = json!({
+                "origin": report.origin, "url": report.url, "source": report.source,
+                "action": action,
+            });
+            announce(&mut tx, "key.leaked", id, actor, extra).await?;
+            if action == "revoked" {
+                announce(&mut tx, "key.revoked", id, actor, json!({})).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(Some(action))
     }
 
     async fn leaks(&self, key: Option<&str>, tenant: Option<&str>) -> Result<Vec<Leak>> {
