@@ -137,7 +137,7 @@ binaryen: ## Install wasm-opt (Debian's binaryen), if missing
 	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq binaryen >/dev/null; \
 	  command -v wasm-opt >/dev/null || { echo "binaryen did not install"; exit 1; }; \
 	fi
-WASM_OPT := wasm-opt -O2 --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+WASM_OPT := wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
 	--enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types
 
 # `cargo rustc --crate-type cdylib`: the crate is also an rlib (the native crates and the tests

@@ -170,6 +170,10 @@ fn keygate_variants() -> Vec<(&'static str, String, &'static str, u16)> {
     };
     let mut limited = keys(10);
     limited[3]["rate_limits"] = json!([{"requests": 1_000_000_000u64, "per": "day"}]);
+    // A balance (SPEC §14) that never runs out in a run, refilled monthly, beside the limit.
+    let mut credited = keys(10);
+    credited[3]["credits"] =
+        json!({"granted": 1_000_000_000_000u64, "refill": {"interval": "month"}});
     let public =
         json!({"key_sources": [{"header": "x-api-key"}], "keys": [], "public_paths": ["*"]})
             .to_string();
@@ -191,6 +195,12 @@ fn keygate_variants() -> Vec<(&'static str, String, &'static str, u16)> {
         (
             "keygate, allowed, 1 rate limit",
             config(limited, false),
+            "bk_live_3",
+            200,
+        ),
+        (
+            "keygate, allowed, credits (no limit)",
+            config(credited, false),
             "bk_live_3",
             200,
         ),

@@ -5,12 +5,13 @@
 
 use crate::checksum;
 use crate::credentials::{find_key, query_param, Presented, MAX_KEY_LEN};
+use crate::credits::{self, Owner, Spend};
 use crate::fleet::Windows;
 use crate::header_names::{METHOD_OVERRIDES, METHOD_OVERRIDE_PARAM};
 use crate::host_wire::Header;
 use crate::ip::SourceAddress;
 use crate::keys::{self, Digest};
-use crate::model::{Gate, KeyRecord, Limit, Role};
+use crate::model::{Credits, Gate, KeyRecord, Limit, Role};
 use crate::path::{any_match, canonical_path_cow, canonical_url, PathError};
 use crate::ratelimit::{self, CasStore, RateHeaders, RateOutcome, StoreError};
 use std::borrow::Cow;
@@ -27,10 +28,12 @@ pub enum Decision {
     RateLimited,
     Unavailable,
     BadRequest,
+    /// Its balance of credits does not cover the request (SPEC §14).
+    UsageExceeded,
 }
 
 impl Decision {
-    pub const ALL: [Decision; 9] = [
+    pub const ALL: [Decision; 10] = [
         Decision::Allowed,
         Decision::Missing,
         Decision::Invalid,
@@ -40,6 +43,7 @@ impl Decision {
         Decision::RateLimited,
         Decision::Unavailable,
         Decision::BadRequest,
+        Decision::UsageExceeded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +57,7 @@ impl Decision {
             Decision::RateLimited => "rate_limited",
             Decision::Unavailable => "unavailable",
             Decision::BadRequest => "bad_request",
+            Decision::UsageExceeded => "usage_exceeded",
         }
     }
 }
@@ -159,6 +164,26 @@ pub struct Verdict<'g> {
     pub fleet: Option<Windows>,
     /// A 503 because the rate-limit service failed (`on_failure: deny`), not the key service.
     pub rate_service_down: bool,
+    /// Credits after this request (SPEC §14): `X-Credits-Remaining`, `X-Credits-Reset`.
+    pub credits: Option<CreditHeaders>,
+    /// What this request spent, to give back if it is charged only on success.
+    pub charged: Option<Charged>,
+}
+
+/// The credit headers of an admitted request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreditHeaders {
+    pub remaining: u64,
+    /// Unix seconds of the next refill (none without refill).
+    pub reset: Option<u64>,
+}
+
+/// A spend: from the key's own balance or its tenant's, how much, in which period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Charged {
+    pub tenant: bool,
+    pub cost: u64,
+    pub period: u64,
 }
 
 impl<'g> Verdict<'g> {
@@ -177,6 +202,8 @@ impl<'g> Verdict<'g> {
             counter_created: false,
             fleet: None,
             rate_service_down: false,
+            credits: None,
+            charged: None,
         }
     }
 
@@ -298,7 +325,7 @@ fn judge_key(
         return;
     }
     let limits = effective_limits(gate, rec, prefix_limits);
-    let now = if rec.expires_at.is_some() || !limits.is_empty() {
+    let now = if rec.expires_at.is_some() || !limits.is_empty() || credits_of(gate, rec).is_some() {
         host.now()
     } else {
         0
@@ -333,6 +360,9 @@ fn judge_key(
     if v.fleet.is_none() && !count_locally(host, &rec.id, limits, now, v) {
         return;
     }
+    if !spend_credits(gate, rec, req.method, path, host, limits, now, v) {
+        return;
+    }
     v.decision = Decision::Allowed;
     v.verify = gate.verify_path.as_deref() == Some(path) && req.method == "GET";
 }
@@ -363,6 +393,69 @@ pub fn count_locally(
             false
         }
     }
+}
+
+/// The balance a key draws from: its own, else its tenant's.
+pub fn credits_of<'a>(gate: &'a Gate, rec: &'a KeyRecord) -> Option<(Owner<'a>, &'a Credits)> {
+    match &rec.credits {
+        Some(c) => Some((Owner::Key(&rec.id), c)),
+        None => {
+            let t = rec.tenant.as_deref()?;
+            gate.tenant_credits(t).map(|c| (Owner::Tenant(t), c))
+        }
+    }
+}
+
+/// Spends the request's cost from the key's balance, checked last (SPEC §14); `false` if that
+/// refuses it. A refusal gives back the windows `count_locally` counted: a request refused for
+/// credits consumes no window.
+#[allow(clippy::too_many_arguments)]
+fn spend_credits(
+    gate: &Gate,
+    rec: &KeyRecord,
+    method: &str,
+    path: &str,
+    host: &mut impl Host,
+    limits: &[Limit],
+    now: u64,
+    v: &mut Verdict,
+) -> bool {
+    let Some((owner, balance)) = credits_of(gate, rec) else {
+        return true;
+    };
+    let cost = credits::cost(&gate.credit_costs, method, path);
+    match credits::spend(host, owner, balance, cost, now, &mut v.counter_created) {
+        Ok(Spend::Spent {
+            remaining,
+            reset,
+            period,
+        }) => {
+            v.credits = Some(CreditHeaders { remaining, reset });
+            v.charged = Some(Charged {
+                tenant: matches!(owner, Owner::Tenant(_)),
+                cost,
+                period,
+            });
+            return true;
+        }
+        Ok(Spend::Exceeded { retry_after, .. }) => {
+            v.decision = Decision::UsageExceeded;
+            v.retry_after = retry_after;
+        }
+        Err(e) => {
+            // A balance that cannot be read or written never admits (as a rate-limit fault).
+            v.decision = Decision::RateLimited;
+            v.retry_after = Some(1);
+            v.fault = Some(e);
+        }
+    }
+    // The windows this request was counted in: given back, and not shown.
+    if v.fleet.is_none() && v.rate.take().is_some() {
+        if let Err(e) = ratelimit::release(host, &rec.id, limits, now) {
+            v.fault = v.fault.or(Some(e));
+        }
+    }
+    false
 }
 
 /// Every method the request names besides its own (override headers, `_method`), each as
@@ -528,6 +621,88 @@ mod tests {
             "verify_path": "/v1/verify"
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn credits_are_checked_last_and_a_refusal_takes_no_window_and_no_header() {
+        let g = gate_from_value(&json!({
+            "key_sources": [{"header": "x-api-key"}],
+            "tenants": {"org": {"credits": {"granted": 3, "refill": {"interval": "day"}}}},
+            "keys": [
+                {"id": "t1", "sha256": sha("k_t1"), "tenant": "org",
+                 "rate_limits": [{"requests": 5, "per": "minute"}]},
+                {"id": "own", "sha256": sha("k_own"), "tenant": "org", "credits": {"granted": 0}},
+                {"id": "none", "sha256": sha("k_none")}
+            ],
+            "roles": {},
+            "credit_costs": [{"methods": ["POST"], "cost": 2}]
+        }))
+        .unwrap();
+        let mut host = MockHost::new();
+        let now = host.now;
+        let v = run(&g, &mut host, "POST", "/a", Some("k_t1")).unwrap();
+        assert_eq!(v.decision, Decision::Allowed);
+        let reset = now - now % 86_400 + 86_400;
+        assert_eq!(
+            v.credits,
+            Some(CreditHeaders {
+                remaining: 1,
+                reset: Some(reset)
+            })
+        );
+        assert_eq!(
+            v.charged,
+            Some(Charged {
+                tenant: true,
+                cost: 2,
+                period: reset - 86_400
+            })
+        );
+        assert_eq!(v.rate.map(|r| r.remaining), Some(4));
+        // Cost 2 with 1 left: refused, the window given back, no rate headers.
+        let v = run(&g, &mut host, "POST", "/a", Some("k_t1")).unwrap();
+        assert_eq!(v.decision, Decision::UsageExceeded);
+        assert_eq!(v.retry_after, Some(reset - now));
+        assert_eq!((v.rate, v.credits, v.charged), (None, None, None));
+        let v = run(&g, &mut host, "GET", "/a", Some("k_t1")).unwrap();
+        assert_eq!(v.decision, Decision::Allowed);
+        assert_eq!(
+            v.rate.map(|r| r.remaining),
+            Some(3),
+            "the refused POST counted in no window"
+        );
+        assert_eq!(v.credits.map(|c| c.remaining), Some(0));
+        // Its own balance (0) before its tenant's; no credits at all: not metered.
+        assert_eq!(
+            run(&g, &mut host, "GET", "/a", Some("k_own"))
+                .unwrap()
+                .decision,
+            Decision::UsageExceeded
+        );
+        let v = run(&g, &mut host, "GET", "/a", Some("k_none")).unwrap();
+        assert_eq!((v.decision, v.credits), (Decision::Allowed, None));
+        // A failing balance never admits.
+        host.fail_store = true;
+        let v = run(&g, &mut host, "GET", "/a", Some("k_own")).unwrap();
+        assert_eq!(
+            (v.decision, v.retry_after),
+            (Decision::RateLimited, Some(1))
+        );
+        assert!(v.fault.is_some());
+        let r = crate::reply::reject(
+            &g,
+            &Verdict {
+                decision: Decision::UsageExceeded,
+                retry_after: Some(7),
+                ..Verdict::new(Decision::UsageExceeded)
+            },
+        );
+        assert_eq!(r.status, 429);
+        assert_eq!(
+            r.body,
+            r#"{"error":"Usage limit exceeded","code":"USAGE_EXCEEDED"}"#
+        );
+        assert!(r.headers.contains(&("retry-after".into(), "7".into())));
     }
 
     fn headers(key: Option<&str>) -> Vec<Header<'_>> {

@@ -70,11 +70,13 @@ pub mod fields_read {
                 _ => {}
             }
         }
-        if let Some(rest) = generic.strip_prefix("roles.") {
-            generic = format!(
-                "roles.<name>{}",
-                rest.find('.').map(|i| &rest[i..]).unwrap_or("")
-            );
+        for map in ["roles", "tenants"] {
+            if let Some(rest) = generic.strip_prefix(&format!("{map}.")) {
+                generic = format!(
+                    "{map}.<name>{}",
+                    rest.find('.').map(|i| &rest[i..]).unwrap_or("")
+                );
+            }
         }
         let full = if generic.is_empty() {
             field.to_string()

@@ -3,7 +3,7 @@
 //! The flow, one module per step:
 //! [`config`] (JSON → validated [`model::Gate`]) → [`credentials`] (find the presented key) →
 //! [`keys`] (SHA-256 digest, lookup) → [`decide`] (the ordered checks, using [`path`], [`ip`],
-//! [`ratelimit`]) → [`forward`] (the judged path and the headers removed before the request
+//! [`ratelimit`], [`credits`]) → [`forward`] (the judged path and the headers removed before the request
 //! goes on) or [`reply`] (status, headers, JSON body). Only [`filter`] talks to Envoy.
 //! With `rate_limit_service`, [`fleet`] turns the limits into a call ([`rls_wire`]) and its
 //! answer into the same outcome a local limit gives.
@@ -21,6 +21,7 @@
 pub mod checksum;
 pub mod config;
 pub mod credentials;
+pub mod credits;
 pub mod decide;
 pub mod fleet;
 pub mod forward;

@@ -169,6 +169,41 @@ impl LeakPolicy {
     }
 }
 
+/// A balance of credits (SPEC §14): `granted` per period, or in all without a refill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credits {
+    pub granted: u64,
+    pub refill: Option<Refill>,
+}
+
+/// When a balance is replaced by a new grant: each day, or each month on `day` (clamped to
+/// the month's last day), at 00:00 UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refill {
+    Day,
+    Month { day: u8 },
+}
+
+/// What a request costs (`credit_costs`, first match; default 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CostRule {
+    /// Upper-case methods, or `*`; `None`: every method.
+    pub methods: Option<Vec<String>>,
+    /// `None`: every path.
+    pub paths: Option<Vec<Pattern>>,
+    pub cost: u64,
+}
+
+/// When credits are spent (`credits_charge`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Charge {
+    /// On admission.
+    #[default]
+    Request,
+    /// On admission, given back when the upstream answers 5xx or never answers.
+    Success,
+}
+
 /// One API key, as stored: never its plaintext.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct KeyRecord {
@@ -183,6 +218,8 @@ pub struct KeyRecord {
     pub allowed_ips: Option<Vec<Cidr>>,
     pub allowed_referers: Option<Vec<Pattern>>,
     pub allowed_paths: Option<Vec<Pattern>>,
+    /// Its own balance (SPEC §14; the plugin configuration's keys only, for now).
+    pub credits: Option<Credits>,
 }
 
 /// A key-service endpoint the filter calls on its own (`key_sync`, `usage_report`).
@@ -273,6 +310,10 @@ pub struct Gate {
     /// Bit `n` (63: 63 or more) set if a header name of `n` bytes could be a spelling
     /// [`crate::forward`] removes: the other names of a request skip the comparisons.
     pub spelling_lengths: u64,
+    /// Tenants' balances (SPEC §14), sorted by tenant.
+    pub tenants: Vec<(String, Credits)>,
+    pub credit_costs: Vec<CostRule>,
+    pub credits_charge: Charge,
 }
 
 impl Gate {
@@ -290,6 +331,15 @@ impl Gate {
 
     pub fn role(&self, id: Option<RoleId>) -> Option<&Role> {
         id.and_then(|i| self.roles.get(i))
+    }
+
+    /// A tenant's balance, if the configuration gives it one.
+    pub fn tenant_credits(&self, tenant: &str) -> Option<&Credits> {
+        self.tenants
+            .binary_search_by(|(t, _)| t.as_str().cmp(tenant))
+            .ok()
+            .and_then(|i| self.tenants.get(i))
+            .map(|(_, c)| c)
     }
 
     /// Whether `name` is a query parameter keys are read from on `canonical` (on any path

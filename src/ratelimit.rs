@@ -190,6 +190,17 @@ pub fn ensure_counter(store: &mut impl CasStore, key_id: &str) -> Result<bool, S
 /// seeing the record missing while holding the lock. Counting never inserts, so no count can
 /// be overwritten by a late creation.
 pub fn create_counter(store: &mut impl CasStore, key: &str, now: u64) -> Result<(), StoreError> {
+    create_entry(store, key, &Record::default().encode(), now)
+}
+
+/// [`create_counter`] for any record (a credit balance's too): inserts `initial` at `key` if
+/// it is missing, under the creation lock.
+pub fn create_entry(
+    store: &mut impl CasStore,
+    key: &str,
+    initial: &[u8],
+    now: u64,
+) -> Result<(), StoreError> {
     for _ in 0..LOCK_ATTEMPTS {
         let Some((lock, cas)) = store.get(CREATION_LOCK)? else {
             // Never created: configuration did not run as expected. Fail closed.
@@ -207,7 +218,7 @@ pub fn create_counter(store: &mut impl CasStore, key: &str, now: u64) -> Result<
             continue;
         }
         let created = match store.get(key) {
-            Ok(None) => store.set(key, &Record::default().encode(), 0).map(|_| ()),
+            Ok(None) => store.set(key, initial, 0).map(|_| ()),
             Ok(Some(_)) => Ok(()),
             Err(e) => Err(e),
         };
@@ -273,6 +284,37 @@ pub fn admit(
         if store.set(&key, &next.encode(), cas)? {
             let headers = closest(limits, &rec, now, 1).ok_or(StoreError::Corrupt)?;
             return Ok(Some(RateOutcome::Admitted(headers)));
+        }
+    }
+    Err(StoreError::Contention)
+}
+
+/// Gives back one request counted by [`admit`] at `now` (it was refused afterwards, for its
+/// credits): each limit's window is decremented if it is still the one counted in.
+pub fn release(
+    store: &mut impl CasStore,
+    key_id: &str,
+    limits: &[Limit],
+    now: u64,
+) -> Result<(), StoreError> {
+    if limits.is_empty() {
+        return Ok(());
+    }
+    let key = counter_key(key_id);
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let Some((rec, cas)) = read(store, &key)? else {
+            return Ok(());
+        };
+        let mut next = rec;
+        for l in limits {
+            if let Some(slot) = next.0.get_mut(l.per.slot()) {
+                if slot.start == window_start(now, l.per) {
+                    slot.count = slot.count.saturating_sub(1);
+                }
+            }
+        }
+        if next == rec || store.set(&key, &next.encode(), cas)? {
+            return Ok(());
         }
     }
     Err(StoreError::Contention)

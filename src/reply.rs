@@ -52,6 +52,7 @@ pub fn rejection(v: &Verdict) -> (u32, String, &'static str) {
         }
         Decision::Unavailable => (503, "API key service unavailable".into(), "UNAVAILABLE"),
         Decision::BadRequest => (400, "Invalid request path".into(), "BAD_REQUEST"),
+        Decision::UsageExceeded => (429, "Usage limit exceeded".into(), "USAGE_EXCEEDED"),
         // Not a rejection; answered as a fault if ever asked.
         Decision::Allowed => (500, INTERNAL.into(), "INTERNAL"),
     }
@@ -72,6 +73,12 @@ pub fn identity_headers(gate: &Gate, v: &Verdict) -> Vec<(String, String)> {
         headers.push((h.clone(), env.to_string()));
     }
     push_rate(&mut headers, v.rate.as_ref());
+    if let Some(c) = &v.credits {
+        headers.push(("x-credits-remaining".into(), c.remaining.to_string()));
+        if let Some(r) = c.reset {
+            headers.push(("x-credits-reset".into(), r.to_string()));
+        }
+    }
     headers
 }
 

@@ -4,6 +4,7 @@
 //! (`roles`, `prefixes`), [`key_entries`] (key entries); this file reads the whole and the endpoints.
 
 mod classes;
+mod credits;
 mod fields;
 mod key_entries;
 mod sources;
@@ -212,6 +213,7 @@ fn read_gate(value: &Value, errors: &mut Errors) -> Option<Gate> {
             &KeyContext {
                 roles: &roles,
                 prefixes: &prefixes,
+                credits: true,
             },
             errors,
         ),
@@ -262,6 +264,19 @@ fn read_gate(value: &Value, errors: &mut Errors) -> Option<Gate> {
             h
         }
     };
+    let tenants = credits::read_tenants(&mut root, errors);
+    let credit_costs = credits::read_costs(&mut root, errors);
+    let credits_charge = credits::read_charge(&mut root, errors);
+    if rate_limit_service.is_some()
+        && (!tenants.is_empty() || keys.records().any(|k| k.credits.is_some()))
+    {
+        // Credits are counted by this Envoy only (shared data), not by the rate-limit service
+        // yet: a fleet would each spend the whole balance. Refused rather than counted wrong.
+        errors.push(
+            "$.rate_limit_service",
+            "credits (on keys or tenants) are not counted fleet-wide yet; remove one or the other",
+        );
+    }
     root.finish(errors);
 
     let bearer = sources.iter().any(
@@ -285,6 +300,9 @@ fn read_gate(value: &Value, errors: &mut Errors) -> Option<Gate> {
         trust_forwarded_address,
         environments_accepted,
         spelling_lengths: 0,
+        tenants,
+        credit_costs,
+        credits_charge,
     };
     gate.spelling_lengths = crate::forward::spelling_lengths(&gate);
     check_header_clashes(&gate, errors);
@@ -610,12 +628,24 @@ mod tests {
             "upstream_headers": {}
         }))
         .unwrap();
-        // A limit is documented once, under the top-level `rate_limits`.
+        // Credits (not with a rate-limit service yet).
+        gate_from_value(&json!({
+            "keys": [{"id": "k", "sha256": hash(), "credits": {"granted": 5, "refill": {"interval": "month", "day": 1}}}],
+            "tenants": {"t": {"credits": {"granted": 1}}},
+            "credit_costs": [{"methods": ["POST"], "paths": ["/x"], "cost": 2}],
+            "credits_charge": "success"
+        }))
+        .unwrap();
+        // A limit is documented once, under the top-level `rate_limits`; a balance's fields
+        // once, under `credits`.
         let mut fields: Vec<String> = crate::json_reader::fields_read::take()
             .into_iter()
             .map(|f| match f.rsplit_once("rate_limits[].") {
                 Some((_, x)) => format!("rate_limits[].{x}"),
-                None => f,
+                None => match f.rsplit_once(".credits.") {
+                    Some((_, x)) => format!("credits.{x}"),
+                    None => f,
+                },
             })
             .collect();
         fields.sort();

@@ -6,11 +6,12 @@ use super::host::{EnvoyHost, SharedData};
 use super::stats::Stats;
 use super::sync::{self, View};
 use crate::credentials::find_key;
+use crate::credits;
 use crate::decide::{count_locally, decide, Decision, Host, Request, Verdict};
 use crate::fleet::Windows;
 use crate::forward::{self, Edits, Fate};
 use crate::host_wire::decode_pairs;
-use crate::model::{Gate, KeyRecord, OnFailure, RoleId};
+use crate::model::{Charge as Charging, Gate, KeyRecord, OnFailure, RoleId};
 use crate::reply::{self, Reply};
 use log::{debug, error};
 use proxy_wasm::traits::{Context, HttpContext};
@@ -30,6 +31,30 @@ pub struct KeygateHttp {
     replied: bool,
     /// A request held until the rate-limit service answers (SPEC §10).
     waiting: Option<Waiting>,
+    /// Credits spent by a request charged only on success (SPEC §14): given back when the
+    /// upstream answers 5xx, or never answers.
+    charge: Option<Charge>,
+}
+
+/// A spend to give back: the balance's owner (a key id, or a tenant), its cost and period.
+struct Charge {
+    owner: String,
+    tenant: bool,
+    cost: u64,
+    period: u64,
+}
+
+impl Charge {
+    fn refund(self) {
+        let owner = if self.tenant {
+            credits::Owner::Tenant(&self.owner)
+        } else {
+            credits::Owner::Key(&self.owner)
+        };
+        if let Err(e) = credits::refund(&mut SharedData, owner, self.cost, self.period) {
+            error!("credits could not be given back: {e}");
+        }
+    }
 }
 
 /// What an allowed request waiting for the rate-limit service needs to be concluded: the
@@ -77,6 +102,7 @@ impl KeygateHttp {
             response_headers: Vec::new(),
             replied: false,
             waiting: None,
+            charge: None,
         }
     }
 
@@ -204,8 +230,24 @@ impl HttpContext for KeygateHttp {
                 let _ = abi::set_header(MapType::HttpResponseHeaders, k, v);
             }
         }
+        // Charged only on success: a 5xx (the upstream's, or Envoy's for it) gives it back.
+        if let Some(charge) = self.charge.take() {
+            let status = abi::header(MapType::HttpResponseHeaders, ":status")
+                .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok());
+            if status.is_none_or(|s| s >= 500) {
+                charge.refund();
+            }
+        }
         ledger::report();
         Action::Continue
+    }
+
+    // The stream ended without a response from upstream (a reset, a timeout with no answer):
+    // a request charged only on success gets its credits back.
+    fn on_log(&mut self) {
+        if let Some(charge) = self.charge.take() {
+            charge.refund();
+        }
     }
 
     // While the rate-limit service is asked, the request's body and trailers wait too:
@@ -351,6 +393,21 @@ impl KeygateHttp {
         }
         if self.forward(gate, &v).is_err() {
             return self.fail_closed("the identity headers could not be set");
+        }
+        if let (Charging::Success, Some(c), Some(k)) =
+            (gate.credits_charge, v.charged, v.key.as_deref())
+        {
+            let owner = if c.tenant {
+                k.tenant.clone()
+            } else {
+                Some(k.id.clone())
+            };
+            self.charge = owner.map(|owner| Charge {
+                owner,
+                tenant: c.tenant,
+                cost: c.cost,
+                period: c.period,
+            });
         }
         Action::Continue
     }

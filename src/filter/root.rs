@@ -8,6 +8,7 @@ use super::report::Reporter;
 use super::stats::Stats;
 use super::sync::{refresh_view, Syncer, View, TICK_MS};
 use crate::config::parse_config;
+use crate::credits;
 use crate::model::Gate;
 use crate::ratelimit::{ensure_counter, ensure_creation_lock};
 use crate::usage::UsageLedger;
@@ -102,6 +103,18 @@ impl RootContext for KeygateRoot {
                 if ensure_counter(&mut SharedData, &rec.id).is_err() {
                     warn!("could not create the rate-limit record of key {}", rec.id);
                 }
+            }
+        }
+        // Balances likewise (SPEC §14): the configuration's keys with credits, its tenants.
+        let owners = gate
+            .keys
+            .records()
+            .filter(|k| k.credits.is_some())
+            .map(|k| credits::Owner::Key(&k.id))
+            .chain(gate.tenants.iter().map(|(t, _)| credits::Owner::Tenant(t)));
+        for owner in owners {
+            if credits::ensure_balance(&mut SharedData, owner).is_err() {
+                warn!("could not create a credit balance record");
             }
         }
         self.syncer = match &gate.key_sync {

@@ -230,6 +230,7 @@ mod tests {
         let ctx = KeyContext {
             roles: &g.roles,
             prefixes: &g.prefixes,
+            credits: false,
         };
         entries
             .as_array()

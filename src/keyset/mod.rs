@@ -100,6 +100,7 @@ mod tests {
         let ctx = KeyContext {
             roles: &g.roles,
             prefixes: &g.prefixes,
+            credits: false,
         };
         read_key_entry("$", v, &ctx, &mut Errors::default())
             .unwrap()

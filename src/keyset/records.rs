@@ -250,6 +250,7 @@ pub fn decode_record(bytes: &[u8], roles: &[Role]) -> Result<KeyRecord, DecodeEr
         allowed_ips,
         allowed_referers,
         allowed_paths,
+        credits: None,
     })
 }
 

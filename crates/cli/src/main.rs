@@ -573,6 +573,7 @@ fn new_key(
         &KeyContext {
             roles: &roles,
             prefixes: &prefixes,
+            credits: false,
         },
         &mut errors,
     );

@@ -20,6 +20,7 @@ pub const DECISIONS: &[&str] = &[
     "rate_limited",
     "unavailable",
     "bad_request",
+    "usage_exceeded",
 ];
 
 /// Longest accepted values, in bytes. The shipped Envoy configurations cut the client's free

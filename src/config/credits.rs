@@ -1,0 +1,149 @@
+//! Credits in the configuration (SPEC §14): `credits` on a key, `tenants` with theirs,
+//! `credit_costs` and `credits_charge`.
+
+use super::fields::*;
+use crate::json::Value;
+use crate::json_reader::{index, q, Errors, Obj};
+use crate::model::{Charge, CostRule, Credits, Refill};
+
+/// Reads `obj.credits` (`None`: absent, or refused with its path in `errors`).
+pub(super) fn read_credits(obj: &mut Obj, errors: &mut Errors) -> Option<Credits> {
+    let path = obj.field_path("credits");
+    let value = obj.get("credits")?;
+    let mut o = Obj::new(&path, value, errors)?;
+    let granted = o.opt_u64("granted", errors);
+    if granted.is_none() && !o.has("granted") {
+        errors.push(&o.field_path("granted"), "is required");
+    }
+    let refill = match o.get("refill") {
+        None => Some(None),
+        Some(v) => {
+            let rp = o.field_path("refill");
+            Obj::new(&rp, v, errors).and_then(|mut r| {
+                let interval = r.req_str("interval", errors);
+                let day_path = r.field_path("day");
+                let day = r.opt_u64("day", errors);
+                let refill = match (interval, day) {
+                    (Some("day"), None) => Some(Refill::Day),
+                    (Some("day"), Some(_)) => {
+                        errors.push(&day_path, "applies to a monthly refill only");
+                        None
+                    }
+                    (Some("month"), None) => Some(Refill::Month { day: 1 }),
+                    (Some("month"), Some(d @ 1..=31)) => Some(Refill::Month { day: d as u8 }),
+                    (Some("month"), Some(_)) => {
+                        errors.push(&day_path, "must be a day of the month, 1 to 31");
+                        None
+                    }
+                    (Some(other), _) => {
+                        errors.push(
+                            &r.field_path("interval"),
+                            format!("{} is not \"day\" or \"month\"", q(other)),
+                        );
+                        None
+                    }
+                    (None, _) => None,
+                };
+                r.finish(errors);
+                refill.map(Some)
+            })
+        }
+    };
+    o.finish(errors);
+    Some(Credits {
+        granted: granted?,
+        refill: refill?,
+    })
+}
+
+/// `tenants`: `{"<tenant>": {"credits": {…}}}`, sorted by name.
+pub(super) fn read_tenants(root: &mut Obj, errors: &mut Errors) -> Vec<(String, Credits)> {
+    let path = root.field_path("tenants");
+    let Some(value) = root.get("tenants") else {
+        return Vec::new();
+    };
+    let Value::Object(map) = value else {
+        errors.push(&path, "expected an object of tenant → settings");
+        return Vec::new();
+    };
+    let mut out: Vec<(String, Credits)> = Vec::new();
+    for (name, item) in map {
+        let p = format!("{path}.{name}");
+        if name.is_empty() || !header_safe(|| p.clone(), name, errors) {
+            continue;
+        }
+        let Some(mut o) = Obj::new(&p, item, errors) else {
+            continue;
+        };
+        let credits = read_credits(&mut o, errors);
+        if credits.is_none() && !o.has("credits") {
+            errors.push(&o.field_path("credits"), "is required");
+        }
+        o.finish(errors);
+        if let Some(c) = credits {
+            // Kept sorted as read (no sort of its own in the .wasm); names are unique (a field
+            // given twice is refused by the JSON reader).
+            let at = out
+                .binary_search_by(|(t, _)| t.as_str().cmp(name))
+                .unwrap_or_else(|i| i);
+            out.insert(at, (name.to_string(), c));
+        }
+    }
+    out
+}
+
+/// `credit_costs`: what a request costs, first match.
+pub(super) fn read_costs(root: &mut Obj, errors: &mut Errors) -> Vec<CostRule> {
+    let path = root.field_path("credit_costs");
+    let Some(items) = root.opt_array("credit_costs", errors) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let p = index(&path, i);
+        let Some(mut o) = Obj::new(&p, item, errors) else {
+            continue;
+        };
+        let methods = o.opt_str_list("methods", errors, |mp, m, errors| {
+            if m == "*"
+                || (!m.is_empty()
+                    && m.bytes()
+                        .all(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'_'))
+            {
+                Some(m.to_ascii_uppercase())
+            } else {
+                errors.push(mp, format!("{} is not an HTTP method or \"*\"", q(m)));
+                None
+            }
+        });
+        let paths = read_patterns(&mut o, "paths", errors);
+        let cost = o.opt_u64("cost", errors);
+        if cost.is_none() && !o.has("cost") {
+            errors.push(&o.field_path("cost"), "is required");
+        }
+        o.finish(errors);
+        if let Some(cost) = cost {
+            out.push(CostRule {
+                methods,
+                paths,
+                cost,
+            });
+        }
+    }
+    out
+}
+
+/// `credits_charge`: `"request"` (the default) or `"success"`.
+pub(super) fn read_charge(root: &mut Obj, errors: &mut Errors) -> Charge {
+    match root.opt_str("credits_charge", errors) {
+        None | Some("request") => Charge::Request,
+        Some("success") => Charge::Success,
+        Some(other) => {
+            errors.push(
+                &root.field_path("credits_charge"),
+                format!("{} is not \"request\" or \"success\"", q(other)),
+            );
+            Charge::Request
+        }
+    }
+}
