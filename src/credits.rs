@@ -162,7 +162,13 @@ pub fn spend(
             create_entry(store, &key, &Record::default().encode(), now)?;
             continue;
         };
-        let spent = rec.spent_in(start);
+        // A record already in a later period (another worker crossed the refill instant
+        // first): spend from that one, never back into the period that ended.
+        let (start, spent) = if rec.period > start {
+            (rec.period, rec.spent)
+        } else {
+            (start, rec.spent_in(start))
+        };
         let left = credits.granted.saturating_sub(spent);
         if cost > left {
             return Ok(Spend::Exceeded {

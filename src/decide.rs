@@ -360,7 +360,7 @@ fn judge_key(
     if v.fleet.is_none() && !count_locally(host, &rec.id, limits, now, v) {
         return;
     }
-    if !spend_credits(gate, rec, req.method, path, host, limits, now, v) {
+    if !spend_credits(gate, rec, req, path, host, limits, now, v) {
         return;
     }
     v.decision = Decision::Allowed;
@@ -413,7 +413,7 @@ pub fn credits_of<'a>(gate: &'a Gate, rec: &'a KeyRecord) -> Option<(Owner<'a>, 
 fn spend_credits(
     gate: &Gate,
     rec: &KeyRecord,
-    method: &str,
+    req: &Request,
     path: &str,
     host: &mut impl Host,
     limits: &[Limit],
@@ -423,7 +423,15 @@ fn spend_credits(
     let Some((owner, balance)) = credits_of(gate, rec) else {
         return true;
     };
-    let cost = credits::cost(&gate.credit_costs, method, path);
+    // The dearest of the methods the request names: an override the upstream honours costs
+    // what that method costs (as roles judge every method named).
+    let cost = override_methods(req)
+        .filter_map(|m| std::str::from_utf8(m).ok())
+        .map(|m| credits::cost(&gate.credit_costs, m, path))
+        .fold(
+            credits::cost(&gate.credit_costs, req.method, path),
+            u64::max,
+        );
     match credits::spend(host, owner, balance, cost, now, &mut v.counter_created) {
         Ok(Spend::Spent {
             remaining,

@@ -306,10 +306,14 @@ pub fn release(
             return Ok(());
         };
         let mut next = rec;
+        // One count per slot, as `admit` counted it (two limits of one length share a slot).
+        let mut released = [false; SLOTS];
         for l in limits {
-            if let Some(slot) = next.0.get_mut(l.per.slot()) {
-                if slot.start == window_start(now, l.per) {
+            let i = l.per.slot();
+            if let (Some(slot), Some(done)) = (next.0.get_mut(i), released.get_mut(i)) {
+                if !*done && slot.start == window_start(now, l.per) {
                     slot.count = slot.count.saturating_sub(1);
+                    *done = true;
                 }
             }
         }
@@ -335,6 +339,49 @@ pub fn peek(
         .map(|(r, _)| r)
         .unwrap_or_default();
     Ok(closest(limits, &rec, now, 0))
+}
+
+#[cfg(test)]
+mod release_tests {
+    use super::mem::MemStore;
+    use super::*;
+
+    #[test]
+    fn release_gives_back_one_count_per_window_even_for_two_limits_of_one_length() {
+        let mut store = MemStore::default();
+        ensure_creation_lock(&mut store).unwrap();
+        let limits = [
+            Limit {
+                requests: 10,
+                per: Per::Minute,
+            },
+            Limit {
+                requests: 5,
+                per: Per::Minute,
+            },
+            Limit {
+                requests: 100,
+                per: Per::Day,
+            },
+        ];
+        let now = 1_800_000_000;
+        let mut created = false;
+        for _ in 0..3 {
+            admit(&mut store, "k", &limits, now, &mut created).unwrap();
+        }
+        release(&mut store, "k", &limits, now).unwrap();
+        let h = peek(&mut store, "k", &limits, now).unwrap().unwrap();
+        assert_eq!(h.remaining, 3, "5 a minute, 2 counted");
+        // A window that rolled over since is left alone.
+        release(&mut store, "k", &limits, now + 60).unwrap();
+        assert_eq!(
+            peek(&mut store, "k", &limits, now)
+                .unwrap()
+                .unwrap()
+                .remaining,
+            3
+        );
+    }
 }
 
 /// An in-memory [`CasStore`] with the host's semantics, for tests: CAS tokens increase

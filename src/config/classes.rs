@@ -24,18 +24,7 @@ pub(super) fn read_roles(root: &mut Obj, errors: &mut Errors) -> Vec<Role> {
             continue;
         };
         let methods_path = o.field_path("methods");
-        let methods = o.opt_str_list("methods", errors, |mp, m, errors| {
-            if m == "*"
-                || (!m.is_empty()
-                    && m.bytes()
-                        .all(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'_'))
-            {
-                Some(m.to_ascii_uppercase())
-            } else {
-                errors.push(mp, format!("{} is not an HTTP method or \"*\"", q(m)));
-                None
-            }
-        });
+        let methods = read_methods(&mut o, errors);
         let methods = match methods {
             None => {
                 errors.push(&methods_path, "is required (a list of methods, or [\"*\"])");

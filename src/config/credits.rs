@@ -69,7 +69,7 @@ pub(super) fn read_tenants(root: &mut Obj, errors: &mut Errors) -> Vec<(String, 
     let mut out: Vec<(String, Credits)> = Vec::new();
     for (name, item) in map {
         let p = format!("{path}.{name}");
-        if name.is_empty() || !header_safe(|| p.clone(), name, errors) {
+        if !header_safe(|| p.clone(), name, errors) {
             continue;
         }
         let Some(mut o) = Obj::new(&p, item, errors) else {
@@ -104,18 +104,7 @@ pub(super) fn read_costs(root: &mut Obj, errors: &mut Errors) -> Vec<CostRule> {
         let Some(mut o) = Obj::new(&p, item, errors) else {
             continue;
         };
-        let methods = o.opt_str_list("methods", errors, |mp, m, errors| {
-            if m == "*"
-                || (!m.is_empty()
-                    && m.bytes()
-                        .all(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'_'))
-            {
-                Some(m.to_ascii_uppercase())
-            } else {
-                errors.push(mp, format!("{} is not an HTTP method or \"*\"", q(m)));
-                None
-            }
-        });
+        let methods = read_methods(&mut o, errors);
         let paths = read_patterns(&mut o, "paths", errors);
         let cost = o.opt_u64("cost", errors);
         if cost.is_none() && !o.has("cost") {

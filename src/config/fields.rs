@@ -124,3 +124,19 @@ pub fn check_prefix(prefix: &str) -> Result<(), &'static str> {
     }
     Ok(())
 }
+
+/// `methods`: HTTP method names (upper-cased) or `"*"` (roles, credit costs).
+pub(super) fn read_methods(obj: &mut Obj, errors: &mut Errors) -> Option<Vec<String>> {
+    obj.opt_str_list("methods", errors, |mp, m, errors| {
+        if m == "*"
+            || (!m.is_empty()
+                && m.bytes()
+                    .all(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'_'))
+        {
+            Some(m.to_ascii_uppercase())
+        } else {
+            errors.push(mp, format!("{} is not an HTTP method or \"*\"", q(m)));
+            None
+        }
+    })
+}

@@ -32,7 +32,7 @@ pub struct KeygateHttp {
     /// A request held until the rate-limit service answers (SPEC §10).
     waiting: Option<Waiting>,
     /// Credits spent by a request charged only on success (SPEC §14): given back when the
-    /// upstream answers 5xx, or never answers.
+    /// response is a 5xx (the upstream's, or Envoy's for it: a reset or a timeout upstream).
     charge: Option<Charge>,
 }
 
@@ -42,6 +42,27 @@ struct Charge {
     tenant: bool,
     cost: u64,
     period: u64,
+}
+
+/// Gives back what an admitted request spent when keygate itself cannot forward it.
+fn give_back(v: &Verdict) {
+    let (Some(c), Some(k)) = (v.charged, v.key.as_deref()) else {
+        return;
+    };
+    let owner = if c.tenant {
+        k.tenant.clone()
+    } else {
+        Some(k.id.clone())
+    };
+    if let Some(owner) = owner {
+        Charge {
+            owner,
+            tenant: c.tenant,
+            cost: c.cost,
+            period: c.period,
+        }
+        .refund();
+    }
 }
 
 impl Charge {
@@ -242,14 +263,6 @@ impl HttpContext for KeygateHttp {
         Action::Continue
     }
 
-    // The stream ended without a response from upstream (a reset, a timeout with no answer):
-    // a request charged only on success gets its credits back.
-    fn on_log(&mut self) {
-        if let Some(charge) = self.charge.take() {
-            charge.refund();
-        }
-    }
-
     // While the rate-limit service is asked, the request's body and trailers wait too:
     // Continue here would send the held headers upstream before the answer.
     fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
@@ -335,7 +348,11 @@ impl KeygateHttp {
             None
         };
         if apply(&edits).is_err() && fate != Fate::Local {
-            // Never forward a request whose path or headers could not be made what was judged.
+            // Never forward a request whose path or headers could not be made what was judged
+            // (nor charge it: it never went on).
+            if let Some(v) = &verdict {
+                give_back(v);
+            }
             return self.fail_closed("the request could not be rewritten as judged");
         }
         let Some(v) = verdict else {
@@ -392,11 +409,14 @@ impl KeygateHttp {
             return self.send(&reply::verify(gate, &v));
         }
         if self.forward(gate, &v).is_err() {
+            give_back(&v);
             return self.fail_closed("the identity headers could not be set");
         }
-        if let (Charging::Success, Some(c), Some(k)) =
-            (gate.credits_charge, v.charged, v.key.as_deref())
-        {
+        if let (Charging::Success, Some(c), Some(k)) = (
+            gate.credits_charge,
+            v.charged.filter(|c| c.cost > 0),
+            v.key.as_deref(),
+        ) {
             let owner = if c.tenant {
                 k.tenant.clone()
             } else {
