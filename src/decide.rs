@@ -325,7 +325,8 @@ fn judge_key(
         return;
     }
     let limits = effective_limits(gate, rec, prefix_limits);
-    let now = if rec.expires_at.is_some() || !limits.is_empty() || credits_of(gate, rec).is_some() {
+    let balance = credits_of(gate, rec);
+    let now = if rec.expires_at.is_some() || !limits.is_empty() || balance.is_some() {
         host.now()
     } else {
         0
@@ -360,7 +361,7 @@ fn judge_key(
     if v.fleet.is_none() && !count_locally(host, &rec.id, limits, now, v) {
         return;
     }
-    if !spend_credits(gate, rec, req, path, host, limits, now, v) {
+    if !spend_credits(gate, balance, rec, req, path, host, limits, now, v) {
         return;
     }
     v.decision = Decision::Allowed;
@@ -412,6 +413,7 @@ pub fn credits_of<'a>(gate: &'a Gate, rec: &'a KeyRecord) -> Option<(Owner<'a>, 
 #[allow(clippy::too_many_arguments)]
 fn spend_credits(
     gate: &Gate,
+    balance: Option<(Owner, &Credits)>,
     rec: &KeyRecord,
     req: &Request,
     path: &str,
@@ -420,7 +422,7 @@ fn spend_credits(
     now: u64,
     v: &mut Verdict,
 ) -> bool {
-    let Some((owner, balance)) = credits_of(gate, rec) else {
+    let Some((owner, balance)) = balance else {
         return true;
     };
     // The dearest of the methods the request names: an override the upstream honours costs

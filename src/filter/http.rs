@@ -46,26 +46,28 @@ struct Charge {
 
 /// Gives back what an admitted request spent when keygate itself cannot forward it.
 fn give_back(v: &Verdict) {
-    let (Some(c), Some(k)) = (v.charged, v.key.as_deref()) else {
-        return;
-    };
-    let owner = if c.tenant {
-        k.tenant.clone()
-    } else {
-        Some(k.id.clone())
-    };
-    if let Some(owner) = owner {
-        Charge {
-            owner,
-            tenant: c.tenant,
-            cost: c.cost,
-            period: c.period,
-        }
-        .refund();
+    if let Some(c) = Charge::of(v) {
+        c.refund();
     }
 }
 
 impl Charge {
+    /// What an admitted verdict spent (nothing for a cost of 0), and from whose balance.
+    fn of(v: &Verdict) -> Option<Charge> {
+        let (c, k) = (v.charged.filter(|c| c.cost > 0)?, v.key.as_deref()?);
+        let owner = if c.tenant {
+            k.tenant.clone()?
+        } else {
+            k.id.clone()
+        };
+        Some(Charge {
+            owner,
+            tenant: c.tenant,
+            cost: c.cost,
+            period: c.period,
+        })
+    }
+
     fn refund(self) {
         let owner = if self.tenant {
             credits::Owner::Tenant(&self.owner)
@@ -412,22 +414,8 @@ impl KeygateHttp {
             give_back(&v);
             return self.fail_closed("the identity headers could not be set");
         }
-        if let (Charging::Success, Some(c), Some(k)) = (
-            gate.credits_charge,
-            v.charged.filter(|c| c.cost > 0),
-            v.key.as_deref(),
-        ) {
-            let owner = if c.tenant {
-                k.tenant.clone()
-            } else {
-                Some(k.id.clone())
-            };
-            self.charge = owner.map(|owner| Charge {
-                owner,
-                tenant: c.tenant,
-                cost: c.cost,
-                period: c.period,
-            });
+        if gate.credits_charge == Charging::Success {
+            self.charge = Charge::of(&v);
         }
         Action::Continue
     }

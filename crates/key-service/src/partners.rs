@@ -56,6 +56,17 @@ fn refused(origin: Origin, outcome: LeakReport, error: ApiError) -> Response {
     error.into_response()
 }
 
+/// A report's body, at most [`LEAK_BODY_LIMIT`] bytes (`413` over it), counted when refused.
+async fn report_body(origin: Origin, body: Body) -> Result<axum::body::Bytes, Response> {
+    body_bytes(body, LEAK_BODY_LIMIT).await.map_err(|e| {
+        let outcome = match e {
+            ApiError::TooLarge(_) => LeakReport::too_large,
+            _ => LeakReport::bad_body,
+        };
+        refused(origin, outcome, e)
+    })
+}
+
 async fn partner<S: Store>(
     ctx: Ctx<S>,
     origin: Origin,
@@ -98,10 +109,9 @@ async fn partner<S: Store>(
             return refused(origin, LeakReport::unavailable, ApiError::Unavailable)
         }
     };
-    let body = match body_bytes(body, LEAK_BODY_LIMIT).await {
+    let body = match report_body(origin, body).await {
         Ok(b) => b,
-        Err(e @ ApiError::TooLarge(_)) => return refused(origin, LeakReport::too_large, e),
-        Err(e) => return refused(origin, LeakReport::bad_body, e),
+        Err(r) => return r,
     };
     if verify(&key, &body, &signature).is_err() {
         return bad_signature();
@@ -153,10 +163,9 @@ pub async fn revoke_tokens<S: Store>(
         Ok(false) => return ApiError::NotFound.into_response(),
         Err(e) => return refused(Origin::GitLab, LeakReport::unsigned, e),
     }
-    let body = match body_bytes(body, LEAK_BODY_LIMIT).await {
+    let body = match report_body(Origin::GitLab, body).await {
         Ok(b) => b,
-        Err(e @ ApiError::TooLarge(_)) => return refused(Origin::GitLab, LeakReport::too_large, e),
-        Err(e) => return refused(Origin::GitLab, LeakReport::bad_body, e),
+        Err(r) => return r,
     };
     let reported: Vec<Reported> = match read_report(&body, "location") {
         Ok(r) => r,
