@@ -17,7 +17,7 @@ endif
 export KEYGATE_REVISION
 
 .DEFAULT_GOAL := help
-.PHONY: install cli-docs images containers kube-tools upgrade-test help build wasm wasm-faults cli toolchain envoy openapi-tools secrets-tools alerts chromium screenshots postgres redis binaryen test unit integration demo-smoke lint fmt run bench soak fuzz compose clean distclean
+.PHONY: packages install cli-docs images containers kube-tools upgrade-test help build wasm wasm-faults cli toolchain envoy openapi-tools secrets-tools alerts chromium screenshots postgres redis binaryen test unit integration demo-smoke lint fmt run bench soak fuzz compose clean distclean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -69,7 +69,8 @@ $(PROMETHEUS_DEB):
 	@echo "Taking promtool and prometheus from Debian's prometheus package (into $(VENV)/bin; nothing installed, no server started)"
 	@mkdir -p target/promtool
 	@if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
-	  $$sudo apt-get update -qq && cd target/promtool && rm -f prometheus_*.deb && apt-get download -qq prometheus 2>/dev/null
+	  cd target/promtool && rm -f prometheus_*.deb && { apt-get download -qq prometheus 2>/dev/null || \
+	  { $$sudo apt-get update -qq && apt-get download -qq prometheus 2>/dev/null; }; }
 	dpkg-deb -x target/promtool/prometheus_*.deb target/promtool/x
 $(PROMTOOL): | $(PROMETHEUS_DEB)
 	@mkdir -p $(VENV)/bin
@@ -87,6 +88,22 @@ $(PROMETHEUS): | $(PROMETHEUS_DEB)
 alerts: $(PROMTOOL) ## Check the Prometheus alert rules and run their unit tests (promtool)
 	$(PROMTOOL) check rules ops/prometheus/keygate-alerts.yml
 	cd ops/prometheus && ../../$(PROMTOOL) test rules keygate-alerts.test.yml
+
+# Every Debian package the tests use, in one apt-get transaction (the targets below then only
+# check): postgresql, redis, chromium, the container tools, binaryen.
+packages: ## Install the Debian packages the tests use (PostgreSQL, Redis, Chromium, podman…, binaryen), if missing
+	@missing=; \
+	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	  { command -v redis-server && command -v redis-cli; } >/dev/null || missing="$$missing redis-server redis-tools"; \
+	  { command -v chromium && command -v chromedriver; } >/dev/null || missing="$$missing chromium chromium-driver"; \
+	  for c in podman runc podman-compose skopeo docker-registry; do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
+	  command -v wasm-opt >/dev/null || missing="$$missing binaryen"; \
+	  if [ -n "$$missing" ]; then \
+	    echo "Installing Debian's$$missing (the tests start their own servers)"; \
+	    if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
+	    $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing >/dev/null; \
+	  fi
+	@$(MAKE) --no-print-directory postgres redis chromium containers binaryen
 
 # The key-service tests start their own PostgreSQL server (in a temporary directory, on a
 # loopback port) from Debian's package; this installs it when it is missing.
@@ -137,7 +154,7 @@ binaryen: ## Install wasm-opt (Debian's binaryen), if missing
 	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq binaryen >/dev/null; \
 	  command -v wasm-opt >/dev/null || { echo "binaryen did not install"; exit 1; }; \
 	fi
-WASM_OPT := wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+WASM_OPT := wasm-opt -Oz --low-memory-unused --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
 	--enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types
 
 # `cargo rustc --crate-type cdylib`: the crate is also an rlib (the native crates and the tests
@@ -179,7 +196,18 @@ integration: build images wasm-faults envoy openapi-tools secrets-tools kube-too
 demo-smoke: build envoy ## Start the demo as `make run` does, run and check each curl line it prints, stop it
 	DEMO_SMOKE=1 ./envoy/demo.sh
 
-test: lint unit alerts demo-smoke integration ## Everything CI runs: lint, unit tests, the alert rules, the demo, integration tests
+# Everything CI runs. On a fresh machine the downloads (Debian packages, Envoy and the Python
+# tools) take minutes of network and little CPU, so they run beside the builds, which take the
+# CPU: lint, unit tests, the release build and the integration tests' build; then the rest.
+TEST_TOOLS := packages envoy openapi-tools secrets-tools kube-tools $(PROMTOOL) $(PROMETHEUS)
+test: $(WASM_TARGET_STAMP) binaryen ## Everything CI runs: lint, unit tests, the alert rules, the demo, integration tests
+	@mkdir -p target; \
+	( set -o pipefail; $(MAKE) --no-print-directory $(TEST_TOOLS) 2>&1 | sed -u 's/^/[tools] /' ) & tools=$$!; \
+	if $(MAKE) --no-print-directory lint unit build wasm-faults && \
+	  cargo test -p keygate-tests --tests --no-run --quiet; then :; else \
+	  kill $$tools 2>/dev/null; wait $$tools; exit 1; fi; \
+	wait $$tools || { echo "installing the test tools failed (the [tools] lines above)"; exit 1; }
+	$(MAKE) --no-print-directory alerts demo-smoke integration
 
 # Images (SPEC §12) as OCI layouts in target/images, written by deploy/images/build.py without a
 # container engine; reproducible: every time in them is the commit's.

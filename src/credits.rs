@@ -13,7 +13,9 @@ use crate::path::any_match;
 use crate::ratelimit::{create_entry, CasStore, StoreError, MAX_CAS_ATTEMPTS};
 use crate::timestamp::{civil_from_days, days_from_civil, days_in_month};
 
-const RECORD_LEN: usize = 16;
+const RECORD_LEN: usize = 20;
+/// A record written before `serial` existed (a filter upgraded in a running Envoy): serial 0.
+const OLD_RECORD_LEN: usize = 16;
 const DAY: u64 = 86_400;
 
 /// Whose balance a request spends.
@@ -77,6 +79,8 @@ pub fn cost(rules: &[CostRule], method: &str, path: &str) -> u64 {
 struct Record {
     period: u64,
     spent: u64,
+    /// The balance's `serial` this was spent under.
+    serial: u32,
 }
 
 impl Record {
@@ -88,31 +92,42 @@ impl Record {
                 .map(u64::from_le_bytes)
                 .ok_or(StoreError::Corrupt)
         };
-        if bytes.len() != RECORD_LEN {
-            return Err(StoreError::Corrupt);
-        }
+        let serial = match bytes.len() {
+            RECORD_LEN => bytes
+                .get(16..20)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u32::from_le_bytes),
+            OLD_RECORD_LEN => 0,
+            _ => return Err(StoreError::Corrupt),
+        };
         Ok(Record {
             period: word(0..8)?,
             spent: word(8..16)?,
+            serial,
         })
     }
 
     fn encode(&self) -> [u8; RECORD_LEN] {
         let mut out = [0u8; RECORD_LEN];
         out[..8].copy_from_slice(&self.period.to_le_bytes());
-        out[8..].copy_from_slice(&self.spent.to_le_bytes());
+        out[8..16].copy_from_slice(&self.spent.to_le_bytes());
+        out[16..].copy_from_slice(&self.serial.to_le_bytes());
         out
     }
+}
 
-    /// Spent in the period starting at `start` (a record of an earlier period: nothing).
-    fn spent_in(&self, start: u64) -> u64 {
-        if self.period == start {
-            self.spent
-        } else {
-            0
-        }
+/// What `credits` grants in the period starting at `start`: `granted` and that period's
+/// top-ups, never below zero.
+pub fn granted_in(credits: &Credits, start: u64) -> u64 {
+    match credits.top_up {
+        Some((period, amount)) if period == start => credits.granted.saturating_add_signed(amount),
+        _ => credits.granted,
     }
 }
+
+/// The period (its start) and the `serial` a spend was made in: a refund gives back to that
+/// one only.
+pub type Stamp = (u64, u32);
 
 /// A spend's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,7 +137,7 @@ pub enum Spend {
     Spent {
         remaining: u64,
         reset: Option<u64>,
-        period: u64,
+        period: Stamp,
     },
     /// Not spent: the cost exceeds what is left. `retry_after`: whole seconds until the next
     /// refill (none without refill).
@@ -162,14 +177,14 @@ pub fn spend(
             create_entry(store, &key, &Record::default().encode(), now)?;
             continue;
         };
-        // A record already in a later period (another worker crossed the refill instant
-        // first): spend from that one, never back into the period that ended.
-        let (start, spent) = if rec.period > start {
-            (rec.period, rec.spent)
+        // A record already in a later period or serial (another worker crossed the refill
+        // instant, or saw a `set`, first): spend from that one, never back into what ended.
+        let (start, serial, spent) = if (rec.period, rec.serial) >= (start, credits.serial) {
+            (rec.period, rec.serial, rec.spent)
         } else {
-            (start, rec.spent_in(start))
+            (start, credits.serial, 0)
         };
-        let left = credits.granted.saturating_sub(spent);
+        let left = granted_in(credits, start).saturating_sub(spent);
         if cost > left {
             return Ok(Spend::Exceeded {
                 remaining: left,
@@ -180,18 +195,19 @@ pub fn spend(
             return Ok(Spend::Spent {
                 remaining: left,
                 reset,
-                period: start,
+                period: (start, serial),
             });
         }
         let next = Record {
             period: start,
             spent: spent + cost,
+            serial,
         };
         if store.set(&key, &next.encode(), cas)? {
             return Ok(Spend::Spent {
                 remaining: left - cost,
                 reset,
-                period: start,
+                period: (start, serial),
             });
         }
     }
@@ -204,19 +220,19 @@ pub fn refund(
     store: &mut impl CasStore,
     owner: Owner,
     cost: u64,
-    period: u64,
+    period: Stamp,
 ) -> Result<(), StoreError> {
     let key = balance_key(owner);
     for _ in 0..MAX_CAS_ATTEMPTS {
         let Some((rec, cas)) = read(store, &key)? else {
             return Ok(());
         };
-        if rec.period != period || cost == 0 {
+        if (rec.period, rec.serial) != period || cost == 0 {
             return Ok(());
         }
         let next = Record {
-            period,
             spent: rec.spent.saturating_sub(cost),
+            ..rec
         };
         if store.set(&key, &next.encode(), cas)? {
             return Ok(());
@@ -236,7 +252,12 @@ mod tests {
     }
 
     fn credits(granted: u64, refill: Option<Refill>) -> Credits {
-        Credits { granted, refill }
+        Credits {
+            granted,
+            refill,
+            top_up: None,
+            serial: 0,
+        }
     }
 
     #[test]
@@ -336,18 +357,18 @@ mod tests {
             Spend::Spent {
                 remaining: 6,
                 reset: Some(at("2026-12-09T00:00:00Z")),
-                period: tomorrow
+                period: (tomorrow, 0)
             }
         );
         // A refund gives back within its period only.
-        refund(&mut store, owner, 4, tomorrow).unwrap();
-        refund(&mut store, owner, 3, at("2026-12-07T00:00:00Z")).unwrap();
+        refund(&mut store, owner, 4, (tomorrow, 0)).unwrap();
+        refund(&mut store, owner, 3, (at("2026-12-07T00:00:00Z"), 0)).unwrap();
         assert_eq!(
             spend(&mut store, owner, &c, 10, tomorrow, &mut created).unwrap(),
             Spend::Spent {
                 remaining: 0,
                 reset: Some(at("2026-12-09T00:00:00Z")),
-                period: tomorrow
+                period: (tomorrow, 0)
             }
         );
         // Without refill: one period for ever, nothing to wait for.
@@ -368,6 +389,75 @@ mod tests {
                 retry_after: None
             }
         );
+    }
+
+    #[test]
+    fn top_ups_count_in_their_period_only_and_a_set_starts_spending_anew() {
+        let mut store = MemStore::default();
+        crate::ratelimit::ensure_creation_lock(&mut store).unwrap();
+        let day = at("2026-12-07T00:00:00Z");
+        let now = day + 3600;
+        let owner = Owner::Key("k");
+        let mut created = false;
+        let mut c = credits(5, Some(Refill::Day));
+        let left = |store: &mut MemStore, c: &Credits, t: u64| match spend(
+            store, owner, c, 0, t, &mut false,
+        ) {
+            Ok(Spend::Spent { remaining, .. }) => remaining,
+            other => panic!("{other:?}"),
+        };
+        assert!(matches!(
+            spend(&mut store, owner, &c, 4, now, &mut created),
+            Ok(Spend::Spent { remaining: 1, .. })
+        ));
+        // add 10 (this period): 11 left; a top-up of yesterday's period adds nothing.
+        c.top_up = Some((day, 10));
+        assert_eq!(left(&mut store, &c, now), 11);
+        c.top_up = Some((day - DAY, 10));
+        assert_eq!(left(&mut store, &c, now), 1);
+        // subtract below what was spent: nothing left, never below zero.
+        c.top_up = Some((day, -3));
+        assert_eq!(left(&mut store, &c, now), 0);
+        assert_eq!(granted_in(&credits(2, None), 0), 2);
+        // set 7: serial 1, top-up 7 − 5: what was spent before no longer counts.
+        c.top_up = Some((day, 2));
+        c.serial = 1;
+        assert!(matches!(
+            spend(&mut store, owner, &c, 3, now, &mut created),
+            Ok(Spend::Spent { remaining: 4, period, .. }) if period == (day, 1)
+        ));
+        // A worker still on the old set spends from the newer record, never rewinds it.
+        // (its grant is its own view: 5 without the top-up, 3 spent under serial 1).
+        let old = credits(5, Some(Refill::Day));
+        assert_eq!(left(&mut store, &old, now), 2);
+        // A refund of a spend before the set gives nothing back to the new count.
+        refund(&mut store, owner, 4, (day, 0)).unwrap();
+        assert_eq!(left(&mut store, &c, now), 4);
+        refund(&mut store, owner, 3, (day, 1)).unwrap();
+        assert_eq!(left(&mut store, &c, now), 7);
+        // The next day: the grant alone (the top-up was for the period that ended).
+        assert_eq!(left(&mut store, &c, day + DAY), 5);
+    }
+
+    #[test]
+    fn a_record_written_before_serials_reads_as_serial_zero() {
+        let mut store = MemStore::default();
+        crate::ratelimit::ensure_creation_lock(&mut store).unwrap();
+        let mut old = Vec::new();
+        old.extend_from_slice(&0u64.to_le_bytes());
+        old.extend_from_slice(&3u64.to_le_bytes());
+        create_entry(&mut store, &balance_key(Owner::Key("k")), &old, 0).unwrap();
+        assert!(matches!(
+            spend(
+                &mut store,
+                Owner::Key("k"),
+                &credits(5, None),
+                1,
+                10,
+                &mut false
+            ),
+            Ok(Spend::Spent { remaining: 1, .. })
+        ));
     }
 
     #[test]

@@ -183,7 +183,7 @@ pub struct CreditHeaders {
 pub struct Charged {
     pub tenant: bool,
     pub cost: u64,
-    pub period: u64,
+    pub period: credits::Stamp,
 }
 
 impl<'g> Verdict<'g> {
@@ -665,7 +665,7 @@ mod tests {
             Some(Charged {
                 tenant: true,
                 cost: 2,
-                period: reset - 86_400
+                period: (reset - 86_400, 0)
             })
         );
         assert_eq!(v.rate.map(|r| r.remaining), Some(4));

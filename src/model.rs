@@ -174,6 +174,11 @@ impl LeakPolicy {
 pub struct Credits {
     pub granted: u64,
     pub refill: Option<Refill>,
+    /// The key service's top-ups of one period (`add`, `subtract`, `set`): `(period start,
+    /// amount)`, added to `granted` while that period lasts, never after.
+    pub top_up: Option<(u64, i64)>,
+    /// Raised by each `set`: what was spent before it no longer counts.
+    pub serial: u32,
 }
 
 /// When a balance is replaced by a new grant: each day, or each month on `day` (clamped to

@@ -35,12 +35,14 @@ pub const OTHER_ROUTE: &str = "(other)";
 pub const MAX_ROUTE_NAME: usize = 256;
 
 const N: usize = Decision::ALL.len();
+/// A set of counts: one per decision, then the credits the admitted ones were charged.
+const SLOTS: usize = N + 1;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Counts {
-    by_decision: [u64; N],
+    by_decision: [u64; SLOTS],
     /// The same counts split by route: (route number, counts), in order of first use.
-    routes: Vec<(u16, [u64; N])>,
+    routes: Vec<(u16, [u64; SLOTS])>,
     last_used: u64,
     /// Used since the last stamp.
     fresh: bool,
@@ -111,11 +113,24 @@ pub struct UsageLedger {
     dropped: u64,
 }
 
-fn count(c: &mut Counts, decision: Decision, route: u16, key_id: &str, fresh: &mut Vec<String>) {
+fn count(
+    c: &mut Counts,
+    decision: Decision,
+    credits: u64,
+    route: u16,
+    key_id: &str,
+    fresh: &mut Vec<String>,
+) {
     let i = index(decision);
-    if let Some(n) = c.by_decision.get_mut(i) {
-        *n += 1;
-    }
+    let add = |counts: &mut [u64; SLOTS]| {
+        if let Some(n) = counts.get_mut(i) {
+            *n += 1;
+        }
+        if let Some(n) = counts.get_mut(N) {
+            *n += credits;
+        }
+    };
+    add(&mut c.by_decision);
     let at = match c.routes.iter().position(|(r, _)| *r == route) {
         Some(at) => at,
         None => {
@@ -126,14 +141,14 @@ fn count(c: &mut Counts, decision: Decision, route: u16, key_id: &str, fresh: &m
             match c.routes.iter().position(|(r, _)| *r == route) {
                 Some(at) => at,
                 None => {
-                    c.routes.push((route, [0; N]));
+                    c.routes.push((route, [0; SLOTS]));
                     c.routes.len() - 1
                 }
             }
         }
     };
-    if let Some(n) = c.routes.get_mut(at).and_then(|(_, r)| r.get_mut(i)) {
-        *n += 1;
+    if let Some((_, r)) = c.routes.get_mut(at) {
+        add(r);
     }
     if !c.fresh {
         c.fresh = true;
@@ -141,9 +156,10 @@ fn count(c: &mut Counts, decision: Decision, route: u16, key_id: &str, fresh: &m
     }
 }
 
-/// `"requests":n,"allowed":n,"rejected":{…}` of one set of counts.
-fn write_counts(body: &mut String, counts: &[u64; N]) {
-    let total: u64 = counts.iter().sum();
+/// `"requests":n,"allowed":n,"rejected":{…}` of one set of counts, and `"credits":n` when
+/// the admitted requests were charged any.
+fn write_counts(body: &mut String, counts: &[u64; SLOTS]) {
+    let total = requests_of(counts);
     let allowed = counts.get(index(Decision::Allowed)).copied().unwrap_or(0);
     let _ = write!(
         body,
@@ -161,6 +177,16 @@ fn write_counts(body: &mut String, counts: &[u64; N]) {
         let _ = write!(body, "\"{}\":{n}", d.as_str());
     }
     body.push('}');
+    match counts.get(N) {
+        Some(credits) if *credits > 0 => {
+            let _ = write!(body, ",\"credits\":{credits}");
+        }
+        _ => {}
+    }
+}
+
+fn requests_of(counts: &[u64; SLOTS]) -> u64 {
+    counts.iter().take(N).sum()
 }
 
 fn index(d: Decision) -> usize {
@@ -185,10 +211,10 @@ impl UsageLedger {
 
     /// Counts one judged request of a known key on the Envoy route named `route` (`""`: a
     /// route without a name): two hash lookups for a key and route already waiting.
-    pub fn record(&mut self, key_id: &str, decision: Decision, route: &str) {
+    pub fn record(&mut self, key_id: &str, decision: Decision, credits: u64, route: &str) {
         let route = self.routes.number(route);
         if let Some(c) = self.counts.get_mut(key_id) {
-            count(c, decision, route, key_id, &mut self.fresh);
+            count(c, decision, credits, route, key_id, &mut self.fresh);
             return;
         }
         if self.counts.len() >= MAX_KEYS {
@@ -196,7 +222,7 @@ impl UsageLedger {
             return;
         }
         let mut c = Counts::default();
-        count(&mut c, decision, route, key_id, &mut self.fresh);
+        count(&mut c, decision, credits, route, key_id, &mut self.fresh);
         self.counts.insert(key_id.to_string(), c);
     }
 
@@ -281,7 +307,7 @@ impl UsageLedger {
                 // Used after the last stamp: its time comes with the next one.
                 self.fresh.retain(|f| f != key_id);
             }
-            requests += c.by_decision.iter().sum::<u64>();
+            requests += requests_of(&c.by_decision);
             if written > 0 {
                 body.push(',');
             }
@@ -398,11 +424,11 @@ mod tests {
     #[test]
     fn a_removed_vm_hands_every_unacknowledged_report_over_unchanged() {
         let mut old = UsageLedger::new("old".into());
-        old.record("k", Decision::Allowed, "r");
+        old.record("k", Decision::Allowed, 0, "r");
         old.stamp(10);
         let in_flight = old.next_report().unwrap().clone(); // sent, never acknowledged
-        old.record("k", Decision::Allowed, "r");
-        old.record("j", Decision::Forbidden, "r");
+        old.record("k", Decision::Allowed, 0, "r");
+        old.record("j", Decision::Forbidden, 0, "r");
         old.stamp(11);
         let reports = old.drain();
         assert_eq!(reports.len(), 2);
@@ -419,7 +445,7 @@ mod tests {
         assert_eq!(handoff::decode(&[]), None);
         assert_eq!(handoff::decode(&[7]), None);
         let mut new = UsageLedger::new("new".into());
-        new.record("k", Decision::Allowed, "r");
+        new.record("k", Decision::Allowed, 0, "r");
         new.inherit(handoff::decode(&slot).unwrap());
         let mut sent = Vec::new();
         while let Some(r) = new.next_report() {
@@ -439,10 +465,10 @@ mod tests {
     fn counts_become_one_report_with_last_used() {
         let mut l = UsageLedger::new("vm".into());
         for _ in 0..3 {
-            l.record("k1", Decision::Allowed, "r");
+            l.record("k1", Decision::Allowed, 0, "r");
         }
-        l.record("k1", Decision::RateLimited, "r");
-        l.record("k2", Decision::Revoked, "r");
+        l.record("k1", Decision::RateLimited, 0, "r");
+        l.record("k2", Decision::Revoked, 0, "r");
         l.stamp(1_700_000_000);
         let r = l.next_report().unwrap().clone();
         assert_eq!(r.id, "vm-1");
@@ -461,17 +487,18 @@ mod tests {
     #[test]
     fn counts_are_split_by_route_and_add_up() {
         let mut l = UsageLedger::new("vm".into());
-        l.record("k", Decision::Allowed, "orders");
-        l.record("k", Decision::Allowed, "");
-        l.record("k", Decision::Forbidden, "orders");
-        l.record("k", Decision::Allowed, "a \"quoted\" name");
+        l.record("k", Decision::Allowed, 5, "orders");
+        l.record("k", Decision::Allowed, 1, "");
+        l.record("k", Decision::Forbidden, 0, "orders");
+        l.record("k", Decision::Allowed, 0, "a \"quoted\" name");
         let r = l.next_report().unwrap().clone();
+        // Credits charged: per key and route, only where some were.
         assert_eq!(
             body(&r)["keys"][0],
-            json!({"id": "k", "requests": 4, "allowed": 3, "rejected": {"forbidden": 1},
+            json!({"id": "k", "requests": 4, "allowed": 3, "rejected": {"forbidden": 1}, "credits": 6,
                    "routes": [
-                       {"route": "orders", "requests": 2, "allowed": 1, "rejected": {"forbidden": 1}},
-                       {"route": "-", "requests": 1, "allowed": 1, "rejected": {}},
+                       {"route": "orders", "requests": 2, "allowed": 1, "rejected": {"forbidden": 1}, "credits": 5},
+                       {"route": "-", "requests": 1, "allowed": 1, "rejected": {}, "credits": 1},
                        {"route": "a \"quoted\" name", "requests": 1, "allowed": 1, "rejected": {}}]})
         );
     }
@@ -480,10 +507,10 @@ mod tests {
     fn routes_are_bounded_per_key_and_per_vm() {
         let mut l = UsageLedger::new("vm".into());
         // Names a key service would refuse count as "(other)".
-        l.record("k", Decision::Allowed, &"x".repeat(MAX_ROUTE_NAME + 1));
-        l.record("k", Decision::Allowed, "nul\0");
+        l.record("k", Decision::Allowed, 0, &"x".repeat(MAX_ROUTE_NAME + 1));
+        l.record("k", Decision::Allowed, 0, "nul\0");
         for i in 0..MAX_KEY_ROUTES + 10 {
-            l.record("k", Decision::Allowed, &format!("route{i}"));
+            l.record("k", Decision::Allowed, 0, &format!("route{i}"));
         }
         assert!(!l
             .routes
@@ -492,7 +519,7 @@ mod tests {
             .any(|n| n.len() > MAX_ROUTE_NAME || n.contains('\0')));
         // More names than a VM keeps: the rest count as "(other)" for every key.
         for i in 0..MAX_ROUTES + 10 {
-            l.record("j", Decision::Allowed, &format!("name{i}"));
+            l.record("j", Decision::Allowed, 0, &format!("name{i}"));
         }
         assert_eq!(l.routes.names.len(), MAX_ROUTES);
         let r = l.next_report().unwrap().clone();
@@ -508,12 +535,12 @@ mod tests {
     #[test]
     fn an_unacknowledged_report_is_resent_unchanged_and_new_counts_wait() {
         let mut l = UsageLedger::new("vm".into());
-        l.record("k", Decision::Allowed, "r");
+        l.record("k", Decision::Allowed, 0, "r");
         l.stamp(10);
         let first = l.next_report().unwrap().clone();
         // The service is down: more requests, the same report again.
-        l.record("k", Decision::Allowed, "r");
-        l.record("k", Decision::Allowed, "r");
+        l.record("k", Decision::Allowed, 0, "r");
+        l.record("k", Decision::Allowed, 0, "r");
         l.stamp(20);
         assert_eq!(l.next_report().unwrap(), &first);
         assert_eq!(l.next_report().unwrap(), &first);
@@ -533,10 +560,10 @@ mod tests {
     fn memory_is_bounded_by_keys_and_drops_are_counted() {
         let mut l = UsageLedger::new("vm".into());
         for i in 0..MAX_KEYS {
-            l.record(&format!("k{i}"), Decision::Allowed, "r");
+            l.record(&format!("k{i}"), Decision::Allowed, 0, "r");
         }
-        l.record("k0", Decision::Allowed, "r"); // a waiting key still counts
-        l.record("one-too-many", Decision::Allowed, "r");
+        l.record("k0", Decision::Allowed, 0, "r"); // a waiting key still counts
+        l.record("one-too-many", Decision::Allowed, 0, "r");
         assert_eq!((l.waiting(), l.dropped()), (MAX_KEYS, 1));
         // Large batches go out in several reports; every request is in exactly one.
         l.stamp(5);
@@ -555,11 +582,11 @@ mod tests {
     #[test]
     fn a_key_used_after_the_stamp_gets_its_time_with_the_next_report() {
         let mut l = UsageLedger::new("vm".into());
-        l.record("k", Decision::Allowed, "r");
+        l.record("k", Decision::Allowed, 0, "r");
         let r = l.next_report().unwrap().clone();
         assert!(body(&r)["keys"][0].get("last_used").is_none());
         l.acknowledged();
-        l.record("k", Decision::Allowed, "r");
+        l.record("k", Decision::Allowed, 0, "r");
         l.stamp(7);
         assert_eq!(
             body(l.next_report().unwrap())["keys"][0]["last_used"],

@@ -261,9 +261,8 @@ fn success_charging_gives_back_what_a_5xx_cost() {
     assert_eq!((r.status, r.body.as_str()), (429, USAGE_EXCEEDED));
 }
 
-/// A configuration the filter cannot honour is refused with the path of the problem: credits
-/// with a rate-limit service (not counted fleet-wide yet), a bad refill, a cost that is not a
-/// number.
+/// A configuration the filter cannot honour is refused with the path of the problem: a bad
+/// top-up or serial, a bad refill, a cost that is not a number.
 #[test]
 fn credit_settings_it_cannot_honour_are_refused() {
     let errors = |c: Value| -> Vec<String> {
@@ -273,11 +272,12 @@ fn credit_settings_it_cannot_honour_are_refused() {
         }
     };
     assert_eq!(
-        errors(json!({
-            "tenants": {"org": {"credits": {"granted": 5}}},
-            "rate_limit_service": {"cluster": "rl"}
-        })),
-        vec!["$.rate_limit_service: credits (on keys or tenants) are not counted fleet-wide yet; remove one or the other"]
+        errors(json!({"keys": [{"id": "k", "sha256": "00".repeat(32),
+            "credits": {"granted": 5, "top_up": {"period": 0}, "serial": 4294967296u64}}]})),
+        vec![
+            "$.keys[0].credits.top_up: expected {\"period\": <unix seconds>, \"amount\": <whole number>}",
+            "$.keys[0].credits.serial: must be at most 4294967295"
+        ]
     );
     assert_eq!(
         errors(

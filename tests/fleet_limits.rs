@@ -30,8 +30,11 @@ fn config(on_failure: &str) -> String {
             {"id": "cache", "sha256": sha("fl_cache"), "rate_limits": [{"requests": 3, "per": "day"}]},
             {"id": "fail", "sha256": sha("fl_fail"), "rate_limits": [{"requests": 3, "per": "day"}]},
             {"id": "reader", "sha256": sha("fl_reader"), "role": "reader", "rate_limits": [{"requests": 10, "per": "day"}]},
-            {"id": "free", "sha256": sha("fl_free"), "rate_limits": []}
+            {"id": "free", "sha256": sha("fl_free"), "rate_limits": []},
+            {"id": "cr_lim", "sha256": sha("fl_cr_lim"), "tenant": "org_f", "rate_limits": [{"requests": 3, "per": "day"}]},
+            {"id": "cr_free", "sha256": sha("fl_cr_free"), "tenant": "org_f"}
         ],
+        "tenants": {"org_f": {"credits": {"granted": 6}}},
         "rate_limit_service": {"cluster": "ratelimit", "authority": "ratelimit.internal",
                                "timeout_ms": 2000, "on_failure": on_failure}
     })
@@ -425,6 +428,51 @@ fn a_redis_cluster_gives_the_same_exact_counts() {
             0
         );
     }
+}
+
+/// Credits with fleet-wide windows (SPEC §14): windows are counted by the service, credits by
+/// each Envoy for now; a request the service refuses gets its credits back, whether refused by
+/// the call or by the over-limit cache, and one refused for credits makes no call.
+#[test]
+fn a_request_a_fleet_window_refuses_spends_no_credit() {
+    let redis = Redis::start("credits");
+    let rl = RateLimitProc::start(&redis.url());
+    let f = fleet("fleet-credits", &config("deny"), &[rl.port], 1);
+    let port = f.envoys[0].port;
+    let remaining = |r: &Response| r.header("x-credits-remaining").map(str::to_string);
+    // 3 of the window (and of the tenant's 6 credits) …
+    for left in ["5", "4", "3"] {
+        let r = get(port, "/v1/x", &[("x-api-key", "fl_cr_lim")]);
+        assert_eq!((r.status, remaining(&r).as_deref()), (200, Some(left)));
+        assert!(r.header("x-ratelimit-remaining").is_some());
+    }
+    // … then the window refuses (the call, then the cache): no credit spent, none shown.
+    for _ in 0..4 {
+        let r = get(port, "/v1/x", &[("x-api-key", "fl_cr_lim")]);
+        assert_eq!(r.status, 429);
+        assert!(r.body.contains("RATE_LIMITED"), "{}", r.body);
+        assert_eq!(remaining(&r), None);
+    }
+    assert!(f.envoys[0].counter("wasmcustom.keygate.ratelimit_service_cached_over_limit") >= 1);
+    // The tenant's other key (no limits: no call) finds the 3 credits left.
+    let calls = || {
+        rl.metric("keygate_ratelimit_calls_total{code=\"ok\"}")
+            + rl.metric("keygate_ratelimit_calls_total{code=\"over_limit\"}")
+    };
+    let before = calls();
+    for left in ["2", "1", "0"] {
+        let r = get(port, "/v1/x", &[("x-api-key", "fl_cr_free")]);
+        assert_eq!((r.status, remaining(&r).as_deref()), (200, Some(left)));
+    }
+    let r = get(port, "/v1/x", &[("x-api-key", "fl_cr_free")]);
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (
+            429,
+            r#"{"error":"Usage limit exceeded","code":"USAGE_EXCEEDED"}"#
+        )
+    );
+    assert_eq!(calls(), before);
 }
 
 #[test]

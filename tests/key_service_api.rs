@@ -740,7 +740,6 @@ fn a_key_the_configuration_no_longer_accepts_is_served_revoked() {
     let ctx = keygate::config::KeyContext {
         roles: &gate.roles,
         prefixes: &gate.prefixes,
-        credits: false,
     };
     let keys: Vec<keygate::json::Value> = keys
         .iter()

@@ -49,10 +49,39 @@ pub(super) fn read_credits(obj: &mut Obj, errors: &mut Errors) -> Option<Credits
             })
         }
     };
+    // Written by the key service (its top-ups and `set`s), read wherever credits are.
+    let top_up = match o.get("top_up") {
+        None => Some(None),
+        Some(v) => {
+            let pair = v.as_object().filter(|m| m.len() == 2).and_then(|m| {
+                let amount = m
+                    .get("amount")?
+                    .as_i64()
+                    .filter(|n| n.unsigned_abs() < 1 << 53)?;
+                Some((m.get("period")?.as_u64()?, amount))
+            });
+            if pair.is_none() {
+                errors.push(
+                    &o.field_path("top_up"),
+                    "expected {\"period\": <unix seconds>, \"amount\": <whole number>}",
+                );
+            }
+            pair.map(Some)
+        }
+    };
+    let serial = match o.opt_u64("serial", errors) {
+        None => Some(0),
+        Some(n) => u32::try_from(n).ok().or_else(|| {
+            errors.push(&o.field_path("serial"), "must be at most 4294967295");
+            None
+        }),
+    };
     o.finish(errors);
     Some(Credits {
         granted: granted?,
         refill: refill?,
+        top_up: top_up?,
+        serial: serial?,
     })
 }
 

@@ -18,8 +18,6 @@ const MAX_TIME: i64 = 253_402_300_799;
 pub struct KeyContext<'a> {
     pub roles: &'a [Role],
     pub prefixes: &'a [Prefix],
-    /// `credits` may be given (the plugin configuration's keys; a key set's may not yet).
-    pub credits: bool,
 }
 
 /// Reads one key entry (inline `keys` or a key-service answer).
@@ -154,11 +152,7 @@ pub fn read_key_entry(
         Pattern::parse_url(s).map_err(|e| errors.push(p, e)).ok()
     });
     let allowed_paths = read_patterns(&mut o, "allowed_paths", errors);
-    let credits = if ctx.credits {
-        super::credits::read_credits(&mut o, errors)
-    } else {
-        None
-    };
+    let credits = super::credits::read_credits(&mut o, errors);
     o.finish(errors);
     if errors.0.len() != before {
         return None;

@@ -213,7 +213,6 @@ fn read_gate(value: &Value, errors: &mut Errors) -> Option<Gate> {
             &KeyContext {
                 roles: &roles,
                 prefixes: &prefixes,
-                credits: true,
             },
             errors,
         ),
@@ -267,16 +266,6 @@ fn read_gate(value: &Value, errors: &mut Errors) -> Option<Gate> {
     let tenants = credits::read_tenants(&mut root, errors);
     let credit_costs = credits::read_costs(&mut root, errors);
     let credits_charge = credits::read_charge(&mut root, errors);
-    if rate_limit_service.is_some()
-        && (!tenants.is_empty() || keys.records().any(|k| k.credits.is_some()))
-    {
-        // Credits are counted by this Envoy only (shared data), not by the rate-limit service
-        // yet: a fleet would each spend the whole balance. Refused rather than counted wrong.
-        errors.push(
-            "$.rate_limit_service",
-            "credits (on keys or tenants) are not counted fleet-wide yet; remove one or the other",
-        );
-    }
     root.finish(errors);
 
     let bearer = sources.iter().any(

@@ -7,7 +7,9 @@ use super::stats::Stats;
 use super::sync::{self, View};
 use crate::credentials::find_key;
 use crate::credits;
-use crate::decide::{count_locally, decide, Decision, Host, Request, Verdict};
+use crate::decide::{
+    count_locally, decide, Charged, CreditHeaders, Decision, Host, Request, Verdict,
+};
 use crate::fleet::Windows;
 use crate::forward::{self, Edits, Fate};
 use crate::host_wire::decode_pairs;
@@ -41,7 +43,7 @@ struct Charge {
     owner: String,
     tenant: bool,
     cost: u64,
-    period: u64,
+    period: credits::Stamp,
 }
 
 /// Gives back what an admitted request spent when keygate itself cannot forward it.
@@ -90,6 +92,10 @@ struct Waiting {
     prefix_environment: Option<String>,
     sources: u32,
     verify: bool,
+    /// What it spent of its credits (counted by this Envoy: given back if the answer is no),
+    /// and their headers.
+    charged: Option<Charged>,
+    credits: Option<CreditHeaders>,
     /// The `:path` to leave for the access log if the answer is no (see `request_headers`).
     local_path: Option<String>,
     /// When the request was judged (Unix ms): the answer's durations count from it (the call
@@ -106,6 +112,8 @@ impl Waiting {
         v.sources = self.sources;
         v.verify = self.verify;
         v.fleet = Some(self.windows);
+        v.charged = self.charged;
+        v.credits = self.credits;
         v
     }
 }
@@ -405,6 +413,9 @@ impl KeygateHttp {
     fn conclude(&mut self, gate: &Gate, v: Verdict) -> Action {
         self.record(&v);
         if v.decision != Decision::Allowed {
+            // Refused after its credits were spent (by the rate-limit service, or its over-limit
+            // cache): a request refused by a window spends no credit.
+            give_back(&v);
             return self.send(&reply::reject(gate, &v));
         }
         if v.verify {
@@ -447,6 +458,8 @@ impl KeygateHttp {
                     prefix_environment: v.prefix_environment.map(str::to_string),
                     sources: v.sources,
                     verify: v.verify,
+                    charged: v.charged,
+                    credits: v.credits,
                     local_path,
                     started_ms,
                 });
@@ -492,9 +505,12 @@ impl KeygateHttp {
         set_state("keygate.decision", Some(v.decision.as_str()));
         let mut stats = self.stats.borrow_mut();
         match key {
-            Some(k) => stats.key_request(&k.id, v.decision, || {
-                abi::property(&["xds", "route_name"]).unwrap_or_default()
-            }),
+            // Credits as charged on admission (a later refund is not reported).
+            Some(k) => {
+                stats.key_request(&k.id, v.decision, v.charged.map_or(0, |c| c.cost), || {
+                    abi::property(&["xds", "route_name"]).unwrap_or_default()
+                })
+            }
             None => stats.keyless_rejection(v.decision),
         }
         if let Some(fault) = v.fault {

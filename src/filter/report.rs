@@ -236,7 +236,7 @@ impl Reporter {
             warn!(
                 "usage report: key service answered {}; the report will be sent again",
                 status
-                    .map(|s| String::from_utf8_lossy(&s).into_owned())
+                    .map(|s| String::from_utf8(s).unwrap_or_else(|_| "(not UTF-8)".into()))
                     .unwrap_or_else(|| "nothing (timeout or connection failure)".into())
             );
         }

@@ -13,7 +13,7 @@
 use super::abi;
 use crate::decide::Decision;
 use crate::keys::FastMap;
-use crate::usage::UsageLedger;
+use crate::usage::{UsageLedger, OTHER_ROUTE};
 use proxy_wasm::types::MetricType;
 
 const REASONS: usize = Decision::ALL.len();
@@ -89,10 +89,18 @@ impl Stats {
         &mut self,
         key_id: &str,
         decision: Decision,
+        credits: u64,
         route: impl FnOnce() -> Vec<u8>,
     ) {
         if let Some(u) = self.usage.as_mut() {
-            u.record(key_id, decision, &String::from_utf8_lossy(&route()));
+            // A name that is not UTF-8 is no name a key service takes: "(other)".
+            let route = route();
+            u.record(
+                key_id,
+                decision,
+                credits,
+                std::str::from_utf8(&route).unwrap_or(OTHER_ROUTE),
+            );
         }
         // One lookup for a key seen before (every request but the key's first in this VM).
         let m = match self.per_key.get_mut(key_id) {

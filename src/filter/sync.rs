@@ -290,7 +290,7 @@ impl Syncer {
         if status.as_deref() != Some(b"200") {
             stats.borrow_mut().event("sync_failures");
             let status = status
-                .map(|s| String::from_utf8_lossy(&s).into_owned())
+                .map(|s| String::from_utf8(s).unwrap_or_else(|_| "(not UTF-8)".into()))
                 .unwrap_or_else(|| {
                     "no answer (timeout, connection failure, or a body over Envoy's runtime \
                      http.async_response_buffer_limit, 32 MiB by default)"

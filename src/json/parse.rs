@@ -337,7 +337,12 @@ impl<'r> Parser<'r> {
             .find(|n| n.as_bytes() == self.scratch.as_slice());
         Ok(match known {
             Some(n) => Cow::Borrowed(n),
-            None => Cow::Owned(String::from_utf8_lossy(&self.scratch).into_owned()),
+            // UTF-8 already (`string` checks every string, kept or not).
+            None => Cow::Owned(
+                std::str::from_utf8(&self.scratch)
+                    .unwrap_or_default()
+                    .to_string(),
+            ),
         })
     }
 

@@ -260,7 +260,6 @@ pub fn parse_key_set(
         ctx: KeyContext {
             roles: &gate.roles,
             prefixes: &gate.prefixes,
-            credits: false,
         },
         inline_ids: gate.keys.records().map(|r| (r.id.as_str(), 0)).collect(),
         current,

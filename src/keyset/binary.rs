@@ -221,7 +221,13 @@ mod tests {
             {"id": "restricted", "key": "sk_r", "allowed_ips": ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"],
              "allowed_referers": ["https://app.example.com/*", "https://shop.example.com/checkout", "*"],
              "allowed_paths": ["/v1/users/*", "/v1/x", "/*"]},
-            {"id": "empty_lists", "key": "sk_e", "allowed_paths": [], "rate_limits": []}
+            {"id": "empty_lists", "key": "sk_e", "allowed_paths": [], "rate_limits": []},
+            {"id": "cr_month", "key": "sk_cm", "role": "reader", "credits": {"granted": 10000,
+             "refill": {"interval": "month", "day": 31}, "top_up": {"period": 1764547200, "amount": -250},
+             "serial": 4294967295u64}},
+            {"id": "cr_once", "key": "sk_co", "credits": {"granted": 0}},
+            {"id": "cr_day", "key": "sk_cd", "credits": {"granted": 5, "refill": {"interval": "day"},
+             "top_up": {"period": 0, "amount": 9007199254740991u64}}}
         ])
     }
 
@@ -230,7 +236,6 @@ mod tests {
         let ctx = KeyContext {
             roles: &g.roles,
             prefixes: &g.prefixes,
-            credits: false,
         };
         entries
             .as_array()
@@ -291,7 +296,7 @@ mod tests {
                 panic!("the compact answer is valid: {parsed:?}");
             };
             assert_eq!(set.version, "v7");
-            assert_eq!(set.len(), 5);
+            assert_eq!(set.len(), 8);
             assert_eq!(blobs(&set), blobs(&from_json));
         }
         // The published version again: nothing parsed.

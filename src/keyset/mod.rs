@@ -23,7 +23,7 @@ use crate::ip::Cidr;
 use crate::json::{Parser, Source, SyntaxError, Value};
 use crate::json_reader::{q, ConfigError, Errors};
 use crate::keys::{Digest, FastMap, FastSet};
-use crate::model::{Gate, KeyRecord, Limit, Per, Role};
+use crate::model::{Credits, Gate, KeyRecord, Limit, Per, Refill, Role};
 use crate::path::Pattern;
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -100,7 +100,6 @@ mod tests {
         let ctx = KeyContext {
             roles: &g.roles,
             prefixes: &g.prefixes,
-            credits: false,
         };
         read_key_entry("$", v, &ctx, &mut Errors::default())
             .unwrap()
@@ -260,6 +259,31 @@ mod tests {
         flagged[32] |= F_ENV;
         flagged.extend([255, 255]);
         assert_eq!(decode_record(&flagged, &[]), Err(DecodeError::BadValue));
+        // The credits section: its tag, a known refill kind, whole.
+        let mut credited = Vec::new();
+        let c = KeyRecord {
+            credits: Some(Credits {
+                granted: 1,
+                refill: Some(Refill::Day),
+                top_up: None,
+                serial: 0,
+            }),
+            ..k.clone()
+        };
+        encode_record(&mut credited, &[7; 32], &c, &[]);
+        assert_eq!(decode_record(&credited, &[]), Ok(c));
+        let at = rec.len() - 1; // where the section starts (`rec` had one stray byte pushed)
+        for (i, bad) in [(at, 2), (at + 9, 3), (at + 10, 1)] {
+            let mut b = credited.clone();
+            b[i] = bad;
+            assert_eq!(
+                decode_record(&b, &[]),
+                Err(DecodeError::BadValue),
+                "byte {i}"
+            );
+        }
+        credited.pop();
+        assert_eq!(decode_record(&credited, &[]), Err(DecodeError::Truncated));
     }
 
     #[test]
@@ -272,7 +296,9 @@ mod tests {
             "revoked": true, "expires_at": "2027-01-01T00:00:00Z",
             "rate_limits": [{"requests": 5, "per": "second"}, {"requests": 100, "per": "day"}],
             "allowed_ips": ["10.0.0.0/8", "2001:db8::/32"], "allowed_referers": ["https://a.example/*"],
-            "allowed_paths": ["/v1/x", "/v1/y/*", "*"]
+            "allowed_paths": ["/v1/x", "/v1/y/*", "*"],
+            "credits": {"granted": 7, "refill": {"interval": "month", "day": 15},
+                        "top_up": {"period": 1765756800, "amount": -2}, "serial": 3}
         }, {"id": "k2", "sha256": digest_hex(b"sk_min")}]),
         );
         let set = set_of(&g, &full);
@@ -285,6 +311,15 @@ mod tests {
         assert_eq!(
             r, direct,
             "a record decodes to exactly what inline parsing gives"
+        );
+        assert_eq!(
+            r.credits,
+            Some(Credits {
+                granted: 7,
+                refill: Some(Refill::Month { day: 15 }),
+                top_up: Some((1_765_756_800, -2)),
+                serial: 3
+            })
         );
         let m = lookup(&g, &sh, 7, "sk_min").unwrap();
         assert_eq!(

@@ -11,6 +11,8 @@ pub(super) const F_PATHS: u8 = 32;
 pub(super) const F_ROLE: u8 = 64;
 pub(super) const F_ENV: u8 = 128;
 pub(super) const NONE16: u16 = u16::MAX;
+/// The tag of the credits section after a record's fields.
+const T_CREDITS: u8 = 1;
 
 pub(super) fn put_str16(out: &mut Vec<u8>, s: Option<&str>) {
     match s {
@@ -103,6 +105,22 @@ pub fn encode_record(out: &mut Vec<u8>, digest: &Digest, rec: &KeyRecord, roles:
     }
     if let Some(p) = &rec.allowed_paths {
         put_patterns(out, p);
+    }
+    // The flags byte is full: credits follow as a tagged section (a filter that predates them
+    // refuses the record, so filters are upgraded before a key service sends credits).
+    if let Some(c) = &rec.credits {
+        out.push(T_CREDITS);
+        out.extend_from_slice(&c.granted.to_le_bytes());
+        let (kind, day) = match c.refill {
+            None => (0, 0),
+            Some(Refill::Day) => (1, 0),
+            Some(Refill::Month { day }) => (2, day),
+        };
+        out.extend_from_slice(&[kind, day]);
+        let (period, amount) = c.top_up.unwrap_or((u64::MAX, 0));
+        out.extend_from_slice(&period.to_le_bytes());
+        out.extend_from_slice(&amount.to_le_bytes());
+        out.extend_from_slice(&c.serial.to_le_bytes());
     }
 }
 
@@ -234,6 +252,29 @@ pub fn decode_record(bytes: &[u8], roles: &[Role]) -> Result<KeyRecord, DecodeEr
     } else {
         None
     };
+    let credits = if c.0.is_empty() {
+        None
+    } else {
+        if c.u8()? != T_CREDITS {
+            return Err(DecodeError::BadValue);
+        }
+        let granted = c.u64()?;
+        let refill = match (c.u8()?, c.u8()?) {
+            (0, 0) => None,
+            (1, 0) => Some(Refill::Day),
+            (2, day @ 1..=31) => Some(Refill::Month { day }),
+            _ => return Err(DecodeError::BadValue),
+        };
+        let period = c.u64()?;
+        let amount = c.u64()? as i64;
+        let serial = u32::from_le_bytes(c.take(4)?.try_into().map_err(|_| DecodeError::Truncated)?);
+        Some(Credits {
+            granted,
+            refill,
+            top_up: (period != u64::MAX).then_some((period, amount)),
+            serial,
+        })
+    };
     // One spelling per record: nothing may follow it (found by fuzzing).
     if !c.0.is_empty() {
         return Err(DecodeError::BadValue);
@@ -250,7 +291,7 @@ pub fn decode_record(bytes: &[u8], roles: &[Role]) -> Result<KeyRecord, DecodeEr
         allowed_ips,
         allowed_referers,
         allowed_paths,
-        credits: None,
+        credits,
     })
 }
 

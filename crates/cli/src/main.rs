@@ -573,7 +573,6 @@ fn new_key(
         &KeyContext {
             roles: &roles,
             prefixes: &prefixes,
-            credits: false,
         },
         &mut errors,
     );

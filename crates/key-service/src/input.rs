@@ -153,7 +153,6 @@ impl CreateRequest {
             roles: &gate.roles,
             prefixes: &gate.prefixes,
             // Credits are not the key service's yet (SPEC §14: docs/credits.md#not-yet).
-            credits: false,
         };
         let Some((_, record)) = read_key_entry("$", &core_value(&entry), &ctx, &mut errors) else {
             return Err(first_error(errors));

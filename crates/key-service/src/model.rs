@@ -89,7 +89,6 @@ impl StoredKey {
             roles: &gate.roles,
             prefixes: &gate.prefixes,
             // Credits are not the key service's yet (SPEC §14: docs/credits.md#not-yet).
-            credits: false,
         };
         keygate::config::read_key_entry("$", &core_value(&self.feed_entry()), &ctx, &mut errors)
     }
