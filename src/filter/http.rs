@@ -410,12 +410,13 @@ impl KeygateHttp {
 
     /// Records the final verdict and carries it out: a local answer, or the request goes on
     /// with its identity headers (`Continue`).
-    fn conclude(&mut self, gate: &Gate, v: Verdict) -> Action {
+    fn conclude(&mut self, gate: &Gate, mut v: Verdict) -> Action {
         self.record(&v);
         if v.decision != Decision::Allowed {
             // Refused after its credits were spent (by the rate-limit service, or its over-limit
-            // cache): a request refused by a window spends no credit.
+            // cache): a request refused by a window spends no credit, and shows none.
             give_back(&v);
+            v.credits = None;
             return self.send(&reply::reject(gate, &v));
         }
         if v.verify {
@@ -506,11 +507,14 @@ impl KeygateHttp {
         let mut stats = self.stats.borrow_mut();
         match key {
             // Credits as charged on admission (a later refund is not reported).
-            Some(k) => {
-                stats.key_request(&k.id, v.decision, v.charged.map_or(0, |c| c.cost), || {
-                    abi::property(&["xds", "route_name"]).unwrap_or_default()
-                })
-            }
+            Some(k) => stats.key_request(
+                &k.id,
+                v.decision,
+                v.charged
+                    .filter(|_| v.decision == Decision::Allowed)
+                    .map_or(0, |c| c.cost),
+                || abi::property(&["xds", "route_name"]).unwrap_or_default(),
+            ),
             None => stats.keyless_rejection(v.decision),
         }
         if let Some(fault) = v.fault {
