@@ -177,12 +177,23 @@ pub fn spend(
             create_entry(store, &key, &Record::default().encode(), now)?;
             continue;
         };
-        // A record already in a later period or serial (another worker crossed the refill
-        // instant, or saw a `set`, first): spend from that one, never back into what ended.
-        let (start, serial, spent) = if (rec.period, rec.serial) >= (start, credits.serial) {
-            (rec.period, rec.serial, rec.spent)
-        } else {
-            (start, credits.serial, 0)
+        // The record counts if it is of this period, or of the next one (another worker
+        // crossed the refill instant first: spent from, never rewound). Anything else (a period
+        // that ended, a refill that changed) starts over.
+        let live = rec.period == start || Some(rec.period) == reset;
+        if live && rec.serial > credits.serial {
+            // Another worker holds a newer `set` than this one's key set: the grant it set is
+            // not known here. Refused for the moment the new set takes to arrive.
+            return Ok(Spend::Exceeded {
+                remaining: 0,
+                retry_after: Some(1),
+            });
+        }
+        let serial = credits.serial;
+        let (start, spent) = match (live, rec.serial == serial) {
+            (true, true) => (rec.period, rec.spent),
+            (true, false) => (rec.period, 0),
+            (false, _) => (start, 0),
         };
         let left = granted_in(credits, start).saturating_sub(spent);
         if cost > left {
@@ -426,10 +437,17 @@ mod tests {
             spend(&mut store, owner, &c, 3, now, &mut created),
             Ok(Spend::Spent { remaining: 4, period, .. }) if period == (day, 1)
         ));
-        // A worker still on the old set spends from the newer record, never rewinds it.
-        // (its grant is its own view: 5 without the top-up, 3 spent under serial 1).
+        // A worker still on the old set is refused for the moment (it cannot know the grant
+        // set), and never rewinds the newer record.
         let old = credits(5, Some(Refill::Day));
-        assert_eq!(left(&mut store, &old, now), 2);
+        assert_eq!(
+            spend(&mut store, owner, &old, 1, now, &mut created).unwrap(),
+            Spend::Exceeded {
+                remaining: 0,
+                retry_after: Some(1)
+            }
+        );
+        assert_eq!(left(&mut store, &c, now), 4);
         // A refund of a spend before the set gives nothing back to the new count.
         refund(&mut store, owner, 4, (day, 0)).unwrap();
         assert_eq!(left(&mut store, &c, now), 4);
@@ -437,6 +455,17 @@ mod tests {
         assert_eq!(left(&mut store, &c, now), 7);
         // The next day: the grant alone (the top-up was for the period that ended).
         assert_eq!(left(&mut store, &c, day + DAY), 5);
+        // A refill that changes (to none) starts over: the day's record is not this period's.
+        assert!(matches!(
+            spend(&mut store, owner, &c, 2, day + DAY, &mut created),
+            Ok(Spend::Spent { remaining: 3, .. })
+        ));
+        let once = Credits {
+            refill: None,
+            top_up: Some((0, 1)),
+            ..c
+        };
+        assert_eq!(left(&mut store, &once, day + DAY), 6);
     }
 
     #[test]

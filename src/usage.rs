@@ -127,7 +127,7 @@ fn count(
             *n += 1;
         }
         if let Some(n) = counts.get_mut(N) {
-            *n += credits;
+            *n = n.saturating_add(credits);
         }
     };
     add(&mut c.by_decision);

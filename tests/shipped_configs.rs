@@ -1139,3 +1139,62 @@ fn getting_started_loads_keygate_into_envoy_as_written() {
         envoy.stats_prometheus()
     );
 }
+
+/// The shipped `.wasm` keeps its budget (250,000 bytes), and its memory is laid out stack first
+/// (the stack pointer starts where the data does, at 1 MiB, growing down): the first KiB is
+/// never used, which `make wasm`'s `wasm-opt --low-memory-unused` relies on.
+#[test]
+fn the_filter_keeps_its_size_budget_and_a_stack_first_layout() {
+    let wasm = std::fs::read(wasm_path()).unwrap();
+    assert!(
+        wasm.len() <= 250_000,
+        "keygate.wasm is {} bytes",
+        wasm.len()
+    );
+    fn leb(b: &[u8], i: &mut usize) -> i64 {
+        let (mut r, mut s) = (0i64, 0);
+        loop {
+            let x = b[*i];
+            *i += 1;
+            r |= i64::from(x & 0x7f) << s;
+            s += 7;
+            if x < 0x80 {
+                if x & 0x40 != 0 && s < 64 {
+                    r -= 1 << s;
+                }
+                return r;
+            }
+        }
+    }
+    let (mut i, mut stack, mut first_data) = (8, None, None);
+    while i < wasm.len() {
+        let id = wasm[i];
+        i += 1;
+        let size = leb(&wasm, &mut i) as usize;
+        let (mut j, end) = (i, i + size);
+        match id {
+            // Globals: the first is the stack pointer, `i32.const <top>`.
+            6 => {
+                leb(&wasm, &mut j);
+                assert_eq!(
+                    wasm[j..j + 3],
+                    [0x7f, 1, 0x41],
+                    "a mutable i32 set by i32.const"
+                );
+                j += 3;
+                stack = Some(leb(&wasm, &mut j));
+            }
+            // Data: the first active segment's `i32.const <offset>`.
+            11 => {
+                leb(&wasm, &mut j);
+                assert_eq!(wasm[j..j + 2], [0, 0x41]);
+                j += 2;
+                first_data = Some(leb(&wasm, &mut j));
+            }
+            _ => {}
+        }
+        i = end;
+    }
+    assert_eq!(stack, Some(1 << 20), "the stack's top");
+    assert_eq!(first_data, Some(1 << 20), "data after the stack");
+}

@@ -273,6 +273,14 @@ impl HttpContext for KeygateHttp {
         Action::Continue
     }
 
+    // A stream that ends while the rate-limit service is asked (the client gave up) was never
+    // forwarded: its credits are given back. No host call otherwise.
+    fn on_log(&mut self) {
+        if let (Some(w), Some(gate)) = (self.waiting.take(), self.gate.clone()) {
+            give_back(&w.verdict(&gate));
+        }
+    }
+
     // While the rate-limit service is asked, the request's body and trailers wait too:
     // Continue here would send the held headers upstream before the answer.
     fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {

@@ -284,6 +284,35 @@ mod tests {
         }
         credited.pop();
         assert_eq!(decode_record(&credited, &[]), Err(DecodeError::Truncated));
+        // A top-up JSON would refuse is refused here too; a partial one is truncated.
+        let topped = |amount: i64| {
+            let mut b = Vec::new();
+            let k = KeyRecord {
+                credits: Some(Credits {
+                    granted: 1,
+                    refill: None,
+                    top_up: Some((5, amount)),
+                    serial: 2,
+                }),
+                ..k.clone()
+            };
+            encode_record(&mut b, &[7; 32], &k, &[]);
+            (b, k)
+        };
+        let (b, k2) = topped(-(1 << 52));
+        assert_eq!(decode_record(&b, &[]), Ok(k2));
+        assert_eq!(
+            decode_record(&topped(1 << 53).0, &[]),
+            Err(DecodeError::BadValue)
+        );
+        assert_eq!(
+            decode_record(&topped(i64::MIN).0, &[]),
+            Err(DecodeError::BadValue)
+        );
+        assert_eq!(
+            decode_record(&b[..b.len() - 1], &[]),
+            Err(DecodeError::Truncated)
+        );
     }
 
     #[test]

@@ -106,8 +106,9 @@ pub fn encode_record(out: &mut Vec<u8>, digest: &Digest, rec: &KeyRecord, roles:
     if let Some(p) = &rec.allowed_paths {
         put_patterns(out, p);
     }
-    // The flags byte is full: credits follow as a tagged section (a filter that predates them
-    // refuses the record, so filters are upgraded before a key service sends credits).
+    // The flags byte is full: credits follow as a tagged section, last (a filter that predates
+    // them refuses the record, so filters are upgraded before a key service sends credits):
+    // granted, the refill (kind, day), the serial, then the top-up if there is one.
     if let Some(c) = &rec.credits {
         out.push(T_CREDITS);
         out.extend_from_slice(&c.granted.to_le_bytes());
@@ -117,10 +118,11 @@ pub fn encode_record(out: &mut Vec<u8>, digest: &Digest, rec: &KeyRecord, roles:
             Some(Refill::Month { day }) => (2, day),
         };
         out.extend_from_slice(&[kind, day]);
-        let (period, amount) = c.top_up.unwrap_or((u64::MAX, 0));
-        out.extend_from_slice(&period.to_le_bytes());
-        out.extend_from_slice(&amount.to_le_bytes());
         out.extend_from_slice(&c.serial.to_le_bytes());
+        if let Some((period, amount)) = c.top_up {
+            out.extend_from_slice(&period.to_le_bytes());
+            out.extend_from_slice(&amount.to_le_bytes());
+        }
     }
 }
 
@@ -265,13 +267,22 @@ pub fn decode_record(bytes: &[u8], roles: &[Role]) -> Result<KeyRecord, DecodeEr
             (2, day @ 1..=31) => Some(Refill::Month { day }),
             _ => return Err(DecodeError::BadValue),
         };
-        let period = c.u64()?;
-        let amount = c.u64()? as i64;
         let serial = u32::from_le_bytes(c.take(4)?.try_into().map_err(|_| DecodeError::Truncated)?);
+        // The top-up, when the record goes on: within what JSON takes (|amount| < 2^53).
+        let top_up = if c.0.is_empty() {
+            None
+        } else {
+            let period = c.u64()?;
+            let amount = c.u64()? as i64;
+            if amount.unsigned_abs() >= 1 << 53 {
+                return Err(DecodeError::BadValue);
+            }
+            Some((period, amount))
+        };
         Some(Credits {
             granted,
             refill,
-            top_up: (period != u64::MAX).then_some((period, amount)),
+            top_up,
             serial,
         })
     };
