@@ -289,12 +289,12 @@ impl UsageLedger {
         self.seq += 1;
         let id = format!("{}-{}", self.origin, self.seq);
         let taken: Vec<String> = self.counts.keys().take(MAX_REPORT_KEYS).cloned().collect();
-        // A stable order for a given set of ids (by FNV hash: the .wasm's one sort instance).
+        // A stable order for a given set of ids (by FNV hash: `sort_numbered`).
         let mut order: Vec<(u64, u32)> = (0u32..)
             .zip(&taken)
             .map(|(i, id)| (crate::keys::fnv(id.as_bytes()), i))
             .collect();
-        order.sort_unstable();
+        crate::keys::sort_numbered(&mut order);
         let ids = order.iter().filter_map(|(_, i)| taken.get(*i as usize));
         let mut body = String::with_capacity(64 + taken.len() * 96);
         let _ = write!(body, "{{\"report_id\":\"{id}\",\"keys\":[");

@@ -554,12 +554,12 @@ impl<'r> Parser<'r> {
 /// make the check quadratic). More than [`MAX_SAME_HASH`] names with one FNV hash count as a
 /// duplicate: no document has them unless they were made to collide.
 fn has_duplicate_name(fields: &[(Name, Value)]) -> bool {
-    // By hash (the key-set parser sorts the same pairs: one sort in the .wasm), then by name.
+    // By hash (`sort_numbered`, the .wasm's one sort), then by name.
     let mut hashes: Vec<(u64, u32)> = (0u32..)
         .zip(fields)
         .map(|(i, (k, _))| (crate::keys::fnv(k.as_bytes()), i))
         .collect();
-    hashes.sort_unstable();
+    crate::keys::sort_numbered(&mut hashes);
     let name = |i: u32| fields.get(i as usize).map(|(k, _)| k);
     // Within each run of equal hashes, every pair (a run is one name but for a collision).
     hashes.chunk_by(|a, b| a.0 == b.0).any(|run| {

@@ -134,7 +134,7 @@ pub(super) fn valid_version(v: &str) -> bool {
 /// hash: two different ids colliding (odds ~3e-8 for a million ids) would be reported as a
 /// duplicate and the answer refused, never merged.
 pub(super) fn duplicate_id(ids: &mut [(u64, u32)]) -> Option<(u32, u32)> {
-    ids.sort_unstable();
+    crate::keys::sort_numbered(ids);
     let w = ids
         .windows(2)
         .find(|w| w.first().map(|x| x.0) == w.get(1).map(|x| x.0))?;

@@ -215,7 +215,7 @@ fn sort_by_digest(recs: &mut [&[u8]], word: usize) {
             .map_or(0, u64::from_be_bytes)
     };
     let mut order: Vec<(u64, u32)> = (0u32..).zip(recs.iter()).map(|(i, r)| (at(r), i)).collect();
-    order.sort_unstable();
+    crate::keys::sort_numbered(&mut order);
     let sorted: Vec<&[u8]> = order
         .iter()
         .filter_map(|(_, i)| recs.get(*i as usize).copied())
