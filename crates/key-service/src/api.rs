@@ -50,6 +50,7 @@ pub fn router<S: Store>(app: Arc<App<S>>, gateway: bool) -> Router {
         .route("/v1/usage", get(usage_summary::<S>))
         .route("/v1/portal-sessions", post(super::portal::create::<S>))
         .route("/v1/api-keys/{id}/roll", post(roll::<S>))
+        .route("/v1/api-keys/{id}/credits", post(change_credits::<S>))
         .route("/v1/api-keys/{id}/usage", get(usage::<S>))
         .route("/v1/requests", get(requests::<S>))
         .route("/v1/api-keys/{id}/requests", get(key_requests::<S>))
@@ -372,6 +373,22 @@ async fn roll<S: Store>(
     Ok(data(StatusCode::CREATED, created))
 }
 
+/// `POST /v1/api-keys/{id}/credits`: `{"op":"set"|"add"|"subtract","amount":N}` (SPEC §14).
+async fn change_credits<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    peer: Option<axum::Extension<Peer>>,
+    id: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let caller = ctx.app.auth.admin(&headers, ctx.gateway)?;
+    let id = key_id(id)?;
+    let body = body_json(body, ADMIN_BODY_LIMIT).await?;
+    let actor = actor(&ctx, &headers, &caller, peer.map(|p| p.0));
+    let key = ops::change_credits(&ctx.app, &caller, &actor, &id, &body).await?;
+    Ok(data(StatusCode::OK, key))
+}
+
 /// The `{id}` of a path (after authentication: nothing is said about ids to strangers).
 fn key_id(id: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     id.ok()
@@ -602,9 +619,13 @@ async fn report<S: Store>(
     // the report back, so its retry finds it counted.
     let app = ctx.app.clone();
     let id = report_id.clone();
-    let recorded = tokio::spawn(async move { app.store.record_usage(&id, &entries, now).await })
-        .await
-        .map_err(|_| ApiError::Unavailable)??;
+    let recorded = tokio::spawn(async move {
+        app.store
+            .record_usage(&id, &entries, now, &app.gate.tenants)
+            .await
+    })
+    .await
+    .map_err(|_| ApiError::Unavailable)??;
     let answer = match recorded {
         Recorded::Counted { dropped } => {
             metrics().report(Report::counted);

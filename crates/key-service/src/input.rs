@@ -3,6 +3,7 @@
 //! `<field path>: <problem>` (the first, in field order).
 
 use super::model::{StoredKey, RESTRICTIONS};
+use crate::credits::{entry_json, KeyCredits, Op, MAX_AMOUNT};
 use crate::json::core_value;
 use keygate::config::{read_key_entry, KeyContext};
 use keygate::json;
@@ -72,7 +73,7 @@ pub struct CreateRequest {
     entry: Map<String, Value>,
 }
 
-const CREATE_FIELDS: [&str; 10] = [
+const CREATE_FIELDS: [&str; 11] = [
     "prefix",
     "id",
     "name",
@@ -83,7 +84,32 @@ const CREATE_FIELDS: [&str; 10] = [
     "allowed_ips",
     "allowed_referers",
     "allowed_paths",
+    "credits",
 ];
+
+/// `credits` as a create or PATCH gives it: `granted` and `refill` only (the period's top-ups
+/// and the serial are the credits call's), `granted` a number JSON holds exactly. The rest is
+/// the filter's key-entry reader's to check.
+fn check_credits(body: &Map<String, Value>) -> Result<(), String> {
+    let Some(Value::Object(c)) = body.get("credits") else {
+        return Ok(());
+    };
+    if let Some(unknown) = c
+        .keys()
+        .find(|k| !["granted", "refill"].contains(&k.as_str()))
+    {
+        return Err(format!(
+            "credits.{unknown}: unknown field (credits take granted and refill; top-ups are POST /v1/api-keys/{{id}}/credits)"
+        ));
+    }
+    if c.get("granted")
+        .and_then(Value::as_f64)
+        .is_some_and(|g| g > MAX_AMOUNT as f64)
+    {
+        return Err(format!("credits.granted: must be at most {MAX_AMOUNT}"));
+    }
+    Ok(())
+}
 
 /// Reads a create body: known fields only, `prefix` one of the configuration's.
 pub fn read_create(body: &Value, gate: &Gate) -> Result<CreateRequest, String> {
@@ -121,6 +147,7 @@ pub fn read_create(body: &Value, gate: &Gate) -> Result<CreateRequest, String> {
         Some(Value::String(s)) => Some(s.clone()),
         Some(_) => return Err("id: expected a string".into()),
     };
+    check_credits(map)?;
     let mut entry = map.clone();
     entry.remove("prefix");
     entry.remove("id");
@@ -152,7 +179,6 @@ impl CreateRequest {
         let ctx = KeyContext {
             roles: &gate.roles,
             prefixes: &gate.prefixes,
-            // Credits are not the key service's yet (SPEC §14: docs/credits.md#not-yet).
         };
         let Some((_, record)) = read_key_entry("$", &core_value(&entry), &ctx, &mut errors) else {
             return Err(first_error(errors));
@@ -179,7 +205,20 @@ impl CreateRequest {
             revoked: false,
             restrictions: Value::Object(restrictions),
             last_used: None,
+            credits: record.credits.map(|credits| KeyCredits {
+                credits,
+                set_at: None,
+                spent: None,
+            }),
         })
+    }
+
+    /// The key's credits become `credits` (`None`: none): a roll's carried-over balance.
+    pub fn set_credits(&mut self, credits: Option<&keygate::model::Credits>) {
+        match credits {
+            Some(c) => self.entry.insert("credits".into(), entry_json(c)),
+            None => self.entry.remove("credits"),
+        };
     }
 
     pub fn tenant(&self) -> Option<&str> {
@@ -211,6 +250,9 @@ impl CreateRequest {
         if let Some(t) = old.expires_at {
             entry.insert("expires_at".into(), Value::from(t));
         }
+        if let Some(c) = &old.credits {
+            entry.insert("credits".into(), entry_json(&c.credits));
+        }
         CreateRequest {
             prefix: old.prefix.clone(),
             crc32: gate
@@ -224,7 +266,7 @@ impl CreateRequest {
 }
 
 /// What a `PATCH` may change.
-pub const PATCH_FIELDS: [&str; 7] = [
+pub const PATCH_FIELDS: [&str; 8] = [
     "name",
     "role",
     "expires_at",
@@ -232,6 +274,7 @@ pub const PATCH_FIELDS: [&str; 7] = [
     "allowed_ips",
     "allowed_referers",
     "allowed_paths",
+    "credits",
 ];
 
 /// A `PATCH` body applied to `old` (`null` clears a field), validated as the whole key entry
@@ -246,6 +289,7 @@ pub fn read_patch(body: &Value, old: &StoredKey, gate: &Gate) -> Result<StoredKe
             PATCH_FIELDS.join(", ")
         ));
     }
+    check_credits(map)?;
     let mut request = CreateRequest::from_stored(old, gate);
     for (field, value) in map {
         if value.is_null() {
@@ -254,9 +298,27 @@ pub fn read_patch(body: &Value, old: &StoredKey, gate: &Gate) -> Result<StoredKe
             request.entry.insert(field.clone(), value.clone());
         }
     }
+    // New `granted` and `refill`: the period's top-ups and the serial carry on.
+    if let (Some(Value::Object(new)), Some(c)) = (map.get("credits"), &old.credits) {
+        let mut merged = new.clone();
+        if let Value::Object(kept) = entry_json(&c.credits) {
+            for field in ["top_up", "serial"] {
+                if let Some(v) = kept.get(field) {
+                    merged.insert(field.into(), v.clone());
+                }
+            }
+        }
+        request
+            .entry
+            .insert("credits".into(), Value::Object(merged));
+    }
     let mut key = request.stored(&old.id, &old.sha256, gate, old.created_at)?;
     key.environment = old.environment.clone();
     key.last_used = old.last_used;
+    if let (Some(new), Some(old)) = (&mut key.credits, &old.credits) {
+        new.set_at = old.set_at;
+        new.spent = old.spent;
+    }
     Ok(key)
 }
 
@@ -276,5 +338,183 @@ pub fn read_roll(body: &Value) -> Result<u64, String> {
         Ok(grace)
     } else {
         Err(first_error(errors))
+    }
+}
+
+/// A credits call's body (`{"op":"set"|"add"|"subtract","amount":N}`).
+pub fn read_credits_op(body: &Value) -> Result<(Op, u64), String> {
+    let mut errors = Errors::default();
+    let body = json::parse(body.to_string().as_bytes()).map_err(|e| format!("$: {e}"))?;
+    let Some(mut o) = Obj::new("$", &body, &mut errors) else {
+        return Err(first_error(errors));
+    };
+    let op_path = o.field_path("op");
+    let op = o.req_str("op", &mut errors);
+    let amount_path = o.field_path("amount");
+    let amount = o.opt_u64("amount", &mut errors);
+    if amount.is_none() && !o.has("amount") {
+        errors.push(&amount_path, "is required");
+    }
+    o.finish(&mut errors);
+    let op = op.and_then(|op| {
+        Op::parse(op).or_else(|| {
+            errors.push(
+                &op_path,
+                format!("{op:?} is not \"set\", \"add\" or \"subtract\""),
+            );
+            None
+        })
+    });
+    if amount.is_some_and(|a| a > MAX_AMOUNT) {
+        errors.push(&amount_path, format!("must be at most {MAX_AMOUNT}"));
+    }
+    match (op, amount) {
+        (Some(op), Some(amount)) if errors.is_empty() => Ok((op, amount)),
+        _ => Err(first_error(errors)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keygate::model::{Credits, Refill};
+    use serde_json::json;
+
+    fn gate() -> Gate {
+        keygate::config::parse_config(
+            br#"{"key_sources": [{"header": "x-api-key"}], "prefixes": [{"prefix": "p_"}]}"#,
+        )
+        .unwrap()
+    }
+
+    fn create(body: Value) -> Result<StoredKey, String> {
+        read_create(&body, &gate())?.stored("k1", &digest_hex(b"x"), &gate(), 5)
+    }
+
+    #[test]
+    fn credits_on_create_are_read_as_the_filter_reads_them() {
+        let k = create(
+            json!({"prefix": "p_", "credits": {"granted": 3, "refill": {"interval": "month", "day": 15}}}),
+        )
+        .unwrap();
+        assert_eq!(
+            k.credits.map(|c| c.credits),
+            Some(Credits {
+                granted: 3,
+                refill: Some(Refill::Month { day: 15 }),
+                top_up: None,
+                serial: 0
+            })
+        );
+        assert_eq!(create(json!({"prefix": "p_"})).unwrap().credits, None);
+        for (credits, error) in [
+            (json!({}), "credits.granted: is required"),
+            (
+                json!({"granted": -1}),
+                "credits.granted: expected a whole number ≥ 0, found a number",
+            ),
+            (
+                json!({"granted": 9007199254740992u64}),
+                "credits.granted: must be at most 9007199254740991",
+            ),
+            (
+                json!({"granted": 1, "refill": {"interval": "week"}}),
+                "credits.refill.interval: \"week\" is not \"day\" or \"month\"",
+            ),
+            (
+                json!({"granted": 1, "refill": {"interval": "month", "day": 32}}),
+                "credits.refill.day: must be a day of the month, 1 to 31",
+            ),
+            (
+                json!({"granted": 1, "refill": {"interval": "day", "day": 1}}),
+                "credits.refill.day: applies to a monthly refill only",
+            ),
+            (
+                json!({"granted": 1, "serial": 2}),
+                "credits.serial: unknown field (credits take granted and refill; top-ups are POST /v1/api-keys/{id}/credits)",
+            ),
+            (json!(5), "credits: expected an object, found a number"),
+        ] {
+            assert_eq!(
+                create(json!({"prefix": "p_", "credits": credits})).unwrap_err(),
+                error,
+                "{credits}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_patch_changes_the_grant_and_keeps_the_balance() {
+        let mut old = create(json!({"prefix": "p_", "credits": {"granted": 3}})).unwrap();
+        if let Some(c) = &mut old.credits {
+            c.credits.top_up = Some((0, 4));
+            c.credits.serial = 2;
+            c.set_at = Some(9);
+        }
+        let new = read_patch(
+            &json!({"credits": {"granted": 10, "refill": {"interval": "day"}}}),
+            &old,
+            &gate(),
+        )
+        .unwrap();
+        let c = new.credits.unwrap();
+        assert_eq!(
+            c.credits,
+            Credits {
+                granted: 10,
+                refill: Some(Refill::Day),
+                top_up: Some((0, 4)),
+                serial: 2
+            }
+        );
+        assert_eq!(c.set_at, Some(9));
+        // Other fields leave the credits as they are; null removes them.
+        let same = read_patch(&json!({"name": "n"}), &old, &gate()).unwrap();
+        assert_eq!(same.credits, old.credits);
+        let none = read_patch(&json!({"credits": null}), &old, &gate()).unwrap();
+        assert_eq!(none.credits, None);
+        assert_eq!(
+            read_patch(&json!({"credits": {"granted": "x"}}), &old, &gate()).unwrap_err(),
+            "credits.granted: expected a whole number ≥ 0, found a string"
+        );
+    }
+
+    #[test]
+    fn a_credits_call_names_the_field_it_refuses() {
+        assert_eq!(
+            read_credits_op(&json!({"op": "add", "amount": 5})),
+            Ok((Op::Add, 5))
+        );
+        assert_eq!(
+            read_credits_op(&json!({"op": "set", "amount": 0})),
+            Ok((Op::Set, 0))
+        );
+        for (body, error) in [
+            (json!({}), "op: is required"),
+            (json!({"op": "add"}), "amount: is required"),
+            (
+                json!({"op": "grant", "amount": 1}),
+                "op: \"grant\" is not \"set\", \"add\" or \"subtract\"",
+            ),
+            (
+                json!({"op": 1, "amount": 1}),
+                "op: expected a string, found a number",
+            ),
+            (
+                json!({"op": "add", "amount": -1}),
+                "amount: expected a whole number ≥ 0, found a number",
+            ),
+            (
+                json!({"op": "add", "amount": 9007199254740992u64}),
+                "amount: must be at most 9007199254740991",
+            ),
+            (
+                json!({"op": "add", "amount": 1, "x": 1}),
+                "x: unknown field",
+            ),
+            (json!([1]), "$: expected an object, found an array"),
+        ] {
+            assert_eq!(read_credits_op(&body).unwrap_err(), error, "{body}");
+        }
     }
 }

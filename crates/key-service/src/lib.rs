@@ -16,6 +16,7 @@
 pub mod answer;
 pub mod api;
 pub mod auth;
+pub mod credits;
 pub mod ingest;
 pub mod input;
 pub mod json;

@@ -2,6 +2,7 @@
 //! entries and hourly usage rows, and their JSON forms (SPEC §7, §8).
 
 use super::views;
+use crate::credits::{entry_json, KeyCredits};
 use crate::json::core_value;
 use keygate::decide::Decision;
 use keygate::model::Gate;
@@ -36,6 +37,15 @@ pub struct StoredKey {
     /// A JSON object holding those of [`RESTRICTIONS`] the key has.
     pub restrictions: Value,
     pub last_used: Option<i64>,
+    /// Its credits (SPEC §14), with what the proxies reported spent.
+    pub credits: Option<KeyCredits>,
+}
+
+/// Unix seconds now (the answers' balances are as of now).
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// The start (Unix seconds) of the hour holding `t`.
@@ -88,7 +98,6 @@ impl StoredKey {
         let ctx = keygate::config::KeyContext {
             roles: &gate.roles,
             prefixes: &gate.prefixes,
-            // Credits are not the key service's yet (SPEC §14: docs/credits.md#not-yet).
         };
         keygate::config::read_key_entry("$", &core_value(&self.feed_entry()), &ctx, &mut errors)
     }
@@ -104,6 +113,7 @@ impl StoredKey {
             expires_at: None,
             revoked: true,
             restrictions: Value::Object(Map::new()),
+            credits: None,
             ..self
         }
     }
@@ -123,6 +133,7 @@ impl StoredKey {
             expires_at: self.expires_at.map(format_rfc3339),
             revoked: self.revoked,
             leak: None,
+            credits: self.credits.map(|c| c.view(unix_now())),
         }
     }
 
@@ -139,6 +150,7 @@ impl StoredKey {
             role,
             created_at: format_rfc3339(self.created_at),
             expires_at: self.expires_at.map(format_rfc3339),
+            credits: self.credits.map(|c| c.view(unix_now())),
         }
     }
 
@@ -177,6 +189,9 @@ impl StoredKey {
                 }
             }
         }
+        if let Some(c) = &self.credits {
+            field(out, "credits", &entry_json(&c.credits));
+        }
         out.push('}');
     }
 
@@ -208,6 +223,9 @@ impl StoredKey {
                 }
             }
         }
+        if let Some(c) = &self.credits {
+            o.insert("credits".into(), entry_json(&c.credits));
+        }
         Value::Object(o)
     }
 }
@@ -222,6 +240,9 @@ pub struct UsageEntry {
     pub last_used: Option<i64>,
     /// The same counts by Envoy route (SPEC §8); empty: all on route `-`.
     pub routes: Vec<RouteUsage>,
+    /// Credits spent (SPEC §14), net of refunds (a refund of an earlier report's spending may
+    /// make it negative).
+    pub credits: i64,
 }
 
 /// One route's part of an entry.
@@ -230,10 +251,16 @@ pub struct RouteUsage {
     pub route: String,
     pub allowed: i64,
     pub rejected: Vec<(&'static str, i64)>,
+    /// Credits spent on this route, net of refunds.
+    pub credits: i64,
 }
 
 /// The route counts without a route name go under.
 pub const UNNAMED_ROUTE: &str = "-";
+
+/// The usage rows' pseudo-decision that holds credits spent (SPEC §14): stored beside the
+/// decisions' counts (by key, hour or day, and route), never counted as requests.
+pub const CREDITS_ROW: &str = "credits";
 
 fn nonzero_counts<'a>(
     allowed: i64,
@@ -257,15 +284,33 @@ impl UsageEntry {
         nonzero_counts(self.allowed, &self.rejected)
     }
 
-    /// Every non-zero count by route and decision (route `-` for an entry without routes).
+    /// Every non-zero count by route and decision (route `-` for an entry without routes),
+    /// credits spent as [`CREDITS_ROW`].
     pub fn route_counts(&self) -> Vec<(&str, &'static str, i64)> {
+        let credits = |route, n: i64| (n != 0).then_some((route, CREDITS_ROW, n));
         if self.routes.is_empty() {
-            return self.counts().map(|(d, n)| (UNNAMED_ROUTE, d, n)).collect();
+            return self
+                .counts()
+                .map(|(d, n)| (UNNAMED_ROUTE, d, n))
+                .chain(credits(UNNAMED_ROUTE, self.credits))
+                .collect();
         }
         self.routes
             .iter()
-            .flat_map(|r| r.counts().map(|(d, n)| (r.route.as_str(), d, n)))
+            .flat_map(|r| {
+                r.counts()
+                    .map(|(d, n)| (r.route.as_str(), d, n))
+                    .chain(credits(r.route.as_str(), r.credits))
+            })
             .collect()
+    }
+
+    /// Requests of decision `decision` in this entry.
+    pub fn count_of(&self, decision: &str) -> i64 {
+        self.counts()
+            .filter(|(d, _)| *d == decision)
+            .map(|(_, n)| n)
+            .sum()
     }
 }
 
@@ -294,11 +339,17 @@ pub struct Tally {
     pub requests: i64,
     pub allowed: i64,
     pub rejected: BTreeMap<String, i64>,
+    /// Credits spent (rows of [`CREDITS_ROW`]), net of refunds.
+    pub credits: i64,
 }
 
 impl Tally {
     /// Counts saturate: sums that would pass 2^63 - 1 stay there, never wrap negative.
     pub fn add(&mut self, decision: &str, n: i64) {
+        if decision == CREDITS_ROW {
+            self.credits = self.credits.saturating_add(n);
+            return;
+        }
         let n = n.max(0);
         self.requests = self.requests.saturating_add(n);
         if decision == "allowed" {
@@ -321,6 +372,7 @@ impl Tally {
             requests: self.requests,
             allowed: self.allowed,
             rejected: self.rejected_total(),
+            credits: self.credits,
         }
     }
 
@@ -331,6 +383,7 @@ impl Tally {
             requests: self.requests,
             allowed: self.allowed,
             rejected: self.rejected.clone(),
+            credits: self.credits,
         }
     }
 }
@@ -410,10 +463,25 @@ mod tests {
             revoked: true,
             restrictions: json!({"allowed_ips": ["10.0.0.0/8"], "rate_limits": [{"requests": 1, "per": "day"}]}),
             last_used: Some(5),
+            credits: Some(KeyCredits {
+                credits: keygate::model::Credits {
+                    granted: 9,
+                    refill: Some(keygate::model::Refill::Month { day: 31 }),
+                    top_up: Some((1_000, -2)),
+                    serial: 4,
+                },
+                set_at: Some(3),
+                spent: None,
+            }),
         };
         let text = feed_answer("v1", None, std::slice::from_ref(&k));
         let parsed: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(parsed, json!({"version": "v1", "keys": [k.feed_entry()]}));
+        assert_eq!(
+            k.feed_entry()["credits"],
+            json!({"granted": 9, "refill": {"interval": "month", "day": 31},
+                   "top_up": {"period": 1000, "amount": -2}, "serial": 4})
+        );
         k.revoked = false;
         k.restrictions = json!({});
         let text = feed_answer("v2", Some("v1"), &[k.clone(), k.clone()]);
@@ -422,6 +490,40 @@ mod tests {
             parsed,
             json!({"version": "v2", "since": "v1", "upserts": [k.feed_entry(), k.feed_entry()], "removed": []})
         );
+    }
+
+    #[test]
+    fn the_filter_reads_a_keys_credits_from_its_entry() {
+        let gate = keygate::config::parse_config(br#"{"key_sources": [{"header": "x-api-key"}]}"#)
+            .unwrap();
+        let credits = keygate::model::Credits {
+            granted: 5,
+            refill: Some(keygate::model::Refill::Day),
+            top_up: Some((86_400, 3)),
+            serial: 1,
+        };
+        let k = StoredKey {
+            id: "k1".into(),
+            sha256: "ab".repeat(32),
+            prefix: "p_".into(),
+            name: None,
+            tenant: None,
+            role: None,
+            environment: None,
+            created_at: 1,
+            expires_at: None,
+            revoked: false,
+            restrictions: json!({}),
+            last_used: None,
+            credits: Some(KeyCredits {
+                credits,
+                set_at: Some(7),
+                spent: None,
+            }),
+        };
+        let (_, record) = k.entry_record(&gate).unwrap();
+        assert_eq!(record.credits, Some(credits));
+        assert_eq!(k.disabled().feed_entry().get("credits"), None);
     }
 
     #[test]
@@ -436,14 +538,15 @@ mod tests {
             row(3600, "allowed", 5, false),
             row(3600, "rate_limited", 2, false),
             row(7200, "allowed", 1, false),
+            row(7200, CREDITS_ROW, 4, false),
             row(0, "allowed", 10, true),
         ];
         assert_eq!(
             serde_json::to_value(usage_answer("k", &rows)).unwrap(),
-            json!({"id": "k", "total": {"requests": 18, "allowed": 16, "rejected": 2},
+            json!({"id": "k", "total": {"requests": 18, "allowed": 16, "rejected": 2, "credits": 4},
                    "hours": [
                      {"start": "1970-01-01T01:00:00Z", "requests": 7, "allowed": 5, "rejected": {"rate_limited": 2}},
-                     {"start": "1970-01-01T02:00:00Z", "requests": 1, "allowed": 1, "rejected": {}}],
+                     {"start": "1970-01-01T02:00:00Z", "requests": 1, "allowed": 1, "rejected": {}, "credits": 4}],
                    "days": [{"start": "1970-01-01T00:00:00Z", "requests": 10, "allowed": 10, "rejected": {}}]})
         );
     }

@@ -29,10 +29,10 @@ impl Modify for AdminToken {
 #[openapi(
     info(
         title = "keygate key service",
-        description = "The admin API of `keygate serve` (SPEC §7): API keys (created and shown once, listed, edited, revoked, rolled), usage, the audit log, the request log and portal sessions. Every answer is JSON; errors are `{\"success\":false,\"error\",\"code\"}`.",
+        description = "The admin API of `keygate serve` (SPEC §7): API keys (created and shown once, listed, edited, revoked, rolled, their credits), usage, the audit log, the request log and portal sessions. Every answer is JSON; errors are `{\"success\":false,\"error\",\"code\"}`.",
         license(name = "Apache-2.0")
     ),
-    paths(create_key, list_keys, show_key, update_key, revoke_key, roll_key, key_usage, usage, audit_log, requests, key_requests, create_portal_session, check_fingerprints, webhook_deliveries),
+    paths(create_key, list_keys, show_key, update_key, revoke_key, roll_key, change_credits, key_usage, usage, audit_log, requests, key_requests, create_portal_session, check_fingerprints, webhook_deliveries),
     modifiers(&AdminToken),
     security(("admin_token" = [])),
     tags(
@@ -48,11 +48,12 @@ pub struct ApiDoc;
 
 /// Operations that take the `id` a create or roll answers with (OpenAPI links: clients and
 /// schemathesis follow them from a new key to its calls).
-const KEY_OPERATIONS: [&str; 6] = [
+const KEY_OPERATIONS: [&str; 7] = [
     "show_key",
     "update_key",
     "revoke_key",
     "roll_key",
+    "change_credits",
     "key_usage",
     "key_requests",
 ];
@@ -136,7 +137,7 @@ fn list_keys() {}
     ))]
 fn show_key() {}
 
-/// Edit a key's name, role, expiry, limits or restrictions (`null` clears one)
+/// Edit a key's name, role, expiry, limits, restrictions or credits (`null` clears one)
 #[utoipa::path(patch, path = "/v1/api-keys/{id}", tag = "keys",
     params(("id" = String, Path, description = "The key's id")),
     request_body = PatchBody,
@@ -144,7 +145,7 @@ fn show_key() {}
         (status = 200, description = "The key as edited", body = Envelope<Key>),
         (status = 400, description = "Bad input", body = ErrorBody),
         (status = 401, description = "No valid admin token", body = ErrorBody),
-        (status = 403, description = "Not allowed for a tenant admin key", body = ErrorBody),
+        (status = 403, description = "Not allowed for a tenant admin key (`rate_limits`, `credits`)", body = ErrorBody),
         (status = 404, description = "No such key", body = ErrorBody),
         (status = 408, description = "The body did not arrive in time", body = ErrorBody),
         (status = 409, description = "The key is revoked", body = ErrorBody),
@@ -180,6 +181,24 @@ fn revoke_key() {}
         (status = 503, description = "The database is unavailable", body = ErrorBody)
     ))]
 fn roll_key() {}
+
+/// Change a key's balance of credits (SPEC §14): `add` or `subtract` this period's top-ups, or
+/// `set` what remains (spending counts anew); effective at the proxies within the sync bound
+#[utoipa::path(post, path = "/v1/api-keys/{id}/credits", tag = "keys",
+    params(("id" = String, Path, description = "The key's id")),
+    request_body = CreditsOpBody,
+    responses(
+        (status = 200, description = "The key, its balance changed", body = Envelope<Key>),
+        (status = 400, description = "Bad input (the field's path first)", body = ErrorBody),
+        (status = 401, description = "No valid admin token", body = ErrorBody),
+        (status = 403, description = "A tenant admin key (balances are the provider's)", body = ErrorBody),
+        (status = 404, description = "No such key", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 409, description = "The key is revoked, or has no credits", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody)
+    ))]
+fn change_credits() {}
 
 /// One key's usage by hour (and by day past the hourly retention)
 #[utoipa::path(get, path = "/v1/api-keys/{id}/usage", tag = "usage",

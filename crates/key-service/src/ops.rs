@@ -4,10 +4,10 @@
 
 use super::answer::ApiError;
 use super::auth::Caller;
-use super::input::{read_create, read_patch, CreateRequest};
+use super::input::{read_create, read_credits_op, read_patch, CreateRequest};
 use super::model::StoredKey;
 use super::state::{now, tenant_scope, App};
-use super::store::{Actor, Rolled, Store, Updated, UsageQuery, UsageSummary};
+use super::store::{Actor, CreditsChanged, Rolled, Store, Updated, UsageQuery, UsageSummary};
 use super::store::{Delivery, Leak, LeakReport};
 use super::usage::{summary_answer, Range};
 use super::views::{
@@ -81,7 +81,7 @@ pub async fn create<S: Store>(
             ));
         }
         // Quotas are the provider's, and ids of other tenants' keys are not to be probed.
-        for field in ["rate_limits", "id"] {
+        for field in ["rate_limits", "credits", "id"] {
             if body.get(field).is_some_and(|v| !v.is_null()) {
                 return Err(ApiError::Forbidden(format!(
                     "{field}: only the provider's admin sets this"
@@ -106,10 +106,15 @@ pub async fn update<S: Store>(
     body: &Value,
 ) -> Result<Key, ApiError> {
     let old = visible(app, caller, id).await?;
-    if matches!(caller, Caller::Tenant(_)) && body.get("rate_limits").is_some() {
-        return Err(ApiError::Forbidden(
-            "rate_limits: only the provider's admin sets this".into(),
-        ));
+    if matches!(caller, Caller::Tenant(_)) {
+        if let Some(field) = ["rate_limits", "credits"]
+            .into_iter()
+            .find(|f| body.get(f).is_some())
+        {
+            return Err(ApiError::Forbidden(format!(
+                "{field}: only the provider's admin sets this"
+            )));
+        }
     }
     let new = read_patch(body, &old, &app.gate).map_err(ApiError::BadRequest)?;
     match app.store.update(&new, actor).await? {
@@ -148,7 +153,11 @@ pub async fn roll<S: Store>(
     grace: u64,
 ) -> Result<CreatedKey, ApiError> {
     let old = visible(app, caller, id).await?;
-    let request = CreateRequest::from_stored(&old, &app.gate);
+    let mut request = CreateRequest::from_stored(&old, &app.gate);
+    // The new key is a new balance at the proxies: it starts with what the old one has left.
+    if let Some(c) = &old.credits {
+        request.set_credits(Some(&c.carried_over(actor.at)));
+    }
     let old_expires = actor.at.saturating_add(grace as i64);
     mint_and_store(app, &request, None, async |k| {
         let refused = match app.store.roll(id, k, old_expires, actor).await? {
@@ -168,6 +177,42 @@ pub async fn roll<S: Store>(
         )),
         e => e,
     })
+}
+
+/// `POST /v1/api-keys/{id}/credits` (SPEC §14): `add`, `subtract` or `set` a key's balance
+/// (the provider's admin only: balances are quotas); answers the key as changed.
+pub async fn change_credits<S: Store>(
+    app: &App<S>,
+    caller: &Caller,
+    actor: &Actor,
+    id: &str,
+    body: &Value,
+) -> Result<Key, ApiError> {
+    visible(app, caller, id).await?;
+    if matches!(caller, Caller::Tenant(_)) {
+        return Err(ApiError::Forbidden(
+            "credits: only the provider's admin changes a balance".into(),
+        ));
+    }
+    let (op, amount) = read_credits_op(body).map_err(ApiError::BadRequest)?;
+    match app.store.change_credits(id, op, amount, actor).await? {
+        CreditsChanged::Done => {}
+        CreditsChanged::NotFound => return Err(ApiError::NotFound),
+        CreditsChanged::Revoked => {
+            return Err(ApiError::Conflict(
+                "The API key is revoked; a revoked key is not changed".into(),
+            ))
+        }
+        CreditsChanged::NoCredits => {
+            return Err(ApiError::Conflict(
+                "The API key has no credits; give it credits with PATCH first".into(),
+            ))
+        }
+        CreditsChanged::Refused(m) => return Err(ApiError::BadRequest(m)),
+    }
+    let key = app.store.get(id).await?.ok_or(ApiError::NotFound)?;
+    let mut listed = with_leaks(app, std::slice::from_ref(&key), None).await?;
+    listed.pop().ok_or(ApiError::NotFound)
 }
 
 /// The usage summary of SPEC §7 for a query (`tenant`, `key`, `from`, `to`, `granularity`).

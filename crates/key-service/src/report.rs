@@ -3,7 +3,7 @@
 //! body holds. The admin API's bodies are [`super::input`]'s.
 
 use super::input::{first_error, text_ok};
-use super::model::{rejection_name, RouteUsage, UsageEntry};
+use super::model::{rejection_name, RouteUsage, UsageEntry, CREDITS_ROW};
 use keygate::json;
 use keygate::json_reader::{index, Errors, Obj};
 /// The longest route name kept (the filter sends longer ones as `(other)`).
@@ -237,6 +237,29 @@ const MAX_COUNT: u64 = 1 << 40;
 /// A report's `last_used` may be ahead of this service's clock by at most this much.
 const CLOCK_SKEW_S: i64 = 300;
 
+/// `credits` of an entry or of one of its routes (SPEC §14): credits spent net of refunds, so a
+/// whole number of either sign; absent: 0.
+fn read_credits(o: &mut Obj, errors: &mut Errors) -> i64 {
+    let path = o.field_path("credits");
+    match o.get("credits") {
+        None => 0,
+        Some(v) => match v.as_i64() {
+            Some(n) if n.unsigned_abs() <= MAX_COUNT => n,
+            Some(_) => {
+                errors.push(&path, "is too large");
+                0
+            }
+            None => {
+                errors.push(
+                    &path,
+                    "expected a whole number (credits spent, net of refunds)",
+                );
+                0
+            }
+        },
+    }
+}
+
 /// `allowed` and `rejected` of an entry or of one of its routes; `None` after an error.
 fn read_counts(o: &mut Obj, errors: &mut Errors) -> Option<(i64, Vec<(&'static str, i64)>)> {
     let before = errors.0.len();
@@ -269,11 +292,11 @@ fn read_counts(o: &mut Obj, errors: &mut Errors) -> Option<(i64, Vec<(&'static s
     (errors.0.len() == before).then_some((allowed as i64, rejected))
 }
 
-/// An entry's `routes`: each route once, their counts adding up to the entry's.
+/// An entry's `routes`: each route once, their counts (and credits) adding up to the entry's.
 fn read_routes(
     path: &str,
     routes: &json::Value,
-    total: (i64, &[(&'static str, i64)]),
+    total: (i64, &[(&'static str, i64)], i64),
     errors: &mut Errors,
 ) -> Vec<RouteUsage> {
     let json::Value::Array(items) = routes else {
@@ -289,6 +312,7 @@ fn read_routes(
         let route_path = o.field_path("route");
         let route = o.req_str("route", errors).map(str::to_string);
         let counts = read_counts(&mut o, errors);
+        let credits = read_credits(&mut o, errors);
         o.finish(errors);
         let (Some(route), Some((allowed, rejected))) = (route, counts) else {
             continue;
@@ -302,12 +326,19 @@ fn read_routes(
                 route,
                 allowed,
                 rejected,
+                credits,
             });
         }
     }
-    let key: Vec<(&str, i64)> =
-        nonzero(std::iter::once(("allowed", total.0)).chain(total.1.iter().copied()));
-    let split = nonzero(out.iter().flat_map(RouteUsage::counts));
+    let key: Vec<(&str, i64)> = nonzero(
+        std::iter::once(("allowed", total.0))
+            .chain(total.1.iter().copied())
+            .chain(std::iter::once((CREDITS_ROW, total.2))),
+    );
+    let split = nonzero(
+        out.iter()
+            .flat_map(|r| r.counts().chain(std::iter::once((CREDITS_ROW, r.credits)))),
+    );
     let adds_up = key == split;
     if !adds_up {
         errors.push(path, "the routes' counts must add up to the key's");
@@ -335,12 +366,13 @@ fn read_entry(path: &str, item: &json::Value, now: i64, errors: &mut Errors) -> 
     }
     let last_used = o.opt_u64("last_used", errors);
     let counts = read_counts(&mut o, errors);
+    let credits = read_credits(&mut o, errors);
     let routes_path = o.field_path("routes");
     let routes = o.get("routes");
     o.finish(errors);
     let routes = match (routes, &counts) {
         (Some(r), Some((allowed, rejected))) => {
-            read_routes(&routes_path, r, (*allowed, rejected), errors)
+            read_routes(&routes_path, r, (*allowed, rejected, credits), errors)
         }
         _ => Vec::new(),
     };
@@ -360,6 +392,7 @@ fn read_entry(path: &str, item: &json::Value, now: i64, errors: &mut Errors) -> 
         rejected,
         last_used: last_used.map(|t| t as i64),
         routes,
+        credits,
     })
 }
 
@@ -427,5 +460,58 @@ mod tests {
         ))
         .unwrap_err();
         assert!(err.starts_with("keys[0]: is too large"), "{err}");
+    }
+
+    #[test]
+    fn credits_spent_are_read_by_key_and_route_and_must_add_up() {
+        let ok = entry(
+            r#"{"id":"k","requests":3,"allowed":2,"rejected":{"usage_exceeded":1},"credits":7,"routes":[
+                {"route":"orders","requests":2,"allowed":1,"rejected":{"usage_exceeded":1},"credits":5},
+                {"route":"-","requests":1,"allowed":1,"credits":2}]}"#,
+        )
+        .unwrap();
+        assert_eq!(ok[0].credits, 7);
+        assert_eq!(ok[0].count_of("usage_exceeded"), 1);
+        assert_eq!(
+            ok[0].route_counts(),
+            vec![
+                ("orders", "allowed", 1),
+                ("orders", "usage_exceeded", 1),
+                ("orders", CREDITS_ROW, 5),
+                ("-", "allowed", 1),
+                ("-", CREDITS_ROW, 2)
+            ]
+        );
+        // Absent: 0. Net of refunds: a report may give back more than it spends.
+        let plain = entry(r#"{"id":"k","requests":1,"allowed":1,"credits":-2}"#).unwrap();
+        assert_eq!(
+            plain[0].route_counts(),
+            vec![("-", "allowed", 1), ("-", CREDITS_ROW, -2)]
+        );
+        assert_eq!(entry(r#"{"id":"k","requests":0}"#).unwrap()[0].credits, 0);
+        for (body, error) in [
+            (
+                r#"{"id":"k","requests":1,"allowed":1,"credits":3,"routes":[{"route":"a","requests":1,"allowed":1,"credits":2}]}"#,
+                "keys[0].routes: the routes' counts must add up to the key's",
+            ),
+            (
+                r#"{"id":"k","requests":1,"allowed":1,"credits":1.5}"#,
+                "keys[0].credits: expected a whole number (credits spent, net of refunds)",
+            ),
+            (
+                r#"{"id":"k","requests":1,"allowed":1,"credits":"1"}"#,
+                "keys[0].credits: expected a whole number (credits spent, net of refunds)",
+            ),
+            (
+                r#"{"id":"k","requests":1,"allowed":1,"credits":-2199023255553}"#,
+                "keys[0].credits: is too large",
+            ),
+            (
+                r#"{"id":"k","requests":1,"allowed":1,"routes":[{"route":"a","requests":1,"allowed":1,"credits":true}]}"#,
+                "keys[0].routes[0].credits: expected a whole number (credits spent, net of refunds)",
+            ),
+        ] {
+            assert_eq!(entry(body).unwrap_err(), error, "{body}");
+        }
     }
 }

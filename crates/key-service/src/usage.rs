@@ -133,12 +133,14 @@ pub fn summary_answer(range: &Range, s: &UsageSummary) -> views::UsageSummary {
             requests: t.requests,
             allowed: t.allowed,
             rejected: t.rejected,
+            credits: t.credits,
         }),
         by_route: ranked(&s.by_route, |route, t| views::RouteShare {
             route,
             requests: t.requests,
             allowed: t.allowed,
             rejected: t.rejected,
+            credits: t.credits,
         }),
     }
 }

@@ -64,6 +64,38 @@ pub struct Key {
     /// service did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub leak: Option<LeakView>,
+    /// Present only for a key with credits (SPEC §14): its grant and balance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits: Option<CreditsView>,
+}
+
+/// A key's credits (SPEC §14) and its balance as the proxies reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CreditsView {
+    /// Credits per period (or in all, without a refill).
+    #[schema(example = 10000)]
+    pub granted: u64,
+    /// When the balance is replaced by a new grant; absent: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refill: Option<RefillView>,
+    /// `max(0, granted + this period's top-ups - spent)`.
+    pub remaining: u64,
+    /// What the proxies reported spent in the current period, since the balance was last `set`.
+    pub spent: u64,
+    /// The next refill (Unix seconds); `null` without a refill.
+    pub reset: Option<i64>,
+}
+
+/// A refill: each day (00:00 UTC), or each month on `day` (1-31, clamped to the month's last
+/// day; 00:00 UTC).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RefillView {
+    #[schema(pattern = "^(day|month)$", example = "month")]
+    pub interval: String,
+    /// The day of the month (a monthly refill only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 31)]
+    pub day: Option<u8>,
 }
 
 /// A key's leak report.
@@ -116,6 +148,13 @@ pub struct CreatedKey {
     pub role: Option<String>,
     pub created_at: String,
     pub expires_at: Option<String>,
+    /// Present only for a key with credits (SPEC §14).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits: Option<CreditsView>,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 /// Requests, allowed, and rejections as one number (a total).
@@ -124,6 +163,9 @@ pub struct Totals {
     pub requests: i64,
     pub allowed: i64,
     pub rejected: i64,
+    /// Credits spent (SPEC §14), net of refunds, as the proxies reported them; absent when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub credits: i64,
 }
 
 /// One hour or day: rejections by the filter's decision.
@@ -135,6 +177,9 @@ pub struct Bucket {
     pub allowed: i64,
     /// Decision (`invalid`, `revoked`, `rate_limited`, …) → requests.
     pub rejected: BTreeMap<String, i64>,
+    /// Credits spent (SPEC §14), net of refunds; absent when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub credits: i64,
 }
 
 /// `GET /v1/api-keys/{id}/usage`.
@@ -157,6 +202,9 @@ pub struct KeyShare {
     pub requests: i64,
     pub allowed: i64,
     pub rejected: i64,
+    /// Credits spent (SPEC §14), net of refunds; absent when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub credits: i64,
 }
 
 /// One Envoy route's share of a usage summary (`-`: a route without a name).
@@ -166,6 +214,9 @@ pub struct RouteShare {
     pub requests: i64,
     pub allowed: i64,
     pub rejected: i64,
+    /// Credits spent (SPEC §14), net of refunds; absent when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub credits: i64,
 }
 
 /// `GET /v1/usage`: `total` equals the sum of `series`, of `by_key` and of `by_route`.
@@ -200,7 +251,8 @@ pub struct AuditEntry {
     pub key_id: Option<String>,
     pub tenant: Option<String>,
     pub ip: Option<String>,
-    /// What a `key.leaked` entry adds: `origin`, `url`, `source`, `action` (absent otherwise).
+    /// What a `key.leaked` entry adds (`origin`, `url`, `source`, `action`), or a
+    /// `key.credits` entry (`op`, `amount`); absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub details: Option<serde_json::Value>,
@@ -289,6 +341,8 @@ pub struct CreateBody {
     pub allowed_paths: Option<Vec<String>>,
     /// An id of your choosing (`[A-Za-z0-9_.:-]`); made up when absent.
     pub id: Option<String>,
+    /// Credits (SPEC §14): what the key may spend per period, or in all.
+    pub credits: Option<CreditsBody>,
 }
 
 /// `PATCH /v1/api-keys/{id}`: any of these; `null` clears one.
@@ -302,6 +356,40 @@ pub struct PatchBody {
     pub allowed_ips: Option<Vec<String>>,
     pub allowed_referers: Option<Vec<String>>,
     pub allowed_paths: Option<Vec<String>>,
+    /// New `granted` and `refill` (the period's top-ups and the balance carry on); `null`
+    /// removes the key's credits.
+    pub credits: Option<CreditsBody>,
+}
+
+/// A key's credits (SPEC §14): `granted` per period (or in all, without `refill`).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct CreditsBody {
+    #[schema(minimum = 0, maximum = 9007199254740991_i64, example = 10000)]
+    pub granted: u64,
+    pub refill: Option<RefillBody>,
+}
+
+/// A refill: `{"interval":"day"}` or `{"interval":"month","day":1}` (`day` 1-31, default 1).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct RefillBody {
+    #[schema(pattern = "^(day|month)$", example = "month")]
+    pub interval: String,
+    /// The day of the month (a monthly refill only; default 1).
+    #[schema(minimum = 1, maximum = 31)]
+    pub day: Option<u8>,
+}
+
+/// `POST /v1/api-keys/{id}/credits`: `add` or `subtract` changes this period's top-ups;
+/// `set` makes the remaining balance `amount` (spending counts anew from now).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct CreditsOpBody {
+    #[schema(pattern = "^(set|add|subtract)$", example = "add")]
+    pub op: String,
+    #[schema(minimum = 0, maximum = 9007199254740991_i64, example = 500)]
+    pub amount: u64,
 }
 
 /// `POST /v1/leaks/check`.

@@ -439,6 +439,7 @@ mod tests {
             requests: allowed + limited,
             allowed,
             rejected,
+            credits: 0,
         }
     }
 
@@ -470,6 +471,7 @@ mod tests {
                 requests: 15,
                 allowed: 10,
                 rejected: 5,
+                credits: 0,
             },
             series: vec![bucket("2026-01-01T00:00:00Z", 10, 5)],
             by_key: vec![KeyShare {
@@ -477,12 +479,14 @@ mod tests {
                 requests: 15,
                 allowed: 10,
                 rejected: 5,
+                credits: 0,
             }],
             by_route: vec![RouteShare {
                 route: "=cmd(),x".into(),
                 requests: 15,
                 allowed: 10,
                 rejected: 5,
+                credits: 0,
             }],
         };
         assert_eq!(

@@ -1,8 +1,10 @@
 //! What a store is: the [`Store`] trait every backend implements, the records it takes and
 //! answers, and its errors. [`super::sql`] implements it on SQLite and PostgreSQL.
 
+use crate::credits::Op;
 use crate::model::{StoredKey, UsageEntry, UsageRow};
 use crate::request_log::{ClientIp, RequestQuery, RequestRecord, StoredRequest};
+use keygate::model::Credits;
 use std::collections::BTreeMap;
 use std::future::Future;
 
@@ -108,6 +110,19 @@ pub enum Updated {
     NotFound,
     /// A revoked key stays as it was revoked.
     Revoked,
+}
+
+/// The outcome of a credits call.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CreditsChanged {
+    Done,
+    NotFound,
+    /// A revoked key stays as it was revoked.
+    Revoked,
+    /// The key has no credits to change.
+    NoCredits,
+    /// The change is not one a balance can take (the message of a 400).
+    Refused(String),
 }
 
 /// Where a page of keys starts (newest first): after the key created by change `seq`.
@@ -296,8 +311,9 @@ pub trait Store: Send + Sync + 'static {
     fn get(&self, id: &str) -> impl Future<Output = Result<Option<StoredKey>>> + Send;
     /// `Ok(false)`: no such key.
     fn revoke(&self, id: &str, actor: &Actor) -> impl Future<Output = Result<bool>> + Send;
-    /// Replaces a key's editable settings (name, role, expiry, limits, restrictions) with
-    /// `key`'s; refused for a revoked key.
+    /// Replaces a key's editable settings (name, role, expiry, limits, restrictions, and its
+    /// credits' grant and refill) with `key`'s; refused for a revoked key. Removing credits
+    /// drops the period's top-ups; the serial stays.
     fn update(
         &self,
         key: &StoredKey,
@@ -355,13 +371,25 @@ pub trait Store: Send + Sync + 'static {
     fn feed(&self, since: Option<&str>) -> impl Future<Output = Result<Feed>> + Send;
     /// The current version alone (one indexed read): answers revalidation without the keys.
     fn version(&self) -> impl Future<Output = Result<String>> + Send;
-    /// Counts one usage report, for the keys this service has.
+    /// Counts one usage report, for the keys this service has: requests, credits spent (added
+    /// to the keys' balances), and, with webhooks, `credits.exhausted` for a key refused for
+    /// credits (its own balance's period, or its tenant's in `tenant_credits`).
     fn record_usage(
         &self,
         report_id: &str,
         entries: &[UsageEntry],
         now: i64,
+        tenant_credits: &[(String, Credits)],
     ) -> impl Future<Output = Result<Recorded>> + Send;
+    /// Changes key `id`'s balance by `op` of `amount` at `actor.at` (SPEC §14), with its audit
+    /// entry (`key.credits`), as a change of the key set (a new version).
+    fn change_credits(
+        &self,
+        id: &str,
+        op: Op,
+        amount: u64,
+        actor: &Actor,
+    ) -> impl Future<Output = Result<CreditsChanged>> + Send;
     /// Usage rows of a key (summed over routes) in the hours that overlap `[from, to)` from
     /// `hourly_from` on, then those of the days before `hourly_from` that overlap it.
     fn usage(

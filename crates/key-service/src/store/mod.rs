@@ -13,9 +13,11 @@
 //!
 //! The steps: [`interface`] (the trait and its records), [`schema`] (the two backends,
 //! migrations, the epoch), [`sql`] (the statements; [`requests`]: the request log's; [`leaks`]:
-//! leak reports; [`webhooks`]: the deliveries queued with the changes they announce).
+//! leak reports; [`webhooks`]: the deliveries queued with the changes they announce; [`credits`]:
+//! balances, what the proxies spent, `credits.exhausted`).
 
 mod audit;
+mod credits;
 mod interface;
 mod leaks;
 mod portal;

@@ -203,8 +203,34 @@ fn migrations(backend: Backend) -> Vec<Vec<String>> {
         .collect();
     all.push(request_log_migration(backend));
     all.push(LEAKS_AND_WEBHOOKS.iter().map(|s| s.to_string()).collect());
+    all.push(CREDITS.iter().map(|s| s.to_string()).collect());
     all
 }
+
+/// Migration 10 (SPEC §14): a key's credits, as the proxies enforce them (`credits_granted`
+/// NULL: none; `credits_refill` `day` or `month:<day>`; the top-ups of one period; the serial a
+/// `set` raises, and when), then what the proxies reported spent (one row per key, the period
+/// and serial it counts, reset in place: no growth with time) and the `credits.exhausted`
+/// event last queued for a key (one row per key: once per period and serial).
+const CREDITS: &[&str] = &[
+    "ALTER TABLE api_keys ADD COLUMN credits_granted BIGINT",
+    "ALTER TABLE api_keys ADD COLUMN credits_refill TEXT",
+    "ALTER TABLE api_keys ADD COLUMN credits_top_up_period BIGINT",
+    "ALTER TABLE api_keys ADD COLUMN credits_top_up_amount BIGINT",
+    "ALTER TABLE api_keys ADD COLUMN credits_serial BIGINT NOT NULL DEFAULT 0",
+    "ALTER TABLE api_keys ADD COLUMN credits_set_at BIGINT",
+    "CREATE TABLE credit_balances (
+        key_id TEXT PRIMARY KEY,
+        period BIGINT NOT NULL,
+        serial BIGINT NOT NULL,
+        spent BIGINT NOT NULL
+    )",
+    "CREATE TABLE credit_alerts (
+        key_id TEXT PRIMARY KEY,
+        period BIGINT NOT NULL,
+        serial BIGINT NOT NULL
+    )",
+];
 
 /// Migration 9 (SPEC §15): what the audit log says beyond its columns (a leak report's origin,
 /// url, source and action, as JSON); a key's first leak report (one per key: a report again is

@@ -4,23 +4,30 @@ use super::interface::{
     Actor, AuditQuery, AuditRecord, Feed, KeyCursor, OpenedPortal, PortalSession, Pruned, Recorded,
     Result, Rolled, SessionKind, Store, Updated, UsageQuery, UsageSummary, WebSession,
 };
-use super::interface::{Delivery, DeliveryOutcome, Leak, LeakReport};
+use super::interface::{CreditsChanged, Delivery, DeliveryOutcome, Leak, LeakReport};
 use super::requests::{self, Partitions};
 use super::schema::{ensure_epoch, migrate, Backend};
 use super::usage;
-use super::{audit, leaks, portal, sessions, webhooks};
+use super::{audit, credits, leaks, portal, sessions, webhooks};
+use crate::credits::{apply, Op};
 use crate::model::{StoredKey, UsageEntry, UsageRow};
 use crate::request_log::{ClientIp, RequestQuery, RequestRecord, StoredRequest};
+use keygate::model::Credits;
 use serde_json::json;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::AnyConnection;
 use sqlx::Connection;
 use sqlx::{AnyPool, Row};
 
-/// The columns of a key and where they come from (`k`: api_keys, `u`: key_last_used).
+/// The columns of a key and where they come from (`k`: api_keys, `u`: key_last_used, `b`:
+/// credit_balances, [`credits::COLUMNS`]).
 const KEY_COLUMNS: &str = "k.id, k.sha256, k.prefix, k.name, k.tenant, k.role, k.environment, \
-                           k.created_at, k.expires_at, k.revoked, k.restrictions, u.t AS last_used";
-const KEYS_FROM: &str = "api_keys k LEFT JOIN key_last_used u ON u.key_id = k.id";
+     k.created_at, k.expires_at, k.revoked, k.restrictions, u.t AS last_used, \
+     k.credits_granted, k.credits_refill, k.credits_top_up_period, k.credits_top_up_amount, \
+     k.credits_serial, k.credits_set_at, b.period AS spent_period, b.serial AS spent_serial, \
+     b.spent AS spent";
+const KEYS_FROM: &str = "api_keys k LEFT JOIN key_last_used u ON u.key_id = k.id \
+     LEFT JOIN credit_balances b ON b.key_id = k.id";
 
 /// Why [`SqlStore::open`] did not open the database.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,6 +206,7 @@ fn key_from_row(row: &AnyRow) -> std::result::Result<StoredKey, sqlx::Error> {
         restrictions: serde_json::from_str(&restrictions)
             .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
         last_used: row.try_get("last_used")?,
+        credits: credits::from_row(row)?,
     })
 }
 
@@ -207,10 +215,15 @@ async fn insert_key(
     k: &StoredKey,
     seq: i64,
 ) -> std::result::Result<(), sqlx::Error> {
+    let (granted, refill, top_up_period, top_up_amount, serial, set_at) =
+        credits::params(k.credits.as_ref());
     sqlx::query(
         "INSERT INTO api_keys (id, sha256, prefix, name, tenant, role, environment, created_at, \
-         expires_at, revoked, restrictions, last_used, seq, created_seq) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+         expires_at, revoked, restrictions, last_used, seq, created_seq, credits_granted, \
+         credits_refill, credits_top_up_period, credits_top_up_amount, credits_serial, \
+         credits_set_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+         $18, $19, $20)",
     )
     .bind(&k.id)
     .bind(&k.sha256)
@@ -226,6 +239,12 @@ async fn insert_key(
     .bind(k.last_used)
     .bind(seq)
     .bind(seq)
+    .bind(granted)
+    .bind(refill)
+    .bind(top_up_period)
+    .bind(top_up_amount)
+    .bind(serial)
+    .bind(set_at)
     .execute(conn)
     .await
     .map(|_| ())
@@ -297,15 +316,25 @@ impl Store for SqlStore {
             return Ok(Updated::Revoked);
         }
         let tenant: Option<String> = row.try_get("tenant")?;
-        sqlx::query(
+        // The grant and refill only: the period's top-ups and the serial are the credits
+        // call's (a call in between is never undone), dropped only with the credits.
+        let (granted, refill, ..) = credits::params(key.credits.as_ref());
+        let drop_top_up = if granted.is_none() {
+            ", credits_top_up_period = NULL, credits_top_up_amount = NULL"
+        } else {
+            ""
+        };
+        sqlx::query(&format!(
             "UPDATE api_keys SET name = $1, role = $2, expires_at = $3, restrictions = $4, \
-             seq = $5 WHERE id = $6",
-        )
+             seq = $5, credits_granted = $6, credits_refill = $7{drop_top_up} WHERE id = $8"
+        ))
         .bind(&key.name)
         .bind(&key.role)
         .bind(key.expires_at)
         .bind(key.restrictions.to_string())
         .bind(seq)
+        .bind(granted)
+        .bind(refill)
         .bind(&key.id)
         .execute(&mut *tx)
         .await?;
@@ -580,8 +609,79 @@ impl Store for SqlStore {
         report_id: &str,
         entries: &[UsageEntry],
         now: i64,
+        tenant_credits: &[(String, Credits)],
     ) -> Result<Recorded> {
-        usage::record(&self.pool, report_id, entries, now).await
+        let mut tx = self.pool.begin().await?;
+        let Some((dropped, known)) = usage::record(&mut tx, report_id, entries, now).await? else {
+            tx.rollback().await?;
+            return Ok(Recorded::Seen);
+        };
+        // What the keys spent goes to their balances, and with webhooks a key refused for
+        // credits gets its `credits.exhausted` event, in the report's transaction.
+        let alerts = self.webhooks.then_some(tenant_credits);
+        credits::record(&mut tx, &known, now, alerts).await?;
+        tx.commit().await?;
+        Ok(Recorded::Counted { dropped })
+    }
+
+    async fn change_credits(
+        &self,
+        id: &str,
+        op: Op,
+        amount: u64,
+        actor: &Actor,
+    ) -> Result<CreditsChanged> {
+        let mut tx = self.pool.begin().await?;
+        // The counter row's lock first: no other change of this key (another credits call, a
+        // PATCH) runs between this read and this write, on either database.
+        let seq = next_seq(&mut tx).await?;
+        let found = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM {KEYS_FROM} WHERE k.id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let key = match found.as_ref().map(key_from_row).transpose()? {
+            None => Err(CreditsChanged::NotFound),
+            Some(k) if k.revoked => Err(CreditsChanged::Revoked),
+            Some(k) => k
+                .credits
+                .map(|c| (k.tenant, c))
+                .ok_or(CreditsChanged::NoCredits),
+        };
+        let (tenant, current) = match key {
+            Ok(k) => k,
+            Err(refused) => {
+                tx.rollback().await?;
+                return Ok(refused);
+            }
+        };
+        let changed = match apply(&current.credits, op, amount, actor.at) {
+            Ok(c) => c,
+            Err(m) => {
+                tx.rollback().await?;
+                return Ok(CreditsChanged::Refused(m));
+            }
+        };
+        let set_at = if op == Op::Set {
+            Some(actor.at)
+        } else {
+            current.set_at
+        };
+        credits::write_balance(&mut tx, id, &changed, set_at, seq).await?;
+        let details = json!({"op": op.as_str(), "amount": amount}).to_string();
+        audit::append_with(
+            &mut tx,
+            actor,
+            "key.credits",
+            Some(id),
+            tenant.as_deref(),
+            actor.at,
+            Some(&details),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(CreditsChanged::Done)
     }
 
     async fn usage(

@@ -8,9 +8,11 @@
 //! together: the per-key call and a tenant's keys read a range of the primary key) with an
 //! index on the time (a summary of every tenant reads a time range). Writing both costs a
 //! report a second upsert per row, and spares every roll-up (no row is ever moved, so none can be
-//! counted twice by replicas pruning at once).
+//! counted twice by replicas pruning at once). Credits spent (SPEC §14) are rows of the
+//! pseudo-decision `credits` (`crate::model::CREDITS_ROW`) beside the decisions': summed the same
+//! way, never counted as requests.
 
-use super::interface::{Pruned, Recorded, Result, StoreError, UsageQuery, UsageSummary};
+use super::interface::{Pruned, Result, StoreError, UsageQuery, UsageSummary};
 use super::schema::Backend;
 use crate::model::{hour_of, UsageEntry, UsageRow};
 use sqlx::any::AnyRow;
@@ -47,22 +49,33 @@ fn sum_n(backend: Backend) -> &'static str {
 }
 
 /// A count column: a SQLite count that overflowed into a float before counts saturated reads as
-/// the largest count (not an error that breaks the key for good).
+/// the largest count (not an error that breaks the key for good). Credits spent, net of
+/// refunds, may be below zero.
 fn count(r: &AnyRow, column: &str) -> std::result::Result<i64, sqlx::Error> {
     r.try_get::<i64, _>(column).or_else(|_| {
         r.try_get::<f64, _>(column)
-            .map(|f| f.clamp(0.0, i64::MAX as f64) as i64)
+            .map(|f| f.clamp(-(i64::MAX as f64), i64::MAX as f64) as i64)
     })
 }
 
-/// Adds to a row of either table, saturating at the largest count.
+/// `a + b`, saturating at ±(2^63 - 1), in SQL that never overflows (PostgreSQL fails on an
+/// overflowing bigint; SQLite turns it into a float). `b` may be of either sign.
+pub(super) fn saturating_sum(a: &str, b: &str) -> String {
+    format!(
+        "CASE WHEN {b} >= 0 THEN (CASE WHEN {a} > {MAX} - {b} THEN {MAX} ELSE {a} + {b} END) \
+         ELSE (CASE WHEN {a} < -{MAX} - {b} THEN -{MAX} ELSE {a} + {b} END) END",
+        MAX = i64::MAX
+    )
+}
+
+/// Adds to a row of either table, saturating at the largest count (credits spent, net of
+/// refunds, may be negative: saturating at the smallest too).
 fn upsert(table: &str, time: &str, rows: usize) -> String {
     format!(
         "INSERT INTO {table} (key_id, {time}, route, decision, n) VALUES {} \
-         ON CONFLICT (key_id, {time}, route, decision) DO UPDATE SET n = CASE \
-         WHEN {table}.n > {MAX} - excluded.n THEN {MAX} ELSE {table}.n + excluded.n END",
+         ON CONFLICT (key_id, {time}, route, decision) DO UPDATE SET n = {}",
         placeholders(rows, 5),
-        MAX = i64::MAX
+        saturating_sum(&format!("{table}.n"), "excluded.n"),
     )
 }
 
@@ -83,13 +96,16 @@ async fn known_ids(conn: &mut AnyConnection, ids: &[&str]) -> Result<BTreeSet<St
     Ok(known)
 }
 
-pub(super) async fn record(
-    pool: &AnyPool,
+/// Counts one report in `tx`, once per id: its counts by key, hour or day, route and decision
+/// (credits spent as [`crate::model::CREDITS_ROW`] beside them) and each key's last use.
+/// `None`: a report with this id was counted before (the caller rolls back); else how many
+/// entries named no key of this service, and the others (for their balances).
+pub(super) async fn record<'e>(
+    tx: &mut AnyConnection,
     report_id: &str,
-    entries: &[UsageEntry],
+    entries: &'e [UsageEntry],
     now: i64,
-) -> Result<Recorded> {
-    let mut tx = pool.begin().await?;
+) -> Result<Option<(usize, Vec<&'e UsageEntry>)>> {
     let inserted = sqlx::query(
         "INSERT INTO usage_reports (report_id, received_at) VALUES ($1, $2) \
          ON CONFLICT (report_id) DO NOTHING",
@@ -100,8 +116,7 @@ pub(super) async fn record(
     .await?
     .rows_affected();
     if inserted == 0 {
-        tx.rollback().await?;
-        return Ok(Recorded::Seen);
+        return Ok(None);
     }
     // Only keys of this service are stored: counts for an id it does not have (a key of the
     // plugin configuration, a made-up id) would be waiting for a key created later with that
@@ -109,14 +124,14 @@ pub(super) async fn record(
     let mut ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
-    let known = known_ids(&mut tx, &ids).await?;
+    let known = known_ids(&mut *tx, &ids).await?;
     let dropped = entries.iter().filter(|e| !known.contains(&e.id)).count();
-    let entries = entries.iter().filter(|e| known.contains(&e.id));
+    let entries: Vec<&UsageEntry> = entries.iter().filter(|e| known.contains(&e.id)).collect();
     // Summed per row first: one report may name a key twice, and one multi-row upsert must not
     // touch a row twice.
     let mut counts: BTreeMap<(&str, i64, &str, &str), i64> = BTreeMap::new();
     let mut last_used: BTreeMap<&str, i64> = BTreeMap::new();
-    for e in entries {
+    for e in entries.iter().copied() {
         // Counted in the hour of the key's last use in the report (reports cover seconds; a
         // report retried after an outage still lands in the hour it was made).
         let hour = hour_of(e.last_used.unwrap_or(now));
@@ -170,8 +185,7 @@ pub(super) async fn record(
         .bind(now - REPORT_ID_RETENTION_S)
         .execute(&mut *tx)
         .await?;
-    tx.commit().await?;
-    Ok(Recorded::Counted { dropped })
+    Ok(Some((dropped, entries)))
 }
 
 /// A key's rows that overlap `[from, to)` (one per route: the answer sums them, saturating):

@@ -7,8 +7,14 @@ use keygate::timestamp::format_rfc3339;
 use serde_json::{json, Value};
 use sqlx::Row;
 
-/// Events keygate announces (SPEC §15's `credits.exhausted` comes with credits, §14).
-pub const EVENTS: &[&str] = &["key.created", "key.revoked", "key.rolled", "key.leaked"];
+/// Events keygate announces (SPEC §15; `credits.exhausted`: §14).
+pub const EVENTS: &[&str] = &[
+    "key.created",
+    "key.revoked",
+    "key.rolled",
+    "key.leaked",
+    "credits.exhausted",
+];
 
 /// How long a claimed delivery is another replica's before it may be tried again.
 pub const CLAIM_SECONDS: i64 = 60;
