@@ -4,7 +4,9 @@
 
 use crate::client::{call, enc, json_text, or_dash, table, typed, Fail};
 use keygate_key_service::input::PATCH_FIELDS;
-use keygate_key_service::views::{AuditEntry, CreatedKey, Done, Envelope, Key, KeyUsage, Page};
+use keygate_key_service::views::{
+    AuditEntry, CreatedKey, CreditsView, Done, Envelope, Key, KeyUsage, Page,
+};
 use serde_json::{json, Map, Value};
 
 /// `keygate keys create`'s arguments.
@@ -40,6 +42,39 @@ pub struct NewKey {
     /// An allowed path pattern (/v1/orders/*)
     #[arg(long = "allowed-path", value_name = "PATTERN")]
     pub allowed_paths: Vec<String>,
+    /// Credits the key may spend per period (in all without --refill)
+    #[arg(long, value_name = "N")]
+    pub credits: Option<u64>,
+    /// When its credits are granted again: day (00:00 UTC) or month[:DAY] (DAY 1-31, default 1)
+    #[arg(long, value_name = "day|month[:DAY]", requires = "credits")]
+    pub refill: Option<String>,
+}
+
+/// `--refill day|month[:DAY]` as the service's `refill` (the service checks the day's range).
+fn refill(s: &str) -> Result<Value, Fail> {
+    match s.split_once(':') {
+        None if s == "day" => Ok(json!({"interval": "day"})),
+        None if s == "month" => Ok(json!({"interval": "month"})),
+        Some(("month", day)) => day
+            .parse::<u64>()
+            .map(|d| json!({"interval": "month", "day": d}))
+            .map_err(|_| Fail::Usage(format!("--refill {s:?}: {day:?} is not a day of the month"))),
+        _ => Err(Fail::Usage(format!(
+            "--refill {s:?}: expected day, month or month:DAY"
+        ))),
+    }
+}
+
+/// `credits` of a create or update: `--credits N` and `--refill`.
+fn credits_body(granted: Option<u64>, refill_flag: Option<&str>) -> Result<Option<Value>, Fail> {
+    let Some(granted) = granted else {
+        return Ok(None);
+    };
+    let mut c = json!({"granted": granted});
+    if let Some(r) = refill_flag {
+        c["refill"] = refill(r)?;
+    }
+    Ok(Some(c))
 }
 
 fn rate_limit(s: &str) -> Result<Value, Fail> {
@@ -71,8 +106,75 @@ fn print_created(answer: Value, as_json: bool) -> Result<(), Fail> {
         ("role", k.role),
         ("created_at", Some(k.created_at)),
         ("expires_at", k.expires_at),
+        ("credits", k.credits.as_ref().map(balance)),
     ] {
         eprintln!("  {field:<12} {}", or_dash(&value));
+    }
+    Ok(())
+}
+
+/// A balance as people read it: `7 of 10 left (3 spent), refilled 2026-04-01T00:00:00Z`.
+fn balance(c: &CreditsView) -> String {
+    let refill = match (&c.refill, c.reset) {
+        (Some(r), Some(t)) => format!(
+            ", refilled each {}{} (next {})",
+            r.interval,
+            r.day.map(|d| format!(" on day {d}")).unwrap_or_default(),
+            keygate::timestamp::format_rfc3339(t)
+        ),
+        _ => ", never refilled".into(),
+    };
+    format!(
+        "{} of {} left ({} spent){refill}",
+        c.remaining, c.granted, c.spent
+    )
+}
+
+/// `keygate keys credits`: one change of a key's balance.
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("op").required(true).args(["add", "subtract", "set"])))]
+pub struct ChangeCredits {
+    /// The key's id
+    pub id: String,
+    /// Credits more in the current period
+    #[arg(long, value_name = "N")]
+    pub add: Option<u64>,
+    /// Credits less in the current period
+    #[arg(long, value_name = "N")]
+    pub subtract: Option<u64>,
+    /// What remains becomes N (what was spent so far no longer counts)
+    #[arg(long, value_name = "N")]
+    pub set: Option<u64>,
+}
+
+pub fn credits(server: &str, c: ChangeCredits, as_json: bool) -> Result<(), Fail> {
+    let (op, amount) = match (c.add, c.subtract, c.set) {
+        (Some(n), None, None) => ("add", n),
+        (None, Some(n), None) => ("subtract", n),
+        (None, None, Some(n)) => ("set", n),
+        _ => {
+            return Err(Fail::Usage(
+                "give one of --add N, --subtract N or --set N".into(),
+            ))
+        }
+    };
+    let answer = call(
+        server,
+        "POST",
+        &format!("/v1/api-keys/{}/credits", enc(&c.id)),
+        Some(&json!({"op": op, "amount": amount})),
+    )?;
+    let k = typed::<Envelope<Key>>(answer, "a credits change")?.data;
+    if as_json {
+        println!("{}", json_text(&k));
+    } else {
+        println!(
+            "{}: {}",
+            k.id,
+            k.credits
+                .as_ref()
+                .map_or_else(|| "no credits".into(), balance)
+        );
     }
     Ok(())
 }
@@ -104,6 +206,9 @@ pub fn create(server: &str, k: NewKey, as_json: bool) -> Result<(), Fail> {
         if !list.is_empty() {
             body.insert(field.into(), json!(list));
         }
+    }
+    if let Some(c) = credits_body(k.credits, k.refill.as_deref())? {
+        body.insert("credits".into(), c);
     }
     let answer = call(server, "POST", "/v1/api-keys", Some(&Value::Object(body)))?;
     print_created(answer, as_json)
@@ -264,8 +369,15 @@ pub struct Update {
     /// An allowed path pattern; the ones given replace the key's
     #[arg(long = "allowed-path", value_name = "PATTERN")]
     pub allowed_path: Vec<String>,
+    /// Credits per period (in all without --refill): the grant; top-ups and what was spent
+    /// carry on
+    #[arg(long, value_name = "N")]
+    pub credits: Option<u64>,
+    /// With --credits: day (00:00 UTC) or month[:DAY] (DAY 1-31, default 1); without it, none
+    #[arg(long, value_name = "day|month[:DAY]", requires = "credits")]
+    pub refill: Option<String>,
     /// Clear a field (name, role, expires_at, rate_limits, allowed_ips, allowed_referers,
-    /// allowed_paths)
+    /// allowed_paths, credits)
     #[arg(long, value_name = "FIELD")]
     pub clear: Vec<String>,
     /// Deprecated: --rate-limit N/PER, repeated
@@ -345,6 +457,7 @@ pub fn update(server: &str, u: Update, as_json: bool) -> Result<(), Fail> {
         let limits: Result<Vec<Value>, Fail> = u.rate_limit.iter().map(|s| rate_limit(s)).collect();
         set("rate_limits", Some(Value::Array(limits?)));
     }
+    set("credits", credits_body(u.credits, u.refill.as_deref())?);
     if let Some(limits) = u.rate_limits {
         eprintln!("keygate: --rate-limits is deprecated; repeat --rate-limit N/PER instead");
         let v: Value = serde_json::from_str(&limits)
@@ -353,7 +466,7 @@ pub fn update(server: &str, u: Update, as_json: bool) -> Result<(), Fail> {
     }
     if body.is_empty() {
         return Err(Fail::Usage(
-            "nothing to change: give --name, --role, --expires, --rate-limit, --allowed-ip, … or --clear FIELD"
+            "nothing to change: give --name, --role, --expires, --rate-limit, --allowed-ip, --credits, … or --clear FIELD"
                 .into(),
         ));
     }
@@ -439,4 +552,50 @@ pub fn audit(server: &str, a: Audit, as_json: bool) -> Result<(), Fail> {
         .collect();
     table(&["TIME", "ACTOR", "ACTION", "KEY", "TENANT", "IP"], &rows);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credits_flags_become_the_services_credits() {
+        assert_eq!(credits_body(None, None).unwrap(), None);
+        assert_eq!(
+            credits_body(Some(3), None).unwrap(),
+            Some(json!({"granted": 3}))
+        );
+        assert_eq!(
+            credits_body(Some(3), Some("day")).unwrap(),
+            Some(json!({"granted": 3, "refill": {"interval": "day"}}))
+        );
+        assert_eq!(
+            credits_body(Some(3), Some("month")).unwrap(),
+            Some(json!({"granted": 3, "refill": {"interval": "month"}}))
+        );
+        assert_eq!(
+            credits_body(Some(3), Some("month:15")).unwrap(),
+            Some(json!({"granted": 3, "refill": {"interval": "month", "day": 15}}))
+        );
+        for bad in ["week", "month:x", "day:1", ""] {
+            assert!(
+                matches!(credits_body(Some(1), Some(bad)), Err(Fail::Usage(_))),
+                "{bad}"
+            );
+        }
+        let c = CreditsView {
+            granted: 10,
+            refill: Some(keygate_key_service::views::RefillView {
+                interval: "month".into(),
+                day: Some(1),
+            }),
+            remaining: 7,
+            spent: 3,
+            reset: Some(1_775_001_600),
+        };
+        assert_eq!(
+            balance(&c),
+            "7 of 10 left (3 spent), refilled each month on day 1 (next 2026-04-01T00:00:00Z)"
+        );
+    }
 }

@@ -268,6 +268,9 @@ enum KeysCommand {
         #[arg(long)]
         grace_seconds: Option<u64>,
     },
+    /// Change a key's balance of credits: add to or subtract from the current period, or set
+    /// what remains (enforced by every syncing Envoy within interval_seconds + 1 s)
+    Credits(keys::ChangeCredits),
     /// A key's requests from the request log, newest first, and the client addresses it was
     /// used from (first and last seen)
     Requests(requests::Requests),
@@ -516,6 +519,7 @@ fn keys_command(server: &str, json: bool, command: KeysCommand) -> Result<(), cl
         KeysCommand::Update(u) => keys::update(server, u, json),
         KeysCommand::Audit(a) => keys::audit(server, a, json),
         KeysCommand::Roll { id, grace_seconds } => keys::roll(server, &id, grace_seconds, json),
+        KeysCommand::Credits(c) => keys::credits(server, c, json),
         KeysCommand::Requests(r) => requests::requests(server, r, json),
         KeysCommand::Usage { id, from, to } => {
             keys::usage(server, &id, from.as_deref(), to.as_deref(), json)
