@@ -26,9 +26,37 @@ pub struct Counter {
     pub key: String,
     pub limit: u64,
     pub unit: i32,
+    /// 0: a balance of credits (below), not a window.
     pub window_ms: u64,
     /// 0: checked, not counted.
     pub hits: u64,
+    /// A balance's end (ms; its next refill), 0 for one without refill (kept while spent from,
+    /// [`BALANCE_IDLE_MS`] after the last spend).
+    pub until_ms: u64,
+}
+
+/// How long a balance without refill is kept after it was last spent from.
+pub const BALANCE_IDLE_MS: u64 = 400 * 86_400_000;
+
+/// A descriptor is a balance of credits (SPEC §14) when an entry names it: `credits` (the
+/// period's start and serial, which make the counter's name, so a refill or a `set` starts a
+/// new one) and `until` (the next refill, Unix seconds; 0 for none). Its limit is what the
+/// period grants and its `hits_addend` what the request costs; windows and balances of one
+/// request are counted all or nothing.
+fn balance_end(d: &super::proto::RateLimitDescriptor) -> Result<Option<u64>, String> {
+    if !d.entries.iter().any(|e| e.key == "credits") {
+        return Ok(None);
+    }
+    let until = d
+        .entries
+        .iter()
+        .find(|e| e.key == "until")
+        .and_then(|e| e.value.parse::<u64>().ok())
+        .ok_or("a credits descriptor needs an entry until: <unix seconds, or 0>")?;
+    until
+        .checked_mul(1000)
+        .map(Some)
+        .ok_or_else(|| "until is out of range".to_string())
 }
 
 fn window_ms(unit: i32) -> Option<u64> {
@@ -90,11 +118,16 @@ pub fn plan(req: &RateLimitRequest) -> Result<Vec<Counter>, String> {
                 "descriptors[{i}]: no limit (keygate ratelimit has no limits of its own: each descriptor carries its limit)"
             ));
         };
+        let balance = balance_end(d).map_err(|e| format!("descriptors[{i}]: {e}"))?;
         let Some(window_ms) = window_ms(limit.unit) else {
             return Err(format!(
                 "descriptors[{i}]: unit {} is not SECOND, MINUTE, HOUR or DAY",
                 limit.unit
             ));
+        };
+        let (window_ms, until_ms) = match balance {
+            Some(until) => (0, until),
+            None => (window_ms, 0),
         };
         let hits = d.hits_addend.as_ref().map_or(request_hits, |h| h.value);
         if hits > MAX_HITS {
@@ -125,6 +158,7 @@ pub fn plan(req: &RateLimitRequest) -> Result<Vec<Counter>, String> {
             unit: limit.unit,
             window_ms,
             hits,
+            until_ms,
         });
     }
     Ok(out)
@@ -261,6 +295,61 @@ mod tests {
             descriptors,
             hits_addend: 0,
         }
+    }
+
+    #[test]
+    fn a_credits_descriptor_is_a_balance_named_by_its_period_and_ended_by_its_refill() {
+        let entry = |key: &str, value: &str| Entry {
+            key: key.into(),
+            value: value.into(),
+        };
+        let balance = |until: Option<&str>, cost: u64| RateLimitDescriptor {
+            entries: [entry("tenant", "org_1"), entry("credits", "1764547200.2")]
+                .into_iter()
+                .chain(until.map(|u| entry("until", u)))
+                .collect(),
+            limit: Some(RateLimitOverride {
+                requests_per_unit: 100,
+                unit: 4,
+            }),
+            hits_addend: Some(UInt64Value { value: cost }),
+        };
+        let mut window = desc("k", "day", 10, 4);
+        window.entries.insert(0, entry("tenant", "org_1"));
+        let counters = plan(&req(vec![window, balance(Some("1767225600"), 5)])).unwrap();
+        assert_eq!(
+            (
+                counters[0].window_ms,
+                counters[0].until_ms,
+                counters[0].hits
+            ),
+            (86_400_000, 0, 1)
+        );
+        assert_eq!(
+            (
+                counters[1].window_ms,
+                counters[1].until_ms,
+                counters[1].hits,
+                counters[1].limit
+            ),
+            (0, 1_767_225_600_000, 5, 100)
+        );
+        // One slot for the call: both names carry the tenant's tag.
+        assert_eq!(counters[0].key[..20], counters[1].key[..20]);
+        // Another period or serial: another counter.
+        let mut next = balance(Some("1767225600"), 5);
+        next.entries[1].value = "1764547200.3".into();
+        assert_ne!(plan(&req(vec![next])).unwrap()[0].key, counters[1].key);
+        assert_eq!(
+            plan(&req(vec![balance(Some("0"), 1)])).unwrap()[0].until_ms,
+            0
+        );
+        assert!(plan(&req(vec![balance(None, 1)]))
+            .unwrap_err()
+            .contains("needs an entry until"));
+        assert!(plan(&req(vec![balance(Some("soon"), 1)])).is_err());
+        // The script's idle bound is the one documented here.
+        assert!(crate::store::SCRIPT.contains(&format!("BALANCE_IDLE_MS = {BALANCE_IDLE_MS}\n")));
     }
 
     #[test]

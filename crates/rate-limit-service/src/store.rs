@@ -15,7 +15,11 @@ use tokio::sync::RwLock;
 /// its window ends). ARGV: the call's deadline (Unix ms), then per counter its limit, window
 /// length (ms) and hits. Answers `[admitted, now_ms, before₁, reset_ms₁, …]`, or `[-1, now_ms]`
 /// without counting when the deadline has passed (the caller has given up on the answer).
+/// Per counter: its limit, window (ms; 0 for a balance of credits, whose name holds its
+/// period), hits and a balance's end (ms; 0 without refill: kept `BALANCE_IDLE_MS` after the
+/// last spend). All or nothing: nothing is counted unless every counter has room.
 pub const SCRIPT: &str = r"
+local BALANCE_IDLE_MS = 34560000000
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if now > tonumber(ARGV[1]) then return {-1, now} end
@@ -23,19 +27,28 @@ local n = #KEYS
 local before, starts, ends = {}, {}, {}
 local admitted = 1
 for i = 1, n do
-  local limit = tonumber(ARGV[3 * i - 1])
-  local win = tonumber(ARGV[3 * i])
-  local hits = tonumber(ARGV[3 * i + 1])
-  local start = now - (now % win)
+  local limit = tonumber(ARGV[4 * i - 2])
+  local win = tonumber(ARGV[4 * i - 1])
+  local hits = tonumber(ARGV[4 * i])
+  local until = tonumber(ARGV[4 * i + 1])
+  local start, stop = 0, 0
+  if win > 0 then
+    start = now - (now % win)
+    stop = start + win
+  elseif until > 0 then
+    stop = until
+  else
+    stop = now + BALANCE_IDLE_MS
+  end
   local v = redis.call('HMGET', KEYS[i], 'w', 'c')
   local c = 0
   if v[1] and tonumber(v[1]) == start then c = tonumber(v[2]) or 0 end
-  before[i], starts[i], ends[i] = c, start, start + win
+  before[i], starts[i], ends[i] = c, start, stop
   if c + hits > limit then admitted = 0 end
 end
 local out = {admitted, now}
 for i = 1, n do
-  local hits = tonumber(ARGV[3 * i + 1])
+  local hits = tonumber(ARGV[4 * i])
   if admitted == 1 and hits > 0 then
     redis.call('HSET', KEYS[i], 'w', starts[i], 'c', before[i] + hits)
     redis.call('PEXPIREAT', KEYS[i], ends[i])
@@ -148,7 +161,11 @@ impl RedisStore {
         let mut inv = self.script.prepare_invoke();
         inv.arg(deadline);
         for c in counters {
-            inv.key(&c.key).arg(c.limit).arg(c.window_ms).arg(c.hits);
+            inv.key(&c.key)
+                .arg(c.limit)
+                .arg(c.window_ms)
+                .arg(c.hits)
+                .arg(c.until_ms);
         }
         let conn = self.connection().await?;
         let call = async {
