@@ -14,6 +14,7 @@ use crate::keys::{self, Digest};
 use crate::model::{Credits, Gate, KeyRecord, Limit, Role};
 use crate::path::{any_match, canonical_path_cow, canonical_url, PathError};
 use crate::ratelimit::{self, CasStore, RateHeaders, RateOutcome, StoreError};
+use crate::rls_wire::Balance;
 use std::borrow::Cow;
 
 /// What the filter decided; its name is the `decision` in the audit trail.
@@ -184,6 +185,8 @@ pub struct Charged {
     pub tenant: bool,
     pub cost: u64,
     pub period: credits::Stamp,
+    /// Spent by the rate-limit service (nothing to give back here).
+    pub fleet: bool,
 }
 
 impl<'g> Verdict<'g> {
@@ -434,6 +437,36 @@ fn spend_credits(
             credits::cost(&gate.credit_costs, req.method, path),
             u64::max,
         );
+    let tenant = matches!(owner, Owner::Tenant(_));
+    if gate.rate_limit_service.is_some() {
+        // Spent by the service, in the call that counts the windows (all or nothing).
+        let (start, reset) = credits::period(balance, now);
+        let b = Balance {
+            period: start,
+            serial: balance.serial,
+            until: reset.unwrap_or(0),
+            grant: credits::granted_in(balance, start),
+            cost,
+        };
+        v.fleet = Some(Windows::with_balance(v.fleet, tenant, b));
+        return true;
+    }
+    spend_cost(host, (owner, balance), cost, &rec.id, limits, now, v)
+}
+
+/// Spends `cost` from a balance with this Envoy's own record (without a rate-limit service, or
+/// when it failed and `on_failure` is `local`); `false` if that refuses it, and the windows
+/// counted for it given back.
+pub fn spend_cost(
+    host: &mut impl CasStore,
+    (owner, balance): (Owner, &Credits),
+    cost: u64,
+    key_id: &str,
+    limits: &[Limit],
+    now: u64,
+    v: &mut Verdict,
+) -> bool {
+    let tenant = matches!(owner, Owner::Tenant(_));
     match credits::spend(host, owner, balance, cost, now, &mut v.counter_created) {
         Ok(Spend::Spent {
             remaining,
@@ -442,9 +475,10 @@ fn spend_credits(
         }) => {
             v.credits = Some(CreditHeaders { remaining, reset });
             v.charged = Some(Charged {
-                tenant: matches!(owner, Owner::Tenant(_)),
+                tenant,
                 cost,
                 period,
+                fleet: false,
             });
             return true;
         }
@@ -460,8 +494,8 @@ fn spend_credits(
         }
     }
     // The windows this request was counted in: given back, and not shown.
-    if v.fleet.is_none() && v.rate.take().is_some() {
-        if let Err(e) = ratelimit::release(host, &rec.id, limits, now) {
+    if v.rate.take().is_some() {
+        if let Err(e) = ratelimit::release(host, key_id, limits, now) {
             v.fault = v.fault.or(Some(e));
         }
     }
@@ -665,7 +699,8 @@ mod tests {
             Some(Charged {
                 tenant: true,
                 cost: 2,
-                period: (reset - 86_400, 0)
+                period: (reset - 86_400, 0),
+                fleet: false
             })
         );
         assert_eq!(v.rate.map(|r| r.remaining), Some(4));

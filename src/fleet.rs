@@ -7,7 +7,7 @@
 use crate::keys::FastMap;
 use crate::model::{Limit, Per};
 use crate::ratelimit::{closer, seconds_until, window_reset, RateHeaders, RateOutcome};
-use crate::rls_wire::{Descriptor, Response, CODE_OK, CODE_OVER_LIMIT};
+use crate::rls_wire::{Balance, Descriptor, Response, CODE_OK, CODE_OVER_LIMIT};
 use std::fmt;
 
 /// A key's limits as sent to the service: one descriptor per window length, the smallest limit
@@ -16,6 +16,9 @@ use std::fmt;
 pub struct Windows {
     /// Requests per window, by [`Per::slot`]; 0 = no limit of that length.
     requests: [u64; 4],
+    /// The balance of credits the service spends from too (SPEC §14), last; `true`: a
+    /// tenant's.
+    pub balance: Option<(bool, Balance)>,
 }
 
 impl Windows {
@@ -31,10 +34,33 @@ impl Windows {
                 };
             }
         }
-        requests
-            .iter()
-            .any(|&r| r > 0)
-            .then_some(Windows { requests })
+        requests.iter().any(|&r| r > 0).then_some(Windows {
+            requests,
+            balance: None,
+        })
+    }
+
+    /// `w` (or no windows) and a balance to spend from.
+    pub fn with_balance(w: Option<Windows>, tenant: bool, b: Balance) -> Windows {
+        Windows {
+            balance: Some((tenant, b)),
+            ..w.unwrap_or(Windows {
+                requests: [0; 4],
+                balance: None,
+            })
+        }
+    }
+
+    /// The call: the windows, then the balance (`tenant`: the key's, named when the balance is
+    /// the tenant's).
+    pub fn request(&self, domain: &str, key_id: &str, tenant: Option<&str>) -> Vec<u8> {
+        let tenant = tenant.filter(|_| matches!(self.balance, Some((true, _))));
+        crate::rls_wire::encode_request(
+            domain,
+            tenant,
+            self.descriptors(key_id),
+            self.balance.map(|(_, b)| (key_id, b)),
+        )
     }
 
     /// The limits, shortest window first.
@@ -115,11 +141,26 @@ fn status_headers(limit: Limit, s: &crate::rls_wire::Status, now_ms: u64) -> Rat
     }
 }
 
+/// What the service answered for a balance: spent, with what is left, or not (it does not
+/// cover the request: nothing was counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BalanceAnswer {
+    Spent { remaining: u64 },
+    Exceeded,
+}
+
 /// The outcome the service's answer gives, as [`crate::ratelimit::admit`] gives it locally:
-/// admitted with the headers of the limit closest to exhaustion, or blocked with those of the
-/// limit that blocked (the one resetting last, if several did).
-pub fn read_answer(w: &Windows, resp: &Response, now_ms: u64) -> Result<RateOutcome, AnswerError> {
-    let sent = w.len();
+/// the windows admitted with the headers of the limit closest to exhaustion, or blocked with
+/// those of the limit that blocked (the one resetting last, if several did); and the balance's.
+/// A request a window blocks is a window's refusal (credits come last); one only its balance
+/// refuses has no window outcome, as a local refusal for credits shows no rate headers.
+pub fn read_answer(
+    w: &Windows,
+    resp: &Response,
+    now_ms: u64,
+) -> Result<(Option<RateOutcome>, Option<BalanceAnswer>), AnswerError> {
+    let windows = w.len();
+    let sent = windows + usize::from(w.balance.is_some());
     if resp.statuses.len() != sent {
         return Err(AnswerError::StatusCount {
             sent,
@@ -131,35 +172,55 @@ pub fn read_answer(w: &Windows, resp: &Response, now_ms: u64) -> Result<RateOutc
         .limits()
         .zip(&resp.statuses)
         .map(|(l, s)| (s.code, status_headers(l, s, now_ms)));
-    match resp.overall_code {
-        CODE_OK => each
-            .map(|(_, h)| h)
+    let balance = w.balance.and(resp.statuses.get(windows));
+    let balance_over = balance.is_some_and(|s| s.code == CODE_OVER_LIMIT);
+    let admitted = match resp.overall_code {
+        CODE_OK => true,
+        CODE_OVER_LIMIT => false,
+        other => return Err(AnswerError::OverallCode(other)),
+    };
+    let all: Vec<(u64, RateHeaders)> = each.collect();
+    let window_over = all.iter().any(|(c, _)| *c == CODE_OVER_LIMIT);
+    let rate = if admitted {
+        all.iter()
+            .map(|(_, h)| *h)
             .min_by(closer)
             .map(RateOutcome::Admitted)
-            .ok_or(AnswerError::StatusCount { sent, got: 0 }),
-        CODE_OVER_LIMIT => {
-            let all: Vec<(u64, RateHeaders)> = each.collect();
-            // The statuses that say OVER_LIMIT; a service that only sets overall_code blocks on
-            // the status with the fewest remaining.
-            let blocking = all
-                .iter()
-                .filter(|(c, _)| *c == CODE_OVER_LIMIT)
-                .map(|(_, h)| *h)
-                .max_by_key(|h| h.reset)
-                .or_else(|| all.iter().map(|(_, h)| *h).min_by(closer))
-                .ok_or(AnswerError::StatusCount { sent, got: 0 })?;
-            let reset = blocking.reset.max(now + 1);
-            Ok(RateOutcome::Blocked {
-                headers: RateHeaders {
-                    remaining: 0,
-                    reset,
-                    ..blocking
-                },
-                retry_after: seconds_until(reset, now),
-            })
+    } else if balance_over && !window_over {
+        None
+    } else {
+        // The statuses that say OVER_LIMIT; a service that only sets overall_code blocks on
+        // the status with the fewest remaining.
+        let blocking = all
+            .iter()
+            .filter(|(c, _)| *c == CODE_OVER_LIMIT)
+            .map(|(_, h)| *h)
+            .max_by_key(|h| h.reset)
+            .or_else(|| all.iter().map(|(_, h)| *h).min_by(closer));
+        match blocking {
+            Some(blocking) => {
+                let reset = blocking.reset.max(now + 1);
+                Some(RateOutcome::Blocked {
+                    headers: RateHeaders {
+                        remaining: 0,
+                        reset,
+                        ..blocking
+                    },
+                    retry_after: seconds_until(reset, now),
+                })
+            }
+            // No window at all: the balance refused it.
+            None => None,
         }
-        other => Err(AnswerError::OverallCode(other)),
-    }
+    };
+    let balance = match (balance, admitted) {
+        (None, _) => None,
+        (Some(s), true) => Some(BalanceAnswer::Spent {
+            remaining: s.limit_remaining,
+        }),
+        (Some(_), false) => Some(BalanceAnswer::Exceeded),
+    };
+    Ok((rate, balance))
 }
 
 /// What this VM last learnt of a key's fleet-wide count.
@@ -275,6 +336,91 @@ mod tests {
         }
     }
 
+    /// The windows' outcome of an answer without a balance.
+    fn rate_of(w: &Windows, resp: &Response) -> Result<RateOutcome, AnswerError> {
+        read_answer(w, resp, NOW_MS).map(|(rate, balance)| {
+            assert_eq!(balance, None);
+            rate.unwrap()
+        })
+    }
+
+    #[test]
+    fn a_balance_comes_last_and_only_it_refusing_is_no_window_refusal() {
+        let b = Balance {
+            period: 0,
+            serial: 0,
+            until: 0,
+            grant: 10,
+            cost: 3,
+        };
+        let w = Windows::with_balance(Windows::of(&[lim(10, Per::Minute)]), false, b);
+        assert_eq!(w.len(), 1);
+        let answer = |overall, window, balance| Response {
+            overall_code: overall,
+            statuses: vec![st(window, 7, 29_750), st(balance, 4, 1_000)],
+        };
+        let admitted = read_answer(&w, &answer(CODE_OK, CODE_OK, CODE_OK), NOW_MS).unwrap();
+        assert!(matches!(admitted.0, Some(RateOutcome::Admitted(h)) if h.remaining == 7));
+        assert_eq!(admitted.1, Some(BalanceAnswer::Spent { remaining: 4 }));
+        // Only the balance over: no window outcome, the balance exceeded.
+        assert_eq!(
+            read_answer(
+                &w,
+                &answer(CODE_OVER_LIMIT, CODE_OK, CODE_OVER_LIMIT),
+                NOW_MS
+            ),
+            Ok((None, Some(BalanceAnswer::Exceeded)))
+        );
+        // A window over too: the window's refusal.
+        let both = read_answer(
+            &w,
+            &answer(CODE_OVER_LIMIT, CODE_OVER_LIMIT, CODE_OVER_LIMIT),
+            NOW_MS,
+        )
+        .unwrap();
+        assert!(matches!(both.0, Some(RateOutcome::Blocked { .. })));
+        // A balance alone (no windows): one status, and a refusal without one is the balance's.
+        let alone = Windows::with_balance(None, true, b);
+        let one = |code| Response {
+            overall_code: code,
+            statuses: vec![st(code, 0, 1_000)],
+        };
+        assert_eq!(
+            read_answer(&alone, &one(CODE_OVER_LIMIT), NOW_MS),
+            Ok((None, Some(BalanceAnswer::Exceeded)))
+        );
+        assert_eq!(
+            read_answer(&alone, &one(CODE_OK), NOW_MS),
+            Ok((None, Some(BalanceAnswer::Spent { remaining: 0 })))
+        );
+        assert_eq!(
+            read_answer(&alone, &answer(CODE_OK, CODE_OK, CODE_OK), NOW_MS),
+            Err(AnswerError::StatusCount { sent: 1, got: 2 })
+        );
+    }
+
+    #[test]
+    fn a_tenants_balance_leads_every_descriptor_with_the_tenant() {
+        let b = Balance {
+            period: 1_764_547_200,
+            serial: 2,
+            until: 1_767_225_600,
+            grant: 100,
+            cost: 5,
+        };
+        let w = Windows::with_balance(Windows::of(&[lim(10, Per::Day)]), true, b);
+        let msg = w.request("keygate", "k1", Some("org_1"));
+        let text = String::from_utf8_lossy(&msg);
+        assert_eq!(text.matches("tenant").count(), 2);
+        assert_eq!(text.matches("org_1").count(), 2);
+        assert!(text.contains("1764547200.2") && text.contains("1767225600"));
+        // A key's own balance: led by the key id, the tenant not named.
+        let own = Windows::with_balance(Windows::of(&[lim(10, Per::Day)]), false, b);
+        let text =
+            String::from_utf8_lossy(&own.request("keygate", "k1", Some("org_1"))).to_string();
+        assert!(!text.contains("org_1") && text.matches("key_id").count() == 2);
+    }
+
     // 2026-12-04T10:00:30.250Z
     const NOW_MS: u64 = 1_796_378_430_250;
     const NOW: u64 = NOW_MS / 1000;
@@ -299,7 +445,7 @@ mod tests {
             statuses: vec![st(CODE_OK, 7, minute_left), st(CODE_OK, 990, day_left)],
         };
         assert_eq!(
-            read_answer(&w, &resp, NOW_MS),
+            rate_of(&w, &resp),
             Ok(RateOutcome::Admitted(RateHeaders {
                 limit: 10,
                 remaining: 7,
@@ -314,7 +460,7 @@ mod tests {
                 st(CODE_OK, 990, day_left),
             ],
         };
-        let Ok(RateOutcome::Admitted(h)) = read_answer(&w, &resp, NOW_MS) else {
+        let Ok(RateOutcome::Admitted(h)) = rate_of(&w, &resp) else {
             panic!()
         };
         assert_eq!(h.reset, window_reset(NOW, Per::Minute));
@@ -330,7 +476,7 @@ mod tests {
                 st(CODE_OVER_LIMIT, 0, 3_569_750),
             ],
         };
-        let out = read_answer(&w, &resp, NOW_MS).unwrap();
+        let out = rate_of(&w, &resp).unwrap();
         let reset = window_reset(NOW, Per::Hour);
         assert_eq!(
             out,
@@ -353,17 +499,14 @@ mod tests {
             statuses: vec![st(CODE_OK, 1, 1), st(CODE_OK, 1, 1)],
         };
         assert_eq!(
-            read_answer(&w, &two, NOW_MS),
+            rate_of(&w, &two),
             Err(AnswerError::StatusCount { sent: 1, got: 2 })
         );
         let unknown = Response {
             overall_code: 0,
             statuses: vec![st(CODE_OK, 1, 1)],
         };
-        assert_eq!(
-            read_answer(&w, &unknown, NOW_MS),
-            Err(AnswerError::OverallCode(0))
-        );
+        assert_eq!(rate_of(&w, &unknown), Err(AnswerError::OverallCode(0)));
     }
 
     #[test]
@@ -379,7 +522,7 @@ mod tests {
             }],
         };
         assert_eq!(
-            read_answer(&w, &resp, NOW_MS),
+            rate_of(&w, &resp),
             Ok(RateOutcome::Admitted(RateHeaders {
                 limit: 10,
                 remaining: 10,
@@ -396,7 +539,7 @@ mod tests {
             overall_code: CODE_OVER_LIMIT,
             statuses: vec![st(CODE_OVER_LIMIT, 0, 29_750)],
         };
-        let out = read_answer(&w, &resp, NOW_MS).unwrap();
+        let out = rate_of(&w, &resp).unwrap();
         c.learn("k", &w, &out, NOW);
         let reset = window_reset(NOW, Per::Minute);
         assert_eq!(

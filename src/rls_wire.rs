@@ -103,26 +103,71 @@ pub struct Descriptor<'a> {
     pub requests: u64,
 }
 
-/// A `RateLimitRequest` for `domain` with these descriptors and `hits_addend` 1.
+/// A balance of credits as keygate sends it (SPEC §14), after the windows:
+/// `[{credits: "<period start>.<serial>"}, {until: "<next refill, or 0>"}]`, its limit what the
+/// period grants (per DAY: a unit the service takes; it ignores it for a balance) and its
+/// `hits_addend` what the request costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Balance {
+    pub period: u64,
+    pub serial: u32,
+    pub until: u64,
+    pub grant: u64,
+    pub cost: u64,
+}
+
+/// A `RateLimitRequest` for `domain`: these windows, then the balance, each led by the same
+/// entry (`{tenant: <t>}` when the balance is a tenant's, so the tenant's one counter and the
+/// key's windows share a Redis Cluster slot; else `{key_id: <id>}`), `hits_addend` 1.
 pub fn encode_request<'a>(
     domain: &str,
+    tenant: Option<&str>,
     descriptors: impl IntoIterator<Item = Descriptor<'a>>,
+    balance: Option<(&str, Balance)>,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(160);
     put_bytes(&mut out, 1, domain.as_bytes());
+    let entry = |m: &mut Vec<u8>, key: &[u8], value: &[u8]| {
+        put_message(m, 1, |e| {
+            put_bytes(e, 1, key);
+            put_bytes(e, 2, value);
+        })
+    };
+    let lead = |m: &mut Vec<u8>, key_id: &str| match tenant {
+        Some(t) => entry(m, b"tenant", t.as_bytes()),
+        None => entry(m, b"key_id", key_id.as_bytes()),
+    };
+    let limit = |m: &mut Vec<u8>, requests: u64, per: Per| {
+        put_message(m, 2, |l| {
+            put_uint(l, 1, requests.min(u64::from(u32::MAX)));
+            put_uint(l, 2, unit(per));
+        })
+    };
     for d in descriptors {
         put_message(&mut out, 2, |m| {
-            put_message(m, 1, |e| {
-                put_bytes(e, 1, b"key_id");
-                put_bytes(e, 2, d.key_id.as_bytes());
-            });
-            put_message(m, 1, |e| {
-                put_bytes(e, 1, b"per");
-                put_bytes(e, 2, d.per.name().as_bytes());
-            });
-            put_message(m, 2, |l| {
-                put_uint(l, 1, d.requests.min(u64::from(u32::MAX)));
-                put_uint(l, 2, unit(d.per));
+            lead(m, d.key_id);
+            if tenant.is_some() {
+                entry(m, b"key_id", d.key_id.as_bytes());
+            }
+            entry(m, b"per", d.per.name().as_bytes());
+            limit(m, d.requests, d.per);
+        });
+    }
+    if let Some((key_id, b)) = balance {
+        put_message(&mut out, 2, |m| {
+            lead(m, key_id);
+            entry(
+                m,
+                b"credits",
+                format!("{}.{}", b.period, b.serial).as_bytes(),
+            );
+            entry(m, b"until", b.until.to_string().as_bytes());
+            limit(m, b.grant, Per::Day);
+            // google.protobuf.UInt64Value: 0 (check only) is the empty message.
+            put_message(m, 3, |h| {
+                if b.cost > 0 {
+                    put_uint(h, 1, b.cost);
+                }
             });
         });
     }
@@ -343,11 +388,13 @@ mod tests {
     fn the_request_is_the_documented_message() {
         let bytes = encode_request(
             "keygate",
+            None,
             [Descriptor {
                 key_id: "k1",
                 per: Per::Minute,
                 requests: 5,
             }],
+            None,
         );
         let expected: &[u8] = &[
             0x0a, 7, b'k', b'e', b'y', b'g', b'a', b't', b'e', // domain
@@ -365,11 +412,13 @@ mod tests {
     fn limits_beyond_32_bits_are_sent_as_the_largest() {
         let bytes = encode_request(
             "d",
+            None,
             [Descriptor {
                 key_id: "k",
                 per: Per::Day,
                 requests: u64::MAX,
             }],
+            None,
         );
         let mut out = Vec::new();
         put_varint(&mut out, u64::from(u32::MAX));

@@ -32,9 +32,13 @@ fn config(on_failure: &str) -> String {
             {"id": "reader", "sha256": sha("fl_reader"), "role": "reader", "rate_limits": [{"requests": 10, "per": "day"}]},
             {"id": "free", "sha256": sha("fl_free"), "rate_limits": []},
             {"id": "cr_lim", "sha256": sha("fl_cr_lim"), "tenant": "org_f", "rate_limits": [{"requests": 3, "per": "day"}]},
-            {"id": "cr_free", "sha256": sha("fl_cr_free"), "tenant": "org_f"}
+            {"id": "cr_free", "sha256": sha("fl_cr_free"), "tenant": "org_f"},
+            {"id": "cr_own", "sha256": sha("fl_cr_own"), "credits": {"granted": 25}},
+            {"id": "cr_cost", "sha256": sha("fl_cr_cost"), "credits": {"granted": 60, "refill": {"interval": "day"}},
+             "rate_limits": [{"requests": 1000, "per": "hour"}]}
         ],
         "tenants": {"org_f": {"credits": {"granted": 6}}},
+        "credit_costs": [{"methods": ["POST"], "cost": 5}],
         "rate_limit_service": {"cluster": "ratelimit", "authority": "ratelimit.internal",
                                "timeout_ms": 2000, "on_failure": on_failure}
     })
@@ -412,6 +416,9 @@ fn a_redis_cluster_gives_the_same_exact_counts() {
     assert_exact(&burst(&f, "fl_hour30", 45), 45, 30, hour_reset());
     let rs = burst(&f, "fl_two", 20);
     assert_eq!(rs.iter().filter(|r| r.status == 200).count(), 8);
+    // A balance of credits, and one beside a window, as exact on a cluster.
+    assert_exact_credits(&f, "fl_cr_own", 40, 25);
+    assert_exact_credits(&f, "fl_cr_cost", 30, 60);
     // The keys went to the cluster's slots, a key id's windows together.
     let total: u64 = cluster
         .nodes
@@ -419,8 +426,9 @@ fn a_redis_cluster_gives_the_same_exact_counts() {
         .map(|n| redis_cli(n.port, &["DBSIZE"]).parse::<u64>().unwrap())
         .sum();
     assert_eq!(
-        total, 4,
-        "one counter per key window: day25, hour30, two (hour, day)"
+        total, 7,
+        "one counter per key window: day25, hour30, two (hour, day), cr_cost's hour; and one \
+         per balance: cr_own, cr_cost"
     );
     for e in &f.envoys {
         assert_eq!(
@@ -430,49 +438,180 @@ fn a_redis_cluster_gives_the_same_exact_counts() {
     }
 }
 
-/// Credits with fleet-wide windows (SPEC §14): windows are counted by the service, credits by
-/// each Envoy for now; a request the service refuses gets its credits back, whether refused by
-/// the call or by the over-limit cache, and one refused for credits makes no call.
-#[test]
-fn a_request_a_fleet_window_refuses_spends_no_credit() {
-    let redis = Redis::start("credits");
-    let rl = RateLimitProc::start(&redis.url());
-    let f = fleet("fleet-credits", &config("deny"), &[rl.port], 1);
-    let port = f.envoys[0].port;
-    let remaining = |r: &Response| r.header("x-credits-remaining").map(str::to_string);
-    // 3 of the window (and of the tenant's 6 credits) …
-    for left in ["5", "4", "3"] {
-        let r = get(port, "/v1/x", &[("x-api-key", "fl_cr_lim")]);
-        assert_eq!((r.status, remaining(&r).as_deref()), (200, Some(left)));
-        assert!(r.header("x-ratelimit-remaining").is_some());
+/// `n` concurrent requests with `key`, every third a POST (cost 5, else 1), over every Envoy.
+fn costly_burst(f: &Fleet, key: &str, n: usize) -> Vec<(u64, Response)> {
+    let ports: Vec<u16> = f.envoys.iter().map(|e| e.port).collect();
+    let handles: Vec<_> = (0..8)
+        .map(|t| {
+            let (ports, key) = (ports.clone(), key.to_string());
+            thread::spawn(move || {
+                (t..n)
+                    .step_by(8)
+                    .map(|i| {
+                        let (method, cost) = if i % 3 == 0 { ("POST", 5) } else { ("GET", 1) };
+                        (
+                            cost,
+                            send(
+                                ports[i % ports.len()],
+                                method,
+                                "/v1/x",
+                                &[("x-api-key", &key)],
+                            ),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect()
+}
+
+fn credits_left(r: &Response) -> Option<u64> {
+    r.header("x-credits-remaining").map(|v| v.parse().unwrap())
+}
+
+const USAGE_EXCEEDED: &str = r#"{"error":"Usage limit exceeded","code":"USAGE_EXCEEDED"}"#;
+
+/// One balance across the fleet (SPEC §14): `n` concurrent requests with costs against `granted`
+/// through every Envoy spend exactly what the admitted ones cost, each admitted one leaves a
+/// different remainder, a refused one spends nothing; then the rest is drained one at a time,
+/// and the whole grant is spent, not a credit more or less.
+fn assert_exact_credits(f: &Fleet, key: &str, n: usize, granted: u64) {
+    let rs = costly_burst(f, key, n);
+    let mut left: Vec<u64> = Vec::new();
+    let mut spent = 0;
+    for (cost, r) in &rs {
+        match r.status {
+            200 => {
+                spent += cost;
+                left.push(credits_left(r).expect("X-Credits-Remaining"));
+            }
+            429 => {
+                assert_eq!(r.body, USAGE_EXCEEDED);
+                assert_eq!(credits_left(r), None);
+            }
+            other => panic!("{other}: {}", r.body),
+        }
     }
-    // … then the window refuses (the call, then the cache): no credit spent, none shown.
-    for _ in 0..4 {
+    left.sort_unstable();
+    left.dedup();
+    assert_eq!(
+        left.len(),
+        rs.iter().filter(|(_, r)| r.status == 200).count()
+    );
+    assert!(spent <= granted, "{spent} spent of {granted}");
+    // The rest, one credit at a time, through the other Envoy.
+    let port = f.envoys[f.envoys.len() - 1].port;
+    let mut drained = 0;
+    for _ in 0..=granted {
+        let r = get(port, "/v1/x", &[("x-api-key", key)]);
+        if r.status != 200 {
+            assert_eq!(r.body, USAGE_EXCEEDED);
+            break;
+        }
+        drained += 1;
+    }
+    assert_eq!(spent + drained, granted);
+}
+
+/// Credits counted by the rate-limit service in the call that counts the windows: exact across
+/// two Envoys (two workers each) and two service replicas, shared by a tenant's keys, and all or
+/// nothing with the windows (a request a window refuses spends no credit; one refused for credits
+/// counts in no window).
+#[test]
+fn credits_are_one_balance_across_the_fleet() {
+    let redis = Redis::start("credits");
+    let a = RateLimitProc::start(&redis.url());
+    let b = RateLimitProc::start(&redis.url());
+    let f = fleet("fleet-credits", &config("deny"), &[a.port, b.port], 2);
+    let (p0, p1) = (f.envoys[0].port, f.envoys[1].port);
+    // A balance without windows: 40 requests (costs 5 and 1) against 25.
+    assert_exact_credits(&f, "fl_cr_own", 40, 25);
+    // With a window beside it, and a daily refill: the reset is the next 00:00 UTC.
+    let r = get(p0, "/v1/x", &[("x-api-key", "fl_cr_cost")]);
+    assert_eq!((r.status, credits_left(&r)), (200, Some(59)));
+    assert_eq!(
+        r.header("x-credits-reset"),
+        Some(day_reset().to_string().as_str())
+    );
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("999"));
+    assert_exact_credits(&f, "fl_cr_cost", 30, 59);
+    let r = get(p1, "/v1/x", &[("x-api-key", "fl_cr_cost")]);
+    assert_eq!((r.status, r.body.as_str()), (429, USAGE_EXCEEDED));
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        retry <= 86_400 && retry + now() + 2 >= day_reset(),
+        "{retry}"
+    );
+    // Refused for credits: no window counted, none shown.
+    assert_eq!(r.header("x-ratelimit-remaining"), None);
+    // A tenant's one balance, spent by two keys on two Envoys; a window's refusal spends none.
+    for (left, port) in [(5, p0), (4, p1), (3, p0)] {
+        let r = get(port, "/v1/x", &[("x-api-key", "fl_cr_lim")]);
+        assert_eq!((r.status, credits_left(&r)), (200, Some(left)));
+    }
+    for port in [p0, p1, p0] {
         let r = get(port, "/v1/x", &[("x-api-key", "fl_cr_lim")]);
         assert_eq!(r.status, 429);
         assert!(r.body.contains("RATE_LIMITED"), "{}", r.body);
-        assert_eq!(remaining(&r), None);
+        assert_eq!(credits_left(&r), None);
     }
-    assert!(f.envoys[0].counter("wasmcustom.keygate.ratelimit_service_cached_over_limit") >= 1);
-    // The tenant's other key (no limits: no call) finds the 3 credits left.
-    let calls = || {
-        rl.metric("keygate_ratelimit_calls_total{code=\"ok\"}")
-            + rl.metric("keygate_ratelimit_calls_total{code=\"over_limit\"}")
-    };
-    let before = calls();
-    for left in ["2", "1", "0"] {
+    for (left, port) in [(2, p1), (1, p0), (0, p1)] {
         let r = get(port, "/v1/x", &[("x-api-key", "fl_cr_free")]);
-        assert_eq!((r.status, remaining(&r).as_deref()), (200, Some(left)));
+        assert_eq!((r.status, credits_left(&r)), (200, Some(left)));
     }
-    let r = get(port, "/v1/x", &[("x-api-key", "fl_cr_free")]);
+    let r = get(p0, "/v1/x", &[("x-api-key", "fl_cr_free")]);
+    assert_eq!((r.status, r.body.as_str()), (429, USAGE_EXCEEDED));
     assert_eq!(
-        (r.status, r.body.as_str()),
-        (
-            429,
-            r#"{"error":"Usage limit exceeded","code":"USAGE_EXCEEDED"}"#
-        )
+        r.header("retry-after"),
+        None,
+        "no refill: nothing to wait for"
     );
-    assert_eq!(calls(), before);
+    for e in &f.envoys {
+        assert_eq!(
+            e.counter("wasmcustom.keygate.ratelimit_service_failures"),
+            0
+        );
+    }
+}
+
+/// `on_failure: local` with credits: the service unreachable, each Envoy spends from its own
+/// record, as without a service; `credits_charge: success` cannot be given back by the service
+/// and is refused with it.
+#[test]
+fn credits_fall_back_to_each_envoy_when_the_service_fails() {
+    let up = Upstream::start("api");
+    // No `ratelimit` cluster at all: every call fails.
+    let e = Envoy::start(&EnvoyOpts::new(
+        "fleet-credits-local",
+        &config("local"),
+        up.port,
+    ));
+    for left in (0..25).rev() {
+        let r = get(e.port, "/v1/x", &[("x-api-key", "fl_cr_own")]);
+        assert_eq!((r.status, credits_left(&r)), (200, Some(left)));
+    }
+    let r = get(e.port, "/v1/x", &[("x-api-key", "fl_cr_own")]);
+    assert_eq!((r.status, r.body.as_str()), (429, USAGE_EXCEEDED));
+    // A window that refuses locally spends no credit: 3 of the tenant's 6, then its free key.
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| get(e.port, "/v1/x", &[("x-api-key", "fl_cr_lim")]).status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    let r = get(e.port, "/v1/x", &[("x-api-key", "fl_cr_free")]);
+    assert_eq!((r.status, credits_left(&r)), (200, Some(2)));
+    let mut cfg: serde_json::Value = serde_json::from_str(&config("local")).unwrap();
+    cfg["credits_charge"] = json!("success");
+    let errors = keygate::config::gate_from_value(&keygate_key_service::json::core_value(&cfg))
+        .err()
+        .unwrap();
+    assert_eq!(
+        errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+        ["$.credits_charge: \"success\" cannot be given back with rate_limit_service"]
+    );
 }
 
 #[test]

@@ -266,6 +266,13 @@ fn read_gate(value: &Value, errors: &mut Errors) -> Option<Gate> {
     let tenants = credits::read_tenants(&mut root, errors);
     let credit_costs = credits::read_costs(&mut root, errors);
     let credits_charge = credits::read_charge(&mut root, errors);
+    if rate_limit_service.is_some() && credits_charge == Charge::Success {
+        // The service spends credits in its call; its protocol has no way to give them back.
+        errors.push(
+            "$.credits_charge",
+            "\"success\" cannot be given back with rate_limit_service",
+        );
+    }
     root.finish(errors);
 
     let bearer = sources.iter().any(

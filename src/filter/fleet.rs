@@ -3,7 +3,7 @@
 
 use super::abi;
 use super::stats::Stats;
-use crate::fleet::{FleetCache, Windows};
+use crate::fleet::{BalanceAnswer, FleetCache, Windows};
 use crate::model::RateLimitService;
 use crate::ratelimit::RateOutcome;
 use crate::rls_wire::{self, decode_response};
@@ -44,8 +44,13 @@ impl FleetState {
 
 /// Sends one `ShouldRateLimit` call; the answer arrives in `on_grpc_call_response` of the
 /// calling HTTP context. `Err` with the reason if Envoy refused to send it.
-pub fn dispatch(rls: &RateLimitService, key_id: &str, w: &Windows) -> Result<u32, String> {
-    let message = rls_wire::encode_request(&rls.domain, w.descriptors(key_id));
+pub fn dispatch(
+    rls: &RateLimitService,
+    key_id: &str,
+    tenant: Option<&str>,
+    w: &Windows,
+) -> Result<u32, String> {
+    let message = w.request(&rls.domain, key_id, tenant);
     // The SDK's call, not the raw ABI: only it registers the token with the SDK's dispatcher,
     // which routes the answer back to this context. Given a GrpcService (never a bare name),
     // Envoy answers Ok or InternalFailure (a cluster it cannot reach fails the call).
@@ -66,7 +71,7 @@ pub fn answer(
     grpc_status: u32,
     size: usize,
     now_ms: u64,
-) -> Result<RateOutcome, String> {
+) -> Result<(Option<RateOutcome>, Option<BalanceAnswer>), String> {
     if grpc_status != 0 {
         return Err(format!("gRPC status {grpc_status}"));
     }

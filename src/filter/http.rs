@@ -8,9 +8,10 @@ use super::sync::{self, View};
 use crate::credentials::find_key;
 use crate::credits;
 use crate::decide::{
-    count_locally, decide, Charged, CreditHeaders, Decision, Host, Request, Verdict,
+    count_locally, credits_of, decide, spend_cost, Charged, CreditHeaders, Decision, Host, Request,
+    Verdict,
 };
-use crate::fleet::Windows;
+use crate::fleet::{BalanceAnswer, Windows};
 use crate::forward::{self, Edits, Fate};
 use crate::host_wire::decode_pairs;
 use crate::model::{Charge as Charging, Gate, KeyRecord, OnFailure, RoleId};
@@ -56,7 +57,10 @@ fn give_back(v: &Verdict) {
 impl Charge {
     /// What an admitted verdict spent (nothing for a cost of 0), and from whose balance.
     fn of(v: &Verdict) -> Option<Charge> {
-        let (c, k) = (v.charged.filter(|c| c.cost > 0)?, v.key.as_deref()?);
+        let (c, k) = (
+            v.charged.filter(|c| c.cost > 0 && !c.fleet)?,
+            v.key.as_deref()?,
+        );
         let owner = if c.tenant {
             k.tenant.clone()?
         } else {
@@ -92,10 +96,6 @@ struct Waiting {
     prefix_environment: Option<String>,
     sources: u32,
     verify: bool,
-    /// What it spent of its credits (counted by this Envoy: given back if the answer is no),
-    /// and their headers.
-    charged: Option<Charged>,
-    credits: Option<CreditHeaders>,
     /// The `:path` to leave for the access log if the answer is no (see `request_headers`).
     local_path: Option<String>,
     /// When the request was judged (Unix ms): the answer's durations count from it (the call
@@ -112,8 +112,6 @@ impl Waiting {
         v.sources = self.sources;
         v.verify = self.verify;
         v.fleet = Some(self.windows);
-        v.charged = self.charged;
-        v.credits = self.credits;
         v
     }
 }
@@ -226,14 +224,36 @@ impl Context for KeygateHttp {
         let answer = fleet::answer(&waiting.windows, status_code, response_size, now_ms);
         let mut v = waiting.verdict(&gate);
         match answer {
-            Ok(outcome) => {
-                self.fleet.borrow_mut().cache.learn(
-                    &waiting.key.id,
-                    &waiting.windows,
-                    &outcome,
-                    now_ms / 1000,
-                );
-                v.limited(outcome);
+            Ok((rate, balance)) => {
+                if let Some(outcome) = rate {
+                    self.fleet.borrow_mut().cache.learn(
+                        &waiting.key.id,
+                        &waiting.windows,
+                        &outcome,
+                        now_ms / 1000,
+                    );
+                    v.limited(outcome);
+                }
+                if let (Some((tenant, b)), Some(answer), Decision::Allowed) =
+                    (waiting.windows.balance, balance, v.decision)
+                {
+                    let reset = Some(b.until).filter(|&u| u > 0);
+                    match answer {
+                        BalanceAnswer::Spent { remaining } => {
+                            v.credits = Some(CreditHeaders { remaining, reset });
+                            v.charged = Some(Charged {
+                                tenant,
+                                cost: b.cost,
+                                period: (b.period, b.serial),
+                                fleet: true,
+                            });
+                        }
+                        BalanceAnswer::Exceeded => {
+                            v.decision = Decision::UsageExceeded;
+                            v.retry_after = reset.map(|r| r.saturating_sub(now_ms / 1000).max(1));
+                        }
+                    }
+                }
             }
             Err(why) => self.fleet_failed(&gate, &mut v, now_ms / 1000, &why),
         }
@@ -271,14 +291,6 @@ impl HttpContext for KeygateHttp {
         }
         ledger::report();
         Action::Continue
-    }
-
-    // A stream that ends while the rate-limit service is asked (the client gave up) was never
-    // forwarded: its credits are given back. No host call otherwise.
-    fn on_log(&mut self) {
-        if let (Some(w), Some(gate)) = (self.waiting.take(), self.gate.clone()) {
-            give_back(&w.verdict(&gate));
-        }
     }
 
     // While the rate-limit service is asked, the request's body and trailers wait too:
@@ -418,13 +430,9 @@ impl KeygateHttp {
 
     /// Records the final verdict and carries it out: a local answer, or the request goes on
     /// with its identity headers (`Continue`).
-    fn conclude(&mut self, gate: &Gate, mut v: Verdict) -> Action {
+    fn conclude(&mut self, gate: &Gate, v: Verdict) -> Action {
         self.record(&v);
         if v.decision != Decision::Allowed {
-            // Refused after its credits were spent (by the rate-limit service, or its over-limit
-            // cache): a request refused by a window spends no credit, and shows none.
-            give_back(&v);
-            v.credits = None;
             return self.send(&reply::reject(gate, &v));
         }
         if v.verify {
@@ -454,7 +462,7 @@ impl KeygateHttp {
         else {
             return self.fail_closed("fleet limits without a service or key");
         };
-        match fleet::dispatch(rls, &key.id, &w) {
+        match fleet::dispatch(rls, &key.id, key.tenant.as_deref(), &w) {
             Ok(token) => {
                 self.stats.borrow_mut().event("ratelimit_service_calls");
                 self.waiting = Some(Waiting {
@@ -467,8 +475,6 @@ impl KeygateHttp {
                     prefix_environment: v.prefix_environment.map(str::to_string),
                     sources: v.sources,
                     verify: v.verify,
-                    charged: v.charged,
-                    credits: v.credits,
                     local_path,
                     started_ms,
                 });
@@ -493,10 +499,17 @@ impl KeygateHttp {
         match gate.rate_limit_service.as_ref().map(|r| r.on_failure) {
             Some(OnFailure::Allow) => {}
             Some(OnFailure::Local) => {
-                let Some(id) = v.key.as_deref().map(|k| k.id.clone()) else {
+                let Some(key) = v.key.clone() else {
                     return;
                 };
-                count_locally(&mut SharedData, &id, &w.to_vec(), now, v);
+                let limits = w.to_vec();
+                if !count_locally(&mut SharedData, &key.id, &limits, now, v) {
+                    return;
+                }
+                // And the balance with this Envoy's own record, as without the service.
+                if let (Some((_, b)), Some(balance)) = (w.balance, credits_of(gate, &key)) {
+                    spend_cost(&mut SharedData, balance, b.cost, &key.id, &limits, now, v);
+                }
             }
             Some(OnFailure::Deny) | None => {
                 v.decision = Decision::Unavailable;
