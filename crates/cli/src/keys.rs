@@ -45,8 +45,9 @@ pub struct NewKey {
     /// Credits the key may spend per period (in all without --refill)
     #[arg(long, value_name = "N")]
     pub credits: Option<u64>,
-    /// When its credits are granted again: day (00:00 UTC) or month[:DAY] (DAY 1-31, default 1)
-    #[arg(long, value_name = "day|month[:DAY]", requires = "credits")]
+    /// When its credits are granted again: day (00:00 UTC), month or month:DAY (DAY 1-31,
+    /// default 1)
+    #[arg(long, value_name = "INTERVAL", requires = "credits")]
     pub refill: Option<String>,
 }
 
@@ -373,8 +374,9 @@ pub struct Update {
     /// carry on
     #[arg(long, value_name = "N")]
     pub credits: Option<u64>,
-    /// With --credits: day (00:00 UTC) or month[:DAY] (DAY 1-31, default 1); without it, none
-    #[arg(long, value_name = "day|month[:DAY]", requires = "credits")]
+    /// With --credits: day (00:00 UTC), month or month:DAY (DAY 1-31, default 1); without it,
+    /// none
+    #[arg(long, value_name = "INTERVAL", requires = "credits")]
     pub refill: Option<String>,
     /// Clear a field (name, role, expires_at, rate_limits, allowed_ips, allowed_referers,
     /// allowed_paths, credits)

@@ -255,8 +255,8 @@ enum KeysCommand {
         /// The key's id
         id: String,
     },
-    /// Change a key's name, role, expiry, limits or restrictions (enforced by every syncing
-    /// Envoy within interval_seconds + 1 s)
+    /// Change a key's name, role, expiry, limits, restrictions or credits (enforced by every
+    /// syncing Envoy within interval_seconds + 1 s)
     Update(keys::Update),
     /// The audit log: who created, changed, rolled or revoked which key, newest first
     Audit(keys::Audit),
