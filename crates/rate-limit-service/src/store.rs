@@ -30,13 +30,13 @@ for i = 1, n do
   local limit = tonumber(ARGV[4 * i - 2])
   local win = tonumber(ARGV[4 * i - 1])
   local hits = tonumber(ARGV[4 * i])
-  local until = tonumber(ARGV[4 * i + 1])
+  local fixed = tonumber(ARGV[4 * i + 1])
   local start, stop = 0, 0
   if win > 0 then
     start = now - (now % win)
     stop = start + win
-  elseif until > 0 then
-    stop = until
+  elseif fixed > 0 then
+    stop = fixed
   else
     stop = now + BALANCE_IDLE_MS
   end
