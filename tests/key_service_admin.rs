@@ -114,8 +114,8 @@ fn exercise(s: &Service) {
     assert!(entry.get("name").is_none_or(Value::is_null));
     // Bad input: the field's path; never a 500.
     for (body, want) in [
-        (json!({"colour": "red"}), "colour: unknown field (a PATCH changes name, role, expires_at, rate_limits, allowed_ips, allowed_referers, allowed_paths)"),
-        (json!({"tenant": "org_b"}), "tenant: unknown field (a PATCH changes name, role, expires_at, rate_limits, allowed_ips, allowed_referers, allowed_paths)"),
+        (json!({"colour": "red"}), "colour: unknown field (a PATCH changes name, role, expires_at, rate_limits, allowed_ips, allowed_referers, allowed_paths, credits)"),
+        (json!({"tenant": "org_b"}), "tenant: unknown field (a PATCH changes name, role, expires_at, rate_limits, allowed_ips, allowed_referers, allowed_paths, credits)"),
         (json!({"allowed_ips": ["10.0.0.0/33"]}), "allowed_ips[0]: \"10.0.0.0/33\" has an invalid prefix length"),
         (json!([1]), "$: expected an object"),
     ] {

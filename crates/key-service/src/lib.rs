@@ -5,8 +5,8 @@
 //! Layered one way (each file imports only files below it; `tests/layering.rs` holds it): the
 //! HTTP adapters [`api`], [`pages`], [`portal`] and [`openapi`] → the operations, [`ops`] → the
 //! context, [`state`] → reading requests: [`request`], [`input`], [`report`], [`auth`] →
-//! answers and records: [`answer`], [`usage`], [`views`], [`model`] → [`store`] (SQLite or
-//! PostgreSQL) → [`server`] (HTTP/1.1 with limits).
+//! answers and records: [`answer`], [`usage`], [`views`], [`model`], [`credits`] → [`store`]
+//! (SQLite or PostgreSQL) → [`server`] (HTTP/1.1 with limits).
 
 #![cfg_attr(
     not(test),
