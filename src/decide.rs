@@ -404,8 +404,12 @@ pub fn credits_of<'a>(gate: &'a Gate, rec: &'a KeyRecord) -> Option<(Owner<'a>, 
     match &rec.credits {
         Some(c) => Some((Owner::Key(&rec.id), c)),
         None => {
+            // The key service's view of the tenant's balance (with its top-ups) first.
             let t = rec.tenant.as_deref()?;
-            gate.tenant_credits(t).map(|c| (Owner::Tenant(t), c))
+            rec.tenant_credits
+                .as_ref()
+                .or_else(|| gate.tenant_credits(t))
+                .map(|c| (Owner::Tenant(t), c))
         }
     }
 }

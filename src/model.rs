@@ -223,8 +223,11 @@ pub struct KeyRecord {
     pub allowed_ips: Option<Vec<Cidr>>,
     pub allowed_referers: Option<Vec<Pattern>>,
     pub allowed_paths: Option<Vec<Pattern>>,
-    /// Its own balance (SPEC §14; the plugin configuration's keys only, for now).
+    /// Its own balance (SPEC §14).
     pub credits: Option<Credits>,
+    /// Its tenant's balance as the key service keeps it (its top-ups and sets), written into
+    /// every key of the tenant: preferred to the configuration's `tenants` for this key.
+    pub tenant_credits: Option<Credits>,
 }
 
 /// A key-service endpoint the filter calls on its own (`key_sync`, `usage_report`).

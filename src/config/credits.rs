@@ -8,8 +8,17 @@ use crate::model::{Charge, CostRule, Credits, Refill};
 
 /// Reads `obj.credits` (`None`: absent, or refused with its path in `errors`).
 pub(super) fn read_credits(obj: &mut Obj, errors: &mut Errors) -> Option<Credits> {
-    let path = obj.field_path("credits");
-    let value = obj.get("credits")?;
+    read_balance(obj, "credits", errors)
+}
+
+/// Reads a balance in `obj.<field>` (`credits`, or a key entry's `tenant_credits`).
+pub(super) fn read_balance(
+    obj: &mut Obj,
+    field: &'static str,
+    errors: &mut Errors,
+) -> Option<Credits> {
+    let path = obj.field_path(field);
+    let value = obj.get(field)?;
     let mut o = Obj::new(&path, value, errors)?;
     let granted = o.opt_u64("granted", errors);
     if granted.is_none() && !o.has("granted") {

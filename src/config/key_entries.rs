@@ -153,6 +153,10 @@ pub fn read_key_entry(
     });
     let allowed_paths = read_patterns(&mut o, "allowed_paths", errors);
     let credits = super::credits::read_credits(&mut o, errors);
+    let tenant_credits = super::credits::read_balance(&mut o, "tenant_credits", errors);
+    if tenant_credits.is_some() && tenant.is_none() {
+        errors.push(&o.field_path("tenant_credits"), "needs a tenant");
+    }
     o.finish(errors);
     if errors.0.len() != before {
         return None;
@@ -170,6 +174,7 @@ pub fn read_key_entry(
         allowed_referers,
         allowed_paths,
         credits,
+        tenant_credits,
     };
     Some((digest?, record))
 }

@@ -273,7 +273,8 @@ mod tests {
         encode_record(&mut credited, &[7; 32], &c, &[]);
         assert_eq!(decode_record(&credited, &[]), Ok(c));
         let at = rec.len() - 1; // where the section starts (`rec` had one stray byte pushed)
-        for (i, bad) in [(at, 2), (at + 9, 3), (at + 10, 1)] {
+                                // (tag 2, a tenant's balance, on a key without a tenant; tag 4, none; a bad refill)
+        for (i, bad) in [(at, 2), (at, 4), (at + 9, 3), (at + 10, 1)] {
             let mut b = credited.clone();
             b[i] = bad;
             assert_eq!(
@@ -327,7 +328,8 @@ mod tests {
             "allowed_ips": ["10.0.0.0/8", "2001:db8::/32"], "allowed_referers": ["https://a.example/*"],
             "allowed_paths": ["/v1/x", "/v1/y/*", "*"],
             "credits": {"granted": 7, "refill": {"interval": "month", "day": 15},
-                        "top_up": {"period": 1765756800, "amount": -2}, "serial": 3}
+                        "top_up": {"period": 1765756800, "amount": -2}, "serial": 3},
+            "tenant_credits": {"granted": 100, "top_up": {"period": 0, "amount": 5}}
         }, {"id": "k2", "sha256": digest_hex(b"sk_min")}]),
         );
         let set = set_of(&g, &full);
@@ -348,6 +350,15 @@ mod tests {
                 refill: Some(Refill::Month { day: 15 }),
                 top_up: Some((1_765_756_800, -2)),
                 serial: 3
+            })
+        );
+        assert_eq!(
+            r.tenant_credits,
+            Some(Credits {
+                granted: 100,
+                refill: None,
+                top_up: Some((0, 5)),
+                serial: 0
             })
         );
         let m = lookup(&g, &sh, 7, "sk_min").unwrap();

@@ -11,8 +11,11 @@ pub(super) const F_PATHS: u8 = 32;
 pub(super) const F_ROLE: u8 = 64;
 pub(super) const F_ENV: u8 = 128;
 pub(super) const NONE16: u16 = u16::MAX;
-/// The tag of the credits section after a record's fields.
+/// The tags of the sections after a record's fields: its balance, its tenant's (as the key
+/// service keeps it), and a balance's top-up.
 const T_CREDITS: u8 = 1;
+const T_TENANT_CREDITS: u8 = 2;
+const T_TOP_UP: u8 = 3;
 
 pub(super) fn put_str16(out: &mut Vec<u8>, s: Option<&str>) {
     match s {
@@ -106,22 +109,29 @@ pub fn encode_record(out: &mut Vec<u8>, digest: &Digest, rec: &KeyRecord, roles:
     if let Some(p) = &rec.allowed_paths {
         put_patterns(out, p);
     }
-    // The flags byte is full: credits follow as a tagged section, last (a filter that predates
-    // them refuses the record, so filters are upgraded before a key service sends credits):
-    // granted, the refill (kind, day), the serial, then the top-up if there is one.
-    if let Some(c) = &rec.credits {
-        out.push(T_CREDITS);
-        out.extend_from_slice(&c.granted.to_le_bytes());
-        let (kind, day) = match c.refill {
-            None => (0, 0),
-            Some(Refill::Day) => (1, 0),
-            Some(Refill::Month { day }) => (2, day),
-        };
-        out.extend_from_slice(&[kind, day]);
-        out.extend_from_slice(&c.serial.to_le_bytes());
-        if let Some((period, amount)) = c.top_up {
-            out.extend_from_slice(&period.to_le_bytes());
-            out.extend_from_slice(&amount.to_le_bytes());
+    // The flags byte is full: balances follow as tagged sections, last and in tag order (a
+    // filter that predates them refuses the record, so filters are upgraded before a key
+    // service sends credits): granted, the refill (kind, day), the serial, then the top-up if
+    // there is one, which only the record's end or the next tag ends.
+    for (tag, c) in [
+        (T_CREDITS, &rec.credits),
+        (T_TENANT_CREDITS, &rec.tenant_credits),
+    ] {
+        if let Some(c) = c {
+            out.push(tag);
+            out.extend_from_slice(&c.granted.to_le_bytes());
+            let (kind, day) = match c.refill {
+                None => (0, 0),
+                Some(Refill::Day) => (1, 0),
+                Some(Refill::Month { day }) => (2, day),
+            };
+            out.extend_from_slice(&[kind, day]);
+            out.extend_from_slice(&c.serial.to_le_bytes());
+            if let Some((period, amount)) = c.top_up {
+                out.push(T_TOP_UP);
+                out.extend_from_slice(&period.to_le_bytes());
+                out.extend_from_slice(&amount.to_le_bytes());
+            }
         }
     }
 }
@@ -162,6 +172,44 @@ impl<'a> Cursor<'a> {
             .map(Some)
             .map_err(|_| DecodeError::BadValue)
     }
+    /// The balance section `tag`, if it is next.
+    fn balance(&mut self, tag: u8) -> Result<Option<Credits>, DecodeError> {
+        if self.0.first() != Some(&tag) {
+            return Ok(None);
+        }
+        self.take(1)?;
+        let granted = self.u64()?;
+        let refill = match (self.u8()?, self.u8()?) {
+            (0, 0) => None,
+            (1, 0) => Some(Refill::Day),
+            (2, day @ 1..=31) => Some(Refill::Month { day }),
+            _ => return Err(DecodeError::BadValue),
+        };
+        let serial = u32::from_le_bytes(
+            self.take(4)?
+                .try_into()
+                .map_err(|_| DecodeError::Truncated)?,
+        );
+        // Its top-up: within what JSON takes (|amount| < 2^53).
+        let top_up = if self.0.first() == Some(&T_TOP_UP) {
+            self.take(1)?;
+            let period = self.u64()?;
+            let amount = self.u64()? as i64;
+            if amount.unsigned_abs() >= 1 << 53 {
+                return Err(DecodeError::BadValue);
+            }
+            Some((period, amount))
+        } else {
+            None
+        };
+        Ok(Some(Credits {
+            granted,
+            refill,
+            top_up,
+            serial,
+        }))
+    }
+
     pub(super) fn patterns(&mut self) -> Result<Vec<Pattern>, DecodeError> {
         let n = self.u16()?;
         let mut out = Vec::with_capacity(usize::from(n));
@@ -254,38 +302,12 @@ pub fn decode_record(bytes: &[u8], roles: &[Role]) -> Result<KeyRecord, DecodeEr
     } else {
         None
     };
-    let credits = if c.0.is_empty() {
-        None
-    } else {
-        if c.u8()? != T_CREDITS {
-            return Err(DecodeError::BadValue);
-        }
-        let granted = c.u64()?;
-        let refill = match (c.u8()?, c.u8()?) {
-            (0, 0) => None,
-            (1, 0) => Some(Refill::Day),
-            (2, day @ 1..=31) => Some(Refill::Month { day }),
-            _ => return Err(DecodeError::BadValue),
-        };
-        let serial = u32::from_le_bytes(c.take(4)?.try_into().map_err(|_| DecodeError::Truncated)?);
-        // The top-up, when the record goes on: within what JSON takes (|amount| < 2^53).
-        let top_up = if c.0.is_empty() {
-            None
-        } else {
-            let period = c.u64()?;
-            let amount = c.u64()? as i64;
-            if amount.unsigned_abs() >= 1 << 53 {
-                return Err(DecodeError::BadValue);
-            }
-            Some((period, amount))
-        };
-        Some(Credits {
-            granted,
-            refill,
-            top_up,
-            serial,
-        })
-    };
+    let credits = c.balance(T_CREDITS)?;
+    let tenant_credits = c.balance(T_TENANT_CREDITS)?;
+    // As JSON refuses it: a tenant's balance on a key without a tenant.
+    if tenant_credits.is_some() && tenant.is_none() {
+        return Err(DecodeError::BadValue);
+    }
     // One spelling per record: nothing may follow it (found by fuzzing).
     if !c.0.is_empty() {
         return Err(DecodeError::BadValue);
@@ -303,6 +325,7 @@ pub fn decode_record(bytes: &[u8], roles: &[Role]) -> Result<KeyRecord, DecodeEr
         allowed_referers,
         allowed_paths,
         credits,
+        tenant_credits,
     })
 }
 
