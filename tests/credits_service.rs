@@ -1019,3 +1019,114 @@ fn credits_calls_reports_and_events_on_postgresql() {
     let pg = Postgres::start("credits-api");
     credits_api("postgres", &pg.database("credits_api"));
 }
+
+/// A tenant's balance at the key service (SPEC §14 `POST /v1/tenants/{tenant}/credits`): its
+/// grant is the configuration's (`tenants.org_pool`: 2 a day); `add` and `set` reach every key
+/// of the tenant in the key set within the sync bound, one balance for all of them; a tenant the
+/// configuration gives no credits is refused; the change is audited; the CLI makes it.
+fn tenant_credits(name: &str, database: &str) {
+    let dir = scratch_dir(&format!("credits-tenant-{name}"));
+    let hooks = receiver();
+    let s = start_service(&dir, database, &hooks);
+    let (_, a, _) = create(&s, json!({"prefix": "cr_live_", "tenant": "org_pool"}));
+    let (_, b, _) = create(&s, json!({"prefix": "cr_live_", "tenant": "org_pool"}));
+    let up = Upstream::start("credits");
+    let cfg = plugin_config().to_string();
+    let envoy_name = format!("credits-tenant-envoy-{name}");
+    let mut o = EnvoyOpts::new(&envoy_name, &cfg, up.port);
+    o.key_service = Some(s.port);
+    let e = Envoy::start(&o);
+    let reset = (day_start(now()) + 86_400).to_string();
+    // Both keys draw from the configuration's 2 (its refill: Retry-After until 00:00 UTC).
+    assert!(wait_until(INTERVAL + 3, || hit(&e, &a, "/v1/x").status == 200));
+    propagated(&e, 0);
+    let r = hit(&e, &b, "/v1/x");
+    assert_eq!((r.status, remaining(&r)), (200, Some(0)));
+    assert_eq!(r.header("x-credits-reset"), Some(reset.as_str()));
+    let r = hit(&e, &a, "/v1/x");
+    assert_json(&r, 429, USAGE_EXCEEDED);
+    assert!(r.header("retry-after").is_some());
+    // add 3: the answer is the tenant's balance; within the sync bound 3 more for either key.
+    let updates = e.counter("wasmcustom.keygate.sync_updates");
+    let (st, v) = s.admin(
+        "POST",
+        "/v1/tenants/org_pool/credits",
+        Some(&json!({"op": "add", "amount": 3}).to_string()),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        v["data"],
+        json!({"tenant": "org_pool", "credits": {"granted": 2, "refill": {"interval": "day"},
+               "top_up": 3, "serial": 0, "reset": day_start(now()) + 86_400}})
+    );
+    propagated(&e, updates);
+    for (key, left) in [(&b, 2), (&a, 1), (&b, 0)] {
+        let r = hit(&e, key, "/v1/x");
+        assert_eq!((r.status, remaining(&r)), (200, Some(left)), "{}", r.body);
+    }
+    assert_json(&hit(&e, &a, "/v1/x"), 429, USAGE_EXCEEDED);
+    // set 1 through the CLI: spending counts anew, 1 for the tenant.
+    let updates = e.counter("wasmcustom.keygate.sync_updates");
+    let (code, out) = cli(&s, &["tenant-credits", "org_pool", "--set", "1"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.trim(),
+        "org_pool: 1 this period (2 granted, top-ups -1); spending counts under serial 1"
+    );
+    propagated(&e, updates);
+    let r = hit(&e, &a, "/v1/x");
+    assert_eq!((r.status, remaining(&r)), (200, Some(0)));
+    assert_json(&hit(&e, &b, "/v1/x"), 429, USAGE_EXCEEDED);
+    // Refused: a tenant without credits in the configuration, a bad body, a tenant admin key.
+    assert_eq!(
+        s.admin(
+            "POST",
+            "/v1/tenants/org_other/credits",
+            Some(&json!({"op": "add", "amount": 1}).to_string())
+        ),
+        error(
+            409,
+            "CONFLICT",
+            "The tenant has no credits: give it some in the configuration (tenants.org_other.credits)"
+        )
+    );
+    let (st, v) = s.admin(
+        "POST",
+        "/v1/tenants/org_pool/credits",
+        Some(&json!({"op": "double", "amount": 1}).to_string()),
+    );
+    assert_eq!((st, v["code"].clone()), (400, json!("BAD_REQUEST")), "{v}");
+    // Audited with the tenant, newest first.
+    let (st, log) = s.admin("GET", "/v1/audit-log?tenant=org_pool", None);
+    assert_eq!(st, 200, "{log}");
+    let changes: Vec<(Value, Value)> = log["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "tenant.credits")
+        .map(|e| (e["tenant"].clone(), e["details"].clone()))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            (json!("org_pool"), json!({"op": "set", "amount": 1})),
+            (json!("org_pool"), json!({"op": "add", "amount": 3}))
+        ]
+    );
+    drop(e);
+}
+
+#[test]
+fn tenant_credits_on_sqlite() {
+    let dir = scratch_dir("credits-tenant-sqlite-db");
+    tenant_credits(
+        "sqlite",
+        &format!("sqlite:{}", dir.join("keys.db").display()),
+    );
+}
+
+#[test]
+fn tenant_credits_on_postgresql() {
+    let pg = Postgres::start("credits-tenant");
+    tenant_credits("postgres", &pg.database("credits_tenant"));
+}

@@ -5,7 +5,7 @@
 use crate::client::{call, enc, json_text, or_dash, table, typed, Fail};
 use keygate_key_service::input::PATCH_FIELDS;
 use keygate_key_service::views::{
-    AuditEntry, CreatedKey, CreditsView, Done, Envelope, Key, KeyUsage, Page,
+    AuditEntry, CreatedKey, CreditsView, Done, Envelope, Key, KeyUsage, Page, TenantCredits,
 };
 use serde_json::{json, Map, Value};
 
@@ -148,17 +148,67 @@ pub struct ChangeCredits {
     pub set: Option<u64>,
 }
 
+/// `keygate keys tenant-credits`: one change of a tenant's balance (its grant is the
+/// configuration's `tenants`).
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("op").required(true).args(["add", "subtract", "set"])))]
+pub struct ChangeTenantCredits {
+    /// The tenant
+    pub tenant: String,
+    /// Credits more in the current period
+    #[arg(long, value_name = "N")]
+    pub add: Option<u64>,
+    /// Credits less in the current period
+    #[arg(long, value_name = "N")]
+    pub subtract: Option<u64>,
+    /// What remains becomes N (what was spent so far no longer counts)
+    #[arg(long, value_name = "N")]
+    pub set: Option<u64>,
+}
+
+fn credits_op(
+    add: Option<u64>,
+    subtract: Option<u64>,
+    set: Option<u64>,
+) -> Result<(&'static str, u64), Fail> {
+    match (add, subtract, set) {
+        (Some(n), None, None) => Ok(("add", n)),
+        (None, Some(n), None) => Ok(("subtract", n)),
+        (None, None, Some(n)) => Ok(("set", n)),
+        _ => Err(Fail::Usage(
+            "give one of --add N, --subtract N or --set N".into(),
+        )),
+    }
+}
+
+pub fn tenant_credits(server: &str, c: ChangeTenantCredits, as_json: bool) -> Result<(), Fail> {
+    let (op, amount) = credits_op(c.add, c.subtract, c.set)?;
+    let answer = call(
+        server,
+        "POST",
+        &format!("/v1/tenants/{}/credits", enc(&c.tenant)),
+        Some(&json!({"op": op, "amount": amount})),
+    )?;
+    let t = typed::<Envelope<TenantCredits>>(answer, "a credits change")?.data;
+    if as_json {
+        println!("{}", json_text(&t));
+    } else {
+        let b = &t.credits;
+        let total = i128::from(b.granted) + i128::from(b.top_up);
+        println!(
+            "{}: {} this period ({} granted, top-ups {:+}); spending counts under serial {}",
+            t.tenant,
+            total.max(0),
+            b.granted,
+            b.top_up,
+            b.serial
+        );
+    }
+    Ok(())
+}
+
 pub fn credits(server: &str, c: ChangeCredits, as_json: bool) -> Result<(), Fail> {
-    let (op, amount) = match (c.add, c.subtract, c.set) {
-        (Some(n), None, None) => ("add", n),
-        (None, Some(n), None) => ("subtract", n),
-        (None, None, Some(n)) => ("set", n),
-        _ => {
-            return Err(Fail::Usage(
-                "give one of --add N, --subtract N or --set N".into(),
-            ))
-        }
-    };
+    let (op, amount) = credits_op(c.add, c.subtract, c.set)?;
     let answer = call(
         server,
         "POST",

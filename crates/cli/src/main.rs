@@ -271,6 +271,10 @@ enum KeysCommand {
     /// Change a key's balance of credits: add to or subtract from the current period, or set
     /// what remains (enforced by every syncing Envoy within interval_seconds + 1 s)
     Credits(keys::ChangeCredits),
+    /// Change a tenant's balance of credits (its grant is the configuration's tenants): --add N
+    /// or --subtract N this period, or --set N (what remains); every key of the tenant
+    /// carries it
+    TenantCredits(keys::ChangeTenantCredits),
     /// A key's requests from the request log, newest first, and the client addresses it was
     /// used from (first and last seen)
     Requests(requests::Requests),
@@ -520,6 +524,7 @@ fn keys_command(server: &str, json: bool, command: KeysCommand) -> Result<(), cl
         KeysCommand::Audit(a) => keys::audit(server, a, json),
         KeysCommand::Roll { id, grace_seconds } => keys::roll(server, &id, grace_seconds, json),
         KeysCommand::Credits(c) => keys::credits(server, c, json),
+        KeysCommand::TenantCredits(c) => keys::tenant_credits(server, c, json),
         KeysCommand::Requests(r) => requests::requests(server, r, json),
         KeysCommand::Usage { id, from, to } => {
             keys::usage(server, &id, from.as_deref(), to.as_deref(), json)

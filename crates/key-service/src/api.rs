@@ -51,6 +51,10 @@ pub fn router<S: Store>(app: Arc<App<S>>, gateway: bool) -> Router {
         .route("/v1/portal-sessions", post(super::portal::create::<S>))
         .route("/v1/api-keys/{id}/roll", post(roll::<S>))
         .route("/v1/api-keys/{id}/credits", post(change_credits::<S>))
+        .route(
+            "/v1/tenants/{tenant}/credits",
+            post(change_tenant_credits::<S>),
+        )
         .route("/v1/api-keys/{id}/usage", get(usage::<S>))
         .route("/v1/requests", get(requests::<S>))
         .route("/v1/api-keys/{id}/requests", get(key_requests::<S>))
@@ -389,6 +393,25 @@ async fn change_credits<S: Store>(
     Ok(data(StatusCode::OK, key))
 }
 
+async fn change_tenant_credits<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    peer: Option<axum::Extension<Peer>>,
+    tenant: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let caller = ctx.app.auth.admin(&headers, ctx.gateway)?;
+    let tenant = tenant
+        .ok()
+        .map(|p| p.0)
+        .filter(|t| text_ok(t))
+        .ok_or_else(|| ApiError::BadRequest("tenant: not a valid tenant".into()))?;
+    let body = body_json(body, ADMIN_BODY_LIMIT).await?;
+    let actor = actor(&ctx, &headers, &caller, peer.map(|p| p.0));
+    let answer = ops::change_tenant_credits(&ctx.app, &caller, &actor, &tenant, &body).await?;
+    Ok(data(StatusCode::OK, answer))
+}
+
 /// The `{id}` of a path (after authentication: nothing is said about ids to strangers).
 fn key_id(id: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     id.ok()
@@ -459,6 +482,7 @@ async fn key_requests<S: Store>(
 /// whole answer (and so stop seeing revocations).
 fn servable(keys: Vec<StoredKey>, gate: &Gate) -> Vec<StoredKey> {
     keys.into_iter()
+        .map(|k| k.with_tenant_balance(gate))
         .map(|k| if k.valid_under(gate) { k } else { k.disabled() })
         .collect()
 }
@@ -593,6 +617,7 @@ fn accepts_binary(headers: &HeaderMap) -> bool {
 fn binary_answer(version: &str, keys: Vec<StoredKey>, gate: &Gate) -> Vec<u8> {
     let records: Vec<_> = keys
         .into_iter()
+        .map(|k| k.with_tenant_balance(gate))
         .filter_map(|k| {
             k.record_under(gate)
                 .or_else(|| k.disabled().entry_record(gate))

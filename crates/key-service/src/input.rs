@@ -210,6 +210,8 @@ impl CreateRequest {
                 set_at: None,
                 spent: None,
             }),
+            tenant_balance: None,
+            tenant_credits: None,
         })
     }
 

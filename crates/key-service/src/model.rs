@@ -5,7 +5,7 @@ use super::views;
 use crate::credits::{entry_json, KeyCredits};
 use crate::json::core_value;
 use keygate::decide::Decision;
-use keygate::model::Gate;
+use keygate::model::{Credits, Gate};
 use keygate::timestamp::format_rfc3339;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -39,6 +39,19 @@ pub struct StoredKey {
     pub last_used: Option<i64>,
     /// Its credits (SPEC §14), with what the proxies reported spent.
     pub credits: Option<KeyCredits>,
+    /// The key service's top-up and serial of its tenant's balance, if it changed one
+    /// (`POST /v1/tenants/{tenant}/credits`): served with the configuration's grant as the
+    /// entry's `tenant_credits` ([`StoredKey::with_tenant_balance`]).
+    pub tenant_balance: Option<TenantBalance>,
+    /// That balance as served (set by [`StoredKey::with_tenant_balance`]).
+    pub tenant_credits: Option<Credits>,
+}
+
+/// A tenant's balance as the key service changed it: its top-up and serial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantBalance {
+    pub top_up: Option<(u64, i64)>,
+    pub serial: u32,
 }
 
 /// Unix seconds now (the answers' balances are as of now).
@@ -67,6 +80,20 @@ impl StoredKey {
                 .map(|r| r.name.clone())
         });
         (environment, role)
+    }
+
+    /// The key as served under `gate`: its tenant's balance, if the key service changed it and
+    /// the configuration grants the tenant credits, in full as the entry's `tenant_credits`.
+    pub fn with_tenant_balance(mut self, gate: &Gate) -> StoredKey {
+        self.tenant_credits = match (self.tenant_balance, self.tenant.as_deref()) {
+            (Some(b), Some(t)) => gate.tenant_credits(t).map(|base| Credits {
+                top_up: b.top_up,
+                serial: b.serial,
+                ..*base
+            }),
+            _ => None,
+        };
+        self
     }
 
     /// Whether the filter accepts this key's entry under `gate` (as `key_sync` will read it).
@@ -114,6 +141,8 @@ impl StoredKey {
             revoked: true,
             restrictions: Value::Object(Map::new()),
             credits: None,
+            tenant_balance: None,
+            tenant_credits: None,
             ..self
         }
     }
@@ -192,6 +221,9 @@ impl StoredKey {
         if let Some(c) = &self.credits {
             field(out, "credits", &entry_json(&c.credits));
         }
+        if let Some(c) = &self.tenant_credits {
+            field(out, "tenant_credits", &entry_json(c));
+        }
         out.push('}');
     }
 
@@ -225,6 +257,9 @@ impl StoredKey {
         }
         if let Some(c) = &self.credits {
             o.insert("credits".into(), entry_json(&c.credits));
+        }
+        if let Some(c) = &self.tenant_credits {
+            o.insert("tenant_credits".into(), entry_json(c));
         }
         Value::Object(o)
     }
@@ -473,6 +508,8 @@ mod tests {
                 set_at: Some(3),
                 spent: None,
             }),
+            tenant_balance: None,
+            tenant_credits: None,
         };
         let text = feed_answer("v1", None, std::slice::from_ref(&k));
         let parsed: Value = serde_json::from_str(&text).unwrap();
@@ -520,9 +557,48 @@ mod tests {
                 set_at: Some(7),
                 spent: None,
             }),
+            tenant_balance: None,
+            tenant_credits: None,
         };
         let (_, record) = k.entry_record(&gate).unwrap();
         assert_eq!(record.credits, Some(credits));
+        // A tenant's balance the service changed is served with the configuration's grant, in
+        // full, to every key of the tenant; without that grant, not at all.
+        let tenants = keygate::config::parse_config(
+            br#"{"key_sources": [{"header": "x-api-key"}],
+                 "tenants": {"org": {"credits": {"granted": 50, "refill": {"interval": "day"}}}}}"#,
+        )
+        .unwrap();
+        let changed = TenantBalance {
+            top_up: Some((86_400, 7)),
+            serial: 2,
+        };
+        let of = |tenant: Option<&str>, gate: &Gate| {
+            StoredKey {
+                tenant: tenant.map(str::to_string),
+                tenant_balance: Some(changed),
+                ..k.clone()
+            }
+            .with_tenant_balance(gate)
+        };
+        let served = of(Some("org"), &tenants);
+        let want = keygate::model::Credits {
+            granted: 50,
+            refill: Some(keygate::model::Refill::Day),
+            top_up: Some((86_400, 7)),
+            serial: 2,
+        };
+        assert_eq!(
+            served.entry_record(&tenants).unwrap().1.tenant_credits,
+            Some(want)
+        );
+        assert_eq!(
+            served.feed_entry()["tenant_credits"],
+            json!({"granted": 50, "refill": {"interval": "day"}, "top_up": {"period": 86400, "amount": 7}, "serial": 2})
+        );
+        assert_eq!(of(Some("org"), &gate).tenant_credits, None);
+        assert_eq!(of(None, &tenants).tenant_credits, None);
+        assert_eq!(served.disabled().feed_entry().get("tenant_credits"), None);
         assert_eq!(k.disabled().feed_entry().get("credits"), None);
     }
 

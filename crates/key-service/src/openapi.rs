@@ -32,7 +32,7 @@ impl Modify for AdminToken {
         description = "The admin API of `keygate serve` (SPEC §7): API keys (created and shown once, listed, edited, revoked, rolled, their credits), usage, the audit log, the request log and portal sessions. Every answer is JSON; errors are `{\"success\":false,\"error\",\"code\"}`.",
         license(name = "Apache-2.0")
     ),
-    paths(create_key, list_keys, show_key, update_key, revoke_key, roll_key, change_credits, key_usage, usage, audit_log, requests, key_requests, create_portal_session, check_fingerprints, webhook_deliveries),
+    paths(create_key, list_keys, show_key, update_key, revoke_key, roll_key, change_credits, change_tenant_credits, key_usage, usage, audit_log, requests, key_requests, create_portal_session, check_fingerprints, webhook_deliveries),
     modifiers(&AdminToken),
     security(("admin_token" = [])),
     tags(
@@ -199,6 +199,25 @@ fn roll_key() {}
         (status = 503, description = "The database is unavailable", body = ErrorBody)
     ))]
 fn change_credits() {}
+
+/// Change a tenant's balance of credits (SPEC §14), whose grant and refill are the
+/// configuration's `tenants.<tenant>.credits`: `add` or `subtract` this period's top-ups, or `set`
+/// what remains; every key of the tenant carries it in the key set, effective at the proxies
+/// within the sync bound
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/credits", tag = "keys",
+    params(("tenant" = String, Path, description = "The tenant")),
+    request_body = CreditsOpBody,
+    responses(
+        (status = 200, description = "The tenant's balance, changed", body = Envelope<TenantCredits>),
+        (status = 400, description = "Bad input (the field's path first)", body = ErrorBody),
+        (status = 401, description = "No valid admin token", body = ErrorBody),
+        (status = 403, description = "A tenant admin key (balances are the provider's)", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 409, description = "The configuration gives the tenant no credits", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody)
+    ))]
+fn change_tenant_credits() {}
 
 /// One key's usage by hour (and by day past the hourly retention)
 #[utoipa::path(get, path = "/v1/api-keys/{id}/usage", tag = "usage",

@@ -215,6 +215,50 @@ pub async fn change_credits<S: Store>(
     listed.pop().ok_or(ApiError::NotFound)
 }
 
+/// `POST /v1/tenants/{tenant}/credits` (SPEC §14): `add`, `subtract` or `set` a tenant's
+/// balance, whose grant and refill are the configuration's `tenants.<tenant>.credits` (the
+/// provider's admin only). Every key of the tenant carries it in the key set from then on.
+pub async fn change_tenant_credits<S: Store>(
+    app: &App<S>,
+    caller: &Caller,
+    actor: &Actor,
+    tenant: &str,
+    body: &Value,
+) -> Result<super::views::TenantCredits, ApiError> {
+    if matches!(caller, Caller::Tenant(_)) {
+        return Err(ApiError::Forbidden(
+            "credits: only the provider's admin changes a balance".into(),
+        ));
+    }
+    let (op, amount) = read_credits_op(body).map_err(ApiError::BadRequest)?;
+    let Some(base) = app.gate.tenant_credits(tenant) else {
+        return Err(ApiError::Conflict(format!(
+            "The tenant has no credits: give it some in the configuration (tenants.{tenant}.credits)"
+        )));
+    };
+    let changed = app
+        .store
+        .change_tenant_credits(tenant, base, op, amount, actor)
+        .await?
+        .map_err(ApiError::BadRequest)?;
+    let view = crate::credits::KeyCredits {
+        credits: changed,
+        set_at: None,
+        spent: None,
+    }
+    .view(actor.at);
+    Ok(super::views::TenantCredits {
+        tenant: tenant.to_string(),
+        credits: super::views::TenantBalanceView {
+            granted: changed.granted,
+            refill: view.refill,
+            top_up: crate::credits::top_up_now(&changed, actor.at),
+            serial: changed.serial,
+            reset: view.reset,
+        },
+    })
+}
+
 /// The usage summary of SPEC §7 for a query (`tenant`, `key`, `from`, `to`, `granularity`).
 pub async fn usage_summary<S: Store>(
     app: &App<S>,

@@ -86,6 +86,30 @@ pub struct CreditsView {
     pub reset: Option<i64>,
 }
 
+/// A tenant's balance as the key service changed it (`POST /v1/tenants/{tenant}/credits`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TenantCredits {
+    #[schema(example = "org_42")]
+    pub tenant: String,
+    pub credits: TenantBalanceView,
+}
+
+/// What every key of the tenant carries in the key set: the configuration's grant and refill,
+/// this period's top-ups and the serial.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TenantBalanceView {
+    /// Credits per period (the configuration's `tenants.<tenant>.credits.granted`).
+    pub granted: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refill: Option<RefillView>,
+    /// This period's top-ups (signed; `set` makes `granted + top_up` what remains).
+    pub top_up: i64,
+    /// Raised by each `set`: what was spent before no longer counts.
+    pub serial: u32,
+    /// The next refill (Unix seconds); `null` without a refill.
+    pub reset: Option<i64>,
+}
+
 /// A refill: each day (00:00 UTC), or each month on `day` (1-31, clamped to the month's last
 /// day; 00:00 UTC).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -8,7 +8,8 @@
 use super::interface::Result;
 use super::usage::{placeholders, saturating_sum, ROWS_PER_STATEMENT};
 use super::webhooks;
-use crate::credits::{parse_refill_text, refill_text, KeyCredits, Spent};
+use crate::credits::{apply, parse_refill_text, refill_text, KeyCredits, Op, Spent};
+use crate::model::TenantBalance;
 use crate::model::UsageEntry;
 use keygate::credits::period;
 use keygate::model::Credits;
@@ -74,6 +75,80 @@ pub(super) fn from_row(row: &AnyRow) -> std::result::Result<Option<KeyCredits>, 
         set_at: row.try_get("credits_set_at")?,
         spent,
     }))
+}
+
+/// The key service's changes of a key's tenant's balance, from a row with the join's
+/// `tenant_top_up_period`, `tenant_top_up_amount` and `tenant_serial` (`None`: none).
+pub(super) fn tenant_from_row(
+    row: &AnyRow,
+) -> std::result::Result<Option<TenantBalance>, sqlx::Error> {
+    let Some(serial) = row.try_get::<Option<i64>, _>("tenant_serial")? else {
+        return Ok(None);
+    };
+    let top_up = match (
+        row.try_get::<Option<i64>, _>("tenant_top_up_period")?,
+        row.try_get::<Option<i64>, _>("tenant_top_up_amount")?,
+    ) {
+        (Some(p), Some(a)) => Some((unsigned(p, "top-up period")?, a)),
+        _ => None,
+    };
+    Ok(Some(TenantBalance {
+        top_up,
+        serial: u32::try_from(serial).map_err(|_| decode("serial"))?,
+    }))
+}
+
+/// Changes `tenant`'s balance (its grant `base`, the configuration's) by `op` of `amount`, at
+/// `seq`: its row, and every key of the tenant moved to `seq` so the next key-set delta carries
+/// them with the new balance. The new balance, or the message of a 400.
+pub(super) async fn change_tenant(
+    tx: &mut AnyConnection,
+    tenant: &str,
+    base: &Credits,
+    op: Op,
+    amount: u64,
+    at: i64,
+    seq: i64,
+) -> Result<std::result::Result<Credits, String>> {
+    let row = sqlx::query(
+        "SELECT top_up_period AS tenant_top_up_period, top_up_amount AS tenant_top_up_amount, \
+         serial AS tenant_serial FROM tenant_balances WHERE tenant = $1",
+    )
+    .bind(tenant)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let stored = row.as_ref().map(tenant_from_row).transpose()?.flatten();
+    let current = Credits {
+        top_up: stored.and_then(|b| b.top_up),
+        serial: stored.map_or(0, |b| b.serial),
+        ..*base
+    };
+    let changed = match apply(&current, op, amount, at) {
+        Ok(c) => c,
+        Err(m) => return Ok(Err(m)),
+    };
+    let (period, top_up) = match changed.top_up {
+        Some((p, a)) => (Some(i64::try_from(p).unwrap_or(i64::MAX)), Some(a)),
+        None => (None, None),
+    };
+    sqlx::query(
+        "INSERT INTO tenant_balances (tenant, top_up_period, top_up_amount, serial) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (tenant) DO UPDATE SET \
+         top_up_period = excluded.top_up_period, top_up_amount = excluded.top_up_amount, \
+         serial = excluded.serial",
+    )
+    .bind(tenant)
+    .bind(period)
+    .bind(top_up)
+    .bind(i64::from(changed.serial))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE api_keys SET seq = $1 WHERE tenant = $2")
+        .bind(seq)
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
+    Ok(Ok(changed))
 }
 
 /// The settings columns' values of `c` (`None`: no credits): granted, refill, top-up period

@@ -390,6 +390,17 @@ pub trait Store: Send + Sync + 'static {
         amount: u64,
         actor: &Actor,
     ) -> impl Future<Output = Result<CreditsChanged>> + Send;
+    /// Changes `tenant`'s balance (granted by the configuration: `base`) by `op` of `amount` at
+    /// `actor.at` (SPEC §14), with its audit entry (`tenant.credits`), as a change of every key
+    /// of the tenant in the key set (a new version). The new balance, or the message of a 400.
+    fn change_tenant_credits(
+        &self,
+        tenant: &str,
+        base: &Credits,
+        op: Op,
+        amount: u64,
+        actor: &Actor,
+    ) -> impl Future<Output = Result<std::result::Result<Credits, String>>> + Send;
     /// Usage rows of a key (summed over routes) in the hours that overlap `[from, to)` from
     /// `hourly_from` on, then those of the days before `hourly_from` that overlap it.
     fn usage(

@@ -204,8 +204,18 @@ fn migrations(backend: Backend) -> Vec<Vec<String>> {
     all.push(request_log_migration(backend));
     all.push(LEAKS_AND_WEBHOOKS.iter().map(|s| s.to_string()).collect());
     all.push(CREDITS.iter().map(|s| s.to_string()).collect());
+    all.push(TENANT_BALANCES.iter().map(|s| s.to_string()).collect());
     all
 }
+
+/// Migration 11 (SPEC §14): the top-ups and sets of a tenant's balance (its grant and refill are
+/// the configuration's `tenants`), one row per tenant, changed in place.
+const TENANT_BALANCES: &[&str] = &["CREATE TABLE tenant_balances (
+        tenant TEXT PRIMARY KEY,
+        top_up_period BIGINT,
+        top_up_amount BIGINT,
+        serial BIGINT NOT NULL
+    )"];
 
 /// Migration 10 (SPEC §14): a key's credits, as the proxies enforce them (`credits_granted`
 /// NULL: none; `credits_refill` `day` or `month:<day>`; the top-ups of one period; the serial a

@@ -25,9 +25,11 @@ const KEY_COLUMNS: &str = "k.id, k.sha256, k.prefix, k.name, k.tenant, k.role, k
      k.created_at, k.expires_at, k.revoked, k.restrictions, u.t AS last_used, \
      k.credits_granted, k.credits_refill, k.credits_top_up_period, k.credits_top_up_amount, \
      k.credits_serial, k.credits_set_at, b.period AS spent_period, b.serial AS spent_serial, \
-     b.spent AS spent";
+     b.spent AS spent, tb.top_up_period AS tenant_top_up_period, \
+     tb.top_up_amount AS tenant_top_up_amount, tb.serial AS tenant_serial";
 const KEYS_FROM: &str = "api_keys k LEFT JOIN key_last_used u ON u.key_id = k.id \
-     LEFT JOIN credit_balances b ON b.key_id = k.id";
+     LEFT JOIN credit_balances b ON b.key_id = k.id \
+     LEFT JOIN tenant_balances tb ON tb.tenant = k.tenant";
 
 /// Why [`SqlStore::open`] did not open the database.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,6 +209,8 @@ fn key_from_row(row: &AnyRow) -> std::result::Result<StoredKey, sqlx::Error> {
             .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
         last_used: row.try_get("last_used")?,
         credits: credits::from_row(row)?,
+        tenant_balance: credits::tenant_from_row(row)?,
+        tenant_credits: None,
     })
 }
 
@@ -682,6 +686,38 @@ impl Store for SqlStore {
         .await?;
         tx.commit().await?;
         Ok(CreditsChanged::Done)
+    }
+
+    async fn change_tenant_credits(
+        &self,
+        tenant: &str,
+        base: &Credits,
+        op: Op,
+        amount: u64,
+        actor: &Actor,
+    ) -> Result<std::result::Result<Credits, String>> {
+        let mut tx = self.pool.begin().await?;
+        // The counter row's lock first: one change of the key set at a time.
+        let seq = next_seq(&mut tx).await?;
+        let changed =
+            credits::change_tenant(&mut tx, tenant, base, op, amount, actor.at, seq).await?;
+        if changed.is_err() {
+            tx.rollback().await?;
+            return Ok(changed);
+        }
+        let details = json!({"op": op.as_str(), "amount": amount}).to_string();
+        audit::append_with(
+            &mut tx,
+            actor,
+            "tenant.credits",
+            None,
+            Some(tenant),
+            actor.at,
+            Some(&details),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(changed)
     }
 
     async fn usage(
