@@ -16,7 +16,7 @@ pub struct Entry {
     pub time: String,
     pub actor: String,
     pub action: String,
-    /// What a `key.leaked` entry adds, in words.
+    /// What a `key.leaked` or `key.credits` entry adds, in words.
     pub detail: Option<String>,
     pub key_id: Option<String>,
     pub tenant: Option<String>,
@@ -32,6 +32,22 @@ struct AuditPage {
 }
 
 const PAGE: usize = 100;
+
+/// What an entry's `details` add, in words: a leak report's origin and action (`github:
+/// revoked`), a balance's change (`add 500`, `set 1,000`); nothing for other entries.
+fn detail(action: &str, details: Option<&str>) -> Option<String> {
+    let d = serde_json::from_str::<serde_json::Value>(details?).ok()?;
+    let s = |f: &str| d.get(f).and_then(|v| v.as_str()).unwrap_or("").to_string();
+    match action {
+        "key.credits" => Some(format!(
+            "{} {}",
+            s("op"),
+            super::credits::count(d.get("amount")?.as_u64()?)
+        )),
+        _ if d.get("origin").is_some() => Some(format!("{}: {}", s("origin"), s("action"))),
+        _ => None,
+    }
+}
 
 /// `GET /dashboard/audit[?tenant=T][&before=C]`.
 pub async fn show<S: Store>(
@@ -92,14 +108,7 @@ pub async fn show<S: Store>(
             // Leak reports name their origin (GitHub, GitLab) to everyone.
             let provider =
                 customer && !matches!(r.actor_type.as_str(), "portal" | "github" | "gitlab");
-            let detail = r
-                .details
-                .as_deref()
-                .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
-                .map(|d| {
-                    let s = |f: &str| d.get(f).and_then(|v| v.as_str()).unwrap_or("").to_string();
-                    format!("{}: {}", s("origin"), s("action"))
-                });
+            let detail = detail(&r.action, r.details.as_deref());
             Entry {
                 time: time_html(Some(&keygate::timestamp::format_rfc3339(r.time))),
                 actor: match (&r.actor_id, provider) {
@@ -119,4 +128,33 @@ pub async fn show<S: Store>(
         StatusCode::OK,
         AuditPage { l, entries, next }.render(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::detail;
+
+    #[test]
+    fn an_entrys_details_in_words() {
+        assert_eq!(
+            detail("key.credits", Some(r#"{"op":"add","amount":1500}"#)).as_deref(),
+            Some("add 1,500")
+        );
+        assert_eq!(
+            detail("key.credits", Some(r#"{"op":"set","amount":0}"#)).as_deref(),
+            Some("set 0")
+        );
+        assert_eq!(
+            detail(
+                "key.leaked",
+                Some(r#"{"origin":"github","action":"revoked","url":"https://x"}"#)
+            )
+            .as_deref(),
+            Some("github: revoked")
+        );
+        assert_eq!(detail("key.credits", Some(r#"{"op":"add"}"#)), None);
+        assert_eq!(detail("key.updated", Some("{}")), None);
+        assert_eq!(detail("key.leaked", Some("not json")), None);
+        assert_eq!(detail("key.created", None), None);
+    }
 }

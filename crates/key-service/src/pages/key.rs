@@ -1,6 +1,7 @@
-//! One key's pages (SPEC §11): its settings and edit form, roll with a chosen grace (the new key
-//! shown once), revoke after a confirmation page. Another tenant's key, or an id the store could
-//! not be asked about, is a 404 page.
+//! One key's pages (SPEC §11): its settings and edit form, its credits (SPEC §14: the balance,
+//! shown as [`super::credits`] words it, and the operator's form that changes it), roll with a
+//! chosen grace (the new key shown once), revoke after a confirmation page. Another tenant's
+//! key, or an id the store could not be asked about, is a 404 page.
 
 use super::html::CleanQuery;
 use super::html::FormBody;
@@ -48,6 +49,15 @@ struct KeyPage {
     notice: Option<String>,
     /// Its leak report, if it was reported leaked.
     leak: Option<Leaked>,
+    /// The credits form as typed (after a refusal), else empty.
+    credits_op: String,
+    credits_amount: String,
+}
+
+/// What was typed into the credits form, shown again with its refusal.
+struct Typed {
+    op: String,
+    amount: String,
 }
 
 /// A leak report as the key's page tells it.
@@ -107,13 +117,15 @@ fn list_text(v: &Value, field: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The key's page; with a refusal (its status and message) and what the credits form held.
 async fn key_page<S: Store>(
     ctx: &Ctx<S>,
     web: &Web,
     id: &str,
     tenant: Option<&String>,
-    error: Option<String>,
+    error: Option<(StatusCode, String)>,
     notice: Option<String>,
+    typed: Option<Typed>,
 ) -> Result<Response, ApiError> {
     let l = layout(ctx, web, "API key", "keys", "/dashboard/keys", tenant).await;
     let k = match ops::visible(&ctx.app, &web.caller, id).await {
@@ -131,11 +143,14 @@ async fn key_page<S: Store>(
                 .join("\n")
         })
         .unwrap_or_default();
-    let status = if error.is_some() {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::OK
+    let (status, error) = match error {
+        Some((status, message)) => (status, Some(message)),
+        None => (StatusCode::OK, None),
     };
+    let typed = typed.unwrap_or(Typed {
+        op: String::new(),
+        amount: String::new(),
+    });
     let (_, roles) = choices(ctx, web);
     let k_row = row(&k, &ctx.app);
     let leak = ctx
@@ -166,6 +181,8 @@ async fn key_page<S: Store>(
         error,
         notice,
         leak,
+        credits_op: typed.op,
+        credits_amount: typed.amount,
     };
     Ok(page(status, p.render()))
 }
@@ -183,6 +200,9 @@ pub async fn show<S: Store>(
     let notice = query.get("done").map(|d| match d.as_str() {
         "edited" => "Saved. Every Envoy syncing from this service applies it within seconds.",
         "revoked" => "Revoked. Every Envoy syncing from this service refuses it within seconds.",
+        "credits" => {
+            "Credits changed. Every Envoy syncing from this service has the new balance within seconds."
+        }
         _ => "Done.",
     });
     key_page(
@@ -192,6 +212,7 @@ pub async fn show<S: Store>(
         query.get("tenant"),
         None,
         notice.map(str::to_string),
+        None,
     )
     .await
 }
@@ -266,8 +287,16 @@ pub async fn edit<S: Store>(
             Ok(error_page(l, ApiError::NotFound))
         }
         Err(e) => {
-            let (_, message) = e.status_and_message();
-            key_page(&ctx, &web, &id, None, Some(message), None).await
+            key_page(
+                &ctx,
+                &web,
+                &id,
+                None,
+                Some(e.status_and_message()),
+                None,
+                None,
+            )
+            .await
         }
     }
 }
@@ -297,8 +326,76 @@ pub async fn roll<S: Store>(
         Err(ApiError::Unavailable) => Err(ApiError::Unavailable),
         Err(ApiError::NotFound) => Ok(error_page(l, ApiError::NotFound)),
         Err(e) => {
-            let (_, message) = e.status_and_message();
-            key_page(&ctx, &web, &id, None, Some(message), None).await
+            key_page(
+                &ctx,
+                &web,
+                &id,
+                None,
+                Some(e.status_and_message()),
+                None,
+                None,
+            )
+            .await
+        }
+    }
+}
+
+/// `POST /dashboard/keys/{id}/credits` (`op`, `amount`; SPEC §14): the admin API's operation
+/// ([`ops::change_credits`]), so the form refuses what `POST /v1/api-keys/{id}/credits` refuses,
+/// in the API's words and with its status; a customer's session is refused there (balances are
+/// quotas, the provider's to change) and never offered the form. Done: the key's page with a
+/// notice, after a redirect (reloading does not change it twice); refused: the key's page with
+/// the message and what was typed.
+pub async fn change_credits<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    SignedIn(web): SignedIn,
+    Path(id): Path<String>,
+    FormBody(form): FormBody,
+) -> Result<Response, ApiError> {
+    if let Err(r) = known_id(&ctx, &web, &id).await {
+        return Ok(r);
+    }
+    if let Err(e) = check_form(&headers, &web, &form, ctx.app.insecure_cookies) {
+        let l = layout(&ctx, &web, "Refused", "keys", "/dashboard/keys", None).await;
+        return Ok(error_page(l, e));
+    }
+    let field = |f: &str| {
+        form.get(f)
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let (op, amount) = (field("op"), field("amount"));
+    let mut body = Map::new();
+    if !op.is_empty() {
+        body.insert("op".into(), Value::String(op.clone()));
+    }
+    if let Some(a) = super::credits::amount_json(&amount) {
+        body.insert("amount".into(), a);
+    }
+    let body = Value::Object(body);
+    match ops::change_credits(&ctx.app, &web.caller, &web.actor(), &id, &body).await {
+        Ok(_) => Ok(see_other(&format!(
+            "/dashboard/keys/{}?done=credits",
+            super::html::enc(&id)
+        ))),
+        Err(ApiError::Unavailable) => Err(ApiError::Unavailable),
+        Err(ApiError::NotFound) => {
+            let l = layout(&ctx, &web, "Not found", "keys", "/dashboard/keys", None).await;
+            Ok(error_page(l, ApiError::NotFound))
+        }
+        Err(e) => {
+            let typed = Typed { op, amount };
+            key_page(
+                &ctx,
+                &web,
+                &id,
+                None,
+                Some(e.status_and_message()),
+                None,
+                Some(typed),
+            )
+            .await
         }
     }
 }

@@ -38,6 +38,8 @@ pub struct Row {
     pub state: &'static str,
     /// Reported leaked (SPEC §15): shown with a badge, and listed even when revoked.
     pub leaked: bool,
+    /// Its credits (SPEC §14), if it has any.
+    pub credits: Option<super::credits::Balance>,
 }
 
 pub(super) fn row(k: &StoredKey, app: &crate::state::App<impl Store>) -> Row {
@@ -50,6 +52,7 @@ pub(super) fn row(k: &StoredKey, app: &crate::state::App<impl Store>) -> Row {
         "active"
     };
     Row {
+        credits: v.credits.as_ref().map(super::credits::balance),
         created: time_html(Some(&v.created_at)),
         last_used: time_html(v.last_used.as_deref()),
         expires: time_html(v.expires_at.as_deref()),
@@ -75,6 +78,8 @@ pub struct PrefixChoice {
 struct KeysPage {
     l: Layout,
     keys: Vec<Row>,
+    /// Some key listed has credits: the table has a column for them.
+    credits: bool,
     q: String,
     show_all: bool,
     next: Option<String>,
@@ -216,7 +221,8 @@ async fn keys_page<S: Store>(
             leaked: leaked.contains(k.id.as_str()),
             ..row(k, &ctx.app)
         })
-        .collect();
+        .collect::<Vec<Row>>();
+    let credits = rows.iter().any(|r| r.credits.is_some());
     let (prefixes, roles) = choices(ctx, web);
     let (status, error) = match error {
         Some((status, message)) => (status, Some(message)),
@@ -227,6 +233,7 @@ async fn keys_page<S: Store>(
         KeysPage {
             l,
             keys: rows,
+            credits,
             q,
             show_all,
             next,

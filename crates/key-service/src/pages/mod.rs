@@ -2,10 +2,12 @@
 //! `templates/`, escaped by default) over the same operations as the admin API
 //! ([`super::ops`]). Every action is a plain HTML form; `assets/app.js` only enhances.
 //!
-//! The flow: [`session`] (sign-in, sign-out, who is asking, CSRF) → [`keys`], [`usage`],
-//! [`requests`], [`audit`], [`webhooks`] (one page each) → [`html`] (the frame and the headers every page sends).
+//! The flow: [`session`] (sign-in, sign-out, who is asking, CSRF) → [`keys`] (with [`key`] and
+//! its [`credits`]), [`usage`], [`requests`], [`audit`], [`webhooks`] (one page each) → [`html`]
+//! (the frame and the headers every page sends).
 
 mod audit;
+mod credits;
 pub(crate) mod html;
 mod key;
 mod keys;
@@ -37,6 +39,10 @@ pub fn routes<S: Store>() -> Router<Ctx<S>> {
             get(key::show::<S>).post(key::edit::<S>),
         )
         .route("/dashboard/keys/{id}/roll", post(key::roll::<S>))
+        .route(
+            "/dashboard/keys/{id}/credits",
+            post(key::change_credits::<S>),
+        )
         .route(
             "/dashboard/keys/{id}/revoke",
             get(key::confirm_revoke::<S>).post(key::revoke::<S>),
