@@ -529,3 +529,323 @@ async fn a_leaked_key_stands_out_for_the_operator_and_the_customer() {
     );
     c.quit().await;
 }
+
+async fn attr(b: &Browser, css: &str, name: &str) -> String {
+    let e = b.client.find(fantoccini::Locator::Css(css)).await.unwrap();
+    e.attr(name).await.unwrap().unwrap_or_default()
+}
+
+/// The visible text of every element `css` finds ("" for one not shown at this width).
+async fn texts(b: &Browser, css: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in b
+        .client
+        .find_all(fantoccini::Locator::Css(css))
+        .await
+        .unwrap()
+    {
+        out.push(e.text().await.unwrap());
+    }
+    out
+}
+
+async fn prop(b: &Browser, css: &str, name: &str) -> String {
+    let e = b.client.find(fantoccini::Locator::Css(css)).await.unwrap();
+    e.prop(name).await.unwrap().unwrap_or_default()
+}
+
+/// Credits on the pages (SPEC §14): a key's balance as Envoy spends it (the usage reports'
+/// credits) on the operator's key page and in the list, the top-up form's round trip (add, then
+/// set: the numbers on the page change, each change in the audit page as `key.credits`), bad
+/// amounts and a key revoked under an open page answered with the API's words on the page; then
+/// the customer's portal, at a phone's width, shows its balances and no form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credits_are_shown_and_topped_up_in_the_browser() {
+    let dir = scratch_dir("dashboard-credits-service");
+    let cfg_path = dir.join("plugin.json");
+    let cfg = plugin_config();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let db = format!("sqlite:{}", dir.join("keys.db").display());
+    let s = Service::start_args(
+        ServiceOpts {
+            database: &db,
+            config: &cfg_path,
+            gateway: false,
+            sync_token: true,
+            port: None,
+        },
+        &["--insecure-cookies"],
+    );
+    let up = Upstream::start("api");
+    let cfg_text = cfg.to_string();
+    let mut o = EnvoyOpts::new("dashboard-credits", &cfg_text, up.port);
+    o.key_service = Some(s.port);
+    let e = Envoy::start(&o);
+    let base = s.url();
+    let make = |name: &str, credits: Value| {
+        let mut body = json!({"prefix": "shop_live_", "tenant": "org_acme", "name": name});
+        if !credits.is_null() {
+            body["credits"] = credits;
+        }
+        let (st, b) = s.admin("POST", "/v1/api-keys", Some(&body.to_string()));
+        assert_eq!(st, 201, "{b}");
+        (
+            b["data"]["id"].as_str().unwrap().to_string(),
+            b["data"]["key"].as_str().unwrap().to_string(),
+        )
+    };
+    let (search_id, search) = make(
+        "Acme search",
+        json!({"granted": 10000, "refill": {"interval": "month", "day": 1}}),
+    );
+    let (trial_id, _) = make("Acme trial", json!({"granted": 20}));
+    let (ci_id, _) = make("Acme CI", Value::Null);
+    let (old_id, _) = make("Acme old", json!({"granted": 5}));
+
+    // Three requests through Envoy: 9,997 left once the usage reports are in.
+    until(Duration::from_secs(10), "the key admitted", async || {
+        status(&e, "GET", "/v1/search", &search) == 200
+    })
+    .await;
+    for _ in 0..2 {
+        assert_eq!(status(&e, "GET", "/v1/search", &search), 200);
+    }
+    let b = Browser::start("credits-operator", 1280).await;
+    b.goto(&format!("{base}/")).await;
+    b.fill("#token", ADMIN_TOKEN).await;
+    b.follow("form[action='/sign-in'] button").await;
+    let key_url = format!("{base}/dashboard/keys/{search_id}");
+    until(
+        Duration::from_secs(2 * INTERVAL + 1 + 5),
+        "what Envoy spent on the key's page",
+        async || {
+            b.goto(&key_url).await;
+            b.text("#credits-spent").await == "3"
+        },
+    )
+    .await;
+    assert_eq!(b.text("#credits-title").await, "Credits");
+    assert_eq!(b.text("#credits-remaining").await, "9,997");
+    assert_eq!(
+        b.text("#credits-granted").await,
+        "10,000 per month on day 1"
+    );
+    assert_eq!(
+        b.text("#credits dl dt:nth-of-type(2)").await,
+        "Spent this period"
+    );
+    let (_, k) = s.admin("GET", &format!("/v1/api-keys/{search_id}"), None);
+    let reset = keygate::timestamp::format_rfc3339(k["data"]["credits"]["reset"].as_i64().unwrap());
+    assert!(reset.ends_with("-01T00:00:00Z"), "{reset}");
+    // The next refill: UTC in the page (kept on hover once the script shows the viewer's zone).
+    assert_eq!(attr(&b, "#credits-refill time", "datetime").await, reset);
+    assert_eq!(
+        attr(&b, "#credits-refill time", "title").await,
+        reset.replace('T', " ").replace('Z', " UTC")
+    );
+    assert!(b
+        .source()
+        .await
+        .contains("<meter min=\"0\" max=\"10000\" low=\"1000\" optimum=\"10000\" value=\"9997\""));
+    b.screenshot("key-credits").await;
+
+    // Add, then set: the page's numbers change, after a redirect (a reload changes nothing).
+    b.select("#credits-op", "add").await;
+    b.fill("#credits-amount", "1,500").await;
+    b.follow("form[action$='/credits'] button").await;
+    assert_eq!(
+        b.path().await,
+        format!("/dashboard/keys/{search_id}?done=credits")
+    );
+    assert_eq!(
+        b.text(".notice").await,
+        "Credits changed. Every Envoy syncing from this service has the new balance within seconds."
+    );
+    assert_eq!(b.text("#credits-remaining").await, "11,497");
+    b.goto(&format!("{key_url}?done=credits")).await;
+    assert_eq!(
+        b.text("#credits-remaining").await,
+        "11,497",
+        "not added twice"
+    );
+    b.select("#credits-op", "set").await;
+    b.fill("#credits-amount", "250").await;
+    b.follow("form[action$='/credits'] button").await;
+    let set_at = Instant::now();
+    assert_eq!(b.text("#credits-remaining").await, "250");
+    assert_eq!(b.text("#credits-spent").await, "0", "a set counts anew");
+    let (_, k) = s.admin("GET", &format!("/v1/api-keys/{search_id}"), None);
+    assert_eq!(
+        (
+            k["data"]["credits"]["remaining"].clone(),
+            k["data"]["credits"]["spent"].clone()
+        ),
+        (json!(250), json!(0))
+    );
+    // Bad amounts: the API's words on the page, what was typed kept, nothing changed.
+    b.client
+        .execute(
+            "document.getElementById('credits-amount').removeAttribute('pattern'); return null",
+            vec![],
+        )
+        .await
+        .unwrap();
+    for (op, typed, message) in [
+        (
+            "add",
+            "ten",
+            "amount: expected a whole number ≥ 0, found a string",
+        ),
+        (
+            "subtract",
+            "-5",
+            "amount: expected a whole number ≥ 0, found a number",
+        ),
+        (
+            "set",
+            "9007199254740992",
+            "amount: must be at most 9007199254740991",
+        ),
+    ] {
+        b.select("#credits-op", op).await;
+        b.fill("#credits-amount", typed).await;
+        b.follow("form[action$='/credits'] button").await;
+        assert_eq!(b.text(".error").await, message, "{typed}");
+        assert_eq!(prop(&b, "#credits-amount", "value").await, typed);
+        assert!(
+            b.exists(&format!("#credits-op option[value={op}][selected]"))
+                .await
+        );
+        b.client
+            .execute(
+                "document.getElementById('credits-amount').removeAttribute('pattern'); return null",
+                vec![],
+            )
+            .await
+            .unwrap();
+    }
+    b.goto(&key_url).await;
+    assert_eq!(b.text("#credits-remaining").await, "250", "unchanged");
+
+    // A key revoked while its page is open: the form is answered, not obeyed.
+    b.goto(&format!("{base}/dashboard/keys/{old_id}")).await;
+    let (st, r) = s.admin("DELETE", &format!("/v1/api-keys/{old_id}"), None);
+    assert_eq!(st, 200, "{r}");
+    b.fill("#credits-amount", "5").await;
+    b.follow("form[action$='/credits'] button").await;
+    assert_eq!(
+        b.text(".error").await,
+        "The API key is revoked; a revoked key is not changed"
+    );
+    assert!(
+        !b.exists("form[action$='/credits']").await,
+        "no form for a revoked key"
+    );
+    assert_eq!(b.text("#credits-remaining").await, "5");
+
+    // A key without credits has no section; the list shows each balance in a column.
+    b.goto(&format!("{base}/dashboard/keys/{ci_id}")).await;
+    assert!(!b.exists("#credits").await);
+    b.goto(&format!("{base}/dashboard/keys?tenant=org_acme"))
+        .await;
+    let list = b.source().await;
+    assert!(list.contains("<th scope=\"col\" class=\"num wide\">Credits <span class=\"visually-hidden\">left of granted</span></th>"));
+    assert!(list.contains("<td class=\"num wide credits-left\">20 / 20</td>"));
+    assert!(
+        list.contains("<td class=\"num wide credits-left\"><span class=\"muted\">—</span></td>")
+    );
+    // At a laptop's width the column, not the line under the name.
+    let column = texts(&b, "td.credits-left").await;
+    assert!(column.contains(&"20 / 20".to_string()), "{column:?}");
+    assert!(texts(&b, "span.credits-left")
+        .await
+        .iter()
+        .all(String::is_empty));
+    b.screenshot("keys-credits").await;
+
+    // Every change in the audit log, with the session as actor.
+    b.goto(&format!("{base}/dashboard/audit?key={search_id}"))
+        .await;
+    let audit = b.source().await;
+    for change in ["add 1,500", "set 250"] {
+        assert!(
+            audit.contains(&format!(
+                "<td>key.credits <span class=\"muted\">({change})</span></td>"
+            )),
+            "{change} in the audit page"
+        );
+    }
+    assert_eq!(
+        audit.matches("<td>key.credits").count(),
+        2,
+        "refusals change nothing"
+    );
+    assert!(audit.contains("admin os_"));
+    b.quit().await;
+
+    // Envoy has the set within the sync bound: one request spends from 250.
+    tokio::time::sleep(
+        (set_at + Duration::from_secs(INTERVAL + 2)).saturating_duration_since(Instant::now()),
+    )
+    .await;
+    let r = send(e.port, "GET", "/v1/search", &[("x-api-key", &search)]);
+    assert_eq!(
+        (r.status, r.header("x-credits-remaining")),
+        (200, Some("249"))
+    );
+
+    // The customer: its balances at a phone's width, and no form.
+    let (st, p) = s.admin(
+        "POST",
+        "/v1/portal-sessions",
+        Some(r#"{"tenant":"org_acme","ttl_seconds":300}"#),
+    );
+    assert_eq!(st, 201, "{p}");
+    let url = p["data"]["url"].as_str().unwrap();
+    let c = Browser::start("credits-portal", 390).await;
+    c.goto(&format!(
+        "{base}{}",
+        &url[url.find("/portal/open").unwrap()..]
+    ))
+    .await;
+    assert_eq!(c.path().await, "/dashboard/keys");
+    assert!(c
+        .source()
+        .await
+        .contains("<td class=\"num wide credits-left\">20 / 20</td>"));
+    // At a phone's width the balance is a line under the name; the column is left out.
+    let under = texts(&c, "span.credits-left").await;
+    assert!(under.contains(&"20 / 20 credits".to_string()), "{under:?}");
+    assert!(texts(&c, "td.credits-left")
+        .await
+        .iter()
+        .all(String::is_empty));
+    c.screenshot("portal-keys-credits").await;
+    c.goto(&format!("{base}/dashboard/keys/{trial_id}")).await;
+    assert_eq!(c.text("#credits-remaining").await, "20");
+    assert_eq!(c.text("#credits-granted").await, "20 in all");
+    assert_eq!(c.text("#credits dl dt:nth-of-type(2)").await, "Spent");
+    assert_eq!(c.text("#credits-refill").await, "no refill");
+    // What Envoy spent since the set, once reported.
+    until(
+        Duration::from_secs(2 * INTERVAL + 1 + 5),
+        "the request after the set on the customer's page",
+        async || {
+            c.goto(&format!("{base}/dashboard/keys/{search_id}")).await;
+            c.text("#credits-spent").await == "1"
+        },
+    )
+    .await;
+    assert_eq!(c.text("#credits-remaining").await, "249");
+    assert_eq!(
+        c.text("#credits-granted").await,
+        "10,000 per month on day 1"
+    );
+    assert!(
+        !c.exists("form[action$='/credits']").await,
+        "no form for a customer"
+    );
+    assert!(!c.exists("#credits-op").await);
+    c.screenshot("portal-key-credits").await;
+    c.quit().await;
+}

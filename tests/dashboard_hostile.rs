@@ -206,6 +206,106 @@ fn forged_forms_markup_and_other_tenants_get_nowhere() {
         .body
         .contains(&key));
 
+    // The credits form (SPEC §14): refused without its token or from another origin; bad input
+    // is the key's page with the API's words and the API's status, never a 5xx.
+    let (st, b) = s.admin(
+        "POST",
+        "/v1/api-keys",
+        Some(&json!({"prefix": "hz_live_", "tenant": "org_b", "name": "B's search", "credits": {"granted": 10}}).to_string()),
+    );
+    assert_eq!(st, 201, "{b}");
+    let metered = b["data"]["id"].as_str().unwrap().to_string();
+    let credits_path = format!("/dashboard/keys/{metered}/credits");
+    let remaining = |s: &Service| {
+        s.admin("GET", &format!("/v1/api-keys/{metered}"), None).1["data"]["credits"]["remaining"]
+            .clone()
+    };
+    for (headers, form) in [
+        (vec![("origin", SAME_ORIGIN)], "op=add&amount=5".to_string()),
+        (
+            vec![("origin", "http://evil.test")],
+            format!("op=add&amount=5&csrf={token}"),
+        ),
+    ] {
+        let mut h = headers.clone();
+        h.push(("cookie", &cookie));
+        assert_eq!(post_form(&s, &credits_path, &h, &form).status, 403);
+    }
+    let own_credits = format!("/dashboard/keys/{own}/credits");
+    for (path, form, status, message) in [
+        (
+            &credits_path,
+            "op=add&amount=ten",
+            400,
+            "amount: expected a whole number ≥ 0, found a string",
+        ),
+        (&credits_path, "op=add&amount=", 400, "amount: is required"),
+        (&credits_path, "amount=5", 400, "op: is required"),
+        (
+            &credits_path,
+            "op=double&amount=5",
+            400,
+            "op: &#34;double&#34; is not &#34;set&#34;, &#34;add&#34; or &#34;subtract&#34;",
+        ),
+        (
+            &credits_path,
+            "op=add&amount=-1",
+            400,
+            "amount: expected a whole number ≥ 0, found a number",
+        ),
+        (
+            &credits_path,
+            "op=subtract&amount=1.5",
+            400,
+            "amount: expected a whole number ≥ 0, found a number",
+        ),
+        (
+            &credits_path,
+            "op=set&amount=99999999999999999999999",
+            400,
+            "amount: must be at most 9007199254740991",
+        ),
+        (
+            &own_credits,
+            "op=add&amount=5",
+            409,
+            "The API key has no credits; give it credits with PATCH first",
+        ),
+    ] {
+        let r = post_form(
+            &s,
+            path,
+            &[("origin", SAME_ORIGIN), ("cookie", &cookie)],
+            &format!("{form}&csrf={token}"),
+        );
+        assert_eq!(r.status, status, "{form}: {}", r.body);
+        assert!(
+            r.body
+                .contains(&format!("<p class=\"error\" role=\"alert\">{message}</p>")),
+            "{form}: {}",
+            r.body
+        );
+    }
+    assert_eq!(
+        remaining(&s),
+        json!(10),
+        "nothing refused changed the balance"
+    );
+    let r = post_form(
+        &s,
+        &credits_path,
+        &[("origin", SAME_ORIGIN), ("cookie", &cookie)],
+        &format!("op=add&amount=5&csrf={token}"),
+    );
+    assert_eq!(
+        (r.status, r.header("location")),
+        (
+            303,
+            Some(format!("/dashboard/keys/{metered}?done=credits").as_str())
+        )
+    );
+    assert_eq!(remaining(&s), json!(15));
+
     // A portal session of org_b: its tenant only, whatever ids or tenants it asks for.
     let (_, p) = s.admin(
         "POST",
@@ -257,6 +357,10 @@ fn forged_forms_markup_and_other_tenants_get_nowhere() {
             format!("/dashboard/keys/{other_tenant_key}/revoke"),
             "confirm=yes",
         ),
+        (
+            format!("/dashboard/keys/{other_tenant_key}/credits"),
+            "op=add&amount=5",
+        ),
     ] {
         let r = post_form(
             &s,
@@ -271,6 +375,25 @@ fn forged_forms_markup_and_other_tenants_get_nowhere() {
         (a["data"]["name"].clone(), a["data"]["revoked"].clone()),
         (json!("A's key"), json!(false))
     );
+    // A customer sees its balance, and neither has the form nor may post it: balances are the
+    // provider's to change.
+    let mine = get(&s, &format!("/dashboard/keys/{metered}"), &portal).body;
+    assert!(mine.contains("<span class=\"number\" id=\"credits-remaining\">15</span>"));
+    assert!(
+        !mine.contains("/credits\""),
+        "no credits form for a customer"
+    );
+    let r = post_form(
+        &s,
+        &credits_path,
+        &[("origin", SAME_ORIGIN), ("cookie", &portal)],
+        &format!("op=add&amount=1000&csrf={portal_token}"),
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r
+        .body
+        .contains("credits: only the provider&#39;s admin changes a balance"));
+    assert_eq!(remaining(&s), json!(15));
     // A customer gives no key the role that manages its tenant (the provider's to give).
     let r = post_form(
         &s,
