@@ -105,8 +105,7 @@ pub struct Descriptor<'a> {
 
 /// A balance of credits as keygate sends it (SPEC §14), after the windows:
 /// `[{credits: "<period start>.<serial>"}, {until: "<next refill, or 0>"}]`, its limit what the
-/// period grants (per DAY: a unit the service takes; it ignores it for a balance) and its
-/// `hits_addend` what the request costs.
+/// period grants (unit UNKNOWN: no window) and its `hits_addend` what the request costs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Balance {
     pub period: u64,
@@ -137,10 +136,14 @@ pub fn encode_request<'a>(
         Some(t) => entry(m, b"tenant", t.as_bytes()),
         None => entry(m, b"key_id", key_id.as_bytes()),
     };
-    let limit = |m: &mut Vec<u8>, requests: u64, per: Per| {
+    // `unit` 0 (UNKNOWN) for a balance: a service that does not know balances refuses the call
+    // (on_failure applies) rather than count it as a window.
+    let limit = |m: &mut Vec<u8>, requests: u64, unit: u64| {
         put_message(m, 2, |l| {
             put_uint(l, 1, requests.min(u64::from(u32::MAX)));
-            put_uint(l, 2, unit(per));
+            if unit > 0 {
+                put_uint(l, 2, unit);
+            }
         })
     };
     for d in descriptors {
@@ -150,7 +153,7 @@ pub fn encode_request<'a>(
                 entry(m, b"key_id", d.key_id.as_bytes());
             }
             entry(m, b"per", d.per.name().as_bytes());
-            limit(m, d.requests, d.per);
+            limit(m, d.requests, unit(d.per));
         });
     }
     if let Some((key_id, b)) = balance {
@@ -162,7 +165,7 @@ pub fn encode_request<'a>(
                 format!("{}.{}", b.period, b.serial).as_bytes(),
             );
             entry(m, b"until", b.until.to_string().as_bytes());
-            limit(m, b.grant, Per::Day);
+            limit(m, b.grant, 0);
             // google.protobuf.UInt64Value: 0 (check only) is the empty message.
             put_message(m, 3, |h| {
                 if b.cost > 0 {

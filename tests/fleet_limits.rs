@@ -605,12 +605,16 @@ fn credits_fall_back_to_each_envoy_when_the_service_fails() {
     assert_eq!((r.status, credits_left(&r)), (200, Some(2)));
     let mut cfg: serde_json::Value = serde_json::from_str(&config("local")).unwrap();
     cfg["credits_charge"] = json!("success");
+    cfg["credit_costs"] = json!([{"cost": 1_000_001}, {"cost": 1_000_000}]);
     let errors = keygate::config::gate_from_value(&keygate_key_service::json::core_value(&cfg))
         .err()
         .unwrap();
     assert_eq!(
         errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
-        ["$.credits_charge: \"success\" cannot be given back with rate_limit_service"]
+        [
+            "$.credit_costs[0].cost: must be at most 1000000 with rate_limit_service",
+            "$.credits_charge: \"success\" cannot be given back with rate_limit_service"
+        ]
     );
 }
 

@@ -144,6 +144,79 @@ fn counts_all_windows_or_none_and_reports_each() {
     );
 }
 
+/// A balance of credits (SPEC §14): `[tenant, credits, until]`, unit UNKNOWN, its cost as the
+/// descriptor's hits_addend; counted with the windows all or nothing; a free request passes a
+/// balance spent beyond a lowered grant; a balance whose refill this Redis's clock has passed
+/// already (a filter's clock behind) is kept, not deleted as soon as written.
+#[test]
+fn a_balance_is_spent_with_the_windows_and_outlives_a_late_clock() {
+    let redis = Redis::start("rls-balance");
+    let svc = RateLimitProc::start(&redis.url());
+    assert!(wait_until(20, || grpc_health(svc.port) == Some(SERVING)));
+    let entry = |key: &str, value: &str| Entry {
+        key: key.into(),
+        value: value.into(),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let balance = |grant: u32, cost: u64, until: u64| RateLimitDescriptor {
+        entries: vec![
+            entry("tenant", "org"),
+            entry("credits", "0.0"),
+            entry("until", &until.to_string()),
+        ],
+        limit: Some(RateLimitOverride {
+            requests_per_unit: grant,
+            unit: 0,
+        }),
+        hits_addend: Some(UInt64Value { value: cost }),
+    };
+    let window = || {
+        let mut d = desc("k", "hour", 100, 3);
+        d.entries.insert(0, entry("tenant", "org"));
+        d
+    };
+    // Until 10 s ago: still counted, and still there on the next call.
+    let past = now - 10;
+    for left in [6, 2] {
+        let r = call(svc.port, req(vec![window(), balance(10, 4, past)])).unwrap();
+        assert_eq!(r.overall_code, CODE_OK);
+        assert_eq!(r.statuses[1].limit_remaining, left);
+    }
+    // 3 more do not fit: nothing counted, the window included.
+    let r = call(svc.port, req(vec![window(), balance(10, 3, past)])).unwrap();
+    assert_eq!(r.overall_code, CODE_OVER_LIMIT);
+    assert_eq!(
+        (
+            r.statuses[0].code,
+            r.statuses[0].limit_remaining,
+            r.statuses[1].code
+        ),
+        (CODE_OK, 98, CODE_OVER_LIMIT)
+    );
+    // The grant lowered below what was spent: a free request passes, a paid one does not.
+    let r = call(svc.port, req(vec![window(), balance(5, 0, past)])).unwrap();
+    assert_eq!(
+        (r.overall_code, r.statuses[1].limit_remaining),
+        (CODE_OK, 0)
+    );
+    assert_eq!(
+        call(svc.port, req(vec![balance(5, 1, past)]))
+            .unwrap()
+            .overall_code,
+        CODE_OVER_LIMIT
+    );
+    // A balance without its `until` is refused, never counted as a window.
+    let mut bad = balance(5, 1, 0);
+    bad.entries.pop();
+    assert_eq!(
+        call(svc.port, req(vec![bad])).unwrap_err().code(),
+        Code::InvalidArgument
+    );
+}
+
 #[test]
 fn bad_input_is_a_grpc_error_never_a_count() {
     let redis = Redis::start("rls-bad");

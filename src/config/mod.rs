@@ -266,6 +266,18 @@ fn read_gate(value: &Value, errors: &mut Errors) -> Option<Gate> {
     let tenants = credits::read_tenants(&mut root, errors);
     let credit_costs = credits::read_costs(&mut root, errors);
     let credits_charge = credits::read_charge(&mut root, errors);
+    if rate_limit_service.is_some() {
+        // What one call may add to a counter (`keygate ratelimit` refuses more, and a refused
+        // call would go to on_failure on every request).
+        for (i, r) in credit_costs.iter().enumerate() {
+            if r.cost > 1_000_000 {
+                errors.push(
+                    &format!("$.credit_costs[{i}].cost"),
+                    "must be at most 1000000 with rate_limit_service",
+                );
+            }
+        }
+    }
     if rate_limit_service.is_some() && credits_charge == Charge::Success {
         // The service spends credits in its call; its protocol has no way to give them back.
         errors.push(

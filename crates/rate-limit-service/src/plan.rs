@@ -118,17 +118,20 @@ pub fn plan(req: &RateLimitRequest) -> Result<Vec<Counter>, String> {
                 "descriptors[{i}]: no limit (keygate ratelimit has no limits of its own: each descriptor carries its limit)"
             ));
         };
-        let balance = balance_end(d).map_err(|e| format!("descriptors[{i}]: {e}"))?;
-        let Some(window_ms) = window_ms(limit.unit) else {
-            return Err(format!(
-                "descriptors[{i}]: unit {} is not SECOND, MINUTE, HOUR or DAY",
-                limit.unit
-            ));
-        };
-        let (window_ms, until_ms) = match balance {
-            Some(until) => (0, until),
-            None => (window_ms, 0),
-        };
+        // A balance has no window (keygate sends unit UNKNOWN, which older services refuse).
+        let (window_ms, until_ms) =
+            match balance_end(d).map_err(|e| format!("descriptors[{i}]: {e}"))? {
+                Some(until) => (0, until),
+                None => match window_ms(limit.unit) {
+                    Some(w) => (w, 0),
+                    None => {
+                        return Err(format!(
+                            "descriptors[{i}]: unit {} is not SECOND, MINUTE, HOUR or DAY",
+                            limit.unit
+                        ))
+                    }
+                },
+            };
         let hits = d.hits_addend.as_ref().map_or(request_hits, |h| h.value);
         if hits > MAX_HITS {
             return Err(format!("descriptors[{i}]: hits_addend above {MAX_HITS}"));
@@ -310,7 +313,7 @@ mod tests {
                 .collect(),
             limit: Some(RateLimitOverride {
                 requests_per_unit: 100,
-                unit: 4,
+                unit: 0,
             }),
             hits_addend: Some(UInt64Value { value: cost }),
         };

@@ -36,7 +36,10 @@ for i = 1, n do
     start = now - (now % win)
     stop = start + win
   elseif fixed > 0 then
-    stop = fixed
+    -- Kept a minute past a refill this Redis's clock has passed already (a filter's clock
+    -- behind it): the period is in the name, and a counter set to expire in the past would be
+    -- deleted as soon as written, spending from nothing.
+    stop = math.max(fixed, now + 60000)
   else
     stop = now + BALANCE_IDLE_MS
   end
@@ -44,7 +47,8 @@ for i = 1, n do
   local c = 0
   if v[1] and tonumber(v[1]) == start then c = tonumber(v[2]) or 0 end
   before[i], starts[i], ends[i] = c, start, stop
-  if c + hits > limit then admitted = 0 end
+  -- A balance only refuses what costs something (spent may exceed a grant lowered since).
+  if (win > 0 or hits > 0) and c + hits > limit then admitted = 0 end
 end
 local out = {admitted, now}
 for i = 1, n do
