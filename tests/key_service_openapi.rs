@@ -28,7 +28,8 @@ fn the_document_is_valid_and_every_generated_call_conforms_to_it() {
             "key_sources": [{"header": "x-api-key"}],
             "prefixes": [{"prefix": "oa_live_", "environment": "LIVE", "role": "writer"},
                          {"prefix": "oa_test_", "environment": "TEST"}],
-            "roles": {"admin": {"methods": ["*"]}, "writer": {"methods": ["GET", "POST"]}}
+            "roles": {"admin": {"methods": ["*"]}, "writer": {"methods": ["GET", "POST"]}},
+            "tenants": {"org_oa": {"credits": {"granted": 100, "refill": {"interval": "day"}}}}
         })
         .to_string(),
     )
@@ -55,6 +56,10 @@ fn the_document_is_valid_and_every_generated_call_conforms_to_it() {
     assert_eq!(
         doc.pointer("/components/schemas/CreateBody/properties/prefix/enum"),
         Some(&json!(["oa_live_", "oa_test_"]))
+    );
+    assert_eq!(
+        doc.pointer("/paths/~1v1~1tenants~1{tenant}~1credits/post/parameters/0/schema/enum"),
+        Some(&json!(["org_oa"]))
     );
     let file = dir.join("openapi.json");
     std::fs::write(&file, doc.to_string()).unwrap();

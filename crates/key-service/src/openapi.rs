@@ -69,6 +69,17 @@ pub fn document(gate: &Gate) -> Value {
             p["enum"] = json!(prefixes);
         }
     }
+    // The tenants a balance can be changed for: those the configuration gives credits.
+    let tenants: Vec<&str> = gate.tenants.iter().map(|(t, _)| t.as_str()).collect();
+    if let Some(Value::Array(params)) =
+        doc.pointer_mut("/paths/~1v1~1tenants~1{tenant}~1credits/post/parameters")
+    {
+        for p in params.iter_mut().filter(|p| p["name"] == "tenant") {
+            if !tenants.is_empty() {
+                p["schema"]["enum"] = json!(tenants);
+            }
+        }
+    }
     roles.push(Value::Null);
     for body in ["CreateBody", "PatchBody"] {
         if let Some(r) = doc.pointer_mut(&format!("/components/schemas/{body}/properties/role")) {
