@@ -28,7 +28,7 @@ pub(crate) fn days_in_month(y: i64, m: i64) -> i64 {
 }
 
 /// The date of a day count since 1970-01-01 (the inverse of [`days_from_civil`]).
-pub(crate) fn civil_from_days(z: i64) -> (i64, i64, i64) {
+pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;

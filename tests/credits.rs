@@ -261,6 +261,86 @@ fn success_charging_gives_back_what_a_5xx_cost() {
     assert_eq!((r.status, r.body.as_str()), (429, USAGE_EXCEEDED));
 }
 
+/// A refill at the period boundary, with the test clock of the fault-injection build (a request
+/// header moves every worker's clock ahead): a daily balance used up waits `Retry-After` until
+/// 00:00 UTC; one second past it, the whole grant is back (top-ups and what was spent before do
+/// not roll over), with the next day's reset; a monthly balance on the 31st refills on the
+/// month's last day.
+#[test]
+fn a_refill_at_the_period_boundary_gives_the_grant_back() {
+    let up = upstream();
+    let config = json!({
+        "key_sources": [{"header": "x-api-key"}],
+        "keys": [
+            {"id": "daily", "sha256": sha("key-daily"), "credits": {"granted": 2, "refill": {"interval": "day"},
+             "top_up": {"period": 0, "amount": 5}}},
+            {"id": "monthly", "sha256": sha("key-monthly"), "credits": {"granted": 1, "refill": {"interval": "month", "day": 31}}}
+        ]
+    });
+    let text = config.to_string();
+    let e = Envoy::start(&EnvoyOpts {
+        wasm: Some(faults_wasm_path()),
+        ..EnvoyOpts::new("credits-refill", &text, up.port)
+    });
+    let get = |key: &str, clock: Option<u64>| {
+        let clock = clock.map(|c| format!("clock+{c}"));
+        let mut headers = vec![("x-api-key", key)];
+        if let Some(c) = clock.as_deref() {
+            headers.push(("x-keygate-fault", c));
+        }
+        send(e.port, "GET", "/v1/x", &headers)
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let midnight = now - now % 86_400 + 86_400;
+    // A top-up of another period (0) adds nothing: 2 today.
+    for left in [1, 0] {
+        let r = get("key-daily", Some(0));
+        assert_eq!((r.status, remaining(&r)), (200, Some(left)));
+        assert_eq!(
+            r.header("x-credits-reset"),
+            Some(midnight.to_string().as_str())
+        );
+    }
+    let r = get("key-daily", None);
+    assert_json(&r, 429, USAGE_EXCEEDED);
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(retry >= 1 && retry <= midnight - now + 1, "{retry}");
+    // One second past midnight (every worker's clock): the grant again, tomorrow's reset.
+    let ahead = midnight + 1 - now;
+    let r = get("key-daily", Some(ahead));
+    assert_eq!((r.status, remaining(&r)), (200, Some(1)), "{}", r.body);
+    assert_eq!(
+        r.header("x-credits-reset"),
+        Some((midnight + 86_400).to_string().as_str())
+    );
+    for _ in 0..4 {
+        let _ = get("key-daily", None);
+    }
+    assert_json(&get("key-daily", None), 429, USAGE_EXCEEDED);
+    // The monthly balance: used up, then past the month's refill day (clamped to its last day).
+    let r = get("key-monthly", Some(0));
+    assert_eq!((r.status, remaining(&r)), (200, Some(0)));
+    let reset: u64 = r.header("x-credits-reset").unwrap().parse().unwrap();
+    assert!(reset > now && reset - now <= 31 * 86_400, "{reset}");
+    let (_, _, day) = keygate::timestamp::civil_from_days((reset / 86_400) as i64);
+    let (_, _, next_day) = keygate::timestamp::civil_from_days((reset / 86_400 + 1) as i64);
+    assert!(
+        day == 31 || next_day == 1,
+        "the 31st or the month's last day: {day}"
+    );
+    assert_json(&get("key-monthly", None), 429, USAGE_EXCEEDED);
+    let r = get("key-monthly", Some(reset + 1 - now));
+    assert_eq!((r.status, remaining(&r)), (200, Some(0)), "{}", r.body);
+    let next: u64 = r.header("x-credits-reset").unwrap().parse().unwrap();
+    assert!(
+        next > reset + 27 * 86_400 && next <= reset + 31 * 86_400,
+        "{next}"
+    );
+}
+
 /// A configuration the filter cannot honour is refused with the path of the problem: a bad
 /// top-up or serial, a bad refill, a cost that is not a number.
 #[test]

@@ -16,9 +16,12 @@ pub struct EnvoyHost {
 impl EnvoyHost {
     /// Unix milliseconds of this request (the same clock reading as [`Host::now`]).
     pub fn now_ms(&mut self) -> u64 {
-        *self
-            .now_ms
-            .get_or_insert_with(|| abi::now_ns().map_or(u64::MAX, |ns| ns / 1_000_000))
+        *self.now_ms.get_or_insert_with(|| {
+            let now = abi::now_ns().map_or(u64::MAX, |ns| ns / 1_000_000);
+            #[cfg(feature = "fault-injection")]
+            let now = now.saturating_add(super::faults::clock_offset_ms());
+            now
+        })
     }
 }
 
