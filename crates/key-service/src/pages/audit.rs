@@ -16,7 +16,7 @@ pub struct Entry {
     pub time: String,
     pub actor: String,
     pub action: String,
-    /// What a `key.leaked` or `key.credits` entry adds, in words.
+    /// What a `key.leaked`, `key.credits` or `tenant.credits` entry adds, in words.
     pub detail: Option<String>,
     pub key_id: Option<String>,
     pub tenant: Option<String>,
@@ -39,7 +39,7 @@ fn detail(action: &str, details: Option<&str>) -> Option<String> {
     let d = serde_json::from_str::<serde_json::Value>(details?).ok()?;
     let s = |f: &str| d.get(f).and_then(|v| v.as_str()).unwrap_or("").to_string();
     match action {
-        "key.credits" => Some(format!(
+        "key.credits" | "tenant.credits" => Some(format!(
             "{} {}",
             s("op"),
             super::credits::count(d.get("amount")?.as_u64()?)
@@ -151,6 +151,10 @@ mod tests {
             )
             .as_deref(),
             Some("github: revoked")
+        );
+        assert_eq!(
+            detail("tenant.credits", Some(r#"{"op":"subtract","amount":250}"#)).as_deref(),
+            Some("subtract 250")
         );
         assert_eq!(detail("key.credits", Some(r#"{"op":"add"}"#)), None);
         assert_eq!(detail("key.updated", Some("{}")), None);

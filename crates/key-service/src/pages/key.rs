@@ -1,5 +1,6 @@
 //! One key's pages (SPEC §11): its settings and edit form, its credits (SPEC §14: the balance,
-//! shown as [`super::credits`] words it, and the operator's form that changes it), roll with a
+//! shown as [`super::credits`] words it, and the operator's form that changes it) or, for a key
+//! without, its tenant's shared balance and the operator's form for that, roll with a
 //! chosen grace (the new key shown once), revoke after a confirmation page. Another tenant's
 //! key, or an id the store could not be asked about, is a 404 page.
 
@@ -52,12 +53,38 @@ struct KeyPage {
     /// The credits form as typed (after a refusal), else empty.
     credits_op: String,
     credits_amount: String,
+    /// Its tenant's shared balance, for a key without credits of its own.
+    tenant_credits: Option<super::credits::TenantShown>,
+    /// The tenant's credits form as typed (after a refusal), else empty.
+    tenant_op: String,
+    tenant_amount: String,
 }
 
-/// What was typed into the credits form, shown again with its refusal.
+/// What was typed into a credits form (the key's, or its tenant's), shown again with its
+/// refusal.
 struct Typed {
     op: String,
     amount: String,
+    tenant: bool,
+}
+
+/// A credits form's body for the API (`op` and `amount` as typed; each left out when empty),
+/// and what was typed.
+fn credits_body(form: &std::collections::HashMap<String, String>) -> (String, String, Value) {
+    let field = |f: &str| {
+        form.get(f)
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let (op, amount) = (field("op"), field("amount"));
+    let mut body = Map::new();
+    if !op.is_empty() {
+        body.insert("op".into(), Value::String(op.clone()));
+    }
+    if let Some(a) = super::credits::amount_json(&amount) {
+        body.insert("amount".into(), a);
+    }
+    (op, amount, Value::Object(body))
 }
 
 /// A leak report as the key's page tells it.
@@ -150,7 +177,14 @@ async fn key_page<S: Store>(
     let typed = typed.unwrap_or(Typed {
         op: String::new(),
         amount: String::new(),
+        tenant: false,
     });
+    let tenant_credits = super::credits::tenant_balance(ctx, &k).await?;
+    let (credits_typed, tenant_typed) = if typed.tenant {
+        ((String::new(), String::new()), (typed.op, typed.amount))
+    } else {
+        ((typed.op, typed.amount), (String::new(), String::new()))
+    };
     let (_, roles) = choices(ctx, web);
     let k_row = row(&k, &ctx.app);
     let leak = ctx
@@ -181,8 +215,11 @@ async fn key_page<S: Store>(
         error,
         notice,
         leak,
-        credits_op: typed.op,
-        credits_amount: typed.amount,
+        credits_op: credits_typed.0,
+        credits_amount: credits_typed.1,
+        tenant_credits,
+        tenant_op: tenant_typed.0,
+        tenant_amount: tenant_typed.1,
     };
     Ok(page(status, p.render()))
 }
@@ -202,6 +239,9 @@ pub async fn show<S: Store>(
         "revoked" => "Revoked. Every Envoy syncing from this service refuses it within seconds.",
         "credits" => {
             "Credits changed. Every Envoy syncing from this service has the new balance within seconds."
+        }
+        "tenant-credits" => {
+            "The tenant's balance changed. Every Envoy syncing from this service has it within seconds."
         }
         _ => "Done.",
     });
@@ -360,20 +400,7 @@ pub async fn change_credits<S: Store>(
         let l = layout(&ctx, &web, "Refused", "keys", "/dashboard/keys", None).await;
         return Ok(error_page(l, e));
     }
-    let field = |f: &str| {
-        form.get(f)
-            .map(|v| v.trim().to_string())
-            .unwrap_or_default()
-    };
-    let (op, amount) = (field("op"), field("amount"));
-    let mut body = Map::new();
-    if !op.is_empty() {
-        body.insert("op".into(), Value::String(op.clone()));
-    }
-    if let Some(a) = super::credits::amount_json(&amount) {
-        body.insert("amount".into(), a);
-    }
-    let body = Value::Object(body);
+    let (op, amount, body) = credits_body(&form);
     match ops::change_credits(&ctx.app, &web.caller, &web.actor(), &id, &body).await {
         Ok(_) => Ok(see_other(&format!(
             "/dashboard/keys/{}?done=credits",
@@ -385,7 +412,75 @@ pub async fn change_credits<S: Store>(
             Ok(error_page(l, ApiError::NotFound))
         }
         Err(e) => {
-            let typed = Typed { op, amount };
+            let typed = Typed {
+                op,
+                amount,
+                tenant: false,
+            };
+            key_page(
+                &ctx,
+                &web,
+                &id,
+                None,
+                Some(e.status_and_message()),
+                None,
+                Some(typed),
+            )
+            .await
+        }
+    }
+}
+
+/// `POST /dashboard/tenants/{tenant}/credits` (`op`, `amount`, and `key`: the page it came from,
+/// a key of that tenant the session may see; SPEC §14): the admin API's operation
+/// ([`ops::change_tenant_credits`]), so the form refuses what `POST /v1/tenants/{tenant}/credits`
+/// refuses, in the API's words and with its status (a customer's session: 403; a tenant the
+/// configuration gives no credits: 409). Done: a redirect to the key's page with a notice;
+/// refused: the key's page with the message and what was typed. A `key` that is missing, not
+/// visible or of another tenant: a 404 page, and nothing changed.
+pub async fn change_tenant_credits<S: Store>(
+    State(ctx): State<Ctx<S>>,
+    headers: HeaderMap,
+    SignedIn(web): SignedIn,
+    Path(tenant): Path<String>,
+    FormBody(form): FormBody,
+) -> Result<Response, ApiError> {
+    if let Err(e) = check_form(&headers, &web, &form, ctx.app.insecure_cookies) {
+        let l = layout(&ctx, &web, "Refused", "keys", "/dashboard/keys", None).await;
+        return Ok(error_page(l, e));
+    }
+    let id = form
+        .get("key")
+        .map(|k| k.trim().to_string())
+        .unwrap_or_default();
+    if let Err(r) = known_id(&ctx, &web, &id).await {
+        return Ok(r);
+    }
+    match ops::visible(&ctx.app, &web.caller, &id).await {
+        Ok(k) if k.tenant.as_deref() == Some(tenant.as_str()) => {}
+        Err(ApiError::Unavailable) => return Err(ApiError::Unavailable),
+        _ => {
+            let l = layout(&ctx, &web, "Not found", "keys", "/dashboard/keys", None).await;
+            return Ok(error_page(l, ApiError::NotFound));
+        }
+    }
+    let (op, amount, body) = credits_body(&form);
+    match ops::change_tenant_credits(&ctx.app, &web.caller, &web.actor(), &tenant, &body).await {
+        Ok(_) => Ok(see_other(&format!(
+            "/dashboard/keys/{}?done=tenant-credits",
+            super::html::enc(&id)
+        ))),
+        Err(ApiError::Unavailable) => Err(ApiError::Unavailable),
+        Err(ApiError::NotFound) => {
+            let l = layout(&ctx, &web, "Not found", "keys", "/dashboard/keys", None).await;
+            Ok(error_page(l, ApiError::NotFound))
+        }
+        Err(e) => {
+            let typed = Typed {
+                op,
+                amount,
+                tenant: true,
+            };
             key_page(
                 &ctx,
                 &web,

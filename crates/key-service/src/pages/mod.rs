@@ -44,6 +44,10 @@ pub fn routes<S: Store>() -> Router<Ctx<S>> {
             post(key::change_credits::<S>),
         )
         .route(
+            "/dashboard/tenants/{tenant}/credits",
+            post(key::change_tenant_credits::<S>),
+        )
+        .route(
             "/dashboard/keys/{id}/revoke",
             get(key::confirm_revoke::<S>).post(key::revoke::<S>),
         )
