@@ -27,7 +27,10 @@ fn plugin_config() -> Value {
                   "reader": {"methods": ["GET"], "forbidden_message": "This key can only read"}},
         "key_sync": {"cluster": "keyservice", "path": "/keys", "interval_seconds": INTERVAL, "timeout_ms": 1000, "token": SYNC_TOKEN},
         "usage_report": {"cluster": "keyservice", "path": "/usage", "interval_seconds": INTERVAL, "timeout_ms": 1000, "token": SYNC_TOKEN},
-        "public_paths": ["/healthz"]
+        "public_paths": ["/healthz"],
+        // One tenant's shared balance (SPEC §14): its keys without credits of their own draw
+        // from it (the credits tests' org_initech only).
+        "tenants": {"org_initech": {"credits": {"granted": 1000, "refill": {"interval": "day"}}}}
     })
 }
 
@@ -847,5 +850,239 @@ async fn credits_are_shown_and_topped_up_in_the_browser() {
     );
     assert!(!c.exists("#credits-op").await);
     c.screenshot("portal-key-credits").await;
+    c.quit().await;
+}
+
+/// A tenant's shared balance on the pages (SPEC §14): on the page of a key without credits of
+/// its own, what the tenant's keys without credits spent through Envoy (a key with its own
+/// balance not counted), the operator's tenant form's round trip (add, a bad amount, set: the
+/// numbers change, Envoy spends from the set, the audit page says `tenant.credits`); then the
+/// customer's portal, at a phone's width, shows the balance and no form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_balance_is_shown_and_topped_up_in_the_browser() {
+    let dir = scratch_dir("dashboard-tenant-credits-service");
+    let cfg_path = dir.join("plugin.json");
+    let cfg = plugin_config();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let db = format!("sqlite:{}", dir.join("keys.db").display());
+    let s = Service::start_args(
+        ServiceOpts {
+            database: &db,
+            config: &cfg_path,
+            gateway: false,
+            sync_token: true,
+            port: None,
+        },
+        &["--insecure-cookies"],
+    );
+    let up = Upstream::start("api");
+    let cfg_text = cfg.to_string();
+    let mut o = EnvoyOpts::new("dashboard-tenant-credits", &cfg_text, up.port);
+    o.key_service = Some(s.port);
+    let e = Envoy::start(&o);
+    let base = s.url();
+    let make = |name: &str, credits: Value| {
+        let mut body = json!({"prefix": "shop_live_", "tenant": "org_initech", "name": name});
+        if !credits.is_null() {
+            body["credits"] = credits;
+        }
+        let (st, b) = s.admin("POST", "/v1/api-keys", Some(&body.to_string()));
+        assert_eq!(st, 201, "{b}");
+        (
+            b["data"]["id"].as_str().unwrap().to_string(),
+            b["data"]["key"].as_str().unwrap().to_string(),
+        )
+    };
+    let (app_id, app) = make("Initech app", Value::Null);
+    let (_, batch) = make("Initech batch", Value::Null);
+    let (metered_id, metered) = make("Initech metered", json!({"granted": 50}));
+
+    // Three requests with one key of the tenant, two with another: the tenant's 1,000 less 5.
+    // The key with its own balance spends that, not the tenant's.
+    until(Duration::from_secs(10), "the keys admitted", async || {
+        status(&e, "GET", "/v1/search", &app) == 200
+    })
+    .await;
+    let r = send(e.port, "GET", "/v1/search", &[("x-api-key", &app)]);
+    assert_eq!(
+        (r.status, r.header("x-credits-remaining")),
+        (200, Some("998"))
+    );
+    assert_eq!(status(&e, "GET", "/v1/search", &app), 200);
+    for _ in 0..2 {
+        assert_eq!(status(&e, "GET", "/v1/search", &batch), 200);
+    }
+    assert_eq!(status(&e, "GET", "/v1/search", &metered), 200);
+    let b = Browser::start("tenant-credits-operator", 1280).await;
+    b.goto(&format!("{base}/")).await;
+    b.fill("#token", ADMIN_TOKEN).await;
+    b.follow("form[action='/sign-in'] button").await;
+    let key_url = format!("{base}/dashboard/keys/{app_id}");
+    until(
+        Duration::from_secs(2 * INTERVAL + 1 + 5),
+        "what the tenant's keys spent on the key's page",
+        async || {
+            b.goto(&key_url).await;
+            b.text("#tenant-credits-spent").await == "5"
+        },
+    )
+    .await;
+    assert!(!b.exists("#credits").await, "no balance of its own");
+    assert_eq!(b.text("#tenant-credits-title").await, "Tenant balance");
+    assert_eq!(b.text("#tenant-credits-tenant").await, "org_initech");
+    assert_eq!(b.text("#tenant-credits-remaining").await, "995");
+    assert_eq!(b.text("#tenant-credits-granted").await, "1,000 per day");
+    assert_eq!(b.text("#tenant-credits-top-up").await, "none");
+    assert_eq!(
+        b.text("#tenant-credits dl dt:nth-of-type(4)").await,
+        "Spent this period"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let tomorrow = keygate::timestamp::format_rfc3339((now / 86_400 + 1) * 86_400);
+    assert_eq!(
+        attr(&b, "#tenant-credits-refill time", "datetime").await,
+        tomorrow
+    );
+    assert!(b
+        .text("#tenant-credits")
+        .await
+        .contains("as the proxies last reported it"));
+    b.screenshot("key-tenant-credits").await;
+    // A key with its own balance shows that, not the tenant's.
+    b.goto(&format!("{base}/dashboard/keys/{metered_id}")).await;
+    assert_eq!(b.text("#credits-spent").await, "1");
+    assert!(!b.exists("#tenant-credits").await);
+
+    // Add: the numbers change, after a redirect (a reload changes nothing).
+    b.goto(&key_url).await;
+    b.select("#tenant-credits-op", "add").await;
+    b.fill("#tenant-credits-amount", "1,500").await;
+    b.follow("#tenant-credits form button").await;
+    assert_eq!(
+        b.path().await,
+        format!("/dashboard/keys/{app_id}?done=tenant-credits")
+    );
+    assert_eq!(
+        b.text(".notice").await,
+        "The tenant's balance changed. Every Envoy syncing from this service has it within seconds."
+    );
+    assert_eq!(b.text("#tenant-credits-top-up").await, "+1,500");
+    assert_eq!(b.text("#tenant-credits-remaining").await, "2,495");
+    b.goto(&format!("{key_url}?done=tenant-credits")).await;
+    assert_eq!(
+        b.text("#tenant-credits-remaining").await,
+        "2,495",
+        "not added twice"
+    );
+    // A bad amount: the API's words, what was typed kept, nothing changed.
+    b.client
+        .execute(
+            "document.getElementById('tenant-credits-amount').removeAttribute('pattern'); return null",
+            vec![],
+        )
+        .await
+        .unwrap();
+    b.select("#tenant-credits-op", "subtract").await;
+    b.fill("#tenant-credits-amount", "ten").await;
+    b.follow("#tenant-credits form button").await;
+    assert_eq!(
+        b.text(".error").await,
+        "amount: expected a whole number ≥ 0, found a string"
+    );
+    assert_eq!(prop(&b, "#tenant-credits-amount", "value").await, "ten");
+    assert!(
+        b.exists("#tenant-credits-op option[value=subtract][selected]")
+            .await
+    );
+    assert_eq!(b.text("#tenant-credits-remaining").await, "2,495");
+    // Set: what remains is 300, less what was reported spent from the start of this hour.
+    b.select("#tenant-credits-op", "set").await;
+    b.fill("#tenant-credits-amount", "300").await;
+    b.follow("#tenant-credits form button").await;
+    let set_at = Instant::now();
+    assert_eq!(b.text("#tenant-credits-top-up").await, "\u{2212}700");
+    let spent: u64 = b.text("#tenant-credits-spent").await.parse().unwrap();
+    let left: u64 = b.text("#tenant-credits-remaining").await.parse().unwrap();
+    assert_eq!(left + spent, 300, "since the start of the set's hour");
+    assert!(b
+        .text("#tenant-credits")
+        .await
+        .contains("since the balance was last set"));
+
+    // Both changes in the audit page, with the session as actor; the refusal changed nothing.
+    b.goto(&format!("{base}/dashboard/audit?tenant=org_initech"))
+        .await;
+    let audit = b.source().await;
+    for change in ["add 1,500", "set 300"] {
+        assert!(
+            audit.contains(&format!(
+                "<td>tenant.credits <span class=\"muted\">({change})</span></td>"
+            )),
+            "{change} in the audit page"
+        );
+    }
+    assert_eq!(audit.matches("<td>tenant.credits").count(), 2);
+    // At a phone's width, for the layout.
+    let p = Browser::start("tenant-credits-operator-phone", 390).await;
+    p.goto(&format!("{base}/")).await;
+    p.fill("#token", ADMIN_TOKEN).await;
+    p.follow("form[action='/sign-in'] button").await;
+    p.goto(&key_url).await;
+    assert!(p.exists("#tenant-credits form").await);
+    p.screenshot("key-tenant-credits-phone").await;
+    p.quit().await;
+    b.quit().await;
+
+    // Envoy has the set within the sync bound: the next request spends from 300.
+    tokio::time::sleep(
+        (set_at + Duration::from_secs(INTERVAL + 2)).saturating_duration_since(Instant::now()),
+    )
+    .await;
+    let r = send(e.port, "GET", "/v1/search", &[("x-api-key", &batch)]);
+    assert_eq!(
+        (r.status, r.header("x-credits-remaining")),
+        (200, Some("299"))
+    );
+
+    // The customer: the balance its keys draw from, at a phone's width, and no form.
+    let (st, p) = s.admin(
+        "POST",
+        "/v1/portal-sessions",
+        Some(r#"{"tenant":"org_initech","ttl_seconds":300}"#),
+    );
+    assert_eq!(st, 201, "{p}");
+    let url = p["data"]["url"].as_str().unwrap();
+    let c = Browser::start("tenant-credits-portal", 390).await;
+    c.goto(&format!(
+        "{base}{}",
+        &url[url.find("/portal/open").unwrap()..]
+    ))
+    .await;
+    assert_eq!(c.path().await, "/dashboard/keys");
+    until(
+        Duration::from_secs(2 * INTERVAL + 1 + 5),
+        "the request after the set on the customer's page",
+        async || {
+            c.goto(&key_url).await;
+            c.text("#tenant-credits-spent").await == (spent + 1).to_string()
+        },
+    )
+    .await;
+    assert_eq!(c.text("#tenant-credits-tenant").await, "org_initech");
+    assert_eq!(c.text("#tenant-credits-granted").await, "1,000 per day");
+    assert_eq!(c.text("#tenant-credits-top-up").await, "\u{2212}700");
+    assert_eq!(
+        c.text("#tenant-credits-remaining").await,
+        (299 - spent).to_string()
+    );
+    assert!(
+        !c.exists("#tenant-credits form").await,
+        "no form for a customer"
+    );
+    assert!(!c.exists("#tenant-credits-op").await);
+    c.screenshot("portal-key-tenant-credits").await;
     c.quit().await;
 }

@@ -17,7 +17,8 @@ fn config(dir: &std::path::Path) -> std::path::PathBuf {
         "key_sources": [{"header": "x-api-key"}],
         "prefixes": [{"prefix": "hz_live_", "environment": "LIVE", "role": "writer"}],
         "roles": {"writer": {"methods": ["GET", "POST"]}, "reader": {"methods": ["GET"]},
-                  "admin": {"methods": ["*"]}}
+                  "admin": {"methods": ["*"]}},
+        "tenants": {"org_b": {"credits": {"granted": 100}}}
     });
     std::fs::write(&p, cfg.to_string()).unwrap();
     p
@@ -306,6 +307,173 @@ fn forged_forms_markup_and_other_tenants_get_nowhere() {
     );
     assert_eq!(remaining(&s), json!(15));
 
+    // The tenant's form (SPEC §14), on the page of a key of org_b without credits of its own:
+    // refused without its token or from another origin; a `key` that is missing, unknown, not
+    // the tenant's or not an id is a 404 page; bad input is the key's page with the API's words
+    // and status (a tenant without credits: 409), never a 5xx; nothing refused changes it.
+    let (st, b) = s.admin(
+        "POST",
+        "/v1/api-keys",
+        Some(&json!({"prefix": "hz_live_", "tenant": "org_b", "name": "B's app"}).to_string()),
+    );
+    assert_eq!(st, 201, "{b}");
+    let b_app = b["data"]["id"].as_str().unwrap().to_string();
+    let b_app_page = format!("/dashboard/keys/{b_app}");
+    let top_up = |cookie: &str| {
+        let body = get(&s, &b_app_page, cookie).body;
+        let at = body
+            .find("id=\"tenant-credits-top-up\">")
+            .expect("the tenant's balance")
+            + 27;
+        body[at..].split('<').next().unwrap().to_string()
+    };
+    let page = get(&s, &b_app_page, &cookie).body;
+    assert!(
+        page.contains("action=\"/dashboard/tenants/org_b/credits\""),
+        "{page}"
+    );
+    assert!(page.contains(&format!("name=\"key\" value=\"{b_app}\"")));
+    assert_eq!(top_up(&cookie), "none");
+    let tenant_path = "/dashboard/tenants/org_b/credits";
+    for (headers, form) in [
+        (
+            vec![("origin", SAME_ORIGIN)],
+            format!("op=add&amount=5&key={b_app}"),
+        ),
+        (
+            vec![("origin", SAME_ORIGIN)],
+            format!("op=add&amount=5&key={b_app}&csrf=00000000000000000000000000000000"),
+        ),
+        (
+            vec![("origin", "http://evil.test")],
+            format!("op=add&amount=5&key={b_app}&csrf={token}"),
+        ),
+        (
+            vec![("sec-fetch-site", "cross-site")],
+            format!("op=add&amount=5&key={b_app}&csrf={token}"),
+        ),
+    ] {
+        let mut h = headers.clone();
+        h.push(("cookie", &cookie));
+        let r = post_form(&s, tenant_path, &h, &form);
+        assert_eq!(r.status, 403, "{headers:?} {form}");
+    }
+    for (path, form) in [
+        (tenant_path.to_string(), "op=add&amount=5".to_string()),
+        (tenant_path.to_string(), "op=add&amount=5&key=".to_string()),
+        (
+            tenant_path.to_string(),
+            "op=add&amount=5&key=key_nothere".to_string(),
+        ),
+        (
+            tenant_path.to_string(),
+            "op=add&amount=5&key=a%00b".to_string(),
+        ),
+        // Another tenant's key, or a key without a tenant, under org_b's path.
+        (
+            tenant_path.to_string(),
+            format!("op=add&amount=5&key={other_tenant_key}"),
+        ),
+        (
+            tenant_path.to_string(),
+            format!("op=add&amount=5&key={own}"),
+        ),
+        (
+            "/dashboard/tenants/org_a/credits".to_string(),
+            format!("op=add&amount=5&key={b_app}"),
+        ),
+        (
+            "/dashboard/tenants/org_b%00/credits".to_string(),
+            format!("op=add&amount=5&key={b_app}"),
+        ),
+    ] {
+        let r = post_form(
+            &s,
+            &path,
+            &[("origin", SAME_ORIGIN), ("cookie", &cookie)],
+            &format!("{form}&csrf={token}"),
+        );
+        assert_eq!(r.status, 404, "{path} {form}: {}", r.body);
+    }
+    let org_a_path = "/dashboard/tenants/org_a/credits";
+    for (path, form, status, message) in [
+        (
+            tenant_path,
+            format!("op=add&amount=ten&key={b_app}"),
+            400,
+            "amount: expected a whole number ≥ 0, found a string",
+        ),
+        (
+            tenant_path,
+            format!("op=add&amount=&key={b_app}"),
+            400,
+            "amount: is required",
+        ),
+        (
+            tenant_path,
+            format!("amount=5&key={b_app}"),
+            400,
+            "op: is required",
+        ),
+        (
+            tenant_path,
+            format!("op=double&amount=5&key={b_app}"),
+            400,
+            "op: &#34;double&#34; is not &#34;set&#34;, &#34;add&#34; or &#34;subtract&#34;",
+        ),
+        (
+            tenant_path,
+            format!("op=subtract&amount=-1&key={b_app}"),
+            400,
+            "amount: expected a whole number ≥ 0, found a number",
+        ),
+        (
+            tenant_path,
+            format!("op=set&amount=99999999999999999999999&key={b_app}"),
+            400,
+            "amount: must be at most 9007199254740991",
+        ),
+        (
+            org_a_path,
+            format!("op=add&amount=5&key={other_tenant_key}"),
+            409,
+            "The tenant has no credits: give it some in the configuration (tenants.org_a.credits)",
+        ),
+    ] {
+        let r = post_form(
+            &s,
+            path,
+            &[("origin", SAME_ORIGIN), ("cookie", &cookie)],
+            &format!("{form}&csrf={token}"),
+        );
+        assert_eq!(r.status, status, "{form}: {}", r.body);
+        assert!(
+            r.body
+                .contains(&format!("<p class=\"error\" role=\"alert\">{message}</p>")),
+            "{form}: {}",
+            r.body
+        );
+    }
+    assert_eq!(
+        top_up(&cookie),
+        "none",
+        "nothing refused changed the balance"
+    );
+    let r = post_form(
+        &s,
+        tenant_path,
+        &[("origin", SAME_ORIGIN), ("cookie", &cookie)],
+        &format!("op=add&amount=5&key={b_app}&csrf={token}"),
+    );
+    assert_eq!(
+        (r.status, r.header("location")),
+        (
+            303,
+            Some(format!("/dashboard/keys/{b_app}?done=tenant-credits").as_str())
+        )
+    );
+    assert_eq!(top_up(&cookie), "+5");
+
     // A portal session of org_b: its tenant only, whatever ids or tenants it asks for.
     let (_, p) = s.admin(
         "POST",
@@ -394,6 +562,35 @@ fn forged_forms_markup_and_other_tenants_get_nowhere() {
         .body
         .contains("credits: only the provider&#39;s admin changes a balance"));
     assert_eq!(remaining(&s), json!(15));
+    // Nor its tenant's: it sees the balance its keys draw from, without the form, and may not
+    // post it (another tenant's key or tenant: 404, as every form).
+    let mine = get(&s, &b_app_page, &portal).body;
+    assert!(
+        mine.contains("id=\"tenant-credits-remaining\">105<"),
+        "{mine}"
+    );
+    assert!(
+        !mine.contains("/dashboard/tenants/"),
+        "no tenant form for a customer"
+    );
+    let r = post_form(
+        &s,
+        tenant_path,
+        &[("origin", SAME_ORIGIN), ("cookie", &portal)],
+        &format!("op=add&amount=1000&key={b_app}&csrf={portal_token}"),
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r
+        .body
+        .contains("credits: only the provider&#39;s admin changes a balance"));
+    let r = post_form(
+        &s,
+        org_a_path,
+        &[("origin", SAME_ORIGIN), ("cookie", &portal)],
+        &format!("op=add&amount=5&key={other_tenant_key}&csrf={portal_token}"),
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(top_up(&cookie), "+5");
     // A customer gives no key the role that manages its tenant (the provider's to give).
     let r = post_form(
         &s,
