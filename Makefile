@@ -175,12 +175,8 @@ wasm-faults: $(WASM_TARGET_STAMP) binaryen ## Build the fault-injection filter f
 	CARGO_TARGET_DIR=target/faults $(WASM_BUILD) --features fault-injection --quiet
 	$(WASM_OPT) $(WASM_FAULTS) -o $(WASM_FAULTS)
 
-# Built in a target directory of its own (then copied to target/release/keygate), so `make test`
-# can build it beside the dev builds of lint and the tests: cargo locks a whole target directory,
-# and the CLI's link-time optimisation runs on one core.
 cli: ## Build the CLI and the services it runs: target/release/keygate (crates/cli)
-	CARGO_TARGET_DIR=target/native cargo build --release -p keygate-cli
-	@mkdir -p target/release && cp -f target/native/release/keygate $(CLI).tmp && mv -f $(CLI).tmp $(CLI)
+	cargo build --release -p keygate-cli
 
 build: wasm cli ## Build the filter and the CLI
 
@@ -205,17 +201,14 @@ demo-smoke: build envoy ## Start the demo as `make run` does, run and check each
 
 # Everything CI runs. On a fresh machine the downloads (Debian packages, Envoy and the Python
 # tools) take minutes of network and little CPU, so they run beside the builds, which take the
-# CPU: lint, unit tests, the filter and the integration tests' build, and beside those the CLI's
-# release build (its own target directory); then the rest.
+# CPU: lint, unit tests, the release build and the integration tests' build; then the rest.
 TEST_TOOLS := packages envoy openapi-tools secrets-tools kube-tools $(PROMTOOL) $(PROMETHEUS)
 test: $(WASM_TARGET_STAMP) binaryen ## Everything CI runs: lint, unit tests, the alert rules, the demo, integration tests
 	@mkdir -p target; \
 	if [ "$$(id -u)" != 0 ]; then sudo -v; fi; \
 	( set -o pipefail; $(MAKE) --no-print-directory $(TEST_TOOLS) 2>&1 | sed -u 's/^/[tools] /' ) & tools=$$!; \
-	( set -o pipefail; $(MAKE) --no-print-directory cli 2>&1 | sed -u 's/^/[cli] /' ) & cli=$$!; \
-	if $(MAKE) --no-print-directory lint unit wasm wasm-faults && \
+	if $(MAKE) --no-print-directory lint unit build wasm-faults && \
 	  cargo test -p keygate-tests --tests --no-run --quiet; then built=1; else built=; fi; \
-	wait $$cli || built=; \
 	[ -n "$$built" ] || echo "a build failed; waiting for the tool installs to finish (never cut short: apt and pip)"; \
 	wait $$tools || { echo "installing the test tools failed (the [tools] lines above)"; exit 1; }; \
 	[ -n "$$built" ]
