@@ -133,28 +133,27 @@ fn balance(c: &CreditsView) -> String {
 
 /// `keygate keys credits`: one change of a key's balance.
 #[derive(clap::Args)]
-#[command(group(clap::ArgGroup::new("op").required(true).args(["add", "subtract", "set"])))]
 pub struct ChangeCredits {
     /// The key's id
     pub id: String,
-    /// Credits more in the current period
-    #[arg(long, value_name = "N")]
-    pub add: Option<u64>,
-    /// Credits less in the current period
-    #[arg(long, value_name = "N")]
-    pub subtract: Option<u64>,
-    /// What remains becomes N (what was spent so far no longer counts)
-    #[arg(long, value_name = "N")]
-    pub set: Option<u64>,
+    #[command(flatten)]
+    pub op: CreditsOp,
 }
 
 /// `keygate keys tenant-credits`: one change of a tenant's balance (its grant is the
 /// configuration's `tenants`).
 #[derive(clap::Args)]
-#[command(group(clap::ArgGroup::new("op").required(true).args(["add", "subtract", "set"])))]
 pub struct ChangeTenantCredits {
     /// The tenant
     pub tenant: String,
+    #[command(flatten)]
+    pub op: CreditsOp,
+}
+
+/// The change: exactly one of `--add`, `--subtract` and `--set`.
+#[derive(clap::Args)]
+#[group(id = "op", required = true, multiple = false)]
+pub struct CreditsOp {
     /// Credits more in the current period
     #[arg(long, value_name = "N")]
     pub add: Option<u64>,
@@ -166,28 +165,29 @@ pub struct ChangeTenantCredits {
     pub set: Option<u64>,
 }
 
-fn credits_op(
-    add: Option<u64>,
-    subtract: Option<u64>,
-    set: Option<u64>,
-) -> Result<(&'static str, u64), Fail> {
-    match (add, subtract, set) {
-        (Some(n), None, None) => Ok(("add", n)),
-        (None, Some(n), None) => Ok(("subtract", n)),
-        (None, None, Some(n)) => Ok(("set", n)),
-        _ => Err(Fail::Usage(
-            "give one of --add N, --subtract N or --set N".into(),
-        )),
+impl CreditsOp {
+    /// The call's body: `{"op": …, "amount": N}`.
+    fn body(&self) -> Result<Value, Fail> {
+        let (op, amount) = match (self.add, self.subtract, self.set) {
+            (Some(n), None, None) => ("add", n),
+            (None, Some(n), None) => ("subtract", n),
+            (None, None, Some(n)) => ("set", n),
+            _ => {
+                return Err(Fail::Usage(
+                    "give one of --add N, --subtract N or --set N".into(),
+                ))
+            }
+        };
+        Ok(json!({"op": op, "amount": amount}))
     }
 }
 
 pub fn tenant_credits(server: &str, c: ChangeTenantCredits, as_json: bool) -> Result<(), Fail> {
-    let (op, amount) = credits_op(c.add, c.subtract, c.set)?;
     let answer = call(
         server,
         "POST",
         &format!("/v1/tenants/{}/credits", enc(&c.tenant)),
-        Some(&json!({"op": op, "amount": amount})),
+        Some(&c.op.body()?),
     )?;
     let t = typed::<Envelope<TenantCredits>>(answer, "a credits change")?.data;
     if as_json {
@@ -208,12 +208,11 @@ pub fn tenant_credits(server: &str, c: ChangeTenantCredits, as_json: bool) -> Re
 }
 
 pub fn credits(server: &str, c: ChangeCredits, as_json: bool) -> Result<(), Fail> {
-    let (op, amount) = credits_op(c.add, c.subtract, c.set)?;
     let answer = call(
         server,
         "POST",
         &format!("/v1/api-keys/{}/credits", enc(&c.id)),
-        Some(&json!({"op": op, "amount": amount})),
+        Some(&c.op.body()?),
     )?;
     let k = typed::<Envelope<Key>>(answer, "a credits change")?.data;
     if as_json {

@@ -401,26 +401,42 @@ pub async fn change_credits<S: Store>(
         return Ok(error_page(l, e));
     }
     let (op, amount, body) = credits_body(&form);
-    match ops::change_credits(&ctx.app, &web.caller, &web.actor(), &id, &body).await {
-        Ok(_) => Ok(see_other(&format!(
-            "/dashboard/keys/{}?done=credits",
-            super::html::enc(&id)
+    let changed = ops::change_credits(&ctx.app, &web.caller, &web.actor(), &id, &body)
+        .await
+        .map(|_| ());
+    let typed = Typed {
+        op,
+        amount,
+        tenant: false,
+    };
+    credits_answered(&ctx, &web, &id, changed, "credits", typed).await
+}
+
+/// What a credits form gets: after a change, a redirect to the key's page with the notice
+/// `done`; refused, the key's page with the message and what was typed.
+async fn credits_answered<S: Store>(
+    ctx: &Ctx<S>,
+    web: &Web,
+    id: &str,
+    changed: Result<(), ApiError>,
+    done: &str,
+    typed: Typed,
+) -> Result<Response, ApiError> {
+    match changed {
+        Ok(()) => Ok(see_other(&format!(
+            "/dashboard/keys/{}?done={done}",
+            super::html::enc(id)
         ))),
         Err(ApiError::Unavailable) => Err(ApiError::Unavailable),
         Err(ApiError::NotFound) => {
-            let l = layout(&ctx, &web, "Not found", "keys", "/dashboard/keys", None).await;
+            let l = layout(ctx, web, "Not found", "keys", "/dashboard/keys", None).await;
             Ok(error_page(l, ApiError::NotFound))
         }
         Err(e) => {
-            let typed = Typed {
-                op,
-                amount,
-                tenant: false,
-            };
             key_page(
-                &ctx,
-                &web,
-                &id,
+                ctx,
+                web,
+                id,
                 None,
                 Some(e.status_and_message()),
                 None,
@@ -465,34 +481,15 @@ pub async fn change_tenant_credits<S: Store>(
         }
     }
     let (op, amount, body) = credits_body(&form);
-    match ops::change_tenant_credits(&ctx.app, &web.caller, &web.actor(), &tenant, &body).await {
-        Ok(_) => Ok(see_other(&format!(
-            "/dashboard/keys/{}?done=tenant-credits",
-            super::html::enc(&id)
-        ))),
-        Err(ApiError::Unavailable) => Err(ApiError::Unavailable),
-        Err(ApiError::NotFound) => {
-            let l = layout(&ctx, &web, "Not found", "keys", "/dashboard/keys", None).await;
-            Ok(error_page(l, ApiError::NotFound))
-        }
-        Err(e) => {
-            let typed = Typed {
-                op,
-                amount,
-                tenant: true,
-            };
-            key_page(
-                &ctx,
-                &web,
-                &id,
-                None,
-                Some(e.status_and_message()),
-                None,
-                Some(typed),
-            )
-            .await
-        }
-    }
+    let changed = ops::change_tenant_credits(&ctx.app, &web.caller, &web.actor(), &tenant, &body)
+        .await
+        .map(|_| ());
+    let typed = Typed {
+        op,
+        amount,
+        tenant: true,
+    };
+    credits_answered(&ctx, &web, &id, changed, "tenant-credits", typed).await
 }
 
 #[derive(Template)]
